@@ -1,0 +1,69 @@
+"""Evidence-token grounding (D²VLM, ICCV 2025: section 3.2 and appendix A).
+
+An ``<evi>`` token grounds an event by scoring every frame-level LLM-processed video token:
+``sim_t = sigmoid(<q, f_t> / sqrt(d))`` where ``q`` is the evidence query (a 2-layer MLP over the
+hidden state that emitted ``<evi>``, appendix A) and ``f_t`` the frame projection, both taken
+from the LLM's penultimate layer. Training marks frames inside the ground-truth interval as
+salient; inference keeps frames scoring >= ``threshold`` x max (0.6 in the paper, appendix C.4)
+and returns the best contiguous run. The salient frames' mean state is added to the ``<evi>``
+input embedding (semantic capture).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class EvidenceHead(nn.Module):
+    def __init__(self, d_llm: int, d: int = 64):
+        super().__init__()
+        self.query = nn.Sequential(nn.Linear(d_llm, d_llm), nn.GELU(), nn.Linear(d_llm, d))
+        self.frame = nn.Sequential(nn.Linear(d_llm, d_llm), nn.GELU(), nn.Linear(d_llm, d))
+        self.scale = d ** -0.5
+
+    def logits(self, h_evi: torch.Tensor, h_frames: torch.Tensor) -> torch.Tensor:
+        """h_evi ``(B, K, C)``, h_frames ``(B, T, C)`` -> frame logits ``(B, K, T)`` (sigmoid -> scores)."""
+        q = self.query(h_evi)                                        # (B, K, d)
+        f = self.frame(h_frames)                                     # (B, T, d)
+        return torch.einsum("bkd,btd->bkt", q, f) * self.scale
+
+
+def frame_targets(spans: list[list[float]], num_frames: int, fps: float) -> np.ndarray:
+    """1 for frames whose window centre (i + 0.5) / fps lies inside any span [s, e)."""
+    c = (np.arange(num_frames) + 0.5) / fps
+    y = np.zeros(num_frames, dtype=np.float32)
+    for s, e in spans:
+        y[(c >= s) & (c < e)] = 1.0
+    if num_frames and not y.any() and spans:  # span shorter than a frame window: mark its nearest frame
+        s, e = spans[0]
+        y[min(num_frames - 1, int((s + e) / 2 * fps))] = 1.0
+    return y
+
+
+def salient_frames(scores: np.ndarray, threshold: float = 0.6) -> tuple[int, int]:
+    """Best contiguous run of frames scoring >= threshold x max; returns [first, last] indices.
+
+    "Best" is the run with the largest summed score (so a long plateau beats an isolated spike
+    of equal height). Ties go to the earliest run.
+    """
+    keep = scores >= threshold * scores.max()
+    best, best_sum, i, T = (0, 0), -1.0, 0, len(scores)
+    while i < T:
+        if keep[i]:
+            j = i
+            while j + 1 < T and keep[j + 1]:
+                j += 1
+            s = float(scores[i:j + 1].sum())
+            if s > best_sum:
+                best, best_sum = (i, j), s
+            i = j + 1
+        else:
+            i += 1
+    return best
+
+
+def decode_interval(scores: np.ndarray, fps: float, duration: float, threshold: float = 0.6) -> list[float]:
+    """Frame scores ``(T,)`` -> ``[start, end, score]`` in seconds (score = mean over the run)."""
+    a, b = salient_frames(scores, threshold)
+    return [a / fps, min(duration, (b + 1) / fps), float(scores[a:b + 1].mean())]

@@ -1,0 +1,104 @@
+"""T-Fuseformer: DaMO's hierarchical dual-stream audio-visual fuser.
+
+DaMO (method: temporal pathway and T-Fuseformer) stacks blocks of
+1. temporal-aware unimodal attention, per stream: self-attention + FFN over all of the
+   stream's tokens (time embedded), then a set of learnable queries cross-attends to the
+   stream, compressing it and picking out key moments;
+2. temporal-aware multimodal attention: shared fusion tokens are concatenated with both
+   streams' compressed queries and a joint self-attention + FFN fuses them.
+The queries and fusion tokens carry over from block to block (the hierarchy).
+
+Our system additionally needs one fused token per sampled frame so that evidence tokens
+(D²VLM) can point at frames: after the last block, each frame's visual and audio tokens
+are pooled, concatenated and projected. So the fuser returns per-frame tokens
+``(B, T, K, D)`` and the fusion tokens ``(B, F, D)``.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from damo.model.encoders import Block
+
+
+def sinusoid(t: torch.Tensor, d: int) -> torch.Tensor:
+    """Sinusoidal embedding of real-valued times ``t`` (..., ) -> (..., d)."""
+    half = d // 2
+    freq = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    ang = t.float().unsqueeze(-1) * freq                       # (..., d/2)
+    return torch.cat([ang.sin(), ang.cos()], -1)
+
+
+class CrossBlock(nn.Module):
+    """Queries cross-attend to a memory, then an FFN."""
+
+    def __init__(self, d: int, heads: int):
+        super().__init__()
+        self.lnq, self.lnm = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.attn = nn.MultiheadAttention(d, heads, batch_first=True)
+        self.ln2 = nn.LayerNorm(d)
+        self.mlp = nn.Sequential(nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, d))
+
+    def forward(self, q: torch.Tensor, mem: torch.Tensor, mem_pad: torch.Tensor | None = None) -> torch.Tensor:
+        m = self.lnm(mem)
+        q = q + self.attn(self.lnq(q), m, m, key_padding_mask=mem_pad, need_weights=False)[0]
+        return q + self.mlp(self.ln2(q))
+
+
+class FuseBlock(nn.Module):
+    def __init__(self, d: int, heads: int):
+        super().__init__()
+        self.self_v, self.self_a = Block(d, heads), Block(d, heads)
+        self.query_v, self.query_a = CrossBlock(d, heads), CrossBlock(d, heads)
+        self.joint = Block(d, heads)
+
+    def forward(self, v, a, qv, qa, f, pad_v, pad_a):
+        v = self.self_v(v, pad_v)                                   # (B, T*Lv, D)
+        a = self.self_a(a, pad_a)                                   # (B, T*La, D)
+        qv = self.query_v(qv, v, pad_v)                             # (B, Qv, D)
+        qa = self.query_a(qa, a, pad_a)                             # (B, Qa, D)
+        z = self.joint(torch.cat([f, qv, qa], 1))                   # (B, F+Qv+Qa, D)
+        f, qv, qa = z.split([f.shape[1], qv.shape[1], qa.shape[1]], 1)
+        return v, a, qv, qa, f
+
+
+class TemporalFuseformer(nn.Module):
+    def __init__(self, d: int = 96, blocks: int = 2, heads: int = 4, visual_queries: int = 16,
+                 audio_queries: int = 8, fusion_tokens: int = 8, frame_tokens: int = 1, max_frames: int = 4096):
+        super().__init__()
+        self.d, self.frame_tokens = d, frame_tokens
+        self.qv = nn.Parameter(torch.randn(1, visual_queries, d) * 0.02)
+        self.qa = nn.Parameter(torch.randn(1, audio_queries, d) * 0.02)
+        self.fusion = nn.Parameter(torch.randn(1, fusion_tokens, d) * 0.02)
+        # learnable + sinusoidal temporal position embeddings (DaMO temporal pathway)
+        self.time_v = nn.Embedding(max_frames, d)
+        self.time_a = nn.Embedding(max_frames, d)
+        nn.init.zeros_(self.time_v.weight)
+        nn.init.zeros_(self.time_a.weight)
+        self.blocks = nn.ModuleList(FuseBlock(d, heads) for _ in range(blocks))
+        self.ln_v, self.ln_a, self.ln_f = nn.LayerNorm(d), nn.LayerNorm(d), nn.LayerNorm(d)
+        self.frame_out = nn.Linear(2 * d, frame_tokens * d)
+
+    def forward(self, v: torch.Tensor, a: torch.Tensor, frame_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """v ``(B, T, Lv, D)``, a ``(B, T, La, D)``, frame_mask ``(B, T)`` True for real frames.
+
+        Returns per-frame fused tokens ``(B, T, K, D)`` and fusion tokens ``(B, F, D)``.
+        """
+        B, T, Lv, D = v.shape
+        La = a.shape[2]
+        idx = torch.arange(T, device=v.device)
+        pe = sinusoid(idx, D)                                       # (T, D)
+        v = v + (pe + self.time_v(idx))[None, :, None]
+        a = a + (pe + self.time_a(idx))[None, :, None]
+        pad_v = (~frame_mask).repeat_interleave(Lv, 1)              # (B, T*Lv)
+        pad_a = (~frame_mask).repeat_interleave(La, 1)              # (B, T*La)
+        v, a = v.flatten(1, 2), a.flatten(1, 2)                     # (B, T*Lv, D), (B, T*La, D)
+        qv, qa, f = self.qv.expand(B, -1, -1), self.qa.expand(B, -1, -1), self.fusion.expand(B, -1, -1)
+        for blk in self.blocks:
+            v, a, qv, qa, f = blk(v, a, qv, qa, f, pad_v, pad_a)
+        v = self.ln_v(v).unflatten(1, (T, Lv)).mean(2)              # (B, T, D)
+        a = self.ln_a(a).unflatten(1, (T, La)).mean(2)              # (B, T, D)
+        frames = self.frame_out(torch.cat([v, a], -1))              # (B, T, K*D)
+        return frames.unflatten(2, (self.frame_tokens, D)), self.ln_f(f)

@@ -1,0 +1,355 @@
+"""DamoConfig + DamoModel: the whole forward pass, top to bottom.
+
+Data flow (B batch, T frames at 1/fps, D fuser width, C LLM width):
+ 1. frames ``(B, T, 3, H, W)`` -> vision encoder -> ``(B, T, 1+P, Dv)``;
+    per-frame log-mel ``(B, T, F, M)`` -> audio encoder -> ``(B, T, 1+A, Da)``.
+ 2. DaMO global residual per modality -> ``(B, T, Lv, D)`` and ``(B, T, La, D)``.
+ 3. temporal grouped (depthwise) convolution over the visual stream (DaMO temporal pathway;
+    stride 1 so every frame keeps its own token for evidence grounding).
+ 4. T-Fuseformer -> per-frame fused tokens ``(B, T, K, D)`` + fusion tokens ``(B, F, D)``.
+ 5. projector -> LLM width; frame tokens get their time (sinusoid of seconds, learned map);
+    fusion tokens pass a one-layer Q-Former bridge (DaMO's bridge to the LLM).
+ 6. LLM (any HF causal LM): ``<video>`` placeholders are replaced by [fusion; frames]
+    (the transformers ``masked_scatter`` pattern).
+ 7. evidence tokens (D²VLM section 3.2): each ``<evi>`` is grounded by scoring the
+    penultimate-layer state that emitted it against every frame's state; during training the
+    ground-truth frames' mean state (inference: the salient frames') is added to the
+    ``<evi>`` input embedding (semantic capture).
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast, Qwen2Config
+
+from damo.model.encoders import AUDIO_ENCODERS, VISION_ENCODERS, Block
+from damo.model.evidence import EvidenceHead, decode_interval, salient_frames
+from damo.model.fuseformer import CrossBlock, TemporalFuseformer, sinusoid
+from damo.model.residual import GlobalResidual
+from damo.model import tokenizer as tk
+
+
+@dataclass
+class VisionConfig:
+    kind: str = "tiny_vit"
+    image_size: int = 32
+    patch: int = 8
+    width: int = 64
+    layers: int = 2
+    heads: int = 2
+
+
+@dataclass
+class AudioConfig:
+    kind: str = "tiny_mel"
+    n_mels: int = 32
+    frames: int = 25          # mel frames per frame window (40 ms hop at 1 fps)
+    patch: int = 5
+    width: int = 64
+    layers: int = 1
+    heads: int = 2
+
+
+@dataclass
+class FuserConfig:
+    width: int = 96
+    blocks: int = 2
+    heads: int = 4
+    visual_tokens: int = 4     # L' of the visual global residual (square)
+    audio_tokens: int = 2      # L' of the audio global residual
+    visual_queries: int = 16
+    audio_queries: int = 8
+    fusion_tokens: int = 8
+    frame_tokens: int = 1      # K fused tokens per frame given to the LLM
+    conv_kernel: int = 3
+
+
+@dataclass
+class LLMConfig:
+    kind: str = "tiny_qwen2"   # or "hf": load `name_or_path` with AutoModelForCausalLM
+    name_or_path: str | None = None
+    hidden: int = 128
+    layers: int = 4
+    heads: int = 4
+    kv_heads: int = 2
+    intermediate: int = 384
+    vocab_size: int = 600      # tokenizer training target for the tiny LLM
+
+
+@dataclass
+class EvidenceConfig:
+    dim: int = 64
+    threshold: float = 0.6     # salient frames: score >= threshold x max (D²VLM appendix A)
+    semantic_capture: bool = True
+
+
+@dataclass
+class DamoConfig:
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    fuser: FuserConfig = field(default_factory=FuserConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    evidence: EvidenceConfig = field(default_factory=EvidenceConfig)
+    fps: float = 1.0
+    bridge_tokens: int = 8     # fusion tokens after the Q-Former bridge
+    align_dim: int = 64        # contrastive (stage 1) embedding width
+    max_frames: int = 4096
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DamoConfig":
+        subs = {"vision": VisionConfig, "audio": AudioConfig, "fuser": FuserConfig, "llm": LLMConfig,
+                "evidence": EvidenceConfig}
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown model config keys {sorted(unknown)}; valid: {sorted(cls.__dataclass_fields__)}")
+        kw = {}
+        for k, v in d.items():
+            if k in subs:
+                bad = set(v) - set(subs[k].__dataclass_fields__)
+                if bad:
+                    raise ValueError(f"unknown keys {sorted(bad)} in model.{k}; valid: {sorted(subs[k].__dataclass_fields__)}")
+                kw[k] = subs[k](**v)
+            else:
+                kw[k] = v
+        return cls(**kw)
+
+
+class TextEncoder(nn.Module):
+    """Small text tower for video-text alignment (DaMO stage 1, BLIP-2-style contrastive)."""
+
+    def __init__(self, vocab: int, d: int, out: int):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, d)
+        self.block = Block(d, 4)
+        self.out = nn.Linear(d, out)
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        h = self.block(self.emb(ids), key_padding_mask=~mask)                   # (B, L, d)
+        h = (h * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
+        return self.out(h)                                                       # (B, out)
+
+
+def build_llm(cfg: LLMConfig, tok: PreTrainedTokenizerFast) -> nn.Module:
+    if cfg.kind == "tiny_qwen2":
+        c = Qwen2Config(vocab_size=len(tok), hidden_size=cfg.hidden, intermediate_size=cfg.intermediate,
+                        num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads,
+                        num_key_value_heads=cfg.kv_heads, max_position_embeddings=8192, tie_word_embeddings=True,
+                        pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+        return AutoModelForCausalLM.from_config(c)
+    if cfg.kind == "hf":
+        if not cfg.name_or_path:
+            raise ValueError("llm.kind 'hf' needs llm.name_or_path (an HF model id or a local folder)")
+        m = AutoModelForCausalLM.from_pretrained(cfg.name_or_path)
+        m.resize_token_embeddings(len(tok))
+        return m
+    raise ValueError(f"unknown llm.kind {cfg.kind!r}; valid: tiny_qwen2, hf")
+
+
+class DamoModel(nn.Module):
+    def __init__(self, cfg: DamoConfig, tokenizer: PreTrainedTokenizerFast):
+        super().__init__()
+        self.cfg, self.tokenizer = cfg, tokenizer
+        fc = cfg.fuser
+        D = fc.width
+        vis = asdict(cfg.vision)
+        aud = asdict(cfg.audio)
+        self.vision = VISION_ENCODERS[vis.pop("kind")](**vis)
+        self.audio = AUDIO_ENCODERS[aud.pop("kind")](**aud)
+        self.residual_v = GlobalResidual(self.vision.width, D, fc.visual_tokens, grid=True)
+        self.residual_a = GlobalResidual(self.audio.width, D, fc.audio_tokens, grid=False)
+        self.temporal_conv = nn.Conv1d(D, D, fc.conv_kernel, padding=fc.conv_kernel // 2, groups=D)
+        self.fuseformer = TemporalFuseformer(D, fc.blocks, fc.heads, fc.visual_queries, fc.audio_queries,
+                                             fc.fusion_tokens, fc.frame_tokens, cfg.max_frames)
+        self.llm = build_llm(cfg.llm, tokenizer)
+        C = self.llm.config.hidden_size
+        self.projector = nn.Sequential(nn.Linear(D, C), nn.GELU(), nn.Linear(C, C))
+        self.time_proj = nn.Linear(C, C)
+        self.bridge_queries = nn.Parameter(torch.randn(1, cfg.bridge_tokens, D) * 0.02)
+        self.bridge = CrossBlock(D, fc.heads)
+        self.bridge_out = nn.Linear(D, C)
+        self.evidence = EvidenceHead(C, cfg.evidence.dim)
+        self.text_encoder = TextEncoder(len(tokenizer), D, cfg.align_dim)
+        self.align_video = nn.Linear(D, cfg.align_dim)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+        ids = tokenizer.convert_tokens_to_ids
+        self.video_id, self.evi_id, self.evi_end_id = ids(tk.VIDEO), ids(tk.EVI), ids(tk.EVI_END)
+
+    # ------------------------------------------------------------------ video
+    def encode_video(self, frames: torch.Tensor, mel: torch.Tensor, frame_mask: torch.Tensor):
+        """-> per-frame fuser features ``(B, T, K, D)`` and fusion tokens ``(B, F, D)``."""
+        v = self.residual_v(self.vision(frames))                    # (B, T, Lv, D)
+        a = self.residual_a(self.audio(mel))                        # (B, T, La, D)
+        B, T, Lv, D = v.shape
+        v = v.permute(0, 2, 3, 1).reshape(B * Lv, D, T)             # (B*Lv, D, T)
+        v = v + self.temporal_conv(v)
+        v = v.reshape(B, Lv, D, T).permute(0, 3, 1, 2)              # (B, T, Lv, D)
+        return self.fuseformer(v, a, frame_mask)
+
+    def video_embeddings(self, frames, mel, frame_mask, times):
+        """-> frame embeddings ``(B, T, K, C)``, bridged fusion embeddings ``(B, F', C)``, fuser frame features."""
+        fr, fu = self.encode_video(frames, mel, frame_mask)
+        C = self.llm.config.hidden_size
+        e = self.projector(fr)                                      # (B, T, K, C)
+        e = e + self.time_proj(sinusoid(times, C))[:, :, None]      # time of each frame, in seconds
+        q = self.bridge(self.bridge_queries.expand(fu.shape[0], -1, -1), fu)   # (B, F', D)
+        return e, self.bridge_out(q), fr
+
+    def scatter_video(self, input_ids, frame_emb, fusion_emb, num_frames):
+        """Replace ``<video>`` placeholders by [fusion; frames] per sample -> inputs_embeds ``(B, L, C)``."""
+        emb = self.llm.get_input_embeddings()(input_ids)
+        parts = [torch.cat([fusion_emb[b], frame_emb[b, :n].flatten(0, 1)]) for b, n in enumerate(num_frames)]
+        vid = torch.cat(parts).to(emb.dtype)                        # (sum_b (F' + T_b K), C)
+        mask = (input_ids == self.video_id).unsqueeze(-1)
+        if int(mask.sum()) != vid.shape[0]:
+            raise ValueError(f"prompt has {int(mask.sum())} {tk.VIDEO} placeholders but the video gives {vid.shape[0]}")
+        return emb.masked_scatter(mask, vid)
+
+    def frame_states(self, hidden: torch.Tensor, frame_pos: torch.Tensor) -> torch.Tensor:
+        """Mean LLM state over each frame's K tokens: hidden ``(B, L, C)``, frame_pos ``(B, T, K)`` -> ``(B, T, C)``."""
+        B, T, K = frame_pos.shape
+        h = hidden.gather(1, frame_pos.flatten(1)[..., None].expand(-1, -1, hidden.shape[-1]))
+        return h.view(B, T, K, -1).mean(2)
+
+    # ---------------------------------------------------------------- forward
+    def forward(self, batch: dict) -> dict:
+        """Teacher-forced pass. Returns logits, evidence logits ``(N, T)`` and evidence features."""
+        frame_emb, fusion_emb, fr = self.video_embeddings(batch["frames"], batch["mel"], batch["frame_mask"],
+                                                          batch["times"])
+        out = {"frame_features": fr}
+        if "input_ids" not in batch:
+            return out
+        emb = self.scatter_video(batch["input_ids"], frame_emb, fusion_emb, batch["num_frames"])
+        eb, ep = batch["evi_batch"], batch["evi_pos"]               # (N,), (N,) positions of <evi> inputs
+        if self.cfg.evidence.semantic_capture and len(eb):
+            # Frame states do not depend on later tokens (causal LM), so a first pass without
+            # gradient gives the states whose ground-truth mean is captured into each <evi>.
+            with torch.no_grad():
+                h0 = self.llm(inputs_embeds=emb, attention_mask=batch["attention_mask"],
+                              output_hidden_states=True).hidden_states[-2]
+                hf0 = self.frame_states(h0, batch["frame_pos"])     # (B, T, C)
+            y = batch["evi_targets"]                                # (N, T)
+            cap = (y[..., None] * hf0[eb]).sum(1) / y.sum(1, keepdim=True).clamp(min=1)  # (N, C)
+            emb = emb.index_put((eb, ep), emb[eb, ep] + cap.to(emb.dtype))
+        res = self.llm(inputs_embeds=emb, attention_mask=batch["attention_mask"], output_hidden_states=True)
+        h = res.hidden_states[-2]                                   # penultimate layer (B, L, C)
+        hf = self.frame_states(h, batch["frame_pos"])               # (B, T, C)
+        out["logits"] = res.logits
+        if len(eb):
+            q = self.evidence.query(h[eb, ep - 1])                  # state that emitted <evi>: (N, d)
+            f = self.evidence.frame(hf)[eb]                         # (N, T, d)
+            out["evi_logits"] = torch.einsum("nd,ntd->nt", q, f) * self.evidence.scale
+            out["evi_features"] = q
+        return out
+
+    def align_embeddings(self, frame_features, span_mask, text_ids, text_mask):
+        """Moment and text embeddings for contrastive alignment (L2-normalised)."""
+        fr = frame_features.mean(2)                                 # (B, T, D)
+        m = span_mask[..., None].float()
+        v = (fr * m).sum(1) / m.sum(1).clamp(min=1)                 # (B, D)
+        return F.normalize(self.align_video(v), dim=-1), F.normalize(self.text_encoder(text_ids, text_mask), dim=-1)
+
+    # -------------------------------------------------------------- inference
+    @torch.no_grad()
+    def generate(self, frames: torch.Tensor, mel: torch.Tensor, times: torch.Tensor, prompt_ids: list[int],
+                 duration: float, max_new_tokens: int = 48) -> dict:
+        """Greedy decoding for one video ``frames (1, T, 3, H, W)`` with evidence grounding.
+
+        Returns generated ids, and per ``<evi>``: its stage (1 grounding, 2 answer), frame
+        scores ``(T,)`` and decoded ``[start, end, score]``.
+        """
+        self.eval()
+        T = frames.shape[1]
+        fmask = torch.ones(1, T, dtype=torch.bool)
+        frame_emb, fusion_emb, _ = self.video_embeddings(frames, mel, fmask, times)
+        ids = torch.tensor([prompt_ids])
+        emb = self.scatter_video(ids, frame_emb, fusion_emb, [T])
+        K = frame_emb.shape[2]
+        start = prompt_ids.index(self.video_id) + fusion_emb.shape[1]
+        frame_pos = (start + torch.arange(T * K)).view(1, T, K)
+        res = self.llm(inputs_embeds=emb, use_cache=True, output_hidden_states=True)
+        hf = self.frame_states(res.hidden_states[-2], frame_pos)   # (1, T, C)
+        f = self.evidence.frame(hf)[0]                              # (T, d)
+        past, h_last, logits = res.past_key_values, res.hidden_states[-2][0, -1], res.logits[0, -1]
+        table = self.llm.get_input_embeddings()
+        out_ids, evidence, stage, pos = [], [], 1, len(prompt_ids)
+        for _ in range(max_new_tokens):
+            nxt = int(logits.argmax())
+            if nxt == self.tokenizer.eos_token_id:
+                break
+            out_ids.append(nxt)
+            e = table(torch.tensor([[nxt]]))                        # (1, 1, C)
+            if nxt == self.evi_end_id:
+                stage = 2
+            if nxt == self.evi_id:
+                s = torch.sigmoid(self.evidence.query(h_last) @ f.T * self.evidence.scale).numpy()  # (T,)
+                a, b = salient_frames(s, self.cfg.evidence.threshold)
+                evidence.append({"stage": stage, "scores": s,
+                                 "span": decode_interval(s, self.cfg.fps, duration, self.cfg.evidence.threshold)})
+                if self.cfg.evidence.semantic_capture:
+                    e = e + hf[:, a:b + 1].mean(1, keepdim=True)
+            res = self.llm(inputs_embeds=e, past_key_values=past, use_cache=True, output_hidden_states=True,
+                           position_ids=torch.tensor([[pos]]))
+            pos += 1
+            past, h_last, logits = res.past_key_values, res.hidden_states[-2][0, -1], res.logits[0, -1]
+        return {"ids": out_ids, "evidence": evidence}
+
+    def render_answer(self, ids: list[int], evidence: list[dict]) -> str:
+        """Answer-stage text with each ``<evi>`` written as "s - e seconds"."""
+        toks = self.tokenizer.convert_ids_to_tokens(ids)
+        answer_ev = iter(e for e in evidence if e["stage"] == 2)
+        text, piece, after = [], [], self.evi_end_id not in ids
+        for i, t in zip(ids, toks):
+            if i == self.evi_end_id:
+                after = True
+                continue
+            if not after:
+                continue
+            if i == self.evi_id:
+                text.append(self.tokenizer.convert_tokens_to_string(piece))
+                piece = []
+                ev = next(answer_ev, None)
+                text.append(f"{ev['span'][0]:.1f} - {ev['span'][1]:.1f} seconds" if ev else "")
+            else:
+                piece.append(t)
+        text.append(self.tokenizer.convert_tokens_to_string(piece))
+        return re.sub(r"\s+([.,?!])", r"\1", " ".join(x.strip() for x in text if x.strip()))
+
+    # -------------------------------------------------------------- save/load
+    def save(self, path: str | Path) -> None:
+        """``config.json`` + ``model.safetensors`` + ``tokenizer/``, written atomically per file."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        tmp = path / "config.json.tmp"
+        tmp.write_text(json.dumps(asdict(self.cfg), indent=2))
+        tmp.replace(path / "config.json")
+        state = {k: v.contiguous() for k, v in self.state_dict().items()}
+        # tied LLM weights: safetensors refuses shared storage, and load re-ties them
+        if self.llm.config.tie_word_embeddings:
+            state = {k: v for k, v in state.items() if k != "llm.lm_head.weight"}
+        save_file(state, str(path / "model.safetensors.tmp"), metadata={"format": "pt"})
+        (path / "model.safetensors.tmp").replace(path / "model.safetensors")
+        self.tokenizer.save_pretrained(str(path / "tokenizer"))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "DamoModel":
+        path = Path(path)
+        if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
+            raise FileNotFoundError(f"{path} is not a DaMO model folder (needs config.json and model.safetensors)")
+        cfg = DamoConfig.from_dict(json.loads((path / "config.json").read_text()))
+        tok = PreTrainedTokenizerFast.from_pretrained(str(path / "tokenizer"))
+        model = cls(cfg, tok)
+        missing, unexpected = model.load_state_dict(load_file(str(path / "model.safetensors")), strict=False)
+        missing = [k for k in missing if k != "llm.lm_head.weight"]
+        if missing or unexpected:
+            raise ValueError(f"checkpoint {path} does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        model.llm.tie_weights()
+        return model.eval()
