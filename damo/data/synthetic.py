@@ -59,6 +59,7 @@ AMPLITUDE = {"tone": 0.25, "beep": 0.25, "noise": 0.15}
 CANVAS = 64                 # geometry is stored in pixels of a 64x64 canvas
 MIN_DURATION, MAX_DURATION = 8, 64
 MIN_EVENT, MAX_EVENT = 2, 12
+FILE_FPS = 8                # frame rate of encoded files
 
 # What each event kind occupies: the visual stream (a shape on screen), the audio stream, or both.
 STREAMS = {"shape": ("visual",), "tone": ("audio",), "beep": ("audio",), "noise": ("audio",),
@@ -217,6 +218,11 @@ def _draw_spec(rng: np.random.Generator, difficulty: str, seed: int, split: str,
             wish = _repeat(placed[int(rng.integers(len(placed)))])
         else:
             wish = _fresh(rng, kinds[int(rng.choice(len(kinds), p=weights / weights.sum()))])
+        covered = {st for e in placed for st in STREAMS[e.kind]}
+        if difficulty != "easy" and len(placed) == n_target - 1 and len(covered) == 1:
+            # The last slot fills the stream nobody used yet, so most videos mix sight and sound.
+            missing = [k for k in kinds if not set(STREAMS[k]) & covered]
+            wish = _fresh(rng, missing[int(rng.integers(len(missing)))])
         if difficulty == "easy":
             wish = _make_unique(rng, wish, placed)
         ev = _place(rng, wish, placed, duration, knobs)
@@ -300,10 +306,11 @@ def _fits(cand: Event, placed: list[Event], overlap_ok: bool) -> bool:
     return True
 
 
-def _free_lane(cand: Event, placed: list[Event]) -> int:
+def _free_lane(cand: Event, placed: list[Event]) -> int | None:
+    """A screen half no time-overlapping shape uses, or None if both are taken."""
     used = {o.lane for o in placed if "visual" in STREAMS[o.kind]
             and _overlap(cand.start, cand.end, o.start, o.end)}
-    return next(lane for lane in (0, 1) if lane not in used)
+    return next((lane for lane in (0, 1) if lane not in used), None)
 
 
 def _place(rng: np.random.Generator, wish: dict, placed: list[Event], duration: int, knobs: dict) -> Event | None:
@@ -331,10 +338,12 @@ def _place(rng: np.random.Generator, wish: dict, placed: list[Event], duration: 
                          change_at=int(rng.integers(start + 2, start + length - 1)))
         if not _fits(ev, placed, knobs["overlap"]):
             continue
+        lane = _free_lane(ev, placed) if knobs["overlap"] else -1
+        if lane is None:
+            continue
         if kind == "noise":
             ev = replace(ev, noise_seed=int(rng.integers(2**31)))
         if "visual" in STREAMS[kind]:
-            lane = _free_lane(ev, placed) if knobs["overlap"] else -1
             ev = _geometry(rng, ev, lane, knobs["moving"])
         return ev
     return None
@@ -361,21 +370,28 @@ def _geometry(rng: np.random.Generator, ev: Event, lane: int, p_moving: float) -
 # Rendering
 # --------------------------------------------------------------------------------------------
 def num_frames(duration: float, fps: float) -> int:
-    """Frames whose window centre ``(i + 0.5) / fps`` falls inside the video."""
-    return max(1, math.ceil(duration * fps - 0.5))
+    """``T = max(1, ceil(duration * fps))``: one frame per 1/fps window, as the decoder counts them."""
+    return max(1, math.ceil(duration * fps - 1e-6))
+
+
+def sample_times(duration: float, fps: float) -> np.ndarray:
+    """Window centres ``(i + 0.5) / fps``; a centre past the last picture of the encoded file
+    (``duration - 1/8``) shows that last picture, as a decoder would return it."""
+    times = (np.arange(num_frames(duration, fps), dtype=np.float64) + 0.5) / fps
+    return np.minimum(times, duration - 1.0 / FILE_FPS)
 
 
 def render(spec: VideoSpec, fps: float, size: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """Frames ``(T, size, size, 3)`` uint8 (frame i = the scene at ``(i + 0.5) / fps``) and audio.
 
-    The audio is float32 mono at 16 kHz with ``ceil(duration * 16000)`` samples.
+    ``T = ceil(duration * fps)`` (see :func:`sample_times` for a last centre past the end). The
+    audio is float32 mono at 16 kHz with ``ceil(duration * 16000)`` samples.
     """
-    if fps <= 0:
+    if not fps > 0:
         raise ValueError(f"fps must be > 0, got {fps}")
     if size < 8:
         raise ValueError(f"frame size must be >= 8 pixels, got {size}")
-    times = (np.arange(num_frames(spec.duration, fps)) + 0.5) / fps
-    return render_frames(spec, times, size), render_audio(spec)
+    return render_frames(spec, sample_times(spec.duration, fps), size), render_audio(spec)
 
 
 def render_frames(spec: VideoSpec, times: np.ndarray, size: int = 64) -> np.ndarray:
@@ -447,7 +463,7 @@ def render_clip(uri_or_spec: str | VideoSpec, fps: float = 1.0, size: int = 64) 
     """The clip a decoder would return for the encoded video, rendered without any codec."""
     spec = spec_from_uri(uri_or_spec) if isinstance(uri_or_spec, str) else uri_or_spec
     frames, audio = render(spec, fps, size)
-    times = (np.arange(frames.shape[0], dtype=np.float64) + 0.5) / fps
+    times = sample_times(spec.duration, fps)
     return Clip(frames=frames, times=times, audio=audio, duration=float(spec.duration), fps=float(fps),
                 has_audio=True, source=spec.uri)
 
@@ -455,7 +471,6 @@ def render_clip(uri_or_spec: str | VideoSpec, fps: float = 1.0, size: int = 64) 
 # --------------------------------------------------------------------------------------------
 # Encoding
 # --------------------------------------------------------------------------------------------
-FILE_FPS = 8
 
 
 def write_video(spec: VideoSpec, path: str | Path, size: int = 64) -> Path:
