@@ -30,3 +30,8 @@ class Clip:
     @property
     def num_frames(self) -> int:
         return int(self.frames.shape[0])
+
+
+from damo.media.audio import decode_audio, log_mel  # noqa: E402  (re-exports after the contract)
+from damo.media.cache import load_clip  # noqa: E402
+from damo.media.decode import decode_clip, probe  # noqa: E402

@@ -1,0 +1,380 @@
+"""Media decoding, audio alignment, log-mel features and the clip cache.
+
+Fixture videos are written with PyAV in temporary folders: frame i is a flat grey image whose level
+encodes i, so a decoded frame tells which source frame it is, and the audio carries a tone that
+starts at a known time.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from damo.media import SAMPLE_RATE, Clip, MediaError, decode_clip, load_clip, log_mel, probe
+from damo.media import decode as decode_mod
+
+RATE = 12  # source frames per second; frame i is shown at i / 12 s
+LEVEL0, LEVEL_STEP = 8, 5  # grey level of frame i: 8 + 5 i (48 frames -> 8..243)
+ONSET = 1.25  # seconds at which the fixture tone starts
+
+
+def grey(i: int) -> int:
+    return LEVEL0 + LEVEL_STEP * i
+
+
+def frame_index(image: np.ndarray) -> int:
+    """Which source frame a decoded (resized) flat grey frame shows."""
+    return int(round((float(image.mean()) - LEVEL0) / LEVEL_STEP))
+
+
+def tone(n: int, sr: int, onset: float, freq: float = 440.0) -> np.ndarray:
+    """A cosine of amplitude 0.5 starting at ``onset`` (full amplitude at its first sample)."""
+    t = np.arange(n) / sr
+    return np.where(t >= onset, 0.5 * np.cos(2 * np.pi * freq * (t - onset)), 0.0).astype(np.float32)
+
+
+def write_video(path: Path, seconds: float = 3.0, gop: int = 12, audio: str | None = None,
+                audio_rate: int = 48_000, codec: str = "libx264", garbage_audio: bool = False) -> Path:
+    """Write a 32x32 grey-ramp video at 12 fps with an optional tone track (``audio`` = codec name)."""
+    out = av.open(str(path), "w")
+    v = out.add_stream(codec, rate=RATE)
+    v.width, v.height, v.pix_fmt = 32, 32, "yuv420p"
+    v.codec_context.gop_size = gop
+    if codec == "libx264":
+        v.options = {"keyint": str(gop), "min-keyint": str(gop), "scenecut": "0", "bframes": "2"}
+    a = None
+    if audio is not None:
+        a = out.add_stream(audio, rate=audio_rate)
+        a.layout = "mono"
+    for i in range(int(seconds * RATE)):
+        frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), grey(i), np.uint8), format="rgb24")
+        frame.pts = i
+        out.mux(v.encode(frame))
+    out.mux(v.encode())
+    if a is not None and garbage_audio:
+        rng = np.random.default_rng(0)
+        for k in range(int(seconds * audio_rate / 1152)):
+            packet = av.Packet(rng.integers(0, 256, 400, dtype=np.uint8).tobytes())
+            packet.stream = a
+            packet.pts = packet.dts = int(Fraction(k * 1152, audio_rate) / a.time_base)
+            out.mux(packet)
+    elif a is not None:
+        x = tone(int(seconds * audio_rate), audio_rate, ONSET)
+        fmt = a.codec_context.format.name  # fltp for aac, s16 for pcm_s16le
+        step = a.codec_context.frame_size or 1024
+        for s in range(0, x.shape[0], step):
+            chunk = x[s:s + step][None]  # (1, n)
+            if fmt.startswith("s16"):
+                chunk = np.round(chunk * 32767).astype(np.int16)
+            frame = av.AudioFrame.from_ndarray(chunk, format=fmt, layout="mono")
+            frame.sample_rate, frame.pts = audio_rate, s
+            out.mux(a.encode(frame))
+        out.mux(a.encode())
+    out.close()
+    return path
+
+
+def onset_sample(x: np.ndarray, sr: int = SAMPLE_RATE) -> int:
+    """First sample of the first 1 ms block whose RMS reaches half the tone's RMS (0.5/sqrt 2)."""
+    block = sr // 1000
+    rms = np.sqrt((x[: x.shape[0] // block * block].reshape(-1, block) ** 2).mean(axis=1))
+    first = int(np.argmax(rms > 0.5 * 0.5 / math.sqrt(2)))
+    # refine inside the block: first sample whose magnitude exceeds a tenth of the amplitude
+    seg = np.abs(x[max(0, (first - 1) * block):(first + 1) * block])
+    return max(0, (first - 1) * block) + int(np.argmax(seg > 0.05))
+
+
+@pytest.fixture(scope="module")
+def media_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("media")
+
+
+@pytest.fixture(scope="module")
+def pcm16k(media_dir) -> Path:
+    return write_video(media_dir / "pcm16k.mkv", audio="pcm_s16le", audio_rate=16_000)
+
+
+@pytest.fixture(scope="module")
+def pcm48k(media_dir) -> Path:
+    return write_video(media_dir / "pcm48k.mkv", audio="pcm_s16le", audio_rate=48_000)
+
+
+# ---------------------------------------------------------------------------------------------
+# frame sampling
+
+
+@pytest.mark.parametrize("fps", [1.0, 2.0, 5.0])
+def test_kept_frames_are_nearest_to_window_centres(pcm16k, fps):
+    clip = decode_clip(pcm16k, fps=fps, size=16)
+    T = math.ceil(3.0 * fps)
+    assert clip.frames.shape == (T, 16, 16, 3) and clip.frames.dtype == np.uint8
+    # centres (k + 0.5) / fps fall on 12 * c source frames; none of these lie half-way between two
+    expected = [round(RATE * (k + 0.5) / fps) for k in range(T)]
+    assert [frame_index(f) for f in clip.frames] == expected
+    np.testing.assert_allclose(clip.times, np.array(expected) / RATE, atol=1e-3)
+    assert clip.fps == fps and clip.duration == pytest.approx(3.0, abs=0.05)
+
+
+def test_frames_past_the_last_source_frame_repeat_it(pcm16k):
+    clip = decode_clip(pcm16k, fps=1 / 0.7, size=8)  # T = ceil(3 / 0.7) = 5, last centre 3.15 s
+    assert clip.num_frames == 5
+    assert frame_index(clip.frames[-1]) == 35 and clip.times[-1] == pytest.approx(35 / RATE, abs=1e-3)
+
+
+def test_native_size_and_square_resize(pcm16k):
+    native = decode_clip(pcm16k, fps=1.0, size=None)
+    assert native.frames.shape == (3, 32, 32, 3)
+    assert decode_clip(pcm16k, fps=1.0, size=7).frames.shape == (3, 7, 7, 3)
+
+
+def test_seek_and_sequential_agree_and_auto_picks_by_keyframe_spacing(media_dir, monkeypatch):
+    # with keyint = min-keyint = g, x264 places IDR frames g - 1 frames apart
+    dense = write_video(media_dir / "dense.mp4", seconds=4.0, gop=4)  # keyframe every 3/12 = 0.25 s
+    sparse = write_video(media_dir / "sparse.mp4", seconds=4.0, gop=48)  # keyframes at 0 and 47/12 s
+    assert probe(dense)["keyframe_interval"] == pytest.approx(0.25, abs=1e-6)
+    assert probe(sparse)["keyframe_interval"] > 3.0
+    for path in (dense, sparse):
+        for fps in (1.0, 3.0):
+            a = decode_clip(path, fps=fps, size=8, mode="seek")
+            b = decode_clip(path, fps=fps, size=8, mode="sequential")
+            np.testing.assert_array_equal(a.frames, b.frames)
+            np.testing.assert_array_equal(a.times, b.times)
+            assert [frame_index(f) for f in a.frames] == [round(RATE * (k + 0.5) / fps) for k in range(a.num_frames)]
+
+    chosen = []
+    real = decode_mod._sample_frames
+    monkeypatch.setattr(decode_mod, "_sample_frames",
+                        lambda *args: chosen.append(args[4]) or real(*args))
+    decode_clip(dense, fps=1.0, size=8)
+    decode_clip(sparse, fps=1.0, size=8)
+    assert chosen == [True, False]
+
+
+# ---------------------------------------------------------------------------------------------
+# audio
+
+
+def test_pcm_tone_onset_lands_on_its_sample(pcm16k, pcm48k):
+    for path in (pcm16k, pcm48k):
+        clip = decode_clip(path, fps=1.0, size=8)
+        assert clip.has_audio and clip.audio.dtype == np.float32
+        assert clip.audio.shape == (3 * SAMPLE_RATE,)
+        assert abs(onset_sample(clip.audio) - ONSET * SAMPLE_RATE) <= 16  # 1 ms
+        assert np.abs(clip.audio[: int(1.2 * SAMPLE_RATE)]).max() < 0.01  # silence before the tone
+    exact = decode_clip(pcm16k, fps=1.0, size=8).audio  # no resampling: sample-exact
+    np.testing.assert_allclose(exact, tone(3 * SAMPLE_RATE, SAMPLE_RATE, ONSET), atol=2e-4)
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
+def test_aac_priming_does_not_shift_the_timeline(media_dir, pcm48k, suffix):
+    aac = write_video(media_dir / f"aac{suffix}", audio="aac", audio_rate=48_000)
+    a = decode_clip(aac, fps=1.0, size=8).audio
+    ref = decode_clip(pcm48k, fps=1.0, size=8).audio
+    # AAC priming is 1024 samples = 21 ms at 48 kHz: an unaligned decoder would be that late
+    assert abs(onset_sample(a) - onset_sample(ref)) <= 0.003 * SAMPLE_RATE
+    steady = slice(int(1.5 * SAMPLE_RATE), int(2.5 * SAMPLE_RATE))
+    assert np.corrcoef(a[steady], ref[steady])[0, 1] > 0.99  # same phase, not just same onset
+
+
+def test_missing_audio_is_zeros(media_dir):
+    clip = decode_clip(write_video(media_dir / "silent.mp4", seconds=2.0), fps=1.0, size=8)
+    assert not clip.has_audio and clip.audio.shape == (2 * SAMPLE_RATE,) and not clip.audio.any()
+
+
+def test_undecodable_audio_is_dropped_with_a_warning(media_dir):
+    path = write_video(media_dir / "badaudio.mkv", audio="libmp3lame", audio_rate=44_100, garbage_audio=True)
+    with pytest.warns(UserWarning, match="badaudio.mkv.*audio"):
+        clip = decode_clip(path, fps=1.0, size=8)
+    assert not clip.has_audio and not clip.audio.any()
+    assert [frame_index(f) for f in clip.frames[:3]] == [6, 18, 30]
+
+
+# ---------------------------------------------------------------------------------------------
+# real files
+
+
+# duration (s), has an audio track, per the shared data README (charades from its container)
+SHARED = {
+    "charades_0F7LW.mp4": (30.7, True),
+    "big_buck_bunny_0_30.webm": (30.0, True),
+    "chaplin.mp4": (9.6, True),
+    "video_with_failing_audio.mp4": (11.3, True),
+    "transparent.webm": (5.0, True),
+    "test_video.mp4": (5.0, False),
+    "bikes.mp4": (10.0, False),
+    "carphone_pristine.mp4": (4.0, False),
+}
+
+
+def test_every_shared_video_decodes(shared_data):
+    videos = sorted((shared_data / "videos").iterdir())
+    assert {p.name for p in videos} == set(SHARED), "update SHARED with the new shared videos"
+    for path in videos:
+        duration, has_audio = SHARED[path.name]
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # none of these should need to drop a track
+            clip = decode_clip(path, fps=1.0, size=16)
+        assert clip.duration == pytest.approx(duration, abs=0.1), path.name
+        assert clip.num_frames == math.ceil(clip.duration - 1e-6), path.name
+        assert clip.frames.shape[1:] == (16, 16, 3)
+        assert clip.has_audio == has_audio, path.name
+        assert clip.audio.shape == (math.ceil(clip.duration * SAMPLE_RATE - 1e-6),)
+        assert np.all(np.diff(clip.times) > 0) or clip.num_frames == 1, path.name
+        # a kept frame lies in or next to its own window (nearest to the centre, sparse sources aside)
+        window = np.arange(clip.num_frames)
+        assert np.all(clip.times < (window + 1) / clip.fps + 0.25), path.name
+    info = probe(shared_data / "videos" / "charades_0F7LW.mp4")
+    assert (info["width"], info["height"], info["video_codec"], info["audio_codec"]) == (320, 480, "h264", "aac")
+    assert info["fps"] == pytest.approx(6.1, abs=0.05)
+
+
+def test_shared_audio_is_aligned_and_real(shared_data):
+    chaplin = decode_clip(shared_data / "videos" / "chaplin.mp4", fps=1.0, size=8)
+    assert chaplin.has_audio and np.abs(chaplin.audio).max() > 0.1
+    silent = decode_clip(shared_data / "videos" / "transparent.webm", fps=1.0, size=8)
+    assert silent.has_audio and np.abs(silent.audio).max() < 1e-3  # the README's "silent Vorbis"
+
+
+def test_degenerate_one_pixel_video(shared_data):
+    clip = decode_clip(shared_data / "videos" / "test_video.mp4", fps=2.0, size=None)
+    assert clip.frames.shape == (10, 1, 1, 3)
+    # 1 fps source frames at 0..4 s; centres 0.25, 0.75, 1.25 ... -> frames 0, 1 (0.75 is nearer 1), 1, 2 ...
+    np.testing.assert_allclose(clip.times, [0, 1, 1, 2, 2, 3, 3, 4, 4, 4], atol=1e-6)
+    # at 1 fps every centre k + 0.5 is equally far from frames k and k + 1: ties go to the earlier
+    np.testing.assert_allclose(decode_clip(clip.source, fps=1.0, size=None).times, [0, 1, 2, 3, 4], atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# bad input
+
+
+def test_bad_files_raise_media_error_naming_them(tmp_path, pcm16k):
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    text = tmp_path / "notes.mp4"
+    text.write_text("this is not a video\n" * 50)
+    good = pcm16k.read_bytes()
+    truncated_mkv = tmp_path / "cut.mkv"
+    truncated_mkv.write_bytes(good[: len(good) // 2])
+    mp4 = write_video(tmp_path / "whole.mp4", seconds=2.0).read_bytes()
+    truncated_mp4 = tmp_path / "cut.mp4"
+    truncated_mp4.write_bytes(mp4[: len(mp4) * 2 // 3])
+    audio_only = tmp_path / "voice.wav"
+    with av.open(str(audio_only), "w") as out:
+        a = out.add_stream("pcm_s16le", rate=16_000)
+        a.layout = "mono"
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 16_000), np.int16), format="s16", layout="mono")
+        frame.sample_rate, frame.pts = 16_000, 0
+        out.mux(a.encode(frame))
+        out.mux(a.encode())
+    cases = {
+        tmp_path / "missing.mp4": "no such file",
+        empty: "empty",
+        text: "not a readable media file",
+        truncated_mkv: "truncated",
+        truncated_mp4: "no audio or video stream",  # the index (moov) at the end is gone
+        audio_only: "no video stream",
+    }
+    for path, problem in cases.items():
+        with pytest.raises(MediaError, match=problem) as err:
+            decode_clip(path)
+        assert str(path) in str(err.value)
+        assert "Traceback" not in str(err.value)
+    with pytest.raises(MediaError, match="missing.mp4"):
+        probe(tmp_path / "missing.mp4")
+    with pytest.raises(MediaError, match="missing.mp4"):
+        load_clip(tmp_path / "missing.mp4", cache_dir=tmp_path / "cache")
+
+
+def test_bad_arguments_say_what_to_pass(pcm16k):
+    with pytest.raises(ValueError, match="fps"):
+        decode_clip(pcm16k, fps=0)
+    with pytest.raises(ValueError, match="size"):
+        decode_clip(pcm16k, size=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# cache
+
+
+def _fail(*args, **kwargs):
+    raise AssertionError("decoded although the clip was cached")
+
+
+def test_cache_returns_identical_clip_without_decoding(pcm16k, tmp_path, monkeypatch):
+    first = load_clip(pcm16k, fps=2.0, size=16, cache_dir=tmp_path)
+    entries = list(tmp_path.glob("*.npz"))
+    assert len(entries) == 1 and not list(tmp_path.glob("*.tmp"))
+    monkeypatch.setattr(decode_mod, "decode_clip", _fail)
+    copy = tmp_path / "renamed.mkv"  # same content under another name shares the entry
+    copy.write_bytes(pcm16k.read_bytes())
+    for path in (pcm16k, copy):
+        again = load_clip(path, fps=2.0, size=16, cache_dir=tmp_path)
+        assert isinstance(again, Clip) and again.source == str(path)
+        for field in ("frames", "times", "audio"):
+            np.testing.assert_array_equal(getattr(again, field), getattr(first, field))
+        assert (again.duration, again.fps, again.has_audio) == (first.duration, first.fps, first.has_audio)
+    with pytest.raises(AssertionError, match="decoded"):
+        load_clip(pcm16k, fps=1.0, size=16, cache_dir=tmp_path)  # other parameters: a new entry
+
+
+def test_cache_rebuilds_corrupt_entry_and_uses_env_dir(pcm16k, tmp_path, monkeypatch):
+    monkeypatch.setenv("DAMO_CACHE", str(tmp_path / "env"))
+    first = load_clip(pcm16k, fps=1.0, size=8)
+    (entry,) = (tmp_path / "env").glob("*.npz")
+    entry.write_bytes(entry.read_bytes()[:100])  # a torn write
+    calls = []
+    real = decode_mod.decode_clip
+    monkeypatch.setattr(decode_mod, "decode_clip", lambda *a, **k: calls.append(1) or real(*a, **k))
+    rebuilt = load_clip(pcm16k, fps=1.0, size=8)
+    assert calls == [1]
+    np.testing.assert_array_equal(rebuilt.frames, first.frames)
+    load_clip(pcm16k, fps=1.0, size=8)
+    assert calls == [1]  # the rebuilt entry is good
+
+
+def test_cache_repeats_the_dropped_audio_warning(media_dir, tmp_path):
+    path = write_video(media_dir / "badaudio2.mkv", audio="libmp3lame", audio_rate=44_100, garbage_audio=True)
+    for _ in range(2):
+        with pytest.warns(UserWarning, match="audio"):
+            clip = load_clip(path, fps=1.0, size=8, cache_dir=tmp_path)
+        assert not clip.has_audio
+
+
+# ---------------------------------------------------------------------------------------------
+# log-mel
+
+
+def test_log_mel_shape_and_window_alignment():
+    audio = np.zeros(int(2.5 * SAMPLE_RATE), np.float32)
+    feats = log_mel(audio, num_frames=4)
+    assert feats.shape == (4, 100, 32) and feats.dtype == np.float32
+    assert log_mel(audio).shape == (3, 100, 32)  # default: as many windows as the audio needs
+    assert log_mel(audio, fps=2.0, num_frames=3, n_mels=16).shape == (3, 50, 16)
+    np.testing.assert_allclose(feats, math.log(1e-6), atol=1e-5)  # silence is the floor
+    # a click at 1.5 s (sample 24000) lies inside the 400-sample windows centred 0 and +-160
+    # samples away, i.e. global STFT frames 149..151 = frames 49..51 of window 1, and nowhere else
+    click = audio.copy()
+    click[int(1.5 * SAMPLE_RATE)] = 1.0
+    energy = log_mel(click, num_frames=4).max(axis=2)  # (T, F)
+    loud = np.argwhere(energy > math.log(1e-6) + 1)
+    assert sorted(map(tuple, loud.tolist())) == [(1, 49), (1, 50), (1, 51)]
+
+
+def test_log_mel_puts_a_1khz_tone_in_its_mel_bin():
+    t = np.arange(SAMPLE_RATE) / SAMPLE_RATE
+    feats = log_mel(np.sin(2 * np.pi * 1000 * t).astype(np.float32), num_frames=1)
+    # Slaney mel: 1 kHz is 15 mel; 32 filters spread to mel(8 kHz) = 15 + 27 ln 8 / ln 6.4 = 45.245,
+    # centres at (k + 1) * 45.245 / 33 -> filter k = 10 (centre 15.08 mel, about 1005 Hz)
+    assert np.bincount(feats[0, 5:95].argmax(axis=1)).argmax() == 10
+    assert (feats[0, 50].max() - np.median(feats[0, 50])) > 5  # the tone stands far above the rest
+
+
+def test_log_mel_rejects_stereo():
+    with pytest.raises(ValueError, match="mono"):
+        log_mel(np.zeros((2, 16_000), np.float32))
