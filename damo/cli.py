@@ -1,0 +1,205 @@
+"""The ``damo`` command: one function per subcommand.
+
+    damo demo   [--workdir DIR]                     generate data, train the 4-stage recipe, evaluate, ground
+    damo train  --recipe R.yaml [--workdir DIR] [--set key=value ...]
+    damo eval   --data TEST.jsonl --model DIR [--out DIR]          run our model and score it
+    damo eval   --task TASK --gt GT --pred PRED [--out M.json]      score any model's predictions
+    damo ground VIDEO "QUERY" [--model DIR]
+    damo data synth   --n N --seed S --out DIR [--difficulty standard]
+    damo data convert --format F --in PATH [--durations CSV] --out OUT.jsonl
+
+Heavy imports happen inside each subcommand so ``damo --help`` stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+DEFAULT_WORKDIR = Path("runs/demo")
+RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+
+
+def _print(obj) -> None:
+    print(json.dumps(obj, indent=2, ensure_ascii=False))
+
+
+def _setup_torch() -> None:
+    import torch
+    torch.set_num_threads(max(1, min(torch.get_num_threads(), 8)))
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Data -> 4-stage training -> evaluation on the encoded test split -> one grounding."""
+    from damo.config import load_recipe
+    from damo.data import synthetic
+    from damo.data.schema import load_samples, save_samples, write_jsonl
+    from damo.eval.evaluate import grounding_report, predict
+    from damo.train.recipe import clip_store, run_recipe
+    import damo
+
+    _setup_torch()
+    t0 = time.time()
+    work = Path(args.workdir)
+    recipe = load_recipe(args.recipe, args.set)
+    data = work / "data"
+    if not (data / "test.jsonl").is_file():
+        print(f"generating the procedural test split into {data} ...")
+        synthetic.synthesize(data, n=args.n_train, seed=recipe.seed, difficulty=args.difficulty, test_n=args.n_test)
+    else:
+        print(f"reusing data in {data}")
+    recipe.data["train"] = f"synth://{args.difficulty}?n={args.n_train}&seed={recipe.seed}&split=train"
+    model = run_recipe(recipe, work)
+    test = [s for s in load_samples(data / "test.jsonl")]
+    store = clip_store(model.cfg)
+    preds = predict(model, test, store)
+    write_jsonl(work / "predictions.jsonl", (p.to_dict() for p in preds))
+    metrics = grounding_report(test, preds)
+    g = next(s for s in test if s.task == "grounding")
+    example = damo.load(work / "model").ground(g.video, g.query)
+    report = {"wall_s": round(time.time() - t0, 1), "metrics": metrics,
+              "example": {"video": g.video, "query": g.query, "truth": g.spans, **example}}
+    (work / "report.json").write_text(json.dumps(report, indent=2))
+    print("\nR@1 on held-out test grounding queries (IoU >= t):")
+    for name, m in metrics.items():
+        if name == "overall" or name.startswith("modality/") or name.startswith("task/"):
+            print(f"  {name:28s} n={m['n']:4d}  R@0.3={m['R1@0.3']:.3f}  R@0.5={m['R1@0.5']:.3f}  "
+                  f"R@0.7={m['R1@0.7']:.3f}  mIoU={m['mIoU']:.3f}")
+    print(f"\nexample: {g.query!r} (truth {g.spans})")
+    _print(example)
+    print(f"\nwall {report['wall_s']} s; report in {work / 'report.json'}; model in {work / 'model'}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from damo.config import load_recipe
+    from damo.train.recipe import run_recipe
+
+    _setup_torch()
+    recipe = load_recipe(args.recipe, args.set)
+    run_recipe(recipe, args.workdir or Path("runs") / recipe.name)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    if args.task:
+        if not (args.gt and args.pred):
+            raise SystemExit("damo eval --task needs --gt and --pred (or use --data and --model to run our model)")
+        from damo.eval.score import score
+        m = score(args.task, args.gt, args.pred, durations=args.durations, subset=args.subset,
+                  convention=args.convention)
+        if args.out:
+            Path(args.out).write_text(json.dumps(m, indent=2))
+        _print(m)
+        return 0
+    if not (args.data and args.model):
+        raise SystemExit("damo eval needs either --task/--gt/--pred (score predictions) or --data/--model (run our model)")
+    from damo.data.schema import load_samples, write_jsonl
+    from damo.eval.evaluate import grounding_report, predict
+    from damo.model.modeling_damo import DamoModel
+    from damo.train.recipe import clip_store
+
+    _setup_torch()
+    model = DamoModel.load(args.model)
+    samples = load_samples(args.data)
+    preds = predict(model, samples, clip_store(model.cfg))
+    m = grounding_report(samples, preds)
+    out = Path(args.out or "runs/eval")
+    out.mkdir(parents=True, exist_ok=True)
+    write_jsonl(out / "predictions.jsonl", (p.to_dict() for p in preds))
+    (out / "metrics.json").write_text(json.dumps(m, indent=2))
+    _print(m)
+    return 0
+
+
+def cmd_ground(args: argparse.Namespace) -> int:
+    import damo
+    from damo.media import MediaError
+
+    _setup_torch()
+    model_dir = Path(args.model)
+    if not (model_dir / "model.safetensors").is_file():
+        raise SystemExit(f"no trained model in {model_dir}; run `damo demo` first or pass --model DIR")
+    try:
+        _print(damo.load(model_dir).ground(args.video, args.query))
+    except (MediaError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_data_synth(args: argparse.Namespace) -> int:
+    from damo.data import synthetic
+    _print(synthetic.synthesize(args.out, n=args.n, seed=args.seed, difficulty=args.difficulty, test_n=args.n_test))
+    return 0
+
+
+def cmd_data_convert(args: argparse.Namespace) -> int:
+    from damo.data import formats
+    _print(formats.convert(args.format, args.inp, args.out, durations=args.durations))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="damo", description="Temporally grounded video-language models.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    d = sub.add_parser("demo", help="train the 4-stage recipe on procedural data, evaluate, ground")
+    d.add_argument("--workdir", default=str(DEFAULT_WORKDIR))
+    d.add_argument("--recipe", default=str(RECIPES / "damo_4stage.yaml"))
+    d.add_argument("--difficulty", default="standard", choices=["easy", "standard", "hard"])
+    d.add_argument("--n-train", type=int, default=1500)
+    d.add_argument("--n-test", type=int, default=120)
+    d.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe override")
+    d.set_defaults(fn=cmd_demo)
+
+    t = sub.add_parser("train", help="run a multi-stage recipe")
+    t.add_argument("--recipe", required=True)
+    t.add_argument("--workdir")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe override")
+    t.set_defaults(fn=cmd_train)
+
+    e = sub.add_parser("eval", help="score predictions, or run a model and score it")
+    e.add_argument("--task", help="charades-sta, qvhighlights, activitynet-captions, youcook2, etbench, didemo, tacos")
+    e.add_argument("--gt")
+    e.add_argument("--pred")
+    e.add_argument("--durations")
+    e.add_argument("--subset", default="all", choices=["all", "predicted"])
+    e.add_argument("--convention", choices=[">=", ">"])
+    e.add_argument("--data", help="canonical JSONL to run --model on")
+    e.add_argument("--model")
+    e.add_argument("--out")
+    e.set_defaults(fn=cmd_eval)
+
+    g = sub.add_parser("ground", help="answer a question about a video and say when")
+    g.add_argument("video")
+    g.add_argument("query")
+    g.add_argument("--model", default=str(DEFAULT_WORKDIR / "model"))
+    g.set_defaults(fn=cmd_ground)
+
+    data = sub.add_parser("data", help="data tools").add_subparsers(dest="data_cmd", required=True)
+    s = data.add_parser("synth", help="procedural audio-visual videos with exact ground truth")
+    s.add_argument("--n", type=int, required=True, help="training videos")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--difficulty", default="standard", choices=["easy", "standard", "hard"])
+    s.add_argument("--n-test", type=int, default=None)
+    s.add_argument("--out", required=True)
+    s.set_defaults(fn=cmd_data_synth)
+    c = data.add_parser("convert", help="public annotation format -> canonical JSONL")
+    c.add_argument("--format", required=True)
+    c.add_argument("--in", dest="inp", required=True)
+    c.add_argument("--durations")
+    c.add_argument("--out", required=True)
+    c.set_defaults(fn=cmd_data_convert)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

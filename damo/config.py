@@ -1,0 +1,98 @@
+"""Recipes as data: YAML files of stages, with dotted command-line overrides.
+
+A recipe is an ordered list of stages (DESIGN.md section 5). Each stage names what it
+trains (parameter-name glob patterns), on which data (task filter), with which losses and
+weights, for how many steps. One loop (:mod:`damo.train.loop`) runs every stage.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from damo.model.modeling_damo import DamoConfig
+
+
+@dataclass
+class Stage:
+    name: str
+    losses: dict[str, float]
+    steps: int
+    trainable: list[str] = field(default_factory=lambda: ["*"])
+    tasks: list[str] | None = None        # keep only samples of these tasks (None: all)
+    dialogue: bool = False                # group each video's samples into multi-turn dialogues
+    init_from: str | None = None          # a previous stage's name or a model folder; default: continue
+    lr: float = 1e-3
+    batch: int = 16
+    warmup: int = 20
+    weight_decay: float = 0.01
+
+
+@dataclass
+class Recipe:
+    stages: list[Stage]
+    model: DamoConfig = field(default_factory=DamoConfig)
+    data: dict[str, str] = field(default_factory=dict)   # split -> dataset spec (synth://... or JSONL path)
+    seed: int = 0
+    name: str = "recipe"
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], base: Path | None = None) -> "Recipe":
+        d = dict(d)
+        model = d.pop("model", {}) or {}
+        if isinstance(model, str):  # a path to a model YAML, relative to the recipe
+            p = Path(model) if base is None or Path(model).is_absolute() else base / model
+            model = yaml.safe_load(p.read_text()) or {}
+        stages = d.pop("stages", None)
+        if not stages:
+            raise ValueError("a recipe needs a non-empty 'stages' list")
+        out = []
+        for s in stages:
+            bad = set(s) - set(Stage.__dataclass_fields__)
+            if bad:
+                raise ValueError(f"stage {s.get('name', '?')!r}: unknown keys {sorted(bad)}; "
+                                 f"valid: {sorted(Stage.__dataclass_fields__)}")
+            s = dict(s)
+            for k in ("lr", "weight_decay"):
+                if k in s:
+                    s[k] = float(s[k])
+            out.append(Stage(**s))
+        names = [s.name for s in out]
+        if len(set(names)) != len(names):
+            raise ValueError(f"stage names must be unique, got {names}")
+        bad = set(d) - {"data", "seed", "name"}
+        if bad:
+            raise ValueError(f"unknown recipe keys {sorted(bad)}; valid: model, data, stages, seed, name")
+        return cls(stages=out, model=DamoConfig.from_dict(model), **d)
+
+
+def set_dotted(d: dict, key: str, value: Any) -> None:
+    """``set_dotted(d, "stages.0.steps", 10)``: list indices are integers."""
+    parts = key.split(".")
+    cur: Any = d
+    for p in parts[:-1]:
+        cur = cur[int(p)] if isinstance(cur, list) else cur.setdefault(p, {})
+    last = parts[-1]
+    if isinstance(cur, list):
+        cur[int(last)] = value
+    else:
+        cur[last] = value
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read a recipe YAML and apply ``key=value`` overrides (values parsed as YAML)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"recipe {path} not found")
+    d = yaml.safe_load(path.read_text()) or {}
+    if isinstance(d.get("model"), str):
+        p = Path(d["model"])
+        d["model"] = yaml.safe_load((p if p.is_absolute() else path.parent / p).read_text()) or {}
+    for o in overrides or []:
+        if "=" not in o:
+            raise ValueError(f"override {o!r} must look like key.sub=value")
+        k, v = o.split("=", 1)
+        set_dotted(d, k, yaml.safe_load(v))
+    return Recipe.from_dict(d, base=path.parent)

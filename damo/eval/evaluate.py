@@ -1,0 +1,62 @@
+"""Run a model over canonical samples -> canonical predictions + grounding metrics.
+
+Metrics follow the ``>=`` convention (TimeChat, E.T. Bench) and are reported overall (on
+single-moment ``grounding`` queries), per task, per event modality (visual / audio /
+audio-visual, from ``meta['modality']``) and per query kind (``meta['kind']``).
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+from tqdm import tqdm
+
+from damo.data.clips import ClipStore
+from damo.data.collate import ClipTensors, prompt_ids
+from damo.data.schema import Prediction, Sample
+from damo.eval.metrics import grounding_metrics
+from damo.model.modeling_damo import DamoModel
+
+
+def predict_one(model: DamoModel, clip: ClipTensors, query: str, max_new_tokens: int = 48) -> dict:
+    """Answer one query about one prepared clip: text, spans (best first) and evidence."""
+    if not query.strip():
+        raise ValueError("the query is empty; ask a question about the video")
+    T = clip.frames.shape[0]
+    frames = clip.frames.permute(0, 3, 1, 2).float().div(255.0)[None]   # (1, T, 3, H, W)
+    ids = prompt_ids(model.tokenizer, model.cfg.bridge_tokens + T * model.cfg.fuser.frame_tokens, query)
+    gen = model.generate(frames, clip.mel.float()[None], clip.times[None], ids, clip.duration, max_new_tokens)
+    ev = gen["evidence"]
+    answer_ev = [e for e in ev if e["stage"] == 2] or [e for e in ev if e["stage"] == 1]
+    spans = sorted((e["span"] for e in answer_ev), key=lambda s: -s[2])
+    return {"answer": model.render_answer(gen["ids"], ev), "spans": spans,
+            "evidence": [e["span"] for e in ev if e["stage"] == 1],
+            "scores": [e["scores"] for e in answer_ev]}
+
+
+@torch.no_grad()
+def predict(model: DamoModel, samples: list[Sample], store: ClipStore, progress: bool = True) -> list[Prediction]:
+    preds = []
+    for s in tqdm(samples, desc="predict", disable=not progress, dynamic_ncols=True):
+        r = predict_one(model, store.get(s.video), s.query)
+        preds.append(Prediction(id=s.id, spans=[[round(x, 3) for x in sp] for sp in r["spans"]], answer=r["answer"]))
+    return preds
+
+
+def grounding_report(samples: list[Sample], preds: list[Prediction]) -> dict:
+    """Metrics overall (task ``grounding``), and by task, modality and query kind."""
+    by = {p.id: p for p in preds}
+    groups: dict[str, list[Sample]] = defaultdict(list)
+    for s in samples:
+        if not s.spans:
+            continue
+        groups[f"task/{s.task}"].append(s)
+        if s.task == "grounding":
+            groups["overall"].append(s)
+            groups[f"modality/{s.meta.get('modality', 'unknown')}"].append(s)
+            groups[f"kind/{s.meta.get('kind', 'unknown')}"].append(s)
+    out = {}
+    for name, ss in sorted(groups.items()):
+        m = grounding_metrics([s.spans for s in ss], [by[s.id].spans if s.id in by else [] for s in ss])
+        out[name] = {k: round(v, 4) for k, v in m.items()} | {"n": len(ss)}
+    return out
