@@ -375,17 +375,22 @@ def num_frames(duration: float, fps: float) -> int:
 
 
 def sample_times(duration: float, fps: float) -> np.ndarray:
-    """Window centres ``(i + 0.5) / fps``; a centre past the last picture of the encoded file
-    (``duration - 1/8``) shows that last picture, as a decoder would return it."""
-    times = (np.arange(num_frames(duration, fps), dtype=np.float64) + 0.5) / fps
-    return np.minimum(times, duration - 1.0 / FILE_FPS)
+    """When each of the ``T`` frames is shown: the picture of the encoded file (8 fps) nearest the
+    window centre ``(i + 0.5) / fps``, ties to the earlier one, as a decoder returns it.
+
+    At fps 1, 2 and 4 every centre is a multiple of 1/8 s, so frame ``i`` is exactly the scene at
+    ``(i + 0.5) / fps``; a centre past the last picture (``duration - 1/8``) shows that picture.
+    """
+    centres = (np.arange(num_frames(duration, fps), dtype=np.float64) + 0.5) / fps
+    picture = np.ceil(centres * FILE_FPS - 0.5 - 1e-9)  # nearest picture index, ties to the earlier
+    return np.clip(picture, 0, math.ceil(duration * FILE_FPS) - 1) / FILE_FPS
 
 
 def render(spec: VideoSpec, fps: float, size: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """Frames ``(T, size, size, 3)`` uint8 (frame i = the scene at ``(i + 0.5) / fps``) and audio.
 
-    ``T = ceil(duration * fps)`` (see :func:`sample_times` for a last centre past the end). The
-    audio is float32 mono at 16 kHz with ``ceil(duration * 16000)`` samples.
+    ``T = ceil(duration * fps)``; see :func:`sample_times` for rates whose centres fall between the
+    encoded file's pictures. The audio is float32 mono at 16 kHz, ``ceil(duration * 16000)`` samples.
     """
     if not fps > 0:
         raise ValueError(f"fps must be > 0, got {fps}")
@@ -664,11 +669,11 @@ def _queries(spec: VideoSpec, rng: np.random.Generator) -> list[dict]:
         add("dense_caption", "describe", tpl("describe"), [(e.start, e.end) for e in ev], list(range(len(ev))),
             answer="; ".join(caps) + ".", captions=caps)
 
-    # grounded_qa: attribute of the one shape on screen during a unique sound
+    # grounded_qa: attribute of the one shape on screen during a unique sound (a flash's own
+    # shape counts: it is on screen while its beep plays)
     cands = []
     for a in ua:
-        vs = [o for k, os in occ.items() if k[0] == "v" for o in os
-              if o.event != a.event and _overlap(o.start, o.end, a.start, a.end) > 0]
+        vs = [o for k, os in occ.items() if k[0] == "v" for o in os if _overlap(o.start, o.end, a.start, a.end) > 0]
         if len(vs) == 1:
             cands.append((a, vs[0]))
     if cands:
@@ -679,8 +684,7 @@ def _queries(spec: VideoSpec, rng: np.random.Generator) -> list[dict]:
     # grounded_qa: the one sound heard while a unique shape is visible
     cands = []
     for v in uv:
-        as_ = [o for k, os in occ.items() if k[0] == "a" for o in os
-               if o.event != v.event and _overlap(o.start, o.end, v.start, v.end) > 0]
+        as_ = [o for k, os in occ.items() if k[0] == "a" for o in os if _overlap(o.start, o.end, v.start, v.end) > 0]
         if len(as_) == 1:
             cands.append((v, as_[0]))
     if cands:
