@@ -92,13 +92,21 @@ def as_span(x: object, where: str) -> list[float]:
     return [to_float(x[0], "span start", where), to_float(x[1], "span end", where)]
 
 
-def clean_text(text: object, report: QuirkReport, where: str) -> str:
-    """Strip surrounding whitespace, counting it as ``text_stripped`` (annotations often pad sentences)."""
+def clean_text(text: object, report: QuirkReport, where: str, single_line: bool = False) -> str:
+    """Strip surrounding whitespace, counted as ``text_stripped`` (annotations often pad sentences).
+
+    ``single_line`` is for captions and one-sentence queries: a line break inside one (ActivityNet
+    val_1 has one) becomes a space, counted as ``line_break_in_text``, so that one caption stays
+    one line in prediction files that hold a caption per line.
+    """
     if not isinstance(text, str):
         raise ValueError(f"{where}: expected text, got {type(text).__name__}")
     stripped = text.strip()
     if stripped != text:
         report["text_stripped"] += 1
+    if single_line and ("\n" in stripped or "\r" in stripped):
+        stripped = " ".join(part.strip() for part in stripped.splitlines())
+        report["line_break_in_text"] += 1
     return stripped
 
 

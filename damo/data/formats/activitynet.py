@@ -9,16 +9,18 @@ and PDVC ship, and PDVC's YouCook2 conversion). Two ways to read it:
   the sentence's zero-based index in the file (stable when other sentences are rejected).
 
 Quirks: segments ending after ``duration`` are clipped (``end_past_duration``; 134 in val_1);
-sentences padded with spaces are stripped (``text_stripped``); an event whose span is rejected
+sentences padded with spaces are stripped (``text_stripped``; 11,639 in val_1) and a line
+break inside one becomes a space (``line_break_in_text``; one in val_1); an event whose span is rejected
 drops its caption with it; an empty sentence is ``empty_caption`` (dense) or ``empty_query``
 (grounding) and dropped; a video left with no event is ``sample_without_spans``.
 
 Predictions: the ActivityNet dense-captioning challenge JSON
 ``{"version", "results": {v_id: [{"sentence", "timestamp": [s, e]}]}, "external_data"}``.
 A dense prediction's ``answer`` holds one caption per line, aligned with its spans. Grounding
-predictions are written as entries whose ``sentence`` is the query, one per span, best first;
-identical queries of one video share one entry list in this format, so they are written once
-and read back to every sample that has that query.
+predictions are written as entries whose ``sentence`` is the query, one per span, best first, in
+sample order. The format cannot tell apart identical queries of one video (val_1 has two such
+pairs): reading splits their entries evenly in file order (exact when every prediction has the
+same number of spans, e.g. top-1 or top-5), and gives all entries to each if they do not divide.
 """
 from __future__ import annotations
 
@@ -58,7 +60,7 @@ def samples_from_videos(videos: dict, path: str | Path, report: QuirkReport, mod
             raise ValueError(f"{where}: {len(rec['timestamps'])} timestamps but {len(rec['sentences'])} "
                              f"sentences; they must be aligned")
         raw = [as_span(ts, where) for ts in rec["timestamps"]]
-        texts = [clean_text(t, report, where) for t in rec["sentences"]]
+        texts = [clean_text(t, report, where, single_line=True) for t in rec["sentences"]]
         if mode == "grounding":
             for k, (span, text) in enumerate(zip(raw, texts)):
                 if not text:
@@ -95,7 +97,6 @@ def write_predictions(preds: dict[str, Prediction] | list[Prediction], samples: 
     """Write the ActivityNet challenge JSON (see module docstring for the caption convention)."""
     by_id = pred_dict(preds, samples)
     results: dict[str, list[dict]] = {}
-    written: set[tuple[str, str]] = set()
     for s in samples:
         if s.id not in by_id:
             continue
@@ -107,9 +108,6 @@ def write_predictions(preds: dict[str, Prediction] | list[Prediction], samples: 
                 entries.append({"sentence": lines[k] if k < len(lines) else "",
                                 "timestamp": [float(sp[0]), float(sp[1])]})
         else:
-            if (s.video, s.query) in written:
-                continue
-            written.add((s.video, s.query))
             entries.extend({"sentence": s.query, "timestamp": [float(sp[0]), float(sp[1])]} for sp in p.spans)
     write_json(path, {"version": "VERSION 1.0", "results": results,
                       "external_data": {"used": False, "details": ""}})
@@ -133,6 +131,7 @@ def read_predictions(path: str | Path, samples: list[Sample]) -> dict[str, Predi
                 span.append(to_float(entry["score"], "score", where))
             rows.append((str(entry["sentence"]), span))
         parsed[str(vid)] = rows
+    groups: dict[tuple[str, str], list[str]] = {}
     out = {}
     for s in samples:
         if s.video not in parsed:
@@ -141,7 +140,12 @@ def read_predictions(path: str | Path, samples: list[Sample]) -> dict[str, Predi
         if s.task == "dense_caption":
             out[s.id] = Prediction(id=s.id, spans=[sp for _, sp in rows], answer="\n".join(t for t, _ in rows))
         else:
-            spans = [sp for t, sp in rows if t.strip() == s.query]
-            if spans:
-                out[s.id] = Prediction(id=s.id, spans=spans)
+            groups.setdefault((s.video, s.query), []).append(s.id)
+    for (video, query), ids in groups.items():
+        spans = [sp for t, sp in parsed[video] if t.strip() == query]
+        if not spans:
+            continue
+        k = len(spans) // len(ids) if len(spans) % len(ids) == 0 else 0
+        for i, sid in enumerate(ids):
+            out[sid] = Prediction(id=sid, spans=spans[i * k:(i + 1) * k] if k else list(spans))
     return out

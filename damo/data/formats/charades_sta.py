@@ -66,7 +66,7 @@ def load(path: str | Path, report: QuirkReport, durations: str | Path | None = N
             missing.append(vid)
             continue
         duration = lengths[vid]
-        query = clean_text(sentence, report, where)
+        query = clean_text(sentence, report, where, single_line=True)
         if not query:
             report["empty_query"] += 1
             continue

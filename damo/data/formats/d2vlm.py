@@ -68,7 +68,7 @@ def load(path: str | Path, report: QuirkReport, durations: str | Path | None = N
         duration = to_float(rec["duration"], "duration", where)
         human = _turn(rec["conversations"], "human", where)
         response = _turn(rec["conversations"], "gpt", where)
-        query = clean_text(human.replace(IMAGE, ""), report, where)
+        query = clean_text(human.replace(IMAGE + "\n", "").replace(IMAGE, ""), report, where)
         if not query:
             report["empty_query"] += 1
             continue

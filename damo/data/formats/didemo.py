@@ -56,7 +56,7 @@ def load(path: str | Path, report: QuirkReport, durations: str | Path | None = N
         else:
             duration = SEGMENT * int(rec["num_segments"]) if "num_segments" in rec else SEGMENT * N_SEGMENTS
             report["duration_assumed"] += 1
-        query = clean_text(rec["description"], report, where)
+        query = clean_text(rec["description"], report, where, single_line=True)
         if not query:
             report["empty_query"] += 1
             continue

@@ -109,7 +109,7 @@ def load(path: str | Path, report: QuirkReport, durations: str | Path | None = N
                 for kept, cap in zip(clean_each(raw, duration, report), rec["g"]):
                     if kept is not None:
                         spans.append(kept)
-                        captions.append(clean_text(cap, report, where))
+                        captions.append(clean_text(cap, report, where, single_line=True))
             else:
                 spans = clean_spans(raw, duration, report)
             if not spans:

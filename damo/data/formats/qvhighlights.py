@@ -39,7 +39,7 @@ def load(path: str | Path, report: QuirkReport, durations: str | Path | None = N
             raise ValueError(f"{where}: qid {sid} appears twice; qids must be unique")
         seen.add(sid)
         duration = to_float(rec["duration"], "duration", where)
-        query = clean_text(rec["query"], report, where)
+        query = clean_text(rec["query"], report, where, single_line=True)
         if not query:
             report["empty_query"] += 1
             continue

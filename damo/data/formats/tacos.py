@@ -39,7 +39,7 @@ def load(path: str | Path, report: QuirkReport, durations: str | Path | None = N
                              f"sentences; they must be aligned")
         for k, (frames, sentence) in enumerate(zip(rec["timestamps"], rec["sentences"])):
             f0, f1 = as_span(frames, f"{where} sentence {k}")
-            query = clean_text(sentence, report, where)
+            query = clean_text(sentence, report, where, single_line=True)
             if not query:
                 report["empty_query"] += 1
                 continue
