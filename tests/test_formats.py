@@ -461,13 +461,13 @@ def test_d2vlm_from_other_formats(tmp_path):
 
 def test_d2vlm_predictions_and_quirks(tmp_path):
     samples, _ = F.load("d2vlm", write(tmp_path / "d2vlm.json", D2VLM))
-    preds = {"0": Prediction("0", [[6.0, 12.0, 0.9]], answer="It happens in <evi>."), "2": Prediction("2", [[8.0, 11.0]])}
+    preds = {"0": Prediction("0", [[6.0, 12.0, 0.9]], answer="It happens in <evi>."), "2": Prediction("2", [[8.0, 200.0]])}
     d2vlm.write_predictions(preds, samples, tmp_path / "p.json")
     rows = json.loads((tmp_path / "p.json").read_text(encoding="utf-8"))
     assert [r["conversations"][1]["value"] for r in rows] == ["<evi> </evi> It happens in <evi>.",
                                                               "<evi> </evi> The event happens in <evi>."]
     back = d2vlm.read_predictions(tmp_path / "p.json", samples)
-    assert {k: p.spans for k, p in back.items()} == {"0": [[6.0, 12.0]], "2": [[8.0, 11.0]]}
+    assert {k: p.spans for k, p in back.items()} == {"0": [[6.0, 12.0]], "2": [[8.0, 200.0]]}  # predictions are not clipped
 
     broken = [dict(D2VLM[2], duration=8), dict(D2VLM[0], conversations=[D2VLM[0]["conversations"][0],
                                                                           {"from": "gpt", "value": "<evi> </evi> x"}])]

@@ -27,7 +27,6 @@ samples into D²VLM training records.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -155,15 +154,26 @@ def write_predictions(preds: dict[str, Prediction] | list[Prediction], samples: 
         p = by_id[s.id]
         meta = {k: v for k, v in s.meta.items() if k not in ("response", "interleaved_response")}
         answered = replace(s, spans=[sp[:2] for sp in p.spans], answer=p.answer or "", meta=meta)
-        if p.answer is not None and re.search(re.escape(EVI), p.answer):
+        if p.answer is not None and EVI in p.answer:
             meta["response"] = " ".join([EVI] * len(p.spans) + [EVI_END]) + " " + p.answer
         rows.append(to_record(answered))
     write_json(path, rows)
 
 
 def read_predictions(path: str | Path, samples: list[Sample] | None = None) -> dict[str, Prediction]:
-    """Read records in the annotation layout back to canonical predictions."""
-    out = {s.id: Prediction(id=s.id, spans=s.spans, answer=s.answer) for s in load(path, QuirkReport())}
+    """Read records in the annotation layout back to canonical predictions, spans as predicted."""
+    data = read_json(path)
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: expected a JSON list of D²VLM prediction records")
+    out = {}
+    for n, rec in enumerate(data):
+        where = f"{path}: record {n}"
+        require(rec, ("time_gt", "conversations"), where)
+        require(rec["time_gt"], ("evidence_grounding",), f"{where}.time_gt")
+        sid = str(rec["id"]) if "id" in rec else str(n)
+        spans, _ = _spans(rec["time_gt"]["evidence_grounding"], f"{where}.time_gt.evidence_grounding")
+        answer = _turn(rec["conversations"], "gpt", where).partition(EVI_END)[2].strip()
+        out[sid] = Prediction(id=sid, spans=spans, answer=answer)
     if samples is not None:
         pred_dict(out, samples)
     return out
