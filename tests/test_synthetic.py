@@ -324,6 +324,11 @@ def test_tone_energy_at_its_pitch_inside_its_span_only() -> None:
                 else:
                     assert mag < 60, (spec.uri, pitch, sec, mag)
                 checked += 1
+        # standard audio never overlaps, so a tone's samples are exactly the analytic sine
+        for e in (e for e in spec.events if e.kind == "tone"):
+            n = np.arange(e.start * SAMPLE_RATE + 100, e.end * SAMPLE_RATE - 100)
+            want = 0.25 * np.sin(2 * np.pi * PITCHES[e.pitch] * n / SAMPLE_RATE)
+            assert np.abs(audio[n] - want).max() < 1e-5
     assert checked > 1000
 
 

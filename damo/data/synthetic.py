@@ -441,26 +441,46 @@ def render_frames(spec: VideoSpec, times: np.ndarray, size: int = 64) -> np.ndar
     return np.clip(np.rint(frames), 0, 255).astype(np.uint8)
 
 
+RAMP = int(0.005 * SAMPLE_RATE)  # 5 ms fades keep onsets click-free (clean spectra)
+
+
+def _second_template(kind: str, pitch: str = "") -> np.ndarray:
+    """One second of a tone or beep train starting on a whole second, float32.
+
+    Every pitch (300/700/1500 Hz, beep carrier 1000 Hz) makes a whole number of cycles per
+    second and the beep period (0.3 s = 4800 samples) divides 3 s, so a sound that starts on a
+    whole second is these samples tiled (a 3 s template for beeps): exact and cheap.
+    """
+    if kind == "tone":
+        t = np.arange(SAMPLE_RATE, dtype=np.float64) / SAMPLE_RATE
+        return (AMPLITUDE["tone"] * np.sin(2 * np.pi * PITCHES[pitch] * t)).astype(np.float32)
+    t = np.arange(3 * SAMPLE_RATE, dtype=np.float64) / SAMPLE_RATE
+    phase = t % BEEP_PERIOD
+    pulse = np.clip(np.minimum(phase, BEEP_ON - phase) * SAMPLE_RATE / RAMP, 0.0, 1.0)
+    return (AMPLITUDE["beep"] * pulse * np.sin(2 * np.pi * BEEP_HZ * t)).astype(np.float32)
+
+
+_TEMPLATES = {("tone", p): _second_template("tone", p) for p in PITCHES} | {("beep", ""): _second_template("beep")}
+
+
 def render_audio(spec: VideoSpec) -> np.ndarray:
     """The mixed mono waveform, float32 in [-1, 1], ``ceil(duration * 16000)`` samples."""
     n = math.ceil(spec.duration * SAMPLE_RATE)
     audio = np.zeros(n, np.float32)
-    ramp = int(0.005 * SAMPLE_RATE)  # 5 ms fades keep onsets click-free (clean spectra)
+    fade = (np.arange(RAMP, dtype=np.float32) + 1) / RAMP  # (RAMP,) linear fade-in
     for ev in spec.events:
         if "audio" not in STREAMS[ev.kind]:
             continue
         n0, n1 = ev.start * SAMPLE_RATE, min(n, ev.end * SAMPLE_RATE)
-        t = np.arange(n0, n1, dtype=np.float64) / SAMPLE_RATE
-        env = np.minimum(1.0, np.minimum(np.arange(n1 - n0) + 1, np.arange(n1 - n0, 0, -1)) / ramp)
-        if ev.kind == "tone":
-            wave = AMPLITUDE["tone"] * np.sin(2 * np.pi * PITCHES[ev.pitch] * t)
-        elif ev.kind == "noise":
-            wave = AMPLITUDE["noise"] * np.random.default_rng(ev.noise_seed).uniform(-1.0, 1.0, n1 - n0)
-        else:  # beep train (plain or with a flash): 0.15 s on / 0.15 s off from the event start
-            phase = (t - ev.start) % BEEP_PERIOD
-            pulse = np.clip(np.minimum(phase, BEEP_ON - phase) * SAMPLE_RATE / ramp, 0.0, 1.0)
-            wave = AMPLITUDE["beep"] * pulse * np.sin(2 * np.pi * BEEP_HZ * t)
-        audio[n0:n1] += (env * wave).astype(np.float32)
+        if ev.kind == "noise":
+            rng = np.random.default_rng(ev.noise_seed)
+            wave = (2 * AMPLITUDE["noise"]) * rng.random(n1 - n0, dtype=np.float32) - AMPLITUDE["noise"]
+        else:  # a tone, or a beep train (plain or with a flash) starting "on" at the event start
+            template = _TEMPLATES[("tone", ev.pitch) if ev.kind == "tone" else ("beep", "")]
+            wave = np.resize(template, n1 - n0)  # tiles the template
+        wave[:RAMP] *= fade
+        wave[-RAMP:] *= fade[::-1]
+        audio[n0:n1] += wave
     return np.clip(audio, -1.0, 1.0)
 
 
