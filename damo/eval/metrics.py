@@ -362,7 +362,8 @@ def etbench_parse_spans(answer: str, parser: str = "etbench") -> list[list[float
     sentence (split on ``! ? newline``) holding a keyword like "start"/"end", paired up in
     order; reversed pairs are swapped. Its misreadings are kept: "00:12 - 00:20" reads as
     12 - 00 -> [0, 12]; a clock time in a keyword sentence reads as its first field
-    ("starts at 1:05" -> 1); its h:mm:ss branch is unreachable.
+    ("starts at 1:05" -> 1), and its h:mm:ss fallback only runs when the keyword sentences
+    hold fewer than two numbers, so "from 00:01:05 to 00:01:30" on two lines reads [0, 0].
     ``parser="strict"`` first turns clock times into seconds, then reads ranges
     ("a - b", "a to b", "between a and b") with plain decimal numbers.
     """
@@ -380,9 +381,15 @@ def etbench_parse_spans(answer: str, parser: str = "etbench") -> list[list[float
             return _order(found)
     sentences = re.split(r"[!?\n]", ans)
     candidates = [s for s in sentences if any(k in s for k in _ET_KEYWORDS)]
-    first = [re.findall(r"\b(\d+\.\d+\b|\b\d+)\b", s) for s in candidates]
-    times = [float(t[0]) for t in first if t]
+    found = [re.findall(r"\b(\d+\.\d+\b|\b\d+)\b", s) for s in candidates]
+    # official: the first number of each keyword sentence; strict: every number in them
+    times = [float(x) for t in found for x in (t if parser == "strict" else t[:1])]
     times = times[:len(times) // 2 * 2]
+    if not times and parser == "etbench":
+        # the official's last resort: the first h:mm:ss of each keyword sentence
+        clocks = [re.findall(r"\b((\d{1,2}:\d{2}:\d{2}))\b", s) for s in candidates]
+        times = [sum(int(x) * f for x, f in zip(c[0][0].split(":"), (3600, 60, 1))) for c in clocks if c]
+        times = times[:len(times) // 2 * 2]
     return _order(list(zip(times[0::2], times[1::2])))
 
 
@@ -802,8 +809,7 @@ class CaptionScorer:
             with self.meteor.lock:
                 self.meteor.meteor_p.stdin.close()
                 self.meteor.meteor_p.kill()
-                self.meteor.meteor_p.wait()
-            self.meteor.__class__ = object  # its __del__ would close the pipe a second time
+                self.meteor.meteor_p.wait()  # its own __del__ then finds nothing left to do
             self.meteor = None
 
     def tokenize(self, texts: Sequence[str]) -> list[str]:
@@ -905,8 +911,8 @@ def dense_caption_metrics(gt: dict | Sequence[dict], pred: dict, tious: Sequence
                     br = max(br, hit.any(0).sum() / len(g[v]["timestamps"]))
                 prec.append(bp)
                 rec.append(br)
-            per_tiou["Precision"].append(sum(prec) / len(prec))
-            per_tiou["Recall"].append(sum(rec) / len(rec))
+            per_tiou["Precision"].append(float(sum(prec) / len(prec)))
+            per_tiou["Recall"].append(float(sum(rec) / len(rec)))
     finally:
         if own:
             captioner.close()
