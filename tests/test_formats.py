@@ -383,6 +383,16 @@ def test_etbench_fixture(tmp_path):
     assert {k: p.spans for k, p in back.items() if k in "0123"} == {k: by[k].spans for k in "0123"}
     assert back["4"].answer == "(C) wash hands" and back["5"].spans == []
 
+    # a dense-caption prediction with one caption per line becomes timed lines
+    dense = {"3": Prediction("3", [[5.0, 20.0], [40.0, 60.0]], answer="crack eggs\nwhisk")}
+    etbench.write_predictions(dense, samples, out)
+    assert json.loads(out.read_text(encoding="utf-8"))[3]["a"] == \
+        "5.0 - 20.0 seconds, crack eggs\n40.0 - 60.0 seconds, whisk"
+    assert etbench.read_predictions(out)["3"].spans == [[5.0, 20.0], [40.0, 60.0]]
+    tacos_samples, _ = F.load("tacos", write(tmp_path / "t.json", TACOS))
+    with pytest.raises(ValueError, match="did not come from an E.T. Bench file"):
+        etbench.write_predictions({}, tacos_samples, out)
+
 
 def test_etbench_bad_input(tmp_path):
     path = write(tmp_path / "e.json", [{**ETBENCH[0], "task": "xyz"}])
@@ -467,6 +477,10 @@ def test_d2vlm_predictions_and_quirks(tmp_path):
     assert [r["conversations"][1]["value"] for r in rows] == ["<evi> </evi> It happens in <evi>.",
                                                               "<evi> </evi> The event happens in <evi>."]
     back = d2vlm.read_predictions(tmp_path / "p.json", samples)
+    et, _ = F.load("etbench", write(tmp_path / "e.json", ETBENCH))
+    d2vlm.write_predictions({"3": Prediction("3", [[1.0, 2.0]], answer="stir")}, et, tmp_path / "dense.json")
+    dense = json.loads((tmp_path / "dense.json").read_text(encoding="utf-8"))
+    assert dense[0]["conversations"][1]["value"] == "<evi> </evi> <evi>, stir"  # never the ground-truth captions
     assert {k: p.spans for k, p in back.items()} == {"0": [[6.0, 12.0]], "2": [[8.0, 200.0]]}  # predictions are not clipped
 
     broken = [dict(D2VLM[2], duration=8), dict(D2VLM[0], conversations=[D2VLM[0]["conversations"][0],

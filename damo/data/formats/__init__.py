@@ -7,6 +7,9 @@ One module per format, chosen by name from the plain dict :data:`FORMATS`. Every
 also ``read_predictions(path, samples) -> dict[str, Prediction]``. Sample ids are stable and
 documented in each module's docstring. Every span goes through ``schema.clean_spans``; what a
 policy touched is counted in the returned :class:`QuirkReport`, never changed silently.
+
+One convention spans the formats: a canonical prediction for a ``dense_caption`` sample holds its
+captions in ``answer``, one per line, aligned with its spans (best first).
 """
 from __future__ import annotations
 

@@ -153,7 +153,8 @@ def write_predictions(preds: dict[str, Prediction] | list[Prediction], samples: 
             continue
         p = by_id[s.id]
         meta = {k: v for k, v in s.meta.items() if k not in ("response", "interleaved_response")}
-        answered = replace(s, spans=[sp[:2] for sp in p.spans], answer=p.answer or "", meta=meta)
+        captions = (p.answer or "").split("\n") if s.task == "dense_caption" else []  # one caption per line
+        answered = replace(s, spans=[sp[:2] for sp in p.spans], answer=p.answer or "", captions=captions, meta=meta)
         if p.answer is not None and EVI in p.answer:
             meta["response"] = " ".join([EVI] * len(p.spans) + [EVI_END]) + " " + p.answer
         rows.append(to_record(answered))

@@ -21,7 +21,9 @@ Quirks: spans through ``clean_spans``; a grounding or captioning record left wit
 Predictions: the annotation records with ``a`` filled in, written for every sample (``a = ""``
 when a sample has no prediction, which the evaluator counts as failed). ``a`` is the
 prediction's answer verbatim; a prediction with spans only becomes text times in seconds
-("12.0 - 15.5 seconds, ..."), which E.T. Bench's parser reads. ``read_predictions`` takes spans
+("12.0 - 15.5 seconds, ..."), which E.T. Bench's parser reads; for ``dvc``/``slc`` an answer
+holding one caption per line for its spans (the canonical dense-caption prediction, no times in
+it) becomes lines "5.0 - 20.0 seconds, crack the eggs". ``read_predictions`` takes spans
 from every ``x - y`` pair in ``a`` (a simple reading, not the official parser's fallbacks).
 """
 from __future__ import annotations
@@ -120,19 +122,30 @@ def load(path: str | Path, report: QuirkReport, durations: str | Path | None = N
     return samples
 
 
-def answer_text(pred: Prediction) -> str:
-    return pred.answer if pred.answer is not None else span_text(pred.spans)
+def answer_text(pred: Prediction, task: str) -> str:
+    """The text answer ``a`` for one prediction (see the module docstring)."""
+    if pred.answer is None:
+        return span_text(pred.spans)
+    lines = pred.answer.split("\n")
+    if task in ("dvc", "slc") and len(lines) == len(pred.spans) and not parse_spans(pred.answer):
+        # captions one per line, aligned with the spans: the canonical dense-caption prediction
+        return "\n".join(f"{span_text([sp])}, {cap}" for sp, cap in zip(pred.spans, lines))
+    return pred.answer
 
 
 def write_predictions(preds: dict[str, Prediction] | list[Prediction], samples: list[Sample],
                       path: str | Path) -> None:
     """Write the annotation records with the model answer ``a`` for every sample."""
     by_id = pred_dict(preds, samples)
+    foreign = [s.id for s in samples if "idx" not in s.meta or "task" not in s.meta]
+    if foreign:
+        raise ValueError(f"{len(foreign)} sample(s) did not come from an E.T. Bench file (first: {foreign[:3]}); "
+                         f"E.T. Bench predictions need the samples loaded from its annotation JSON")
     rows = []
     for s in samples:
         fields = {**s.meta, "video": s.video, "duration": s.duration}
         rec = {k: fields[k] for k in RECORD_KEYS if k in fields}
-        rec["a"] = answer_text(by_id[s.id]) if s.id in by_id else ""
+        rec["a"] = answer_text(by_id[s.id], str(s.meta["task"])) if s.id in by_id else ""
         rows.append(rec)
     write_json(path, rows)
 
