@@ -35,6 +35,9 @@ def test_registry_names_and_unknown_format():
 def test_unknown_option_is_named(shared_data):
     with pytest.raises(ValueError, match=r"no option\(s\) \['mode'\]"):
         F.load("qvhighlights", shared_data / "qvhighlights/highlight_val_release.jsonl", mode="dense")
+    with pytest.raises(ValueError, match="drop --durations"):
+        F.load("qvhighlights", shared_data / "qvhighlights/highlight_val_release.jsonl",
+               durations=shared_data / "charades_sta/Charades_v1_test.csv")
 
 
 # ---------------------------------------------------------------- Charades-STA

@@ -32,6 +32,8 @@ FORMATS: dict[str, ModuleType] = {
     "d2vlm": d2vlm,
 }
 
+USES_DURATIONS = {"charades-sta", "didemo"}  # the formats whose files carry no video durations
+
 
 def get(format: str) -> ModuleType:
     if format not in FORMATS:
@@ -48,6 +50,9 @@ def load(format: str, path: str | Path, durations: str | Path | None = None,
     if unknown:
         raise ValueError(f"format {format!r} has no option(s) {unknown}; "
                          f"its options are {sorted(accepted) or 'none'}")
+    if durations is not None and format not in USES_DURATIONS:
+        raise ValueError(f"format {format!r} reads durations from the annotation file itself; drop --durations "
+                         f"(only {', '.join(sorted(USES_DURATIONS))} take one)")
     report = QuirkReport()
     samples = module.load(path, report, durations=durations, **options)
     return samples, report
