@@ -107,3 +107,119 @@ def test_qvhighlights_hand_worked():
     assert m["HL-min-Fair"] == {"HL-mAP": round(100 * (5 / 6 * 2) / 6, 2), "HL-Hit1": 50.0}
     assert m["HL-min-Good"] == {"HL-mAP": 16.67, "HL-Hit1": 50.0}
     assert m["brief"]["HL-min-VeryGood-mAP"] == 16.67 and m["brief"]["MR-short-mAP"] == 60.0
+
+
+# --------------------------------------------------------------------------- E.T. Bench
+
+def _favour_a(a, b):
+    """A stand-in SentSim that always prefers option (A)."""
+    return np.array([1.0 if s.startswith("(A)") else 0.0 for s in b])
+
+
+TVG = [{"a": "The event happens in 0 - 7 seconds.", "tgt": [0, 10]},   # IoU 0.7 -> 0.699999988 in float32
+       {"a": "00:12 - 00:20", "tgt": [12, 20]},                         # official reads 12 - 00 -> [0, 12]
+       {"a": "no idea", "tgt": [0, 10]}]
+
+
+def test_etbench_parser_quirks_and_strict():
+    assert M.etbench_parse_spans("00:12 - 00:20") == [[0.0, 12.0]]
+    assert M.etbench_parse_spans("00:12 - 00:20", "strict") == [[12.0, 20.0]]
+    assert M.etbench_parse_spans("It starts at 1:05 and ends at 1:30.") is None
+    assert M.etbench_parse_spans("It starts at 1:05 and ends at 1:30.", "strict") == [[65.0, 90.0]]
+    assert M.etbench_parse_spans("starts at 00:01:05\nends at 00:01:30") == [[0.0, 0.0]]
+    assert M.etbench_parse_spans("From 3.5 to 9 seconds") == [[3.5, 9.0]]
+    assert M.etbench_parse_spans("ends at 9, starts at 4") is None          # one keyword sentence, one number read
+    assert M.etbench_parse_captions("start time 0, end time 10, a man cooks food.") == (None, None)
+    assert M.etbench_parse_captions("start time 0, end time 10, a man cooks food.", "strict") == (
+        [[0.0, 10.0]], ["a man cooks food."])
+    assert M.etbench_parse_captions("0 - 10 seconds, a man cooks. 10 - 20 seconds, he eats the food.") == (
+        [[0.0, 10.0], [10.0, 20.0]], ["a man cooks.", "he eats the food."])
+
+
+def test_etbench_tvg_float32_iou_and_parser_modes():
+    assert M.etbench_task_metrics("tvg", TVG) == {
+        "Total": 3, "Failed": 1, "mIoU": 0.23333, "F1@0.1": 0.33333, "F1@0.3": 0.33333, "F1@0.5": 0.33333,
+        "F1@0.7": 0.0, "F1": 0.25}
+    m = M.etbench_task_metrics("tvg", TVG, parser="strict")
+    assert m["F1@0.7"] == 0.33333 and m["F1"] == 0.58333 and m["mIoU"] == 0.56667
+
+
+def test_etbench_grounding_tasks_hand_worked():
+    tem = [{"a": "starts at 20 and ends at 25", "tgt": [[0, 10], [20, 30]]}]
+    assert M.etbench_task_metrics("tem", tem)["Failed"] == 1
+    assert M.etbench_task_metrics("tem", tem, parser="strict") == {
+        "Total": 1, "Failed": 0, "mIoU": 0.5, "R@0.1": 1.0, "R@0.3": 1.0, "R@0.5": 1.0, "R@0.7": 0.0, "mRec": 0.75}
+    tal = [{"a": "0 - 10, 40 - 50", "tgt": [[0, 10], [20, 30]]}]
+    assert M.etbench_task_metrics("tal", tal)["F1"] == 0.5
+    evs = [{"a": "0 - 5 seconds", "tgt": [[0, 10]]}, {"a": "none", "tgt": [[0, 10]]}]
+    assert M.etbench_task_metrics("evs", evs) == {"Total": 2, "Failed": 1, "F1": 0.66667}  # failures leave the mean
+    vhd = [{"a": "The highlight is at 12 seconds", "tgt": [[[0, 5]], [[10, 20]]]}, {"a": "-", "tgt": [[0, 5]]}]
+    assert M.etbench_task_metrics("vhd", vhd) == {"Total": 2, "Failed": 1, "F1": 0.5}
+
+
+def test_etbench_choice_wrong_letter_falls_through_to_similarity():
+    recs = [{"a": "(B) the man", "o": ["w", "x", "y", "z"], "p": 0},
+            {"a": "a. the dog", "o": ["w", "x", "y", "z"], "p": 0},
+            {"a": "", "o": ["w", "x", "y", "z"], "p": 0}]
+    assert M.etbench_task_metrics("rvq", recs, sentsim=_favour_a) == {"Total": 3, "Failed": 1, "Acc": 0.66667}
+    assert M.etbench_task_metrics("rvq", recs, parser="strict", sentsim=_favour_a)["Acc"] == 0.33333
+    gvq = [{"a": "(B) 3 - 9", "o": ["w", "x", "y", "z"], "p": 1, "tgt": [2, 10]}]
+    assert M.etbench_task_metrics("gvq", gvq, sentsim=_favour_a) == {
+        "Total": 1, "Failed": 0, "mIoU": 0.75, "R@0.1": 1.0, "R@0.3": 1.0, "R@0.5": 1.0, "R@0.7": 1.0,
+        "mRec": 1.0, "Acc": 1.0}
+
+
+def test_etbench_rejects_unknown_task_and_parser():
+    with pytest.raises(ValueError, match="unknown E.T. Bench task"):
+        M.etbench_task_metrics("xyz", TVG)
+    with pytest.raises(ValueError, match="parser"):
+        M.etbench_task_metrics("tvg", TVG, parser="loose")
+
+
+def test_sentence_similarity_matches_sentence_transformers_cosine():
+    s = M.sentence_similarity(["a man opens the door", "a dog"], ["a man opens the door", "quantum physics"])
+    assert s[0] == pytest.approx(1.0, abs=1e-5) and s[1] < 0.3
+
+
+# --------------------------------------------------------------------------- DiDeMo
+
+def test_didemo_top3_annotator_rules():
+    gt = [[[0, 0], [0, 0], [0, 1], [2, 2]], [[1, 1], [1, 1], [1, 1], [3, 3]]]
+    pred = [[[0, 0], [0, 1], [2, 2], [3, 3]], [[1, 1], [0, 0]]]
+    # query 1: ranks 1, 1, 2, 3 -> mean of best three 4/3 (> 1, <= 5); IoUs 1, 1, 1/2, 0 -> 2.5 / 3
+    m = M.didemo_metrics(gt, pred)
+    assert m["Rank@1"] == 0.5 and m["Rank@5"] == 1.0
+    assert m["mIoU"] == pytest.approx((2.5 / 3 + 1.0) / 2)
+
+
+# --------------------------------------------------------------------------- dense captioning (starts the JVM)
+
+DVC_GT = {"v1": {"timestamps": [[0, 10], [10, 20]], "sentences": ["a man cooks food", "he eats the food"]},
+          "v2": {"timestamps": [[0, 5]], "sentences": ["nobody predicted this"]}}
+DVC_PRED = {"v1": [{"timestamp": [0, 10], "sentence": "a man cooks food"},
+                   {"timestamp": [12, 20], "sentence": "he eats food"}]}
+
+
+@pytest.fixture(scope="module")
+def dvc():
+    with M.CaptionScorer() as c:
+        yield (M.dense_caption_metrics(DVC_GT, DVC_PRED, captioner=c), M.soda_c(DVC_GT, DVC_PRED, captioner=c),
+               c.meteor_matrix(["a man cooks food", "he eats the food"], ["a man cooks food", "he eats food"]))
+
+
+@pytest.mark.slow
+def test_densevid_detection_conventions(dvc):
+    m, _, _ = dvc
+    # v1: the [12, 20] proposal has IoU 0.8 -> counts at 0.3/0.5/0.7, not at 0.9 (strict >); v2 unpredicted -> 0
+    assert m["per_tiou"]["Precision"] == [0.5, 0.5, 0.5, 0.25]
+    assert m["per_tiou"]["Recall"] == [0.5, 0.5, 0.5, 0.25]
+    assert m["F1"] == pytest.approx(0.4375)
+    assert 0 < m["METEOR"] < 1 and m["CIDEr"] > 0
+
+
+@pytest.mark.slow
+def test_soda_c_alignment(dvc):
+    _, s, met = dvc
+    # only v1 is scored (v2 has no prediction); the diagonal alignment IoU x METEOR is optimal
+    total = 1.0 * met[0, 0] + 0.8 * met[1, 1]
+    assert s["SODA_c"] == pytest.approx(total / 2)
