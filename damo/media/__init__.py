@@ -32,6 +32,6 @@ class Clip:
         return int(self.frames.shape[0])
 
 
-from damo.media.audio import decode_audio, log_mel  # noqa: E402  (re-exports after the contract)
+from damo.media.audio import log_mel  # noqa: E402  (re-exports after the contract)
 from damo.media.cache import load_clip  # noqa: E402
 from damo.media.decode import decode_clip, probe  # noqa: E402

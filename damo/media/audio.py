@@ -135,6 +135,8 @@ def log_mel(audio: np.ndarray, sr: int = SAMPLE_RATE, fps: float = 1.0, num_fram
     """
     if fps <= 0 or sr <= 0 or hop <= 0 or win <= 0:
         raise ValueError(f"log_mel needs positive sr, fps, hop and win, got sr={sr} fps={fps} hop={hop} win={win}")
+    if num_frames is not None and num_frames < 1:
+        raise ValueError(f"num_frames must be at least 1 (or None to cover the waveform), got {num_frames}")
     x = np.asarray(audio, dtype=np.float32)
     if x.ndim != 1:
         raise ValueError(f"log_mel expects a mono waveform of shape (S,), got {x.shape}; average the channels first")

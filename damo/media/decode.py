@@ -226,12 +226,13 @@ def _sample_frames(container: av.container.InputContainer, targets: np.ndarray, 
         for t, frame in decoded:
             if t < floor - 1e-6:
                 continue  # leading frames of an open GOP, decoded from before the keyframe
-            if prev is None and t > floor + 1e-6 > -math.inf:
+            if prev is None and floor > -math.inf and t > floor + 1e-6:
                 raise _SeekMissed  # the demuxer landed past the keyframe we asked for
             position = t
             while j < n and targets[j] <= t:
-                # nearest of (previous frame, this frame) to the window centre; ties -> earlier
-                if prev is not None and targets[j] - prev[0] <= t - targets[j]:
+                # nearest of (previous frame, this frame) to the window centre; ties (to 1 us,
+                # so float noise in pts * time_base cannot break them either way) -> earlier
+                if prev is not None and targets[j] - prev[0] <= t - targets[j] + 1e-6:
                     keep(j, *prev)
                 else:
                     keep(j, t, frame)
@@ -244,6 +245,8 @@ def _sample_frames(container: av.container.InputContainer, targets: np.ndarray, 
                 if nk > run_key and key_s[nk] > t + 1e-9:
                     break  # a keyframe closer to the next centre lies ahead: jump to it
         else:  # the stream ended: the remaining windows see the last frame
+            if prev is None and floor > -math.inf:
+                raise _SeekMissed  # a seek that yields nothing: retry from the start
             if prev is None:
                 raise MediaError(f"{name}: no video frame could be decoded")
             while j < n:
