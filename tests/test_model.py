@@ -1,0 +1,190 @@
+"""Tensor contracts of the model parts, evidence decoding, losses and save/load."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from damo.data.collate import ClipTensors, Collator, encode, response_text
+from damo.model.encoders import TinyAudioEncoder, TinyViT
+from damo.model.evidence import decode_interval, frame_targets, salient_frames
+from damo.model.fuseformer import TemporalFuseformer
+from damo.model.modeling_damo import DamoConfig, DamoModel
+from damo.model.residual import GlobalResidual
+from damo.model.tokenizer import EVI, train_tokenizer
+from damo.data.schema import Sample
+from damo.train import losses
+
+TEXTS = ["when does the red square appear?", "the high tone plays", "It happens in", "The relevant event happens in",
+         "what colour is the shape?", "red", "a low tone", "describe the events with their times."] * 20
+
+
+def tiny_cfg() -> DamoConfig:
+    cfg = DamoConfig()
+    cfg.llm.hidden, cfg.llm.layers, cfg.llm.intermediate = 32, 2, 64
+    cfg.fuser.width, cfg.fuser.blocks = 32, 1
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def model() -> DamoModel:
+    torch.manual_seed(0)
+    return DamoModel(tiny_cfg(), train_tokenizer(TEXTS, 300)).eval()
+
+
+def clip(T: int, seed: int) -> ClipTensors:
+    g = torch.Generator().manual_seed(seed)
+    return ClipTensors(frames=torch.randint(0, 255, (T, 32, 32, 3), generator=g, dtype=torch.uint8),
+                       mel=torch.randn(T, 25, 32, generator=g).half(), times=torch.arange(T) + 0.5, duration=float(T))
+
+
+def sample(i: int, task: str = "grounding", spans=((1.0, 3.0),)) -> Sample:
+    return Sample(id=str(i), video=f"v{i}", duration=6.0, task=task, query="when does the red square appear?",
+                  answer="red", spans=[list(s) for s in spans])
+
+
+def test_encoder_shapes():
+    v = TinyViT(32, 8, 64, 1, 2)(torch.rand(2, 3, 3, 32, 32))
+    assert v.shape == (2, 3, 17, 64)
+    a = TinyAudioEncoder(32, 25, 5, 48, 1, 2)(torch.randn(2, 3, 25, 32))
+    assert a.shape == (2, 3, 6, 48)
+    with pytest.raises(ValueError, match="multiple of patch"):
+        TinyViT(30, 8)
+
+
+def test_global_residual_pools_and_adds_global():
+    r = GlobalResidual(16, 8, tokens=4, grid=True)
+    x = torch.randn(2, 3, 1 + 16, 16)
+    y = r(x)
+    assert y.shape == (2, 3, 4, 8)
+    # changing only the global (CLS) token shifts every pooled token by the same FFN output
+    x2 = x.clone()
+    x2[:, :, 0] += 1.0
+    d = r(x2) - y
+    assert torch.allclose(d, d[:, :, :1].expand_as(d), atol=1e-6)
+    # 1-D pooling for audio
+    assert GlobalResidual(16, 8, tokens=2, grid=False)(torch.randn(1, 2, 7, 16)).shape == (1, 2, 2, 8)
+    with pytest.raises(ValueError, match="square"):
+        GlobalResidual(16, 8, tokens=3, grid=True)
+
+
+def test_fuseformer_shapes_and_padding_invariance():
+    torch.manual_seed(0)
+    f = TemporalFuseformer(d=32, blocks=2, heads=4, visual_queries=4, audio_queries=2, fusion_tokens=3,
+                           frame_tokens=2).eval()
+    v, a = torch.randn(1, 3, 4, 32), torch.randn(1, 3, 2, 32)
+    fr, fu = f(v, a, torch.ones(1, 3, dtype=torch.bool))
+    assert fr.shape == (1, 3, 2, 32) and fu.shape == (1, 3, 32)
+    # the same clip padded with 2 garbage frames gives the same outputs on its real frames
+    vp = torch.cat([v, torch.randn(1, 2, 4, 32)], 1)
+    ap = torch.cat([a, torch.randn(1, 2, 2, 32)], 1)
+    mask = torch.tensor([[True, True, True, False, False]])
+    frp, fup = f(vp, ap, mask)
+    assert torch.allclose(frp[:, :3], fr, atol=1e-5) and torch.allclose(fup, fu, atol=1e-5)
+
+
+def test_frame_targets_mark_window_centres_inside_span():
+    assert frame_targets([[2.0, 5.0]], 8, 1.0).tolist() == [0, 0, 1, 1, 1, 0, 0, 0]
+    assert frame_targets([[1.0, 2.0], [6.0, 8.0]], 8, 1.0).tolist() == [0, 1, 0, 0, 0, 0, 1, 1]
+    # a span shorter than one window still marks its nearest frame
+    assert frame_targets([[3.2, 3.4]], 8, 1.0).tolist() == [0, 0, 0, 1, 0, 0, 0, 0]
+
+
+def test_salient_run_and_interval_decoding():
+    s = np.array([0.1, 0.7, 0.9, 0.65, 0.2, 0.95, 0.1])
+    # threshold 0.6 x 0.95 = 0.57 keeps frames 1-3 (sum 2.25) and frame 5 (0.95): the longer run wins
+    assert salient_frames(s, 0.6) == (1, 3)
+    start, end, score = decode_interval(s, fps=1.0, duration=6.5, threshold=0.6)
+    assert (start, end) == (1.0, 4.0) and score == pytest.approx((0.7 + 0.9 + 0.65) / 3)
+    # a high threshold keeps only the peak; the end is clipped to the duration
+    assert decode_interval(s, 1.0, 5.5, threshold=0.99)[:2] == [5.0, 5.5]
+    # at 2 fps a frame covers half a second
+    assert decode_interval(s, 2.0, 10.0, 0.6)[:2] == [0.5, 2.0]
+
+
+def test_grounding_bce_and_consistency_by_hand():
+    out = {"logits": torch.zeros(1, 2, 3), "evi_logits": torch.tensor([[0.0, 2.0, -1.0]]),
+           "evi_features": torch.tensor([[1.0, 2.0], [1.5, 1.0]])}
+    batch = {"frame_mask": torch.tensor([[True, True, False]]), "evi_batch": torch.tensor([0]),
+             "evi_targets": torch.tensor([[0.0, 1.0, 1.0]]), "cons_pairs": torch.tensor([[0, 1]])}
+    # padded third frame excluded: mean(-log(1 - s(0)), -log(s(2)))
+    want = (math.log(2) + math.log(1 + math.exp(-2))) / 2
+    assert float(losses.grounding_bce(out, batch)) == pytest.approx(want, rel=1e-6)
+    assert float(losses.consistency(out, batch)) == pytest.approx((0.5 + 1.0) / 2)
+
+
+def test_lm_loss_ignores_prompt_tokens():
+    logits = torch.zeros(1, 3, 4)
+    logits[0, 1, 2] = 5.0   # position 1 predicts token at position 2
+    batch = {"labels": torch.tensor([[-100, -100, 2]])}
+    want = -math.log(math.exp(5) / (math.exp(5) + 3))
+    assert float(losses.lm({"logits": logits}, batch)) == pytest.approx(want, rel=1e-6)
+
+
+def test_response_format_follows_grounding_then_answering():
+    assert response_text("grounding", "", [[1, 2]], []) == "<evi> </evi> It happens in <evi>."
+    assert response_text("grounded_qa", "red", [[1, 2], [4, 5]], []) == \
+        "<evi> <evi> </evi> red. The relevant event happens in <evi> and <evi>."
+    assert response_text("dense_caption", "", [[1, 2], [3, 4]], ["a beep", "a red square"]) == \
+        "<evi> <evi> </evi> <evi>, a beep. <evi>, a red square."
+
+
+def test_collate_placeholders_labels_and_evidence_targets(model):
+    col = Collator(model.tokenizer, model.cfg.bridge_tokens, 1, 1.0)
+    b = col([(sample(0), clip(6, 0)), (sample(1, "multi_grounding", ((0, 1), (2, 4))), clip(4, 1))])
+    vid = model.video_id
+    assert (b["input_ids"][0] == vid).sum() == 8 + 6 and (b["input_ids"][1] == vid).sum() == 8 + 4
+    # 2 <evi> for the first sample (grounding + answer), 4 for the second
+    assert b["evi_batch"].tolist() == [0, 0, 1, 1, 1, 1]
+    assert all(int(b["input_ids"][bi, p]) == model.evi_id for bi, p in zip(b["evi_batch"], b["evi_pos"]))
+    assert b["evi_targets"][0].tolist() == [0, 1, 1, 0, 0, 0]
+    assert b["evi_targets"][3].tolist() == [0, 0, 1, 1, 0, 0]  # padded frames stay 0
+    assert b["cons_pairs"].tolist() == [[0, 1], [2, 4], [3, 5]]
+    # labels cover exactly the response (after <|assistant|>) and the final <eos>
+    ids, lab = b["input_ids"][0], b["labels"][0]
+    resp = (lab != -100).nonzero().flatten()
+    assert int(ids[resp[-1]]) == model.tokenizer.eos_token_id
+    assert int(ids[resp[0]]) == model.evi_id
+    assert b["frame_pos"][1].flatten().tolist() == [9, 10, 11, 12, 0, 0]  # padded frames point at 0
+
+
+def test_forward_grounds_every_evidence_token(model):
+    col = Collator(model.tokenizer, model.cfg.bridge_tokens, 1, 1.0)
+    b = col([(sample(0), clip(6, 0)), (sample(1), clip(4, 1))])
+    out = model(b)
+    assert out["evi_logits"].shape == (4, 6)
+    assert out["logits"].shape[:2] == b["input_ids"].shape
+    total = losses.lm(out, b) + losses.grounding_bce(out, b) + losses.consistency(out, b)
+    total.backward()
+    assert model.vision.patchify.weight.grad is not None and model.evidence.query[0].weight.grad is not None
+    model.zero_grad()
+
+
+def test_placeholder_mismatch_is_reported(model):
+    with pytest.raises(ValueError, match="placeholders"):
+        model.scatter_video(torch.tensor([[model.video_id] * 3]), torch.zeros(1, 4, 1, 32), torch.zeros(1, 8, 32), [4])
+
+
+def test_save_load_round_trip_gives_identical_outputs(model, tmp_path):
+    col = Collator(model.tokenizer, model.cfg.bridge_tokens, 1, 1.0)
+    b = col([(sample(0), clip(6, 0))])
+    with torch.no_grad():
+        a = model(b)
+    model.save(tmp_path / "m")
+    m2 = DamoModel.load(tmp_path / "m")
+    with torch.no_grad():
+        c = m2(b)
+    assert torch.equal(a["logits"], c["logits"]) and torch.equal(a["evi_logits"], c["evi_logits"])
+    c6 = clip(6, 0)
+    from damo.eval.evaluate import predict_one
+    assert predict_one(model, c6, "when does the red square appear?")["spans"] == \
+        predict_one(m2, c6, "when does the red square appear?")["spans"]
+    with pytest.raises(FileNotFoundError, match="not a DaMO model"):
+        DamoModel.load(tmp_path)
+
+
+def test_encode_keeps_special_tokens_single(model):
+    ids = encode(model.tokenizer, f"{EVI} </evi> It happens in {EVI}.")
+    assert ids[0] == model.evi_id and ids[1] == model.evi_end_id and ids.count(model.evi_id) == 2
