@@ -126,6 +126,15 @@ def test_frames_past_the_last_source_frame_repeat_it(pcm16k):
     assert frame_index(clip.frames[-1]) == 35 and clip.times[-1] == pytest.approx(35 / RATE, abs=1e-3)
 
 
+def test_probe_describes_the_fixture(pcm16k):
+    info = probe(pcm16k)
+    assert info["duration"] == pytest.approx(3.0, abs=0.01) and info["fps"] == RATE
+    assert (info["width"], info["height"], info["num_frames"]) == (32, 32, 36)
+    assert (info["video_codec"], info["audio_codec"], info["has_audio"]) == ("h264", "pcm_s16le", True)
+    # x264 with keyint = min-keyint = 12 puts IDR frames 11 apart: frames 0, 11, 22, 33
+    assert info["num_keyframes"] == 4 and info["keyframe_interval"] == pytest.approx(11 / RATE)
+
+
 def test_native_size_and_square_resize(pcm16k):
     native = decode_clip(pcm16k, fps=1.0, size=None)
     assert native.frames.shape == (3, 32, 32, 3)
@@ -228,6 +237,10 @@ def test_every_shared_video_decodes(shared_data):
         # a kept frame lies in or next to its own window (nearest to the centre, sparse sources aside)
         window = np.arange(clip.num_frames)
         assert np.all(clip.times < (window + 1) / clip.fps + 0.25), path.name
+    # the WebM's video starts 3 ms into the timeline (Vorbis audio starts at 0): frames sit at
+    # 0.003 + k / 24 s and those times are kept, not shifted to 0
+    bunny = decode_clip(shared_data / "videos" / "big_buck_bunny_0_30.webm", fps=1.0, size=8)
+    np.testing.assert_allclose(bunny.times[:3], [0.503, 1.503, 2.503], atol=1e-9)
     info = probe(shared_data / "videos" / "charades_0F7LW.mp4")
     assert (info["width"], info["height"], info["video_codec"], info["audio_codec"]) == (320, 480, "h264", "aac")
     assert info["fps"] == pytest.approx(6.1, abs=0.05)
