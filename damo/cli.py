@@ -89,7 +89,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             raise SystemExit("damo eval --task needs --gt and --pred (or use --data and --model to run our model)")
         from damo.eval.score import score
         m = score(args.task, args.gt, args.pred, durations=args.durations, subset=args.subset,
-                  convention=args.convention)
+                  convention=args.convention, parser=args.parser)
         if args.out:
             Path(args.out).write_text(json.dumps(m, indent=2))
         _print(m)
@@ -138,7 +138,13 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
 
 def cmd_data_convert(args: argparse.Namespace) -> int:
     from damo.data import formats
-    _print(formats.convert(args.format, args.inp, args.out, durations=args.durations))
+    options = {}
+    for o in args.option:
+        if "=" not in o:
+            raise SystemExit(f"--option {o!r} must look like key=value (e.g. mode=grounding)")
+        k, v = o.split("=", 1)
+        options[k] = v
+    _print(formats.convert(args.format, args.inp, args.out, durations=args.durations, **options))
     return 0
 
 
@@ -168,6 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--durations")
     e.add_argument("--subset", default="all", choices=["all", "predicted"])
     e.add_argument("--convention", choices=[">=", ">"])
+    e.add_argument("--parser", default="etbench", choices=["etbench", "strict"],
+                   help="E.T. Bench answer parsing: the official script's (default) or the corrected one")
     e.add_argument("--data", help="canonical JSONL to run --model on")
     e.add_argument("--model")
     e.add_argument("--out")
@@ -191,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--format", required=True)
     c.add_argument("--in", dest="inp", required=True)
     c.add_argument("--durations")
+    c.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="format option, e.g. mode=grounding for activitynet-captions")
     c.add_argument("--out", required=True)
     c.set_defaults(fn=cmd_data_convert)
     return p
