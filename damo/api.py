@@ -1,11 +1,104 @@
-"""The Python API: ``damo.load(path).ground(video, query)``."""
+"""The Python API: ``damo.load(path).ground(video, query)``.
+
+:meth:`Grounder.ground` returns the JSON-ready answer; :meth:`Grounder.explain` returns the same
+answer with what a timeline picture needs (frame thumbnails and each evidence token's score
+curve); :meth:`Grounder.ground_batch` runs many (video, query) requests and turns every bad
+item into a failure record instead of stopping.
+
+Clips are decoded through the media disk cache but deliberately not memoised in memory: a
+long-lived grounder (the web demo, a batch over thousands of files) would otherwise keep every
+video it has seen.
+"""
 from __future__ import annotations
 
+import json
+import re
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
-from damo.data.clips import ClipStore
+import numpy as np
+from tqdm import tqdm
+
+from damo.data.clips import ClipStore, clip_tensors
+from damo.data.schema import QuirkReport, clean_spans
 from damo.eval.evaluate import predict_one
+from damo.eval.metrics import span_iou
+from damo.media import MediaError
 from damo.model.modeling_damo import DamoModel
+
+# Files picked up when ``ground_batch`` is given a folder.
+VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".flv",
+                            ".wmv", ".ogv", ".3gp"})
+MAX_NEW_TOKENS = 48
+
+
+def check_query(query: object) -> str:
+    """The query as a clean string, or ValueError saying what to ask instead."""
+    if not isinstance(query, str):
+        raise ValueError(f"the query must be text, got {type(query).__name__}")
+    if not query.strip():
+        raise ValueError("the query is empty; ask a question about the video, e.g. \"when does the door open?\"")
+    return query.strip()
+
+
+_SPAN = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*-\s*(\d+(?:\.\d*)?|\.\d+)\s*$")
+
+
+def parse_spans(text: str) -> list[list[float]]:
+    """``"s-e[,s-e...]"`` (seconds) -> ``[[s, e], ...]``; order inside a pair is kept as written."""
+    spans = []
+    for part in text.split(","):
+        m = _SPAN.match(part)
+        if not m:
+            raise ValueError(f"cannot read the span {part.strip()!r} in {text!r}; write spans in seconds as "
+                             "start-end, comma-separated, e.g. \"3.5-7,12-15\"")
+        spans.append([float(m.group(1)), float(m.group(2))])
+    return spans
+
+
+def check_truth(spans: list, duration: float) -> tuple[list[list[float]], dict[str, int]]:
+    """Ground-truth spans cleaned against the decoded duration, with a count of every fix.
+
+    The policies are the canonical schema's (:func:`damo.data.schema.clean_spans`): reversed pairs
+    are swapped, ends past the duration are clipped, spans starting after the end are dropped.
+    """
+    rows = []
+    for sp in spans:
+        if not isinstance(sp, (list, tuple)) or len(sp) < 2:
+            raise ValueError(f"a ground-truth span must be [start, end] in seconds, got {sp!r}")
+        try:
+            rows.append([float(sp[0]), float(sp[1])])
+        except (TypeError, ValueError):
+            raise ValueError(f"a ground-truth span must hold two numbers (seconds), got {sp!r}") from None
+    report = QuirkReport()
+    clean = clean_spans(rows, duration, report)
+    return clean, dict(report)
+
+
+@dataclass
+class Grounding:
+    """One grounded answer plus the per-frame evidence behind it."""
+    video: str
+    query: str
+    answer: str
+    spans: list[list[float]]            # [start, end, score], best first
+    evidence: list[list[float]]         # [start, end, score] of the pure-grounding stage
+    duration: float
+    times: np.ndarray                   # (T,) seconds of each sampled frame
+    scores: list[np.ndarray] = field(default_factory=list)   # one (T,) curve per answer <evi>
+    frames: np.ndarray | None = None    # (T, h, w, 3) uint8 decoded frames, for thumbnails
+    threshold: float = 0.6              # spans keep frames scoring >= threshold x the curve's max
+
+    def to_dict(self) -> dict:
+        """The JSON shape of :meth:`Grounder.ground`."""
+        return {"answer": self.answer,
+                "spans": [{"start": round(s, 2), "end": round(e, 2), "score": round(p, 4)} for s, e, p in self.spans],
+                "evidence": [[round(x, 2) for x in sp] for sp in self.evidence],
+                "duration": round(self.duration, 3)}
 
 
 class Grounder:
@@ -15,19 +108,168 @@ class Grounder:
         c = model.cfg
         self.model = model
         self.store = ClipStore(c.fps, c.vision.image_size, c.audio.n_mels, c.audio.frames, cache_dir=cache_dir)
+        self._lock = threading.Lock()   # one inference at a time: the model is shared by server threads
 
-    def ground(self, video: str | Path, query: str) -> dict:
+    def ground(self, video: str | Path, query: str, progress: bool = False) -> dict:
         """Answer ``query`` about ``video`` (a file or a ``synth://`` URI).
 
         Returns ``{"answer", "spans": [{"start", "end", "score"}] (best first), "evidence":
         [[start, end, score]] (the pure-grounding stage), "duration"}``, seconds throughout.
+        Undecodable files raise :class:`~damo.media.MediaError`, bad queries ``ValueError``.
         """
-        clip = self.store.get(str(video))
-        r = predict_one(self.model, clip, query)
-        return {"answer": r["answer"],
-                "spans": [{"start": round(s, 2), "end": round(e, 2), "score": round(p, 4)} for s, e, p in r["spans"]],
-                "evidence": [[round(x, 2) for x in sp] for sp in r["evidence"]],
-                "duration": round(clip.duration, 3)}
+        return self.explain(video, query, progress).to_dict()
+
+    def explain(self, video: str | Path, query: str, progress: bool = False) -> Grounding:
+        """:meth:`ground` plus frame times, thumbnails and each evidence token's score curve.
+
+        ``progress`` draws tqdm bars on stderr for decoding and for the model's steps.
+        """
+        query = check_query(query)
+        if not isinstance(video, (str, Path)) or not str(video):
+            raise ValueError(f"video must be a file path or a synth:// URI, got {video!r}")
+        raw = _with_ticker(lambda: self.store.raw(str(video)), f"decode {Path(str(video)).name}", progress)
+        cfg = self.model.cfg
+        if raw.num_frames > cfg.max_frames:
+            raise ValueError(f"{video}: {raw.duration:.0f} s gives {raw.num_frames} frames at {cfg.fps:g} fps, more "
+                             f"than this model's {cfg.max_frames}; cut the video into parts of at most "
+                             f"{cfg.max_frames / cfg.fps:.0f} s")
+        clip = clip_tensors(raw, self.store.image_size, self.store.n_mels, self.store.mel_frames)
+        with self._lock, _llm_progress(self.model, progress):
+            r = predict_one(self.model, clip, query, MAX_NEW_TOKENS)
+        return Grounding(video=str(video), query=query, answer=r["answer"],
+                         spans=[list(map(float, sp)) for sp in r["spans"]],
+                         evidence=[list(map(float, sp)) for sp in r["evidence"]], duration=float(clip.duration),
+                         times=clip.times.numpy().astype(np.float64), scores=[np.asarray(s) for s in r["scores"]],
+                         frames=raw.frames, threshold=cfg.evidence.threshold)
+
+    def ground_batch(self, source: str | Path, query: str | None = None, progress: bool = True) -> Iterator[dict]:
+        """Ground every request of a folder of videos or a JSONL file, yielding one row per request.
+
+        A folder needs ``query`` and uses its video files (by suffix, sorted by name). A JSONL
+        line holds ``video`` and ``query`` (``query`` falls back to the argument); canonical
+        samples work, their ``id`` is kept and their ``spans`` are scored as ground truth.
+        Relative ``video`` paths resolve against the JSONL's folder. A request that fails yields
+        ``{"video", "error"}`` (plus ``line``/``id`` when known) and the batch goes on.
+        """
+        requests = list(read_batch(source, query))
+        bar = tqdm(requests, desc="ground", unit="video", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+        for req in bar:
+            if "error" in req:
+                yield req
+                continue
+            head = {k: req[k] for k in ("id", "line") if k in req}
+            try:
+                g = self.explain(req["video"], req["query"])
+                row = {**head, "video": req["video"], "query": g.query, **g.to_dict()}
+                if req.get("truth") is not None:
+                    row.update(score_truth(g, req["truth"]))
+            except (MediaError, ValueError, OSError) as e:
+                row = {**head, "video": req["video"], "error": str(e)}
+            yield row
+
+
+def score_truth(g: Grounding, truth: list) -> dict:
+    """Cleaned ground truth, what cleaning fixed, and the IoU of the top span with it."""
+    clean, notes = check_truth(truth, g.duration)
+    out: dict = {"truth": [[round(s, 3), round(e, 3)] for s, e in clean]}
+    if notes:
+        out["truth_fixed"] = notes
+    if clean and g.spans:
+        out["iou"] = round(float(span_iou(np.array(g.spans[0][:2]), np.array(clean)).max()), 4)
+    return out
+
+
+def read_batch(source: str | Path, query: str | None = None) -> Iterator[dict]:
+    """Requests ``{"video", "query"[, "id", "truth", "line"]}`` or failures ``{"video", "error"}``."""
+    src = Path(source)
+    if src.is_dir():
+        if query is None:
+            raise ValueError(f"{src} is a folder of videos: give the question with --query")
+        check_query(query)
+        files = sorted(p for p in src.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES)
+        if not files:
+            raise ValueError(f"{src} holds no video files (looked for {', '.join(sorted(VIDEO_SUFFIXES))})")
+        for p in files:
+            yield {"video": str(p), "query": query}
+        return
+    if not src.is_file():
+        raise ValueError(f"{src}: no such folder or JSONL file; give a folder of videos or a .jsonl of requests")
+    with open(src, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            if not raw.strip():
+                continue
+            yield _batch_line(raw, n, src.parent, query)
+
+
+def _batch_line(raw: bytes, n: int, base: Path, query: str | None) -> dict:
+    """One JSONL line -> a request, or a failure record naming the line and the problem."""
+    try:
+        text = raw.decode("utf-8")
+        bad_bytes = None
+    except UnicodeDecodeError as e:
+        text = raw.decode("utf-8", errors="replace")
+        bad_bytes = f"line {n} is not valid UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start}); save the file as UTF-8"
+    try:
+        d = json.loads(text)
+    except json.JSONDecodeError as e:
+        return {"line": n, "video": None, "error": f"line {n} is not valid JSON ({e.msg})"}
+    if not isinstance(d, dict):
+        return {"line": n, "video": None, "error": f"line {n} must be a JSON object with 'video' and 'query'"}
+    video = d.get("video")
+    head = {"line": n, **({"id": str(d["id"])} if "id" in d else {})}
+    if not isinstance(video, str) or not video:
+        return {**head, "video": video, "error": f"line {n} has no 'video' (a file path)"}
+    if not video.startswith("synth://") and not Path(video).is_absolute():
+        video = str(base / video)
+    if bad_bytes:
+        return {**head, "video": video, "error": bad_bytes}
+    q = d.get("query", query)
+    try:
+        q = check_query(q)
+    except ValueError as e:
+        return {**head, "video": video, "error": f"line {n}: {e}"}
+    truth = d.get("spans")
+    return {**head, "video": video, "query": q, "truth": truth if truth else None}
+
+
+def _with_ticker(fn, desc: str, progress: bool):
+    """Run ``fn`` with an elapsed-time bar on stderr: decoding reports no finer progress than that."""
+    if not progress:
+        return fn()
+    with ThreadPoolExecutor(1) as pool, tqdm(desc=desc, total=1, unit="video", file=sys.stderr,
+                                             bar_format="{desc}: {elapsed} {postfix}", dynamic_ncols=True) as bar:
+        fut = pool.submit(fn)
+        while True:
+            try:
+                out = fut.result(timeout=0.5)
+                break
+            except TimeoutError:
+                bar.refresh()
+        bar.set_postfix_str(f"{out.num_frames} frames, {out.duration:.0f} s")
+        bar.update(1)
+    return out
+
+
+class _llm_progress:
+    """Count the LLM's forward passes (prefill + one per generated token) on a tqdm bar."""
+
+    def __init__(self, model: DamoModel, progress: bool):
+        self.model, self.progress = model, progress
+
+    def __enter__(self) -> "_llm_progress":
+        if self.progress:
+            self.bar = tqdm(desc="answer", total=MAX_NEW_TOKENS + 1, unit="step", file=sys.stderr, dynamic_ncols=True)
+            self.hook = self.model.llm.register_forward_hook(self._step)
+        return self
+
+    def _step(self, *_) -> None:
+        self.bar.update(1)   # a forward hook must return None, or it replaces the module's output
+
+    def __exit__(self, *exc) -> None:
+        if self.progress:
+            self.hook.remove()
+            self.bar.total = self.bar.n   # generation stops early at end-of-text
+            self.bar.close()
 
 
 def load(path: str | Path, cache_dir: str | Path | None = None) -> Grounder:

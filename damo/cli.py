@@ -115,18 +115,77 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_ground(args: argparse.Namespace) -> int:
+    """One video (JSON on stdout, optional timeline picture) or a batch (JSONL, one line per request)."""
     import damo
+    from damo.api import parse_spans, score_truth
     from damo.media import MediaError
 
     _setup_torch()
     model_dir = Path(args.model)
     if not (model_dir / "model.safetensors").is_file():
         raise SystemExit(f"no trained model in {model_dir}; run `damo demo` first or pass --model DIR")
+    if args.batch:
+        if args.video or args.query:
+            raise SystemExit("damo ground --batch takes no VIDEO/QUERY arguments; put the question in --query")
+        query = args.query_opt
+        if not args.out:
+            raise SystemExit("damo ground --batch needs --out RESULTS.jsonl")
+        if args.plot or args.truth:
+            raise SystemExit("--plot and --truth are for one video; in batch mode give spans per JSONL line")
+        grounder = damo.load(model_dir)
+        out, failures, n = Path(args.out), [], 0
+        out.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with open(out, "w", encoding="utf-8") as f:
+                for row in grounder.ground_batch(args.batch, query, progress=not args.quiet):
+                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
+                    f.flush()  # results appear as they are made; a killed batch keeps what it did
+                    n += 1
+                    if "error" in row:
+                        failures.append(row)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(f"{n - len(failures)} of {n} requests grounded; results in {out}", file=sys.stderr)
+        if failures:
+            print(f"{len(failures)} failed:", file=sys.stderr)
+            for r in failures:
+                where = f"line {r['line']}: " if "line" in r else ""
+                print(f"  {where}{r['video']}: {r['error']}", file=sys.stderr)
+        return 1 if failures else 0
+
+    if args.query is None:
+        args.query = args.query_opt
+    if args.video is None or args.query is None:
+        raise SystemExit('damo ground needs VIDEO and "QUERY" (or --batch FOLDER_OR_JSONL --query Q --out R.jsonl)')
     try:
-        _print(damo.load(model_dir).ground(args.video, args.query))
+        truth = parse_spans(args.truth) if args.truth else None
+    except ValueError as e:
+        raise SystemExit(f"--truth: {e}") from None
+    if args.plot:
+        from damo.app.timeline import require_matplotlib
+        try:
+            require_matplotlib()
+        except ImportError as e:
+            raise SystemExit(f"--plot: {e}") from None
+    try:
+        g = damo.load(model_dir).explain(args.video, args.query, progress=not args.quiet)
+        result = g.to_dict()
+        if truth is not None:
+            result.update(score_truth(g, truth))
     except (MediaError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    for policy, count in result.get("truth_fixed", {}).items():
+        print(f"warning: --truth: {count} span(s) {policy.replace('_', ' ')} (video is {g.duration:.2f} s); "
+              "fixed as listed in 'truth'", file=sys.stderr)
+    if args.plot:
+        from damo.app.timeline import plot_timeline
+        plot_timeline(g, args.plot, truth=result.get("truth"))
+        print(f"timeline written to {args.plot}", file=sys.stderr)
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    _print(result)
     return 0
 
 
@@ -181,10 +240,19 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out")
     e.set_defaults(fn=cmd_eval)
 
-    g = sub.add_parser("ground", help="answer a question about a video and say when")
-    g.add_argument("video")
-    g.add_argument("query")
+    g = sub.add_parser("ground", help="answer a question about a video and say when",
+                       description="Answer QUERY about VIDEO with spans in seconds. For a file name starting "
+                                   "with '-', put '--' before it: damo ground -- -clip.mp4 \"when?\"")
+    g.add_argument("video", nargs="?", help="video file (mp4, webm, mkv, avi, ...)")
+    g.add_argument("query", nargs="?", help="the question, in quotes")
     g.add_argument("--model", default=str(DEFAULT_WORKDIR / "model"))
+    g.add_argument("--plot", metavar="OUT.png", help="draw a timeline: thumbnails, evidence scores, spans (needs damo[plot])")
+    g.add_argument("--truth", metavar="S-E[,S-E]", help="ground-truth spans in seconds, drawn and scored (IoU)")
+    g.add_argument("--batch", metavar="FOLDER_OR_JSONL",
+                   help="ground every video of a folder (with --query) or every {video, query} line of a JSONL")
+    g.add_argument("--query", dest="query_opt", metavar="Q", help="the question for every video of a --batch folder")
+    g.add_argument("--out", metavar="FILE", help="write the JSON result (batch: one JSON line per request)")
+    g.add_argument("--quiet", action="store_true", help="no progress bars on stderr")
     g.set_defaults(fn=cmd_ground)
 
     data = sub.add_parser("data", help="data tools").add_subparsers(dest="data_cmd", required=True)
