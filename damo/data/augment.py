@@ -165,7 +165,7 @@ def fmt_spans(spans: Sequence[Sequence[float]]) -> str:
 def clause(caption: str) -> str:
     """A caption as a clause inside a question: no trailing period, sentence-initial capital lowered."""
     c = " ".join(caption.split()).rstrip(" .!")
-    if len(c) > 1 and c[0].isupper() and c[1].islower():
+    if len(c) > 1 and c[0].isupper() and (c[1].islower() or (c[1] == " " and c[0] != "I")):
         c = c[0].lower() + c[1:]
     return c
 
