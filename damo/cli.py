@@ -207,6 +207,25 @@ def cmd_data_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """The web demo: examples, uploads, answers, timeline and a player that jumps to each span."""
+    import damo
+    from damo.app.serve import run
+
+    _setup_torch()
+    model_dir = Path(args.model)
+    if not (model_dir / "model.safetensors").is_file():
+        raise SystemExit(f"no trained model in {model_dir}; run `damo demo` first or pass --model DIR")
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: serving on {args.host}: anyone who can reach this address can upload files", file=sys.stderr)
+    try:
+        run(damo.load(model_dir), Path(args.examples_dir), args.host, args.port, examples=args.examples,
+            max_upload_mb=args.max_upload_mb, max_seconds=args.max_seconds)
+    except OSError as e:
+        raise SystemExit(f"cannot serve on {args.host}:{args.port} ({e.strerror or e}); try another --port") from None
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="damo", description="Temporally grounded video-language models.")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -271,6 +290,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="format option, e.g. mode=grounding for activitynet-captions")
     c.add_argument("--out", required=True)
     c.set_defaults(fn=cmd_data_convert)
+    v = sub.add_parser("serve", help="web demo: pick or upload a video, ask, see when (localhost)")
+    v.add_argument("--model", default=str(DEFAULT_WORKDIR / "model"))
+    v.add_argument("--host", default="127.0.0.1", help="address to bind; the default is reachable from this machine only")
+    v.add_argument("--port", type=int, default=7860)
+    v.add_argument("--examples", type=int, default=3, help="generated example videos to offer")
+    v.add_argument("--examples-dir", default=str(Path.home() / ".cache" / "damo" / "examples"))
+    v.add_argument("--max-upload-mb", type=float, default=200.0, help="largest accepted upload")
+    v.add_argument("--max-seconds", type=float, default=300.0, help="longest a question may wait for its answer")
+    v.set_defaults(fn=cmd_serve)
     return p
 
 
