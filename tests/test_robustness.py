@@ -266,3 +266,42 @@ def test_video_longer_than_the_model_takes(model_dir, tmp_path):
     path = write_video(tmp_path / "long.mp4", np.arange(0, 6000, 200), "mp4")
     with pytest.raises(ValueError, match=r"long\.mp4: 6 s gives 6 frames .* cut the video"):
         g.ground(path, Q)
+
+
+# ------------------------------------------------------------------------ long videos
+
+@pytest.mark.slow
+def test_ten_minute_video_decodes_with_bounded_memory(tmp_path):
+    """600 s at 1 fps, 320x240 native: memory holds the 64x64 samples and the audio timeline only.
+
+    Keeping decoded native frames would cost 138 MB; the bound below is the output arrays plus
+    16 MB of working room. Time and memory at 10, 30 and 60 minutes are in bench/long_video.py.
+    """
+    import tracemalloc
+
+    from damo.media import decode_clip
+
+    path = tmp_path / "ten_minutes.mp4"
+    with av.open(str(path), "w", format="mp4") as out:
+        s = out.add_stream("libx264", rate=1)
+        s.width, s.height, s.pix_fmt = 320, 240, "yuv420p"
+        s.options = {"g": "10", "preset": "ultrafast", "threads": "1"}
+        img = np.zeros((240, 320, 3), np.uint8)
+        for t in range(600):
+            img[:] = t % 200
+            f = av.VideoFrame.from_ndarray(img, format="rgb24")
+            f.pts, f.time_base = t, Fraction(1, 1)
+            for p in s.encode(f):
+                out.mux(p)
+        for p in s.encode():
+            out.mux(p)
+    tracemalloc.start()
+    try:
+        clip = decode_clip(path, fps=1.0, size=64)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert clip.frames.shape == (600, 64, 64, 3) and clip.duration == pytest.approx(600.0)
+    assert np.allclose(clip.times, np.arange(600), atol=1e-6)   # one frame per second, pts t
+    assert (np.abs(clip.frames[:, 0, 0, 0].astype(int) - np.arange(600) % 200) <= 3).all()
+    assert peak < clip.frames.nbytes + clip.audio.nbytes + 16 * 2**20
