@@ -132,7 +132,7 @@ def test_response_format_follows_grounding_then_answering():
 
 
 def test_collate_placeholders_labels_and_evidence_targets(model):
-    col = Collator(model.tokenizer, model.cfg.bridge_tokens, 1, 1.0)
+    col = Collator(model.tokenizer, model.cfg.bridge_tokens, 1, 1.0, query_first=False)
     b = col([(sample(0), clip(6, 0)), (sample(1, "multi_grounding", ((0, 1), (2, 4))), clip(4, 1))])
     vid = model.video_id
     assert (b["input_ids"][0] == vid).sum() == 8 + 6 and (b["input_ids"][1] == vid).sum() == 8 + 4
@@ -151,7 +151,7 @@ def test_collate_placeholders_labels_and_evidence_targets(model):
 
 
 def test_forward_grounds_every_evidence_token(model):
-    col = Collator(model.tokenizer, model.cfg.bridge_tokens, 1, 1.0)
+    col = Collator(model.tokenizer, model.cfg.bridge_tokens, 1, 1.0, query_first=False)
     b = col([(sample(0), clip(6, 0)), (sample(1), clip(4, 1))])
     out = model(b)
     assert out["evi_logits"].shape == (4, 6)
@@ -168,7 +168,7 @@ def test_placeholder_mismatch_is_reported(model):
 
 
 def test_save_load_round_trip_gives_identical_outputs(model, tmp_path):
-    col = Collator(model.tokenizer, model.cfg.bridge_tokens, 1, 1.0)
+    col = Collator(model.tokenizer, model.cfg.bridge_tokens, 1, 1.0, query_first=False)
     b = col([(sample(0), clip(6, 0))])
     with torch.no_grad():
         a = model(b)
@@ -188,3 +188,16 @@ def test_save_load_round_trip_gives_identical_outputs(model, tmp_path):
 def test_encode_keeps_special_tokens_single(model):
     ids = encode(model.tokenizer, f"{EVI} </evi> It happens in {EVI}.")
     assert ids[0] == model.evi_id and ids[1] == model.evi_end_id and ids.count(model.evi_id) == 2
+
+
+def test_query_first_prompt_puts_the_question_before_the_frames(model):
+    from damo.data.collate import prompt_ids
+    ids = prompt_ids(model.tokenizer, 5, "when does the red square appear?", query_first=True)
+    first_video = ids.index(model.video_id)
+    assert ids[first_video:first_video + 5] == [model.video_id] * 5
+    assert model.tokenizer.decode(ids[1:first_video]).strip().endswith("when does the red square appear?")
+    col = Collator(model.tokenizer, model.cfg.bridge_tokens, 1, 1.0, query_first=True)
+    b = col([(sample(0), clip(6, 0))])
+    fp = b["frame_pos"][0, :, 0]
+    assert (b["input_ids"][0, fp] == model.video_id).all()
+    assert int(fp[0]) == b["input_ids"][0].tolist().index(model.video_id) + model.cfg.bridge_tokens

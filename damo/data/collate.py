@@ -63,10 +63,18 @@ def turns_of(s: Sample) -> list[dict]:
     return [{"task": s.task, "query": s.query, "answer": s.answer, "spans": s.spans, "captions": s.captions}]
 
 
-def prompt_ids(tok: PreTrainedTokenizerFast, num_video_tokens: int, query: str) -> list[int]:
-    """``<bos> <video> x N <|user|> query <|assistant|>``: the prefix generation starts from."""
-    vid = tok.convert_tokens_to_ids(tk.VIDEO)
-    return [tok.bos_token_id] + [vid] * num_video_tokens + encode(tok, f"{tk.USER} {query} {tk.ASSISTANT}")
+def prompt_ids(tok: PreTrainedTokenizerFast, num_video_tokens: int, query: str, query_first: bool) -> list[int]:
+    """The prefix generation starts from.
+
+    ``query_first``: ``<bos> <|user|> query <video> x N <|assistant|>``, so the causal LLM's
+    frame states can attend to the question (as instruction-aware Q-Formers do in
+    InstructBLIP and TimeChat); otherwise ``<bos> <video> x N <|user|> query <|assistant|>``
+    (the LLaVA layout D²VLM uses).
+    """
+    video = [tok.convert_tokens_to_ids(tk.VIDEO)] * num_video_tokens
+    if query_first:
+        return [tok.bos_token_id] + encode(tok, f"{tk.USER} {query}") + video + encode(tok, tk.ASSISTANT)
+    return [tok.bos_token_id] + video + encode(tok, f"{tk.USER} {query} {tk.ASSISTANT}")
 
 
 @dataclass
@@ -81,8 +89,10 @@ class Collator:
     """Turns ``[(sample, clip)]`` into a padded batch for :class:`DamoModel`."""
 
     def __init__(self, tok: PreTrainedTokenizerFast, video_tokens: int, frame_tokens: int, fps: float,
-                 max_len: int = 1024):
+                 query_first: bool, max_len: int = 1024):
         self.tok, self.F, self.K, self.fps, self.max_len = tok, video_tokens, frame_tokens, fps, max_len
+        self.query_first = query_first
+        self.video = tok.convert_tokens_to_ids(tk.VIDEO)
         self.evi = tok.convert_tokens_to_ids(tk.EVI)
 
     def __call__(self, items: list[tuple[Sample, ClipTensors]], rng: random.Random | None = None) -> dict:
@@ -99,9 +109,9 @@ class Collator:
             n = c.frames.shape[0]
             frames[b, :n], mel[b, :n], times[b, :n], fmask[b, :n] = c.frames, c.mel, c.times, True
             turns = turns_of(s)
-            ids = prompt_ids(self.tok, self.F + n * self.K, turns[0]["query"])
+            ids = prompt_ids(self.tok, self.F + n * self.K, turns[0]["query"], self.query_first)
             lab = [-100] * len(ids)
-            start = 1 + self.F
+            start = ids.index(self.video) + self.F
             frame_pos[b, :n] = (start + torch.arange(n * self.K)).view(n, self.K)
             for ti, turn in enumerate(turns):
                 if ti:

@@ -24,7 +24,8 @@ def predict_one(model: DamoModel, clip: ClipTensors, query: str, max_new_tokens:
         raise ValueError("the query is empty; ask a question about the video")
     T = clip.frames.shape[0]
     frames = clip.frames.permute(0, 3, 1, 2).float().div(255.0)[None]   # (1, T, 3, H, W)
-    ids = prompt_ids(model.tokenizer, model.cfg.bridge_tokens + T * model.cfg.fuser.frame_tokens, query)
+    ids = prompt_ids(model.tokenizer, model.cfg.bridge_tokens + T * model.cfg.fuser.frame_tokens, query,
+                     model.cfg.query_first)
     gen = model.generate(frames, clip.mel.float()[None], clip.times[None], ids, clip.duration, max_new_tokens)
     ev = gen["evidence"]
     answer_ev = [e for e in ev if e["stage"] == 2] or [e for e in ev if e["stage"] == 1]

@@ -103,6 +103,7 @@ class DamoConfig:
     bridge_tokens: int = 8     # fusion tokens after the Q-Former bridge
     align_dim: int = 64        # contrastive (stage 1) embedding width
     max_frames: int = 4096
+    query_first: bool = True   # question before the video, so frame states see it (see collate.prompt_ids)
 
     @classmethod
     def from_dict(cls, d: dict) -> "DamoConfig":

@@ -63,7 +63,10 @@ def stage_samples(stage: Stage, samples: list[Sample], seed: int) -> list[Sample
 
 def run_stage(model: DamoModel, stage: Stage, samples: list[Sample], store: ClipStore, seed: int,
               progress: bool = True) -> dict[str, float]:
-    """Train ``model`` in place for one stage; returns the mean of each loss over the last 10% of steps."""
+    """Train ``model`` in place for one stage.
+
+    Returns each loss averaged over the last 10% of steps, and as ``NAME_start`` over the first 10%.
+    """
     unknown = set(stage.losses) - set(LOSSES)
     if unknown:
         raise ValueError(f"stage {stage.name!r}: unknown losses {sorted(unknown)}; valid: {sorted(LOSSES)}")
@@ -80,7 +83,8 @@ def run_stage(model: DamoModel, stage: Stage, samples: list[Sample], store: Clip
         return 0.5 * (1 + math.cos(math.pi * (step - stage.warmup) / max(1, stage.steps - stage.warmup)))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-    collate = Collator(model.tokenizer, model.cfg.bridge_tokens, model.cfg.fuser.frame_tokens, model.cfg.fps)
+    collate = Collator(model.tokenizer, model.cfg.bridge_tokens, model.cfg.fuser.frame_tokens, model.cfg.fps,
+                       model.cfg.query_first)
     use_llm = bool(NEEDS_LLM & set(stage.losses))
     model.train()
     history: dict[str, list[float]] = defaultdict(list)
@@ -107,4 +111,5 @@ def run_stage(model: DamoModel, stage: Stage, samples: list[Sample], store: Clip
             bar.set_postfix({k: f"{v[-1]:.3f}" for k, v in history.items()})
     model.eval()
     tail = max(1, stage.steps // 10)
-    return {k: sum(v[-tail:]) / len(v[-tail:]) for k, v in history.items()}
+    out = {k: sum(v[-tail:]) / tail for k, v in history.items()}
+    return out | {f"{k}_start": sum(v[:tail]) / tail for k, v in history.items()}

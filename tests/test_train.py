@@ -1,0 +1,86 @@
+"""Recipes: parsing, overrides, a short run whose loss falls, reuse of finished stages, CLI eval."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from damo.config import Recipe, load_recipe
+from damo.data.clips import load_dataset
+from damo.train.loop import make_dialogues, set_trainable
+from damo.train.recipe import run_recipe
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY_MODEL = {"vision": {"width": 32, "layers": 1}, "audio": {"width": 32},
+              "fuser": {"width": 32, "blocks": 1, "visual_queries": 4, "audio_queries": 2, "fusion_tokens": 4},
+              "llm": {"hidden": 32, "layers": 2, "intermediate": 64, "vocab_size": 400},
+              "bridge_tokens": 4, "align_dim": 16}
+
+
+def test_shipped_recipe_parses_with_overrides():
+    r = load_recipe(REPO / "recipes" / "damo_4stage.yaml", ["stages.2.steps=7", "seed=3", "model.llm.layers=3"])
+    assert [s.name for s in r.stages] == ["align", "bridge", "temporal", "dialogue"]
+    assert r.stages[2].steps == 7 and r.seed == 3 and r.model.llm.layers == 3
+    assert r.stages[0].losses == {"contrastive": 1.0} and r.stages[3].dialogue
+
+
+def test_bad_recipes_say_what_is_wrong():
+    with pytest.raises(ValueError, match="non-empty 'stages'"):
+        Recipe.from_dict({"stages": []})
+    with pytest.raises(ValueError, match="unknown keys"):
+        Recipe.from_dict({"stages": [{"name": "a", "losses": {"lm": 1}, "steps": 1, "stepz": 3}]})
+    with pytest.raises(ValueError, match="unique"):
+        Recipe.from_dict({"stages": [{"name": "a", "losses": {"lm": 1}, "steps": 1}] * 2})
+    with pytest.raises(ValueError, match="unknown model config"):
+        Recipe.from_dict({"model": {"visoin": {}}, "stages": [{"name": "a", "losses": {"lm": 1}, "steps": 1}]})
+
+
+def test_dialogues_group_a_videos_samples():
+    samples = load_dataset("synth://standard?n=3&seed=0")
+    dl = make_dialogues(samples, 3, __import__("random").Random(0))
+    assert sum(len(d.meta["turns"]) for d in dl) == len(samples)
+    assert all(len({samples_by.video for samples_by in [d]}) == 1 and 1 <= len(d.meta["turns"]) <= 3 for d in dl)
+
+
+def _recipe(steps: int) -> Recipe:
+    return Recipe.from_dict({
+        "model": TINY_MODEL, "seed": 0, "data": {"train": "synth://easy?n=12&seed=0"},
+        "stages": [
+            {"name": "align", "tasks": ["dense_caption"], "losses": {"contrastive": 1.0}, "steps": 3, "batch": 6,
+             "trainable": ["vision.*", "audio.*", "residual_*", "fuseformer.*", "text_encoder.*", "align_video.*"]},
+            {"name": "ground", "losses": {"lm": 1.0, "grounding_bce": 5.0, "consistency": 1.0}, "steps": steps,
+             "batch": 6, "lr": 3e-3, "warmup": 2},
+        ]})
+
+
+def test_short_recipe_loss_falls_and_rerun_reuses(tmp_path):
+    model = run_recipe(_recipe(30), tmp_path, progress=False, log=lambda *_: None)
+    stats = json.loads((tmp_path / "stages" / "ground" / "stats.json").read_text())
+    assert stats["lm"] < 0.8 * stats["lm_start"], stats
+    assert stats["grounding_bce"] < stats["grounding_bce_start"], stats
+    assert (tmp_path / "model" / "model.safetensors").is_file()
+    logs = []
+    again = run_recipe(_recipe(30), tmp_path, progress=False, log=logs.append)
+    assert any("reusing" in m for m in logs)
+    for (k, a), b in zip(model.state_dict().items(), again.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert json.loads((tmp_path / "stages" / "ground" / "stats.json").read_text()) == stats
+
+
+def test_training_is_deterministic(tmp_path):
+    a = run_recipe(_recipe(4), tmp_path / "a", progress=False, log=lambda *_: None)
+    b = run_recipe(_recipe(4), tmp_path / "b", progress=False, log=lambda *_: None)
+    for (k, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(x, y), k
+
+
+def test_freezing_by_pattern(tmp_path):
+    model = run_recipe(_recipe(1), tmp_path, progress=False, log=lambda *_: None)
+    n = set_trainable(model, ["evidence.*"])
+    assert n == sum(p.numel() for p in model.evidence.parameters())
+    assert not any(p.requires_grad for p in model.llm.parameters())
+    with pytest.raises(ValueError, match="match no parameter"):
+        set_trainable(model, ["nothing.*"])
