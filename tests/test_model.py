@@ -201,3 +201,21 @@ def test_query_first_prompt_puts_the_question_before_the_frames(model):
     fp = b["frame_pos"][0, :, 0]
     assert (b["input_ids"][0, fp] == model.video_id).all()
     assert int(fp[0]) == b["input_ids"][0].tolist().index(model.video_id) + model.cfg.bridge_tokens
+
+
+def test_windowed_stream_attention_matches_global_for_short_videos_and_stays_local():
+    from damo.model.encoders import Block
+    from damo.model.fuseformer import windowed
+    torch.manual_seed(0)
+    blk = Block(16, 2).eval()
+    x = torch.randn(2, 10 * 3, 16)                          # 10 frames x 3 tokens
+    pad = torch.zeros(2, 30, dtype=torch.bool)
+    pad[1, 21:] = True                                      # second clip has 7 frames
+    with torch.no_grad():
+        assert torch.allclose(windowed(blk, x, pad, 3, 16), blk(x, pad), atol=1e-6)
+        y = windowed(blk, x, pad, 3, 4)                     # windows of 4 frames: [0-3], [4-7], [8-9]
+        x2 = x.clone()
+        x2[:, 12:] += 1.0                                   # change frames 4..9
+        y2 = windowed(blk, x2, pad, 3, 4)
+    assert torch.equal(y[:, :12], y2[:, :12])               # the first window does not see them
+    assert not torch.isnan(y).any()                         # the all-padding window of clip 2 is harmless

@@ -4,6 +4,8 @@ DaMO (method: temporal pathway and T-Fuseformer) stacks blocks of
 1. temporal-aware unimodal attention, per stream: self-attention + FFN over all of the
    stream's tokens (time embedded), then a set of learnable queries cross-attends to the
    stream, compressing it and picking out key moments;
+   (Stream self-attention runs within windows of ``window`` frames so that cost grows linearly
+   with video length; the queries still read the whole stream.)
 2. temporal-aware multimodal attention: shared fusion tokens are concatenated with both
    streams' compressed queries and a joint self-attention + FFN fuses them.
 The queries and fusion tokens carry over from block to block (the hierarchy).
@@ -18,6 +20,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from damo.model.encoders import Block
@@ -47,16 +50,37 @@ class CrossBlock(nn.Module):
         return q + self.mlp(self.ln2(q))
 
 
+def windowed(block: Block, x: torch.Tensor, pad: torch.Tensor, per_frame: int, window: int) -> torch.Tensor:
+    """Self-attention within windows of ``window`` frames: linear in video length.
+
+    x ``(B, T*L, D)`` with ``L = per_frame`` tokens per frame; pad ``(B, T*L)`` True where padded.
+    Videos no longer than one window attend globally, exactly as an unwindowed block.
+    """
+    B, N, D = x.shape
+    T = N // per_frame
+    if T <= window:
+        return block(x, pad)
+    nw = -(-T // window)
+    extra = (nw * window - T) * per_frame
+    x = F.pad(x, (0, 0, 0, extra))                                  # (B, nw*W*L, D)
+    pad = F.pad(pad, (0, extra), value=True)
+    pw = pad.reshape(B * nw, window * per_frame)
+    pw = pw & ~pw.all(1, keepdim=True)      # an all-padding window would give NaN; its output is dropped
+    y = block(x.reshape(B * nw, window * per_frame, D), pw)        # (B*nw, W*L, D)
+    return y.reshape(B, -1, D)[:, :N]
+
+
 class FuseBlock(nn.Module):
-    def __init__(self, d: int, heads: int):
+    def __init__(self, d: int, heads: int, window: int):
         super().__init__()
+        self.window = window
         self.self_v, self.self_a = Block(d, heads), Block(d, heads)
         self.query_v, self.query_a = CrossBlock(d, heads), CrossBlock(d, heads)
         self.joint = Block(d, heads)
 
-    def forward(self, v, a, qv, qa, f, pad_v, pad_a):
-        v = self.self_v(v, pad_v)                                   # (B, T*Lv, D)
-        a = self.self_a(a, pad_a)                                   # (B, T*La, D)
+    def forward(self, v, a, qv, qa, f, pad_v, pad_a, Lv: int, La: int):
+        v = windowed(self.self_v, v, pad_v, Lv, self.window)       # (B, T*Lv, D)
+        a = windowed(self.self_a, a, pad_a, La, self.window)       # (B, T*La, D)
         qv = self.query_v(qv, v, pad_v)                             # (B, Qv, D)
         qa = self.query_a(qa, a, pad_a)                             # (B, Qa, D)
         z = self.joint(torch.cat([f, qv, qa], 1))                   # (B, F+Qv+Qa, D)
@@ -66,7 +90,8 @@ class FuseBlock(nn.Module):
 
 class TemporalFuseformer(nn.Module):
     def __init__(self, d: int = 96, blocks: int = 2, heads: int = 4, visual_queries: int = 16,
-                 audio_queries: int = 8, fusion_tokens: int = 8, frame_tokens: int = 1, max_frames: int = 4096):
+                 audio_queries: int = 8, fusion_tokens: int = 8, frame_tokens: int = 1, max_frames: int = 4096,
+                 window: int = 64):
         super().__init__()
         self.d, self.frame_tokens = d, frame_tokens
         self.qv = nn.Parameter(torch.randn(1, visual_queries, d) * 0.02)
@@ -77,7 +102,7 @@ class TemporalFuseformer(nn.Module):
         self.time_a = nn.Embedding(max_frames, d)
         nn.init.zeros_(self.time_v.weight)
         nn.init.zeros_(self.time_a.weight)
-        self.blocks = nn.ModuleList(FuseBlock(d, heads) for _ in range(blocks))
+        self.blocks = nn.ModuleList(FuseBlock(d, heads, window) for _ in range(blocks))
         self.ln_v, self.ln_a, self.ln_f = nn.LayerNorm(d), nn.LayerNorm(d), nn.LayerNorm(d)
         self.frame_out = nn.Linear(2 * d, frame_tokens * d)
 
@@ -97,7 +122,7 @@ class TemporalFuseformer(nn.Module):
         v, a = v.flatten(1, 2), a.flatten(1, 2)                     # (B, T*Lv, D), (B, T*La, D)
         qv, qa, f = self.qv.expand(B, -1, -1), self.qa.expand(B, -1, -1), self.fusion.expand(B, -1, -1)
         for blk in self.blocks:
-            v, a, qv, qa, f = blk(v, a, qv, qa, f, pad_v, pad_a)
+            v, a, qv, qa, f = blk(v, a, qv, qa, f, pad_v, pad_a, Lv, La)
         v = self.ln_v(v).unflatten(1, (T, Lv)).mean(2)              # (B, T, D)
         a = self.ln_a(a).unflatten(1, (T, La)).mean(2)              # (B, T, D)
         frames = self.frame_out(torch.cat([v, a], -1))              # (B, T, K*D)

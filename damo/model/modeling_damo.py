@@ -71,6 +71,7 @@ class FuserConfig:
     fusion_tokens: int = 8
     frame_tokens: int = 1      # K fused tokens per frame given to the LLM
     conv_kernel: int = 3
+    window: int = 64           # stream self-attention window in frames (linear cost on long videos)
 
 
 @dataclass
@@ -169,7 +170,7 @@ class DamoModel(nn.Module):
         self.residual_a = GlobalResidual(self.audio.width, D, fc.audio_tokens, grid=False)
         self.temporal_conv = nn.Conv1d(D, D, fc.conv_kernel, padding=fc.conv_kernel // 2, groups=D)
         self.fuseformer = TemporalFuseformer(D, fc.blocks, fc.heads, fc.visual_queries, fc.audio_queries,
-                                             fc.fusion_tokens, fc.frame_tokens, cfg.max_frames)
+                                             fc.fusion_tokens, fc.frame_tokens, cfg.max_frames, fc.window)
         self.llm = build_llm(cfg.llm, tokenizer)
         C = self.llm.config.hidden_size
         self.projector = nn.Sequential(nn.Linear(D, C), nn.GELU(), nn.Linear(C, C))
