@@ -274,10 +274,43 @@ def test_parse_candidates_reads_json_lines_and_keeps_failures():
 
 
 def test_prompt_is_a_versioned_package_resource():
-    system, user = A.load_prompt("grounded_qa_v1")
-    assert "JSON" in system and "$captions" in user and "$duration" in user
+    p = A.load_prompt("grounded_qa_v1")
+    assert "JSON" in p.system and "$captions" in p.user and "$duration" in p.user
+    assert not p.per_event and p.reply_prefix == ""
+    e = A.load_prompt(A.EVENT_PROMPT_VERSION)
+    assert e.per_event and e.reply_prefix.startswith('{"type": "when", "evidence": [$number]')
     with pytest.raises(FileNotFoundError, match="no prompt 'grounded_qa_v9'"):
         A.load_prompt("grounded_qa_v9")
+
+
+class EchoLM(A.ChatGenerator):
+    """A chat generator whose "model" finishes each prefilled reply with a fixed question."""
+    name = "echo"
+
+    def __init__(self) -> None:
+        super().__init__(A.EVENT_PROMPT_VERSION)
+        self.calls: list[tuple[str, str]] = []
+
+    def complete(self, messages: list[dict], reply_prefix: str = "") -> str:
+        self.calls.append((messages[1]["content"], reply_prefix))
+        n = len(self.calls)
+        return [' does a man open the door?"}', ' does the cat sleep?"}', ' does a dog bark?"} and more {',
+                ' does the man pour water?"}'][n - 1]
+
+
+def test_per_event_prompt_prefills_evidence_and_times():
+    gen = EchoLM()
+    samples, report = A.augment([kitchen()], gen, near_dup_threshold=None, dialogue_turns=0)
+    assert [c[0] for c in gen.calls] == ["Event 1: [0.0 - 10.0] A man opens the door.",
+                                         "Event 2: [12.0 - 20.0] The man pours some water.",
+                                         "Event 3: [22.0 - 30.0] A dog barks at the man.",
+                                         "Event 4: [32.0 - 40.0] The man pours some water."]
+    assert gen.calls[2][1] == '{"type": "when", "evidence": [3], "start": 22.0, "end": 30.0, "question": "When'
+    assert report["rejections"] == {"answer_not_grounded": 1}  # the cat
+    assert [(s.query, s.spans, s.meta["prompt_version"]) for s in samples] == [
+        ("When does a man open the door?", [[0.0, 10.0]], "grounded_qa_event_v1"),
+        ("When does a dog bark?", [[22.0, 30.0]], "grounded_qa_event_v1"),
+        ("When does the man pour water?", [[32.0, 40.0]], "grounded_qa_event_v1")]
 
 
 REPLY = "\n".join(json.dumps(o) for o in [
@@ -345,6 +378,8 @@ def test_http_generator_against_a_local_stub(chat_server, monkeypatch):
 def test_http_generator_errors_say_what_to_do(chat_server):
     with pytest.raises(ValueError, match="http"):
         A.HTTPGenerator("127.0.0.1:8000")
+    with pytest.raises(ValueError, match="prefills the reply"):
+        A.HTTPGenerator(chat_server, prompt_version=A.EVENT_PROMPT_VERSION)
     assert A.HTTPGenerator(chat_server + "/v1").endpoint == chat_server + "/v1/chat/completions"
     dead = A.HTTPGenerator("http://127.0.0.1:9", timeout=5)
     with pytest.raises(RuntimeError, match="is the server running"):
@@ -358,14 +393,14 @@ def test_local_smollm2_generator_runs_offline():
     vc = A.VideoCaptions(video="v", duration=40.0, spans=[[0.0, 12.5], [12.5, 30.0], [31.0, 40.0]],
                          captions=["A woman stands in a kitchen.", "She cuts an onion on a board.",
                                    "She puts the onion in a pan."])
-    first = gen.complete(gen.messages(vc))
-    assert first == gen.complete(gen.messages(vc))  # greedy decoding is reproducible
+    first = gen.complete(gen.messages(vc, 1), gen.reply_prefix(vc, 1))
+    assert first == gen.complete(gen.messages(vc, 1), gen.reply_prefix(vc, 1))  # greedy decoding is reproducible
     samples, report = A.augment([vc], gen, near_dup_threshold=None)
-    assert report["candidates"] >= 1 and report["generator"] == "local"
+    assert report["candidates"] == 3 and report["generator"] == "local"  # one question per event
     assert report["accepted"] + report["rejected"] == report["candidates"]
     for s in samples:
         check_invariants(s)
-        assert s.meta["prompt_version"] == "grounded_qa_v1"
+        assert s.meta["prompt_version"] == "grounded_qa_event_v1"
 
 
 # ---------------------------------------------------------------- command line

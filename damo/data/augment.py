@@ -51,8 +51,9 @@ Validation (the first failing check is the rejection reason):
 - ``count_mismatch``: a count answer that is not the number of its source captions;
 - ``duplicate_exact``: the same question (case, spacing and punctuation ignored) seen before in the
   video;
-- ``duplicate_near``: all-MiniLM-L6-v2 cosine of the two questions above
-  :data:`NEAR_DUP_THRESHOLD` *and* evidence hulls overlapping with IoU >= :data:`NEAR_DUP_MIN_IOU`
+- ``duplicate_near``: a question of the same type as an earlier one of the video, all-MiniLM-L6-v2
+  cosine above :data:`NEAR_DUP_THRESHOLD`, *and* evidence hulls overlapping with IoU >=
+  :data:`NEAR_DUP_MIN_IOU`
   (paraphrases of one question score 0.91-0.92, but "At 67.0 - 89.0 seconds, what happens?" and
   "From 67.0 to 98.0 seconds, what goes on?" score 0.92 too, and ask about different windows).
 """
@@ -82,7 +83,8 @@ QA_TASKS = {"when": "grounding", "what_at": "grounded_qa", "what_between": "grou
             "after": "grounded_qa", "order": "grounded_qa", "count": "grounded_qa"}
 QA_TYPES = tuple(QA_TASKS)
 RULE_VERSION = "rule_v1"          # bump when the templates below change what is generated
-PROMPT_VERSION = "grounded_qa_v1"  # the prompt file the LLM generators read by default
+PROMPT_VERSION = "grounded_qa_v1"  # whole-video prompt: the HTTP generator's default
+EVENT_PROMPT_VERSION = "grounded_qa_event_v1"  # one event at a time, reply prefixed: the local default
 SPAN_TOLERANCE = 0.05             # s; half the 0.1 s precision the prompts show times with
 MIN_SUPPORT = 0.75                # share of an answer's content words that must occur in its sources
 NEAR_DUP_THRESHOLD = 0.9          # cosine of all-MiniLM-L6-v2 question embeddings
@@ -337,20 +339,38 @@ class RuleGenerator:
         return b[0] > a[0] and b[1] > a[1] and _overlap(a, b) <= SEPARATION * short
 
 
-def load_prompt(version: str = PROMPT_VERSION) -> tuple[str, str]:
-    """The ``(system, user)`` templates of a versioned prompt file in ``damo/resources/prompts``.
+@dataclass(frozen=True)
+class Prompt:
+    """A versioned prompt: system and user templates, and optionally the start of the reply.
 
-    The file holds the system message, a line ``---``, then the user message; ``$duration`` and
-    ``$captions`` are substituted (``string.Template``, so JSON braces need no escaping).
+    ``$duration`` and ``$captions`` (all events, numbered and timed) are substituted; a user template
+    with ``$event`` and ``$number`` is sent once per event instead of once per video. A reply prefix
+    (local models only; ``$number``, ``$start``, ``$end`` filled in) fixes the output format and the
+    evidence for small models that would otherwise echo the input: the model writes only the question.
     """
+    version: str
+    system: str
+    user: str
+    reply_prefix: str = ""
+
+    @property
+    def per_event(self) -> bool:
+        return "$event" in self.user
+
+
+def load_prompt(version: str = PROMPT_VERSION) -> Prompt:
+    """Read ``damo/resources/prompts/{version}.txt``: system message, a line ``---``, the user message,
+    and optionally another ``---`` line and the reply prefix (``string.Template``, so JSON braces need
+    no escaping)."""
     res = importlib.resources.files("damo").joinpath("resources", "prompts", f"{version}.txt")
     if not res.is_file():
         raise FileNotFoundError(f"no prompt {version!r} in damo/resources/prompts; "
-                                f"the shipped version is {PROMPT_VERSION!r}")
-    system, sep, user = res.read_text(encoding="utf-8").partition("\n---\n")
-    if not sep:
-        raise ValueError(f"prompt {version!r} must separate the system and user messages with a line '---'")
-    return system.strip(), user.strip()
+                                f"the shipped versions are {PROMPT_VERSION!r} and {EVENT_PROMPT_VERSION!r}")
+    parts = res.read_text(encoding="utf-8").split("\n---\n")
+    if len(parts) not in (2, 3):
+        raise ValueError(f"prompt {version!r} must be: system message, a line '---', user message "
+                         f"[, a line '---', reply prefix]")
+    return Prompt(version, parts[0].strip(), parts[1].strip(), parts[2].strip() if len(parts) == 3 else "")
 
 
 _OBJECT = re.compile(r"\{[^{}]*\}")
@@ -386,27 +406,50 @@ class ChatGenerator:
     """Shared part of the LLM generators: prompt from the timed captions, completion, parsing.
 
     Spans the model leaves out default to its evidence captions' spans (so they are consistent by
-    construction); spans it writes are checked like any other.
+    construction); with a per-event prompt the evidence defaults to that event. Spans and evidence
+    the model does write are checked like any other.
     """
     name = "chat"
 
     def __init__(self, prompt_version: str = PROMPT_VERSION) -> None:
+        self.prompt = load_prompt(prompt_version)
         self.prompt_version = prompt_version
-        self.system, self.user = load_prompt(prompt_version)
 
-    def messages(self, vc: VideoCaptions) -> list[dict]:
+    def messages(self, vc: VideoCaptions, event: int | None = None) -> list[dict]:
         lines = "\n".join(f"{k}. [{s:.1f} - {e:.1f}] {sentence(c)}"
                           for k, ((s, e), c) in enumerate(zip(vc.spans, vc.captions), 1))
-        user = string.Template(self.user).safe_substitute(duration=f"{vc.duration:.1f}", captions=lines)
-        return [{"role": "system", "content": self.system}, {"role": "user", "content": user}]
+        words = {"duration": f"{vc.duration:.1f}", "captions": lines}
+        if event is not None:
+            s, e = vc.spans[event]
+            words |= {"number": str(event + 1), "event": f"[{s:.1f} - {e:.1f}] {sentence(vc.captions[event])}",
+                      "start": f"{s:.1f}", "end": f"{e:.1f}"}
+        user = string.Template(self.prompt.user).safe_substitute(words)
+        return [{"role": "system", "content": self.prompt.system}, {"role": "user", "content": user}]
 
-    def complete(self, messages: list[dict]) -> str:
+    def reply_prefix(self, vc: VideoCaptions, event: int | None = None) -> str:
+        """The prompt's reply prefix with the event's number and times filled in."""
+        if not self.prompt.reply_prefix or event is None:
+            return self.prompt.reply_prefix
+        s, e = vc.spans[event]
+        return string.Template(self.prompt.reply_prefix).safe_substitute(
+            number=str(event + 1), start=f"{s:.1f}", end=f"{e:.1f}")
+
+    def complete(self, messages: list[dict], reply_prefix: str = "") -> str:
+        """The model's reply to ``messages``, continuing ``reply_prefix`` (returned without it)."""
         raise NotImplementedError
 
     def generate(self, vc: VideoCaptions) -> list[dict]:
-        cands = parse_candidates(self.complete(self.messages(vc)))
+        events = range(len(vc.captions)) if self.prompt.per_event else [None]
+        cands = []
+        for k in events:
+            prefix = self.reply_prefix(vc, k)
+            text = prefix + self.complete(self.messages(vc, k), prefix)
+            for c in parse_candidates(text):
+                if k is not None and "raw" not in c and not c.get("sources"):
+                    c["sources"] = [k]
+                cands.append(c)
         for c in cands:
-            if "spans" not in c and isinstance(c.get("sources"), list) and all(
+            if "spans" not in c and isinstance(c.get("sources"), list) and c["sources"] and all(
                     isinstance(i, int) and 0 <= i < len(vc.spans) for i in c["sources"]):
                 c["spans"] = [vc.spans[i] for i in c["sources"]]
         return cands
@@ -421,13 +464,16 @@ class HTTPGenerator(ChatGenerator):
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"--url must be an http(s) address such as http://127.0.0.1:8000, got {url!r}")
         super().__init__(prompt_version)
+        if self.prompt.reply_prefix:
+            raise ValueError(f"prompt {prompt_version!r} prefills the reply, which chat-completion servers do not "
+                             f"all support; use it with --generator local, or use {PROMPT_VERSION!r}")
         base = url.rstrip("/")
         self.endpoint = base if base.endswith("/chat/completions") else (
             base + ("/chat/completions" if base.endswith("/v1") else "/v1/chat/completions"))
         self.model, self.timeout, self.max_tokens = model, timeout, max_tokens
         self.api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
 
-    def complete(self, messages: list[dict]) -> str:
+    def complete(self, messages: list[dict], reply_prefix: str = "") -> str:
         body = json.dumps({"model": self.model, "messages": messages, "temperature": 0.0,
                            "max_tokens": self.max_tokens}).encode()
         headers = {"Content-Type": "application/json"}
@@ -481,11 +527,15 @@ def smollm2_dir() -> Path:
 
 
 class LocalLMGenerator(ChatGenerator):
-    """A local HF causal LM with a chat template; greedy decoding, so the output is reproducible."""
+    """A local HF causal LM with a chat template; greedy decoding, so the output is reproducible.
+
+    The default prompt goes one event at a time with a prefilled reply: SmolLM2-135M echoes the
+    event list back when asked for the whole-video JSON of :data:`PROMPT_VERSION`.
+    """
     name = "local"
 
-    def __init__(self, model: str | Path | None = None, prompt_version: str = PROMPT_VERSION,
-                 max_new_tokens: int = 320) -> None:
+    def __init__(self, model: str | Path | None = None, prompt_version: str = EVENT_PROMPT_VERSION,
+                 max_new_tokens: int = 40) -> None:
         super().__init__(prompt_version)
         from transformers import AutoModelForCausalLM, AutoTokenizer
         path = Path(model) if model else smollm2_dir()
@@ -495,10 +545,10 @@ class LocalLMGenerator(ChatGenerator):
         self.model = AutoModelForCausalLM.from_pretrained(path).eval()
         self.max_new_tokens = max_new_tokens
 
-    def complete(self, messages: list[dict]) -> str:
+    def complete(self, messages: list[dict], reply_prefix: str = "") -> str:
         import torch
-        ids = self.tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
-                                           return_dict=True)
+        text = self.tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) + reply_prefix
+        ids = self.tok(text, return_tensors="pt", add_special_tokens=False)
         with torch.no_grad():
             out = self.model.generate(**ids, max_new_tokens=self.max_new_tokens, do_sample=False,
                                       pad_token_id=self.tok.eos_token_id)
@@ -509,7 +559,7 @@ GENERATORS: dict[str, type] = {"rule": RuleGenerator, "local": LocalLMGenerator,
 
 
 def make_generator(name: str, *, seed: int = 0, url: str | None = None, model: str | None = None,
-                   prompt_version: str = PROMPT_VERSION):
+                   prompt_version: str | None = None):
     """Build a generator from command-line style arguments."""
     if name not in GENERATORS:
         raise ValueError(f"unknown generator {name!r}; choose one of {', '.join(GENERATORS)}")
@@ -518,8 +568,8 @@ def make_generator(name: str, *, seed: int = 0, url: str | None = None, model: s
     if name == "http":
         if not url:
             raise ValueError("--generator http needs --url (an OpenAI-compatible server, e.g. http://127.0.0.1:8000)")
-        return HTTPGenerator(url, model=model or "default", prompt_version=prompt_version)
-    return LocalLMGenerator(model, prompt_version=prompt_version)
+        return HTTPGenerator(url, model=model or "default", prompt_version=prompt_version or PROMPT_VERSION)
+    return LocalLMGenerator(model, prompt_version=prompt_version or EVENT_PROMPT_VERSION)
 
 
 # ------------------------------------------------------------------------------------- validation
@@ -634,23 +684,23 @@ def augment(videos: Sequence[VideoCaptions], generator, *, seed: int = 0, min_su
             ok.append(c)
         kept.append((vc, ok))
     if near_dup_threshold is not None:
-        flat = [c["query"] for _, ok in kept for c in ok]
-        emb = embed(flat)
-        at = 0
-        for n, (vc, ok) in enumerate(kept):
-            e = emb[at:at + len(ok)]
-            at += len(ok)
+        # only questions of one type about (nearly) the same moment can be near-duplicates, so only
+        # those are embedded: most of a rule-generated set never reaches the encoder
+        close = []
+        for _, ok in kept:
             hulls = [_hull(c["spans"]) for c in ok]
-            keep_idx: list[int] = []
-            for i in range(len(ok)):
-                dup = any(float(e[i] @ e[j]) > near_dup_threshold and _iou(hulls[i], hulls[j]) >= NEAR_DUP_MIN_IOU
-                          for j in keep_idx)
-                if dup:
+            close.append([(i, j) for i in range(len(ok)) for j in range(i) if ok[i]["qa_type"] == ok[j]["qa_type"]
+                          and _iou(hulls[i], hulls[j]) >= NEAR_DUP_MIN_IOU])
+        need = sorted({(n, k) for n, pairs in enumerate(close) for pair in pairs for k in pair})
+        emb = dict(zip(need, embed([kept[n][1][k]["query"] for n, k in need])))
+        for n, (vc, ok) in enumerate(kept):
+            dropped: set[int] = set()
+            for i, j in close[n]:  # (i, j) with j < i, in order of i: earlier questions win
+                if i not in dropped and j not in dropped and float(emb[n, i] @ emb[n, j]) > near_dup_threshold:
+                    dropped.add(i)
                     reasons["duplicate_near"] += 1
                     by_type[ok[i]["qa_type"]]["rejected:duplicate_near"] += 1
-                else:
-                    keep_idx.append(i)
-            kept[n] = (vc, [ok[i] for i in keep_idx])
+            kept[n] = (vc, [c for k, c in enumerate(ok) if k not in dropped])
 
     samples: list[Sample] = []
     n_dialogues = 0
