@@ -19,7 +19,11 @@ Generators (the plain dict :data:`GENERATORS`, name -> class, one method ``gener
 - ``http``: any OpenAI-compatible ``/v1/chat/completions`` endpoint, through urllib.
 
 The two LLM generators read a versioned prompt from package resources (``damo/resources/prompts``);
-each sample records it in ``meta["prompt_version"]``.
+each sample records it in ``meta["prompt_version"]``. ``grounded_qa_v1`` (the HTTP default) shows
+the whole video's timed captions and asks for every question type as JSON lines;
+``grounded_qa_event_v1`` (the local default) goes one event at a time and prefills the reply up to
+the question, because SmolLM2-135M echoes the caption list back when asked for the former: it then
+only rephrases captions into when-questions, which validation still checks word by word.
 
 A candidate is a dict ``{"qa_type", "query", "answer", "spans": [[s, e], ...], "sources": [i, ...]}``
 where ``sources`` index the video's captions (the evidence); ``anchor`` (optional) is the index of
