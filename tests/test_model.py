@@ -219,3 +219,17 @@ def test_windowed_stream_attention_matches_global_for_short_videos_and_stays_loc
         y2 = windowed(blk, x2, pad, 3, 4)
     assert torch.equal(y[:, :12], y2[:, :12])               # the first window does not see them
     assert not torch.isnan(y).any()                         # the all-padding window of clip 2 is harmless
+
+
+def test_contrastive_uses_a_hard_negative_from_the_same_video(model):
+    dense = Sample(id="d", video="v", duration=6.0, task="dense_caption", query="describe", answer="",
+                   spans=[[0.0, 2.0], [3.0, 5.0]], captions=["a red square appears", "a blue square appears"])
+    col = Collator(model.tokenizer, model.cfg.bridge_tokens, 1, 1.0, query_first=True)
+    import random
+    b = col([(dense, clip(6, 0)), (sample(1), clip(6, 1))], random.Random(0))
+    pos, neg = b["align_span_mask"][0].tolist(), b["align_neg_mask"][0].tolist()
+    assert sum(pos) == 2 and sum(neg) == 2 and not any(p and n for p, n in zip(pos, neg))
+    assert not b["align_neg_mask"][1].any()          # a one-span sample has no negative
+    out = model({k: v for k, v in b.items() if k != "input_ids"})
+    loss = losses.contrastive(out, b, model)
+    assert torch.isfinite(loss) and loss > 0

@@ -139,20 +139,28 @@ class Collator:
                                  "lower the fps or use a token-budget compressor")
             seqs.append(ids)
             labels.append(lab)
-            # one (span, caption) per sample for contrastive alignment
+            # one (span, caption) per sample for contrastive alignment, plus a hard negative:
+            # another event of the same video with a different caption (the same shape in another
+            # colour, the same tone at another pitch), or the whole clip if there is none
+            r = rng or random
             cands = [(sp, cap) for sp, cap in zip(s.spans, s.captions)] or [(sp, s.query) for sp in s.spans]
-            align.append((rng or random).choice(cands) if cands else ([0.0, c.duration], s.query))
+            pos = r.choice(cands) if cands else ([0.0, c.duration], s.query)
+            negs = [sp for sp, cap in cands if cap != pos[1] and sp != pos[0]]
+            align.append((pos[0], pos[1], r.choice(negs) if negs else None))
         L = max(map(len, seqs))
         pad = self.tok.pad_token_id
         input_ids = torch.tensor([x + [pad] * (L - len(x)) for x in seqs])
         attn = torch.tensor([[1] * len(x) + [0] * (L - len(x)) for x in seqs])
         lab = torch.tensor([x + [-100] * (L - len(x)) for x in labels])
-        texts = [encode(self.tok, cap) or [pad] for _, cap in align]
+        texts = [encode(self.tok, cap) or [pad] for _, cap, _ in align]
         Lt = max(map(len, texts))
         span_mask = torch.zeros(B, T, dtype=torch.bool)
-        for b, (sp, _) in enumerate(align):
+        neg_mask = torch.zeros(B, T, dtype=torch.bool)      # all-False rows: no hard negative
+        for b, (sp, _, neg) in enumerate(align):
             n = int(fmask[b].sum())
             span_mask[b, :n] = torch.from_numpy(frame_targets([sp], n, self.fps) > 0)
+            if neg is not None:
+                neg_mask[b, :n] = torch.from_numpy(frame_targets([neg], n, self.fps) > 0)
         return {
             "frames": frames.permute(0, 1, 4, 2, 3).float() / 255.0,            # (B, T, 3, H, W)
             "mel": mel.float(), "times": times, "frame_mask": fmask,
@@ -161,7 +169,7 @@ class Collator:
             "evi_batch": torch.tensor(evi_b, dtype=torch.long), "evi_pos": torch.tensor(evi_p, dtype=torch.long),
             "evi_targets": torch.from_numpy(np.stack(evi_y)) if evi_y else torch.zeros(0, T),
             "cons_pairs": torch.tensor(pairs, dtype=torch.long).view(-1, 2),
-            "align_span_mask": span_mask,
+            "align_span_mask": span_mask, "align_neg_mask": neg_mask,
             "align_text_ids": torch.tensor([t + [pad] * (Lt - len(t)) for t in texts]),
             "align_text_mask": torch.tensor([[True] * len(t) + [False] * (Lt - len(t)) for t in texts]),
         }

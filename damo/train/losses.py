@@ -38,12 +38,24 @@ def consistency(out: dict, batch: dict) -> torch.Tensor:
 
 
 def contrastive(out: dict, batch: dict, model) -> torch.Tensor:
-    """Symmetric InfoNCE between moment embeddings and their caption embeddings (DaMO stage 1, CLIP/BLIP-2 style)."""
+    """Symmetric InfoNCE between moment embeddings and their caption embeddings (DaMO stage 1, CLIP/BLIP-2 style).
+
+    Each caption is also contrasted with a hard negative moment from its own video (another
+    event), so the encoders must tell apart what distinguishes events within a clip.
+    """
     v, t = model.align_embeddings(out["frame_features"], batch["align_span_mask"], batch["align_text_ids"],
                                   batch["align_text_mask"])
-    logits = model.logit_scale.exp().clamp(max=100) * v @ t.T               # (B, B)
+    scale = model.logit_scale.exp().clamp(max=100)
+    logits = scale * v @ t.T                                                  # (B videos, B texts)
     target = torch.arange(len(v))
-    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+    has_neg = batch["align_neg_mask"].any(1)
+    t2v = logits.T                                                            # (B texts, B videos)
+    if has_neg.any():
+        vn = model.align_embeddings(out["frame_features"], batch["align_neg_mask"], batch["align_text_ids"],
+                                    batch["align_text_mask"])[0]              # (B, d)
+        hard = scale * (vn * t).sum(-1, keepdim=True)                         # (B, 1): text i vs its own negative
+        t2v = torch.cat([t2v, hard.masked_fill(~has_neg[:, None], float("-inf"))], 1)  # (B, B+1)
+    return (F.cross_entropy(logits, target) + F.cross_entropy(t2v, target)) / 2
 
 
 LOSSES = {"lm": lm, "grounding_bce": grounding_bce, "consistency": consistency, "contrastive": contrastive}
