@@ -1,0 +1,167 @@
+"""Factorized Preference Optimization (D²VLM section 4, eqs. 4-7) as pure functions.
+
+FPO is DPO whose response log-probability has two parts (eq. 7): the usual sum of
+text-token log-probabilities (eq. 5) and, for every ``<evi>`` token, the log-probability
+that its frame scores select exactly the referenced interval (eq. 6, a product of
+independent Bernoullis: ``s_t`` inside the interval, ``1 - s_t`` outside). The second term
+lets preference learning push on *where* the model grounds, not only on what it says.
+
+Batch contract (one forward for both sides of every pair): the first ``P`` rows of the
+batch are the chosen responses and the last ``P`` rows the rejected ones, built with
+:func:`pair_batch` and the ordinary :class:`~damo.data.collate.Collator`. The rejected row
+is teacher-forced with its own (wrong) evidence, so its ``<evi>`` targets are the rejected
+intervals, exactly as eq. 7 scores a dispreferred response.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from damo.data.collate import ClipTensors
+from damo.data.preference import chosen_sample, rejected_sample
+from damo.data.schema import Sample
+
+
+def interval_logprob(evi_logits: torch.Tensor, targets: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+    """log p_g([s, e]) of eq. 6 for each ``<evi>``: ``(N, T)`` logits, ``{0,1}`` targets, valid mask -> ``(N,)``.
+
+    Frames inside the interval contribute ``log s_t``, frames outside ``log(1 - s_t)``, with
+    ``s_t = sigmoid(logit_t)``; padded frames contribute nothing. ``logsigmoid`` keeps both
+    terms finite for large logits (``log(1 - sigmoid(x)) = logsigmoid(-x)``).
+    """
+    if evi_logits.shape != targets.shape or evi_logits.shape != frame_mask.shape:
+        raise ValueError(f"evi_logits {tuple(evi_logits.shape)}, targets {tuple(targets.shape)} and frame_mask "
+                         f"{tuple(frame_mask.shape)} must all be (N, T)")
+    x = evi_logits.float()
+    y = targets.float()
+    per_frame = y * F.logsigmoid(x) + (1 - y) * F.logsigmoid(-x)             # (N, T)
+    return (per_frame * frame_mask.float()).sum(-1)                          # (N,)
+
+
+def token_logprob(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Eq. 5: sum of next-token log-probs over response tokens, ``(B, L, V), (B, L) -> (B,)``.
+
+    Position ``i`` predicts token ``i + 1`` (the shift of causal LM training); labels of -100
+    (prompt, video placeholders, padding) are skipped.
+    """
+    logp = F.log_softmax(logits[:, :-1].float(), dim=-1)                     # (B, L-1, V)
+    y = labels[:, 1:]                                                        # (B, L-1)
+    keep = y != -100
+    picked = logp.gather(-1, y.clamp(min=0)[..., None]).squeeze(-1)          # (B, L-1)
+    return (picked * keep).sum(-1)                                           # (B,)
+
+
+def sequence_logprob(logits: torch.Tensor, labels: torch.Tensor, evi_logits: torch.Tensor | None,
+                     evi_targets: torch.Tensor, evi_batch: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+    """Eq. 7's log pi(R) per sample: text-token log-probs plus each of its ``<evi>`` interval log-probs.
+
+    ``evi_logits``/``evi_targets`` are ``(N, T)`` over all ``<evi>`` tokens of the batch,
+    ``evi_batch`` ``(N,)`` says which sample each belongs to, and ``frame_mask`` is the
+    batch's per-sample ``(B, T)`` valid-frame mask. Returns ``(B,)``.
+    """
+    lp = token_logprob(logits, labels)                                       # (B,)
+    if evi_logits is None or len(evi_batch) == 0:
+        return lp
+    g = interval_logprob(evi_logits, evi_targets, frame_mask[evi_batch])     # (N,)
+    return lp.index_add(0, evi_batch, g.to(lp.dtype))
+
+
+@dataclass
+class FPOResult:
+    """The loss and what to log: per-pair implicit rewards and how often chosen wins."""
+    loss: torch.Tensor             # scalar
+    chosen_reward: torch.Tensor    # (P,) beta * (log pi(R) - log pi_ref(R)), detached
+    rejected_reward: torch.Tensor  # (P,)
+
+    @property
+    def margin(self) -> float:
+        return float((self.chosen_reward - self.rejected_reward).mean())
+
+    @property
+    def accuracy(self) -> float:
+        return float((self.chosen_reward > self.rejected_reward).float().mean())
+
+    def stats(self) -> dict[str, float]:
+        return {"fpo": float(self.loss.detach()), "fpo_margin": self.margin, "fpo_accuracy": self.accuracy,
+                "fpo_chosen": float(self.chosen_reward.mean()), "fpo_rejected": float(self.rejected_reward.mean())}
+
+
+def fpo_loss(logp_chosen: torch.Tensor, logp_rejected: torch.Tensor, beta: float,
+             ref_chosen: torch.Tensor | None = None, ref_rejected: torch.Tensor | None = None) -> FPOResult:
+    """Eq. 4 with a temperature: mean of ``-log sigmoid(beta * ((lc - rc) - (lr - rr)))``.
+
+    Without reference log-probs the reference terms are zero: the reference-free form of
+    eq. 4 that the paper writes (and its official code trains with). With a frozen
+    reference model's log-probs this is DPO (Rafailov et al. 2023, eq. 7).
+    """
+    if beta <= 0:
+        raise ValueError(f"beta must be > 0, got {beta}")
+    if logp_chosen.shape != logp_rejected.shape or logp_chosen.dim() != 1:
+        raise ValueError(f"chosen {tuple(logp_chosen.shape)} and rejected {tuple(logp_rejected.shape)} log-probs "
+                         "must both be (P,)")
+    if (ref_chosen is None) != (ref_rejected is None):
+        raise ValueError("give both reference log-probs (DPO) or neither (reference-free FPO)")
+    rc = ref_chosen.detach() if ref_chosen is not None else torch.zeros_like(logp_chosen)
+    rr = ref_rejected.detach() if ref_rejected is not None else torch.zeros_like(logp_rejected)
+    chosen = beta * (logp_chosen - rc)                                       # (P,)
+    rejected = beta * (logp_rejected - rr)
+    loss = -F.logsigmoid(chosen - rejected).mean()
+    return FPOResult(loss, chosen.detach(), rejected.detach())
+
+
+def split_pairs(logp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(2P,)`` -> chosen ``(P,)``, rejected ``(P,)`` under the chosen-first batch contract."""
+    if logp.dim() != 1 or len(logp) % 2:
+        raise ValueError(f"a preference batch has an even number of rows (chosen then rejected), got {tuple(logp.shape)}")
+    P = len(logp) // 2
+    return logp[:P], logp[P:]
+
+
+def batch_logprob(out: dict, batch: dict) -> torch.Tensor:
+    """:func:`sequence_logprob` of every row of a collated batch from ``DamoModel.forward``: ``(B,)``."""
+    return sequence_logprob(out["logits"], batch["labels"], out.get("evi_logits"), batch["evi_targets"],
+                            batch["evi_batch"], batch["frame_mask"])
+
+
+def fpo_result(out: dict, batch: dict, beta: float = 0.1, ref_out: dict | None = None) -> FPOResult:
+    """FPO on a chosen-first preference batch; ``ref_out`` is a frozen reference model's output (DPO mode)."""
+    lc, lr = split_pairs(batch_logprob(out, batch))
+    if ref_out is None:
+        return fpo_loss(lc, lr, beta)
+    with torch.no_grad():
+        rc, rr = split_pairs(batch_logprob(ref_out, batch))
+    return fpo_loss(lc, lr, beta, rc, rr)
+
+
+def fpo(out: dict, batch: dict, beta: float = 0.1) -> torch.Tensor:
+    """Reference-free FPO in the ``(out, batch) -> scalar`` form of :mod:`damo.train.losses`."""
+    return fpo_result(out, batch, beta).loss
+
+
+def pair_samples(pairs: Sequence[dict]) -> list[Sample]:
+    """The chosen samples of all pairs, then their rejected twins (same video, query, id + ``#rejected``)."""
+    return [chosen_sample(p) for p in pairs] + [rejected_sample(p) for p in pairs]
+
+
+def pair_batch(pairs: Sequence[dict], clip_of: Callable[[str], ClipTensors]) -> list[tuple[Sample, ClipTensors]]:
+    """Collator items for one FPO step: chosen rows first, rejected rows second, each with its clip.
+
+    ``clip_of`` maps a video reference to its clip (e.g. ``ClipStore.get``); each video is
+    fetched once and shared by both rows, so ``collate(pair_batch(...))`` + one model
+    forward yields both log-probs of every pair.
+    """
+    if not pairs:
+        raise ValueError("pair_batch needs at least one preference pair")
+    samples = pair_samples(pairs)
+    clips: dict[str, ClipTensors] = {}
+    for s in samples:
+        if s.video not in clips:
+            clips[s.video] = clip_of(s.video)
+    return [(s, clips[s.video]) for s in samples]
+
+
+__all__ = ["interval_logprob", "token_logprob", "sequence_logprob", "FPOResult", "fpo_loss", "split_pairs",
+           "batch_logprob", "fpo_result", "fpo", "pair_samples", "pair_batch"]
