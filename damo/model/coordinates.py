@@ -1,0 +1,219 @@
+"""Coordinate tokens and language-aligned positional embeddings (LAPE, LLaVA-ST section 3.2).
+
+LLaVA-ST extends the vocabulary with coordinate tokens: the time axis is split into
+``n - 1`` equal segments, giving ``n`` anchors ``<t_0> .. <t_{n-1}>`` at relative positions
+``i / (n - 1)`` of the video; the width and height axes likewise get ``<x_i>`` and ``<y_i>``
+(the paper's ``<w_i>`` and ``<h_i>``: separate sets per axis, ``M_w + M_h`` tokens). Each
+token is a word embedding in the LLM input table and a row of the output layer (eq. 4), and
+``(input + output embedding) / 2`` of the anchors, linearly interpolated to where a visual
+token sits, is added to that token as its positional embedding (eq. 5).
+
+Targets and decoding: the paper encodes a coordinate by its closest anchor. As in the
+released LLaVA-ST training code, we train with a soft label on the two anchors around the
+value, weighted by linear interpolation (a value on an anchor gets a one-hot label), and read
+a value back from the two nearest anchors: the most probable anchor and its more probable
+neighbour, averaged by their probabilities. Values between anchors therefore survive the
+round trip exactly instead of snapping to the grid.
+
+Dynamic-VLM (section 5.3) instead writes each frame's time as text before its tokens
+("1s: <image>; 2s: <image>; ..."); :func:`timestamp_prompt` makes those prefixes.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from transformers import PreTrainedTokenizerFast
+
+
+def time_token_names(n: int) -> list[str]:
+    """``["<t_0>", ..., "<t_{n-1}>"]``: the temporal anchors."""
+    _check_bins(n)
+    return [f"<t_{i}>" for i in range(n)]
+
+
+def box_token_names(n: int) -> tuple[list[str], list[str]]:
+    """``(["<x_0>" ..], ["<y_0>" ..])``: width and height anchors, ``n`` per axis."""
+    _check_bins(n)
+    return [f"<x_{i}>" for i in range(n)], [f"<y_{i}>" for i in range(n)]
+
+
+def _check_bins(n: int) -> None:
+    if n < 2:
+        raise ValueError(f"coordinate tokens need at least 2 anchors (both ends of the axis), got {n}")
+
+
+def _add(tok: PreTrainedTokenizerFast, names: list[str]) -> list[int]:
+    # Special added tokens are never split by the tokenizer's pre-tokenizer or BPE merges.
+    tok.add_tokens(names, special_tokens=True)
+    ids = tok.convert_tokens_to_ids(names)
+    if tok.unk_token_id is not None and tok.unk_token_id in ids:
+        raise ValueError("the tokenizer could not add the coordinate tokens")
+    return ids
+
+
+def add_time_tokens(tok: PreTrainedTokenizerFast, n: int) -> list[int]:
+    """Add ``<t_0> .. <t_{n-1}>`` to ``tok`` (idempotent); returns their ids in anchor order.
+
+    Resize the LLM's embeddings to ``len(tok)`` afterwards (``resize_token_embeddings``).
+    """
+    return _add(tok, time_token_names(n))
+
+
+def add_box_tokens(tok: PreTrainedTokenizerFast, n: int) -> tuple[list[int], list[int]]:
+    """Add ``<x_i>`` and ``<y_i>`` (``n`` each) to ``tok``; returns (x ids, y ids) in anchor order."""
+    xs, ys = box_token_names(n)
+    return _add(tok, xs), _add(tok, ys)
+
+
+# --------------------------------------------------------------------- anchor arithmetic
+
+def interpolate_anchors(table: torch.Tensor, rel: torch.Tensor) -> torch.Tensor:
+    """Linear interpolation of anchor rows ``table (n, C)`` at relative positions ``rel (...)`` in [0, 1].
+
+    Anchor i sits at ``i / (n - 1)``; positions outside [0, 1] clamp to the ends. -> ``(..., C)``.
+    """
+    n = table.shape[0]
+    u = rel.float().clamp(0, 1) * (n - 1)                                      # (...) in anchor units
+    lo = u.floor().long().clamp(max=n - 2)
+    w = (u - lo).unsqueeze(-1).to(table.dtype)                                 # (..., 1)
+    return table[lo] * (1 - w) + table[lo + 1] * w
+
+
+def soft_targets(rel: torch.Tensor, n: int) -> torch.Tensor:
+    """Two-anchor soft labels ``(..., n)`` for relative positions ``rel (...)`` in [0, 1].
+
+    The anchors around ``u = rel (n - 1)`` get ``1 - frac(u)`` and ``frac(u)``; each row sums to 1.
+    """
+    _check_bins(n)
+    u = rel.float().clamp(0, 1) * (n - 1)
+    lo = u.floor().long().clamp(max=n - 2)
+    w = u - lo                                                                 # weight of lo + 1
+    y = torch.zeros(*rel.shape, n, device=rel.device)
+    y.scatter_(-1, lo.unsqueeze(-1), (1 - w).unsqueeze(-1))
+    y.scatter_add_(-1, (lo + 1).unsqueeze(-1), w.unsqueeze(-1))
+    return y
+
+
+def decode_position(logits: torch.Tensor) -> torch.Tensor:
+    """Relative position in [0, 1] from logits ``(..., n)`` over the anchors -> ``(...)``.
+
+    Expected position over the most probable anchor and its more probable neighbour,
+    with their probabilities renormalised (the inverse of :func:`soft_targets`).
+    """
+    n = logits.shape[-1]
+    _check_bins(n)
+    p = logits.float().softmax(-1)
+    top = p.argmax(-1, keepdim=True)                                           # (..., 1)
+    left = p.gather(-1, (top - 1).clamp(min=0)).masked_fill(top == 0, -1.0)
+    right = p.gather(-1, (top + 1).clamp(max=n - 1)).masked_fill(top == n - 1, -1.0)
+    nb = torch.where(right > left, top + 1, top - 1)                           # better neighbour
+    p_top, p_nb = p.gather(-1, top), p.gather(-1, nb)
+    u = (top * p_top + nb * p_nb) / (p_top + p_nb)
+    return (u / (n - 1)).squeeze(-1)
+
+
+# ---------------------------------------------------------------------------- time
+
+def _relative(t: torch.Tensor, duration: torch.Tensor | float) -> torch.Tensor:
+    d = torch.as_tensor(duration, dtype=torch.float32)
+    if (d <= 0).any():
+        raise ValueError(f"video duration must be > 0 seconds, got {d.tolist()}")
+    return t.float() / d
+
+
+def soft_time_targets(t: torch.Tensor, duration: torch.Tensor | float, n: int) -> torch.Tensor:
+    """Soft labels ``(..., n)`` over ``<t_0> .. <t_{n-1}>`` for times ``t (...)`` in seconds.
+
+    ``duration`` is a float or broadcastable to ``t``. Times outside the video clamp to its ends.
+    """
+    return soft_targets(_relative(t, duration), n)
+
+
+def decode_time(logits: torch.Tensor, duration: torch.Tensor | float) -> torch.Tensor:
+    """Seconds from logits ``(..., n)`` over the time tokens; ``duration`` broadcastable to ``(...)``."""
+    return decode_position(logits) * torch.as_tensor(duration, dtype=torch.float32)
+
+
+def time_to_token(t: float, duration: float, n: int) -> str:
+    """The closest anchor's token for time ``t`` (the paper's hard encoding)."""
+    _check_bins(n)
+    if duration <= 0:
+        raise ValueError(f"video duration must be > 0 seconds, got {duration}")
+    return f"<t_{round(min(max(t / duration, 0.0), 1.0) * (n - 1))}>"
+
+
+def frame_time_embedding(embed_in: torch.Tensor, embed_out: torch.Tensor, times: torch.Tensor,
+                         duration: torch.Tensor) -> torch.Tensor:
+    """Temporal LAPE (LLaVA-ST eq. 5, time term): ``(B, T, C)`` positional embedding per frame.
+
+    ``embed_in``/``embed_out`` ``(n, C)`` are the time tokens' input-embedding and output-layer
+    rows; their mean is interpolated at each frame's relative time ``times / duration``
+    (``times (B, T)`` seconds, ``duration (B,)``). Gradient reaches both tables, which is how the
+    paper aligns the tokens with the visual timeline.
+    """
+    if embed_in.shape != embed_out.shape or embed_in.dim() != 2:
+        raise ValueError(f"embed_in and embed_out must both be (n, C), got {tuple(embed_in.shape)} "
+                         f"and {tuple(embed_out.shape)}")
+    if times.dim() != 2 or duration.shape != times.shape[:1]:
+        raise ValueError(f"need times (B, T) and duration (B,), got {tuple(times.shape)} and {tuple(duration.shape)}")
+    rho = (embed_in + embed_out) / 2                                           # (n, C)
+    return interpolate_anchors(rho, _relative(times, duration[:, None]))       # (B, T, C)
+
+
+# ------------------------------------------------------------------------- space
+
+def grid_position_embedding(x_in: torch.Tensor, x_out: torch.Tensor, y_in: torch.Tensor, y_out: torch.Tensor,
+                            rows: int, cols: int) -> torch.Tensor:
+    """Spatial LAPE (LLaVA-ST eq. 5, width + height terms) for a ``rows x cols`` token grid.
+
+    Each table is ``(n, C)``; token (r, c) sits at its cell centre ``((c + 0.5) / cols,
+    (r + 0.5) / rows)``. Returns ``(rows * cols, C)`` in row-major order, to be added to the
+    frame's tokens (plus :func:`frame_time_embedding` for the time term).
+    """
+    cx = (torch.arange(cols) + 0.5) / cols
+    cy = (torch.arange(rows) + 0.5) / rows
+    ex = interpolate_anchors((x_in + x_out) / 2, cx)                           # (cols, C)
+    ey = interpolate_anchors((y_in + y_out) / 2, cy)                           # (rows, C)
+    return (ey[:, None] + ex[None, :]).reshape(rows * cols, -1)                # (rows*cols, C)
+
+
+def box_to_tokens(box: Sequence[float], n: int) -> list[str]:
+    """``[x0, y0, x1, y1]`` in [0, 1] -> ``["<x_i>", "<y_j>", "<x_k>", "<y_l>"]`` (closest anchors)."""
+    _check_bins(n)
+    if len(box) != 4 or any(math.isnan(v) for v in box):
+        raise ValueError(f"a box is four numbers [x0, y0, x1, y1] in [0, 1], got {list(box)}")
+    x0, y0, x1, y1 = (min(max(float(v), 0.0), 1.0) for v in box)
+    if x1 < x0 or y1 < y0:
+        raise ValueError(f"box corners are swapped: {list(box)}; write [x0, y0, x1, y1] with x0 <= x1, y0 <= y1")
+    idx = [round(v * (n - 1)) for v in (x0, y0, x1, y1)]
+    return [f"<x_{idx[0]}>", f"<y_{idx[1]}>", f"<x_{idx[2]}>", f"<y_{idx[3]}>"]
+
+
+def tokens_to_box(tokens: Sequence[str], n: int) -> list[float]:
+    """Inverse of :func:`box_to_tokens`: four tokens ``<x_i> <y_j> <x_k> <y_l>`` -> box in [0, 1]."""
+    _check_bins(n)
+    axes = ("x", "y", "x", "y")
+    if len(tokens) != 4:
+        raise ValueError(f"a box is four coordinate tokens <x_i> <y_j> <x_k> <y_l>, got {list(tokens)}")
+    out = []
+    for t, a in zip(tokens, axes):
+        body = t[len(f"<{a}_"):-1] if t.startswith(f"<{a}_") and t.endswith(">") else ""
+        if not body.isdigit() or int(body) >= n:
+            raise ValueError(f"expected a <{a}_i> token with i < {n}, got {t!r}")
+        out.append(int(body) / (n - 1))
+    return out
+
+
+def timestamp_prompt(times: Sequence[float], decimals: int = 1) -> list[str]:
+    """Dynamic-VLM's per-frame time prefixes (section 5.3): ``[1, 2] -> ["1s: ", "2s: "]``.
+
+    Times are rounded to ``decimals`` places and written without trailing zeros (``0.5s: ``).
+    The caller writes ``prefix + frame tokens`` per frame, joined by ``"; "`` as in the paper.
+    """
+    out = []
+    for t in times:
+        s = f"{float(t):.{decimals}f}".rstrip("0").rstrip(".") if decimals > 0 else f"{float(t):.0f}"
+        out.append(f"{'0' if s in ('', '-0') else s}s: ")
+    return out

@@ -1,0 +1,138 @@
+"""LAPE coordinate tokens: tokenizer additions, soft targets, decoding, interpolation, prompts."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from damo.model import coordinates as co
+from damo.model.tokenizer import train_tokenizer
+
+TEXTS = ["when does the red square appear at 12 seconds?", "the x and y of the box", "t 1 2 3 <t x y"] * 10
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return train_tokenizer(TEXTS, 300)
+
+
+def test_time_and_box_tokens_are_single_tokens(tok):
+    before = len(tok)
+    ids = co.add_time_tokens(tok, 16)
+    xs, ys = co.add_box_tokens(tok, 10)
+    assert len(tok) == before + 16 + 20
+    assert ids == list(range(ids[0], ids[0] + 16))
+    assert co.add_time_tokens(tok, 16) == ids                     # idempotent
+    text = "from <t_3> to <t_15> at <x_0><y_9><x_4> <y_2> then <t_1>x"
+    enc = tok(text, add_special_tokens=False)["input_ids"]
+    for name, i in [("<t_3>", ids[3]), ("<t_15>", ids[15]), ("<x_0>", xs[0]), ("<y_9>", ys[9]),
+                    ("<x_4>", xs[4]), ("<y_2>", ys[2]), ("<t_1>", ids[1])]:
+        assert tok.convert_ids_to_tokens(i) == name
+        assert i in enc
+    # <t_1> is not merged into <t_15> and the digits of ordinary text still tokenise normally
+    assert enc.count(ids[1]) == 1 and enc.count(ids[15]) == 1
+    assert tok("12 seconds", add_special_tokens=False)["input_ids"] == \
+        train_tokenizer(TEXTS, 300)("12 seconds", add_special_tokens=False)["input_ids"]
+
+
+def test_soft_targets_by_hand():
+    # n = 5 anchors on a 20 s video: anchors at 0, 5, 10, 15, 20 s
+    y = co.soft_time_targets(torch.tensor([0.0, 6.0, 10.0, 20.0, 25.0]), 20.0, 5)
+    assert torch.allclose(y, torch.tensor([[1, 0, 0, 0, 0],
+                                           [0, 0.8, 0.2, 0, 0],
+                                           [0, 0, 1, 0, 0],
+                                           [0, 0, 0, 0, 1],
+                                           [0, 0, 0, 0, 1.0]]))
+
+
+def test_round_trip_time_soft_target_decode():
+    g = torch.Generator().manual_seed(0)
+    n, dur = 32, torch.tensor(57.0)
+    t = torch.rand(500, generator=g) * dur
+    y = co.soft_time_targets(t, dur, n)
+    assert torch.allclose(y.sum(-1), torch.ones(500))
+    back = co.decode_time(y.clamp(min=1e-12).log(), dur)            # logits whose softmax is y
+    assert torch.allclose(back, t, atol=1e-3)
+    # noisy logits still decode within half a bin of the truth
+    noisy = y.clamp(min=1e-12).log().clamp(min=-8) + 0.05 * torch.randn(500, n, generator=g)
+    assert ((co.decode_time(noisy, dur) - t).abs() <= dur / (n - 1) / 2).all()
+
+
+def test_decode_picks_top_and_its_better_neighbour():
+    # top anchor 2 (p .5), neighbours 1 (p .1) and 3 (p .3): u = (2*.5 + 3*.3) / .8 = 2.375
+    p = torch.tensor([0.05, 0.1, 0.5, 0.3, 0.05])
+    assert co.decode_position(p.log()).item() == pytest.approx(2.375 / 4)
+    # top at the end of the axis uses its only neighbour
+    p = torch.tensor([0.1, 0.1, 0.1, 0.2, 0.5])
+    assert co.decode_position(p.log()).item() == pytest.approx((4 * 0.5 + 3 * 0.2) / 0.7 / 4)
+    # a far-away second mode is ignored: only the two nearest anchors count
+    p = torch.tensor([0.45, 0.0, 0.0, 0.0, 0.55]).clamp(min=1e-9)
+    assert co.decode_position(p.log()).item() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_frame_time_embedding_exact_at_anchors_and_linear_between():
+    n, C = 5, 3
+    e_in = torch.arange(n * C, dtype=torch.float32).view(n, C)
+    e_out = 3 * e_in
+    rho = (e_in + e_out) / 2
+    dur = torch.tensor([8.0, 4.0])
+    times = torch.tensor([[0.0, 2.0, 8.0], [1.0, 1.5, 4.0]])         # anchors every 2 s and 1 s
+    emb = co.frame_time_embedding(e_in, e_out, times, dur)
+    assert emb.shape == (2, 3, C)
+    assert torch.equal(emb[0], rho[[0, 1, 4]])
+    assert torch.equal(emb[1, 0], rho[1]) and torch.equal(emb[1, 2], rho[4])
+    assert torch.allclose(emb[1, 1], (rho[1] + rho[2]) / 2)
+
+
+def test_frame_time_embedding_gradient_reaches_both_tables():
+    e_in = torch.randn(6, 4, requires_grad=True)
+    e_out = torch.randn(6, 4, requires_grad=True)
+    co.frame_time_embedding(e_in, e_out, torch.tensor([[0.5, 1.5, 2.5]]), torch.tensor([3.0])).sum().backward()
+    assert e_in.grad.abs().sum() > 0 and torch.equal(e_in.grad, e_out.grad)
+    with pytest.raises(ValueError, match=r"times \(B, T\)"):
+        co.frame_time_embedding(e_in, e_out, torch.tensor([0.5]), torch.tensor([3.0]))
+    with pytest.raises(ValueError, match="duration must be > 0"):
+        co.frame_time_embedding(e_in, e_out, torch.tensor([[0.5]]), torch.tensor([0.0]))
+
+
+def test_grid_position_embedding_cell_centres():
+    n, C = 3, 2
+    x = torch.tensor([[0.0, 0.0], [1.0, 0.0], [2.0, 0.0]])           # value = anchor index on channel 0
+    y = torch.tensor([[0.0, 0.0], [0.0, 1.0], [0.0, 2.0]])           # ... on channel 1
+    e = co.grid_position_embedding(x, x, y, y, rows=2, cols=4)
+    assert e.shape == (8, C)
+    # column centres 1/8, 3/8, 5/8, 7/8 -> anchor units 0.25, 0.75, 1.25, 1.75; rows 0.5, 1.5
+    assert torch.allclose(e[:4, 0], torch.tensor([0.25, 0.75, 1.25, 1.75]))
+    assert torch.allclose(e[::4, 1], torch.tensor([0.5, 1.5]))
+
+
+def test_box_tokens_round_trip():
+    n = 11
+    toks = co.box_to_tokens([0.12, 0.5, 0.71, 1.0], n)
+    assert toks == ["<x_1>", "<y_5>", "<x_7>", "<y_10>"]
+    assert co.tokens_to_box(toks, n) == pytest.approx([0.1, 0.5, 0.7, 1.0])
+    g = torch.Generator().manual_seed(1)
+    for _ in range(50):
+        a, b = torch.rand(2, 2, generator=g).sort(0).values.tolist()
+        box = [a[0], a[1], b[0], b[1]]
+        back = co.tokens_to_box(co.box_to_tokens(box, 100), 100)
+        assert max(abs(u - v) for u, v in zip(box, back)) <= 0.5 / 99 + 1e-9
+    with pytest.raises(ValueError, match="swapped"):
+        co.box_to_tokens([0.5, 0.1, 0.2, 0.3], n)
+    with pytest.raises(ValueError, match="<y_i>"):
+        co.tokens_to_box(["<x_1>", "<x_5>", "<x_7>", "<y_10>"], n)
+    with pytest.raises(ValueError, match="i < 11"):
+        co.tokens_to_box(["<x_1>", "<y_5>", "<x_11>", "<y_10>"], n)
+
+
+def test_time_to_token_closest_anchor():
+    assert co.time_to_token(6.0, 20.0, 5) == "<t_1>"      # anchors 0, 5, 10, 15, 20
+    assert co.time_to_token(8.0, 20.0, 5) == "<t_2>"
+    assert co.time_to_token(30.0, 20.0, 5) == "<t_4>"
+    with pytest.raises(ValueError, match="at least 2"):
+        co.time_token_names(1)
+
+
+def test_timestamp_prompt():
+    assert co.timestamp_prompt([1, 2, 3]) == ["1s: ", "2s: ", "3s: "]
+    assert co.timestamp_prompt([0.5, 1.5, 12.25]) == ["0.5s: ", "1.5s: ", "12.2s: "]
+    assert co.timestamp_prompt([0.0, 3.6], decimals=0) == ["0s: ", "4s: "]
