@@ -387,7 +387,8 @@ def perturb_add(s: Sample, rng: random.Random, min_len: float = 1.0) -> tuple[di
     if not gaps:
         return None
     g0, g1 = rng.choice(gaps)
-    length = min(g1 - g0, max(min_len, (lambda sp: sp[1] - sp[0])(rng.choice(s.spans)) * rng.uniform(0.7, 1.3)))
+    like = rng.choice(s.spans)                           # the false positive is as long as a real event
+    length = min(g1 - g0, max(min_len, (like[1] - like[0]) * rng.uniform(0.7, 1.3)))
     start = _r(rng.uniform(g0, g1 - length))
     new = [start, min(_r(start + length), s.duration)]
     if not new[0] < new[1]:

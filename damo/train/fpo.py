@@ -115,7 +115,8 @@ def fpo_loss(logp_chosen: torch.Tensor, logp_rejected: torch.Tensor, beta: float
 def split_pairs(logp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(2P,)`` -> chosen ``(P,)``, rejected ``(P,)`` under the chosen-first batch contract."""
     if logp.dim() != 1 or len(logp) % 2:
-        raise ValueError(f"a preference batch has an even number of rows (chosen then rejected), got {tuple(logp.shape)}")
+        raise ValueError(f"a preference batch has an even number of rows (chosen, then rejected), "
+                         f"got {tuple(logp.shape)}")
     P = len(logp) // 2
     return logp[:P], logp[P:]
 
