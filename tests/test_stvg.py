@@ -1,0 +1,124 @@
+"""Spatio-temporal grounding: boxes from the renderer's geometry, STVG samples, LLaVA-ST metrics."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from damo.data.schema import Sample
+from damo.data.synthetic import (BACKGROUND, Event, VideoSpec, generate_spec, render_frames, sample_times,
+                                 shape_boxes, stvg_samples, time_key)
+from damo.eval.metrics import box_iou, stvg_metrics
+
+
+def pixel_box(frame: np.ndarray) -> np.ndarray | None:
+    """Bounding box of the non-background pixels, in [0, 1] (pixel edges)."""
+    on = np.any(frame != np.asarray(BACKGROUND, np.uint8), -1)
+    if not on.any():
+        return None
+    ys, xs = np.nonzero(on)
+    return np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]) / frame.shape[1]
+
+
+def test_shape_boxes_by_hand():
+    ev = Event(kind="shape", start=2, end=6, shape="square", colour="red", size=16, x0=20.0, y0=30.0,
+               x1=44.0, y1=30.0)
+    spec = VideoSpec("standard", 0, "train", 0, 8, (Event(kind="tone", start=0, end=3, pitch="low"), ev))
+    b = shape_boxes(spec, np.array([1.0, 2.0, 4.0, 5.5, 6.0]))
+    assert list(b) == [1]                                       # the tone has no box
+    assert np.isnan(b[1][[0, 4]]).all()                         # before start, and end is exclusive
+    assert np.allclose(b[1][1], np.array([12, 22, 28, 38]) / 64)
+    assert np.allclose(b[1][2], np.array([24, 22, 40, 38]) / 64)   # halfway: centre x = 32
+    assert np.allclose(b[1][3], np.array([33, 22, 49, 38]) / 64)   # 3.5 / 4 of the way: x = 20 + 21 = 41
+
+
+@pytest.mark.parametrize("shape", ["square", "circle", "triangle"])
+def test_shape_boxes_match_rendered_pixels(shape):
+    ev = Event(kind="shape", start=0, end=8, shape=shape, colour="blue", size=19, x0=14.3, y0=40.7,
+               x1=49.1, y1=13.2)
+    spec = VideoSpec("standard", 0, "train", 0, 8, (ev,))
+    times = np.arange(16) / 2 + 0.25
+    frames = render_frames(spec, times, 64)
+    boxes = shape_boxes(spec, times)[0]
+    tol = 1 / 64 if shape != "triangle" else 2 / 64           # a triangle's apex row may fall between pixels
+    for f, b in zip(frames, boxes):
+        px = pixel_box(f)
+        assert np.abs(px - b).max() <= tol
+        assert box_iou(px, b) > 0.85
+
+
+def test_shape_boxes_match_pixels_on_generated_videos():
+    for i in range(4):
+        spec = generate_spec("standard", 7, "val", i)           # standard: shapes never overlap in time
+        times = sample_times(spec.duration, 1.0)
+        frames = render_frames(spec, times, 64)
+        boxes = shape_boxes(spec, times)
+        for j, f in enumerate(frames):
+            visible = [b[j] for b in boxes.values() if not np.isnan(b[j]).any()]
+            px = pixel_box(f)
+            assert (px is None) == (not visible)
+            if visible:
+                assert len(visible) == 1 and box_iou(px, visible[0]) > 0.85
+
+
+def test_stvg_samples_tubes_are_exact():
+    seen = set()
+    n = 0
+    for i in range(30):
+        spec = generate_spec("standard", 0, "train", i)
+        samples = stvg_samples(spec)
+        assert [s.to_dict() for s in samples] == [s.to_dict() for s in stvg_samples(spec)]   # deterministic
+        times = sample_times(spec.duration, 1.0)
+        for s in samples:
+            n += 1
+            seen.add(s.meta["kind"])
+            assert s.task == "stvg" and len(s.spans) == 1 and ("where" in s.query)
+            (a, b), = s.spans
+            inside = [t for t in times if a <= t < b]
+            assert sorted(s.meta["boxes"]) == sorted(time_key(t) for t in inside)
+            ev = spec.events[s.meta["targets"][0]]
+            assert ev.kind in ("shape", "flash") and ev.start <= a < b <= ev.end
+            want = shape_boxes(spec, np.array(inside))[s.meta["targets"][0]]
+            got = np.array([s.meta["boxes"][time_key(t)] for t in inside])
+            assert np.allclose(got, want, atol=1e-4)
+            assert s.answer.startswith("it ")
+            back = Sample.from_dict(json.loads(json.dumps(s.to_dict())))     # JSONL round trip
+            assert back.meta["boxes"] == s.meta["boxes"]
+    assert n > 20 and {"stvg_appear", "stvg_sound"} <= seen
+
+
+def test_stvg_metrics_hand_worked():
+    full = [0.0, 0.0, 0.5, 0.5]
+    gt = [{"span": [2, 6], "boxes": {"2.5": full, "3.5": full, "4.5": full, "5.5": full}},
+          {"span": [0, 2], "boxes": {0.5: [0.1, 0.1, 0.3, 0.3], 1.5: [0.2, 0.2, 0.4, 0.4]}}]
+    pred = [{"span": [3, 7], "boxes": {"3.5": full,                      # IoU 1
+                                       "4.5": [0.0, 0.0, 0.5, 0.25],      # IoU 0.5
+                                       "5.5": [0.5, 0.5, 1.0, 1.0],       # IoU 0
+                                       "6.5": full}},                     # not in gt
+            {"span": [0, 2], "boxes": {"0.5": [0.1, 0.1, 0.3, 0.3], "1.5": [0.2, 0.2, 0.4, 0.4]}}]
+    m = stvg_metrics(gt, pred)
+    # sample 1: tIoU 3/5; sIoU 1.5 / 3 frames in both; vIoU 1.5 / 5 frames in either. Sample 2: perfect.
+    assert m["m_tIoU"] == pytest.approx((0.6 + 1) / 2)
+    assert m["m_sIoU"] == pytest.approx((0.5 + 1) / 2)
+    assert m["m_vIoU"] == pytest.approx((0.3 + 1) / 2)
+    assert m["tIoU@0.5"] == 1.0 and m["tIoU@0.7"] == 0.5
+    assert m["sIoU@0.5"] == 1.0                                   # 0.5 counts: >= convention
+    assert m["vIoU@0.3"] == 1.0 and m["vIoU@0.5"] == 0.5
+
+
+def test_stvg_metrics_misses_and_errors():
+    gt = [{"span": [0, 4], "boxes": {"1": [0, 0, 1, 1]}}]
+    m = stvg_metrics(gt, [{}])
+    assert m["m_tIoU"] == 0 and m["m_sIoU"] == 0 and m["m_vIoU"] == 0
+    assert stvg_metrics(gt, [{"span": [10, 12], "boxes": {"1.0": [0, 0, 1, 1]}}])["m_sIoU"] == 1.0
+    with pytest.raises(ValueError, match="one \\(possibly"):
+        stvg_metrics(gt, [])
+    with pytest.raises(ValueError, match="expected 4"):
+        stvg_metrics(gt, [{"span": [0, 4], "boxes": {"1": [0, 0, 1]}}])
+
+
+def test_box_iou_by_hand():
+    assert box_iou([0, 0, 2, 2], [1, 1, 3, 3]) == pytest.approx(1 / 7)
+    assert box_iou([0, 0, 1, 1], [2, 2, 3, 3]) == 0.0
+    assert box_iou([0, 0, 0, 0], [0, 0, 0, 0]) == 0.0
