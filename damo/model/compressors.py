@@ -87,6 +87,8 @@ class BudgetedCompressor(nn.Module):
         return self.snap(k)
 
     def forward(self, x: torch.Tensor, frame_mask: torch.Tensor, k: int | None = None) -> torch.Tensor:
+        if x.dim() != 4:
+            raise ValueError(f"compressors take tokens (B, T, L, D), got shape {tuple(x.shape)}")
         B, T, L, D = x.shape
         if L != self.tokens_in:
             raise ValueError(f"compressor was built for {self.tokens_in} tokens per frame, got {L}")
@@ -226,7 +228,7 @@ class GumbelPrune(BudgetedCompressor):
         if not self.training:
             return kept
         soft = torch.softmax(s / self.tau, -1).gather(2, idx)                  # (B, T, K)
-        return kept * (1 + soft - soft.detach())[..., None]                    # value x, gradient via soft
+        return kept + kept * (soft - soft.detach())[..., None]                 # value exactly x, gradient via soft
 
 
 # ---------------------------------------------------------- LLaVA-ST Spatial-Temporal Packer
