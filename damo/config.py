@@ -28,6 +28,8 @@ class Stage:
     batch: int = 16
     warmup: int = 20
     weight_decay: float = 0.01
+    grad_accum: int = 1                   # micro-batches per optimizer step (per process); `batch` is the global batch
+    save_every: int = 0                   # write a resumable checkpoint every N steps (0: only at the stage end)
 
 
 @dataclass
@@ -37,6 +39,7 @@ class Recipe:
     data: dict[str, str] = field(default_factory=dict)   # split -> dataset spec (synth://... or JSONL path)
     seed: int = 0
     name: str = "recipe"
+    parallel: str = "ddp"                 # under torchrun: "ddp" (replicate) or "fsdp" (shard weights, for big LLMs)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], base: Path | None = None) -> "Recipe":
@@ -62,9 +65,9 @@ class Recipe:
         names = [s.name for s in out]
         if len(set(names)) != len(names):
             raise ValueError(f"stage names must be unique, got {names}")
-        bad = set(d) - {"data", "seed", "name"}
+        bad = set(d) - {"data", "seed", "name", "parallel"}
         if bad:
-            raise ValueError(f"unknown recipe keys {sorted(bad)}; valid: model, data, stages, seed, name")
+            raise ValueError(f"unknown recipe keys {sorted(bad)}; valid: model, data, stages, seed, name, parallel")
         return cls(stages=out, model=DamoConfig.from_dict(model), **d)
 
 

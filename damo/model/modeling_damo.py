@@ -18,6 +18,7 @@ Data flow (B batch, T frames at 1/fps, D fuser width, C LLM width):
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import re
@@ -31,7 +32,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast, Qwen2Config
 
-from damo.model.encoders import AUDIO_ENCODERS, VISION_ENCODERS, Block
+from damo.model import backbones
+from damo.model.encoders import Block
 from damo.model.evidence import EvidenceHead, decode_interval, salient_frames
 from damo.model.fuseformer import CrossBlock, TemporalFuseformer, sinusoid
 from damo.model.residual import GlobalResidual
@@ -46,6 +48,12 @@ class VisionConfig:
     width: int = 64
     layers: int = 2
     heads: int = 2
+    # kind "hf_vision": a pretrained tower (see damo.model.backbones)
+    name_or_path: str | None = None
+    family: str | None = None          # clip | siglip
+    pretrained: bool = True            # false: random weights from `config` (tests, rebuilding a saved model)
+    config: dict = field(default_factory=dict)   # transformers config fields (overrides when pretrained)
+    allow_pickle: bool = False         # accept .bin/.pt weights (pickles can run code when loaded)
 
 
 @dataclass
@@ -57,6 +65,12 @@ class AudioConfig:
     width: int = 64
     layers: int = 1
     heads: int = 2
+    # kind "hf_whisper": the Whisper encoder (n_mels 80 or 128, frames 100 per second)
+    name_or_path: str | None = None
+    family: str | None = None          # whisper
+    pretrained: bool = True
+    config: dict = field(default_factory=dict)
+    allow_pickle: bool = False
 
 
 @dataclass
@@ -84,6 +98,12 @@ class LLMConfig:
     kv_heads: int = 2
     intermediate: int = 384
     vocab_size: int = 600      # tokenizer training target for the tiny LLM
+    family: str | None = None  # transformers model type (llama, mistral, qwen2, phi3): LoRA defaults, from-config builds
+    pretrained: bool = True    # kind "hf", false: random weights from `config` (tests, rebuilding a saved model)
+    config: dict = field(default_factory=dict)   # transformers config fields (overrides when pretrained)
+    lora: dict | None = None   # {r, alpha, dropout, targets}; None: no LoRA
+    gradient_checkpointing: bool = False
+    allow_pickle: bool = False # accept .bin/.pt weights (pickles can run code when loaded)
 
 
 @dataclass
@@ -148,11 +168,7 @@ def build_llm(cfg: LLMConfig, tok: PreTrainedTokenizerFast) -> nn.Module:
                         pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
         return AutoModelForCausalLM.from_config(c)
     if cfg.kind == "hf":
-        if not cfg.name_or_path:
-            raise ValueError("llm.kind 'hf' needs llm.name_or_path (an HF model id or a local folder)")
-        m = AutoModelForCausalLM.from_pretrained(cfg.name_or_path)
-        m.resize_token_embeddings(len(tok))
-        return m
+        return backbones.build_causal_lm(cfg, tok)
     raise ValueError(f"unknown llm.kind {cfg.kind!r}; valid: tiny_qwen2, hf")
 
 
@@ -162,10 +178,8 @@ class DamoModel(nn.Module):
         self.cfg, self.tokenizer = cfg, tokenizer
         fc = cfg.fuser
         D = fc.width
-        vis = asdict(cfg.vision)
-        aud = asdict(cfg.audio)
-        self.vision = VISION_ENCODERS[vis.pop("kind")](**vis)
-        self.audio = AUDIO_ENCODERS[aud.pop("kind")](**aud)
+        self.vision = backbones.build_vision(cfg.vision)
+        self.audio = backbones.build_audio(cfg.audio)
         self.residual_v = GlobalResidual(self.vision.width, D, fc.visual_tokens, grid=True)
         self.residual_a = GlobalResidual(self.audio.width, D, fc.audio_tokens, grid=False)
         self.temporal_conv = nn.Conv1d(D, D, fc.conv_kernel, padding=fc.conv_kernel // 2, groups=D)
@@ -327,31 +341,63 @@ class DamoModel(nn.Module):
 
     # -------------------------------------------------------------- save/load
     def save(self, path: str | Path) -> None:
-        """``config.json`` + ``model.safetensors`` + ``tokenizer/``, written atomically per file."""
+        """``config.json`` + ``model.safetensors`` + ``tokenizer/`` (+ ``backbones.json``), written atomically per file.
+
+        ``backbones.json`` holds the full transformers configs of HF backbones, so :meth:`load`
+        rebuilds them without fetching the original pretrained weights (they are in the file).
+        """
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        tmp = path / "config.json.tmp"
-        tmp.write_text(json.dumps(asdict(self.cfg), indent=2))
-        tmp.replace(path / "config.json")
-        state = {k: v.contiguous() for k, v in self.state_dict().items()}
+        self.tokenizer.save_pretrained(str(path / "tokenizer"))
+        hf = backbones.hf_configs(self)
+        files = {"config.json": json.dumps(asdict(self.cfg), indent=2)} | (
+            {"backbones.json": json.dumps(hf, indent=2)} if hf else {})
+        for name, text in files.items():
+            tmp = path / f"{name}.tmp"
+            tmp.write_text(text)
+            tmp.replace(path / name)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         # tied LLM weights: safetensors refuses shared storage, and load re-ties them
         if self.llm.config.tie_word_embeddings:
-            state = {k: v for k, v in state.items() if k != "llm.lm_head.weight"}
+            state = {k: v for k, v in state.items() if not k.endswith("lm_head.weight")}
         save_file(state, str(path / "model.safetensors.tmp"), metadata={"format": "pt"})
-        (path / "model.safetensors.tmp").replace(path / "model.safetensors")
-        self.tokenizer.save_pretrained(str(path / "tokenizer"))
+        (path / "model.safetensors.tmp").replace(path / "model.safetensors")   # last: marks the folder complete
 
     @classmethod
-    def load(cls, path: str | Path) -> "DamoModel":
+    def load(cls, path: str | Path, allow_pickle: bool = False) -> "DamoModel":
+        """Rebuild a saved model exactly. Weights come from ``model.safetensors``; a pickled
+        ``model.bin``/``model.pt`` is read only with ``allow_pickle=True`` (unpickling can run code)."""
         path = Path(path)
-        if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
+        if not (path / "config.json").is_file():
             raise FileNotFoundError(f"{path} is not a DaMO model folder (needs config.json and model.safetensors)")
+        weights = path / "model.safetensors"
+        if not weights.is_file():
+            pickled = [path / f"model{s}" for s in (".bin", ".pt") if (path / f"model{s}").is_file()]
+            if not pickled:
+                raise FileNotFoundError(f"{path} is not a DaMO model folder (needs config.json and model.safetensors)")
+            weights = pickled[0]
         cfg = DamoConfig.from_dict(json.loads((path / "config.json").read_text()))
+        state = backbones.load_state_file(weights, allow_pickle=allow_pickle)
         tok = PreTrainedTokenizerFast.from_pretrained(str(path / "tokenizer"))
-        model = cls(cfg, tok)
-        missing, unexpected = model.load_state_dict(load_file(str(path / "model.safetensors")), strict=False)
-        missing = [k for k in missing if k != "llm.lm_head.weight"]
+        build = copy.deepcopy(cfg)
+        hf = json.loads((path / "backbones.json").read_text()) if (path / "backbones.json").is_file() else {}
+        for part, hf_cfg in hf.items():     # rebuild HF backbones from their configs: weights come from `state`
+            sub = getattr(build, part)
+            sub.pretrained, sub.config = False, hf_cfg
+            sub.family = backbones.FAMILY_OF_MODEL_TYPE.get(hf_cfg["model_type"], hf_cfg["model_type"])
+        model = cls(build, tok)
+        model.cfg = cfg
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.endswith("lm_head.weight")]
         if missing or unexpected:
             raise ValueError(f"checkpoint {path} does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}")
         model.llm.tie_weights()
         return model.eval()
+
+    # transformers-style names for the same folder format
+    save_pretrained = save
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, allow_pickle: bool = False) -> "DamoModel":
+        """Alias of :meth:`load` (transformers naming)."""
+        return cls.load(path, allow_pickle=allow_pickle)

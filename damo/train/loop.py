@@ -3,15 +3,25 @@
 A stage freezes all parameters but those matching its ``trainable`` globs, samples batches
 with a seeded RNG (deterministic on CPU), sums its weighted losses, and steps AdamW on a
 warmup + cosine schedule.
+
+Step ``k``'s global batch comes from an RNG seeded by ``(seed, k)``, so the data position is
+the step number: a run resumed from a checkpoint (:mod:`damo.train.checkpoint`) sees the
+same batches as an uninterrupted one, and under torchrun each process takes a disjoint share
+of the same global batch (:mod:`damo.train.distributed`). On CUDA the forward runs under
+bf16 autocast (fp16 with loss scaling where bf16 is unsupported); on CPU in fp32.
 """
 from __future__ import annotations
 
+import copy
 import fnmatch
 import math
 import random
 from collections import defaultdict
+from contextlib import nullcontext
+from pathlib import Path
 
 import torch
+from torch import nn
 from tqdm import tqdm
 
 from damo.config import Stage
@@ -19,6 +29,9 @@ from damo.data.clips import ClipStore
 from damo.data.collate import Collator
 from damo.data.schema import Sample
 from damo.model.modeling_damo import DamoModel
+from damo.train import distributed
+from damo.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from damo.train.distributed import DistInfo, micro_batches
 from damo.train.losses import LOSSES, NEEDS_LLM, NEEDS_MODEL
 
 
@@ -61,20 +74,53 @@ def stage_samples(stage: Stage, samples: list[Sample], seed: int) -> list[Sample
     return make_dialogues(keep, 3, random.Random(seed)) if stage.dialogue else keep
 
 
+class StageLoss(nn.Module):
+    """The model plus a stage's weighted losses, so one ``forward`` holds every use of a parameter
+    (what DDP and FSDP need to see: the contrastive loss calls model heads outside ``DamoModel.forward``)."""
+
+    def __init__(self, model: DamoModel, losses: dict[str, float], use_llm: bool):
+        super().__init__()
+        self.model, self.losses, self.use_llm = model, losses, use_llm
+
+    def forward(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.use_llm:
+            batch = {k: v for k, v in batch.items() if k != "input_ids"}
+        out = self.model(batch)
+        vals = [LOSSES[n](out, batch, self.model) if n in NEEDS_MODEL else LOSSES[n](out, batch) for n in self.losses]
+        total = sum(w * v for w, v in zip(self.losses.values(), vals))
+        return total, torch.stack([v.detach().float() for v in vals])
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
 def run_stage(model: DamoModel, stage: Stage, samples: list[Sample], store: ClipStore, seed: int,
-              progress: bool = True) -> dict[str, float]:
+              progress: bool = True, checkpoint_dir: str | Path | None = None, dist_info: DistInfo | None = None,
+              parallel: str = "ddp") -> dict[str, float]:
     """Train ``model`` in place for one stage.
 
+    ``checkpoint_dir``: where periodic checkpoints go (every ``stage.save_every`` steps); if it
+    holds one, training resumes from it. Under torchrun pass ``dist_info`` (and ``parallel``).
     Returns each loss averaged over the last 10% of steps, and as ``NAME_start`` over the first 10%.
     """
     unknown = set(stage.losses) - set(LOSSES)
     if unknown:
         raise ValueError(f"stage {stage.name!r}: unknown losses {sorted(unknown)}; valid: {sorted(LOSSES)}")
+    if stage.grad_accum < 1 or stage.save_every < 0:
+        raise ValueError(f"stage {stage.name!r}: grad_accum must be >= 1 and save_every >= 0")
+    info = dist_info or DistInfo(0, 1, 0, torch.device("cpu"))
     torch.manual_seed(seed)
-    rng = random.Random(seed)
     data = stage_samples(stage, samples, seed)
     set_trainable(model, stage.trainable)
-    params = [p for p in model.parameters() if p.requires_grad]
+    use_llm = bool(NEEDS_LLM & set(stage.losses))
+    parts = info.world * stage.grad_accum                   # micro-batches per optimizer step, all processes
+    fsdp = parallel == "fsdp" and info.world > 1
+    # FSDP shards in place, so it trains a copy whose full weights are copied back at the end
+    work = copy.deepcopy(model) if fsdp else model
+    work.to(info.device)
+    step_fn = distributed.wrap(StageLoss(work, stage.losses, use_llm), parallel, info)
+    params = [p for p in work.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=stage.lr, weight_decay=stage.weight_decay)
 
     def lr_at(step: int) -> float:
@@ -85,31 +131,55 @@ def run_stage(model: DamoModel, stage: Stage, samples: list[Sample], store: Clip
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     collate = Collator(model.tokenizer, model.cfg.bridge_tokens, model.cfg.fuser.frame_tokens, model.cfg.fps,
                        model.cfg.query_first)
-    use_llm = bool(NEEDS_LLM & set(stage.losses))
-    model.train()
+    cuda = info.device.type == "cuda"
+    amp_dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=cuda and amp_dtype == torch.float16)
     history: dict[str, list[float]] = defaultdict(list)
-    bar = tqdm(range(stage.steps), desc=stage.name, disable=not progress, dynamic_ncols=True)
+    start = 0
+    last = latest_checkpoint(checkpoint_dir) if checkpoint_dir else None
+    if last is not None:
+        state = load_checkpoint(last, work, opt, sched)
+        start = state["step"]
+        history.update(state["extra"]["history"])
+    work.train()
+    bar = tqdm(range(start, stage.steps), desc=stage.name, disable=not progress or not info.main,
+               dynamic_ncols=True, initial=start, total=stage.steps)
     for step in bar:
-        items = [(s, store.get(s.video)) for s in rng.sample(data, min(stage.batch, len(data)))]
-        batch = collate(items, rng)
-        if not use_llm:
-            batch = {k: v for k, v in batch.items() if k != "input_ids"}
-        out = model(batch)
-        total = 0.0
-        for name, w in stage.losses.items():
-            fn = LOSSES[name]
-            val = fn(out, batch, model) if name in NEEDS_MODEL else fn(out, batch)
-            total = total + w * val
-            history[name].append(float(val.detach()))
+        chosen = random.Random(f"{seed}:{step}").sample(data, min(stage.batch, len(data)))
+        mbs = micro_batches(chosen, parts)
+        mine = range(info.rank * stage.grad_accum, (info.rank + 1) * stage.grad_accum)
         opt.zero_grad(set_to_none=True)
-        total.backward()
+        logged = torch.zeros(len(stage.losses) + 1)
+        for j, m in enumerate(mine):
+            items = [(s, store.get(s.video)) for s in mbs[m]]
+            batch = to_device(collate(items, random.Random(f"{seed}:{step}:{m}")), info.device)
+            sync = j == stage.grad_accum - 1 or fsdp
+            ctx = step_fn.no_sync() if not sync and isinstance(step_fn, nn.parallel.DistributedDataParallel) else nullcontext()
+            with ctx:
+                with torch.autocast(info.device.type, dtype=amp_dtype, enabled=cuda):
+                    total, vals = step_fn(batch)
+                scaler.scale(total / stage.grad_accum).backward()
+            logged += torch.cat([vals.cpu(), total.detach().float().cpu()[None]]) / stage.grad_accum
+        scaler.unscale_(opt)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        scaler.step(opt)
+        scaler.update()
         sched.step()
-        history["total"].append(float(total.detach()))
-        if step % 10 == 0:
+        logged = distributed.mean_across(logged.to(info.device)).cpu()
+        for name, v in zip([*stage.losses, "total"], logged.tolist()):
+            history[name].append(v)
+        if info.main and step % 10 == 0:
             bar.set_postfix({k: f"{v[-1]:.3f}" for k, v in history.items()})
-    model.eval()
+        if checkpoint_dir and stage.save_every and (step + 1) % stage.save_every == 0 and step + 1 < stage.steps:
+            save_checkpoint(checkpoint_dir, step + 1, work, opt, sched, extra={"history": dict(history)},
+                            write=info.main)
+            distributed.barrier()
+    if fsdp:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        full = get_model_state_dict(work, options=StateDictOptions(full_state_dict=True))
+        model.load_state_dict({k: v.cpu() for k, v in full.items()}, strict=False)
+    model.cpu().eval()
     tail = max(1, stage.steps // 10)
-    out = {k: sum(v[-tail:]) / tail for k, v in history.items()}
-    return out | {f"{k}_start": sum(v[:tail]) / tail for k, v in history.items()}
+    out = {k: sum(v[-tail:]) / len(v[-tail:]) for k, v in history.items()}
+    return out | {f"{k}_start": sum(v[:tail]) / len(v[:tail]) for k, v in history.items()}

