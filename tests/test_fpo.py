@@ -12,8 +12,9 @@ from damo.data.collate import ClipTensors, Collator
 from damo.data.preference import validate_pair
 from damo.model.modeling_damo import DamoConfig, DamoModel
 from damo.model.tokenizer import train_tokenizer
-from damo.train.fpo import (batch_logprob, fpo, fpo_loss, fpo_result, interval_logprob, pair_batch, sequence_logprob,
-                            split_pairs, token_logprob)
+from damo.train import losses
+from damo.train.fpo import (batch_logprob, chosen_view, fpo, fpo_loss, fpo_result, interval_logprob, pair_batch,
+                            sequence_logprob, split_pairs, token_logprob)
 
 
 def sig(x: float) -> float:
@@ -36,6 +37,20 @@ def test_interval_logprob_by_hand_on_four_frames():
     assert torch.isfinite(conf).all() and float(conf) == pytest.approx(0.0, abs=1e-12)
     with pytest.raises(ValueError, match=r"\(N, T\)"):
         interval_logprob(logits, targets[:, :3], mask)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        interval_logprob(logits, targets * 2, mask)
+
+
+def test_interval_logprob_soft_targets_mix_the_two_cases():
+    # a frame 1 s outside the interval with the official code's decayed target alpha^1 = 0.5
+    x = torch.tensor([[1.0, -2.0, 0.5]], requires_grad=True)
+    y = torch.tensor([[1.0, 0.5, 0.0]])
+    got = interval_logprob(x, y, torch.ones(1, 3, dtype=torch.bool))
+    want = math.log(sig(1.0)) + math.log(0.5 * sig(-2.0) + 0.5 * (1 - sig(-2.0))) + math.log(1 - sig(0.5))
+    assert float(got.detach()) == pytest.approx(want, rel=1e-6)
+    got.sum().backward()
+    # d/dx log s = 1 - s inside, d/dx log(1 - s) = -s outside; the 50/50 frame has no preference
+    assert x.grad.tolist()[0] == pytest.approx([1 - sig(1.0), 0.0, -sig(0.5)], abs=1e-7)
 
 
 def test_sequence_logprob_matches_a_loop_over_tokens():
@@ -195,6 +210,18 @@ def test_fpo_steps_on_a_tiny_model_widen_the_preference_margin():
         with torch.no_grad():
             out = model(batch)
         return batch_logprob(out, batch) - token_logprob(out["logits"], batch["labels"])    # (6,)
+
+    # the supervised losses on the chosen rows alone equal those of a chosen-only batch
+    chosen_only = col(pair_batch(PAIRS, clips.__getitem__)[:3], random.Random(0))
+    model.eval()
+    with torch.no_grad():
+        o, b = chosen_view(model(batch), batch)
+        o2 = model(chosen_only)
+    assert b["labels"].shape[0] == 3 and len(b["evi_batch"]) == len(chosen_only["evi_batch"])
+    assert torch.equal(b["cons_pairs"], chosen_only["cons_pairs"])
+    for name in ("lm", "grounding_bce", "consistency"):
+        assert float(losses.LOSSES[name](o, b)) == pytest.approx(float(losses.LOSSES[name](o2, chosen_only)),
+                                                                 rel=1e-4)
 
     before = margin()
     g0 = grounding()

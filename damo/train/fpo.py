@@ -26,19 +26,24 @@ from damo.data.schema import Sample
 
 
 def interval_logprob(evi_logits: torch.Tensor, targets: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
-    """log p_g([s, e]) of eq. 6 for each ``<evi>``: ``(N, T)`` logits, ``{0,1}`` targets, valid mask -> ``(N,)``.
+    """log p_g([s, e]) of eq. 6 for each ``<evi>``: ``(N, T)`` logits, targets, valid mask -> ``(N,)``.
 
-    Frames inside the interval contribute ``log s_t``, frames outside ``log(1 - s_t)``, with
-    ``s_t = sigmoid(logit_t)``; padded frames contribute nothing. ``logsigmoid`` keeps both
-    terms finite for large logits (``log(1 - sigmoid(x)) = logsigmoid(-x)``).
+    Frames inside the interval (target 1) contribute ``log s_t``, frames outside (target 0)
+    ``log(1 - s_t)``, with ``s_t = sigmoid(logit_t)``; padded frames contribute nothing.
+    Soft targets ``y`` in [0, 1] (e.g. the distance-decayed ones of the official code) give
+    the mixture ``log(y s_t + (1 - y)(1 - s_t))``, which equals eq. 6 on hard targets.
+    Everything stays in log space (``log(1 - sigmoid(x)) = logsigmoid(-x)``), so confident
+    scores never underflow to ``log 0``.
     """
     if evi_logits.shape != targets.shape or evi_logits.shape != frame_mask.shape:
         raise ValueError(f"evi_logits {tuple(evi_logits.shape)}, targets {tuple(targets.shape)} and frame_mask "
                          f"{tuple(frame_mask.shape)} must all be (N, T)")
     x = evi_logits.float()
     y = targets.float()
-    per_frame = y * F.logsigmoid(x) + (1 - y) * F.logsigmoid(-x)             # (N, T)
-    return (per_frame * frame_mask.float()).sum(-1)                          # (N,)
+    if ((y < 0) | (y > 1)).any():
+        raise ValueError("interval targets must lie in [0, 1]")
+    per_frame = torch.logaddexp(y.log() + F.logsigmoid(x), (1 - y).log() + F.logsigmoid(-x))  # (N, T)
+    return per_frame.masked_fill(~frame_mask.bool(), 0.0).sum(-1)            # (N,)
 
 
 def token_logprob(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -142,6 +147,37 @@ def fpo(out: dict, batch: dict, beta: float = 0.1) -> torch.Tensor:
     return fpo_result(out, batch, beta).loss
 
 
+def chosen_view(out: dict, batch: dict) -> tuple[dict, dict]:
+    """The chosen rows of a chosen-first preference batch and of the model output.
+
+    Lets the FPO stage add the supervised objectives of :mod:`damo.train.losses` (``lm``,
+    ``grounding_bce``, ``consistency``) on the preferred responses only, as the official
+    D²VLM FPO training adds its SFT, grounding and consistency losses to the preference term.
+    ``<evi>`` rows are ordered by sample (the collator emits them row by row), so the chosen
+    ones are a prefix.
+    """
+    B = batch["input_ids"].shape[0]
+    if B % 2:
+        raise ValueError(f"a preference batch has an even number of rows (chosen, then rejected), got {B}")
+    P = B // 2
+    nc = int((batch["evi_batch"] < P).sum())
+    if bool((batch["evi_batch"][:nc] >= P).any()):
+        raise ValueError("evi_batch must be ordered by sample (as the Collator emits it)")
+    per_evi = {"evi_batch", "evi_pos", "evi_targets"}
+    b = {}
+    for k, v in batch.items():
+        if k in per_evi:
+            b[k] = v[:nc]
+        elif k == "cons_pairs":
+            b[k] = v[(v < nc).all(1)]
+        elif isinstance(v, (torch.Tensor, list)) and len(v) == B:
+            b[k] = v[:P]
+        else:
+            b[k] = v
+    o = {k: (v[:nc] if k in ("evi_logits", "evi_features") else v[:P]) for k, v in out.items()}
+    return o, b
+
+
 def pair_samples(pairs: Sequence[dict]) -> list[Sample]:
     """The chosen samples of all pairs, then their rejected twins (same video, query, id + ``#rejected``)."""
     return [chosen_sample(p) for p in pairs] + [rejected_sample(p) for p in pairs]
@@ -165,4 +201,4 @@ def pair_batch(pairs: Sequence[dict], clip_of: Callable[[str], ClipTensors]) -> 
 
 
 __all__ = ["interval_logprob", "token_logprob", "sequence_logprob", "FPOResult", "fpo_loss", "split_pairs",
-           "batch_logprob", "fpo_result", "fpo", "pair_samples", "pair_batch"]
+           "batch_logprob", "fpo_result", "fpo", "chosen_view", "pair_samples", "pair_batch"]
