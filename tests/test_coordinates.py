@@ -136,3 +136,21 @@ def test_timestamp_prompt():
     assert co.timestamp_prompt([1, 2, 3]) == ["1s: ", "2s: ", "3s: "]
     assert co.timestamp_prompt([0.5, 1.5, 12.25]) == ["0.5s: ", "1.5s: ", "12.2s: "]
     assert co.timestamp_prompt([0.0, 3.6], decimals=0) == ["0s: ", "4s: "]
+
+
+def test_anchor_tables_read_the_llm_rows():
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    tok = train_tokenizer(TEXTS, 300)          # its own tokenizer: the shared one counts its additions
+    ids = co.add_time_tokens(tok, 8)
+    torch.manual_seed(0)
+    llm = AutoModelForCausalLM.from_config(Qwen2Config(
+        vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=1, tie_word_embeddings=False))
+    e_in, e_out = co.anchor_tables(llm, ids)
+    assert torch.equal(e_in, llm.get_input_embeddings().weight[ids])
+    assert torch.equal(e_out, llm.lm_head.weight[ids])
+    emb = co.frame_time_embedding(e_in, e_out, torch.tensor([[0.5, 3.5]]), torch.tensor([4.0]))
+    emb.sum().backward()                                             # LAPE trains the token rows
+    assert llm.get_input_embeddings().weight.grad[ids].abs().sum() > 0
+    assert llm.lm_head.weight.grad[ids].abs().sum() > 0

@@ -24,6 +24,7 @@ import math
 from typing import Sequence
 
 import torch
+from torch import nn
 from transformers import PreTrainedTokenizerFast
 
 
@@ -142,6 +143,17 @@ def time_to_token(t: float, duration: float, n: int) -> str:
     if duration <= 0:
         raise ValueError(f"video duration must be > 0 seconds, got {duration}")
     return f"<t_{round(min(max(t / duration, 0.0), 1.0) * (n - 1))}>"
+
+
+def anchor_tables(llm: nn.Module, ids: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The coordinate tokens' input-embedding rows and output-layer rows ``(n, C)`` of an HF causal LM.
+
+    Both are live views into the LLM's weights, so LAPE trains the token embeddings (LLaVA-ST
+    eq. 5). With tied embeddings the two are the same rows.
+    """
+    w_in = llm.get_input_embeddings().weight
+    idx = torch.as_tensor(list(ids), device=w_in.device)
+    return w_in[idx], llm.get_output_embeddings().weight[idx]
 
 
 def frame_time_embedding(embed_in: torch.Tensor, embed_out: torch.Tensor, times: torch.Tensor,
