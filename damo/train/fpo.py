@@ -11,6 +11,15 @@ batch are the chosen responses and the last ``P`` rows the rejected ones, built 
 :func:`pair_batch` and the ordinary :class:`~damo.data.collate.Collator`. The rejected row
 is teacher-forced with its own (wrong) evidence, so its ``<evi>`` targets are the rejected
 intervals, exactly as eq. 7 scores a dispreferred response.
+
+A training step of the FPO stage::
+
+    items = pair_batch(rng.sample(pairs, P), store.get)     # 2P rows, chosen first
+    batch = collate(items, rng)
+    out = model(batch)
+    loss = fpo(out, batch, beta)                             # + optional supervised terms:
+    o, b = chosen_view(out, batch)                           # lm / grounding_bce / consistency
+    loss = loss + losses.lm(o, b) + ...                      # on the chosen rows only
 """
 from __future__ import annotations
 
