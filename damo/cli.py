@@ -290,8 +290,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="format option, e.g. mode=grounding for activitynet-captions")
     c.add_argument("--out", required=True)
     c.set_defaults(fn=cmd_data_convert)
-    from damo.data.augment import add_augment_parser   # its heavy imports happen inside its command
+    from damo.data.augment import add_augment_parser   # their heavy imports happen inside their commands
+    from damo.data.preference import add_prefs_parser
     add_augment_parser(data)
+    add_prefs_parser(data)
     v = sub.add_parser("serve", help="web demo: pick or upload a video, ask, see when (localhost)")
     v.add_argument("--model", default=str(DEFAULT_WORKDIR / "model"))
     v.add_argument("--host", default="127.0.0.1", help="address to bind; the default is reachable from this machine only")
