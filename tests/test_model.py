@@ -233,3 +233,23 @@ def test_contrastive_uses_a_hard_negative_from_the_same_video(model):
     out = model({k: v for k, v in b.items() if k != "input_ids"})
     loss = losses.contrastive(out, b, model)
     assert torch.isfinite(loss) and loss > 0
+
+
+@pytest.mark.parametrize("kind", ["pool", "tome", "prune", "stp"])
+def test_each_compressor_runs_inside_the_model_and_round_trips(kind, tmp_path):
+    cfg = tiny_cfg()
+    cfg.fuser.visual_tokens = 16
+    cfg.compressor.kind, cfg.compressor.budget, cfg.compressor.k_max = kind, 24, 9
+    torch.manual_seed(0)
+    m = DamoModel(cfg, train_tokenizer(TEXTS, 300)).eval()
+    col = Collator(m.tokenizer, m.cfg.bridge_tokens, 1, 1.0, query_first=True)
+    b = col([(sample(0), clip(6, 0))])
+    with torch.no_grad():
+        fr, _ = m.encode_video(b["frames"], b["mel"], b["frame_mask"])
+        v = m.compressor(torch.zeros(1, 6, 16, cfg.fuser.width), b["frame_mask"])
+        out = m(b)
+    assert v.shape[2] <= 24 // 6 and fr.shape == (1, 6, 1, cfg.fuser.width)
+    m.save(tmp_path / kind)
+    with torch.no_grad():
+        again = DamoModel.load(tmp_path / kind)(b)
+    assert torch.equal(out["evi_logits"], again["evi_logits"])

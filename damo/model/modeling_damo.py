@@ -34,6 +34,7 @@ from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast, Qwen2Con
 
 from damo.model import backbones
 from damo.model.encoders import Block
+from damo.model.compressors import build_compressor
 from damo.model.evidence import EvidenceHead, decode_interval, salient_frames
 from damo.model.fuseformer import CrossBlock, TemporalFuseformer, sinusoid
 from damo.model.residual import GlobalResidual
@@ -114,8 +115,23 @@ class EvidenceConfig:
 
 
 @dataclass
+class CompressorConfig:
+    """Visual token compression per frame under a global budget (Dynamic-VLM §3, LLaVA-ST STP §3.3).
+
+    Applied to the visual residual tokens before the T-Fuseformer; see :mod:`damo.model.compressors`.
+    """
+    kind: str = "identity"     # identity | pool | tome | prune | stp
+    budget: int = 4096         # visual tokens per video
+    k_min: int = 1
+    k_max: int = 16
+    seed: int = 0
+    options: dict = field(default_factory=dict)
+
+
+@dataclass
 class DamoConfig:
     vision: VisionConfig = field(default_factory=VisionConfig)
+    compressor: CompressorConfig = field(default_factory=CompressorConfig)
     audio: AudioConfig = field(default_factory=AudioConfig)
     fuser: FuserConfig = field(default_factory=FuserConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
@@ -128,7 +144,7 @@ class DamoConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "DamoConfig":
-        subs = {"vision": VisionConfig, "audio": AudioConfig, "fuser": FuserConfig, "llm": LLMConfig,
+        subs = {"vision": VisionConfig, "compressor": CompressorConfig, "audio": AudioConfig, "fuser": FuserConfig, "llm": LLMConfig,
                 "evidence": EvidenceConfig}
         unknown = set(d) - set(cls.__dataclass_fields__)
         if unknown:
@@ -183,6 +199,9 @@ class DamoModel(nn.Module):
         self.residual_v = GlobalResidual(self.vision.width, D, fc.visual_tokens, grid=True)
         self.residual_a = GlobalResidual(self.audio.width, D, fc.audio_tokens, grid=False)
         self.temporal_conv = nn.Conv1d(D, D, fc.conv_kernel, padding=fc.conv_kernel // 2, groups=D)
+        cc = cfg.compressor
+        self.compressor = build_compressor(cc.kind, D, tokens_in=fc.visual_tokens, budget=cc.budget, k_min=cc.k_min,
+                                           k_max=cc.k_max, seed=cc.seed, **cc.options)
         self.fuseformer = TemporalFuseformer(D, fc.blocks, fc.heads, fc.visual_queries, fc.audio_queries,
                                              fc.fusion_tokens, fc.frame_tokens, cfg.max_frames, fc.window)
         self.llm = build_llm(cfg.llm, tokenizer)
@@ -208,6 +227,7 @@ class DamoModel(nn.Module):
         v = v.permute(0, 2, 3, 1).reshape(B * Lv, D, T)             # (B*Lv, D, T)
         v = v + self.temporal_conv(v)
         v = v.reshape(B, Lv, D, T).permute(0, 3, 1, 2)              # (B, T, Lv, D)
+        v = self.compressor(v, frame_mask)                          # (B, T, K, D) under the token budget
         return self.fuseformer(v, a, frame_mask)
 
     def video_embeddings(self, frames, mel, frame_mask, times):
