@@ -1,0 +1,312 @@
+"""HF backbones with tiny configs built here (never downloaded): contracts, parity with the HF
+originals, LoRA, merging, save/load round trips and the papers' configs at tiny sizes."""
+from __future__ import annotations
+
+import copy
+import fnmatch
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from transformers import (AutoModelForCausalLM, AutoTokenizer, CLIPVisionConfig, CLIPVisionModel, LlamaConfig,
+                          Phi3Config, Qwen2Config, SiglipVisionConfig, SiglipVisionModel, WhisperConfig,
+                          WhisperFeatureExtractor)
+from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+from damo.data.collate import ClipTensors, Collator
+from damo.data.schema import Sample
+from damo.media.audio import log_mel
+from damo.model import backbones
+from damo.model.encoders import HFVisionEncoder
+from damo.model.modeling_damo import DamoConfig, DamoModel, LLMConfig
+from damo.model.tokenizer import train_tokenizer
+from damo.train.loop import set_trainable
+
+REPO = Path(__file__).resolve().parents[1]
+TEXTS = ["when does the red square appear?", "the high tone plays", "It happens in", "The relevant event happens in",
+         "what colour is the shape?", "red", "a low tone"] * 20
+IDS = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2)
+TINY_LLM = {
+    "llama": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=512, **IDS),
+    "mistral": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                    num_key_value_heads=2, max_position_embeddings=512, sliding_window=None, **IDS),
+    "qwen2": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=512, **IDS),
+    "phi3": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, max_position_embeddings=512, original_max_position_embeddings=512, **IDS),
+}
+LLM_CONFIGS = {"llama": LlamaConfig, "qwen2": Qwen2Config, "phi3": Phi3Config}
+TINY_VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, patch_size=8)
+TINY_WHISPER = dict(d_model=32, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=64, decoder_layers=1,
+                    decoder_attention_heads=2, decoder_ffn_dim=64, max_source_positions=100, max_target_positions=32,
+                    vocab_size=64, decoder_start_token_id=1, **IDS)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return train_tokenizer(TEXTS, 300)
+
+
+def llm_folder(root: Path, family: str, tok) -> Path:
+    """A local 'pretrained' LLM folder (weights + tokenizer), as a hub download would give."""
+    torch.manual_seed(0)
+    cfg = LLM_CONFIGS[family](vocab_size=len(tok), **TINY_LLM[family])
+    path = root / family
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def clip_tensors(T: int, size: int, frames: int, mels: int, seed: int = 0) -> ClipTensors:
+    g = torch.Generator().manual_seed(seed)
+    return ClipTensors(frames=torch.randint(0, 255, (T, size, size, 3), generator=g, dtype=torch.uint8),
+                       mel=(torch.randn(T, frames, mels, generator=g) - 4).half(), times=torch.arange(T) + 0.5,
+                       duration=float(T))
+
+
+def make_batch(model: DamoModel, T: int = 4) -> dict:
+    c = model.cfg
+    col = Collator(model.tokenizer, c.bridge_tokens, c.fuser.frame_tokens, c.fps, c.query_first)
+    items = [(Sample(id=str(i), video=f"v{i}", duration=float(T), task="grounding", query="when does the red square appear?",
+                     answer="red", spans=[[1.0, 3.0]]), clip_tensors(T, c.vision.image_size, c.audio.frames, c.audio.n_mels, i))
+             for i in range(2)]
+    return col(items)
+
+
+# ------------------------------------------------------------------ vision
+@pytest.mark.parametrize("family", ["clip", "siglip"])
+def test_vision_tower_contract_and_parity(family):
+    torch.manual_seed(0)
+    cfg = DamoConfig().vision
+    cfg.kind, cfg.family, cfg.pretrained, cfg.config = "hf_vision", family, False, TINY_VISION
+    enc = backbones.build_vision(cfg).eval()
+    assert isinstance(enc, HFVisionEncoder)
+    frames = torch.rand(2, 3, 3, 32, 32)
+    out = enc(frames)
+    assert out.shape == (2, 3, 1 + 16, 32)                    # (B, T, 1 + P, Dv), CLS/global first
+    fam = backbones.VISION_FAMILIES[family]
+    x = (frames.flatten(0, 1) - torch.tensor(fam.mean).view(1, 3, 1, 1)) / torch.tensor(fam.std).view(1, 3, 1, 1)
+    ref = enc.model(pixel_values=x).last_hidden_state.unflatten(0, (2, 3))
+    if family == "siglip":                                     # no CLS: the mean patch token is the global token
+        torch.testing.assert_close(out[:, :, 1:], ref, rtol=0, atol=0)
+        torch.testing.assert_close(out[:, :, 0], ref.mean(2))
+    else:
+        torch.testing.assert_close(out, ref, rtol=0, atol=0)
+
+
+def test_vision_tower_loads_pretrained_folder_and_checks_size(tmp_path):
+    torch.manual_seed(0)
+    CLIPVisionModel(CLIPVisionConfig(image_size=32, **TINY_VISION)).save_pretrained(tmp_path / "clip")
+    cfg = DamoConfig().vision
+    cfg.kind, cfg.family, cfg.name_or_path = "hf_vision", "clip", str(tmp_path / "clip")
+    enc = backbones.build_vision(cfg)
+    ref = CLIPVisionModel.from_pretrained(tmp_path / "clip")
+    for (k, a), b in zip(enc.model.state_dict().items(), ref.state_dict().values()):
+        assert torch.equal(a, b), k
+    cfg.image_size = 64
+    with pytest.raises(ValueError, match="set vision.image_size: 32"):
+        backbones.build_vision(cfg)
+    cfg.family = "eva"
+    with pytest.raises(ValueError, match="not supported"):
+        backbones.build_vision(cfg)
+
+
+# ------------------------------------------------------------------ audio
+def tiny_whisper_cfg():
+    cfg = DamoConfig().audio
+    cfg.kind, cfg.family, cfg.pretrained, cfg.n_mels, cfg.frames = "hf_whisper", "whisper", False, 80, 100
+    cfg.config = TINY_WHISPER
+    return cfg
+
+
+def test_whisper_contract_timeline_and_parity():
+    torch.manual_seed(0)
+    enc = backbones.build_audio(tiny_whisper_cfg()).eval()
+    assert enc.chunk == 200                                    # 2 x max_source_positions mel frames per pass
+    mel = torch.randn(2, 3, 100, 80) - 4                       # 3 one-second windows, natural-log mel
+    out = enc(mel)
+    assert out.shape == (2, 3, 1 + 50, 32)                     # (B, T, 1 + F/2, Da): 50 tokens per second
+    # parity: windows 0-1 form the first 2-second Whisper input, normalised as Whisper's extractor does
+    x = mel / math.log(10)
+    top = x.flatten(1).amax(1).view(2, 1, 1, 1)
+    x = (torch.maximum(x, top - 8) + 4) / 4
+    ref = enc.encoder(input_features=x[:, :2].reshape(2, 200, 80).transpose(1, 2)).last_hidden_state  # (2, 100, 32)
+    torch.testing.assert_close(out[:, :2, 1:], ref.view(2, 2, 50, 32))
+    torch.testing.assert_close(out[:, :, 0], out[:, :, 1:].mean(2))
+    # the third window is encoded with silence after it, as Whisper pads a short clip
+    with pytest.raises(ValueError, match="expects"):
+        enc(torch.randn(1, 2, 50, 80))
+
+
+def test_our_log_mel_matches_whisper_feature_extractor():
+    """Our log-mel with Whisper's window (25 ms) and hop (10 ms) is Whisper's input after :func:`whisper_normalise`."""
+    rng = np.random.default_rng(0)
+    sr, secs = 16000, 30
+    t = np.arange(secs * sr) / sr
+    wave = (0.3 * np.sin(2 * np.pi * 440 * t) * (t % 3 < 1.5) + 0.05 * rng.standard_normal(t.size)).astype(np.float32)
+    ref = WhisperFeatureExtractor(feature_size=80)(wave, sampling_rate=sr, return_tensors="np").input_features[0]
+    ours = log_mel(wave, sr, 1.0, secs, n_mels=80, hop=160, win=400)        # (30, 100, 80)
+    ours = backbones.whisper_normalise(torch.from_numpy(ours)[None])[0].reshape(3000, 80).T.numpy()
+    assert ref.shape == ours.shape == (80, 3000)
+    inner = np.abs(ref - ours)[:, 2:-2]                        # edges: Whisper pads by reflection, we by zeros
+    # equal up to the log floor (our ln(p + 1e-6) vs Whisper's log10(max(p, 1e-10))) in near-empty bins
+    assert inner.mean() < 1e-4 and np.percentile(inner, 99.9) < 2e-3 and inner.max() < 0.1, inner.max()
+
+
+# ------------------------------------------------------------------ LLM
+@pytest.mark.parametrize("family", ["llama", "qwen2", "phi3"])
+def test_llm_wrapped_with_lora_equals_hf_original(tmp_path, tok, family):
+    path = llm_folder(tmp_path, family, tok)
+    cfg = LLMConfig(kind="hf", name_or_path=str(path), lora={"r": 4, "alpha": 8})
+    llm = backbones.build_causal_lm(cfg, tok).eval()
+    ref = AutoModelForCausalLM.from_pretrained(path).eval()
+    ids = torch.tensor([tok("when does the red square appear?")["input_ids"]])
+    # LoRA starts as the identity (B = 0): same logits as the original
+    torch.testing.assert_close(llm(input_ids=ids).logits, ref(input_ids=ids).logits, rtol=0, atol=0)
+    names = [n for n, _ in llm.named_parameters() if "lora_" in n]
+    want = backbones.LORA_TARGETS[family]
+    assert {n.split(".lora_")[0].rsplit(".", 1)[-1] for n in names} == set(want)
+    assert not any(p.requires_grad for n, p in llm.named_parameters() if "lora_" not in n)
+
+
+def test_pretrained_tokenizer_gets_special_tokens_and_bos(tmp_path, tok):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    raw = Tokenizer(models.WordLevel({"<unk>": 0, "<|endoftext|>": 1, "hello": 2}, unk_token="<unk>"))
+    raw.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="<|endoftext|>", unk_token="<unk>").save_pretrained(tmp_path)
+    t = backbones.load_tokenizer(LLMConfig(kind="hf", name_or_path=str(tmp_path)))
+    for s in ("<video>", "<evi>", "</evi>", "<|user|>", "<|assistant|>"):
+        assert len(t(s, add_special_tokens=False)["input_ids"]) == 1
+    assert t.bos_token == "<bos>" and t.pad_token == "<pad>" and t.eos_token == "<|endoftext|>"
+    # embeddings follow the grown vocabulary
+    llm = AutoModelForCausalLM.from_config(Qwen2Config(vocab_size=3, **TINY_LLM["qwen2"] | dict(IDS, pad_token_id=0)))
+    llm.save_pretrained(tmp_path)
+    built = backbones.build_causal_lm(LLMConfig(kind="hf", name_or_path=str(tmp_path)), t)
+    assert built.get_input_embeddings().num_embeddings == len(t) == 3 + 7
+
+
+def tiny_hf_model(tok, lora: dict | None = {"r": 4, "alpha": 8}, vision: bool = False, audio: bool = False,
+                  family: str = "qwen2") -> DamoModel:
+    torch.manual_seed(0)
+    cfg = DamoConfig()
+    cfg.fuser.width, cfg.fuser.blocks = 32, 1
+    cfg.llm = LLMConfig(kind="hf", family=family, pretrained=False, config=TINY_LLM[family] | {"vocab_size": len(tok)},
+                        lora=lora)
+    if vision:
+        cfg.vision.kind, cfg.vision.family, cfg.vision.pretrained, cfg.vision.config = "hf_vision", "clip", False, TINY_VISION
+    if audio:
+        cfg.audio = tiny_whisper_cfg()
+    return DamoModel(cfg, tok)
+
+
+def test_lora_params_match_stage_globs_and_checkpointing_trains(tok):
+    model = tiny_hf_model(tok)
+    n = set_trainable(model, ["llm.*lora_*"])
+    lora = [k for k, p in model.named_parameters() if p.requires_grad]
+    assert lora and all(fnmatch.fnmatch(k, "llm.*lora_*") for k in lora)
+    assert n == sum(p.numel() for k, p in model.named_parameters() if "lora_" in k)
+    model.cfg.llm.gradient_checkpointing = True
+    gc = backbones.build_causal_lm(model.cfg.llm, tok)
+    assert gc.base_model.model.is_gradient_checkpointing
+    model.llm = gc
+    set_trainable(model, ["llm.*lora_*", "projector.*"])
+    model.train()
+    out = model(make_batch(model))
+    out["logits"].float().logsumexp(-1).mean().backward()
+    assert all(p.grad is not None for k, p in model.named_parameters() if p.requires_grad)
+
+
+def test_merge_lora_keeps_outputs_and_export_loads_in_transformers(tmp_path, tok):
+    model = tiny_hf_model(tok).eval()
+    with torch.no_grad():                                       # a trained adapter: B != 0
+        for k, p in model.named_parameters():
+            if "lora_B" in k:
+                p.normal_(0, 0.5)
+    batch = make_batch(model)
+    with torch.no_grad():
+        before = model(batch)
+    lora_copy = copy.deepcopy(model)
+    exported = backbones.export_llm(lora_copy, tmp_path / "export")
+    hf = AutoModelForCausalLM.from_pretrained(exported).eval()
+    ids = batch["input_ids"][:, :12].clamp(max=len(tok) - 1)
+    with torch.no_grad():
+        lora_logits = lora_copy.llm(input_ids=ids).logits
+    torch.testing.assert_close(hf(input_ids=ids).logits, lora_logits, rtol=1e-5, atol=1e-5)
+    assert AutoTokenizer.from_pretrained(exported).convert_tokens_to_ids("<evi>") == model.evi_id
+    backbones.merge_lora(model)
+    assert model.cfg.llm.lora is None and not backbones.is_lora(model.llm)
+    with torch.no_grad():
+        after = model(batch)
+    torch.testing.assert_close(after["logits"], before["logits"], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(after["evi_logits"], before["evi_logits"], rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="no LoRA"):
+        backbones.merge_lora(model)
+
+
+@pytest.mark.parametrize("lora", [None, {"r": 4, "alpha": 8}])
+def test_hf_model_save_pretrained_round_trip(tmp_path, tok, lora):
+    model = tiny_hf_model(tok, lora=lora, vision=True, audio=True).eval()
+    model.save_pretrained(tmp_path / "m")
+    assert (tmp_path / "m" / "backbones.json").is_file()
+    again = DamoModel.from_pretrained(tmp_path / "m")
+    assert again.cfg == model.cfg                       # the user's config, not the rebuild's
+    a, b = model.state_dict(), again.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    batch = make_batch(model, T=3)
+    with torch.no_grad():
+        torch.testing.assert_close(again(batch)["logits"], model(batch)["logits"], rtol=0, atol=0)
+
+
+def test_pickle_llm_weights_refused_unless_allowed(tmp_path, tok):
+    path = llm_folder(tmp_path, "llama", tok)
+    model = AutoModelForCausalLM.from_pretrained(path)
+    (path / "model.safetensors").unlink()
+    torch.save(model.state_dict(), path / "pytorch_model.bin")
+    with pytest.raises(Exception, match="safetensors"):
+        backbones.build_causal_lm(LLMConfig(kind="hf", name_or_path=str(path)), tok)
+    built = backbones.build_causal_lm(LLMConfig(kind="hf", name_or_path=str(path), allow_pickle=True), tok)
+    assert torch.equal(built.lm_head.weight, model.lm_head.weight)
+
+
+# ------------------------------------------------------------------ the papers' configs
+TINY_FUSER = {"width": 32, "blocks": 1, "heads": 2, "visual_queries": 4, "audio_queries": 2, "fusion_tokens": 4}
+
+
+@pytest.mark.parametrize("name,family,vision,lora", [
+    ("paper-damo", "mistral", "clip", (32, 64)),
+    ("paper-d2vlm", "phi3", "clip", (128, 256)),
+    ("paper-llava-st", "qwen2", "siglip", (256, 128)),
+])
+def test_paper_configs_build_with_tiny_sizes(tok, name, family, vision, lora):
+    d = yaml.safe_load((REPO / "configs" / f"{name}.yaml").read_text())
+    assert d["llm"]["family"] == family and "/" in d["llm"]["name_or_path"] and "/" in d["vision"]["name_or_path"]
+    assert (d["llm"]["lora"]["r"], d["llm"]["lora"]["alpha"]) == lora
+    # same HF classes, tiny sizes, random weights: nothing is downloaded
+    d["llm"] |= {"pretrained": False, "config": TINY_LLM[family] | {"vocab_size": len(tok)}, "gradient_checkpointing": False}
+    d["vision"] |= {"pretrained": False, "config": TINY_VISION, "image_size": 32}
+    if d["audio"]["kind"] == "hf_whisper":
+        d["audio"] |= {"pretrained": False, "config": TINY_WHISPER}
+    d["fuser"] |= TINY_FUSER
+    d |= {"bridge_tokens": 4, "align_dim": 16}
+    d["evidence"]["dim"] = 16
+    torch.manual_seed(0)
+    model = DamoModel(DamoConfig.from_dict(d), tok).eval()
+    assert model.llm.peft_config["default"].r == lora[0] and model.llm.peft_config["default"].lora_alpha == lora[1]
+    assert model.llm.config.model_type == family
+    assert type(model.vision.model) is {"clip": CLIPVisionModel, "siglip": SiglipVisionModel}[vision]
+    if name == "paper-damo":
+        assert isinstance(model.audio.encoder, WhisperEncoder)
+    batch = make_batch(model, T=3)
+    with torch.no_grad():
+        out = model(batch)
+    assert out["logits"].shape[:2] == batch["input_ids"].shape
+    assert out["evi_logits"].shape == (len(batch["evi_batch"]), 3)
+    assert out["frame_features"].shape[:2] == (2, 3)
