@@ -90,9 +90,12 @@ def fsdp_units(model: nn.Module) -> list[nn.Module]:
             for layer in m]
 
 
-def wrap(module: nn.Module, parallel: str, info: DistInfo) -> nn.Module:
+def wrap(module: nn.Module, parallel: str, info: DistInfo) -> tuple[nn.Module, list[nn.Parameter]]:
     """Wrap a module whose ``forward`` computes the whole training loss for the chosen strategy.
 
+    Returns the wrapped module and the parameters kept whole on every rank whose gradients the
+    caller averages with :func:`average_grads` (FSDP2 cannot shard 0-dim parameters, such as a
+    contrastive temperature).
     ``ddp``: ``find_unused_parameters`` because stages freeze and skip parts of the model
     (e.g. no ``<evi>`` in a micro-batch leaves the evidence head without gradients).
     ``fsdp``: shards in place (FSDP2); call on a module that is not needed unsharded later.
@@ -100,15 +103,27 @@ def wrap(module: nn.Module, parallel: str, info: DistInfo) -> nn.Module:
     if parallel not in PARALLEL:
         raise ValueError(f"parallel must be one of {PARALLEL}, got {parallel!r}")
     if info.world == 1:
-        return module
+        return module, []
     if parallel == "ddp":
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [info.device.index] if info.device.type == "cuda" else None
-        return DistributedDataParallel(module, device_ids=ids, find_unused_parameters=True)
+        return DistributedDataParallel(module, device_ids=ids, find_unused_parameters=True), []
     from torch.distributed.fsdp import fully_shard
 
+    scalars = {p for p in module.parameters() if p.dim() == 0}
     for unit in fsdp_units(module):
         fully_shard(unit)
-    fully_shard(module)
-    return module
+    fully_shard(module, ignored_params=scalars)
+    return module, [p for p in scalars if p.requires_grad]
+
+
+def average_grads(params: list[nn.Parameter]) -> None:
+    """Average the gradients of parameters that FSDP left whole (see :func:`wrap`) over processes."""
+    if not params or not dist.is_initialized():
+        return
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        dist.all_reduce(p.grad)
+        p.grad /= dist.get_world_size()

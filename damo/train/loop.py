@@ -119,7 +119,7 @@ def run_stage(model: DamoModel, stage: Stage, samples: list[Sample], store: Clip
     # FSDP shards in place, so it trains a copy whose full weights are copied back at the end
     work = copy.deepcopy(model) if fsdp else model
     work.to(info.device)
-    step_fn = distributed.wrap(StageLoss(work, stage.losses, use_llm), parallel, info)
+    step_fn, whole = distributed.wrap(StageLoss(work, stage.losses, use_llm), parallel, info)
     params = [p for p in work.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=stage.lr, weight_decay=stage.weight_decay)
 
@@ -160,6 +160,7 @@ def run_stage(model: DamoModel, stage: Stage, samples: list[Sample], store: Clip
                     total, vals = step_fn(batch)
                 scaler.scale(total / stage.grad_accum).backward()
             logged += torch.cat([vals.cpu(), total.detach().float().cpu()[None]]) / stage.grad_accum
+        distributed.average_grads(whole)
         scaler.unscale_(opt)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         scaler.step(opt)

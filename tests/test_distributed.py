@@ -1,0 +1,74 @@
+"""torchrun with 2 CPU processes (gloo) equals one process with the same global batch."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+from damo.config import Recipe
+from damo.train.distributed import micro_batches
+from damo.train.recipe import run_recipe
+
+TINY_MODEL = {"vision": {"width": 32, "layers": 1}, "audio": {"width": 32},
+              "fuser": {"width": 32, "blocks": 1, "visual_queries": 4, "audio_queries": 2, "fusion_tokens": 4},
+              "llm": {"hidden": 32, "layers": 2, "intermediate": 64, "vocab_size": 400},
+              "bridge_tokens": 4, "align_dim": 16}
+RUNNER = """
+import sys, torch
+torch.set_num_threads(1)
+from damo.config import load_recipe
+from damo.train.recipe import run_recipe
+run_recipe(load_recipe(sys.argv[1]), sys.argv[2], progress=False)
+"""
+
+
+def recipe(grad_accum: int, parallel: str = "ddp") -> dict:
+    return {"model": TINY_MODEL, "seed": 0, "parallel": parallel, "data": {"train": "synth://easy?n=12&seed=0"},
+            "stages": [
+                {"name": "align", "tasks": ["dense_caption"], "losses": {"contrastive": 1.0}, "steps": 3, "batch": 6,
+                 "grad_accum": grad_accum, "trainable": ["vision.*", "audio.*", "residual_*", "fuseformer.*",
+                                                         "text_encoder.*", "align_video.*", "logit_scale"]},
+                {"name": "ground", "losses": {"lm": 1.0, "grounding_bce": 5.0, "consistency": 1.0}, "steps": 4,
+                 "batch": 6, "lr": 3e-3, "warmup": 2, "grad_accum": grad_accum},
+            ]}
+
+
+def test_micro_batches_are_disjoint_and_cover_the_batch():
+    parts = micro_batches(list(range(7)), 3)
+    assert parts == [[0, 1, 2], [3, 4], [5, 6]]
+    with pytest.raises(ValueError, match="raise the stage's batch"):
+        micro_batches([1, 2], 4)
+
+
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_two_processes_equal_one_process(tmp_path, parallel):
+    rfile = tmp_path / "recipe.yaml"
+    rfile.write_text(yaml.safe_dump(recipe(1, parallel)))
+    (tmp_path / "runner.py").write_text(RUNNER)
+    env = os.environ | {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          str(tmp_path / "runner.py"), str(rfile), str(tmp_path / "two")],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    from damo.model.modeling_damo import DamoModel
+
+    two = DamoModel.load(tmp_path / "two" / "model")
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:   # one process, two micro-batches per step: the same global batch split the same way
+        one = run_recipe(Recipe.from_dict(recipe(2)), tmp_path / "one", progress=False, log=lambda *_: None)
+    finally:
+        torch.set_num_threads(n)
+    a, b = one.state_dict(), two.state_dict()
+    assert a.keys() == b.keys()
+    changed = 0
+    start = run_recipe(Recipe.from_dict(recipe(2) | {"stages": [recipe(2)["stages"][0] | {"steps": 0}]}),
+                       tmp_path / "zero", progress=False, log=lambda *_: None).state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
+        changed += not torch.equal(a[k], start[k])
+    assert changed > 20            # training moved many tensors, and both runs moved them alike
