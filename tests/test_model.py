@@ -125,6 +125,8 @@ def test_lm_loss_ignores_prompt_tokens():
 
 def test_response_format_follows_grounding_then_answering():
     assert response_text("grounding", "", [[1, 2]], []) == "<evi> </evi> It happens in <evi>."
+    assert response_text("grounding", "the red square is on screen", [[1, 2]], []) == \
+        "<evi> </evi> the red square is on screen in <evi>."
     assert response_text("grounded_qa", "red", [[1, 2], [4, 5]], []) == \
         "<evi> <evi> </evi> red. The relevant event happens in <evi> and <evi>."
     assert response_text("dense_caption", "", [[1, 2], [3, 4]], ["a beep", "a red square"]) == \

@@ -72,6 +72,10 @@ def _event_span(e: dict) -> list[float]:
     return [float(e["start"]), float(e["end"])]
 
 
+def _said_verb(sound: str) -> str:
+    return "plays" if sound.endswith("tone") else "sounds"
+
+
 def _expected(s) -> tuple[str, list[list[float]]]:
     """Recompute (answer, spans) of a sample from its query and event list alone."""
     ev = s.meta["events"]
@@ -81,20 +85,23 @@ def _expected(s) -> tuple[str, list[list[float]]]:
         (span,) = looks[_look(q)]  # exactly one occurrence, or the unpacking fails
         if kind == "flash":
             assert [e["kind"] for e in ev if _event_span(e) == span and e["kind"] == "flash"] == ["flash"]
-        return "", [span]
+            return f"the {_look(q)} flashes with the beep", [span]
+        return f"the {_look(q)} is on screen", [span]
     if kind == "sound":
         (span,) = sounds[_sound(q)]
-        return "", [span]
+        return f"the {_sound(q)} {_said_verb(_sound(q))}", [span]
     if kind == "composite":
         (v,), (a,) = looks[_look(q)], sounds[_sound(q)]
         assert _inter(v, a) > 0
-        return "", [[max(v[0], a[0]), min(v[1], a[1])]]
+        said = f"the {_look(q)} is on screen while the {_sound(q)} {_said_verb(_sound(q))}"
+        return said, [[max(v[0], a[0]), min(v[1], a[1])]]
     if kind in ("repeat", "count"):
         m = LOOK_RE.search(q)
         spans = looks[m.group(0)] if m else sounds[_sound(q)]
         if kind == "repeat":
             assert len(spans) >= 2
-        return (str(len(spans)) if kind == "count" else ""), spans
+        said = f"the {m.group(0)} is on screen" if m else f"the {_sound(q)} {_said_verb(_sound(q))}"
+        return (str(len(spans)) if kind == "count" else said), spans
     if kind in ("colour", "shape"):
         (a,) = sounds[_sound(q)]
         hits = [(look, sp) for look, sps in looks.items() for sp in sps if _inter(sp, a) > 0]

@@ -37,7 +37,9 @@ def response_text(task: str, answer: str, spans: list, captions: list[str]) -> s
     elif n == 0:
         body = f"{ans}."
     elif task in ("grounding", "multi_grounding"):
-        body = f"It happens in {_join([tk.EVI] * n)}."
+        # restating the event right before its <evi> ("the red square is on screen in <evi>")
+        # puts what to ground next to the token that grounds it
+        body = f"{ans or 'It happens'} in {_join([tk.EVI] * n)}."
     else:
         body = f"{ans}. The relevant event happens in {_join([tk.EVI] * n)}."
     return f"{ground} {body}"

@@ -661,15 +661,18 @@ def _queries(spec: VideoSpec, rng: np.random.Generator) -> list[dict]:
     cands = [o for o in uv if ev[o.event].kind == "shape"]
     if cands:
         o = _pick(rng, cands)
-        add("grounding", "appear", tpl("appear", look=_look(o.key)), [(o.start, o.end)], [o.event])
+        add("grounding", "appear", tpl("appear", look=_look(o.key)), [(o.start, o.end)], [o.event],
+            answer=f"the {_look(o.key)} is on screen")
     cands = [o for o in ua if ev[o.event].kind != "flash"]
     if cands:
         o = _pick(rng, cands)
-        add("grounding", "sound", tpl("sound", sound=o.key[1], verb=_verb(o.key[1])), [(o.start, o.end)], [o.event])
+        add("grounding", "sound", tpl("sound", sound=o.key[1], verb=_verb(o.key[1])), [(o.start, o.end)], [o.event],
+            answer=f"the {o.key[1]} {_verb(o.key[1])}s")
     cands = [o for o in uv if ev[o.event].kind == "flash"]
     if cands:
         o = _pick(rng, cands)
-        add("grounding", "flash", tpl("flash", look=_look(o.key)), [(o.start, o.end)], [o.event])
+        add("grounding", "flash", tpl("flash", look=_look(o.key)), [(o.start, o.end)], [o.event],
+            answer=f"the {_look(o.key)} flashes with the beep")
     if spec.difficulty != "easy":
         pairs = [(v, a) for v in uv for a in ua
                  if v.event != a.event and _overlap(v.start, v.end, a.start, a.end) > 0]
@@ -677,7 +680,7 @@ def _queries(spec: VideoSpec, rng: np.random.Generator) -> list[dict]:
             v, a = _pick(rng, pairs)
             span = (max(v.start, a.start), min(v.end, a.end))
             add("grounding", "composite", tpl("composite", look=_look(v.key), sound=a.key[1], verb=_verb(a.key[1])), [span],
-                [v.event, a.event])
+                [v.event, a.event], answer=f"the {_look(v.key)} is on screen while the {a.key[1]} {_verb(a.key[1])}s")
             out[-1]["modality"] = "audio-visual"
 
     # multi_grounding: a repeated descriptor -> all its spans
@@ -685,7 +688,8 @@ def _queries(spec: VideoSpec, rng: np.random.Generator) -> list[dict]:
     if reps:
         k = _pick(rng, reps)
         q = tpl("repeat_visual", look=_look(k)) if k[0] == "v" else tpl("repeat_audio", sound=k[1], verb=_verb(k[1]))
-        add("multi_grounding", "repeat", q, [(o.start, o.end) for o in occ[k]], [o.event for o in occ[k]])
+        said = f"the {_look(k)} is on screen" if k[0] == "v" else f"the {k[1]} {_verb(k[1])}s"
+        add("multi_grounding", "repeat", q, [(o.start, o.end) for o in occ[k]], [o.event for o in occ[k]], answer=said)
 
     # dense_caption: every event in time order
     if ev:
