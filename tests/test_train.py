@@ -84,3 +84,26 @@ def test_freezing_by_pattern(tmp_path):
     assert not any(p.requires_grad for p in model.llm.parameters())
     with pytest.raises(ValueError, match="match no parameter"):
         set_trainable(model, ["nothing.*"])
+
+
+def test_fpo_stage_trains_on_preference_pairs(tmp_path):
+    r = _recipe(2)
+    r.stages.append(Recipe.from_dict({"stages": [{
+        "name": "fpo", "losses": {"fpo": 1.0, "lm_chosen": 1.0, "grounding_bce_chosen": 5.0}, "steps": 3,
+        "batch": 4, "lr": 1e-3, "warmup": 1}]}).stages[0])
+    run_recipe(r, tmp_path, progress=False, log=lambda *_: None)
+    stats = json.loads((tmp_path / "stages" / "fpo" / "stats.json").read_text())
+    assert {"fpo", "lm_chosen", "grounding_bce_chosen"} <= set(stats)
+    assert stats["fpo"] > 0
+
+
+def test_preference_losses_cannot_mix_with_plain_ones(tmp_path):
+    r = _recipe(1)
+    r.stages[1].losses = {"fpo": 1.0, "lm": 1.0}
+    with pytest.raises(ValueError, match="mixes preference losses"):
+        run_recipe(r, tmp_path, progress=False, log=lambda *_: None)
+
+
+def test_shipped_fpo_recipe_parses():
+    r = load_recipe(REPO / "recipes" / "d2vlm_fpo.yaml")
+    assert r.stages[-1].name == "fpo" and "fpo" in r.stages[-1].losses

@@ -32,7 +32,8 @@ from damo.model.modeling_damo import DamoModel
 from damo.train import distributed
 from damo.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from damo.train.distributed import DistInfo, micro_batches
-from damo.train.losses import LOSSES, NEEDS_LLM, NEEDS_MODEL
+from damo.train.fpo import pair_batch
+from damo.train.losses import LOSSES, NEEDS_LLM, NEEDS_MODEL, PREFERENCE
 
 
 def set_trainable(model: DamoModel, patterns: list[str]) -> int:
@@ -109,9 +110,19 @@ def run_stage(model: DamoModel, stage: Stage, samples: list[Sample], store: Clip
         raise ValueError(f"stage {stage.name!r}: unknown losses {sorted(unknown)}; valid: {sorted(LOSSES)}")
     if stage.grad_accum < 1 or stage.save_every < 0:
         raise ValueError(f"stage {stage.name!r}: grad_accum must be >= 1 and save_every >= 0")
+    preference = bool(PREFERENCE & set(stage.losses))
+    if preference and not set(stage.losses) <= PREFERENCE:
+        raise ValueError(f"stage {stage.name!r} mixes preference losses with plain ones {sorted(stage.losses)}; "
+                         f"on preference batches use only {sorted(PREFERENCE)} (plain losses would train the "
+                         "rejected responses)")
     info = dist_info or DistInfo(0, 1, 0, torch.device("cpu"))
     torch.manual_seed(seed)
     data = stage_samples(stage, samples, seed)
+    if preference:   # D²VLM §5: one factorised preference pair per sample, deterministic per seed
+        from damo.data.preference import make_pairs
+        data = make_pairs(data, seed)[0]
+        if not data:
+            raise ValueError(f"stage {stage.name!r}: no preference pair could be made from its samples")
     set_trainable(model, stage.trainable)
     use_llm = bool(NEEDS_LLM & set(stage.losses))
     parts = info.world * stage.grad_accum                   # micro-batches per optimizer step, all processes
@@ -151,7 +162,7 @@ def run_stage(model: DamoModel, stage: Stage, samples: list[Sample], store: Clip
         opt.zero_grad(set_to_none=True)
         logged = torch.zeros(len(stage.losses) + 1)
         for j, m in enumerate(mine):
-            items = [(s, store.get(s.video)) for s in mbs[m]]
+            items = pair_batch(mbs[m], store.get) if preference else [(s, store.get(s.video)) for s in mbs[m]]
             batch = to_device(collate(items, random.Random(f"{seed}:{step}:{m}")), info.device)
             sync = j == stage.grad_accum - 1 or fsdp
             ctx = step_fn.no_sync() if not sync and isinstance(step_fn, nn.parallel.DistributedDataParallel) else nullcontext()

@@ -58,6 +58,28 @@ def contrastive(out: dict, batch: dict, model) -> torch.Tensor:
     return (F.cross_entropy(logits, target) + F.cross_entropy(t2v, target)) / 2
 
 
-LOSSES = {"lm": lm, "grounding_bce": grounding_bce, "consistency": consistency, "contrastive": contrastive}
+def fpo(out: dict, batch: dict) -> torch.Tensor:
+    """Factorized Preference Optimization (D²VLM §4, eqs. 4-7), reference-free, beta 0.1.
+
+    The batch holds preference pairs (chosen rows first, see :func:`damo.train.fpo.pair_batch`).
+    """
+    from damo.train.fpo import fpo as fpo_
+    return fpo_(out, batch)
+
+
+def _on_chosen(fn):
+    """A supervised loss applied to the chosen rows of a preference batch only (as D²VLM's FPO stage
+    keeps its SFT, grounding and consistency terms on the preferred responses)."""
+    def loss(out: dict, batch: dict) -> torch.Tensor:
+        from damo.train.fpo import chosen_view
+        return fn(*chosen_view(out, batch))
+    loss.__doc__ = f"{fn.__name__} on the chosen rows of a preference batch."
+    return loss
+
+
+LOSSES = {"lm": lm, "grounding_bce": grounding_bce, "consistency": consistency, "contrastive": contrastive,
+          "fpo": fpo, "lm_chosen": _on_chosen(lm), "grounding_bce_chosen": _on_chosen(grounding_bce),
+          "consistency_chosen": _on_chosen(consistency)}
 NEEDS_MODEL = {"contrastive"}
-NEEDS_LLM = {"lm", "grounding_bce", "consistency"}
+NEEDS_LLM = {"lm", "grounding_bce", "consistency", "fpo", "lm_chosen", "grounding_bce_chosen", "consistency_chosen"}
+PREFERENCE = {"fpo", "lm_chosen", "grounding_bce_chosen", "consistency_chosen"}   # need preference-pair batches
