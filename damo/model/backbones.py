@@ -261,12 +261,18 @@ def build_causal_lm(cfg: "LLMConfig", tok: PreTrainedTokenizerFast) -> nn.Module
         llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         llm.config.use_cache = False
     if cfg.lora:
-        llm = apply_lora(llm, cfg.lora, llm.config.model_type)
+        ours = tok.convert_tokens_to_ids([t for t in tk.SPECIAL_TOKENS if t in tok.get_vocab()])
+        llm = apply_lora(llm, cfg.lora, llm.config.model_type, trainable_tokens=ours)
     return llm
 
 
-def apply_lora(llm: nn.Module, lora: dict, family: str) -> nn.Module:
-    """Wrap ``llm`` with peft LoRA; parameter names then contain ``lora_A``/``lora_B`` (glob ``llm.*lora_*``)."""
+def apply_lora(llm: nn.Module, lora: dict, family: str, trainable_tokens: list[int] | None = None) -> nn.Module:
+    """Wrap ``llm`` with peft LoRA; parameter names then contain ``lora_A``/``lora_B`` (glob ``llm.*lora_*``).
+
+    ``trainable_tokens``: embedding rows that train with the adapter (our special tokens such as
+    ``<evi>``, new to a pretrained vocabulary: frozen at their initial values the LLM could never
+    learn to emit them). peft keeps them as ``trainable_tokens`` deltas (glob ``llm.*trainable_tokens*``).
+    """
     from peft import LoraConfig, get_peft_model
 
     bad = set(lora) - LORA_KEYS
@@ -277,8 +283,10 @@ def apply_lora(llm: nn.Module, lora: dict, family: str) -> nn.Module:
         raise ValueError(f"no default LoRA targets for LLM family {family!r}; set llm.lora.targets "
                          f"(module names such as q_proj, v_proj)")
     r = int(lora.get("r", 16))
+    extra = {"trainable_token_indices": list(trainable_tokens)} if trainable_tokens else {}
     return get_peft_model(llm, LoraConfig(r=r, lora_alpha=int(lora.get("alpha", 2 * r)),
-                                          lora_dropout=float(lora.get("dropout", 0.0)), target_modules=list(targets)))
+                                          lora_dropout=float(lora.get("dropout", 0.0)), target_modules=list(targets),
+                                          **extra))
 
 
 def is_lora(llm: nn.Module) -> bool:

@@ -12,7 +12,8 @@ The queries and fusion tokens carry over from block to block (the hierarchy).
 
 Our system additionally needs one fused token per sampled frame so that evidence tokens
 (D²VLM) can point at frames: after the last block, each frame's visual and audio tokens
-are pooled, concatenated and projected. So the fuser returns per-frame tokens
+are pooled, concatenated and projected, plus a projection of the frame's own pre-fusion
+features (a skip path that keeps frames distinct). So the fuser returns per-frame tokens
 ``(B, T, K, D)`` and the fusion tokens ``(B, F, D)``.
 """
 from __future__ import annotations
@@ -105,6 +106,9 @@ class TemporalFuseformer(nn.Module):
         self.blocks = nn.ModuleList(FuseBlock(d, heads, window) for _ in range(blocks))
         self.ln_v, self.ln_a, self.ln_f = nn.LayerNorm(d), nn.LayerNorm(d), nn.LayerNorm(d)
         self.frame_out = nn.Linear(2 * d, frame_tokens * d)
+        # a direct path from each frame's own pre-fusion features: clip-level attention tends to
+        # make a video's frames alike, while grounding needs them told apart
+        self.frame_skip = nn.Linear(2 * d, frame_tokens * d)
 
     def forward(self, v: torch.Tensor, a: torch.Tensor, frame_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """v ``(B, T, Lv, D)``, a ``(B, T, La, D)``, frame_mask ``(B, T)`` True for real frames.
@@ -113,6 +117,7 @@ class TemporalFuseformer(nn.Module):
         """
         B, T, Lv, D = v.shape
         La = a.shape[2]
+        skip = self.frame_skip(torch.cat([v.mean(2), a.mean(2)], -1))   # (B, T, K*D)
         idx = torch.arange(T, device=v.device)
         pe = sinusoid(idx, D)                                       # (T, D)
         v = v + (pe + self.time_v(idx))[None, :, None]
@@ -125,5 +130,5 @@ class TemporalFuseformer(nn.Module):
             v, a, qv, qa, f = blk(v, a, qv, qa, f, pad_v, pad_a, Lv, La)
         v = self.ln_v(v).unflatten(1, (T, Lv)).mean(2)              # (B, T, D)
         a = self.ln_a(a).unflatten(1, (T, La)).mean(2)              # (B, T, D)
-        frames = self.frame_out(torch.cat([v, a], -1))              # (B, T, K*D)
+        frames = self.frame_out(torch.cat([v, a], -1)) + skip       # (B, T, K*D)
         return frames.unflatten(2, (self.frame_tokens, D)), self.ln_f(f)
