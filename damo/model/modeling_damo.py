@@ -86,7 +86,7 @@ class FuserConfig:
     fusion_tokens: int = 8
     frame_tokens: int = 1      # K fused tokens per frame given to the LLM
     conv_kernel: int = 3
-    window: int = 64           # stream self-attention window in frames (linear cost on long videos)
+    window: int = 8            # stream self-attention window in frames (local context; linear cost on long videos)
 
 
 @dataclass
