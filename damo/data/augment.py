@@ -72,8 +72,6 @@ import os
 import random
 import re
 import string
-import urllib.error
-import urllib.request
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,6 +79,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from damo.data.chat import ChatClient
 from damo.data.schema import Sample, load_samples, save_samples
 
 QA_TASKS = {"when": "grounding", "what_at": "grounded_qa", "what_between": "grounded_qa", "before": "grounded_qa",
@@ -465,38 +464,15 @@ class HTTPGenerator(ChatGenerator):
 
     def __init__(self, url: str, model: str = "default", prompt_version: str = PROMPT_VERSION,
                  timeout: float = 120.0, max_tokens: int = 512, api_key: str | None = None) -> None:
-        if not url.startswith(("http://", "https://")):
-            raise ValueError(f"--url must be an http(s) address such as http://127.0.0.1:8000, got {url!r}")
         super().__init__(prompt_version)
         if self.prompt.reply_prefix:
             raise ValueError(f"prompt {prompt_version!r} prefills the reply, which chat-completion servers do not "
                              f"all support; use it with --generator local, or use {PROMPT_VERSION!r}")
-        base = url.rstrip("/")
-        self.endpoint = base if base.endswith("/chat/completions") else (
-            base + ("/chat/completions" if base.endswith("/v1") else "/v1/chat/completions"))
-        self.model, self.timeout, self.max_tokens = model, timeout, max_tokens
-        self.api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
+        self.client = ChatClient(url, model, timeout, max_tokens, api_key)
+        self.endpoint = self.client.endpoint
 
     def complete(self, messages: list[dict], reply_prefix: str = "") -> str:
-        body = json.dumps({"model": self.model, "messages": messages, "temperature": 0.0,
-                           "max_tokens": self.max_tokens}).encode()
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        req = urllib.request.Request(self.endpoint, data=body, headers=headers, method="POST")
-        try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as r:
-                reply = json.loads(r.read().decode("utf-8"))
-        except urllib.error.HTTPError as e:
-            raise RuntimeError(f"{self.endpoint} answered HTTP {e.code}: {e.read()[:300]!r}; "
-                               f"check --url and --model") from None
-        except urllib.error.URLError as e:
-            raise RuntimeError(f"cannot reach {self.endpoint} ({e.reason}); is the server running?") from None
-        try:
-            return reply["choices"][0]["message"]["content"] or ""
-        except (KeyError, IndexError, TypeError):
-            raise RuntimeError(f"{self.endpoint} did not answer in the chat-completions format: "
-                               f"{str(reply)[:300]}") from None
+        return self.client.complete(messages)
 
 
 def model_cache_dir() -> Path:

@@ -41,15 +41,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import re
-import urllib.error
-import urllib.request
 from collections import Counter
 from pathlib import Path
 from typing import Iterable, Protocol, Sequence
 
+from damo.data.chat import ChatClient
 from damo.data.schema import Sample, load_samples, read_jsonl, write_jsonl
 
 FACTORS = {"temporal": ("shift", "add", "delete", "merge"), "textual": ("distort", "repeat")}
@@ -250,37 +248,13 @@ class HTTPRewriter:
 
     def __init__(self, url: str, model: str = "default", timeout: float = 60.0, max_tokens: int = 128,
                  api_key: str | None = None) -> None:
-        if not url.startswith(("http://", "https://")):
-            raise ValueError(f"--url must be an http(s) address such as http://127.0.0.1:8000, got {url!r}")
-        base = url.rstrip("/")
-        self.endpoint = base if base.endswith("/chat/completions") else (
-            base + ("/chat/completions" if base.endswith("/v1") else "/v1/chat/completions"))
-        self.model, self.timeout, self.max_tokens = model, timeout, max_tokens
-        self.api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
+        self.client = ChatClient(url, model, timeout, max_tokens, api_key)
 
     def messages(self, text: str) -> list[dict]:
         return [{"role": "system", "content": DISTORT_PROMPT}, {"role": "user", "content": text}]
 
     def complete(self, messages: list[dict], seed: int) -> str:
-        body = json.dumps({"model": self.model, "messages": messages, "temperature": 0.0, "seed": seed,
-                           "max_tokens": self.max_tokens}).encode()
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        req = urllib.request.Request(self.endpoint, data=body, headers=headers, method="POST")
-        try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as r:
-                reply = json.loads(r.read().decode("utf-8"))
-        except urllib.error.HTTPError as e:
-            raise RuntimeError(f"{self.endpoint} answered HTTP {e.code}: {e.read()[:300]!r}; "
-                               "check --url and --model") from None
-        except urllib.error.URLError as e:
-            raise RuntimeError(f"cannot reach {self.endpoint} ({e.reason}); is the server running?") from None
-        try:
-            return reply["choices"][0]["message"]["content"] or ""
-        except (KeyError, IndexError, TypeError):
-            raise RuntimeError(f"{self.endpoint} did not answer in the chat-completions format: "
-                               f"{str(reply)[:300]}") from None
+        return self.client.complete(messages, seed)
 
     def rewrite(self, text: str, rng: random.Random) -> str | None:
         reply = self.complete(self.messages(text), rng.randrange(2 ** 31))
