@@ -376,10 +376,15 @@ class DamoModel(nn.Module):
             tmp = path / f"{name}.tmp"
             tmp.write_text(text)
             tmp.replace(path / name)
-        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        # tied LLM weights: safetensors refuses shared storage, and load re-ties them
-        if self.llm.config.tie_word_embeddings:
-            state = {k: v for k, v in state.items() if not k.endswith("lm_head.weight")}
+        # tied weights (embeddings and LM head, peft's shared token deltas) are stored once:
+        # safetensors refuses shared storage, and the rebuilt model shares it again on load
+        state, seen = {}, set()
+        for k, v in self.state_dict().items():
+            key = (v.data_ptr(), tuple(v.shape), v.dtype)
+            if v.numel() and key in seen:
+                continue
+            seen.add(key)
+            state[k] = v.detach().cpu().contiguous()
         save_file(state, str(path / "model.safetensors.tmp"), metadata={"format": "pt"})
         (path / "model.safetensors.tmp").replace(path / "model.safetensors")   # last: marks the folder complete
 
@@ -407,8 +412,10 @@ class DamoModel(nn.Module):
             sub.family = backbones.FAMILY_OF_MODEL_TYPE.get(hf_cfg["model_type"], hf_cfg["model_type"])
         model = cls(build, tok)
         model.cfg = cfg
+        ptr = {k: v.data_ptr() for k, v in model.state_dict().items()}
         missing, unexpected = model.load_state_dict(state, strict=False)
-        missing = [k for k in missing if not k.endswith("lm_head.weight")]
+        loaded = {ptr[k] for k in state if k in ptr}
+        missing = [k for k in missing if ptr[k] not in loaded]     # aliases of loaded tensors (tied weights)
         if missing or unexpected:
             raise ValueError(f"checkpoint {path} does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}")
         model.llm.tie_weights()
