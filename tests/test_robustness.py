@@ -17,11 +17,10 @@ import numpy as np
 import pytest
 
 import damo
-from damo.api import Grounder
 from damo.cli import main
 from damo.data import synthetic
 from damo.media import MediaError
-from test_ground import build_scripted_model
+from test_ground import grounder, model_dir  # noqa: F401 (fixtures shared with the grounding tests)
 
 Q = "what happens in the video?"
 
@@ -36,16 +35,6 @@ SHARED = {
     "transparent.webm": {"duration": 5.0, "audio": True},              # VP9 with alpha, silent Vorbis
     "video_with_failing_audio.mp4": {"duration": 11.2, "audio": True},  # MP3 that some readers fail on
 }
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    return build_scripted_model(tmp_path_factory.mktemp("model") / "model")
-
-
-@pytest.fixture(scope="module")
-def grounder(model_dir, tmp_path_factory) -> Grounder:
-    return damo.load(model_dir, cache_dir=tmp_path_factory.mktemp("cache"))
 
 
 @pytest.fixture(scope="module")
