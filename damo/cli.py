@@ -38,10 +38,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """Data -> 4-stage training -> evaluation on the encoded test split -> one grounding."""
     from damo.config import load_recipe
     from damo.data import synthetic
-    from damo.data.schema import load_samples, save_samples, write_jsonl
+    from damo.api import Grounder
+    from damo.data.schema import load_samples, write_jsonl
     from damo.eval.evaluate import grounding_report, predict
     from damo.train.recipe import clip_store, run_recipe
-    import damo
 
     _setup_torch()
     t0 = time.time()
@@ -55,13 +55,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"reusing data in {data}")
     recipe.data["train"] = f"synth://{args.difficulty}?n={args.n_train}&seed={recipe.seed}&split=train"
     model = run_recipe(recipe, work)
-    test = [s for s in load_samples(data / "test.jsonl")]
+    test = load_samples(data / "test.jsonl")
     store = clip_store(model.cfg)
     preds = predict(model, test, store)
     write_jsonl(work / "predictions.jsonl", (p.to_dict() for p in preds))
     metrics = grounding_report(test, preds)
     g = next(s for s in test if s.task == "grounding")
-    example = damo.load(work / "model").ground(g.video, g.query)
+    example = Grounder(model).ground(g.video, g.query)
     report = {"wall_s": round(time.time() - t0, 1), "metrics": metrics,
               "example": {"video": g.video, "query": g.query, "truth": g.spans, **example}}
     (work / "report.json").write_text(json.dumps(report, indent=2))

@@ -120,7 +120,8 @@ class Collator:
                     q = encode(self.tok, f"{tk.USER} {turn['query']} {tk.ASSISTANT}")
                     ids, lab = ids + q, lab + [-100] * len(q)
                 r = encode(self.tok, response_text(turn["task"], turn["answer"], turn["spans"], turn["captions"]))
-                r.append(self.tok.eos_token_id) if ti == len(turns) - 1 else None
+                if ti == len(turns) - 1:
+                    r.append(self.tok.eos_token_id)
                 off = len(ids)
                 ids, lab = ids + r, lab + r
                 spans = turn["spans"]

@@ -8,6 +8,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from damo.train.fpo import chosen_view
+from damo.train.fpo import fpo as fpo_loss_of_batch
+
 
 def lm(out: dict, batch: dict) -> torch.Tensor:
     """Next-token cross-entropy on response tokens (labels -100 elsewhere): L_sft of D²VLM eq. 2."""
@@ -63,15 +66,13 @@ def fpo(out: dict, batch: dict) -> torch.Tensor:
 
     The batch holds preference pairs (chosen rows first, see :func:`damo.train.fpo.pair_batch`).
     """
-    from damo.train.fpo import fpo as fpo_
-    return fpo_(out, batch)
+    return fpo_loss_of_batch(out, batch)
 
 
 def _on_chosen(fn):
     """A supervised loss applied to the chosen rows of a preference batch only (as D²VLM's FPO stage
     keeps its SFT, grounding and consistency terms on the preferred responses)."""
     def loss(out: dict, batch: dict) -> torch.Tensor:
-        from damo.train.fpo import chosen_view
         return fn(*chosen_view(out, batch))
     loss.__doc__ = f"{fn.__name__} on the chosen rows of a preference batch."
     return loss
