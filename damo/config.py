@@ -22,6 +22,7 @@ class Stage:
     steps: int
     trainable: list[str] = field(default_factory=lambda: ["*"])
     tasks: list[str] | None = None        # keep only samples of these tasks (None: all)
+    extra_data: list[str] = field(default_factory=list)   # datasets added to the recipe's train data for this stage only
     dialogue: bool = False                # group each video's samples into multi-turn dialogues
     init_from: str | None = None          # a previous stage's name or a model folder; default: continue
     lr: float = 1e-3

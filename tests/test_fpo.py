@@ -192,7 +192,7 @@ def test_pair_batch_puts_chosen_rows_first_and_shares_clips():
 
 def test_fpo_steps_on_a_tiny_model_widen_the_preference_margin():
     model = tiny_model()
-    col = Collator(model.tokenizer, model.cfg.bridge_tokens, 1, 1.0, query_first=False)
+    col = Collator(model.tokenizer, model.cfg.bridge_tokens, 1, 1.0, layout="video_first")
     clips = {f"v{i}": clip(6, i) for i in range(3)}
     batch = col(pair_batch(PAIRS, clips.__getitem__), random.Random(0))
     assert batch["input_ids"].shape[0] == 6
@@ -258,7 +258,7 @@ def test_fpo_on_synthesized_pairs_of_rendered_synthetic_videos():
     chosen = [first[k] for k in ("shift", "add", "distort", "repeat")]
     model = tiny_model()
     store = ClipStore(1.0, model.cfg.vision.image_size, model.cfg.audio.n_mels, model.cfg.audio.frames)
-    col = Collator(model.tokenizer, model.cfg.bridge_tokens, 1, 1.0, query_first=False)
+    col = Collator(model.tokenizer, model.cfg.bridge_tokens, 1, 1.0, layout="video_first")
     batch = col(pair_batch(chosen, store.get), random.Random(0))
     assert batch["input_ids"].shape[0] == 8
 

@@ -134,7 +134,7 @@ def test_response_format_follows_grounding_then_answering():
 
 
 def test_collate_placeholders_labels_and_evidence_targets(model):
-    col = Collator(model.tokenizer, model.cfg.bridge_tokens, 1, 1.0, query_first=False)
+    col = Collator(model.tokenizer, model.cfg.bridge_tokens, 1, 1.0, layout="video_first")
     b = col([(sample(0), clip(6, 0)), (sample(1, "multi_grounding", ((0, 1), (2, 4))), clip(4, 1))])
     vid = model.video_id
     assert (b["input_ids"][0] == vid).sum() == 8 + 6 and (b["input_ids"][1] == vid).sum() == 8 + 4
@@ -153,7 +153,7 @@ def test_collate_placeholders_labels_and_evidence_targets(model):
 
 
 def test_forward_grounds_every_evidence_token(model):
-    col = Collator(model.tokenizer, model.cfg.bridge_tokens, 1, 1.0, query_first=False)
+    col = Collator(model.tokenizer, model.cfg.bridge_tokens, 1, 1.0, layout="video_first")
     b = col([(sample(0), clip(6, 0)), (sample(1), clip(4, 1))])
     out = model(b)
     assert out["evi_logits"].shape == (4, 6)
@@ -170,7 +170,7 @@ def test_placeholder_mismatch_is_reported(model):
 
 
 def test_save_load_round_trip_gives_identical_outputs(model, tmp_path):
-    col = Collator(model.tokenizer, model.cfg.bridge_tokens, 1, 1.0, query_first=False)
+    col = Collator(model.tokenizer, model.cfg.bridge_tokens, 1, 1.0, layout="video_first")
     b = col([(sample(0), clip(6, 0))])
     with torch.no_grad():
         a = model(b)
@@ -194,11 +194,11 @@ def test_encode_keeps_special_tokens_single(model):
 
 def test_query_first_prompt_puts_the_question_before_the_frames(model):
     from damo.data.collate import prompt_ids
-    ids = prompt_ids(model.tokenizer, 5, "when does the red square appear?", query_first=True)
+    ids = prompt_ids(model.tokenizer, 5, "when does the red square appear?", layout="query_first")
     first_video = ids.index(model.video_id)
     assert ids[first_video:first_video + 5] == [model.video_id] * 5
     assert model.tokenizer.decode(ids[1:first_video]).strip().endswith("when does the red square appear?")
-    col = Collator(model.tokenizer, model.cfg.bridge_tokens, 1, 1.0, query_first=True)
+    col = Collator(model.tokenizer, model.cfg.bridge_tokens, 1, 1.0, layout="query_first")
     b = col([(sample(0), clip(6, 0))])
     fp = b["frame_pos"][0, :, 0]
     assert (b["input_ids"][0, fp] == model.video_id).all()
@@ -226,7 +226,7 @@ def test_windowed_stream_attention_matches_global_for_short_videos_and_stays_loc
 def test_contrastive_uses_a_hard_negative_from_the_same_video(model):
     dense = Sample(id="d", video="v", duration=6.0, task="dense_caption", query="describe", answer="",
                    spans=[[0.0, 2.0], [3.0, 5.0]], captions=["a red square appears", "a blue square appears"])
-    col = Collator(model.tokenizer, model.cfg.bridge_tokens, 1, 1.0, query_first=True)
+    col = Collator(model.tokenizer, model.cfg.bridge_tokens, 1, 1.0, layout="query_first")
     import random
     b = col([(dense, clip(6, 0)), (sample(1), clip(6, 1))], random.Random(0))
     pos, neg = b["align_span_mask"][0].tolist(), b["align_neg_mask"][0].tolist()
@@ -244,7 +244,7 @@ def test_each_compressor_runs_inside_the_model_and_round_trips(kind, tmp_path):
     cfg.compressor.kind, cfg.compressor.budget, cfg.compressor.k_max = kind, 24, 9
     torch.manual_seed(0)
     m = DamoModel(cfg, train_tokenizer(TEXTS, 300)).eval()
-    col = Collator(m.tokenizer, m.cfg.bridge_tokens, 1, 1.0, query_first=True)
+    col = Collator(m.tokenizer, m.cfg.bridge_tokens, 1, 1.0, layout="query_first")
     b = col([(sample(0), clip(6, 0))])
     with torch.no_grad():
         fr, _ = m.encode_video(b["frames"], b["mel"], b["frame_mask"])

@@ -229,7 +229,7 @@ def test_chosen_and_rejected_samples_collate_with_matching_evidence():
     assert c.id == "d0" and r.id == "d0#rejected" and r.video == c.video and r.query == c.query
     assert len(r.spans) == len(r.captions) == 4 and c.spans == dense().spans
     tok = train_tokenizer(CAPS * 20 + ["describe the events."] * 20, 300)
-    col = Collator(tok, 8, 1, 1.0, query_first=False)
+    col = Collator(tok, 8, 1, 1.0, layout="video_first")
     clip = ClipTensors(frames=torch.zeros(20, 32, 32, 3, dtype=torch.uint8), mel=torch.zeros(20, 25, 32).half(),
                        times=torch.arange(20) + 0.5, duration=20.0)
     b = col([(c, clip), (r, clip)], random.Random(0))

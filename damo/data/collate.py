@@ -4,10 +4,13 @@ The response follows D²VLM's "grounding then answering with evidence referencin
 (section 3.2, appendix B): first one ``<evi>`` per ground-truth event (pure grounding),
 then ``</evi>``, then the answer in which each event is referred to by another ``<evi>``.
 Both stages' k-th ``<evi>`` are supervised with the k-th span (``time_gt`` is shared by the
-two stages in the paper), and their features are tied by the consistency loss.
+two stages in the paper), and their features are tied by the consistency loss. The paper's
+ablation baselines (coupled and decomposed responses, frame-level evidence) are switches of
+:func:`response_text`, set per model by ``DamoConfig.response`` and ``EvidenceConfig.level``.
 """
 from __future__ import annotations
 
+import math
 import random
 import re
 from dataclasses import dataclass
@@ -23,26 +26,72 @@ from damo.model.evidence import frame_targets
 _SPECIAL = re.compile("(" + "|".join(re.escape(t) for t in tk.SPECIAL_TOKENS) + ")")
 
 
+RESPONSES = ("coupled", "decomposed", "interleaved")
+EVIDENCE_LEVELS = ("event", "frame")
+
+
 def _join(refs: list[str]) -> str:
     return refs[0] if len(refs) == 1 else ", ".join(refs[:-1]) + " and " + refs[-1]
 
 
-def response_text(task: str, answer: str, spans: list, captions: list[str]) -> str:
-    """The target response with ``<evi>`` placeholders, one per span in each stage."""
+def span_text(span) -> str:
+    """A span as plain text, the way coupled models write timestamps: ``"3.0 - 5.0 seconds"``."""
+    return f"{span[0]:.1f} - {span[1]:.1f} seconds"
+
+
+def response_text(task: str, answer: str, spans: list, captions: list[str], *, response: str = "interleaved",
+                  level: str = "event") -> str:
+    """The target response for one turn; the switches follow D²VLM's ablations.
+
+    ``response`` (Table 4): ``coupled``, timestamps as plain text tokens in the answer and no
+    grounding stage (as TimeChat and VTimeLLM answer); ``decomposed``, a pure grounding stage of
+    ``<evi>`` tokens closed by ``</evi>``, then the answer with plain-text timestamps;
+    ``interleaved`` (the full design), the answer refers to each event by another ``<evi>``.
+    ``level`` (Table 6): ``event``, one ``<evi>`` grounds a whole interval; ``frame``, an event is
+    two ``<evi>`` tokens, each grounding a single frame (its start, then its end), as
+    timestamp-token designs do.
+    """
+    if response not in RESPONSES or level not in EVIDENCE_LEVELS:
+        raise ValueError(f"response must be one of {RESPONSES} and level one of {EVIDENCE_LEVELS}, "
+                         f"got {response!r}, {level!r}")
     n = len(spans)
-    ground = " ".join([tk.EVI] * n) + " " + tk.EVI_END
+    evi = f"{tk.EVI} {tk.EVI}" if level == "frame" else tk.EVI
+    refs = [evi] * n if response == "interleaved" else [span_text(sp) for sp in spans]
     ans = answer.strip().rstrip(".")
     if task == "dense_caption" and captions:
-        body = " ".join(f"{tk.EVI}, {c.strip().rstrip('.')}." for c in captions)
+        body = " ".join(f"{r}, {c.strip().rstrip('.')}." for r, c in zip(refs, captions))
     elif n == 0:
         body = f"{ans}."
     elif task in ("grounding", "multi_grounding"):
-        # restating the event right before its <evi> ("the red square is on screen in <evi>")
+        # restating the event right before its reference ("the red square is on screen in <evi>")
         # puts what to ground next to the token that grounds it
-        body = f"{ans or 'It happens'} in {_join([tk.EVI] * n)}."
+        body = f"{ans or 'It happens'} in {_join(refs)}."
     else:
-        body = f"{ans}. The relevant event happens in {_join([tk.EVI] * n)}."
-    return f"{ground} {body}"
+        body = f"{ans}. The relevant event happens in {_join(refs)}."
+    if response == "coupled":
+        return body
+    return " ".join([evi] * n + [tk.EVI_END, body])
+
+
+def evidence_targets(spans: list, num_evi: int, num_frames: int, fps: float, level: str = "event") -> list[np.ndarray]:
+    """Frame targets ``(num_frames,)`` for each of a turn's ``num_evi`` ``<evi>`` tokens, in order.
+
+    Event level: the k-th token of each stage grounds the k-th span (D²VLM: ``time_gt`` is shared
+    by the two stages), salient frames = the span's frames. Frame level: tokens come in
+    (start, end) pairs, each marking the one frame that holds the span's start or end.
+    """
+    out = []
+    for k in range(num_evi):
+        y = np.zeros(num_frames, np.float32)
+        if spans and num_frames:
+            if level == "frame":
+                s, e = spans[(k // 2) % len(spans)]
+                t = s * fps if k % 2 == 0 else math.ceil(e * fps) - 1
+                y[min(num_frames - 1, max(0, int(t)))] = 1.0
+            else:
+                y = frame_targets([spans[k % len(spans)]], num_frames, fps)
+        out.append(y)
+    return out
 
 
 def encode(tok: PreTrainedTokenizerFast, text: str) -> list[int]:
@@ -65,18 +114,25 @@ def turns_of(s: Sample) -> list[dict]:
     return [{"task": s.task, "query": s.query, "answer": s.answer, "spans": s.spans, "captions": s.captions}]
 
 
-def prompt_ids(tok: PreTrainedTokenizerFast, num_video_tokens: int, query: str, query_first: bool) -> list[int]:
+LAYOUTS = ("video_first", "query_first", "query_both")
+
+
+def prompt_ids(tok: PreTrainedTokenizerFast, num_video_tokens: int, query: str, layout: str) -> list[int]:
     """The prefix generation starts from.
 
-    ``query_first``: ``<bos> <|user|> query <video> x N <|assistant|>``, so the causal LLM's
-    frame states can attend to the question (as instruction-aware Q-Formers do in
-    InstructBLIP and TimeChat); otherwise ``<bos> <video> x N <|user|> query <|assistant|>``
-    (the LLaVA layout D²VLM uses).
+    ``video_first``: ``<bos> <video> x N <|user|> query <|assistant|>`` (the LLaVA layout D²VLM
+    uses); ``query_first``: ``<bos> <|user|> query <video> x N <|assistant|>``, so the causal
+    LLM's frame states can attend to the question (as instruction-aware Q-Formers do in
+    InstructBLIP and TimeChat); ``query_both``: the question before the frames and again after
+    them, so frame states see it and the answer starts right next to it.
     """
+    if layout not in LAYOUTS:
+        raise ValueError(f"prompt layout must be one of {LAYOUTS}, got {layout!r}")
     video = [tok.convert_tokens_to_ids(tk.VIDEO)] * num_video_tokens
-    if query_first:
-        return [tok.bos_token_id] + encode(tok, f"{tk.USER} {query}") + video + encode(tok, tk.ASSISTANT)
-    return [tok.bos_token_id] + video + encode(tok, f"{tk.USER} {query} {tk.ASSISTANT}")
+    ask = encode(tok, f"{tk.USER} {query}")
+    if layout == "video_first":
+        return [tok.bos_token_id] + video + ask + encode(tok, tk.ASSISTANT)
+    return [tok.bos_token_id] + ask + video + (ask if layout == "query_both" else []) + encode(tok, tk.ASSISTANT)
 
 
 @dataclass
@@ -91,9 +147,9 @@ class Collator:
     """Turns ``[(sample, clip)]`` into a padded batch for :class:`DamoModel`."""
 
     def __init__(self, tok: PreTrainedTokenizerFast, video_tokens: int, frame_tokens: int, fps: float,
-                 query_first: bool, max_len: int = 1024):
+                 layout: str, max_len: int = 1024, response: str = "interleaved", evidence_level: str = "event"):
         self.tok, self.F, self.K, self.fps, self.max_len = tok, video_tokens, frame_tokens, fps, max_len
-        self.query_first = query_first
+        self.layout, self.response, self.level = layout, response, evidence_level
         self.video = tok.convert_tokens_to_ids(tk.VIDEO)
         self.evi = tok.convert_tokens_to_ids(tk.EVI)
 
@@ -111,7 +167,7 @@ class Collator:
             n = c.frames.shape[0]
             frames[b, :n], mel[b, :n], times[b, :n], fmask[b, :n] = c.frames, c.mel, c.times, True
             turns = turns_of(s)
-            ids = prompt_ids(self.tok, self.F + n * self.K, turns[0]["query"], self.query_first)
+            ids = prompt_ids(self.tok, self.F + n * self.K, turns[0]["query"], self.layout)
             lab = [-100] * len(ids)
             start = ids.index(self.video) + self.F
             frame_pos[b, :n] = (start + torch.arange(n * self.K)).view(n, self.K)
@@ -119,7 +175,8 @@ class Collator:
                 if ti:
                     q = encode(self.tok, f"{tk.USER} {turn['query']} {tk.ASSISTANT}")
                     ids, lab = ids + q, lab + [-100] * len(q)
-                r = encode(self.tok, response_text(turn["task"], turn["answer"], turn["spans"], turn["captions"]))
+                r = encode(self.tok, response_text(turn["task"], turn["answer"], turn["spans"], turn["captions"],
+                                                   response=self.response, level=self.level))
                 if ti == len(turns) - 1:
                     r.append(self.tok.eos_token_id)
                 off = len(ids)
@@ -127,15 +184,11 @@ class Collator:
                 spans = turn["spans"]
                 evis = [off + i for i, t in enumerate(r) if t == self.evi]
                 first = len(evi_b)
-                for k, p in enumerate(evis):
-                    sp = spans[k % len(spans)] if spans else None
+                for p, y in zip(evis, evidence_targets(spans, len(evis), n, self.fps, self.level)):
                     evi_b.append(b)
                     evi_p.append(p)
-                    y = np.zeros(T, np.float32)
-                    if sp is not None:
-                        y[:n] = frame_targets([sp], n, self.fps)
-                    evi_y.append(y)
-                m = len(spans)
+                    evi_y.append(np.pad(y, (0, T - n)))
+                m = len(spans) * (2 if self.level == "frame" else 1)     # <evi> tokens per stage
                 pairs += [(first + k, first + m + k) for k in range(m) if m + k < len(evis)]
             if len(ids) > self.max_len:
                 raise ValueError(f"sample {s.id} needs {len(ids)} tokens > max_len {self.max_len}; "

@@ -6,6 +6,7 @@ audio-visual, from ``meta['modality']``) and per query kind (``meta['kind']``).
 """
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 
 import torch
@@ -25,14 +26,31 @@ def predict_one(model: DamoModel, clip: ClipTensors, query: str, max_new_tokens:
     T = clip.frames.shape[0]
     frames = clip.frames.permute(0, 3, 1, 2).float().div(255.0)[None]   # (1, T, 3, H, W)
     ids = prompt_ids(model.tokenizer, model.cfg.bridge_tokens + T * model.cfg.fuser.frame_tokens, query,
-                     model.cfg.query_first)
+                     model.cfg.layout)
     gen = model.generate(frames, clip.mel.float()[None], clip.times[None], ids, clip.duration, max_new_tokens)
     ev = gen["evidence"]
+    answer = model.render_answer(gen["ids"], ev)
     answer_ev = [e for e in ev if e["stage"] == 2] or [e for e in ev if e["stage"] == 1]
-    spans = sorted((e["span"] for e in answer_ev), key=lambda s: -s[2])
-    return {"answer": model.render_answer(gen["ids"], ev), "spans": spans,
-            "evidence": [e["span"] for e in ev if e["stage"] == 1],
+    if model.cfg.response == "interleaved":
+        spans = sorted((e["span"] for e in answer_ev), key=lambda s: -s[2])
+    else:   # the answer writes its timestamps as text (coupled / decomposed baselines)
+        spans = text_spans(answer, clip.duration)
+        answer_ev = [e for e in ev if e["stage"] == 1]
+    return {"answer": answer, "spans": spans, "evidence": [e["span"] for e in ev if e["stage"] == 1],
             "scores": [e["scores"] for e in answer_ev]}
+
+
+_SPAN_TEXT = re.compile(r"(\d+(?:\.\d+)?)\s*-\s*(\d+(?:\.\d+)?)\s*seconds")
+
+
+def text_spans(answer: str, duration: float) -> list[list[float]]:
+    """Spans written as text ("3.0 - 5.0 seconds"), in order of appearance, clipped to the video,
+    each with score 1 (text timestamps carry no confidence); reversed pairs are swapped."""
+    out = []
+    for a, b in _SPAN_TEXT.findall(answer):
+        s, e = sorted((min(float(a), duration), min(float(b), duration)))
+        out.append([s, e, 1.0])
+    return out
 
 
 @torch.no_grad()

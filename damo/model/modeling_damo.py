@@ -7,7 +7,8 @@ Data flow (B batch, T frames at 1/fps, D fuser width, C LLM width):
  3. temporal grouped (depthwise) convolution over the visual stream (DaMO temporal pathway;
     stride 1 so every frame keeps its own token for evidence grounding).
  4. T-Fuseformer -> per-frame fused tokens ``(B, T, K, D)`` + fusion tokens ``(B, F, D)``.
- 5. projector -> LLM width; frame tokens get their time (sinusoid of seconds, learned map);
+ 5. frame tokens get their time (sinusoid of seconds, learned map); projector -> LLM width,
+    normalised to the scale of the LLM's word embeddings;
     fusion tokens pass a one-layer Q-Former bridge (DaMO's bridge to the LLM).
  6. LLM (any HF causal LM): ``<video>`` placeholders are replaced by [fusion; frames]
     (the transformers ``masked_scatter`` pattern).
@@ -32,6 +33,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast, Qwen2Config
 
+from damo.data.collate import EVIDENCE_LEVELS, LAYOUTS, RESPONSES, span_text
 from damo.model import backbones
 from damo.model.encoders import Block
 from damo.model.compressors import build_compressor
@@ -112,6 +114,7 @@ class EvidenceConfig:
     dim: int = 64
     threshold: float = 0.6     # salient frames: score >= threshold x max (D²VLM appendix A)
     semantic_capture: bool = True
+    level: str = "event"       # event: one <evi> grounds an interval; frame: a (start, end) pair of single frames (D²VLM Table 6)
 
 
 @dataclass
@@ -140,7 +143,8 @@ class DamoConfig:
     bridge_tokens: int = 8     # fusion tokens after the Q-Former bridge
     align_dim: int = 64        # contrastive (stage 1) embedding width
     max_frames: int = 4096
-    query_first: bool = True   # question before the video, so frame states see it (see collate.prompt_ids)
+    layout: str = "query_first"     # video_first | query_first | query_both: where the question goes (collate.prompt_ids)
+    response: str = "interleaved"   # coupled | decomposed | interleaved (D²VLM Table 4; see collate.response_text)
 
     @classmethod
     def from_dict(cls, d: dict) -> "DamoConfig":
@@ -158,7 +162,12 @@ class DamoConfig:
                 kw[k] = subs[k](**v)
             else:
                 kw[k] = v
-        return cls(**kw)
+        cfg = cls(**kw)
+        if cfg.response not in RESPONSES or cfg.evidence.level not in EVIDENCE_LEVELS or cfg.layout not in LAYOUTS:
+            raise ValueError(f"model.response must be one of {RESPONSES}, model.evidence.level one of "
+                             f"{EVIDENCE_LEVELS} and model.layout one of {LAYOUTS}; got {cfg.response!r}, "
+                             f"{cfg.evidence.level!r}, {cfg.layout!r}")
+        return cfg
 
 
 class TextEncoder(nn.Module):
@@ -188,6 +197,25 @@ def build_llm(cfg: LLMConfig, tok: PreTrainedTokenizerFast) -> nn.Module:
     raise ValueError(f"unknown llm.kind {cfg.kind!r}; valid: tiny_qwen2, hf")
 
 
+def pair_frames(evidence: list[dict]) -> list[dict]:
+    """Frame-level evidence: each stage's ``<evi>`` come as (start, end) pairs -> one span per pair.
+
+    The span runs from the start frame to the end of the end frame (swapped if the end comes
+    first); its score is the mean of the two peaks; a trailing unpaired token stands alone.
+    """
+    out = []
+    for st in (1, 2):
+        ev = [e for e in evidence if e["stage"] == st]
+        for a, b in zip(ev[::2], ev[1::2] + [None] * (len(ev) % 2)):
+            if b is None:
+                out.append(a)
+                continue
+            lo, hi = sorted([a["span"], b["span"]])
+            out.append({"stage": st, "scores": np.maximum(a["scores"], b["scores"]),
+                        "span": [lo[0], max(lo[1], hi[1]), (a["span"][2] + b["span"][2]) / 2]})
+    return out
+
+
 class DamoModel(nn.Module):
     def __init__(self, cfg: DamoConfig, tokenizer: PreTrainedTokenizerFast):
         super().__init__()
@@ -206,11 +234,18 @@ class DamoModel(nn.Module):
                                              fc.fusion_tokens, fc.frame_tokens, cfg.max_frames, fc.window)
         self.llm = build_llm(cfg.llm, tokenizer)
         C = self.llm.config.hidden_size
-        self.projector = nn.Sequential(nn.Linear(D, C), nn.GELU(), nn.Linear(C, C))
-        self.time_proj = nn.Linear(C, C)
+        # Both video paths end in a LayerNorm whose gain starts at the RMS of the LLM's word
+        # embeddings, so video tokens enter the LLM at the scale of text tokens. Without it they
+        # were 50-200x larger: the frames' residual stream barely changed across layers (frame
+        # states ignored the question) and generation could not even restate the question.
+        rms = float(self.llm.get_input_embeddings().weight.detach().float().pow(2).mean().sqrt())
+        self.time_proj = nn.Linear(D, D)
+        self.projector = nn.Sequential(nn.Linear(D, C), nn.GELU(), nn.Linear(C, C), nn.LayerNorm(C))
         self.bridge_queries = nn.Parameter(torch.randn(1, cfg.bridge_tokens, D) * 0.02)
         self.bridge = CrossBlock(D, fc.heads)
-        self.bridge_out = nn.Linear(D, C)
+        self.bridge_out = nn.Sequential(nn.Linear(D, C), nn.LayerNorm(C))
+        for norm in (self.projector[-1], self.bridge_out[-1]):
+            nn.init.constant_(norm.weight, rms)
         self.evidence = EvidenceHead(C, cfg.evidence.dim)
         self.text_encoder = TextEncoder(len(tokenizer), D, cfg.align_dim)
         self.align_video = nn.Linear(D, cfg.align_dim)
@@ -233,9 +268,8 @@ class DamoModel(nn.Module):
     def video_embeddings(self, frames, mel, frame_mask, times):
         """-> frame embeddings ``(B, T, K, C)``, bridged fusion embeddings ``(B, F', C)``, fuser frame features."""
         fr, fu = self.encode_video(frames, mel, frame_mask)
-        C = self.llm.config.hidden_size
-        e = self.projector(fr)                                      # (B, T, K, C)
-        e = e + self.time_proj(sinusoid(times, C))[:, :, None]      # time of each frame, in seconds
+        t = self.time_proj(sinusoid(times, fr.shape[-1]))[:, :, None]   # time of each frame, in seconds
+        e = self.projector(fr + t)                                  # (B, T, K, C)
         q = self.bridge(self.bridge_queries.expand(fu.shape[0], -1, -1), fu)   # (B, F', D)
         return e, self.bridge_out(q), fr
 
@@ -316,6 +350,7 @@ class DamoModel(nn.Module):
         f = self.evidence.frame(hf)[0]                              # (T, d)
         past, h_last, logits = res.past_key_values, res.hidden_states[-2][0, -1], res.logits[0, -1]
         table = self.llm.get_input_embeddings()
+        frame_level = self.cfg.evidence.level == "frame"
         out_ids, evidence, stage, pos = [], [], 1, len(prompt_ids)
         for _ in range(max_new_tokens):
             nxt = int(logits.argmax())
@@ -327,22 +362,27 @@ class DamoModel(nn.Module):
                 stage = 2
             if nxt == self.evi_id:
                 s = torch.sigmoid(self.evidence.query(h_last) @ f.T * self.evidence.scale).numpy()  # (T,)
-                a, b = salient_frames(s, self.cfg.evidence.threshold)
-                evidence.append({"stage": stage, "scores": s,
-                                 "span": decode_interval(s, self.cfg.fps, duration, self.cfg.evidence.threshold)})
+                if frame_level:      # one frame: its start (first of a pair) or its end
+                    a = b = int(s.argmax())
+                    span = [a / self.cfg.fps, min(duration, (a + 1) / self.cfg.fps), float(s[a])]
+                else:
+                    a, b = salient_frames(s, self.cfg.evidence.threshold)
+                    span = decode_interval(s, self.cfg.fps, duration, self.cfg.evidence.threshold)
+                evidence.append({"stage": stage, "scores": s, "span": span})
                 if self.cfg.evidence.semantic_capture:
                     e = e + hf[:, a:b + 1].mean(1, keepdim=True)
             res = self.llm(inputs_embeds=e, past_key_values=past, use_cache=True, output_hidden_states=True,
                            position_ids=torch.tensor([[pos]]))
             pos += 1
             past, h_last, logits = res.past_key_values, res.hidden_states[-2][0, -1], res.logits[0, -1]
-        return {"ids": out_ids, "evidence": evidence}
+        return {"ids": out_ids, "evidence": pair_frames(evidence) if frame_level else evidence}
 
     def render_answer(self, ids: list[int], evidence: list[dict]) -> str:
-        """Answer-stage text with each ``<evi>`` written as "s - e seconds"."""
+        """Answer-stage text with each ``<evi>`` written as "s - e seconds" (at frame level, each
+        (start, end) pair of ``<evi>`` as one span)."""
         toks = self.tokenizer.convert_ids_to_tokens(ids)
         answer_ev = iter(e for e in evidence if e["stage"] == 2)
-        text, piece, after = [], [], self.evi_end_id not in ids
+        text, piece, after, odd = [], [], self.evi_end_id not in ids, False
         for i, t in zip(ids, toks):
             if i == self.evi_end_id:
                 after = True
@@ -352,8 +392,12 @@ class DamoModel(nn.Module):
             if i == self.evi_id:
                 text.append(self.tokenizer.convert_tokens_to_string(piece))
                 piece = []
+                if self.cfg.evidence.level == "frame":
+                    odd = not odd
+                    if not odd:      # the end of a pair: its start token wrote the pair's span
+                        continue
                 ev = next(answer_ev, None)
-                text.append(f"{ev['span'][0]:.1f} - {ev['span'][1]:.1f} seconds" if ev else "")
+                text.append(span_text(ev["span"]) if ev else "")
             else:
                 piece.append(t)
         text.append(self.tokenizer.convert_tokens_to_string(piece))

@@ -29,13 +29,13 @@ from damo.train.checkpoint import atomic_write_text, clear_checkpoints
 from damo.train.loop import run_stage
 
 
-def corpus(samples: list[Sample]) -> list[str]:
-    """Every text the tiny tokenizer should know: queries, answers, captions, response templates."""
+def corpus(samples: list[Sample], response: str = "interleaved", level: str = "event") -> list[str]:
+    """Every text the tiny tokenizer should know: queries, answers, captions, the responses."""
     texts = []
     for s in samples:
         for t in turns_of(s):
             texts += [t["query"], t["answer"], *t["captions"],
-                      response_text(t["task"], t["answer"], t["spans"], t["captions"])]
+                      response_text(t["task"], t["answer"], t["spans"], t["captions"], response=response, level=level)]
     return texts
 
 
@@ -46,7 +46,7 @@ def build_model(cfg: DamoConfig, samples: list[Sample], seed: int = 0) -> DamoMo
     if cfg.llm.kind == "hf" and cfg.llm.pretrained:
         tok = backbones.load_tokenizer(cfg.llm)
     else:
-        tok = train_tokenizer(corpus(samples), cfg.llm.vocab_size)
+        tok = train_tokenizer(corpus(samples, cfg.response, cfg.evidence.level), cfg.llm.vocab_size)
     return DamoModel(cfg, tok)
 
 
@@ -87,7 +87,8 @@ def run_recipe(recipe: Recipe, workdir: str | Path, progress: bool = True, log=p
             if (partial / "latest").is_file():
                 say(f"stage {stage.name}: resuming from {(partial / 'latest').read_text().strip()}")
             t0 = time.time()
-            stats = run_stage(model, stage, samples, store, recipe.seed + i, progress, checkpoint_dir=partial,
+            data = samples + [x for spec in stage.extra_data for x in load_dataset(spec)]
+            stats = run_stage(model, stage, data, store, recipe.seed + i, progress, checkpoint_dir=partial,
                               dist_info=info, parallel=recipe.parallel)
             stats["wall_s"] = round(time.time() - t0, 1)
             say(f"stage {stage.name}: " + ", ".join(f"{k}={v:.3f}" for k, v in stats.items()))
