@@ -24,6 +24,7 @@ class Stage:
     tasks: list[str] | None = None        # keep only samples of these tasks (None: all)
     extra_data: list[str] = field(default_factory=list)   # datasets added to the recipe's train data for this stage only
     dialogue: bool = False                # group each video's samples into multi-turn dialogues
+    text_only: bool = False               # questions and responses without their videos (LLM language warm-up)
     init_from: str | None = None          # a previous stage's name or a model folder; default: continue
     lr: float = 1e-3
     batch: int = 16

@@ -3,10 +3,10 @@
     python experiments/augment_curve.py WORKDIR [--sizes 100 300 900] [--seeds 0 1 2] [--jobs 2]
 
 For each number of training videos N and each seed, two runs with the same stages and steps
-(align, bridge, temporal): ``base`` trains on the procedural samples of the N videos;
-``+aug`` adds, in the temporal stage only (as DaMO adds its LLM-generated QA to temporal
-perception), the grounded QA that ``damo data augment`` (rule generator) makes from the same
-N videos' dense captions. The two arms share the align and bridge stages of their seed.
+(those of ``recipes/damo_4stage.yaml`` without dialogue, at ``--steps`` of their steps):
+``base`` trains on the procedural samples of the N videos; ``+aug`` adds, in the temporal
+stage only (as DaMO adds its LLM-generated QA to temporal perception), the grounded QA that ``damo data augment`` (rule generator) makes from the same
+N videos' dense captions. The two arms share the stages before temporal of their seed.
 Grounding R@0.5 and mIoU on the held-out test split; prints a markdown table of mean +- std
 over seeds and writes ``WORKDIR/curve.json``. Runs resume from ``WORKDIR``.
 """
@@ -14,15 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import shutil
-import statistics
 import time
 from pathlib import Path
 
 import torch
-import yaml
 
+from common import add_budget_args, mean_std, run_parallel, short_recipe
 from damo.config import Recipe
 from damo.data import augment as A
 from damo.data.clips import load_dataset
@@ -30,10 +28,6 @@ from damo.data.schema import save_samples
 from damo.data.synthetic import synth_samples
 from damo.eval.evaluate import grounding_report, predict
 from damo.train.recipe import clip_store, run_recipe
-
-REPO = Path(__file__).resolve().parents[1]
-ENCODERS = ["vision.*", "audio.*", "residual_*", "temporal_conv.*", "fuseformer.*"]
-LLM_SIDE = ["projector.*", "time_proj.*", "bridge*", "llm.*", "evidence.*"]
 
 
 def train_spec(n: int) -> str:
@@ -52,18 +46,10 @@ def augmented(workdir: Path, n: int) -> tuple[Path, dict]:
 
 
 def recipe(n: int, seed: int, aug: Path | None, a: argparse.Namespace) -> Recipe:
-    model = yaml.safe_load((REPO / "configs" / "tiny.yaml").read_text())
-    stages = [
-        {"name": "align", "tasks": ["dense_caption"], "losses": {"contrastive": 1.0}, "steps": a.align_steps,
-         "batch": 32, "lr": 2e-3, "trainable": ENCODERS + ["text_encoder.*", "align_video.*", "logit_scale"]},
-        {"name": "bridge", "tasks": ["dense_caption", "grounded_qa"], "losses": {"lm": 1.0}, "steps": a.bridge_steps,
-         "lr": 2e-3, "trainable": LLM_SIDE[:-1]},
-        {"name": "temporal", "losses": {"lm": 1.0, "grounding_bce": 10.0, "consistency": 1.0},
-         "steps": a.temporal_steps, "lr": 2e-3, "trainable": ENCODERS + LLM_SIDE,
-         "extra_data": [str(aug)] if aug else []},
-    ]
-    return Recipe.from_dict({"name": f"curve-{n}", "seed": seed, "model": model, "stages": stages,
-                             "data": {"train": train_spec(n)}})
+    r = short_recipe(seed, train_spec(n), a)
+    if aug:
+        next(st for st in r.stages if st.name == "temporal").extra_data = [str(aug)]
+    return r
 
 
 def run_one(job: tuple[int, int, str, dict]) -> dict:
@@ -79,7 +65,7 @@ def run_one(job: tuple[int, int, str, dict]) -> dict:
     if arm == "+aug":
         aug, _ = augmented(root, n)
         base = root / f"n{n}" / "base" / f"seed-{seed}" / "stages"
-        for st in ("align", "bridge"):     # same seed, same data, same steps: reuse the base arm's stages
+        for st in ("language", "align", "bridge"):   # same seed, data and steps: reuse the base arm's stages
             if (base / st / "model.safetensors").is_file() and not (out / "stages" / st).exists():
                 shutil.copytree(base / st, out / "stages" / st)
     t0 = time.time()
@@ -95,16 +81,13 @@ def run_one(job: tuple[int, int, str, dict]) -> dict:
 
 
 def table(results: list[dict], reports: dict[int, dict]) -> str:
-    def ms(xs: list[float]) -> str:
-        return f"{statistics.mean(xs):.3f} ± {statistics.stdev(xs) if len(xs) > 1 else 0.0:.3f}"
-
     lines = ["| source videos | stage-3 samples base / +aug | R@0.5 base | R@0.5 +aug | mIoU base | mIoU +aug |",
              "|---|---|---|---|---|---|"]
     for n in sorted({r["n"] for r in results}):
         cell = {arm: [r for r in results if r["n"] == n and r["arm"] == arm] for arm in ("base", "+aug")}
         nb = len(synth_samples(train_spec(n)))
         lines.append(f"| {n} | {nb} / {nb + reports[n]['samples']} | "
-                     + " | ".join(ms([r[k] for r in cell[arm]]) if cell[arm] else "–"
+                     + " | ".join(mean_std([r[k] for r in cell[arm]]) if cell[arm] else "–"
                                   for k in ("R@0.5", "mIoU") for arm in ("base", "+aug")) + " |")
     return "\n".join(lines)
 
@@ -113,24 +96,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("workdir")
     ap.add_argument("--sizes", type=int, nargs="+", default=[100, 300, 900])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--jobs", type=int, default=2, help="runs in parallel (one thread each)")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads per run")
-    ap.add_argument("--test", type=int, default=60, help="test videos")
-    ap.add_argument("--align-steps", type=int, default=60)
-    ap.add_argument("--bridge-steps", type=int, default=50)
-    ap.add_argument("--temporal-steps", type=int, default=300)
+    add_budget_args(ap)
     a = ap.parse_args()
     root = Path(a.workdir)
     root.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     reports = {n: augmented(root, n)[1] for n in a.sizes}
     args = vars(a)
-    ctx = mp.get_context("spawn")
     results = []
     for arm in ("base", "+aug"):             # +aug reuses its seed's base stages
-        with ctx.Pool(a.jobs) as pool:
-            results += pool.map(run_one, [(n, s, arm, args) for n in a.sizes for s in a.seeds], chunksize=1)
+        results += run_parallel(run_one, [(n, s, arm, args) for n in a.sizes for s in a.seeds], a.jobs)
     wall = time.time() - t0
     (root / "curve.json").write_text(json.dumps({"results": results, "wall_s": round(wall, 1), "args": args,
                                                  "augment": reports}, indent=2))

@@ -8,8 +8,9 @@ Rungs, each adding one piece (D²VLM section 6, Table 4, then section 4):
   3. interleaved   the answer refers to the events with <evi> tokens
   4. +consistency  the consistency loss ties both stages' <evi> (eq. 1)
   5. +FPO          rung 4, then Factorized Preference Optimization on factorised pairs (eqs. 4-7)
-Every rung trains the same stages for the same steps on the same videos (align, bridge,
-temporal; rung 5 continues rung 4's model with an FPO stage). Each (rung, seed) runs in
+Every rung trains the stages of ``recipes/damo_4stage.yaml`` without dialogue, at a fraction
+(``--steps``) of their steps, on the same videos; rung 5 continues rung 4's model with the FPO
+stage of ``recipes/d2vlm_fpo.yaml``. Each (rung, seed) runs in
 ``WORKDIR/RUNG/seed-S``; finished runs are reused, so the command resumes. Metrics on the
 held-out test split: single-moment grounding R@0.5 and mIoU, and dense captioning F1
 (E.T. Bench's dvc protocol: tIoU 0.1/0.3/0.5/0.7) and SentSim. Prints a markdown table of
@@ -19,49 +20,38 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import shutil
-import statistics
 import time
 from pathlib import Path
 
 import torch
-import yaml
 
-from damo.config import Recipe
+from common import REPO, add_budget_args, mean_std, run_parallel, short_recipe
+from damo.config import Recipe, load_recipe
 from damo.data.clips import load_dataset
 from damo.eval.evaluate import grounding_report, predict
 from damo.eval.metrics import etbench_task_metrics
 from damo.train.recipe import clip_store, run_recipe
 
-REPO = Path(__file__).resolve().parents[1]
-ENCODERS = ["vision.*", "audio.*", "residual_*", "temporal_conv.*", "fuseformer.*"]
-LLM_SIDE = ["projector.*", "time_proj.*", "bridge*", "llm.*", "evidence.*"]
-# rung -> (model.response, consistency weight, FPO stage)
-RUNGS = {"coupled": ("coupled", 0.0, False), "decomposed": ("decomposed", 0.0, False),
-         "interleaved": ("interleaved", 0.0, False), "+consistency": ("interleaved", 1.0, False),
-         "+FPO": ("interleaved", 1.0, True)}
+# rung -> (model.response, consistency loss on, FPO stage)
+RUNGS = {"coupled": ("coupled", False, False), "decomposed": ("decomposed", False, False),
+         "interleaved": ("interleaved", False, False), "+consistency": ("interleaved", True, False),
+         "+FPO": ("interleaved", True, True)}
 PAPER = {"coupled": (21.2, 14.3, 11.3), "decomposed": (28.9, 23.1, 16.0), "interleaved": (35.6, 34.3, 19.8),
          "+consistency": (39.5, 35.0, 21.2), "+FPO": (42.3, None, None)}   # grounding F1, dvc F1, dvc Sim (E.T. Bench)
 
 
 def recipe(rung: str, seed: int, a: argparse.Namespace) -> Recipe:
     response, cons, fpo = RUNGS[rung]
-    model = yaml.safe_load((REPO / "configs" / "tiny.yaml").read_text()) | {"response": response}
-    sup = {"lm": 1.0, "grounding_bce": 10.0} | ({"consistency": cons} if cons else {})
-    stages = [
-        {"name": "align", "tasks": ["dense_caption"], "losses": {"contrastive": 1.0}, "steps": a.align_steps,
-         "batch": 32, "lr": 2e-3, "trainable": ENCODERS + ["text_encoder.*", "align_video.*", "logit_scale"]},
-        {"name": "bridge", "tasks": ["dense_caption", "grounded_qa"], "losses": {"lm": 1.0}, "steps": a.bridge_steps,
-         "lr": 2e-3, "trainable": LLM_SIDE[:-1]},
-        {"name": "temporal", "losses": sup, "steps": a.temporal_steps, "lr": 2e-3, "trainable": ENCODERS + LLM_SIDE},
-    ]
+    r = short_recipe(seed, f"synth://standard?n={a.train}&seed=0&split=train", a, [f"model.response={response}"])
+    for st in r.stages:
+        if not cons:
+            st.losses.pop("consistency", None)
     if fpo:
-        stages.append({"name": "fpo", "tasks": ["grounding", "multi_grounding", "grounded_qa", "dense_caption"],
-                       "losses": {"fpo": 1.0, "lm_chosen": 1.0, "grounding_bce_chosen": 10.0, "consistency_chosen": 1.0},
-                       "steps": a.fpo_steps, "batch": 8, "lr": 2e-4, "trainable": ["fuseformer.*"] + LLM_SIDE})
-    return Recipe.from_dict({"name": f"ladder-{rung}", "seed": seed, "model": model, "stages": stages,
-                             "data": {"train": f"synth://standard?n={a.train}&seed=0&split=train"}})
+        st = load_recipe(REPO / "recipes" / "d2vlm_fpo.yaml").stages[-1]
+        st.steps = max(1, round(st.steps * a.steps))
+        r.stages.append(st)
+    return r
 
 
 def evaluate(model, a: argparse.Namespace) -> dict:
@@ -87,9 +77,9 @@ def run_one(job: tuple[str, int, dict]) -> dict:
         return json.loads(done.read_text())
     if RUNGS[rung][2]:   # +FPO continues the +consistency run of the same seed
         base = Path(a.workdir) / "+consistency" / f"seed-{seed}" / "stages"
-        for st in ("align", "bridge", "temporal"):
-            if not (out / "stages" / st).exists():
-                shutil.copytree(base / st, out / "stages" / st)
+        for st in base.iterdir():
+            if not (out / "stages" / st.name).exists():
+                shutil.copytree(st, out / "stages" / st.name)
     t0 = time.time()
     model = run_recipe(recipe(rung, seed, a), out, progress=False, log=lambda *_: None)
     train_s = time.time() - t0
@@ -101,9 +91,6 @@ def run_one(job: tuple[str, int, dict]) -> dict:
 
 
 def table(results: list[dict]) -> str:
-    def ms(xs: list[float]) -> str:
-        return f"{statistics.mean(xs):.3f} ± {statistics.stdev(xs) if len(xs) > 1 else 0.0:.3f}"
-
     lines = ["| rung | grounding R@0.5 | grounding mIoU | dense-caption F1 | dense-caption SentSim | paper (grounding F1 / dvc F1 / dvc Sim) |",
              "|---|---|---|---|---|---|"]
     for rung in RUNGS:
@@ -111,7 +98,7 @@ def table(results: list[dict]) -> str:
         if not rs:
             continue
         paper = " / ".join("–" if x is None else f"{x}" for x in PAPER[rung])
-        lines.append(f"| {rung} | " + " | ".join(ms([r[k] for r in rs]) for k in ("R@0.5", "mIoU", "dvc_F1", "dvc_Sim"))
+        lines.append(f"| {rung} | " + " | ".join(mean_std([r[k] for r in rs]) for k in ("R@0.5", "mIoU", "dvc_F1", "dvc_Sim"))
                      + f" | {paper} |")
     return "\n".join(lines)
 
@@ -119,27 +106,18 @@ def table(results: list[dict]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("workdir")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--rungs", nargs="+", default=list(RUNGS), choices=list(RUNGS))
-    ap.add_argument("--jobs", type=int, default=2, help="runs in parallel (one thread each)")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads per run")
-    ap.add_argument("--train", type=int, default=600, help="training videos")
-    ap.add_argument("--test", type=int, default=60, help="test videos")
-    ap.add_argument("--align-steps", type=int, default=60)
-    ap.add_argument("--bridge-steps", type=int, default=50)
-    ap.add_argument("--temporal-steps", type=int, default=300)
-    ap.add_argument("--fpo-steps", type=int, default=60)
+    ap.add_argument("--train", type=int, default=1500, help="training videos")
+    add_budget_args(ap)
     a = ap.parse_args()
     args = vars(a)
     t0 = time.time()
     first = [r for r in RUNGS if r in a.rungs and not RUNGS[r][2] or r == "+consistency" and "+FPO" in a.rungs]
     waves = [first, [r for r in a.rungs if RUNGS[r][2]]]       # +FPO starts from +consistency's model
     results = []
-    ctx = mp.get_context("spawn")
     for wave in filter(None, waves):
         jobs = [(rung, seed, args) for seed in a.seeds for rung in wave]
-        with ctx.Pool(a.jobs) as pool:
-            results += [r for r in pool.map(run_one, jobs, chunksize=1) if r["rung"] in a.rungs]
+        results += [r for r in run_parallel(run_one, jobs, a.jobs) if r["rung"] in a.rungs]
     wall = time.time() - t0
     Path(a.workdir, "ladder.json").write_text(json.dumps({"results": results, "wall_s": round(wall, 1),
                                                           "args": args}, indent=2))

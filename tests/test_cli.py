@@ -7,8 +7,8 @@ from damo.cli import main
 
 TOY = ["model.vision.width=32", "model.vision.layers=1", "model.audio.width=32", "model.fuser.width=32",
        "model.fuser.blocks=1", "model.llm.hidden=32", "model.llm.layers=2", "model.llm.intermediate=64",
-       "stages.0.steps=2", "stages.1.steps=2", "stages.2.steps=3", "stages.3.steps=2",
-       "stages.0.batch=4", "stages.1.batch=4", "stages.2.batch=4", "stages.3.batch=4"]
+       "stages.0.steps=2", "stages.1.steps=2", "stages.2.steps=2", "stages.3.steps=3", "stages.4.steps=2",
+       "stages.0.batch=4", "stages.1.batch=4", "stages.2.batch=4", "stages.3.batch=4", "stages.4.batch=4"]
 
 
 def test_demo_runs_end_to_end_and_reuses_its_work(tmp_path, capsys):

@@ -255,3 +255,29 @@ def test_each_compressor_runs_inside_the_model_and_round_trips(kind, tmp_path):
     with torch.no_grad():
         again = DamoModel.load(tmp_path / kind)(b)
     assert torch.equal(out["evi_logits"], again["evi_logits"])
+
+
+def test_query_aware_frame_tokens_depend_on_the_question(model):
+    col = Collator(model.tokenizer, model.cfg.bridge_tokens, 1, 1.0, layout="query_first")
+    c = clip(6, 0)
+    a, b = sample(0), sample(1)
+    b.query = "what colour is the shape?"
+    ba, bb = col([(a, c)]), col([(b, c)])
+    args = ("frames", "mel", "frame_mask", "times")
+    with torch.no_grad():
+        ea = model.video_embeddings(*(ba[k] for k in args), ba["query_ids"], ba["query_mask"])[0]
+        eb = model.video_embeddings(*(bb[k] for k in args), bb["query_ids"], bb["query_mask"])[0]
+    assert torch.equal(ea, eb)                       # zero-initialised: a no-op until trained
+    torch.nn.init.normal_(model.match_proj.weight)
+    try:
+        with torch.no_grad():
+            ea = model.video_embeddings(*(ba[k] for k in args), ba["query_ids"], ba["query_mask"])[0]
+            eb = model.video_embeddings(*(bb[k] for k in args), bb["query_ids"], bb["query_mask"])[0]
+            none = model.video_embeddings(*(ba[k] for k in args))[0]
+        assert not torch.allclose(ea, eb) and not torch.allclose(ea, none)
+        out = model(ba)
+        (losses.lm(out, ba) + losses.grounding_bce(out, ba)).backward()
+        assert model.text_encoder.emb.weight.grad.abs().sum() > 0     # the question's embedding is trained
+    finally:
+        torch.nn.init.zeros_(model.match_proj.weight)
+        model.zero_grad()

@@ -21,10 +21,10 @@ TINY_MODEL = {"vision": {"width": 32, "layers": 1}, "audio": {"width": 32},
 
 
 def test_shipped_recipe_parses_with_overrides():
-    r = load_recipe(REPO / "recipes" / "damo_4stage.yaml", ["stages.2.steps=7", "seed=3", "model.llm.layers=3"])
-    assert [s.name for s in r.stages] == ["align", "bridge", "temporal", "dialogue"]
-    assert r.stages[2].steps == 7 and r.seed == 3 and r.model.llm.layers == 3
-    assert r.stages[0].losses == {"contrastive": 1.0} and r.stages[3].dialogue
+    r = load_recipe(REPO / "recipes" / "damo_4stage.yaml", ["stages.3.steps=7", "seed=3", "model.llm.layers=3"])
+    assert [s.name for s in r.stages] == ["language", "align", "bridge", "temporal", "dialogue"]
+    assert r.stages[3].steps == 7 and r.seed == 3 and r.model.llm.layers == 3
+    assert r.stages[0].text_only and r.stages[1].losses == {"contrastive": 1.0} and r.stages[4].dialogue
 
 
 def test_bad_recipes_say_what_is_wrong():
@@ -107,3 +107,27 @@ def test_preference_losses_cannot_mix_with_plain_ones(tmp_path):
 def test_shipped_fpo_recipe_parses():
     r = load_recipe(REPO / "recipes" / "d2vlm_fpo.yaml")
     assert r.stages[-1].name == "fpo" and "fpo" in r.stages[-1].losses
+
+
+def test_text_only_stage_trains_the_llm_without_videos(tmp_path, monkeypatch):
+    r = _recipe(1)
+    r.stages.insert(0, Recipe.from_dict({"stages": [{
+        "name": "language", "text_only": True, "losses": {"lm": 1.0}, "steps": 40, "batch": 16, "lr": 3e-3,
+        "warmup": 2, "trainable": ["llm.*"]}]}).stages[0])
+    r.stages = r.stages[:1]
+
+    class NoClips:              # a text-only stage must never decode a video
+        def get(self, uri):
+            raise AssertionError(f"decoded {uri}")
+
+    monkeypatch.setattr("damo.train.recipe.clip_store", lambda cfg, cache_dir=None: NoClips())
+    run_recipe(r, tmp_path, progress=False, log=lambda *_: None)
+    stats = json.loads((tmp_path / "stages" / "language" / "stats.json").read_text())
+    assert stats["lm"] < 0.5 * stats["lm_start"], stats
+
+
+def test_text_only_stage_accepts_only_the_lm_loss(tmp_path):
+    r = _recipe(1)
+    r.stages[1].text_only = True
+    with pytest.raises(ValueError, match="text_only"):
+        run_recipe(r, tmp_path, progress=False, log=lambda *_: None)

@@ -153,24 +153,31 @@ class Collator:
         self.video = tok.convert_tokens_to_ids(tk.VIDEO)
         self.evi = tok.convert_tokens_to_ids(tk.EVI)
 
-    def __call__(self, items: list[tuple[Sample, ClipTensors]], rng: random.Random | None = None) -> dict:
+    def __call__(self, items: list[tuple[Sample, ClipTensors | None]], rng: random.Random | None = None) -> dict:
+        """``items`` pair samples with their clips; a clip of ``None`` makes a text-only batch (no
+        video tokens, no evidence targets: a language warm-up for a from-scratch LLM)."""
         B = len(items)
-        T = max(c.frames.shape[0] for _, c in items)
+        text = any(c is None for _, c in items)
+        if text and not all(c is None for _, c in items):
+            raise ValueError("a batch is either all text-only (clip None) or all with clips")
+        T = 0 if text else max(c.frames.shape[0] for _, c in items)
         c0 = items[0][1]
-        frames = torch.zeros(B, T, *c0.frames.shape[1:], dtype=torch.uint8)
-        mel = torch.zeros(B, T, *c0.mel.shape[1:], dtype=torch.float16)
+        frames = torch.zeros(B, T, *(c0.frames.shape[1:] if c0 else (1, 1, 3)), dtype=torch.uint8)
+        mel = torch.zeros(B, T, *(c0.mel.shape[1:] if c0 else (1, 1)), dtype=torch.float16)
         times = torch.zeros(B, T)
         fmask = torch.zeros(B, T, dtype=torch.bool)
         seqs, labels, frame_pos = [], [], torch.zeros(B, T, self.K, dtype=torch.long)
         evi_b, evi_p, evi_y, pairs, align = [], [], [], [], []
         for b, (s, c) in enumerate(items):
-            n = c.frames.shape[0]
-            frames[b, :n], mel[b, :n], times[b, :n], fmask[b, :n] = c.frames, c.mel, c.times, True
+            n = 0 if text else c.frames.shape[0]
+            if n:
+                frames[b, :n], mel[b, :n], times[b, :n], fmask[b, :n] = c.frames, c.mel, c.times, True
             turns = turns_of(s)
-            ids = prompt_ids(self.tok, self.F + n * self.K, turns[0]["query"], self.layout)
+            ids = prompt_ids(self.tok, 0 if text else self.F + n * self.K, turns[0]["query"], self.layout)
             lab = [-100] * len(ids)
-            start = ids.index(self.video) + self.F
-            frame_pos[b, :n] = (start + torch.arange(n * self.K)).view(n, self.K)
+            if n:
+                start = ids.index(self.video) + self.F
+                frame_pos[b, :n] = (start + torch.arange(n * self.K)).view(n, self.K)
             for ti, turn in enumerate(turns):
                 if ti:
                     q = encode(self.tok, f"{tk.USER} {turn['query']} {tk.ASSISTANT}")
@@ -182,7 +189,7 @@ class Collator:
                 off = len(ids)
                 ids, lab = ids + r, lab + r
                 spans = turn["spans"]
-                evis = [off + i for i, t in enumerate(r) if t == self.evi]
+                evis = [] if text else [off + i for i, t in enumerate(r) if t == self.evi]
                 first = len(evi_b)
                 for p, y in zip(evis, evidence_targets(spans, len(evis), n, self.fps, self.level)):
                     evi_b.append(b)
@@ -200,7 +207,7 @@ class Collator:
             # colour, the same tone at another pitch), or the whole clip if there is none
             r = rng or random
             cands = [(sp, cap) for sp, cap in zip(s.spans, s.captions)] or [(sp, s.query) for sp in s.spans]
-            pos = r.choice(cands) if cands else ([0.0, c.duration], s.query)
+            pos = r.choice(cands) if cands else ([0.0, s.duration], s.query)
             negs = [sp for sp, cap in cands if cap != pos[1] and sp != pos[0]]
             align.append((pos[0], pos[1], r.choice(negs) if negs else None))
         L = max(map(len, seqs))
@@ -210,6 +217,8 @@ class Collator:
         lab = torch.tensor([x + [-100] * (L - len(x)) for x in labels])
         texts = [encode(self.tok, cap) or [pad] for _, cap, _ in align]
         Lt = max(map(len, texts))
+        queries = [encode(self.tok, turns_of(s)[0]["query"]) or [pad] for s, _ in items]
+        Lq = max(map(len, queries))
         span_mask = torch.zeros(B, T, dtype=torch.bool)
         neg_mask = torch.zeros(B, T, dtype=torch.bool)      # all-False rows: no hard negative
         for b, (sp, _, neg) in enumerate(align):
@@ -228,4 +237,6 @@ class Collator:
             "align_span_mask": span_mask, "align_neg_mask": neg_mask,
             "align_text_ids": torch.tensor([t + [pad] * (Lt - len(t)) for t in texts]),
             "align_text_mask": torch.tensor([[True] * len(t) + [False] * (Lt - len(t)) for t in texts]),
+            "query_ids": torch.tensor([q + [pad] * (Lq - len(q)) for q in queries]),
+            "query_mask": torch.tensor([[True] * len(q) + [False] * (Lq - len(q)) for q in queries]),
         }

@@ -13,7 +13,7 @@ import torch
 from tqdm import tqdm
 
 from damo.data.clips import ClipStore
-from damo.data.collate import ClipTensors, prompt_ids
+from damo.data.collate import ClipTensors, encode, prompt_ids
 from damo.data.schema import Prediction, Sample
 from damo.eval.metrics import grounding_metrics
 from damo.model.modeling_damo import DamoModel
@@ -27,7 +27,8 @@ def predict_one(model: DamoModel, clip: ClipTensors, query: str, max_new_tokens:
     frames = clip.frames.permute(0, 3, 1, 2).float().div(255.0)[None]   # (1, T, 3, H, W)
     ids = prompt_ids(model.tokenizer, model.cfg.bridge_tokens + T * model.cfg.fuser.frame_tokens, query,
                      model.cfg.layout)
-    gen = model.generate(frames, clip.mel.float()[None], clip.times[None], ids, clip.duration, max_new_tokens)
+    gen = model.generate(frames, clip.mel.float()[None], clip.times[None], ids, clip.duration, max_new_tokens,
+                         query_ids=encode(model.tokenizer, query))
     ev = gen["evidence"]
     answer = model.render_answer(gen["ids"], ev)
     answer_ev = [e for e in ev if e["stage"] == 2] or [e for e in ev if e["stage"] == 1]

@@ -143,8 +143,9 @@ class DamoConfig:
     bridge_tokens: int = 8     # fusion tokens after the Q-Former bridge
     align_dim: int = 64        # contrastive (stage 1) embedding width
     max_frames: int = 4096
-    layout: str = "query_first"     # video_first | query_first | query_both: where the question goes (collate.prompt_ids)
+    layout: str = "query_both"      # video_first | query_first | query_both: where the question goes (collate.prompt_ids)
     response: str = "interleaved"   # coupled | decomposed | interleaved (D²VLM Table 4; see collate.response_text)
+    query_aware: bool = True   # frame tokens carry their match with the question in the stage-1 alignment space
 
     @classmethod
     def from_dict(cls, d: dict) -> "DamoConfig":
@@ -250,6 +251,11 @@ class DamoModel(nn.Module):
         self.text_encoder = TextEncoder(len(tokenizer), D, cfg.align_dim)
         self.align_video = nn.Linear(D, cfg.align_dim)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+        # query-aware frame tokens: each frame's alignment embedding times the question's, and
+        # their cosine, projected into the LLM (zero-initialised: a no-op until trained)
+        self.match_proj = nn.Linear(cfg.align_dim + 1, C)
+        nn.init.zeros_(self.match_proj.weight)
+        nn.init.zeros_(self.match_proj.bias)
         ids = tokenizer.convert_tokens_to_ids
         self.video_id, self.evi_id, self.evi_end_id = ids(tk.VIDEO), ids(tk.EVI), ids(tk.EVI_END)
 
@@ -265,11 +271,23 @@ class DamoModel(nn.Module):
         v = self.compressor(v, frame_mask)                          # (B, T, K, D) under the token budget
         return self.fuseformer(v, a, frame_mask)
 
-    def video_embeddings(self, frames, mel, frame_mask, times):
-        """-> frame embeddings ``(B, T, K, C)``, bridged fusion embeddings ``(B, F', C)``, fuser frame features."""
+    def video_embeddings(self, frames, mel, frame_mask, times, query_ids=None, query_mask=None):
+        """-> frame embeddings ``(B, T, K, C)``, bridged fusion embeddings ``(B, F', C)``, fuser frame features.
+
+        With ``query_aware`` and the question's token ids ``(B, Lq)``, every frame token also
+        carries how the frame matches the question in the alignment space of stage 1 (the
+        instruction-aware visual tokens of InstructBLIP, built on DaMO's video-text alignment):
+        the elementwise product of the frame's and the question's normalised embeddings, and
+        their cosine. The LLM then compares question and frames on features trained for that.
+        """
         fr, fu = self.encode_video(frames, mel, frame_mask)
         t = self.time_proj(sinusoid(times, fr.shape[-1]))[:, :, None]   # time of each frame, in seconds
         e = self.projector(fr + t)                                  # (B, T, K, C)
+        if self.cfg.query_aware and query_ids is not None:
+            qa = F.normalize(self.text_encoder(query_ids, query_mask), dim=-1)       # (B, d)
+            va = F.normalize(self.align_video(fr), dim=-1)                           # (B, T, K, d)
+            prod = va * qa[:, None, None]
+            e = e + self.match_proj(torch.cat([prod, prod.sum(-1, keepdim=True)], -1))
         q = self.bridge(self.bridge_queries.expand(fu.shape[0], -1, -1), fu)   # (B, F', D)
         return e, self.bridge_out(q), fr
 
@@ -291,9 +309,14 @@ class DamoModel(nn.Module):
 
     # ---------------------------------------------------------------- forward
     def forward(self, batch: dict) -> dict:
-        """Teacher-forced pass. Returns logits, evidence logits ``(N, T)`` and evidence features."""
+        """Teacher-forced pass. Returns logits, evidence logits ``(N, T)`` and evidence features.
+
+        A batch without frames (``frames`` of length 0) is text only: just the LLM's logits.
+        """
+        if batch["frames"].shape[1] == 0:
+            return {"logits": self.llm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits}
         frame_emb, fusion_emb, fr = self.video_embeddings(batch["frames"], batch["mel"], batch["frame_mask"],
-                                                          batch["times"])
+                                                          batch["times"], batch.get("query_ids"), batch.get("query_mask"))
         out = {"frame_features": fr}
         if "input_ids" not in batch:
             return out
@@ -330,7 +353,7 @@ class DamoModel(nn.Module):
     # -------------------------------------------------------------- inference
     @torch.no_grad()
     def generate(self, frames: torch.Tensor, mel: torch.Tensor, times: torch.Tensor, prompt_ids: list[int],
-                 duration: float, max_new_tokens: int = 48) -> dict:
+                 duration: float, max_new_tokens: int = 48, query_ids: list[int] | None = None) -> dict:
         """Greedy decoding for one video ``frames (1, T, 3, H, W)`` with evidence grounding.
 
         Returns generated ids, and per ``<evi>``: its stage (1 grounding, 2 answer), frame
@@ -339,7 +362,9 @@ class DamoModel(nn.Module):
         self.eval()
         T = frames.shape[1]
         fmask = torch.ones(1, T, dtype=torch.bool)
-        frame_emb, fusion_emb, _ = self.video_embeddings(frames, mel, fmask, times)
+        q = torch.tensor([query_ids]) if query_ids else None
+        frame_emb, fusion_emb, _ = self.video_embeddings(frames, mel, fmask, times, q,
+                                                         None if q is None else torch.ones_like(q, dtype=torch.bool))
         ids = torch.tensor([prompt_ids])
         emb = self.scatter_video(ids, frame_emb, fusion_emb, [T])
         K = frame_emb.shape[2]

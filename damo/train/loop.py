@@ -115,6 +115,9 @@ def run_stage(model: DamoModel, stage: Stage, samples: list[Sample], store: Clip
         raise ValueError(f"stage {stage.name!r} mixes preference losses with plain ones {sorted(stage.losses)}; "
                          f"on preference batches use only {sorted(PREFERENCE)} (plain losses would train the "
                          "rejected responses)")
+    if stage.text_only and (set(stage.losses) != {"lm"} or stage.dialogue):
+        raise ValueError(f"stage {stage.name!r} is text_only: its only loss is lm (no video, no evidence), "
+                         f"got {sorted(stage.losses)}{' with dialogue' if stage.dialogue else ''}")
     info = dist_info or DistInfo(0, 1, 0, torch.device("cpu"))
     torch.manual_seed(seed)
     data = stage_samples(stage, samples, seed)
@@ -163,7 +166,10 @@ def run_stage(model: DamoModel, stage: Stage, samples: list[Sample], store: Clip
         opt.zero_grad(set_to_none=True)
         logged = torch.zeros(len(stage.losses) + 1)
         for j, m in enumerate(mine):
-            items = pair_batch(mbs[m], store.get) if preference else [(s, store.get(s.video)) for s in mbs[m]]
+            if preference:
+                items = pair_batch(mbs[m], store.get)
+            else:
+                items = [(s, None if stage.text_only else store.get(s.video)) for s in mbs[m]]
             batch = to_device(collate(items, random.Random(f"{seed}:{step}:{m}")), info.device)
             sync = j == stage.grad_accum - 1 or fsdp
             ctx = step_fn.no_sync() if not sync and isinstance(step_fn, nn.parallel.DistributedDataParallel) else nullcontext()

@@ -1,0 +1,40 @@
+"""Shared pieces of the experiments: the shipped recipe at a smaller budget, parallel runs, tables."""
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import statistics
+from pathlib import Path
+from typing import Callable
+
+from damo.config import Recipe, load_recipe
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def add_budget_args(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--jobs", type=int, default=2, help="runs in parallel (one thread each)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    ap.add_argument("--test", type=int, default=60, help="test videos")
+    ap.add_argument("--steps", type=float, default=0.5,
+                    help="fraction of recipes/damo_4stage.yaml's steps for each stage (dialogue is dropped)")
+
+
+def short_recipe(seed: int, train: str, a: argparse.Namespace, overrides: list[str] = ()) -> Recipe:
+    """``recipes/damo_4stage.yaml`` without its dialogue stage, each stage at ``a.steps`` of its steps."""
+    r = load_recipe(REPO / "recipes" / "damo_4stage.yaml", [f"seed={seed}", f"data.train={train}", *overrides])
+    r.stages = [st for st in r.stages if st.name != "dialogue"]
+    for st in r.stages:
+        st.steps = max(1, round(st.steps * a.steps))
+    return r
+
+
+def run_parallel(fn: Callable, jobs: list, n: int) -> list:
+    """``fn`` over ``jobs`` in ``n`` spawned processes (each sets its own torch threads)."""
+    with mp.get_context("spawn").Pool(n) as pool:
+        return pool.map(fn, jobs, chunksize=1)
+
+
+def mean_std(xs: list[float]) -> str:
+    return f"{statistics.mean(xs):.3f} ± {statistics.stdev(xs) if len(xs) > 1 else 0.0:.3f}"
