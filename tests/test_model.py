@@ -107,7 +107,7 @@ def test_salient_run_and_interval_decoding():
 def test_grounding_bce_and_consistency_by_hand():
     out = {"logits": torch.zeros(1, 2, 3), "evi_logits": torch.tensor([[0.0, 2.0, -1.0]]),
            "evi_features": torch.tensor([[1.0, 2.0], [1.5, 1.0]])}
-    batch = {"frame_mask": torch.tensor([[True, True, False]]), "evi_batch": torch.tensor([0]),
+    batch = {"evi_mask": torch.tensor([[True, True, False]]), "evi_batch": torch.tensor([0]),
              "evi_targets": torch.tensor([[0.0, 1.0, 1.0]]), "cons_pairs": torch.tensor([[0, 1]])}
     # padded third frame excluded: mean(-log(1 - s(0)), -log(s(2)))
     want = (math.log(2) + math.log(1 + math.exp(-2))) / 2
@@ -281,3 +281,31 @@ def test_query_aware_frame_tokens_depend_on_the_question(model):
     finally:
         torch.nn.init.zeros_(model.match_proj.weight)
         model.zero_grad()
+
+
+def test_llm_budget_groups_frames():
+    from damo.model.evidence import llm_group, pool_groups
+    assert llm_group(30, 32) == 1 and llm_group(600, 32) == 19 and -(-600 // 19) <= 32 and llm_group(600, 0) == 1
+    x = torch.tensor([[1.0, 3.0, 5.0, 7.0, 9.0], [2.0, 4.0, 6.0, 0.0, 0.0]])
+    mask = torch.tensor([[True] * 5, [True, True, True, False, False]])
+    y, m = pool_groups(x, mask, 2)
+    assert y.tolist() == [[2.0, 6.0, 9.0], [3.0, 6.0, 0.0]] and m.tolist() == [[True] * 3, [True, True, False]]
+
+
+def test_llm_budget_keeps_long_videos_in_a_fixed_context():
+    """A 10-minute video gets as many LLM frame tokens as a 30-second one under ``llm_frames``."""
+    from damo.eval.evaluate import predict_one
+    cfg = tiny_cfg()
+    cfg.llm_frames = 4
+    torch.manual_seed(0)
+    m = DamoModel(cfg, train_tokenizer(TEXTS, 300)).eval()
+    col = Collator(m.tokenizer, cfg.bridge_tokens, 1, 1.0, layout=cfg.layout, llm_frames=4)
+    short, long_ = col([(sample(0), clip(4, 0))]), col([(sample(0), clip(10, 1))])
+    assert short["input_ids"].shape == long_["input_ids"].shape                  # 4 frame tokens each
+    # 10 frames in groups of 3 -> 4 tokens; the span 1-3 s holds frames 1 and 2: 2 of group 0's 3 frames
+    assert long_["num_frames"] == [4] and long_["evi_targets"][0].tolist() == pytest.approx([2 / 3, 0, 0, 0])
+    with torch.no_grad():
+        out = m(long_)
+    assert out["evi_logits"].shape == (2, 4)
+    r = predict_one(m, clip(10, 1), "when does the red square appear?", max_new_tokens=8)
+    assert all(0 <= s <= e <= 10.0 for s, e, _ in r["spans"]) and all(len(sc) == 10 for sc in r["scores"])

@@ -21,7 +21,7 @@ from transformers import PreTrainedTokenizerFast
 
 from damo.data.schema import Sample
 from damo.model import tokenizer as tk
-from damo.model.evidence import frame_targets
+from damo.model.evidence import frame_targets, llm_group
 
 _SPECIAL = re.compile("(" + "|".join(re.escape(t) for t in tk.SPECIAL_TOKENS) + ")")
 
@@ -147,8 +147,10 @@ class Collator:
     """Turns ``[(sample, clip)]`` into a padded batch for :class:`DamoModel`."""
 
     def __init__(self, tok: PreTrainedTokenizerFast, video_tokens: int, frame_tokens: int, fps: float,
-                 layout: str, max_len: int = 1024, response: str = "interleaved", evidence_level: str = "event"):
+                 layout: str, max_len: int = 1024, response: str = "interleaved", evidence_level: str = "event",
+                 llm_frames: int = 0):
         self.tok, self.F, self.K, self.fps, self.max_len = tok, video_tokens, frame_tokens, fps, max_len
+        self.llm_frames = llm_frames
         self.layout, self.response, self.level = layout, response, evidence_level
         self.video = tok.convert_tokens_to_ids(tk.VIDEO)
         self.evi = tok.convert_tokens_to_ids(tk.EVI)
@@ -161,23 +163,28 @@ class Collator:
         if text and not all(c is None for _, c in items):
             raise ValueError("a batch is either all text-only (clip None) or all with clips")
         T = 0 if text else max(c.frames.shape[0] for _, c in items)
+        g = llm_group(T, self.llm_frames)             # frames per LLM frame token (DamoModel.video_embeddings)
+        Tl = -(-T // g)
         c0 = items[0][1]
         frames = torch.zeros(B, T, *(c0.frames.shape[1:] if c0 else (1, 1, 3)), dtype=torch.uint8)
         mel = torch.zeros(B, T, *(c0.mel.shape[1:] if c0 else (1, 1)), dtype=torch.float16)
         times = torch.zeros(B, T)
         fmask = torch.zeros(B, T, dtype=torch.bool)
-        seqs, labels, frame_pos = [], [], torch.zeros(B, T, self.K, dtype=torch.long)
+        seqs, labels, frame_pos = [], [], torch.zeros(B, Tl, self.K, dtype=torch.long)
+        evi_mask = torch.zeros(B, Tl, dtype=torch.bool)
         evi_b, evi_p, evi_y, pairs, align = [], [], [], [], []
         for b, (s, c) in enumerate(items):
             n = 0 if text else c.frames.shape[0]
+            nl = -(-n // g)                                # this sample's frame tokens
             if n:
                 frames[b, :n], mel[b, :n], times[b, :n], fmask[b, :n] = c.frames, c.mel, c.times, True
+                evi_mask[b, :nl] = True
             turns = turns_of(s)
-            ids = prompt_ids(self.tok, 0 if text else self.F + n * self.K, turns[0]["query"], self.layout)
+            ids = prompt_ids(self.tok, 0 if text else self.F + nl * self.K, turns[0]["query"], self.layout)
             lab = [-100] * len(ids)
             if n:
                 start = ids.index(self.video) + self.F
-                frame_pos[b, :n] = (start + torch.arange(n * self.K)).view(n, self.K)
+                frame_pos[b, :nl] = (start + torch.arange(nl * self.K)).view(nl, self.K)
             for ti, turn in enumerate(turns):
                 if ti:
                     q = encode(self.tok, f"{tk.USER} {turn['query']} {tk.ASSISTANT}")
@@ -194,7 +201,10 @@ class Collator:
                 for p, y in zip(evis, evidence_targets(spans, len(evis), n, self.fps, self.level)):
                     evi_b.append(b)
                     evi_p.append(p)
-                    evi_y.append(np.pad(y, (0, T - n)))
+                    if g > 1:       # a group's target: the fraction of its frames inside the span
+                        y = np.pad(y, (0, nl * g - n)).reshape(nl, g).sum(1) / np.clip(
+                            np.minimum(g, n - g * np.arange(nl)), 1, None)
+                    evi_y.append(np.pad(y, (0, Tl - nl)))
                 m = len(spans) * (2 if self.level == "frame" else 1)     # <evi> tokens per stage
                 pairs += [(first + k, first + m + k) for k in range(m) if m + k < len(evis)]
             if len(ids) > self.max_len:
@@ -229,10 +239,11 @@ class Collator:
         return {
             "frames": frames.permute(0, 1, 4, 2, 3).float() / 255.0,            # (B, T, 3, H, W)
             "mel": mel.float(), "times": times, "frame_mask": fmask,
-            "num_frames": [int(x) for x in fmask.sum(1)],
+            "num_frames": [int(x) for x in evi_mask.sum(1)],                    # frame tokens per sample (T' <= T)
             "input_ids": input_ids, "attention_mask": attn, "labels": lab, "frame_pos": frame_pos,
             "evi_batch": torch.tensor(evi_b, dtype=torch.long), "evi_pos": torch.tensor(evi_p, dtype=torch.long),
-            "evi_targets": torch.from_numpy(np.stack(evi_y)) if evi_y else torch.zeros(0, T),
+            "evi_targets": torch.from_numpy(np.stack(evi_y)).float() if evi_y else torch.zeros(0, Tl),
+            "evi_mask": evi_mask,                                                # (B, T') valid frame tokens
             "cons_pairs": torch.tensor(pairs, dtype=torch.long).view(-1, 2),
             "align_span_mask": span_mask, "align_neg_mask": neg_mask,
             "align_text_ids": torch.tensor([t + [pad] * (Lt - len(t)) for t in texts]),

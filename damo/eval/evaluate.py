@@ -16,6 +16,7 @@ from damo.data.clips import ClipStore
 from damo.data.collate import ClipTensors, encode, prompt_ids
 from damo.data.schema import Prediction, Sample
 from damo.eval.metrics import grounding_metrics
+from damo.model.evidence import llm_group
 from damo.model.modeling_damo import DamoModel
 
 
@@ -25,7 +26,8 @@ def predict_one(model: DamoModel, clip: ClipTensors, query: str, max_new_tokens:
         raise ValueError("the query is empty; ask a question about the video")
     T = clip.frames.shape[0]
     frames = clip.frames.permute(0, 3, 1, 2).float().div(255.0)[None]   # (1, T, 3, H, W)
-    ids = prompt_ids(model.tokenizer, model.cfg.bridge_tokens + T * model.cfg.fuser.frame_tokens, query,
+    Tl = -(-T // llm_group(T, model.cfg.llm_frames))           # frame tokens the LLM gets
+    ids = prompt_ids(model.tokenizer, model.cfg.bridge_tokens + Tl * model.cfg.fuser.frame_tokens, query,
                      model.cfg.layout)
     gen = model.generate(frames, clip.mel.float()[None], clip.times[None], ids, clip.duration, max_new_tokens,
                          query_ids=encode(model.tokenizer, query))

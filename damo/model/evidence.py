@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -39,6 +40,27 @@ def frame_targets(spans: list[list[float]], num_frames: int, fps: float) -> np.n
         s, e = spans[0]
         y[min(num_frames - 1, int((s + e) / 2 * fps))] = 1.0
     return y
+
+
+def llm_group(num_frames: int, llm_frames: int) -> int:
+    """Frames per LLM video token: 1, or ``ceil(T / llm_frames)`` when a video has more frames than
+    the LLM budget (``llm_frames`` 0 = no budget). A budget of 32 gives a 30-s and a 10-min video
+    at 1 fps 30 and 32 frame tokens."""
+    return 1 if llm_frames <= 0 or num_frames <= llm_frames else -(-num_frames // llm_frames)
+
+
+def pool_groups(x: torch.Tensor, mask: torch.Tensor, g: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Masked mean of consecutive groups of ``g`` frames: x ``(B, T, ...)``, mask ``(B, T)`` ->
+    ``(B, ceil(T/g), ...)`` and the groups' mask (a group is valid if any of its frames is)."""
+    if g == 1:
+        return x, mask
+    B, T = mask.shape
+    n = -(-T // g)
+    pad = n * g - T
+    m = F.pad(mask.float(), (0, pad)).view(B, n, g)
+    xs = F.pad(x, (0,) * (2 * (x.dim() - 2)) + (0, pad)).view(B, n, g, *x.shape[2:])
+    w = m.view(B, n, g, *([1] * (x.dim() - 2)))
+    return (xs * w).sum(2) / w.sum(2).clamp(min=1), m.amax(2) > 0
 
 
 def salient_frames(scores: np.ndarray, threshold: float = 0.6) -> tuple[int, int]:

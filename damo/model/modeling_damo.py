@@ -37,7 +37,7 @@ from damo.data.collate import EVIDENCE_LEVELS, LAYOUTS, RESPONSES, span_text
 from damo.model import backbones
 from damo.model.encoders import Block
 from damo.model.compressors import build_compressor
-from damo.model.evidence import EvidenceHead, decode_interval, salient_frames
+from damo.model.evidence import EvidenceHead, decode_interval, llm_group, pool_groups, salient_frames
 from damo.model.fuseformer import CrossBlock, TemporalFuseformer, sinusoid
 from damo.model.residual import GlobalResidual
 from damo.model import tokenizer as tk
@@ -143,6 +143,7 @@ class DamoConfig:
     bridge_tokens: int = 8     # fusion tokens after the Q-Former bridge
     align_dim: int = 64        # contrastive (stage 1) embedding width
     max_frames: int = 4096
+    llm_frames: int = 0        # at most this many frame tokens reach the LLM: longer videos pool consecutive frames (0: no cap)
     layout: str = "query_both"      # video_first | query_first | query_both: where the question goes (collate.prompt_ids)
     response: str = "interleaved"   # coupled | decomposed | interleaved (D²VLM Table 4; see collate.response_text)
     query_aware: bool = True   # frame tokens carry their match with the question in the stage-1 alignment space
@@ -272,7 +273,9 @@ class DamoModel(nn.Module):
         return self.fuseformer(v, a, frame_mask)
 
     def video_embeddings(self, frames, mel, frame_mask, times, query_ids=None, query_mask=None):
-        """-> frame embeddings ``(B, T, K, C)``, bridged fusion embeddings ``(B, F', C)``, fuser frame features.
+        """-> frame embeddings ``(B, T', K, C)``, bridged fusion embeddings ``(B, F', C)``, fuser frame
+        features ``(B, T, K, D)``. ``T' = T`` unless ``llm_frames`` caps the frame tokens (see
+        :func:`~damo.model.evidence.llm_group`): then each token is the mean of a group of frames.
 
         With ``query_aware`` and the question's token ids ``(B, Lq)``, every frame token also
         carries how the frame matches the question in the alignment space of stage 1 (the
@@ -281,11 +284,14 @@ class DamoModel(nn.Module):
         their cosine. The LLM then compares question and frames on features trained for that.
         """
         fr, fu = self.encode_video(frames, mel, frame_mask)
+        # the LLM budget: over ``llm_frames`` frames, groups of consecutive frames share one token
+        g = llm_group(fr.shape[1], self.cfg.llm_frames)
+        frl, times = pool_groups(fr, frame_mask, g)[0], pool_groups(times, frame_mask, g)[0]   # (B, T', K, D)
         t = self.time_proj(sinusoid(times, fr.shape[-1]))[:, :, None]   # time of each frame, in seconds
-        e = self.projector(fr + t)                                  # (B, T, K, C)
+        e = self.projector(frl + t)                                 # (B, T', K, C)
         if self.cfg.query_aware and query_ids is not None:
             qa = F.normalize(self.text_encoder(query_ids, query_mask), dim=-1)       # (B, d)
-            va = F.normalize(self.align_video(fr), dim=-1)                           # (B, T, K, d)
+            va = F.normalize(self.align_video(frl), dim=-1)                          # (B, T', K, d)
             prod = va * qa[:, None, None]
             e = e + self.match_proj(torch.cat([prod, prod.sum(-1, keepdim=True)], -1))
         q = self.bridge(self.bridge_queries.expand(fu.shape[0], -1, -1), fu)   # (B, F', D)
@@ -357,19 +363,22 @@ class DamoModel(nn.Module):
         """Greedy decoding for one video ``frames (1, T, 3, H, W)`` with evidence grounding.
 
         Returns generated ids, and per ``<evi>``: its stage (1 grounding, 2 answer), frame
-        scores ``(T,)`` and decoded ``[start, end, score]``.
+        scores ``(T,)`` (a pooled token's score repeated over its frames) and decoded
+        ``[start, end, score]``.
         """
         self.eval()
         T = frames.shape[1]
         fmask = torch.ones(1, T, dtype=torch.bool)
+        g = llm_group(T, self.cfg.llm_frames)
+        fps = self.cfg.fps / g                                      # frame tokens per second
         q = torch.tensor([query_ids]) if query_ids else None
         frame_emb, fusion_emb, _ = self.video_embeddings(frames, mel, fmask, times, q,
                                                          None if q is None else torch.ones_like(q, dtype=torch.bool))
         ids = torch.tensor([prompt_ids])
-        emb = self.scatter_video(ids, frame_emb, fusion_emb, [T])
-        K = frame_emb.shape[2]
+        emb = self.scatter_video(ids, frame_emb, fusion_emb, [frame_emb.shape[1]])
+        Tl, K = frame_emb.shape[1:3]
         start = prompt_ids.index(self.video_id) + fusion_emb.shape[1]
-        frame_pos = (start + torch.arange(T * K)).view(1, T, K)
+        frame_pos = (start + torch.arange(Tl * K)).view(1, Tl, K)
         res = self.llm(inputs_embeds=emb, use_cache=True, output_hidden_states=True)
         hf = self.frame_states(res.hidden_states[-2], frame_pos)   # (1, T, C)
         f = self.evidence.frame(hf)[0]                              # (T, d)
@@ -389,11 +398,11 @@ class DamoModel(nn.Module):
                 s = torch.sigmoid(self.evidence.query(h_last) @ f.T * self.evidence.scale).numpy()  # (T,)
                 if frame_level:      # one frame: its start (first of a pair) or its end
                     a = b = int(s.argmax())
-                    span = [a / self.cfg.fps, min(duration, (a + 1) / self.cfg.fps), float(s[a])]
+                    span = [a / fps, min(duration, (a + 1) / fps), float(s[a])]
                 else:
                     a, b = salient_frames(s, self.cfg.evidence.threshold)
-                    span = decode_interval(s, self.cfg.fps, duration, self.cfg.evidence.threshold)
-                evidence.append({"stage": stage, "scores": s, "span": span})
+                    span = decode_interval(s, fps, duration, self.cfg.evidence.threshold)
+                evidence.append({"stage": stage, "scores": np.repeat(s, g)[:T], "span": span})  # scores per frame
                 if self.cfg.evidence.semantic_capture:
                     e = e + hf[:, a:b + 1].mean(1, keepdim=True)
             res = self.llm(inputs_embeds=e, past_key_values=past, use_cache=True, output_hidden_states=True,

@@ -138,7 +138,7 @@ def split_pairs(logp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def batch_logprob(out: dict, batch: dict) -> torch.Tensor:
     """:func:`sequence_logprob` of every row of a collated batch from ``DamoModel.forward``: ``(B,)``."""
     return sequence_logprob(out["logits"], batch["labels"], out.get("evi_logits"), batch["evi_targets"],
-                            batch["evi_batch"], batch["frame_mask"])
+                            batch["evi_batch"], batch["evi_mask"])
 
 
 def fpo_result(out: dict, batch: dict, beta: float = 0.1, ref_out: dict | None = None) -> FPOResult:

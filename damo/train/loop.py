@@ -145,7 +145,7 @@ def run_stage(model: DamoModel, stage: Stage, samples: list[Sample], store: Clip
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     c = model.cfg
     collate = Collator(model.tokenizer, c.bridge_tokens, c.fuser.frame_tokens, c.fps, c.layout,
-                       response=c.response, evidence_level=c.evidence.level)
+                       response=c.response, evidence_level=c.evidence.level, llm_frames=c.llm_frames)
     cuda = info.device.type == "cuda"
     amp_dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=cuda and amp_dtype == torch.float16)

@@ -26,7 +26,7 @@ def grounding_bce(out: dict, batch: dict) -> torch.Tensor:
     """
     if "evi_logits" not in out:
         return out["logits"].sum() * 0.0
-    valid = batch["frame_mask"][batch["evi_batch"]].float()                 # (N, T)
+    valid = batch["evi_mask"][batch["evi_batch"]].float()                   # (N, T') valid frame tokens
     bce = F.binary_cross_entropy_with_logits(out["evi_logits"], batch["evi_targets"], reduction="none")
     return ((bce * valid).sum(1) / valid.sum(1)).mean()
 
