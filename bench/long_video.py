@@ -11,7 +11,7 @@ Peak memory is the child's maximum resident set size (``ru_maxrss``) minus its r
 after imports, so it counts what the work itself holds. Time should grow linearly with the
 length while memory per minute stays flat; the table prints both ratios against 10 minutes.
 
-    nice -n 19 python bench/long_video.py [--minutes 10 30 60] [--skip-ground-above 60]
+    nice -n 19 python bench/long_video.py [--minutes 10 30 60] [--skip-ground-above 60] [--llm-frames 64]
 """
 from __future__ import annotations
 
@@ -81,6 +81,9 @@ def child(task: str, video: str, model: str) -> None:
         t1 = time.perf_counter()
         predict_one(m, clip, "when does the bar reach the right edge?")
         hook.remove()
+        from damo.model.evidence import llm_group
+        T = clip.frames.shape[0]
+        phases["llm_video_tokens"] = m.cfg.bridge_tokens + -(-T // llm_group(T, m.cfg.llm_frames))
         phases["model_s"] = time.perf_counter() - t1
         phases["llm_prefill_s"] = calls[0] - t1 if calls else 0.0   # video encoders + LLM over the prompt
         phases["generate_s"] = calls[-1] - calls[0] if calls else 0.0
@@ -91,7 +94,7 @@ def child(task: str, video: str, model: str) -> None:
                       **phases}))
 
 
-def make_model(path: Path) -> Path:
+def make_model(path: Path, llm_frames: int = 0) -> Path:
     """The default tiny architecture, untrained: the cost of a real run without the training."""
     import torch
 
@@ -100,7 +103,7 @@ def make_model(path: Path) -> Path:
 
     torch.manual_seed(0)
     texts = ["when does the bar reach the right edge?", "It happens in", "a low tone", "red square"] * 50
-    cfg = DamoConfig()
+    cfg = DamoConfig(llm_frames=llm_frames)
     DamoModel(cfg, train_tokenizer(texts, cfg.llm.vocab_size)).save(path)
     return path
 
@@ -115,6 +118,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--minutes", type=int, nargs="+", default=[10, 30, 60])
     ap.add_argument("--skip-ground-above", type=int, default=10**9, help="only decode longer videos")
+    ap.add_argument("--llm-frames", type=int, default=0, help="the model's LLM frame budget (0: one token per frame)")
     ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
@@ -122,7 +126,7 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        model = make_model(tmp / "model")
+        model = make_model(tmp / "model", a.llm_frames)
         rows = []
         for m in a.minutes:
             t0 = time.perf_counter()
@@ -136,14 +140,14 @@ def main() -> None:
                   file=sys.stderr, flush=True)
     base_m, base_d, base_g = rows[0]
     print(f"\n{'min':>4} {'frames':>6} | {'decode s':>8} {'x':>5} {'MB':>6} {'MB/min':>6} | {'ground s':>8} {'x':>5} "
-          f"{'MB':>6} {'MB/min':>6} | {'features':>8} {'prefill':>8} {'generate':>8}")
+          f"{'MB':>6} {'MB/min':>6} | {'features':>8} {'prefill':>8} {'generate':>8} {'LLM video tokens':>16}")
     for m, d, g in rows:
         line = (f"{m:>4} {d['frames']:>6} | {d['wall_s']:>8.1f} {d['wall_s'] / base_d['wall_s']:>5.2f} "
                 f"{d['work_mb']:>6.0f} {d['work_mb'] / m:>6.1f} |")
         if g:
             line += (f" {g['wall_s']:>8.1f} {g['wall_s'] / base_g['wall_s']:>5.2f} {g['work_mb']:>6.0f} "
                      f"{g['work_mb'] / m:>6.1f} | {g['features_s']:>8.1f} {g['llm_prefill_s']:>8.1f} "
-                     f"{g['generate_s']:>8.1f}")
+                     f"{g['generate_s']:>8.1f} {g['llm_video_tokens']:>16}")
         print(line)
     print(f"\nlinear time means the x column tracks minutes / {base_m}; 'MB' is peak RSS above the process's "
           "resident size after imports.")

@@ -143,7 +143,7 @@ class DamoConfig:
     bridge_tokens: int = 8     # fusion tokens after the Q-Former bridge
     align_dim: int = 64        # contrastive (stage 1) embedding width
     max_frames: int = 4096
-    llm_frames: int = 0        # at most this many frame tokens reach the LLM: longer videos pool consecutive frames (0: no cap)
+    llm_frames: int = 64       # at most this many frame tokens reach the LLM: longer videos pool consecutive frames (0: no cap)
     layout: str = "query_both"      # video_first | query_first | query_both: where the question goes (collate.prompt_ids)
     response: str = "interleaved"   # coupled | decomposed | interleaved (D²VLM Table 4; see collate.response_text)
     query_aware: bool = True   # frame tokens carry their match with the question in the stage-1 alignment space
