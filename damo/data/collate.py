@@ -21,26 +21,39 @@ from transformers import PreTrainedTokenizerFast
 
 from damo.data.schema import Sample
 from damo.model import tokenizer as tk
+from damo.model.coordinates import soft_time_targets, time_to_token, time_token_names, timestamp_prompt
 from damo.model.evidence import frame_targets, llm_group
 
-_SPECIAL = re.compile("(" + "|".join(re.escape(t) for t in tk.SPECIAL_TOKENS) + ")")
+_TIME_TOKEN = r"<t_\d+>"
+_SPECIAL = re.compile("(" + "|".join([re.escape(t) for t in tk.SPECIAL_TOKENS] + [_TIME_TOKEN]) + ")")
 
 
 RESPONSES = ("coupled", "decomposed", "interleaved")
 EVIDENCE_LEVELS = ("event", "frame")
+# how the LLM learns each frame token's time (DamoConfig.time_encoding): a learned map of a
+# sinusoid of the seconds added to the frame token; Dynamic-VLM's "1s: " text before each frame;
+# LLaVA-ST's LAPE time tokens; nothing (the LLM's own positions only)
+TIME_ENCODINGS = ("sinusoid", "timestamp", "lape", "none")
 
 
 def _join(refs: list[str]) -> str:
     return refs[0] if len(refs) == 1 else ", ".join(refs[:-1]) + " and " + refs[-1]
 
 
-def span_text(span) -> str:
-    """A span as plain text, the way coupled models write timestamps: ``"3.0 - 5.0 seconds"``."""
+def span_text(span, duration: float | None = None, time_bins: int = 0) -> str:
+    """A span as text, the way coupled models write timestamps: ``"3.0 - 5.0 seconds"``.
+
+    With ``time_bins`` (LAPE, LLaVA-ST section 3.2) each bound is its closest time token instead:
+    ``"<t_3> - <t_5> seconds"``; the model reads the exact value back from the two nearest bins.
+    """
+    if time_bins:
+        a, b = (time_to_token(t, duration, time_bins) for t in span[:2])
+        return f"{a} - {b} seconds"
     return f"{span[0]:.1f} - {span[1]:.1f} seconds"
 
 
 def response_text(task: str, answer: str, spans: list, captions: list[str], *, response: str = "interleaved",
-                  level: str = "event") -> str:
+                  level: str = "event", duration: float | None = None, time_bins: int = 0) -> str:
     """The target response for one turn; the switches follow D²VLM's ablations.
 
     ``response`` (Table 4): ``coupled``, timestamps as plain text tokens in the answer and no
@@ -49,14 +62,15 @@ def response_text(task: str, answer: str, spans: list, captions: list[str], *, r
     ``interleaved`` (the full design), the answer refers to each event by another ``<evi>``.
     ``level`` (Table 6): ``event``, one ``<evi>`` grounds a whole interval; ``frame``, an event is
     two ``<evi>`` tokens, each grounding a single frame (its start, then its end), as
-    timestamp-token designs do.
+    timestamp-token designs do. ``time_bins`` writes text timestamps as LAPE time tokens
+    (:func:`span_text`).
     """
     if response not in RESPONSES or level not in EVIDENCE_LEVELS:
         raise ValueError(f"response must be one of {RESPONSES} and level one of {EVIDENCE_LEVELS}, "
                          f"got {response!r}, {level!r}")
     n = len(spans)
     evi = f"{tk.EVI} {tk.EVI}" if level == "frame" else tk.EVI
-    refs = [evi] * n if response == "interleaved" else [span_text(sp) for sp in spans]
+    refs = [evi] * n if response == "interleaved" else [span_text(sp, duration, time_bins) for sp in spans]
     ans = answer.strip().rstrip(".")
     if task == "dense_caption" and captions:
         body = " ".join(f"{r}, {c.strip().rstrip('.')}." for r, c in zip(refs, captions))
@@ -102,6 +116,11 @@ def encode(tok: PreTrainedTokenizerFast, text: str) -> list[int]:
             continue
         if piece in tk.SPECIAL_TOKENS:
             ids.append(tok.convert_tokens_to_ids(piece))
+        elif re.fullmatch(_TIME_TOKEN, piece):
+            i = tok.convert_tokens_to_ids(piece)
+            if i is None or i == tok.unk_token_id:
+                raise ValueError(f"{piece} is not in the tokenizer: the model has no LAPE time tokens")
+            ids.append(i)
         else:
             ids.extend(tok(" " + piece.strip(), add_special_tokens=False)["input_ids"])
     return ids
@@ -117,7 +136,8 @@ def turns_of(s: Sample) -> list[dict]:
 LAYOUTS = ("video_first", "query_first", "query_both")
 
 
-def prompt_ids(tok: PreTrainedTokenizerFast, num_video_tokens: int, query: str, layout: str) -> list[int]:
+def prompt_ids(tok: PreTrainedTokenizerFast, num_video_tokens: int, query: str, layout: str,
+               frame_times: list[float] | None = None, frame_tokens: int = 1) -> list[int]:
     """The prefix generation starts from.
 
     ``video_first``: ``<bos> <video> x N <|user|> query <|assistant|>`` (the LLaVA layout D²VLM
@@ -125,10 +145,23 @@ def prompt_ids(tok: PreTrainedTokenizerFast, num_video_tokens: int, query: str, 
     LLM's frame states can attend to the question (as instruction-aware Q-Formers do in
     InstructBLIP and TimeChat); ``query_both``: the question before the frames and again after
     them, so frame states see it and the answer starts right next to it.
+
+    ``frame_times`` (seconds, one per frame token group) writes Dynamic-VLM's timestamp before
+    each frame's ``frame_tokens`` placeholders (section 5.3: ``"0s: <video> 1s: <video> ..."``);
+    the remaining placeholders (the fusion tokens) stay in front.
     """
     if layout not in LAYOUTS:
         raise ValueError(f"prompt layout must be one of {LAYOUTS}, got {layout!r}")
-    video = [tok.convert_tokens_to_ids(tk.VIDEO)] * num_video_tokens
+    v = tok.convert_tokens_to_ids(tk.VIDEO)
+    if frame_times is None:
+        video = [v] * num_video_tokens
+    else:
+        fusion = num_video_tokens - frame_tokens * len(frame_times)
+        if fusion < 0:
+            raise ValueError(f"{len(frame_times)} frames of {frame_tokens} tokens exceed {num_video_tokens} video tokens")
+        video = [v] * fusion
+        for prefix in timestamp_prompt(frame_times):
+            video += encode(tok, prefix) + [v] * frame_tokens
     ask = encode(tok, f"{tk.USER} {query}")
     if layout == "video_first":
         return [tok.bos_token_id] + video + ask + encode(tok, tk.ASSISTANT)
@@ -148,12 +181,27 @@ class Collator:
 
     def __init__(self, tok: PreTrainedTokenizerFast, video_tokens: int, frame_tokens: int, fps: float,
                  layout: str, max_len: int = 1024, response: str = "interleaved", evidence_level: str = "event",
-                 llm_frames: int = 0):
+                 llm_frames: int = 0, time_encoding: str = "sinusoid", time_bins: int = 0):
+        if time_encoding not in TIME_ENCODINGS:
+            raise ValueError(f"time encoding must be one of {TIME_ENCODINGS}, got {time_encoding!r}")
         self.tok, self.F, self.K, self.fps, self.max_len = tok, video_tokens, frame_tokens, fps, max_len
         self.llm_frames = llm_frames
         self.layout, self.response, self.level = layout, response, evidence_level
+        self.timestamps = time_encoding == "timestamp"
+        self.bins = time_bins if time_encoding == "lape" else 0
+        self.time_vocab = torch.tensor(tok.convert_tokens_to_ids(time_token_names(self.bins)) if self.bins else [],
+                                       dtype=torch.long)
+        self.time_set = set(self.time_vocab.tolist())
         self.video = tok.convert_tokens_to_ids(tk.VIDEO)
         self.evi = tok.convert_tokens_to_ids(tk.EVI)
+
+    @classmethod
+    def for_model(cls, model, **kw) -> "Collator":
+        """The collator matching a :class:`~damo.model.modeling_damo.DamoModel`'s config."""
+        c = model.cfg
+        return cls(model.tokenizer, c.bridge_tokens, c.fuser.frame_tokens, c.fps, c.layout, response=c.response,
+                   evidence_level=c.evidence.level, llm_frames=c.llm_frames, time_encoding=c.time_encoding,
+                   time_bins=c.time_bins, **kw)
 
     def __call__(self, items: list[tuple[Sample, ClipTensors | None]], rng: random.Random | None = None) -> dict:
         """``items`` pair samples with their clips; a clip of ``None`` makes a text-only batch (no
@@ -173,6 +221,8 @@ class Collator:
         seqs, labels, frame_pos = [], [], torch.zeros(B, Tl, self.K, dtype=torch.long)
         evi_mask = torch.zeros(B, Tl, dtype=torch.bool)
         evi_b, evi_p, evi_y, pairs, align = [], [], [], [], []
+        time_pos, time_y = [], []
+        durations = torch.tensor([float(s.duration) for s, _ in items])
         for b, (s, c) in enumerate(items):
             n = 0 if text else c.frames.shape[0]
             nl = -(-n // g)                                # this sample's frame tokens
@@ -180,22 +230,31 @@ class Collator:
                 frames[b, :n], mel[b, :n], times[b, :n], fmask[b, :n] = c.frames, c.mel, c.times, True
                 evi_mask[b, :nl] = True
             turns = turns_of(s)
-            ids = prompt_ids(self.tok, 0 if text else self.F + nl * self.K, turns[0]["query"], self.layout)
+            ids = prompt_ids(self.tok, 0 if text else self.F + nl * self.K, turns[0]["query"], self.layout,
+                             c.times[::g].tolist() if n and self.timestamps else None, self.K)
             lab = [-100] * len(ids)
             if n:
-                start = ids.index(self.video) + self.F
-                frame_pos[b, :nl] = (start + torch.arange(nl * self.K)).view(nl, self.K)
+                vpos = [i for i, t in enumerate(ids) if t == self.video][self.F:]
+                frame_pos[b, :nl] = torch.tensor(vpos).view(nl, self.K)
             for ti, turn in enumerate(turns):
                 if ti:
                     q = encode(self.tok, f"{tk.USER} {turn['query']} {tk.ASSISTANT}")
                     ids, lab = ids + q, lab + [-100] * len(q)
                 r = encode(self.tok, response_text(turn["task"], turn["answer"], turn["spans"], turn["captions"],
-                                                   response=self.response, level=self.level))
+                                                   response=self.response, level=self.level, duration=s.duration,
+                                                   time_bins=self.bins))
                 if ti == len(turns) - 1:
                     r.append(self.tok.eos_token_id)
                 off = len(ids)
                 ids, lab = ids + r, lab + r
                 spans = turn["spans"]
+                tpos = [off + i for i, t in enumerate(r) if t in self.time_set]
+                if tpos:            # LAPE: soft two-bin targets for the time tokens, span bounds in order
+                    bounds = [t for sp in spans for t in sp[:2]][:len(tpos)]
+                    if len(bounds) != len(tpos):
+                        raise ValueError(f"sample {s.id}: {len(tpos)} time tokens in the response for {len(spans)} spans")
+                    time_pos += [(b, p) for p in tpos]
+                    time_y.append(soft_time_targets(torch.tensor(bounds), s.duration, self.bins))
                 evis = [] if text else [off + i for i, t in enumerate(r) if t == self.evi]
                 first = len(evi_b)
                 for p, y in zip(evis, evidence_targets(spans, len(evis), n, self.fps, self.level)):
@@ -250,4 +309,9 @@ class Collator:
             "align_text_mask": torch.tensor([[True] * len(t) + [False] * (Lt - len(t)) for t in texts]),
             "query_ids": torch.tensor([q + [pad] * (Lq - len(q)) for q in queries]),
             "query_mask": torch.tensor([[True] * len(q) + [False] * (Lq - len(q)) for q in queries]),
+            "duration": durations,                                               # (B,) seconds
+            # LAPE time tokens in the responses: (N, 2) [row, position], soft targets (N, bins), their ids
+            "time_pos": torch.tensor(time_pos, dtype=torch.long).view(-1, 2),
+            "time_targets": torch.cat(time_y) if time_y else torch.zeros(0, self.bins),
+            "time_vocab": self.time_vocab,
         }

@@ -26,13 +26,15 @@ def predict_one(model: DamoModel, clip: ClipTensors, query: str, max_new_tokens:
         raise ValueError("the query is empty; ask a question about the video")
     T = clip.frames.shape[0]
     frames = clip.frames.permute(0, 3, 1, 2).float().div(255.0)[None]   # (1, T, 3, H, W)
-    Tl = -(-T // llm_group(T, model.cfg.llm_frames))           # frame tokens the LLM gets
-    ids = prompt_ids(model.tokenizer, model.cfg.bridge_tokens + Tl * model.cfg.fuser.frame_tokens, query,
-                     model.cfg.layout)
+    c = model.cfg
+    g = llm_group(T, c.llm_frames)
+    Tl = -(-T // g)                                             # frame tokens the LLM gets
+    ids = prompt_ids(model.tokenizer, c.bridge_tokens + Tl * c.fuser.frame_tokens, query, c.layout,
+                     clip.times[::g].tolist() if c.time_encoding == "timestamp" else None, c.fuser.frame_tokens)
     gen = model.generate(frames, clip.mel.float()[None], clip.times[None], ids, clip.duration, max_new_tokens,
                          query_ids=encode(model.tokenizer, query))
     ev = gen["evidence"]
-    answer = model.render_answer(gen["ids"], ev)
+    answer = model.render_answer(gen["ids"], ev, gen["times"])
     answer_ev = [e for e in ev if e["stage"] == 2] or [e for e in ev if e["stage"] == 1]
     if model.cfg.response == "interleaved":
         spans = sorted((e["span"] for e in answer_ev), key=lambda s: -s[2])

@@ -7,7 +7,8 @@ Data flow (B batch, T frames at 1/fps, D fuser width, C LLM width):
  3. temporal grouped (depthwise) convolution over the visual stream (DaMO temporal pathway;
     stride 1 so every frame keeps its own token for evidence grounding).
  4. T-Fuseformer -> per-frame fused tokens ``(B, T, K, D)`` + fusion tokens ``(B, F, D)``.
- 5. frame tokens get their time (sinusoid of seconds, learned map); projector -> LLM width,
+ 5. frame tokens get their time (``time_encoding``: a learned map of a sinusoid of the seconds
+    by default; LAPE time tokens; Dynamic-VLM's timestamp text; none); projector -> LLM width,
     normalised to the scale of the LLM's word embeddings;
     fusion tokens pass a one-layer Q-Former bridge (DaMO's bridge to the LLM).
  6. LLM (any HF causal LM): ``<video>`` placeholders are replaced by [fusion; frames]
@@ -33,8 +34,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast, Qwen2Config
 
-from damo.data.collate import EVIDENCE_LEVELS, LAYOUTS, RESPONSES, span_text
+from damo.data.collate import EVIDENCE_LEVELS, LAYOUTS, RESPONSES, TIME_ENCODINGS, span_text
 from damo.model import backbones
+from damo.model.coordinates import add_time_tokens, anchor_tables, decode_time, frame_time_embedding
 from damo.model.encoders import Block
 from damo.model.compressors import build_compressor
 from damo.model.evidence import EvidenceHead, decode_interval, llm_group, pool_groups, salient_frames
@@ -147,6 +149,8 @@ class DamoConfig:
     layout: str = "query_both"      # video_first | query_first | query_both: where the question goes (collate.prompt_ids)
     response: str = "interleaved"   # coupled | decomposed | interleaved (D²VLM Table 4; see collate.response_text)
     query_aware: bool = True   # frame tokens carry their match with the question in the stage-1 alignment space
+    time_encoding: str = "sinusoid"  # sinusoid | timestamp | lape | none (see collate.TIME_ENCODINGS)
+    time_bins: int = 32        # lape: time tokens <t_0> .. <t_{n-1}> spread evenly over the video
 
     @classmethod
     def from_dict(cls, d: dict) -> "DamoConfig":
@@ -165,10 +169,13 @@ class DamoConfig:
             else:
                 kw[k] = v
         cfg = cls(**kw)
-        if cfg.response not in RESPONSES or cfg.evidence.level not in EVIDENCE_LEVELS or cfg.layout not in LAYOUTS:
-            raise ValueError(f"model.response must be one of {RESPONSES}, model.evidence.level one of "
-                             f"{EVIDENCE_LEVELS} and model.layout one of {LAYOUTS}; got {cfg.response!r}, "
-                             f"{cfg.evidence.level!r}, {cfg.layout!r}")
+        choices = {"response": (cfg.response, RESPONSES), "evidence.level": (cfg.evidence.level, EVIDENCE_LEVELS),
+                   "layout": (cfg.layout, LAYOUTS), "time_encoding": (cfg.time_encoding, TIME_ENCODINGS)}
+        for key, (value, valid) in choices.items():
+            if value not in valid:
+                raise ValueError(f"model.{key} must be one of {valid}, got {value!r}")
+        if cfg.time_encoding == "lape" and cfg.time_bins < 2:
+            raise ValueError(f"model.time_bins must be >= 2 for LAPE time tokens, got {cfg.time_bins}")
         return cfg
 
 
@@ -234,6 +241,8 @@ class DamoModel(nn.Module):
                                            k_max=cc.k_max, seed=cc.seed, **cc.options)
         self.fuseformer = TemporalFuseformer(D, fc.blocks, fc.heads, fc.visual_queries, fc.audio_queries,
                                              fc.fusion_tokens, fc.frame_tokens, cfg.max_frames, fc.window)
+        # LAPE (LLaVA-ST eq. 4): time tokens join the vocabulary before the LLM is sized to it
+        self.time_ids = add_time_tokens(tokenizer, cfg.time_bins) if cfg.time_encoding == "lape" else []
         self.llm = build_llm(cfg.llm, tokenizer)
         C = self.llm.config.hidden_size
         # Both video paths end in a LayerNorm whose gain starts at the RMS of the LLM's word
@@ -241,7 +250,8 @@ class DamoModel(nn.Module):
         # were 50-200x larger: the frames' residual stream barely changed across layers (frame
         # states ignored the question) and generation could not even restate the question.
         rms = float(self.llm.get_input_embeddings().weight.detach().float().pow(2).mean().sqrt())
-        self.time_proj = nn.Linear(D, D)
+        if cfg.time_encoding == "sinusoid":
+            self.time_proj = nn.Linear(D, D)
         self.projector = nn.Sequential(nn.Linear(D, C), nn.GELU(), nn.Linear(C, C), nn.LayerNorm(C))
         self.bridge_queries = nn.Parameter(torch.randn(1, cfg.bridge_tokens, D) * 0.02)
         self.bridge = CrossBlock(D, fc.heads)
@@ -272,7 +282,7 @@ class DamoModel(nn.Module):
         v = self.compressor(v, frame_mask)                          # (B, T, K, D) under the token budget
         return self.fuseformer(v, a, frame_mask)
 
-    def video_embeddings(self, frames, mel, frame_mask, times, query_ids=None, query_mask=None):
+    def video_embeddings(self, frames, mel, frame_mask, times, query_ids=None, query_mask=None, duration=None):
         """-> frame embeddings ``(B, T', K, C)``, bridged fusion embeddings ``(B, F', C)``, fuser frame
         features ``(B, T, K, D)``. ``T' = T`` unless ``llm_frames`` caps the frame tokens (see
         :func:`~damo.model.evidence.llm_group`): then each token is the mean of a group of frames.
@@ -282,13 +292,23 @@ class DamoModel(nn.Module):
         instruction-aware visual tokens of InstructBLIP, built on DaMO's video-text alignment):
         the elementwise product of the frame's and the question's normalised embeddings, and
         their cosine. The LLM then compares question and frames on features trained for that.
+
+        Time reaches the frame tokens per ``time_encoding``: ``sinusoid`` adds a learned map of a
+        sinusoid of the seconds before the projector; ``lape`` adds LLaVA-ST's temporal LAPE
+        (eq. 5: the time tokens' mean input/output embedding interpolated at ``times / duration``,
+        ``duration (B,)`` seconds) after it; ``timestamp`` writes the time as text in the prompt
+        instead (:func:`~damo.data.collate.prompt_ids`) and ``none`` gives no time at all.
         """
         fr, fu = self.encode_video(frames, mel, frame_mask)
         # the LLM budget: over ``llm_frames`` frames, groups of consecutive frames share one token
         g = llm_group(fr.shape[1], self.cfg.llm_frames)
         frl, times = pool_groups(fr, frame_mask, g)[0], pool_groups(times, frame_mask, g)[0]   # (B, T', K, D)
-        t = self.time_proj(sinusoid(times, fr.shape[-1]))[:, :, None]   # time of each frame, in seconds
+        t = self.time_proj(sinusoid(times, fr.shape[-1]))[:, :, None] if self.cfg.time_encoding == "sinusoid" else 0
         e = self.projector(frl + t)                                 # (B, T', K, C)
+        if self.time_ids:
+            if duration is None:
+                raise ValueError("LAPE time encoding needs the videos' durations")
+            e = e + frame_time_embedding(*anchor_tables(self.llm, self.time_ids), times, duration)[:, :, None]
         if self.cfg.query_aware and query_ids is not None:
             qa = F.normalize(self.text_encoder(query_ids, query_mask), dim=-1)       # (B, d)
             va = F.normalize(self.align_video(frl), dim=-1)                          # (B, T', K, d)
@@ -322,7 +342,8 @@ class DamoModel(nn.Module):
         if batch["frames"].shape[1] == 0:
             return {"logits": self.llm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits}
         frame_emb, fusion_emb, fr = self.video_embeddings(batch["frames"], batch["mel"], batch["frame_mask"],
-                                                          batch["times"], batch.get("query_ids"), batch.get("query_mask"))
+                                                          batch["times"], batch.get("query_ids"), batch.get("query_mask"),
+                                                          batch.get("duration"))
         out = {"frame_features": fr}
         if "input_ids" not in batch:
             return out
@@ -364,7 +385,8 @@ class DamoModel(nn.Module):
 
         Returns generated ids, and per ``<evi>``: its stage (1 grounding, 2 answer), frame
         scores ``(T,)`` (a pooled token's score repeated over its frames) and decoded
-        ``[start, end, score]``.
+        ``[start, end, score]``; with LAPE, ``times`` holds the seconds each generated time
+        token stands for, read from the two most probable neighbouring bins (LLaVA-ST eq. 4).
         """
         self.eval()
         T = frames.shape[1]
@@ -373,24 +395,28 @@ class DamoModel(nn.Module):
         fps = self.cfg.fps / g                                      # frame tokens per second
         q = torch.tensor([query_ids]) if query_ids else None
         frame_emb, fusion_emb, _ = self.video_embeddings(frames, mel, fmask, times, q,
-                                                         None if q is None else torch.ones_like(q, dtype=torch.bool))
+                                                         None if q is None else torch.ones_like(q, dtype=torch.bool),
+                                                         torch.tensor([float(duration)]))
         ids = torch.tensor([prompt_ids])
         emb = self.scatter_video(ids, frame_emb, fusion_emb, [frame_emb.shape[1]])
         Tl, K = frame_emb.shape[1:3]
-        start = prompt_ids.index(self.video_id) + fusion_emb.shape[1]
-        frame_pos = (start + torch.arange(Tl * K)).view(1, Tl, K)
+        vpos = (ids[0] == self.video_id).nonzero()[:, 0][fusion_emb.shape[1]:]
+        frame_pos = vpos.view(1, Tl, K)
         res = self.llm(inputs_embeds=emb, use_cache=True, output_hidden_states=True)
         hf = self.frame_states(res.hidden_states[-2], frame_pos)   # (1, T, C)
         f = self.evidence.frame(hf)[0]                              # (T, d)
         past, h_last, logits = res.past_key_values, res.hidden_states[-2][0, -1], res.logits[0, -1]
         table = self.llm.get_input_embeddings()
         frame_level = self.cfg.evidence.level == "frame"
-        out_ids, evidence, stage, pos = [], [], 1, len(prompt_ids)
+        out_ids, evidence, stage, pos, seconds = [], [], 1, len(prompt_ids), []
+        time_set = set(self.time_ids)
         for _ in range(max_new_tokens):
             nxt = int(logits.argmax())
             if nxt == self.tokenizer.eos_token_id:
                 break
             out_ids.append(nxt)
+            if nxt in time_set:
+                seconds.append(float(decode_time(logits[self.time_ids], duration)))
             e = table(torch.tensor([[nxt]]))                        # (1, 1, C)
             if nxt == self.evi_end_id:
                 stage = 2
@@ -409,15 +435,18 @@ class DamoModel(nn.Module):
                            position_ids=torch.tensor([[pos]]))
             pos += 1
             past, h_last, logits = res.past_key_values, res.hidden_states[-2][0, -1], res.logits[0, -1]
-        return {"ids": out_ids, "evidence": pair_frames(evidence) if frame_level else evidence}
+        return {"ids": out_ids, "evidence": pair_frames(evidence) if frame_level else evidence, "times": seconds}
 
-    def render_answer(self, ids: list[int], evidence: list[dict]) -> str:
+    def render_answer(self, ids: list[int], evidence: list[dict], times: list[float] = ()) -> str:
         """Answer-stage text with each ``<evi>`` written as "s - e seconds" (at frame level, each
-        (start, end) pair of ``<evi>`` as one span)."""
+        (start, end) pair of ``<evi>`` as one span) and each LAPE time token as its decoded
+        seconds (``times``, from :meth:`generate`)."""
         toks = self.tokenizer.convert_ids_to_tokens(ids)
         answer_ev = iter(e for e in evidence if e["stage"] == 2)
+        time_set, seconds = set(self.time_ids), iter(times)
         text, piece, after, odd = [], [], self.evi_end_id not in ids, False
         for i, t in zip(ids, toks):
+            sec = next(seconds, float("nan")) if i in time_set else None
             if i == self.evi_end_id:
                 after = True
                 continue
@@ -432,6 +461,10 @@ class DamoModel(nn.Module):
                         continue
                 ev = next(answer_ev, None)
                 text.append(span_text(ev["span"]) if ev else "")
+            elif sec is not None:
+                text.append(self.tokenizer.convert_tokens_to_string(piece))
+                piece = []
+                text.append(f"{sec:.1f}")
             else:
                 piece.append(t)
         text.append(self.tokenizer.convert_tokens_to_string(piece))

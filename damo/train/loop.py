@@ -143,9 +143,7 @@ def run_stage(model: DamoModel, stage: Stage, samples: list[Sample], store: Clip
         return 0.5 * (1 + math.cos(math.pi * (step - stage.warmup) / max(1, stage.steps - stage.warmup)))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-    c = model.cfg
-    collate = Collator(model.tokenizer, c.bridge_tokens, c.fuser.frame_tokens, c.fps, c.layout,
-                       response=c.response, evidence_level=c.evidence.level, llm_frames=c.llm_frames)
+    collate = Collator.for_model(model)
     cuda = info.device.type == "cuda"
     amp_dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=cuda and amp_dtype == torch.float16)

@@ -13,10 +13,24 @@ from damo.train.fpo import fpo as fpo_loss_of_batch
 
 
 def lm(out: dict, batch: dict) -> torch.Tensor:
-    """Next-token cross-entropy on response tokens (labels -100 elsewhere): L_sft of D²VLM eq. 2."""
+    """Next-token cross-entropy on response tokens (labels -100 elsewhere): L_sft of D²VLM eq. 2.
+
+    LAPE time tokens (``batch['time_pos']``) are trained on their soft two-bin targets instead
+    of the one-hot closest bin (LLaVA-ST section 3.2): cross-entropy against
+    ``batch['time_targets']`` over the time-token logits; every token counts once in the mean.
+    """
     logits = out["logits"][:, :-1]
     labels = batch["labels"][:, 1:]
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100)
+    tp = batch.get("time_pos")
+    if tp is None or not len(tp):
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100)
+    r, p = tp[:, 0], tp[:, 1] - 1                                          # logits at p predict token p + 1
+    labels = labels.index_put((r, p), torch.tensor(-100))
+    hard = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100,
+                           reduction="sum")
+    logp = logits[r, p].float().log_softmax(-1)[:, batch["time_vocab"]]    # (N, bins)
+    soft = -(batch["time_targets"] * logp).sum()
+    return (hard + soft) / ((labels != -100).sum() + len(tp))
 
 
 def grounding_bce(out: dict, batch: dict) -> torch.Tensor:

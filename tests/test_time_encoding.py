@@ -1,0 +1,175 @@
+"""Switchable time encodings: sinusoid, Dynamic-VLM timestamps, LLaVA-ST LAPE tokens, none."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from damo.data.collate import Collator, prompt_ids, response_text
+from damo.eval.evaluate import predict_one, text_spans
+from damo.model import tokenizer as tk
+from damo.model.modeling_damo import DamoConfig, DamoModel
+from damo.model.tokenizer import train_tokenizer
+from damo.train import losses
+
+from test_model import TEXTS, clip, sample, tiny_cfg
+
+BINS = 7     # anchors at 0, 1, ..., 6 s of a 6-second clip
+
+
+def build(enc: str, response: str = "interleaved") -> DamoModel:
+    cfg = tiny_cfg()
+    cfg.time_encoding, cfg.response, cfg.time_bins = enc, response, BINS
+    torch.manual_seed(0)
+    return DamoModel(cfg, train_tokenizer(TEXTS, 300)).eval()
+
+
+@pytest.fixture(scope="module")
+def lape() -> DamoModel:
+    return build("lape", "coupled")
+
+
+def test_config_rejects_unknown_encodings():
+    with pytest.raises(ValueError, match="time_encoding must be one of"):
+        DamoConfig.from_dict({"time_encoding": "rope"})
+    with pytest.raises(ValueError, match="time_bins must be >= 2"):
+        DamoConfig.from_dict({"time_encoding": "lape", "time_bins": 1})
+
+
+def test_timestamp_prompt_writes_each_frames_time_before_its_tokens():
+    tok = train_tokenizer(TEXTS, 300)
+    ids = prompt_ids(tok, 3 + 2 * 2, "when?", "video_first", frame_times=[0.5, 1.5], frame_tokens=2)
+    text = tok.decode(ids)
+    assert text.startswith("<bos>" + "<video>" * 3 + " 0.5s:<video><video> 1.5s:<video><video><|user|>")
+    with pytest.raises(ValueError, match="exceed"):
+        prompt_ids(tok, 3, "when?", "video_first", frame_times=[0.5, 1.5], frame_tokens=2)
+
+
+def test_timestamp_collate_points_frame_positions_at_the_placeholders():
+    m = build("timestamp")
+    b = Collator.for_model(m)([(sample(0), clip(4, 0)), (sample(1), clip(6, 1))])
+    video = m.tokenizer.convert_tokens_to_ids(tk.VIDEO)
+    for row, n in enumerate(b["num_frames"]):
+        pos = b["frame_pos"][row, :n, 0]
+        assert (b["input_ids"][row, pos] == video).all()
+        # the tokens between two frames' placeholders spell the second frame's time
+        assert m.tokenizer.decode(b["input_ids"][row, pos[0] + 1:pos[1]]).strip() == "1.5s:"
+    out = m(b)
+    assert out["evi_logits"].shape == (4, 6)
+    r = predict_one(m, clip(6, 0), "when does the red square appear?", max_new_tokens=6)
+    assert all(0 <= s <= e <= 6.0 for s, e, _ in r["spans"])
+
+
+@pytest.mark.parametrize("enc,depends", [("sinusoid", True), ("lape", True), ("timestamp", False), ("none", False)])
+def test_frame_embeddings_carry_time_only_where_they_should(enc, depends):
+    m = build(enc)
+    c = clip(4, 0)
+    args = (c.frames.permute(0, 3, 1, 2).float()[None] / 255, c.mel.float()[None], torch.ones(1, 4, dtype=torch.bool))
+    dur = torch.tensor([4.0])
+    with torch.no_grad():
+        a = m.video_embeddings(*args, c.times[None], duration=dur)[0]
+        b = m.video_embeddings(*args, c.times.flip(0)[None], duration=dur)[0]
+    assert (not torch.allclose(a, b)) == depends
+    assert hasattr(m, "time_proj") == (enc == "sinusoid")
+
+
+def test_lape_adds_time_tokens_to_vocabulary_and_head(lape):
+    ids = lape.time_ids
+    assert lape.tokenizer.convert_ids_to_tokens(ids) == [f"<t_{i}>" for i in range(BINS)]
+    assert lape.llm.get_input_embeddings().num_embeddings == len(lape.tokenizer)
+    assert lape.llm.get_output_embeddings().weight.shape[0] == len(lape.tokenizer)
+
+
+def test_lape_positional_embedding_trains_the_time_token_rows(lape):
+    c = clip(6, 0)
+    frames = c.frames.permute(0, 3, 1, 2).float()[None] / 255
+    e = lape.video_embeddings(frames, c.mel.float()[None], torch.ones(1, 6, dtype=torch.bool), c.times[None],
+                              duration=torch.tensor([6.0]))[0]
+    e.sum().backward()
+    g = lape.llm.get_input_embeddings().weight.grad
+    try:
+        assert g[lape.time_ids].abs().sum(1).gt(0).all()          # every anchor is interpolated at some frame
+        other = [i for i in range(g.shape[0]) if i not in set(lape.time_ids)]
+        assert g[other].abs().sum() == 0
+    finally:
+        lape.zero_grad()
+
+
+def test_lape_response_tokens_and_soft_targets(lape):
+    assert response_text("grounding", "red", [[1.5, 3.0]], [], response="coupled", duration=6.0, time_bins=BINS) == \
+        "red in <t_2> - <t_3> seconds."
+    b = Collator.for_model(lape)([(sample(0, spans=((1.5, 3.0),)), clip(6, 0))])
+    toks = lape.tokenizer.convert_ids_to_tokens(b["input_ids"][0, b["time_pos"][:, 1]].tolist())
+    assert toks == ["<t_2>", "<t_3>"]
+    # 1.5 s of 6 s sits halfway between anchors 1 and 2; 3.0 s is anchor 3 exactly
+    assert b["time_targets"].tolist() == [[0, 0.5, 0.5, 0, 0, 0, 0], [0, 0, 0, 1, 0, 0, 0]]
+
+
+def test_lm_loss_uses_soft_targets_on_time_tokens(lape):
+    b = Collator.for_model(lape)([(sample(0, spans=((1.5, 3.0),)), clip(6, 0))])
+    torch.manual_seed(1)
+    L, V = b["input_ids"].shape[1], len(lape.tokenizer)
+    logits = torch.randn(1, L, V)
+    got = losses.lm({"logits": logits}, b)
+    # by hand: -log p(label) at ordinary response tokens, -(y . log p over time tokens) at time tokens
+    timed = {int(p) for p in b["time_pos"][:, 1]}
+    terms = []
+    for p in range(1, L):
+        lab = int(b["labels"][0, p])
+        if lab == -100:
+            continue
+        logp = logits[0, p - 1].log_softmax(-1)
+        if p in timed:
+            y = b["time_targets"][sorted(timed).index(p)]
+            terms.append(-(y * logp[lape.time_ids]).sum())
+        else:
+            terms.append(-logp[lab])
+    assert got.item() == pytest.approx(torch.stack(terms).mean().item(), rel=1e-5)
+    # without LAPE the same batch is plain cross-entropy on the hard labels
+    plain = {k: v for k, v in b.items() if k != "time_pos"}
+    assert losses.lm({"logits": logits}, plain).item() != pytest.approx(got.item())
+
+
+def test_lape_answers_render_decoded_seconds(lape):
+    ids = lape.tokenizer.convert_tokens_to_ids(["<t_2>", "<t_3>"])
+    body = [*lape.tokenizer("red in", add_special_tokens=False)["input_ids"], ids[0],
+            *lape.tokenizer(" -", add_special_tokens=False)["input_ids"], ids[1],
+            *lape.tokenizer(" seconds.", add_special_tokens=False)["input_ids"]]
+    text = lape.render_answer(body, [], [1.5, 3.0])
+    assert text_spans(text, 6.0) == [[1.5, 3.0, 1.0]]
+
+
+def test_lape_generation_reads_time_from_two_bins(lape):
+    """With the head fixed to favour <t_4> (logit 10) then <t_5> (9), every step emits <t_4> and
+    decodes u = 4 + p5 / (p4 + p5) = 4 + 1 / (1 + e) anchors, i.e. that many seconds of 6."""
+    t4, t5 = lape.time_ids[4], lape.time_ids[5]
+
+    def fixed(module, args, out):
+        z = torch.full_like(out, -1e4)
+        z[..., t4], z[..., t5] = 10.0, 9.0
+        return z
+
+    hook = lape.llm.get_output_embeddings().register_forward_hook(fixed)
+    try:
+        c = clip(6, 0)
+        gen = lape.generate(c.frames.permute(0, 3, 1, 2).float()[None] / 255, c.mel.float()[None], c.times[None],
+                            prompt_ids(lape.tokenizer, lape.cfg.bridge_tokens + 6, "when?", lape.cfg.layout), 6.0,
+                            max_new_tokens=2)
+    finally:
+        hook.remove()
+    assert gen["ids"] == [t4, t4]
+    assert gen["times"] == pytest.approx([4 + 1 / (1 + math.e)] * 2, rel=1e-5)
+
+
+@pytest.mark.parametrize("enc", ["timestamp", "lape", "none"])
+def test_time_encodings_round_trip_through_save_and_load(enc, tmp_path):
+    m = build(enc, "coupled")
+    b = Collator.for_model(m)([(sample(0, spans=((1.5, 3.0),)), clip(6, 0))])
+    m.save(tmp_path)
+    m2 = DamoModel.load(tmp_path)
+    assert m2.cfg.time_encoding == enc and m2.time_ids == m.time_ids
+    b2 = Collator.for_model(m2)([(sample(0, spans=((1.5, 3.0),)), clip(6, 0))])
+    assert torch.equal(b["input_ids"], b2["input_ids"])
+    with torch.no_grad():
+        assert torch.allclose(m(b)["logits"], m2(b2)["logits"], atol=1e-6)
