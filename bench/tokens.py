@@ -1,83 +1,127 @@
-"""Token economy: each visual compressor under a budget, trained and measured the same way.
+"""Token economy: compressors, time encodings and answer formats, trained and measured the same way.
 
-For every compressor (Dynamic-VLM pooling / ToMe merging / Gumbel top-k pruning, LLaVA-ST's
-STP, identity) this trains the tiny model for the same number of grounding steps on
-procedural data, then reports visual tokens per frame entering the T-Fuseformer, LLM input
-tokens for a 30 s and a 10 min video, inference latency per query, training step time, peak
-memory and R@0.5 / mIoU on held-out grounding queries.
+Every row trains the stages of ``recipes/damo_4stage.yaml`` (without dialogue, at ``--steps`` of
+their steps) on procedural videos whose samples include spatio-temporal grounding queries, with
+LAPE box tokens for the tube answers, then measures on held-out test videos:
+LLM input tokens for a 30 s and a 10 min video, visual tokens per frame entering the T-Fuseformer,
+training step time (the temporal stage), inference latency per query, the process's peak memory,
+single-moment grounding R@0.5 / mIoU and LLaVA-ST's STVG m_tIoU / m_sIoU.
 
-    python bench/tokens.py [--steps 150] [--budgets 240 960] [--val 60]
+Rows (``--grid``):
+  time         identity compressor x time encoding (sinusoid, Dynamic-VLM timestamp text,
+               LLaVA-ST LAPE time tokens, none)
+  compressors  Dynamic-VLM pooling / ToMe merging / Gumbel top-k pruning / LLaVA-ST STP on a 4x4
+               residual grid under ``--budget`` visual tokens per video (sinusoid time)
+  coupled      answers with timestamps written out (coupled response): as digits (sinusoid) or as
+               LAPE time tokens, read back from the two nearest anchors
+
+    python bench/tokens.py WORKDIR [--grid time compressors coupled] [--steps 0.3] [--jobs 2]
+
+Each row runs in ``WORKDIR/ROW`` and is reused when finished, so the command resumes.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import resource
+import sys
 import time
+from pathlib import Path
 
 import torch
 
-from damo.config import Stage
-from damo.data.clips import load_dataset
-from damo.eval.evaluate import grounding_report, predict
-from damo.model.modeling_damo import DamoConfig
-from damo.train.loop import run_stage
-from damo.train.recipe import build_model, clip_store
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+from common import add_budget_args, run_parallel, short_recipe  # noqa: E402
 
-COMPRESSORS = ["identity", "pool", "tome", "prune", "stp"]
+from damo.data.clips import load_dataset  # noqa: E402
+from damo.data.collate import prompt_ids  # noqa: E402
+from damo.eval.evaluate import grounding_report, predict  # noqa: E402
+from damo.model.evidence import llm_group  # noqa: E402
+from damo.train.recipe import clip_store, run_recipe  # noqa: E402
+
+BOX_BINS = 16
+TIME = {f"time: {e}": ["model.compressor.kind=identity", f"model.time_encoding={e}"]
+        for e in ("sinusoid", "timestamp", "lape", "none")}
+COMPRESSORS = {f"compressor: {k}": [f"model.compressor.kind={k}", "model.fuser.visual_tokens=16"]
+               for k in ("pool", "tome", "prune", "stp")}
+COUPLED = {f"coupled: {e}": ["model.response=coupled", f"model.time_encoding={e}"] for e in ("sinusoid", "lape")}
+GRIDS = {"time": TIME, "compressors": COMPRESSORS, "coupled": COUPLED}
 
 
-def peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def llm_tokens(model, seconds: int) -> int:
+    """LLM input tokens of the prompt for a ``seconds``-long video at the model's fps (one question)."""
+    c = model.cfg
+    T = int(seconds * c.fps)
+    g = llm_group(T, c.llm_frames)
+    Tl = -(-T // g)
+    times = [(i * g + 0.5) / c.fps for i in range(Tl)] if c.time_encoding == "timestamp" else None
+    return len(prompt_ids(model.tokenizer, c.bridge_tokens + Tl * c.fuser.frame_tokens,
+                          "when does the red square appear?", c.layout, times, c.fuser.frame_tokens))
 
 
-def run(kind: str, budget: int, steps: int, val: int, train, test) -> dict:
-    cfg = DamoConfig()
-    cfg.fuser.visual_tokens = 4 if kind == "identity" else 16     # a 4x4 residual grid gives room to compress
-    cfg.compressor.kind, cfg.compressor.budget, cfg.compressor.k_max = kind, budget, 16
-    model = build_model(cfg, train, seed=0)
-    store = clip_store(cfg)
-    stage = Stage(name="ground", losses={"lm": 1.0, "grounding_bce": 10.0, "consistency": 1.0}, steps=steps,
-                  lr=2e-3, batch=16)
-    t0 = time.time()
-    run_stage(model, stage, train, store, seed=0, progress=False)
-    step_s = (time.time() - t0) / steps
-    t0 = time.time()
-    preds = predict(model, test, store, progress=False)
-    latency = (time.time() - t0) / len(test)
-    m = grounding_report(test, preds)["overall"]
-    fuser_k = model.compressor.tokens_per_frame(30, training=False)
+def fuser_tokens(model, seconds: int) -> int | str:
     try:
-        long_k: int | str = model.compressor.tokens_per_frame(600, training=False)
+        return model.compressor.tokens_per_frame(int(seconds * model.cfg.fps), training=False)
     except ValueError:
-        long_k = "over budget"
-    llm = lambda T: cfg.bridge_tokens + T * cfg.fuser.frame_tokens  # noqa: E731
-    return {"compressor": kind, "budget": budget, "fuser tok/frame (30 s)": fuser_k,
-            "fuser tok/frame (10 min)": long_k,
-            "LLM tok 30 s": llm(30), "LLM tok 10 min": llm(600), "step s": round(step_s, 3),
-            "latency s/query": round(latency, 3), "process peak MB": round(peak_mb()), "R@0.5": m["R1@0.5"],
-            "mIoU": m["mIoU"]}
+        return "over budget"
+
+
+def run_one(job: tuple[str, list[str], dict]) -> dict:
+    row, overrides, args = job
+    a = argparse.Namespace(**args)
+    torch.set_num_threads(a.threads)
+    out = Path(a.workdir) / row.replace(": ", "-")
+    done = out / "result.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    r = short_recipe(0, f"synth://standard?n={a.train}&seed=0&split=train&stvg=1", a,
+                     [*overrides, f"model.box_bins={BOX_BINS}", f"model.compressor.budget={a.budget}"])
+    t0 = time.time()
+    model = run_recipe(r, out, progress=False, log=lambda *_: None)
+    train_s = time.time() - t0
+    temporal = next(st for st in r.stages if st.name == "temporal")
+    temporal_s = json.loads((out / "stages" / "temporal" / "stats.json").read_text())["wall_s"]
+    test = [s for s in load_dataset(f"synth://standard?n={a.test}&seed=0&split=test&stvg=1")
+            if s.task in ("grounding", "stvg")]
+    t0 = time.time()
+    preds = predict(model, test, clip_store(model.cfg), progress=False)
+    latency = (time.time() - t0) / len(test)
+    rep = grounding_report(test, preds)
+    res = {"row": row, "LLM tokens 30 s": llm_tokens(model, 30), "LLM tokens 10 min": llm_tokens(model, 600),
+           "fuser tokens/frame 30 s": fuser_tokens(model, 30), "fuser tokens/frame 10 min": fuser_tokens(model, 600),
+           "train s": round(train_s, 1), "temporal steps": temporal.steps,
+           "step s": round(temporal_s / temporal.steps, 3),
+           "latency s/query": round(latency, 3),
+           "peak MB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+           "R@0.5": rep["overall"]["R1@0.5"], "mIoU": rep["overall"]["mIoU"],
+           "m_tIoU": rep["stvg"]["m_tIoU"], "m_sIoU": rep["stvg"]["m_sIoU"],
+           "n_grounding": rep["overall"]["n"], "n_stvg": rep["stvg"]["n"]}
+    done.write_text(json.dumps(res, indent=2))
+    print(json.dumps(res), flush=True)
+    return res
+
+
+COLUMNS = ["row", "LLM tokens 30 s", "LLM tokens 10 min", "fuser tokens/frame 30 s", "fuser tokens/frame 10 min",
+           "step s", "latency s/query", "peak MB", "R@0.5", "mIoU", "m_tIoU", "m_sIoU"]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=150)
-    ap.add_argument("--budgets", type=int, nargs="+", default=[240])
-    ap.add_argument("--val", type=int, default=60)
-    ap.add_argument("--compressors", nargs="+", default=COMPRESSORS)
+    ap.add_argument("workdir")
+    ap.add_argument("--grid", nargs="+", default=list(GRIDS), choices=list(GRIDS))
+    ap.add_argument("--train", type=int, default=1500, help="training videos")
+    ap.add_argument("--budget", type=int, default=240, help="visual tokens per video for the compressors")
+    add_budget_args(ap)
     a = ap.parse_args()
-    train = load_dataset("synth://standard?n=600&seed=0&split=train")
-    test = [s for s in load_dataset("synth://standard?n=60&seed=0&split=val") if s.task == "grounding"][:a.val]
-    rows = []
-    for kind in a.compressors:
-        for budget in ([10 ** 6] if kind == "identity" else a.budgets):
-            rows.append(run(kind, budget, a.steps, a.val, train, test))
-            print(rows[-1], flush=True)
-    keys = list(rows[0])
-    print("\n| " + " | ".join(keys) + " |\n|" + "---|" * len(keys))
-    for r in rows:
-        print("| " + " | ".join(str(r[k]) for k in keys) + " |")
+    rows = {k: v for g in a.grid for k, v in GRIDS[g].items()}
+    t0 = time.time()
+    results = run_parallel(run_one, [(row, ov, vars(a)) for row, ov in rows.items()], a.jobs)
+    Path(a.workdir, "tokens.json").write_text(json.dumps({"results": results, "args": vars(a)}, indent=2))
+    print("\n| " + " | ".join(COLUMNS) + " |\n|" + "---|" * len(COLUMNS))
+    for r in results:
+        print("| " + " | ".join(str(r[k]) for k in COLUMNS) + " |")
+    print(f"\nwall {(time.time() - t0) / 60:.1f} min for {len(results)} rows")
 
 
 if __name__ == "__main__":
-    torch.manual_seed(0)
     main()

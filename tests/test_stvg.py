@@ -122,3 +122,65 @@ def test_box_iou_by_hand():
     assert box_iou([0, 0, 2, 2], [1, 1, 3, 3]) == pytest.approx(1 / 7)
     assert box_iou([0, 0, 1, 1], [2, 2, 3, 3]) == 0.0
     assert box_iou([0, 0, 0, 0], [0, 0, 0, 0]) == 0.0
+
+
+def test_synth_spec_adds_stvg_queries_on_request():
+    from damo.data.synthetic import synth_samples
+    plain = synth_samples("synth://standard?n=6&seed=0")
+    both = synth_samples("synth://standard?n=6&seed=0&stvg=1")
+    st = [s for s in both if s.task == "stvg"]
+    assert st and not any(s.task == "stvg" for s in plain)
+    assert [s.to_dict() for s in both if s.task != "stvg"] == [s.to_dict() for s in plain]
+    assert {s.task for s in synth_samples("synth://standard?n=6&seed=0&stvg=1&tasks=stvg")} == {"stvg"}
+    with pytest.raises(ValueError, match="stvg must be 0 or 1"):
+        synth_samples("synth://standard?n=2&stvg=yes")
+    with pytest.raises(ValueError, match="unknown tasks"):
+        synth_samples("synth://standard?n=2&tasks=stvg")          # without stvg=1 there are none
+
+
+def stvg_sample() -> Sample:
+    return Sample(id="s", video="v", duration=4.0, task="stvg", query="where is the red square?",
+                  answer="it moves from the top left to the top right", spans=[[1.0, 3.0]],
+                  meta={"boxes": {"2": [0.5, 0.0, 0.75, 0.25], "1": [0.0, 0.0, 0.25, 0.3]}})
+
+
+def test_box_tokens_in_the_answer_with_soft_targets():
+    import torch
+    from damo.data.collate import Collator
+    from damo.model.modeling_damo import DamoModel
+    from damo.model.tokenizer import train_tokenizer
+    from test_model import TEXTS, clip, tiny_cfg
+    cfg = tiny_cfg()
+    cfg.box_bins = 5                                     # anchors at 0, 0.25, 0.5, 0.75, 1
+    torch.manual_seed(0)
+    m = DamoModel(cfg, train_tokenizer(TEXTS, 300))
+    b = Collator.for_model(m)([(stvg_sample(), clip(4, 0))])
+    text = m.tokenizer.decode(b["input_ids"][0])
+    # first box (at 1 s) then last box (at 2 s), whatever the order of the JSON keys
+    assert "from<x_0><y_0><x_1><y_1> to<x_2><y_0><x_3><y_1>" in text.replace(" <", "<")
+    names = [m.tokenizer.convert_ids_to_tokens(r) for r in b["coord_ids"].tolist()]
+    assert [n[0] for n in names] == ["<x_0>", "<y_0>", "<x_1>", "<y_1>", "<x_2>", "<y_0>", "<x_3>", "<y_1>"]
+    # 0.3 = anchor 1.2: 0.8 on <y_1>, 0.2 on <y_2>; the last box's 0.25 sits on <y_1> exactly
+    assert b["coord_w"][3].tolist() == pytest.approx([0.8, 0.2])
+    assert b["coord_w"][7].tolist() == pytest.approx([1.0, 0.0])
+    out = m(b)
+    assert out["logits"].shape[-1] == len(m.tokenizer)
+
+
+def test_tube_interpolates_between_the_first_and_last_box():
+    from damo.eval.evaluate import tube
+    t = tube([1.0, 4.0], [[0.0, 0.0, 0.2, 0.2], [0.4, 0.2, 0.6, 0.4]], [0.5, 1.5, 2.5, 3.5, 4.5])
+    assert t["span"] == [1.0, 4.0]
+    assert t["boxes"] == {"1.5": [0.0, 0.0, 0.2, 0.2], "2.5": [0.2, 0.1, 0.4, 0.3], "3.5": [0.4, 0.2, 0.6, 0.4]}
+    assert tube([0.0, 1.0], [[0.1, 0.1, 0.2, 0.2]], [0.5])["boxes"] == {"0.5": [0.1, 0.1, 0.2, 0.2]}
+
+
+def test_grounding_report_scores_stvg_tubes():
+    from damo.data.schema import Prediction
+    from damo.eval.evaluate import grounding_report
+    s = stvg_sample()
+    exact = Prediction(id="s", spans=[[1.0, 3.0]], tube={"span": [1.0, 3.0], "boxes": s.meta["boxes"]})
+    r = grounding_report([s], [exact])["stvg"]
+    assert r["m_tIoU"] == 1.0 and r["m_sIoU"] == 1.0 and r["n"] == 1
+    r = grounding_report([s], [Prediction(id="s", spans=[[2.0, 3.0]])])["stvg"]       # a span, no boxes
+    assert r["m_tIoU"] == 0.5 and r["m_sIoU"] == 0.0

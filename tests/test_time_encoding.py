@@ -100,10 +100,12 @@ def test_lape_response_tokens_and_soft_targets(lape):
     assert response_text("grounding", "red", [[1.5, 3.0]], [], response="coupled", duration=6.0, time_bins=BINS) == \
         "red in <t_2> - <t_3> seconds."
     b = Collator.for_model(lape)([(sample(0, spans=((1.5, 3.0),)), clip(6, 0))])
-    toks = lape.tokenizer.convert_ids_to_tokens(b["input_ids"][0, b["time_pos"][:, 1]].tolist())
+    toks = lape.tokenizer.convert_ids_to_tokens(b["input_ids"][0, b["coord_pos"][:, 1]].tolist())
     assert toks == ["<t_2>", "<t_3>"]
     # 1.5 s of 6 s sits halfway between anchors 1 and 2; 3.0 s is anchor 3 exactly
-    assert b["time_targets"].tolist() == [[0, 0.5, 0.5, 0, 0, 0, 0], [0, 0, 0, 1, 0, 0, 0]]
+    anchors = [lape.tokenizer.convert_ids_to_tokens(r) for r in b["coord_ids"].tolist()]
+    assert anchors == [["<t_1>", "<t_2>"], ["<t_3>", "<t_4>"]]
+    assert b["coord_w"].tolist() == [[0.5, 0.5], [1.0, 0.0]]
 
 
 def test_lm_loss_uses_soft_targets_on_time_tokens(lape):
@@ -112,8 +114,8 @@ def test_lm_loss_uses_soft_targets_on_time_tokens(lape):
     L, V = b["input_ids"].shape[1], len(lape.tokenizer)
     logits = torch.randn(1, L, V)
     got = losses.lm({"logits": logits}, b)
-    # by hand: -log p(label) at ordinary response tokens, -(y . log p over time tokens) at time tokens
-    timed = {int(p) for p in b["time_pos"][:, 1]}
+    # by hand: -log p(label) at ordinary response tokens, -(w . log p of the two anchors) at time tokens
+    timed = {int(p) for p in b["coord_pos"][:, 1]}
     terms = []
     for p in range(1, L):
         lab = int(b["labels"][0, p])
@@ -121,13 +123,13 @@ def test_lm_loss_uses_soft_targets_on_time_tokens(lape):
             continue
         logp = logits[0, p - 1].log_softmax(-1)
         if p in timed:
-            y = b["time_targets"][sorted(timed).index(p)]
-            terms.append(-(y * logp[lape.time_ids]).sum())
+            k = sorted(timed).index(p)
+            terms.append(-(b["coord_w"][k] * logp[b["coord_ids"][k]]).sum())
         else:
             terms.append(-logp[lab])
     assert got.item() == pytest.approx(torch.stack(terms).mean().item(), rel=1e-5)
     # without LAPE the same batch is plain cross-entropy on the hard labels
-    plain = {k: v for k, v in b.items() if k != "time_pos"}
+    plain = {k: v for k, v in b.items() if k != "coord_pos"}
     assert losses.lm({"logits": logits}, plain).item() != pytest.approx(got.item())
 
 
@@ -136,7 +138,7 @@ def test_lape_answers_render_decoded_seconds(lape):
     body = [*lape.tokenizer("red in", add_special_tokens=False)["input_ids"], ids[0],
             *lape.tokenizer(" -", add_special_tokens=False)["input_ids"], ids[1],
             *lape.tokenizer(" seconds.", add_special_tokens=False)["input_ids"]]
-    text = lape.render_answer(body, [], [1.5, 3.0])
+    text = lape.render_answer(body, [], [("t", 1.5), ("t", 3.0)])
     assert text_spans(text, 6.0) == [[1.5, 3.0, 1.0]]
 
 
@@ -159,7 +161,8 @@ def test_lape_generation_reads_time_from_two_bins(lape):
     finally:
         hook.remove()
     assert gen["ids"] == [t4, t4]
-    assert gen["times"] == pytest.approx([4 + 1 / (1 + math.e)] * 2, rel=1e-5)
+    assert [a for a, _ in gen["coords"]] == ["t", "t"]
+    assert [v for _, v in gen["coords"]] == pytest.approx([4 + 1 / (1 + math.e)] * 2, rel=1e-5)
 
 
 @pytest.mark.parametrize("enc", ["timestamp", "lape", "none"])

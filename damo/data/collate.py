@@ -21,11 +21,11 @@ from transformers import PreTrainedTokenizerFast
 
 from damo.data.schema import Sample
 from damo.model import tokenizer as tk
-from damo.model.coordinates import soft_time_targets, time_to_token, time_token_names, timestamp_prompt
+from damo.model.coordinates import anchor_pair, box_to_tokens, box_token_names, time_to_token, time_token_names, timestamp_prompt
 from damo.model.evidence import frame_targets, llm_group
 
-_TIME_TOKEN = r"<t_\d+>"
-_SPECIAL = re.compile("(" + "|".join([re.escape(t) for t in tk.SPECIAL_TOKENS] + [_TIME_TOKEN]) + ")")
+_COORD_TOKEN = r"<[txy]_\d+>"      # LAPE coordinate tokens: time, width, height
+_SPECIAL = re.compile("(" + "|".join([re.escape(t) for t in tk.SPECIAL_TOKENS] + [_COORD_TOKEN]) + ")")
 
 
 RESPONSES = ("coupled", "decomposed", "interleaved")
@@ -52,8 +52,17 @@ def span_text(span, duration: float | None = None, time_bins: int = 0) -> str:
     return f"{span[0]:.1f} - {span[1]:.1f} seconds"
 
 
+def box_text(boxes: list, box_bins: int) -> str:
+    """A tube's first and last box as LAPE width/height tokens (LLaVA-ST section 3.2):
+    ``"from <x_a> <y_b> <x_c> <y_d> to <x_e> ..."``; the boxes in between follow by linear
+    interpolation (the procedural shapes move in straight lines)."""
+    first, last = (" ".join(box_to_tokens(b, box_bins)) for b in (boxes[0], boxes[-1]))
+    return f"from {first} to {last}"
+
+
 def response_text(task: str, answer: str, spans: list, captions: list[str], *, response: str = "interleaved",
-                  level: str = "event", duration: float | None = None, time_bins: int = 0) -> str:
+                  level: str = "event", duration: float | None = None, time_bins: int = 0,
+                  boxes: list | None = None, box_bins: int = 0) -> str:
     """The target response for one turn; the switches follow D²VLM's ablations.
 
     ``response`` (Table 4): ``coupled``, timestamps as plain text tokens in the answer and no
@@ -63,7 +72,8 @@ def response_text(task: str, answer: str, spans: list, captions: list[str], *, r
     ``level`` (Table 6): ``event``, one ``<evi>`` grounds a whole interval; ``frame``, an event is
     two ``<evi>`` tokens, each grounding a single frame (its start, then its end), as
     timestamp-token designs do. ``time_bins`` writes text timestamps as LAPE time tokens
-    (:func:`span_text`).
+    (:func:`span_text`); ``boxes`` (a spatio-temporal grounding tube's boxes in time order) with
+    ``box_bins`` ends the answer with the tube's boxes as LAPE width/height tokens (:func:`box_text`).
     """
     if response not in RESPONSES or level not in EVIDENCE_LEVELS:
         raise ValueError(f"response must be one of {RESPONSES} and level one of {EVIDENCE_LEVELS}, "
@@ -81,7 +91,8 @@ def response_text(task: str, answer: str, spans: list, captions: list[str], *, r
         # puts what to ground next to the token that grounds it
         body = f"{ans or 'It happens'} in {_join(refs)}."
     else:
-        body = f"{ans}. The relevant event happens in {_join(refs)}."
+        where = f", {box_text(boxes, box_bins)}" if boxes and box_bins else ""
+        body = f"{ans}. The relevant event happens in {_join(refs)}{where}."
     if response == "coupled":
         return body
     return " ".join([evi] * n + [tk.EVI_END, body])
@@ -116,10 +127,10 @@ def encode(tok: PreTrainedTokenizerFast, text: str) -> list[int]:
             continue
         if piece in tk.SPECIAL_TOKENS:
             ids.append(tok.convert_tokens_to_ids(piece))
-        elif re.fullmatch(_TIME_TOKEN, piece):
+        elif re.fullmatch(_COORD_TOKEN, piece):
             i = tok.convert_tokens_to_ids(piece)
             if i is None or i == tok.unk_token_id:
-                raise ValueError(f"{piece} is not in the tokenizer: the model has no LAPE time tokens")
+                raise ValueError(f"{piece} is not in the tokenizer: the model has no such LAPE coordinate tokens")
             ids.append(i)
         else:
             ids.extend(tok(" " + piece.strip(), add_special_tokens=False)["input_ids"])
@@ -127,10 +138,13 @@ def encode(tok: PreTrainedTokenizerFast, text: str) -> list[int]:
 
 
 def turns_of(s: Sample) -> list[dict]:
-    """A sample's turns: dialogues keep ``meta['turns']``; anything else is one turn."""
+    """A sample's turns: dialogues keep ``meta['turns']``; anything else is one turn (with the
+    tube's boxes in time order for spatio-temporal grounding)."""
     if s.task == "dialogue":
         return s.meta["turns"]
-    return [{"task": s.task, "query": s.query, "answer": s.answer, "spans": s.spans, "captions": s.captions}]
+    boxes = [b for _, b in sorted(s.meta.get("boxes", {}).items(), key=lambda kv: float(kv[0]))]
+    return [{"task": s.task, "query": s.query, "answer": s.answer, "spans": s.spans, "captions": s.captions,
+             "boxes": boxes}]
 
 
 LAYOUTS = ("video_first", "query_first", "query_both")
@@ -181,7 +195,7 @@ class Collator:
 
     def __init__(self, tok: PreTrainedTokenizerFast, video_tokens: int, frame_tokens: int, fps: float,
                  layout: str, max_len: int = 1024, response: str = "interleaved", evidence_level: str = "event",
-                 llm_frames: int = 0, time_encoding: str = "sinusoid", time_bins: int = 0):
+                 llm_frames: int = 0, time_encoding: str = "sinusoid", time_bins: int = 0, box_bins: int = 0):
         if time_encoding not in TIME_ENCODINGS:
             raise ValueError(f"time encoding must be one of {TIME_ENCODINGS}, got {time_encoding!r}")
         self.tok, self.F, self.K, self.fps, self.max_len = tok, video_tokens, frame_tokens, fps, max_len
@@ -189,9 +203,15 @@ class Collator:
         self.layout, self.response, self.level = layout, response, evidence_level
         self.timestamps = time_encoding == "timestamp"
         self.bins = time_bins if time_encoding == "lape" else 0
-        self.time_vocab = torch.tensor(tok.convert_tokens_to_ids(time_token_names(self.bins)) if self.bins else [],
-                                       dtype=torch.long)
-        self.time_set = set(self.time_vocab.tolist())
+        self.box_bins = box_bins
+        # LAPE coordinate token id -> (axis, its axis's token ids in anchor order)
+        axes = {"t": time_token_names(self.bins) if self.bins else []}
+        if box_bins:
+            axes["x"], axes["y"] = box_token_names(box_bins)
+        self.axis_of = {}
+        for axis, names in axes.items():
+            anchors = tok.convert_tokens_to_ids(names)
+            self.axis_of.update({i: (axis, anchors) for i in anchors})
         self.video = tok.convert_tokens_to_ids(tk.VIDEO)
         self.evi = tok.convert_tokens_to_ids(tk.EVI)
 
@@ -201,7 +221,7 @@ class Collator:
         c = model.cfg
         return cls(model.tokenizer, c.bridge_tokens, c.fuser.frame_tokens, c.fps, c.layout, response=c.response,
                    evidence_level=c.evidence.level, llm_frames=c.llm_frames, time_encoding=c.time_encoding,
-                   time_bins=c.time_bins, **kw)
+                   time_bins=c.time_bins, box_bins=c.box_bins, **kw)
 
     def __call__(self, items: list[tuple[Sample, ClipTensors | None]], rng: random.Random | None = None) -> dict:
         """``items`` pair samples with their clips; a clip of ``None`` makes a text-only batch (no
@@ -221,7 +241,7 @@ class Collator:
         seqs, labels, frame_pos = [], [], torch.zeros(B, Tl, self.K, dtype=torch.long)
         evi_mask = torch.zeros(B, Tl, dtype=torch.bool)
         evi_b, evi_p, evi_y, pairs, align = [], [], [], [], []
-        time_pos, time_y = [], []
+        coord_pos, coord_ids, coord_w = [], [], []
         durations = torch.tensor([float(s.duration) for s, _ in items])
         for b, (s, c) in enumerate(items):
             n = 0 if text else c.frames.shape[0]
@@ -242,19 +262,27 @@ class Collator:
                     ids, lab = ids + q, lab + [-100] * len(q)
                 r = encode(self.tok, response_text(turn["task"], turn["answer"], turn["spans"], turn["captions"],
                                                    response=self.response, level=self.level, duration=s.duration,
-                                                   time_bins=self.bins))
+                                                   time_bins=self.bins, boxes=turn.get("boxes"),
+                                                   box_bins=self.box_bins))
                 if ti == len(turns) - 1:
                     r.append(self.tok.eos_token_id)
                 off = len(ids)
                 ids, lab = ids + r, lab + r
                 spans = turn["spans"]
-                tpos = [off + i for i, t in enumerate(r) if t in self.time_set]
-                if tpos:            # LAPE: soft two-bin targets for the time tokens, span bounds in order
-                    bounds = [t for sp in spans for t in sp[:2]][:len(tpos)]
-                    if len(bounds) != len(tpos):
-                        raise ValueError(f"sample {s.id}: {len(tpos)} time tokens in the response for {len(spans)} spans")
-                    time_pos += [(b, p) for p in tpos]
-                    time_y.append(soft_time_targets(torch.tensor(bounds), s.duration, self.bins))
+                # LAPE coordinate tokens: soft targets on the two anchors around the exact value
+                # (span bounds for time tokens, box corners for width/height tokens, in order)
+                values = {"t": [t / s.duration for sp in spans for t in sp[:2]],
+                          "x": [v for bx in turn.get("boxes", [])[:1] + turn.get("boxes", [])[-1:] for v in bx[0::2]],
+                          "y": [v for bx in turn.get("boxes", [])[:1] + turn.get("boxes", [])[-1:] for v in bx[1::2]]}
+                for i, t in enumerate(r):
+                    if t in self.axis_of:
+                        axis, anchors = self.axis_of[t]
+                        if not values[axis]:
+                            raise ValueError(f"sample {s.id}: more {axis} coordinate tokens than values to supervise")
+                        lo, w = anchor_pair(values[axis].pop(0), len(anchors))
+                        coord_pos.append((b, off + i))
+                        coord_ids.append((anchors[lo], anchors[lo + 1]))
+                        coord_w.append((1 - w, w))
                 evis = [] if text else [off + i for i, t in enumerate(r) if t == self.evi]
                 first = len(evi_b)
                 for p, y in zip(evis, evidence_targets(spans, len(evis), n, self.fps, self.level)):
@@ -310,8 +338,9 @@ class Collator:
             "query_ids": torch.tensor([q + [pad] * (Lq - len(q)) for q in queries]),
             "query_mask": torch.tensor([[True] * len(q) + [False] * (Lq - len(q)) for q in queries]),
             "duration": durations,                                               # (B,) seconds
-            # LAPE time tokens in the responses: (N, 2) [row, position], soft targets (N, bins), their ids
-            "time_pos": torch.tensor(time_pos, dtype=torch.long).view(-1, 2),
-            "time_targets": torch.cat(time_y) if time_y else torch.zeros(0, self.bins),
-            "time_vocab": self.time_vocab,
+            # LAPE coordinate tokens in the responses: [row, position], the two anchor ids around
+            # the exact value and their soft-target weights, each (N, 2)
+            "coord_pos": torch.tensor(coord_pos, dtype=torch.long).view(-1, 2),
+            "coord_ids": torch.tensor(coord_ids, dtype=torch.long).view(-1, 2),
+            "coord_w": torch.tensor(coord_w, dtype=torch.float32).view(-1, 2),
         }

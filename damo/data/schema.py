@@ -59,23 +59,28 @@ class Sample:
 class Prediction:
     """One line of the canonical prediction JSONL: spans ranked best first.
 
-    Each span is ``[start, end]`` or ``[start, end, score]``.
+    Each span is ``[start, end]`` or ``[start, end, score]``. Spatio-temporal grounding answers
+    add ``tube``: ``{"span": [s, e], "boxes": {frame_time: [x0, y0, x1, y1]}}`` (boxes in [0, 1]).
     """
     id: str
     spans: list[list[float]] = field(default_factory=list)
     answer: str | None = None
+    tube: dict | None = None
 
     def to_dict(self) -> dict:
         d = {"id": self.id, "spans": self.spans}
         if self.answer is not None:
             d["answer"] = self.answer
+        if self.tube is not None:
+            d["tube"] = self.tube
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "Prediction":
         if "id" not in d or "spans" not in d:
             raise ValueError(f"prediction line needs 'id' and 'spans', got keys {sorted(d)}")
-        return cls(id=str(d["id"]), spans=[[float(x) for x in sp] for sp in d["spans"]], answer=d.get("answer"))
+        return cls(id=str(d["id"]), spans=[[float(x) for x in sp] for sp in d["spans"]], answer=d.get("answer"),
+                   tube=d.get("tube"))
 
 
 class QuirkReport(Counter):

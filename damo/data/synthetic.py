@@ -775,18 +775,24 @@ def video_samples(spec: VideoSpec, video: str | None = None) -> list[Sample]:
 
 
 def generate_samples(n: int, seed: int, difficulty: str = "standard", split: str = "train",
-                     start: int = 0) -> list[Sample]:
-    """Samples of videos ``start .. start + n - 1`` of one split, in memory (videos as URIs)."""
+                     start: int = 0, stvg: bool = False) -> list[Sample]:
+    """Samples of videos ``start .. start + n - 1`` of one split, in memory (videos as URIs);
+    ``stvg`` adds each video's spatio-temporal grounding queries (:func:`stvg_samples`)."""
     if n < 0:
         raise ValueError(f"number of videos must be >= 0, got {n}")
     _check_args(difficulty, split, start)
-    return [s for i in range(start, start + n) for s in video_samples(generate_spec(difficulty, seed, split, i))]
+    out = []
+    for i in range(start, start + n):
+        spec = generate_spec(difficulty, seed, split, i)
+        out += video_samples(spec) + (stvg_samples(spec) if stvg else [])
+    return out
 
 
 def synth_samples(spec: str) -> list[Sample]:
-    """Samples from a dataset spec ``synth://DIFFICULTY?n=N&seed=S&split=SPLIT[&tasks=a,b]``.
+    """Samples from a dataset spec ``synth://DIFFICULTY?n=N&seed=S&split=SPLIT[&tasks=a,b][&stvg=1]``.
 
-    Defaults: n=1000, seed=0, split=train, all tasks. Used by training recipes; no files.
+    Defaults: n=1000, seed=0, split=train, all tasks, no spatio-temporal grounding queries
+    (``stvg=1`` adds them). Used by training recipes; no files.
     """
     if not spec.startswith("synth://"):
         raise ValueError(f"{spec!r} is not a synthetic dataset spec; write e.g. synth://standard?n=4000&seed=0")
@@ -795,21 +801,24 @@ def synth_samples(spec: str) -> list[Sample]:
     difficulty = difficulty.rstrip("/")
     if difficulty not in DIFFICULTIES:
         raise ValueError(f"{spec!r}: unknown difficulty {difficulty!r}; choose one of {DIFFICULTIES}")
-    params = {"n": "1000", "seed": "0", "split": "train", "tasks": ""}
+    params = {"n": "1000", "seed": "0", "split": "train", "tasks": "", "stvg": "0"}
     for item in filter(None, query.split("&")):
         key, eq, value = item.partition("=")
         if not eq or key not in params:
             raise ValueError(f"{spec!r}: bad parameter {item!r}; allowed: n=INT, seed=INT, split=train|val|test, "
-                             f"tasks=TASK[,TASK]")
+                             f"tasks=TASK[,TASK], stvg=0|1")
         params[key] = value
     try:
         n, seed = int(params["n"]), int(params["seed"])
     except ValueError:
         raise ValueError(f"{spec!r}: n and seed must be integers") from None
-    samples = generate_samples(n, seed, difficulty, params["split"])
+    if params["stvg"] not in ("0", "1"):
+        raise ValueError(f"{spec!r}: stvg must be 0 or 1, got {params['stvg']!r}")
+    stvg = params["stvg"] == "1"
+    samples = generate_samples(n, seed, difficulty, params["split"], stvg=stvg)
     if params["tasks"]:
         tasks = set(params["tasks"].split(","))
-        known = {"grounding", "multi_grounding", "dense_caption", "grounded_qa"}
+        known = {"grounding", "multi_grounding", "dense_caption", "grounded_qa"} | ({"stvg"} if stvg else set())
         if not tasks <= known:
             raise ValueError(f"{spec!r}: unknown tasks {sorted(tasks - known)}; synthetic data has {sorted(known)}")
         samples = [s for s in samples if s.task in tasks]

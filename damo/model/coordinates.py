@@ -82,6 +82,15 @@ def interpolate_anchors(table: torch.Tensor, rel: torch.Tensor) -> torch.Tensor:
     return table[lo] * (1 - w) + table[lo + 1] * w
 
 
+def anchor_pair(rel: float, n: int) -> tuple[int, float]:
+    """One value's soft label in sparse form: the lower anchor ``lo`` around relative position
+    ``rel`` (clamped to [0, 1]) and the weight ``w`` of ``lo + 1`` (``lo`` gets ``1 - w``)."""
+    _check_bins(n)
+    u = min(max(float(rel), 0.0), 1.0) * (n - 1)
+    lo = min(math.floor(u), n - 2)
+    return lo, u - lo
+
+
 def soft_targets(rel: torch.Tensor, n: int) -> torch.Tensor:
     """Two-anchor soft labels ``(..., n)`` for relative positions ``rel (...)`` in [0, 1].
 

@@ -36,7 +36,8 @@ from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast, Qwen2Con
 
 from damo.data.collate import EVIDENCE_LEVELS, LAYOUTS, RESPONSES, TIME_ENCODINGS, span_text
 from damo.model import backbones
-from damo.model.coordinates import add_time_tokens, anchor_tables, decode_time, frame_time_embedding
+from damo.model.coordinates import (add_box_tokens, add_time_tokens, anchor_tables, decode_position,
+                                    frame_time_embedding)
 from damo.model.encoders import Block
 from damo.model.compressors import build_compressor
 from damo.model.evidence import EvidenceHead, decode_interval, llm_group, pool_groups, salient_frames
@@ -151,6 +152,7 @@ class DamoConfig:
     query_aware: bool = True   # frame tokens carry their match with the question in the stage-1 alignment space
     time_encoding: str = "sinusoid"  # sinusoid | timestamp | lape | none (see collate.TIME_ENCODINGS)
     time_bins: int = 32        # lape: time tokens <t_0> .. <t_{n-1}> spread evenly over the video
+    box_bins: int = 0          # > 0: LAPE width/height tokens <x_i>, <y_i> for boxes (spatio-temporal grounding answers)
 
     @classmethod
     def from_dict(cls, d: dict) -> "DamoConfig":
@@ -176,6 +178,8 @@ class DamoConfig:
                 raise ValueError(f"model.{key} must be one of {valid}, got {value!r}")
         if cfg.time_encoding == "lape" and cfg.time_bins < 2:
             raise ValueError(f"model.time_bins must be >= 2 for LAPE time tokens, got {cfg.time_bins}")
+        if cfg.box_bins == 1 or cfg.box_bins < 0:
+            raise ValueError(f"model.box_bins must be 0 (no box tokens) or >= 2, got {cfg.box_bins}")
         return cfg
 
 
@@ -241,8 +245,10 @@ class DamoModel(nn.Module):
                                            k_max=cc.k_max, seed=cc.seed, **cc.options)
         self.fuseformer = TemporalFuseformer(D, fc.blocks, fc.heads, fc.visual_queries, fc.audio_queries,
                                              fc.fusion_tokens, fc.frame_tokens, cfg.max_frames, fc.window)
-        # LAPE (LLaVA-ST eq. 4): time tokens join the vocabulary before the LLM is sized to it
+        # LAPE (LLaVA-ST eq. 4): coordinate tokens join the vocabulary before the LLM is sized to it
         self.time_ids = add_time_tokens(tokenizer, cfg.time_bins) if cfg.time_encoding == "lape" else []
+        self.x_ids, self.y_ids = add_box_tokens(tokenizer, cfg.box_bins) if cfg.box_bins else ([], [])
+        self.coord_axes = {a: ids for a, ids in (("t", self.time_ids), ("x", self.x_ids), ("y", self.y_ids)) if ids}
         self.llm = build_llm(cfg.llm, tokenizer)
         C = self.llm.config.hidden_size
         # Both video paths end in a LayerNorm whose gain starts at the RMS of the LLM's word
@@ -385,8 +391,9 @@ class DamoModel(nn.Module):
 
         Returns generated ids, and per ``<evi>``: its stage (1 grounding, 2 answer), frame
         scores ``(T,)`` (a pooled token's score repeated over its frames) and decoded
-        ``[start, end, score]``; with LAPE, ``times`` holds the seconds each generated time
-        token stands for, read from the two most probable neighbouring bins (LLaVA-ST eq. 4).
+        ``[start, end, score]``. ``coords`` holds ``(axis, value)`` for each generated LAPE
+        coordinate token, read from the two most probable neighbouring anchors of its axis
+        (LLaVA-ST section 3.2): seconds for time (``"t"``), [0, 1] for width and height (``"x"``, ``"y"``).
         """
         self.eval()
         T = frames.shape[1]
@@ -408,15 +415,17 @@ class DamoModel(nn.Module):
         past, h_last, logits = res.past_key_values, res.hidden_states[-2][0, -1], res.logits[0, -1]
         table = self.llm.get_input_embeddings()
         frame_level = self.cfg.evidence.level == "frame"
-        out_ids, evidence, stage, pos, seconds = [], [], 1, len(prompt_ids), []
-        time_set = set(self.time_ids)
+        out_ids, evidence, stage, pos, coords = [], [], 1, len(prompt_ids), []
+        axis_of = {i: a for a, ids in self.coord_axes.items() for i in ids}
         for _ in range(max_new_tokens):
             nxt = int(logits.argmax())
             if nxt == self.tokenizer.eos_token_id:
                 break
             out_ids.append(nxt)
-            if nxt in time_set:
-                seconds.append(float(decode_time(logits[self.time_ids], duration)))
+            if nxt in axis_of:
+                a = axis_of[nxt]
+                v = float(decode_position(logits[self.coord_axes[a]]))
+                coords.append((a, v * duration if a == "t" else v))
             e = table(torch.tensor([[nxt]]))                        # (1, 1, C)
             if nxt == self.evi_end_id:
                 stage = 2
@@ -435,18 +444,18 @@ class DamoModel(nn.Module):
                            position_ids=torch.tensor([[pos]]))
             pos += 1
             past, h_last, logits = res.past_key_values, res.hidden_states[-2][0, -1], res.logits[0, -1]
-        return {"ids": out_ids, "evidence": pair_frames(evidence) if frame_level else evidence, "times": seconds}
+        return {"ids": out_ids, "evidence": pair_frames(evidence) if frame_level else evidence, "coords": coords}
 
-    def render_answer(self, ids: list[int], evidence: list[dict], times: list[float] = ()) -> str:
+    def render_answer(self, ids: list[int], evidence: list[dict], coords: list = ()) -> str:
         """Answer-stage text with each ``<evi>`` written as "s - e seconds" (at frame level, each
-        (start, end) pair of ``<evi>`` as one span) and each LAPE time token as its decoded
-        seconds (``times``, from :meth:`generate`)."""
+        (start, end) pair of ``<evi>`` as one span) and each LAPE coordinate token as its decoded
+        value (``coords`` from :meth:`generate`: seconds, or a fraction of the frame for boxes)."""
         toks = self.tokenizer.convert_ids_to_tokens(ids)
         answer_ev = iter(e for e in evidence if e["stage"] == 2)
-        time_set, seconds = set(self.time_ids), iter(times)
+        coord_set, values = {i for ids_ in self.coord_axes.values() for i in ids_}, iter(coords)
         text, piece, after, odd = [], [], self.evi_end_id not in ids, False
         for i, t in zip(ids, toks):
-            sec = next(seconds, float("nan")) if i in time_set else None
+            coord = next(values, ("t", float("nan"))) if i in coord_set else None
             if i == self.evi_end_id:
                 after = True
                 continue
@@ -461,10 +470,10 @@ class DamoModel(nn.Module):
                         continue
                 ev = next(answer_ev, None)
                 text.append(span_text(ev["span"]) if ev else "")
-            elif sec is not None:
+            elif coord is not None:
                 text.append(self.tokenizer.convert_tokens_to_string(piece))
                 piece = []
-                text.append(f"{sec:.1f}")
+                text.append(f"{coord[1]:.1f}" if coord[0] == "t" else f"{coord[1]:.2f}")
             else:
                 piece.append(t)
         text.append(self.tokenizer.convert_tokens_to_string(piece))

@@ -179,10 +179,8 @@ def chosen_view(out: dict, batch: dict) -> tuple[dict, dict]:
             b[k] = v[:nc]
         elif k == "cons_pairs":
             b[k] = v[(v < nc).all(1)]
-        elif k in ("time_pos", "time_targets"):        # per LAPE time token, rows in order
-            b[k] = v[batch["time_pos"][:, 0] < P]
-        elif k == "time_vocab":
-            b[k] = v
+        elif k in ("coord_pos", "coord_ids", "coord_w"):   # per LAPE coordinate token, rows in order
+            b[k] = v[batch["coord_pos"][:, 0] < P]
         elif isinstance(v, (torch.Tensor, list)) and len(v) == B:
             b[k] = v[:P]
         else:

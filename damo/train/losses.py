@@ -15,22 +15,23 @@ from damo.train.fpo import fpo as fpo_loss_of_batch
 def lm(out: dict, batch: dict) -> torch.Tensor:
     """Next-token cross-entropy on response tokens (labels -100 elsewhere): L_sft of D²VLM eq. 2.
 
-    LAPE time tokens (``batch['time_pos']``) are trained on their soft two-bin targets instead
-    of the one-hot closest bin (LLaVA-ST section 3.2): cross-entropy against
-    ``batch['time_targets']`` over the time-token logits; every token counts once in the mean.
+    LAPE coordinate tokens (``batch['coord_pos']``) are trained on soft two-anchor targets
+    instead of the one-hot closest anchor (LLaVA-ST section 3.2): ``-(w_lo log p_lo + w_hi log p_hi)``
+    with the anchors and weights of ``batch['coord_ids']`` and ``batch['coord_w']``; every token
+    counts once in the mean.
     """
     logits = out["logits"][:, :-1]
     labels = batch["labels"][:, 1:]
-    tp = batch.get("time_pos")
-    if tp is None or not len(tp):
+    cp = batch.get("coord_pos")
+    if cp is None or not len(cp):
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100)
-    r, p = tp[:, 0], tp[:, 1] - 1                                          # logits at p predict token p + 1
+    r, p = cp[:, 0], cp[:, 1] - 1                                          # logits at p predict token p + 1
     labels = labels.index_put((r, p), torch.tensor(-100))
     hard = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100,
                            reduction="sum")
-    logp = logits[r, p].float().log_softmax(-1)[:, batch["time_vocab"]]    # (N, bins)
-    soft = -(batch["time_targets"] * logp).sum()
-    return (hard + soft) / ((labels != -100).sum() + len(tp))
+    logp = logits[r, p].float().log_softmax(-1).gather(1, batch["coord_ids"])   # (N, 2)
+    soft = -(batch["coord_w"] * logp).sum()
+    return (hard + soft) / ((labels != -100).sum() + len(cp))
 
 
 def grounding_bce(out: dict, batch: dict) -> torch.Tensor:
