@@ -92,13 +92,14 @@ class Grounding:
     scores: list[np.ndarray] = field(default_factory=list)   # one (T,) curve per answer <evi>
     frames: np.ndarray | None = None    # (T, h, w, 3) uint8 decoded frames, for thumbnails
     threshold: float = 0.6              # spans keep frames scoring >= threshold x the curve's max
+    tube: dict | None = None            # where and when: {"span", "boxes": {time: [x0, y0, x1, y1]}} (box-token models)
 
     def to_dict(self) -> dict:
-        """The JSON shape of :meth:`Grounder.ground`."""
+        """The JSON shape of :meth:`Grounder.ground` (plus ``tube`` when the answer placed a box)."""
         return {"answer": self.answer,
                 "spans": [{"start": round(s, 2), "end": round(e, 2), "score": round(p, 4)} for s, e, p in self.spans],
                 "evidence": [[round(x, 2) for x in sp] for sp in self.evidence],
-                "duration": round(self.duration, 3)}
+                "duration": round(self.duration, 3)} | ({"tube": self.tube} if self.tube else {})
 
 
 class Grounder:
@@ -114,7 +115,8 @@ class Grounder:
         """Answer ``query`` about ``video`` (a file or a ``synth://`` URI).
 
         Returns ``{"answer", "spans": [{"start", "end", "score"}] (best first), "evidence":
-        [[start, end, score]] (the pure-grounding stage), "duration"}``, seconds throughout.
+        [[start, end, score]] (the pure-grounding stage), "duration"}``, seconds throughout, and
+        ``"tube"`` (boxes per frame time, in [0, 1]) when a box-token model answered where.
         Undecodable files raise :class:`~damo.media.MediaError`, bad queries ``ValueError``.
         """
         return self.explain(video, query, progress).to_dict()
@@ -140,7 +142,7 @@ class Grounder:
                          spans=[list(map(float, sp)) for sp in r["spans"]],
                          evidence=[list(map(float, sp)) for sp in r["evidence"]], duration=float(clip.duration),
                          times=clip.times.numpy().astype(np.float64), scores=[np.asarray(s) for s in r["scores"]],
-                         frames=raw.frames, threshold=cfg.evidence.threshold)
+                         frames=raw.frames, threshold=cfg.evidence.threshold, tube=r["tube"])
 
     def ground_batch(self, source: str | Path, query: str | None = None, progress: bool = True) -> Iterator[dict]:
         """Ground every request of a folder of videos or a JSONL file, yielding one row per request.

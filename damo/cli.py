@@ -5,7 +5,7 @@
     damo eval   --data TEST.jsonl --model DIR [--out DIR]          run our model and score it
     damo eval   --task TASK --gt GT --pred PRED [--out M.json]      score any model's predictions
     damo ground VIDEO "QUERY" [--model DIR]
-    damo data synth   --n N --seed S --out DIR [--difficulty standard]
+    damo data synth   --n N --seed S --out DIR [--difficulty standard] [--stvg]
     damo data convert --format F --in PATH [--durations CSV] --out OUT.jsonl
 
 Heavy imports happen inside each subcommand so ``damo --help`` stays fast.
@@ -194,7 +194,8 @@ def cmd_ground(args: argparse.Namespace) -> int:
 
 def cmd_data_synth(args: argparse.Namespace) -> int:
     from damo.data import synthetic
-    _print(synthetic.synthesize(args.out, n=args.n, seed=args.seed, difficulty=args.difficulty, test_n=args.n_test))
+    _print(synthetic.synthesize(args.out, n=args.n, seed=args.seed, difficulty=args.difficulty, test_n=args.n_test,
+                                stvg=args.stvg))
     return 0
 
 
@@ -283,6 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--difficulty", default="standard", choices=["easy", "standard", "hard"])
     s.add_argument("--n-test", type=int, default=None)
+    s.add_argument("--stvg", action="store_true", help="add where-and-when questions with box tubes")
     s.add_argument("--out", required=True)
     s.set_defaults(fn=cmd_data_synth)
     c = data.add_parser("convert", help="public annotation format -> canonical JSONL")

@@ -184,3 +184,38 @@ def test_grounding_report_scores_stvg_tubes():
     assert r["m_tIoU"] == 1.0 and r["m_sIoU"] == 1.0 and r["n"] == 1
     r = grounding_report([s], [Prediction(id="s", spans=[[2.0, 3.0]])])["stvg"]       # a span, no boxes
     assert r["m_tIoU"] == 0.5 and r["m_sIoU"] == 0.0
+
+
+def test_generated_box_tokens_become_a_tube():
+    """Force the LM head through an answer with evidence and two boxes; predict_one turns it into a tube."""
+    import torch
+    from damo.eval.evaluate import predict_one
+    from damo.model import tokenizer as tk
+    from damo.model.modeling_damo import DamoModel
+    from damo.model.tokenizer import train_tokenizer
+    from test_model import TEXTS, clip, tiny_cfg
+    cfg = tiny_cfg()
+    cfg.box_bins = 5
+    torch.manual_seed(0)
+    m = DamoModel(cfg, train_tokenizer(TEXTS, 300)).eval()
+    script = m.tokenizer.convert_tokens_to_ids([tk.EVI, tk.EVI_END, tk.EVI, "<x_1>", "<y_1>", "<x_2>", "<y_2>",
+                                                "<x_3>", "<y_1>", "<x_4>", "<y_2>"]) + [m.tokenizer.eos_token_id]
+    calls = iter(script)
+
+    def forced(module, args, out):
+        z = torch.full_like(out, -1e4)
+        z[..., next(calls)] = 10.0
+        return z
+
+    hook = m.llm.get_output_embeddings().register_forward_hook(forced)
+    try:
+        r = predict_one(m, clip(6, 0), "where is the red square?", max_new_tokens=16)
+    finally:
+        hook.remove()
+    s, e, _ = r["spans"][0]
+    assert r["tube"]["span"] == [s, e]
+    frames = [t for t in clip(6, 0).times.tolist() if s <= t < e]
+    boxes = [r["tube"]["boxes"][str(round(t, 3))] for t in frames]
+    assert boxes[0] == pytest.approx([0.25, 0.25, 0.5, 0.5], abs=1e-3)       # one-hot anchors decode exactly
+    if len(boxes) > 1:
+        assert boxes[-1] == pytest.approx([0.75, 0.25, 1.0, 0.5], abs=1e-3)

@@ -414,3 +414,13 @@ def test_synthesize_writes_splits(tmp_path) -> None:
     t0 = test[0]
     assert [s.to_dict() for s in video_samples(spec_from_uri(t0.meta["uri"]), t0.video)
             ] == [s.to_dict() for s in test if s.video == t0.video]
+
+
+def test_synthesize_with_stvg_adds_tubes_on_the_encoded_test_videos(tmp_path) -> None:
+    counts = synthesize(tmp_path / "ds", n=3, seed=9, val_n=1, test_n=2, stvg=True)
+    assert counts["test"]["tasks"].get("stvg", 0) > 0
+    test = load_samples(tmp_path / "ds" / "test.jsonl")
+    st = [s for s in test if s.task == "stvg"]
+    assert st and all(s.video.endswith(".mkv") and s.meta["boxes"] for s in st)
+    assert [s.to_dict() for s in load_samples(tmp_path / "ds" / "train.jsonl")] == \
+        [s.to_dict() for s in generate_samples(3, 9, stvg=True)]

@@ -18,9 +18,9 @@ from test_model import TEXTS, clip, sample, tiny_cfg
 BINS = 7     # anchors at 0, 1, ..., 6 s of a 6-second clip
 
 
-def build(enc: str, response: str = "interleaved") -> DamoModel:
+def build(enc: str, response: str = "interleaved", box_bins: int = 0) -> DamoModel:
     cfg = tiny_cfg()
-    cfg.time_encoding, cfg.response, cfg.time_bins = enc, response, BINS
+    cfg.time_encoding, cfg.response, cfg.time_bins, cfg.box_bins = enc, response, BINS, box_bins
     torch.manual_seed(0)
     return DamoModel(cfg, train_tokenizer(TEXTS, 300)).eval()
 
@@ -167,11 +167,11 @@ def test_lape_generation_reads_time_from_two_bins(lape):
 
 @pytest.mark.parametrize("enc", ["timestamp", "lape", "none"])
 def test_time_encodings_round_trip_through_save_and_load(enc, tmp_path):
-    m = build(enc, "coupled")
+    m = build(enc, "coupled", box_bins=4 if enc == "lape" else 0)
     b = Collator.for_model(m)([(sample(0, spans=((1.5, 3.0),)), clip(6, 0))])
     m.save(tmp_path)
     m2 = DamoModel.load(tmp_path)
-    assert m2.cfg.time_encoding == enc and m2.time_ids == m.time_ids
+    assert m2.cfg.time_encoding == enc and m2.time_ids == m.time_ids and m2.x_ids == m.x_ids
     b2 = Collator.for_model(m2)([(sample(0, spans=((1.5, 3.0),)), clip(6, 0))])
     assert torch.equal(b["input_ids"], b2["input_ids"])
     with torch.no_grad():

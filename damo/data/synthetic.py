@@ -833,10 +833,11 @@ def _counts(samples: list[Sample], n_videos: int) -> dict:
 
 
 def synthesize(out_dir: str | Path, n: int, seed: int, difficulty: str = "standard", val_n: int | None = None,
-               test_n: int | None = None) -> dict:
+               test_n: int | None = None, stvg: bool = False) -> dict:
     """Write a dataset: ``train.jsonl`` and ``val.jsonl`` (videos as synth:// URIs), ``test.jsonl``
     whose videos are encoded files ``videos/test/NNNNN.mkv`` (stored as absolute paths, so the
     JSONL works from any working directory), and ``meta.json``. Returns counts per split.
+    ``stvg`` adds the spatio-temporal grounding queries (:func:`stvg_samples`).
 
     Defaults: ``val_n = max(1, n // 10)``, ``test_n = 120``.
     """
@@ -854,7 +855,7 @@ def synthesize(out_dir: str | Path, n: int, seed: int, difficulty: str = "standa
             video = None
             if split == "test":
                 video = str(write_video(spec, out / "videos" / "test" / f"{i:05d}.mkv"))
-            samples.extend(video_samples(spec, video))
+            samples.extend(video_samples(spec, video) + (stvg_samples(spec, video) if stvg else []))
         save_samples(out / f"{split}.jsonl", samples)
         counts[split] = _counts(samples, k)
     meta = {"generator": "damo.data.synthetic", "version": GENERATOR_VERSION, "seed": seed,
