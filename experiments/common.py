@@ -31,8 +31,9 @@ def short_recipe(seed: int, train: str, a: argparse.Namespace, overrides: list[s
 
 
 def run_parallel(fn: Callable, jobs: list, n: int) -> list:
-    """``fn`` over ``jobs`` in ``n`` spawned processes (each sets its own torch threads)."""
-    with mp.get_context("spawn").Pool(n) as pool:
+    """``fn`` over ``jobs`` in ``n`` spawned processes, a fresh one per job (each sets its own torch
+    threads; a job's peak memory is its own)."""
+    with mp.get_context("spawn").Pool(n, maxtasksperchild=1) as pool:
         return pool.map(fn, jobs, chunksize=1)
 
 
