@@ -58,8 +58,7 @@ def tube(span: list[float], boxes: list[list[float]], times: list[float]) -> dic
     for t in inside:
         w = (t - inside[0]) / (inside[-1] - inside[0]) if len(inside) > 1 else 0.0
         x0, y0, x1, y1 = (p + (q - p) * w for p, q in zip(a, b))
-        out[str(round(t, 3))] = [round(min(x0, x1), 4), round(min(y0, y1), 4),
-                                                   round(max(x0, x1), 4), round(max(y0, y1), 4)]
+        out[str(round(t, 3))] = [round(v, 4) for v in (min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))]
     return {"span": [float(span[0]), float(span[1])], "boxes": out}
 
 
