@@ -36,9 +36,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
 from common import add_budget_args, run_parallel, short_recipe  # noqa: E402
 
 from damo.data.clips import load_dataset  # noqa: E402
-from damo.data.collate import ClipTensors, prompt_ids  # noqa: E402
+from damo.data.collate import ClipTensors, Collator  # noqa: E402
 from damo.eval.evaluate import grounding_report, predict, predict_one  # noqa: E402
-from damo.model.evidence import llm_group  # noqa: E402
+from damo.eval.metrics import stvg_metrics  # noqa: E402
 from damo.model.modeling_damo import DamoModel  # noqa: E402
 from damo.config import Stage  # noqa: E402
 from damo.train.loop import run_stage  # noqa: E402
@@ -55,13 +55,16 @@ GRIDS = {"time": TIME, "compressors": COMPRESSORS, "coupled": COUPLED}
 
 def llm_tokens(model, seconds: int) -> int:
     """LLM input tokens of the prompt for a ``seconds``-long video at the model's fps (one question)."""
-    c = model.cfg
-    T = int(seconds * c.fps)
-    g = llm_group(T, c.llm_frames)
-    Tl = -(-T // g)
-    times = [(i * g + 0.5) / c.fps for i in range(Tl)] if c.time_encoding == "timestamp" else None
-    return len(prompt_ids(model.tokenizer, c.bridge_tokens + Tl * c.fuser.frame_tokens,
-                          "when does the red square appear?", c.layout, times, c.fuser.frame_tokens))
+    times = (torch.arange(int(seconds * model.cfg.fps)) + 0.5) / model.cfg.fps
+    return len(Collator.for_model(model).prompt("when does the red square appear?", times))
+
+
+def whole_frame_siou(test: list) -> float:
+    """m_sIoU of answering the whole frame at every true frame: the floor a box answer must beat."""
+    st = [s for s in test if s.task == "stvg"]
+    tubes = [{"span": s.spans[0], "boxes": s.meta["boxes"]} for s in st]
+    whole = [{"span": s.spans[0], "boxes": {k: [0, 0, 1, 1] for k in s.meta["boxes"]}} for s in st]
+    return stvg_metrics(tubes, whole)["m_sIoU"]
 
 
 def fuser_tokens(model, seconds: int) -> int | str:
@@ -168,7 +171,9 @@ def main() -> None:
     print("\n| " + " | ".join(COLUMNS) + " |\n|" + "---|" * len(COLUMNS))
     for r in results:
         print("| " + " | ".join(str(r[k]) for k in COLUMNS) + " |")
-    print(f"\nwall {(time.time() - t0) / 60:.1f} min for {len(results)} rows")
+    test = load_dataset(f"synth://standard?n={a.test}&seed=0&split=test&stvg=1")
+    print(f"\nwhole-frame boxes on the true spans: m_sIoU {whole_frame_siou(test):.3f}")
+    print(f"wall {(time.time() - t0) / 60:.1f} min for {len(results)} rows")
 
 
 if __name__ == "__main__":

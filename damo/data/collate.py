@@ -223,6 +223,18 @@ class Collator:
                    evidence_level=c.evidence.level, llm_frames=c.llm_frames, time_encoding=c.time_encoding,
                    time_bins=c.time_bins, box_bins=c.box_bins, **kw)
 
+    def prompt(self, query: str, times: torch.Tensor | None, group: int | None = None) -> list[int]:
+        """The prompt for a question about a clip with frame ``times`` (seconds; ``None``: no video):
+        fusion and frame placeholders, ``group`` frames per LLM frame token (default: the
+        ``llm_frames`` budget for this clip alone; a batch uses its longest clip's), and each frame
+        token's timestamp text when the time encoding is ``timestamp``."""
+        if times is None or not len(times):
+            return prompt_ids(self.tok, 0, query, self.layout)
+        g = group or llm_group(len(times), self.llm_frames)
+        first = times[::g].tolist()                   # each LLM frame token's first frame
+        return prompt_ids(self.tok, self.F + len(first) * self.K, query, self.layout,
+                          first if self.timestamps else None, self.K)
+
     def __call__(self, items: list[tuple[Sample, ClipTensors | None]], rng: random.Random | None = None) -> dict:
         """``items`` pair samples with their clips; a clip of ``None`` makes a text-only batch (no
         video tokens, no evidence targets: a language warm-up for a from-scratch LLM)."""
@@ -250,8 +262,7 @@ class Collator:
                 frames[b, :n], mel[b, :n], times[b, :n], fmask[b, :n] = c.frames, c.mel, c.times, True
                 evi_mask[b, :nl] = True
             turns = turns_of(s)
-            ids = prompt_ids(self.tok, 0 if text else self.F + nl * self.K, turns[0]["query"], self.layout,
-                             c.times[::g].tolist() if n and self.timestamps else None, self.K)
+            ids = self.prompt(turns[0]["query"], None if text else c.times, g)
             lab = [-100] * len(ids)
             if n:
                 vpos = [i for i, t in enumerate(ids) if t == self.video][self.F:]
@@ -271,9 +282,9 @@ class Collator:
                 spans = turn["spans"]
                 # LAPE coordinate tokens: soft targets on the two anchors around the exact value
                 # (span bounds for time tokens, box corners for width/height tokens, in order)
+                ends = turn.get("boxes", [])[:1] + turn.get("boxes", [])[-1:]     # the tube's first and last box
                 values = {"t": [t / s.duration for sp in spans for t in sp[:2]],
-                          "x": [v for bx in turn.get("boxes", [])[:1] + turn.get("boxes", [])[-1:] for v in bx[0::2]],
-                          "y": [v for bx in turn.get("boxes", [])[:1] + turn.get("boxes", [])[-1:] for v in bx[1::2]]}
+                          "x": [v for bx in ends for v in bx[0::2]], "y": [v for bx in ends for v in bx[1::2]]}
                 for i, t in enumerate(r):
                     if t in self.axis_of:
                         axis, anchors = self.axis_of[t]

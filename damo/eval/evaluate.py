@@ -13,10 +13,10 @@ import torch
 from tqdm import tqdm
 
 from damo.data.clips import ClipStore
-from damo.data.collate import ClipTensors, encode, prompt_ids
+from damo.data.collate import ClipTensors, Collator, encode
 from damo.data.schema import Prediction, Sample
+from damo.data.synthetic import time_key
 from damo.eval.metrics import grounding_metrics, stvg_metrics
-from damo.model.evidence import llm_group
 from damo.model.modeling_damo import DamoModel
 
 
@@ -26,11 +26,7 @@ def predict_one(model: DamoModel, clip: ClipTensors, query: str, max_new_tokens:
         raise ValueError("the query is empty; ask a question about the video")
     T = clip.frames.shape[0]
     frames = clip.frames.permute(0, 3, 1, 2).float().div(255.0)[None]   # (1, T, 3, H, W)
-    c = model.cfg
-    g = llm_group(T, c.llm_frames)
-    Tl = -(-T // g)                                             # frame tokens the LLM gets
-    ids = prompt_ids(model.tokenizer, c.bridge_tokens + Tl * c.fuser.frame_tokens, query, c.layout,
-                     clip.times[::g].tolist() if c.time_encoding == "timestamp" else None, c.fuser.frame_tokens)
+    ids = Collator.for_model(model).prompt(query, clip.times)
     gen = model.generate(frames, clip.mel.float()[None], clip.times[None], ids, clip.duration, max_new_tokens,
                          query_ids=encode(model.tokenizer, query))
     ev = gen["evidence"]
@@ -58,7 +54,7 @@ def tube(span: list[float], boxes: list[list[float]], times: list[float]) -> dic
     for t in inside:
         w = (t - inside[0]) / (inside[-1] - inside[0]) if len(inside) > 1 else 0.0
         x0, y0, x1, y1 = (p + (q - p) * w for p, q in zip(a, b))
-        out[str(round(t, 3))] = [round(v, 4) for v in (min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))]
+        out[time_key(t)] = [round(v, 4) for v in (min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))]
     return {"span": [float(span[0]), float(span[1])], "boxes": out}
 
 

@@ -249,6 +249,7 @@ class DamoModel(nn.Module):
         self.time_ids = add_time_tokens(tokenizer, cfg.time_bins) if cfg.time_encoding == "lape" else []
         self.x_ids, self.y_ids = add_box_tokens(tokenizer, cfg.box_bins) if cfg.box_bins else ([], [])
         self.coord_axes = {a: ids for a, ids in (("t", self.time_ids), ("x", self.x_ids), ("y", self.y_ids)) if ids}
+        self.axis_of = {i: a for a, ids in self.coord_axes.items() for i in ids}     # coordinate token id -> axis
         self.llm = build_llm(cfg.llm, tokenizer)
         C = self.llm.config.hidden_size
         # Both video paths end in a LayerNorm whose gain starts at the RMS of the LLM's word
@@ -416,14 +417,13 @@ class DamoModel(nn.Module):
         table = self.llm.get_input_embeddings()
         frame_level = self.cfg.evidence.level == "frame"
         out_ids, evidence, stage, pos, coords = [], [], 1, len(prompt_ids), []
-        axis_of = {i: a for a, ids in self.coord_axes.items() for i in ids}
         for _ in range(max_new_tokens):
             nxt = int(logits.argmax())
             if nxt == self.tokenizer.eos_token_id:
                 break
             out_ids.append(nxt)
-            if nxt in axis_of:
-                a = axis_of[nxt]
+            if nxt in self.axis_of:
+                a = self.axis_of[nxt]
                 v = float(decode_position(logits[self.coord_axes[a]]))
                 coords.append((a, v * duration if a == "t" else v))
             e = table(torch.tensor([[nxt]]))                        # (1, 1, C)
@@ -452,10 +452,10 @@ class DamoModel(nn.Module):
         value (``coords`` from :meth:`generate`: seconds, or a fraction of the frame for boxes)."""
         toks = self.tokenizer.convert_ids_to_tokens(ids)
         answer_ev = iter(e for e in evidence if e["stage"] == 2)
-        coord_set, values = {i for ids_ in self.coord_axes.values() for i in ids_}, iter(coords)
+        values = iter(coords)
         text, piece, after, odd = [], [], self.evi_end_id not in ids, False
         for i, t in zip(ids, toks):
-            coord = next(values, ("t", float("nan"))) if i in coord_set else None
+            coord = next(values, ("t", float("nan"))) if i in self.axis_of else None
             if i == self.evi_end_id:
                 after = True
                 continue
