@@ -5,9 +5,11 @@ answer with what a timeline picture needs (frame thumbnails and each evidence to
 curve); :meth:`Grounder.ground_batch` runs many (video, query) requests and turns every bad
 item into a failure record instead of stopping.
 
-Clips are decoded through the media disk cache but deliberately not memoised in memory: a
-long-lived grounder (the web demo, a batch over thousands of files) would otherwise keep every
-video it has seen.
+A request walks api -> processor -> media -> model -> processor: the query is checked against
+the processor's limits before anything is decoded, the clip is decoded at the vision tower's
+input size through the media disk cache (deliberately not memoised in memory: a long-lived
+grounder would otherwise keep every video it has seen), and the model's batched
+:meth:`~damo.model.modeling_damo.DamoModel.answer` runs on the model's device.
 """
 from __future__ import annotations
 
@@ -23,16 +25,11 @@ from typing import Iterator
 import numpy as np
 from tqdm import tqdm
 
-from damo.data.clips import ClipStore, clip_tensors
+from damo.data.dataset import VIDEO_SUFFIXES, ClipLoader
 from damo.data.schema import QuirkReport, clean_spans
-from damo.eval.evaluate import predict_one
-from damo.eval.metrics import span_iou
 from damo.media import MediaError
 from damo.model.modeling_damo import DamoModel
 
-# Files picked up when ``ground_batch`` is given a folder.
-VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".flv",
-                            ".wmv", ".ogv", ".3gp"})
 MAX_NEW_TOKENS = 48
 
 
@@ -106,9 +103,8 @@ class Grounder:
     """A trained model plus the clip pipeline it was trained with."""
 
     def __init__(self, model: DamoModel, cache_dir: str | Path | None = None):
-        c = model.cfg
         self.model = model
-        self.store = ClipStore(c.fps, c.vision.image_size, c.audio.n_mels, c.audio.frames, cache_dir=cache_dir)
+        self.clips = ClipLoader(model.processor, cache_dir)
         self._lock = threading.Lock()   # one inference at a time: the model is shared by server threads
 
     def ground(self, video: str | Path, query: str, progress: bool = False) -> dict:
@@ -127,17 +123,19 @@ class Grounder:
         ``progress`` draws tqdm bars on stderr for decoding and for the model's steps.
         """
         query = check_query(query)
+        proc = self.model.processor
+        proc.query_ids(query)               # refuse an over-long question before decoding anything
         if not isinstance(video, (str, Path)) or not str(video):
             raise ValueError(f"video must be a file path or a synth:// URI, got {video!r}")
-        raw = _with_ticker(lambda: self.store.raw(str(video)), f"decode {Path(str(video)).name}", progress)
+        raw = _with_ticker(lambda: self.clips.raw(str(video)), f"decode {Path(str(video)).name}", progress)
         cfg = self.model.cfg
         if raw.num_frames > cfg.max_frames:
             raise ValueError(f"{video}: {raw.duration:.0f} s gives {raw.num_frames} frames at {cfg.fps:g} fps, more "
                              f"than this model's {cfg.max_frames}; cut the video into parts of at most "
                              f"{cfg.max_frames / cfg.fps:.0f} s")
-        clip = clip_tensors(raw, self.store.image_size, self.store.n_mels, self.store.mel_frames)
+        clip = proc.video_inputs(raw)
         with self._lock, _llm_progress(self.model, progress):
-            r = predict_one(self.model, clip, query, MAX_NEW_TOKENS)
+            r = self.model.answer([clip], [query], MAX_NEW_TOKENS)[0]
         return Grounding(video=str(video), query=query, answer=r["answer"],
                          spans=[list(map(float, sp)) for sp in r["spans"]],
                          evidence=[list(map(float, sp)) for sp in r["evidence"]], duration=float(clip.duration),
@@ -177,8 +175,13 @@ def score_truth(g: Grounding, truth: list) -> dict:
     if notes:
         out["truth_fixed"] = notes
     if clean and g.spans:
-        out["iou"] = round(float(span_iou(np.array(g.spans[0][:2]), np.array(clean)).max()), 4)
+        out["iou"] = round(max(_iou(g.spans[0][:2], sp) for sp in clean), 4)
     return out
+
+
+def _iou(p: list[float], q: list[float]) -> float:
+    union = max(p[1], q[1]) - min(p[0], q[0])
+    return max(0.0, min(p[1], q[1]) - max(p[0], q[0])) / union if union > 0 else 0.0
 
 
 def read_batch(source: str | Path, query: str | None = None) -> Iterator[dict]:

@@ -34,14 +34,33 @@ def _setup_torch() -> None:
     torch.set_num_threads(int(os.environ.get("DAMO_THREADS", min(torch.get_num_threads(), 8))))
 
 
+def _device(name: str):
+    """``auto``: the first CUDA device if there is one, else the CPU."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is visible to torch; use --device cpu or auto")
+    return torch.device(name)
+
+
+def _data_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--video-root", metavar="DIR", help="folder the samples' video ids or relative paths resolve "
+                   "against (ids try .mp4, .mkv, .webm, ... in turn)")
+    p.add_argument("--on-missing", choices=["error", "skip"], default="error",
+                   help="a sample whose video is missing: stop before any work (error) or leave it out and list it (skip)")
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Data -> 4-stage training -> evaluation on the encoded test split -> one grounding."""
     from damo.config import load_recipe
     from damo.data import synthetic
     from damo.api import Grounder
     from damo.data.schema import load_samples, write_jsonl
+    from damo.data.dataset import ClipLoader
     from damo.eval.evaluate import grounding_report, predict
-    from damo.train.recipe import clip_store, run_recipe
+    from damo.train.recipe import run_recipe
 
     _setup_torch()
     t0 = time.time()
@@ -56,8 +75,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     recipe.data["train"] = f"synth://{args.difficulty}?n={args.n_train}&seed={recipe.seed}&split=train"
     model = run_recipe(recipe, work)
     test = load_samples(data / "test.jsonl")
-    store = clip_store(model.cfg)
-    preds = predict(model, test, store)
+    preds = predict(model, test, ClipLoader(model.processor), batch_size=8)
     write_jsonl(work / "predictions.jsonl", (p.to_dict() for p in preds))
     metrics = grounding_report(test, preds)
     g = next(s for s in test if s.task == "grounding")
@@ -99,16 +117,23 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return 0
     if not (args.data and args.model):
         raise SystemExit("damo eval needs either --task/--gt/--pred (score predictions) or --data/--model (run our model)")
+    from damo.data.dataset import ClipLoader, resolve_videos
     from damo.data.schema import load_samples, write_jsonl
     from damo.eval.evaluate import grounding_report, predict
     from damo.model.modeling_damo import DamoModel
-    from damo.train.recipe import clip_store
 
     _setup_torch()
-    model = DamoModel.load(args.model)
-    samples = load_samples(args.data)
-    preds = predict(model, samples, clip_store(model.cfg))
+    samples, missing = resolve_videos(load_samples(args.data), args.video_root, args.on_missing)
+    if missing:
+        print(f"skipping {missing.summary()}", file=sys.stderr)
+    if not samples:
+        raise SystemExit(f"none of the {len(missing.samples)} samples of {args.data} has its video; nothing to evaluate")
+    model = DamoModel.load(args.model).to(_device(args.device))
+    preds = predict(model, samples, ClipLoader(model.processor), batch_size=args.batch_size,
+                    num_workers=args.num_workers)
     m = grounding_report(samples, preds)
+    if missing:
+        m["skipped"] = missing.to_dict()
     out = Path(args.out or "runs/eval")
     out.mkdir(parents=True, exist_ok=True)
     write_jsonl(out / "predictions.jsonl", (p.to_dict() for p in preds))
@@ -207,7 +232,16 @@ def cmd_data_convert(args: argparse.Namespace) -> int:
             raise SystemExit(f"--option {o!r} must look like key=value (e.g. mode=grounding)")
         k, v = o.split("=", 1)
         options[k] = v
-    _print(formats.convert(args.format, args.inp, args.out, durations=args.durations, **options))
+    report = formats.convert(args.format, args.inp, args.out, durations=args.durations, **options)
+    if args.video_root:
+        from damo.data.dataset import resolve_videos
+        from damo.data.schema import load_samples, save_samples
+
+        samples, missing = resolve_videos(load_samples(args.out), args.video_root, args.on_missing)
+        save_samples(args.out, samples)
+        report["videos"] = {"root": args.video_root, "samples_kept": len(samples),
+                            "missing_videos": len(missing.videos), "first_missing": missing.videos[:5]}
+    _print(report)
     return 0
 
 
@@ -261,6 +295,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", help="canonical JSONL to run --model on")
     e.add_argument("--model")
     e.add_argument("--out")
+    _data_options(e)
+    e.add_argument("--batch-size", type=int, default=8, help="questions answered together (left-padded prompts)")
+    e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    e.add_argument("--num-workers", type=int, default=0, help="data-loader processes decoding videos ahead")
     e.set_defaults(fn=cmd_eval)
 
     g = sub.add_parser("ground", help="answer a question about a video and say when",
@@ -294,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="format option, e.g. mode=grounding for activitynet-captions")
     c.add_argument("--out", required=True)
+    _data_options(c)
     c.set_defaults(fn=cmd_data_convert)
     from damo.data.augment import add_augment_parser   # their heavy imports happen inside their commands
     from damo.data.preference import add_prefs_parser

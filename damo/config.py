@@ -42,6 +42,10 @@ class Recipe:
     seed: int = 0
     name: str = "recipe"
     parallel: str = "ddp"                 # under torchrun: "ddp" (replicate) or "fsdp" (shard weights, for big LLMs)
+    video_root: str | None = None         # folder the datasets' video ids and relative paths resolve against
+    on_missing: str = "error"             # error: stop before training if a video is missing; skip: leave it out
+    num_workers: int = 0                  # data-loader processes decoding and collating ahead of the model
+    clip_memory: bool = False             # keep every clip in memory (small procedural datasets only)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], base: Path | None = None) -> "Recipe":
@@ -67,9 +71,10 @@ class Recipe:
         names = [s.name for s in out]
         if len(set(names)) != len(names):
             raise ValueError(f"stage names must be unique, got {names}")
-        bad = set(d) - {"data", "seed", "name", "parallel"}
+        valid = set(cls.__dataclass_fields__) - {"stages", "model"}
+        bad = set(d) - valid
         if bad:
-            raise ValueError(f"unknown recipe keys {sorted(bad)}; valid: model, data, stages, seed, name, parallel")
+            raise ValueError(f"unknown recipe keys {sorted(bad)}; valid: model, stages, {', '.join(sorted(valid))}")
         return cls(stages=out, model=DamoConfig.from_dict(model), **d)
 
 

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from damo.data.collate import Collator, evidence_targets, response_text
-from damo.eval.evaluate import predict_one, text_spans
-from damo.model.modeling_damo import DamoConfig, DamoModel, pair_frames
+from damo.data.collate import Collator
+from damo.model.modeling_damo import DamoConfig, DamoModel
+from damo.model.processing import DamoProcessor, evidence_targets, pair_frames, response_text, text_spans
 from damo.model.tokenizer import train_tokenizer
 from damo.train.recipe import corpus
 
@@ -54,7 +54,7 @@ def frame_model() -> DamoModel:
 
 def test_frame_level_collate_pairs_and_forward(frame_model):
     m = frame_model
-    col = Collator(m.tokenizer, m.cfg.bridge_tokens, 1, 1.0, layout="query_first", evidence_level="frame")
+    col = Collator(DamoProcessor(m.tokenizer, video_tokens=m.cfg.bridge_tokens, frame_tokens=1, fps=1.0, layout="query_first", evidence_level="frame"))
     b = col([(sample(0, spans=((1.0, 3.0),)), clip(6, 0))])
     assert b["evi_batch"].tolist() == [0, 0, 0, 0]
     assert b["evi_targets"].argmax(1).tolist() == [1, 2, 1, 2] and b["evi_targets"].sum().item() == 4
@@ -65,10 +65,10 @@ def test_frame_level_collate_pairs_and_forward(frame_model):
 
 def test_decomposed_collate_grounds_only_the_first_stage():
     tok = train_tokenizer(TEXTS, 300)
-    col = Collator(tok, 8, 1, 1.0, layout="query_first", response="decomposed")
+    col = Collator(DamoProcessor(tok, video_tokens=8, frame_tokens=1, fps=1.0, layout="query_first", response="decomposed"))
     b = col([(sample(0, "multi_grounding", ((0, 1), (2, 4))), clip(6, 0))])
     assert len(b["evi_batch"]) == 2 and len(b["cons_pairs"]) == 0
-    col = Collator(tok, 8, 1, 1.0, layout="query_first", response="coupled")
+    col = Collator(DamoProcessor(tok, video_tokens=8, frame_tokens=1, fps=1.0, layout="query_first", response="coupled"))
     b = col([(sample(0), clip(6, 0))])
     assert len(b["evi_batch"]) == 0
 
@@ -86,10 +86,10 @@ def test_pairing_frame_evidence_into_spans():
 
 def test_frame_level_answer_writes_one_span_per_pair(frame_model):
     m = frame_model
-    ids = [m.evi_id, m.evi_id, m.evi_end_id] + m.tokenizer(" red", add_special_tokens=False)["input_ids"] + \
-        [m.evi_id, m.evi_id]
+    ids = [m.processor.evi_id, m.processor.evi_id, m.processor.evi_end_id] + m.tokenizer(" red", add_special_tokens=False)["input_ids"] + \
+        [m.processor.evi_id, m.processor.evi_id]
     ev = [{"stage": 1, "scores": None, "span": [1.0, 4.0, 0.5]}, {"stage": 2, "scores": None, "span": [1.0, 4.0, 0.5]}]
-    assert m.render_answer(ids, ev) == "red 1.0 - 4.0 seconds"
+    assert m.processor.render(ids, ev) == "red 1.0 - 4.0 seconds"
 
 
 def test_text_timestamps_are_parsed_and_clipped():
@@ -106,7 +106,7 @@ def test_coupled_model_answers_with_text_spans():
     tok = train_tokenizer(TEXTS + corpus([s], "coupled") * 20, 300)
     torch.manual_seed(0)
     m = DamoModel(cfg, tok)
-    col = Collator(tok, cfg.bridge_tokens, 1, 1.0, layout=cfg.layout, response="coupled")
+    col = Collator(DamoProcessor(tok, video_tokens=cfg.bridge_tokens, frame_tokens=1, fps=1.0, layout=cfg.layout, response="coupled"))
     c = clip(6, 0)
     batch = col([(s, c)])
     opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
@@ -118,7 +118,7 @@ def test_coupled_model_answers_with_text_spans():
             break
         loss.backward()
         opt.step()
-    r = predict_one(m.eval(), c, s.query)
+    r = m.eval().answer([c], [s.query])[0]
     assert r["answer"] == "red in 1.0 - 3.0 seconds."
     assert r["spans"] == [[1.0, 3.0, 1.0]] and r["evidence"] == []
 

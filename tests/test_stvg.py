@@ -168,7 +168,7 @@ def test_box_tokens_in_the_answer_with_soft_targets():
 
 
 def test_tube_interpolates_between_the_first_and_last_box():
-    from damo.eval.evaluate import tube
+    from damo.model.processing import tube
     t = tube([1.0, 4.0], [[0.0, 0.0, 0.2, 0.2], [0.4, 0.2, 0.6, 0.4]], [0.5, 1.5, 2.5, 3.5, 4.5])
     assert t["span"] == [1.0, 4.0]
     assert t["boxes"] == {"1.5": [0.0, 0.0, 0.2, 0.2], "2.5": [0.2, 0.1, 0.4, 0.3], "3.5": [0.4, 0.2, 0.6, 0.4]}
@@ -189,7 +189,6 @@ def test_grounding_report_scores_stvg_tubes():
 def test_generated_box_tokens_become_a_tube():
     """Force the LM head through an answer with evidence and two boxes; predict_one turns it into a tube."""
     import torch
-    from damo.eval.evaluate import predict_one
     from damo.model import tokenizer as tk
     from damo.model.modeling_damo import DamoModel
     from damo.model.tokenizer import train_tokenizer
@@ -209,7 +208,7 @@ def test_generated_box_tokens_become_a_tube():
 
     hook = m.llm.get_output_embeddings().register_forward_hook(forced)
     try:
-        r = predict_one(m, clip(6, 0), "where is the red square?", max_new_tokens=16)
+        r = m.answer([clip(6, 0)], ["where is the red square?"], 16)[0]
     finally:
         hook.remove()
     s, e, _ = r["spans"][0]

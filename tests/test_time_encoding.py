@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from damo.data.collate import Collator, prompt_ids, response_text
-from damo.eval.evaluate import predict_one, text_spans
+from damo.data.collate import Collator
+from damo.model.processing import DamoProcessor, response_text, text_spans
 from damo.model import tokenizer as tk
 from damo.model.modeling_damo import DamoConfig, DamoModel
 from damo.model.tokenizer import train_tokenizer
@@ -39,11 +39,9 @@ def test_config_rejects_unknown_encodings():
 
 def test_timestamp_prompt_writes_each_frames_time_before_its_tokens():
     tok = train_tokenizer(TEXTS, 300)
-    ids = prompt_ids(tok, 3 + 2 * 2, "when?", "video_first", frame_times=[0.5, 1.5], frame_tokens=2)
-    text = tok.decode(ids)
+    proc = DamoProcessor(tok, video_tokens=3, frame_tokens=2, layout="video_first", time_encoding="timestamp")
+    text = tok.decode(proc.prompt("when?", [0.5, 1.5]))
     assert text.startswith("<bos>" + "<video>" * 3 + " 0.5s:<video><video> 1.5s:<video><video><|user|>")
-    with pytest.raises(ValueError, match="exceed"):
-        prompt_ids(tok, 3, "when?", "video_first", frame_times=[0.5, 1.5], frame_tokens=2)
 
 
 def test_timestamp_collate_points_frame_positions_at_the_placeholders():
@@ -57,7 +55,7 @@ def test_timestamp_collate_points_frame_positions_at_the_placeholders():
         assert m.tokenizer.decode(b["input_ids"][row, pos[0] + 1:pos[1]]).strip() == "1.5s:"
     out = m(b)
     assert out["evi_logits"].shape == (4, 6)
-    r = predict_one(m, clip(6, 0), "when does the red square appear?", max_new_tokens=6)
+    r = m.answer([clip(6, 0)], ["when does the red square appear?"], 6)[0]
     assert all(0 <= s <= e <= 6.0 for s, e, _ in r["spans"])
 
 
@@ -138,7 +136,7 @@ def test_lape_answers_render_decoded_seconds(lape):
     body = [*lape.tokenizer("red in", add_special_tokens=False)["input_ids"], ids[0],
             *lape.tokenizer(" -", add_special_tokens=False)["input_ids"], ids[1],
             *lape.tokenizer(" seconds.", add_special_tokens=False)["input_ids"]]
-    text = lape.render_answer(body, [], [("t", 1.5), ("t", 3.0)])
+    text = lape.processor.render(body, [], [("t", 1.5), ("t", 3.0)])
     assert text_spans(text, 6.0) == [[1.5, 3.0, 1.0]]
 
 
@@ -155,9 +153,7 @@ def test_lape_generation_reads_time_from_two_bins(lape):
     hook = lape.llm.get_output_embeddings().register_forward_hook(fixed)
     try:
         c = clip(6, 0)
-        gen = lape.generate(c.frames.permute(0, 3, 1, 2).float()[None] / 255, c.mel.float()[None], c.times[None],
-                            prompt_ids(lape.tokenizer, lape.cfg.bridge_tokens + 6, "when?", lape.cfg.layout), 6.0,
-                            max_new_tokens=2)
+        gen = lape.generate(lape.processor.generation_batch([c], ["when?"]), max_new_tokens=2)[0]
     finally:
         hook.remove()
     assert gen["ids"] == [t4, t4]
@@ -171,7 +167,7 @@ def test_time_encodings_round_trip_through_save_and_load(enc, tmp_path):
     b = Collator.for_model(m)([(sample(0, spans=((1.5, 3.0),)), clip(6, 0))])
     m.save(tmp_path)
     m2 = DamoModel.load(tmp_path)
-    assert m2.cfg.time_encoding == enc and m2.time_ids == m.time_ids and m2.x_ids == m.x_ids
+    assert m2.cfg.time_encoding == enc and m2.processor.coord_axes == m.processor.coord_axes
     b2 = Collator.for_model(m2)([(sample(0, spans=((1.5, 3.0),)), clip(6, 0))])
     assert torch.equal(b["input_ids"], b2["input_ids"])
     with torch.no_grad():

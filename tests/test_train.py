@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from damo.config import Recipe, load_recipe
-from damo.data.clips import load_dataset
+from damo.data.dataset import load_dataset
 from damo.train.loop import make_dialogues, set_trainable
 from damo.train.recipe import run_recipe
 
@@ -116,11 +116,10 @@ def test_text_only_stage_trains_the_llm_without_videos(tmp_path, monkeypatch):
         "warmup": 2, "trainable": ["llm.*"]}]}).stages[0])
     r.stages = r.stages[:1]
 
-    class NoClips:              # a text-only stage must never decode a video
-        def get(self, uri):
-            raise AssertionError(f"decoded {uri}")
+    def no_clips(self, uri):    # a text-only stage must never decode a video
+        raise AssertionError(f"decoded {uri}")
 
-    monkeypatch.setattr("damo.train.recipe.clip_store", lambda cfg, cache_dir=None: NoClips())
+    monkeypatch.setattr("damo.data.dataset.ClipLoader.__call__", no_clips)
     run_recipe(r, tmp_path, progress=False, log=lambda *_: None)
     stats = json.loads((tmp_path / "stages" / "language" / "stats.json").read_text())
     assert stats["lm"] < 0.7 * stats["lm_start"], stats

@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from damo.data.schema import Sample, save_samples
+from damo.model.processing import time_key
 from damo.media import SAMPLE_RATE, Clip
 
 GENERATOR_VERSION = "1.0"
@@ -909,11 +910,6 @@ def _region(box: np.ndarray) -> str:
     col = ("left", "centre", "right")[min(2, int(cx * 3))]
     row = ("top", "middle", "bottom")[min(2, int(cy * 3))]
     return "centre" if (row, col) == ("middle", "centre") else f"{row} {col}"
-
-
-def time_key(t: float) -> str:
-    """A frame time as a JSON-safe dictionary key: seconds with up to 3 decimals ("2.5")."""
-    return f"{float(t):.3f}".rstrip("0").rstrip(".")
 
 
 def stvg_samples(spec: VideoSpec, video: str | None = None, fps: float = 1.0) -> list[Sample]:

@@ -30,25 +30,6 @@ class EvidenceHead(nn.Module):
         return torch.einsum("bkd,btd->bkt", q, f) * self.scale
 
 
-def frame_targets(spans: list[list[float]], num_frames: int, fps: float) -> np.ndarray:
-    """1 for frames whose window centre (i + 0.5) / fps lies inside any span [s, e)."""
-    c = (np.arange(num_frames) + 0.5) / fps
-    y = np.zeros(num_frames, dtype=np.float32)
-    for s, e in spans:
-        y[(c >= s) & (c < e)] = 1.0
-    if num_frames and not y.any() and spans:  # span shorter than a frame window: mark its nearest frame
-        s, e = spans[0]
-        y[min(num_frames - 1, int((s + e) / 2 * fps))] = 1.0
-    return y
-
-
-def llm_group(num_frames: int, llm_frames: int) -> int:
-    """Frames per LLM video token: 1, or ``ceil(T / llm_frames)`` when a video has more frames than
-    the LLM budget (``llm_frames`` 0 = no budget). A budget of 32 gives a 30-s and a 10-min video
-    at 1 fps 30 and 32 frame tokens."""
-    return 1 if llm_frames <= 0 or num_frames <= llm_frames else -(-num_frames // llm_frames)
-
-
 def pool_groups(x: torch.Tensor, mask: torch.Tensor, g: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Masked mean of consecutive groups of ``g`` frames: x ``(B, T, ...)``, mask ``(B, T)`` ->
     ``(B, ceil(T/g), ...)`` and the groups' mask (a group is valid if any of its frames is)."""

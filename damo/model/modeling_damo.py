@@ -23,7 +23,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -34,14 +33,13 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast, Qwen2Config
 
-from damo.data.collate import EVIDENCE_LEVELS, LAYOUTS, RESPONSES, TIME_ENCODINGS, span_text
 from damo.model import backbones
-from damo.model.coordinates import (add_box_tokens, add_time_tokens, anchor_tables, decode_position,
-                                    frame_time_embedding)
+from damo.model.coordinates import anchor_tables, decode_position, frame_time_embedding
 from damo.model.encoders import Block
 from damo.model.compressors import build_compressor
-from damo.model.evidence import EvidenceHead, decode_interval, llm_group, pool_groups, salient_frames
+from damo.model.evidence import EvidenceHead, decode_interval, pool_groups, salient_frames
 from damo.model.fuseformer import CrossBlock, TemporalFuseformer, sinusoid
+from damo.model.processing import DamoProcessor, ProcessorConfig
 from damo.model.residual import GlobalResidual
 from damo.model import tokenizer as tk
 
@@ -147,10 +145,10 @@ class DamoConfig:
     align_dim: int = 64        # contrastive (stage 1) embedding width
     max_frames: int = 4096
     llm_frames: int = 64       # at most this many frame tokens reach the LLM: longer videos pool consecutive frames (0: no cap)
-    layout: str = "query_both"      # video_first | query_first | query_both: where the question goes (collate.prompt_ids)
-    response: str = "interleaved"   # coupled | decomposed | interleaved (D²VLM Table 4; see collate.response_text)
+    layout: str = "query_both"      # video_first | query_first | query_both: where the question goes (processing.LAYOUTS)
+    response: str = "interleaved"   # coupled | decomposed | interleaved (D²VLM Table 4; processing.RESPONSES)
     query_aware: bool = True   # frame tokens carry their match with the question in the stage-1 alignment space
-    time_encoding: str = "sinusoid"  # sinusoid | timestamp | lape | none (see collate.TIME_ENCODINGS)
+    time_encoding: str = "sinusoid"  # sinusoid | timestamp | lape | none (processing.TIME_ENCODINGS)
     time_bins: int = 32        # lape: time tokens <t_0> .. <t_{n-1}> spread evenly over the video
     box_bins: int = 0          # > 0: LAPE width/height tokens <x_i>, <y_i> for boxes (spatio-temporal grounding answers)
 
@@ -171,15 +169,8 @@ class DamoConfig:
             else:
                 kw[k] = v
         cfg = cls(**kw)
-        choices = {"response": (cfg.response, RESPONSES), "evidence.level": (cfg.evidence.level, EVIDENCE_LEVELS),
-                   "layout": (cfg.layout, LAYOUTS), "time_encoding": (cfg.time_encoding, TIME_ENCODINGS)}
-        for key, (value, valid) in choices.items():
-            if value not in valid:
-                raise ValueError(f"model.{key} must be one of {valid}, got {value!r}")
-        if cfg.time_encoding == "lape" and cfg.time_bins < 2:
-            raise ValueError(f"model.time_bins must be >= 2 for LAPE time tokens, got {cfg.time_bins}")
-        if cfg.box_bins == 1 or cfg.box_bins < 0:
-            raise ValueError(f"model.box_bins must be 0 (no box tokens) or >= 2, got {cfg.box_bins}")
+        ProcessorConfig(layout=cfg.layout, response=cfg.response, evidence_level=cfg.evidence.level,
+                        time_encoding=cfg.time_encoding, time_bins=cfg.time_bins, box_bins=cfg.box_bins)  # validates
         return cfg
 
 
@@ -210,25 +201,6 @@ def build_llm(cfg: LLMConfig, tok: PreTrainedTokenizerFast) -> nn.Module:
     raise ValueError(f"unknown llm.kind {cfg.kind!r}; valid: tiny_qwen2, hf")
 
 
-def pair_frames(evidence: list[dict]) -> list[dict]:
-    """Frame-level evidence: each stage's ``<evi>`` come as (start, end) pairs -> one span per pair.
-
-    The span runs from the start frame to the end of the end frame (swapped if the end comes
-    first); its score is the mean of the two peaks; a trailing unpaired token stands alone.
-    """
-    out = []
-    for st in (1, 2):
-        ev = [e for e in evidence if e["stage"] == st]
-        for a, b in zip(ev[::2], ev[1::2] + [None] * (len(ev) % 2)):
-            if b is None:
-                out.append(a)
-                continue
-            lo, hi = sorted([a["span"], b["span"]])
-            out.append({"stage": st, "scores": np.maximum(a["scores"], b["scores"]),
-                        "span": [lo[0], max(lo[1], hi[1]), (a["span"][2] + b["span"][2]) / 2]})
-    return out
-
-
 class DamoModel(nn.Module):
     def __init__(self, cfg: DamoConfig, tokenizer: PreTrainedTokenizerFast):
         super().__init__()
@@ -245,11 +217,9 @@ class DamoModel(nn.Module):
                                            k_max=cc.k_max, seed=cc.seed, **cc.options)
         self.fuseformer = TemporalFuseformer(D, fc.blocks, fc.heads, fc.visual_queries, fc.audio_queries,
                                              fc.fusion_tokens, fc.frame_tokens, cfg.max_frames, fc.window)
-        # LAPE (LLaVA-ST eq. 4): coordinate tokens join the vocabulary before the LLM is sized to it
-        self.time_ids = add_time_tokens(tokenizer, cfg.time_bins) if cfg.time_encoding == "lape" else []
-        self.x_ids, self.y_ids = add_box_tokens(tokenizer, cfg.box_bins) if cfg.box_bins else ([], [])
-        self.coord_axes = {a: ids for a, ids in (("t", self.time_ids), ("x", self.x_ids), ("y", self.y_ids)) if ids}
-        self.axis_of = {i: a for a, ids in self.coord_axes.items() for i in ids}     # coordinate token id -> axis
+        # the processor adds LAPE coordinate tokens (LLaVA-ST eq. 4) before the LLM is sized to the vocabulary
+        self.processor = DamoProcessor.from_model_config(cfg, tokenizer)
+        self.time_ids = self.processor.coord_axes.get("t", [])
         self.llm = build_llm(cfg.llm, tokenizer)
         C = self.llm.config.hidden_size
         # Both video paths end in a LayerNorm whose gain starts at the RMS of the LLM's word
@@ -257,7 +227,7 @@ class DamoModel(nn.Module):
         # were 50-200x larger: the frames' residual stream barely changed across layers (frame
         # states ignored the question) and generation could not even restate the question.
         rms = float(self.llm.get_input_embeddings().weight.detach().float().pow(2).mean().sqrt())
-        if cfg.time_encoding == "sinusoid":
+        if self.processor.time.sinusoid:
             self.time_proj = nn.Linear(D, D)
         self.projector = nn.Sequential(nn.Linear(D, C), nn.GELU(), nn.Linear(C, C), nn.LayerNorm(C))
         self.bridge_queries = nn.Parameter(torch.randn(1, cfg.bridge_tokens, D) * 0.02)
@@ -274,13 +244,14 @@ class DamoModel(nn.Module):
         self.match_proj = nn.Linear(cfg.align_dim + 1, C)
         nn.init.zeros_(self.match_proj.weight)
         nn.init.zeros_(self.match_proj.bias)
-        ids = tokenizer.convert_tokens_to_ids
-        self.video_id, self.evi_id, self.evi_end_id = ids(tk.VIDEO), ids(tk.EVI), ids(tk.EVI_END)
+        self.video_id = self.processor.video_id
 
     # ------------------------------------------------------------------ video
     def encode_video(self, frames: torch.Tensor, mel: torch.Tensor, frame_mask: torch.Tensor):
         """-> per-frame fuser features ``(B, T, K, D)`` and fusion tokens ``(B, F, D)``."""
-        v = self.residual_v(self.vision(frames))                    # (B, T, Lv, D)
+        # padded frames are zeroed so that the temporal convolution sees the clip's end exactly
+        # as an unpadded clip does (a batch then gives every clip the features it gets alone)
+        v = self.residual_v(self.vision(frames)) * frame_mask[:, :, None, None]    # (B, T, Lv, D)
         a = self.residual_a(self.audio(mel))                        # (B, T, La, D)
         B, T, Lv, D = v.shape
         v = v.permute(0, 2, 3, 1).reshape(B * Lv, D, T)             # (B*Lv, D, T)
@@ -289,10 +260,12 @@ class DamoModel(nn.Module):
         v = self.compressor(v, frame_mask)                          # (B, T, K, D) under the token budget
         return self.fuseformer(v, a, frame_mask)
 
-    def video_embeddings(self, frames, mel, frame_mask, times, query_ids=None, query_mask=None, duration=None):
+    def video_embeddings(self, frames, mel, frame_mask, times, query_ids=None, query_mask=None, duration=None,
+                         group: int = 1):
         """-> frame embeddings ``(B, T', K, C)``, bridged fusion embeddings ``(B, F', C)``, fuser frame
-        features ``(B, T, K, D)``. ``T' = T`` unless ``llm_frames`` caps the frame tokens (see
-        :func:`~damo.model.evidence.llm_group`): then each token is the mean of a group of frames.
+        features ``(B, T, K, D)``. ``T' = T`` unless ``llm_frames`` caps the frame tokens: then each
+        token is the mean of ``group`` consecutive frames (the processor's
+        :meth:`~damo.model.processing.DamoProcessor.group`, carried by the batch).
 
         With ``query_aware`` and the question's token ids ``(B, Lq)``, every frame token also
         carries how the frame matches the question in the alignment space of stage 1 (the
@@ -304,13 +277,12 @@ class DamoModel(nn.Module):
         sinusoid of the seconds before the projector; ``lape`` adds LLaVA-ST's temporal LAPE
         (eq. 5: the time tokens' mean input/output embedding interpolated at ``times / duration``,
         ``duration (B,)`` seconds) after it; ``timestamp`` writes the time as text in the prompt
-        instead (:func:`~damo.data.collate.prompt_ids`) and ``none`` gives no time at all.
+        instead (:meth:`~damo.model.processing.DamoProcessor.prompt`) and ``none`` gives no time at all.
         """
         fr, fu = self.encode_video(frames, mel, frame_mask)
-        # the LLM budget: over ``llm_frames`` frames, groups of consecutive frames share one token
-        g = llm_group(fr.shape[1], self.cfg.llm_frames)
+        g = group
         frl, times = pool_groups(fr, frame_mask, g)[0], pool_groups(times, frame_mask, g)[0]   # (B, T', K, D)
-        t = self.time_proj(sinusoid(times, fr.shape[-1]))[:, :, None] if self.cfg.time_encoding == "sinusoid" else 0
+        t = self.time_proj(sinusoid(times, fr.shape[-1]))[:, :, None] if self.processor.time.sinusoid else 0
         e = self.projector(frl + t)                                 # (B, T', K, C)
         if self.time_ids:
             if duration is None:
@@ -350,7 +322,7 @@ class DamoModel(nn.Module):
             return {"logits": self.llm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits}
         frame_emb, fusion_emb, fr = self.video_embeddings(batch["frames"], batch["mel"], batch["frame_mask"],
                                                           batch["times"], batch.get("query_ids"), batch.get("query_mask"),
-                                                          batch.get("duration"))
+                                                          batch.get("duration"), batch["group"])
         out = {"frame_features": fr}
         if "input_ids" not in batch:
             return out
@@ -386,102 +358,94 @@ class DamoModel(nn.Module):
 
     # -------------------------------------------------------------- inference
     @torch.no_grad()
-    def generate(self, frames: torch.Tensor, mel: torch.Tensor, times: torch.Tensor, prompt_ids: list[int],
-                 duration: float, max_new_tokens: int = 48, query_ids: list[int] | None = None) -> dict:
-        """Greedy decoding for one video ``frames (1, T, 3, H, W)`` with evidence grounding.
+    def generate(self, batch: dict, max_new_tokens: int = 48) -> list[dict]:
+        """Greedy decoding with evidence grounding for a batch from
+        :meth:`~damo.model.processing.DamoProcessor.generation_batch` (left-padded prompts).
 
-        Returns generated ids, and per ``<evi>``: its stage (1 grounding, 2 answer), frame
+        Runs on the model's device with the KV cache; every row gets what it would get alone.
+        Returns per row: generated ``ids``; per ``<evi>`` its stage (1 grounding, 2 answer), frame
         scores ``(T,)`` (a pooled token's score repeated over its frames) and decoded
-        ``[start, end, score]``. ``coords`` holds ``(axis, value)`` for each generated LAPE
-        coordinate token, read from the two most probable neighbouring anchors of its axis
-        (LLaVA-ST section 3.2): seconds for time (``"t"``), [0, 1] for width and height (``"x"``, ``"y"``).
+        ``[start, end, score]``; ``coords``, ``(axis, value)`` per generated LAPE coordinate token,
+        read from the two most probable neighbouring anchors of its axis (LLaVA-ST section 3.2):
+        seconds for time (``"t"``), [0, 1] for width and height (``"x"``, ``"y"``).
+        The processor's :meth:`~damo.model.processing.DamoProcessor.decode` turns a row into text and spans.
         """
         self.eval()
-        T = frames.shape[1]
-        fmask = torch.ones(1, T, dtype=torch.bool)
-        g = llm_group(T, self.cfg.llm_frames)
+        dev = next(self.parameters()).device
+        batch = {k: v.to(dev) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        proc, ev_cfg = self.processor, self.cfg.evidence
+        g = batch["group"]
         fps = self.cfg.fps / g                                      # frame tokens per second
-        q = torch.tensor([query_ids]) if query_ids else None
-        frame_emb, fusion_emb, _ = self.video_embeddings(frames, mel, fmask, times, q,
-                                                         None if q is None else torch.ones_like(q, dtype=torch.bool),
-                                                         torch.tensor([float(duration)]))
-        ids = torch.tensor([prompt_ids])
-        emb = self.scatter_video(ids, frame_emb, fusion_emb, [frame_emb.shape[1]])
-        Tl, K = frame_emb.shape[1:3]
-        vpos = (ids[0] == self.video_id).nonzero()[:, 0][fusion_emb.shape[1]:]
-        frame_pos = vpos.view(1, Tl, K)
-        res = self.llm(inputs_embeds=emb, use_cache=True, output_hidden_states=True)
-        hf = self.frame_states(res.hidden_states[-2], frame_pos)   # (1, T, C)
-        f = self.evidence.frame(hf)[0]                              # (T, d)
-        past, h_last, logits = res.past_key_values, res.hidden_states[-2][0, -1], res.logits[0, -1]
+        frame_emb, fusion_emb, _ = self.video_embeddings(batch["frames"], batch["mel"], batch["frame_mask"],
+                                                         batch["times"], batch["query_ids"], batch["query_mask"],
+                                                         batch["duration"], g)
+        attn = batch["attention_mask"]
+        emb = self.scatter_video(batch["input_ids"], frame_emb, fusion_emb, batch["num_frames"])
+        pos = (attn.cumsum(1) - 1).clamp(min=0)                     # left padding: positions start at each prompt
+        res = self.llm(inputs_embeds=emb, attention_mask=attn, position_ids=pos, use_cache=True,
+                       output_hidden_states=True)
+        hf = self.frame_states(res.hidden_states[-2], batch["frame_pos"])   # (B, T', C)
+        f = self.evidence.frame(hf)                                 # (B, T', d)
+        past, h_last, logits = res.cache, res.hidden_states[-2][:, -1], res.logits[:, -1]
+        B = attn.shape[0]
+        nxt_pos = pos[:, -1:] + 1                                   # (B, 1)
+        n_tok = batch["num_frames"]                                 # frame tokens per row
+        n_frames = batch["frame_mask"].sum(1).tolist()
+        durations = batch["duration"].tolist()
         table = self.llm.get_input_embeddings()
-        frame_level = self.cfg.evidence.level == "frame"
-        out_ids, evidence, stage, pos, coords = [], [], 1, len(prompt_ids), []
+        rows = [{"ids": [], "evidence": [], "coords": []} for _ in range(B)]
+        stage, done = [1] * B, [False] * B
         for _ in range(max_new_tokens):
-            nxt = int(logits.argmax())
-            if nxt == self.tokenizer.eos_token_id:
+            nxt = logits.argmax(-1)                                 # (B,)
+            toks = nxt.tolist()
+            for b, t in enumerate(toks):
+                done[b] = done[b] or t == proc.tokenizer.eos_token_id
+            if all(done):
                 break
-            out_ids.append(nxt)
-            if nxt in self.axis_of:
-                a = self.axis_of[nxt]
-                v = float(decode_position(logits[self.coord_axes[a]]))
-                coords.append((a, v * duration if a == "t" else v))
-            e = table(torch.tensor([[nxt]]))                        # (1, 1, C)
-            if nxt == self.evi_end_id:
-                stage = 2
-            if nxt == self.evi_id:
-                s = torch.sigmoid(self.evidence.query(h_last) @ f.T * self.evidence.scale).numpy()  # (T,)
-                if frame_level:      # one frame: its start (first of a pair) or its end
-                    a = b = int(s.argmax())
-                    span = [a / fps, min(duration, (a + 1) / fps), float(s[a])]
+            e = table(nxt)[:, None]                                 # (B, 1, C)
+            for b, t in enumerate(toks):
+                if done[b]:
+                    continue
+                rows[b]["ids"].append(t)
+                axis = proc.axis_of.get(t)
+                if axis is not None:
+                    v = float(decode_position(logits[b, proc.coord_axes[axis]]))
+                    rows[b]["coords"].append((axis, v * durations[b] if axis == "t" else v))
+                if t == proc.evi_end_id:
+                    stage[b] = 2
+                if t != proc.evi_id:
+                    continue
+                s = torch.sigmoid(self.evidence.query(h_last[b]) @ f[b, :n_tok[b]].T * self.evidence.scale)
+                s = s.float().cpu().numpy()                         # (T'_b,)
+                if ev_cfg.level == "frame":      # one frame: its start (first of a pair) or its end
+                    lo = hi = int(s.argmax())
+                    span = [lo / fps, min(durations[b], (lo + 1) / fps), float(s[lo])]
                 else:
-                    a, b = salient_frames(s, self.cfg.evidence.threshold)
-                    span = decode_interval(s, fps, duration, self.cfg.evidence.threshold)
-                evidence.append({"stage": stage, "scores": np.repeat(s, g)[:T], "span": span})  # scores per frame
-                if self.cfg.evidence.semantic_capture:
-                    e = e + hf[:, a:b + 1].mean(1, keepdim=True)
-            res = self.llm(inputs_embeds=e, past_key_values=past, use_cache=True, output_hidden_states=True,
-                           position_ids=torch.tensor([[pos]]))
-            pos += 1
-            past, h_last, logits = res.past_key_values, res.hidden_states[-2][0, -1], res.logits[0, -1]
-        return {"ids": out_ids, "evidence": pair_frames(evidence) if frame_level else evidence, "coords": coords}
+                    lo, hi = salient_frames(s, ev_cfg.threshold)
+                    span = decode_interval(s, fps, durations[b], ev_cfg.threshold)
+                rows[b]["evidence"].append({"stage": stage[b], "scores": np.repeat(s, g)[:int(n_frames[b])],
+                                            "span": span})
+                if ev_cfg.semantic_capture:
+                    e[b] = e[b] + hf[b, lo:hi + 1].mean(0, keepdim=True)
+            attn = torch.cat([attn, attn.new_ones(B, 1)], 1)
+            res = self.llm(inputs_embeds=e, attention_mask=attn, cache=past, use_cache=True,
+                           output_hidden_states=True, position_ids=nxt_pos)
+            nxt_pos = nxt_pos + 1
+            past, h_last, logits = res.cache, res.hidden_states[-2][:, -1], res.logits[:, -1]
+        return rows
 
-    def render_answer(self, ids: list[int], evidence: list[dict], coords: list = ()) -> str:
-        """Answer-stage text with each ``<evi>`` written as "s - e seconds" (at frame level, each
-        (start, end) pair of ``<evi>`` as one span) and each LAPE coordinate token as its decoded
-        value (``coords`` from :meth:`generate`: seconds, or a fraction of the frame for boxes)."""
-        toks = self.tokenizer.convert_ids_to_tokens(ids)
-        answer_ev = iter(e for e in evidence if e["stage"] == 2)
-        values = iter(coords)
-        text, piece, after, odd = [], [], self.evi_end_id not in ids, False
-        for i, t in zip(ids, toks):
-            coord = next(values, ("t", float("nan"))) if i in self.axis_of else None
-            if i == self.evi_end_id:
-                after = True
-                continue
-            if not after:
-                continue
-            if i == self.evi_id:
-                text.append(self.tokenizer.convert_tokens_to_string(piece))
-                piece = []
-                if self.cfg.evidence.level == "frame":
-                    odd = not odd
-                    if not odd:      # the end of a pair: its start token wrote the pair's span
-                        continue
-                ev = next(answer_ev, None)
-                text.append(span_text(ev["span"]) if ev else "")
-            elif coord is not None:
-                text.append(self.tokenizer.convert_tokens_to_string(piece))
-                piece = []
-                text.append(f"{coord[1]:.1f}" if coord[0] == "t" else f"{coord[1]:.2f}")
-            else:
-                piece.append(t)
-        text.append(self.tokenizer.convert_tokens_to_string(piece))
-        return re.sub(r"\s+([.,?!])", r"\1", " ".join(x.strip() for x in text if x.strip()))
+    def answer(self, clips: list, queries: list[str], max_new_tokens: int = 48) -> list[dict]:
+        """Answer one question per clip (:class:`~damo.model.processing.ClipTensors`) in one batch:
+        the processor's prompts, :meth:`generate`, and the processor's decoding into
+        ``{"answer", "spans", "evidence", "scores", "tube"}`` per row."""
+        rows = self.generate(self.processor.generation_batch(clips, queries), max_new_tokens)
+        return [self.processor.decode(r["ids"], r["evidence"], r["coords"], c.duration, c.times.tolist())
+                for r, c in zip(rows, clips)]
 
     # -------------------------------------------------------------- save/load
     def save(self, path: str | Path) -> None:
-        """``config.json`` + ``model.safetensors`` + ``tokenizer/`` (+ ``backbones.json``), written atomically per file.
+        """``config.json`` + ``model.safetensors`` + ``tokenizer/`` + ``processor_config.json`` (+ ``backbones.json``),
+        written atomically per file.
 
         ``backbones.json`` holds the full transformers configs of HF backbones, so :meth:`load`
         rebuilds them without fetching the original pretrained weights (they are in the file).
@@ -489,6 +453,7 @@ class DamoModel(nn.Module):
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         self.tokenizer.save_pretrained(str(path / "tokenizer"))
+        self.processor.save_pretrained(path)
         hf = backbones.hf_configs(self)
         files = {"config.json": json.dumps(asdict(self.cfg), indent=2)} | (
             {"backbones.json": json.dumps(hf, indent=2)} if hf else {})
@@ -532,6 +497,8 @@ class DamoModel(nn.Module):
             sub.family = backbones.FAMILY_OF_MODEL_TYPE.get(hf_cfg["model_type"], hf_cfg["model_type"])
         model = cls(build, tok)
         model.cfg = cfg
+        if (path / "processor_config.json").is_file():
+            model.processor = DamoProcessor.from_pretrained(path, tok)
         ptr = {k: v.data_ptr() for k, v in model.state_dict().items()}
         missing, unexpected = model.load_state_dict(state, strict=False)
         loaded = {ptr[k] for k in state if k in ptr}

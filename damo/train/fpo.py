@@ -14,7 +14,7 @@ intervals, exactly as eq. 7 scores a dispreferred response.
 
 A training step of the FPO stage::
 
-    items = pair_batch(rng.sample(pairs, P), store.get)     # 2P rows, chosen first
+    items = pair_batch(rng.sample(pairs, P), clips)        # 2P rows, chosen first
     batch = collate(items, rng)
     out = model(batch)
     loss = fpo(out, batch, beta)                             # + optional supervised terms:
@@ -29,9 +29,9 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from damo.data.collate import ClipTensors
 from damo.data.preference import chosen_sample, rejected_sample
 from damo.data.schema import Sample
+from damo.model.processing import ClipTensors
 
 
 def interval_logprob(evi_logits: torch.Tensor, targets: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
@@ -197,7 +197,7 @@ def pair_samples(pairs: Sequence[dict]) -> list[Sample]:
 def pair_batch(pairs: Sequence[dict], clip_of: Callable[[str], ClipTensors]) -> list[tuple[Sample, ClipTensors]]:
     """Collator items for one FPO step: chosen rows first, rejected rows second, each with its clip.
 
-    ``clip_of`` maps a video reference to its clip (e.g. ``ClipStore.get``); each video is
+    ``clip_of`` maps a video reference to its clip (e.g. a :class:`~damo.data.dataset.ClipLoader`); each video is
     fetched once and shared by both rows, so ``collate(pair_batch(...))`` + one model
     forward yields both log-probs of every pair.
     """

@@ -25,14 +25,15 @@ from torch import nn
 from tqdm import tqdm
 
 from damo.config import Stage
-from damo.data.clips import ClipStore
 from damo.data.collate import Collator
+from damo.data.dataset import ClipDataset, StepBatches, loader
 from damo.data.schema import Sample
+from damo.model.processing import ClipTensors
 from damo.model.modeling_damo import DamoModel
 from damo.train import distributed
 from damo.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from damo.train.distributed import DistInfo, micro_batches
-from damo.train.fpo import pair_batch
+from damo.train.fpo import pair_samples
 from damo.train.losses import LOSSES, NEEDS_LLM, NEEDS_MODEL, PREFERENCE
 
 
@@ -96,10 +97,38 @@ def to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
-def run_stage(model: DamoModel, stage: Stage, samples: list[Sample], store: ClipStore, seed: int,
+def sample_video(s: Sample) -> str:
+    return s.video
+
+
+def pair_video(p: dict) -> str:
+    return p["sample"]["video"]
+
+
+class StepCollate:
+    """``(tag, record, clip)`` items of one micro-batch -> a model batch; runs in the loader's
+    workers. Preference records become their chosen rows, then their rejected rows, sharing the clip
+    (the FPO batch contract of :mod:`damo.train.fpo`). Returns ``(step, batch)``."""
+
+    def __init__(self, collator: Collator, seed: int, preference: bool):
+        self.collator, self.seed, self.preference = collator, seed, preference
+
+    def __call__(self, items: list[tuple[tuple[int, int], object, ClipTensors | None]]) -> tuple[int, dict]:
+        step, m = items[0][0]
+        if self.preference:
+            clips = [c for _, _, c in items]
+            rows = list(zip(pair_samples([p for _, p, _ in items]), clips + clips))
+        else:
+            rows = [(s, c) for _, s, c in items]
+        return step, self.collator(rows, random.Random(f"{self.seed}:{step}:{m}"))
+
+
+def run_stage(model: DamoModel, stage: Stage, samples: list[Sample], clips, seed: int,
               progress: bool = True, checkpoint_dir: str | Path | None = None, dist_info: DistInfo | None = None,
-              parallel: str = "ddp") -> dict[str, float]:
-    """Train ``model`` in place for one stage.
+              parallel: str = "ddp", num_workers: int = 0) -> dict[str, float]:
+    """Train ``model`` in place for one stage; ``clips`` maps a video reference to its
+    :class:`~damo.model.processing.ClipTensors` (a :class:`~damo.data.dataset.ClipLoader`), called
+    in ``num_workers`` loader processes.
 
     ``checkpoint_dir``: where periodic checkpoints go (every ``stage.save_every`` steps); if it
     holds one, training resumes from it. Under torchrun pass ``dist_info`` (and ``parallel``).
@@ -157,18 +186,15 @@ def run_stage(model: DamoModel, stage: Stage, samples: list[Sample], store: Clip
     work.train()
     bar = tqdm(range(start, stage.steps), desc=stage.name, disable=not progress or not info.main,
                dynamic_ncols=True, initial=start, total=stage.steps)
+    dataset = ClipDataset(data, clips, with_clips=not stage.text_only, video_of=pair_video if preference else sample_video)
+    mine = range(info.rank * stage.grad_accum, (info.rank + 1) * stage.grad_accum)
+    steps = StepBatches(len(data), stage.batch, stage.steps, start, seed, parts, mine, micro_batches)
+    batches = iter(loader(dataset, StepCollate(collate, seed, preference), num_workers, steps))
     for step in bar:
-        chosen = random.Random(f"{seed}:{step}").sample(data, min(stage.batch, len(data)))
-        mbs = micro_batches(chosen, parts)
-        mine = range(info.rank * stage.grad_accum, (info.rank + 1) * stage.grad_accum)
         opt.zero_grad(set_to_none=True)
         logged = torch.zeros(len(stage.losses) + 1)
-        for j, m in enumerate(mine):
-            if preference:
-                items = pair_batch(mbs[m], store.get)
-            else:
-                items = [(s, None if stage.text_only else store.get(s.video)) for s in mbs[m]]
-            batch = to_device(collate(items, random.Random(f"{seed}:{step}:{m}")), info.device)
+        for j in range(stage.grad_accum):
+            batch = to_device(next(batches)[1], info.device)
             sync = j == stage.grad_accum - 1 or fsdp
             ctx = step_fn.no_sync() if not sync and isinstance(step_fn, nn.parallel.DistributedDataParallel) else nullcontext()
             with ctx:

@@ -18,11 +18,12 @@ from pathlib import Path
 import torch
 
 from damo.config import Recipe
-from damo.data.clips import ClipStore, load_dataset
-from damo.data.collate import response_text, turns_of
+from damo.data.collate import turns_of
+from damo.data.dataset import ClipLoader, load_dataset, resolve_videos
 from damo.data.schema import Sample
 from damo.model import backbones
 from damo.model.modeling_damo import DamoConfig, DamoModel
+from damo.model.processing import response_text
 from damo.model.tokenizer import train_tokenizer
 from damo.train import distributed
 from damo.train.checkpoint import atomic_write_text, clear_checkpoints
@@ -50,8 +51,19 @@ def build_model(cfg: DamoConfig, samples: list[Sample], seed: int = 0) -> DamoMo
     return DamoModel(cfg, tok)
 
 
-def clip_store(cfg: DamoConfig, cache_dir: str | Path | None = None) -> ClipStore:
-    return ClipStore(cfg.fps, cfg.vision.image_size, cfg.audio.n_mels, cfg.audio.frames, cache_dir=cache_dir)
+def dataset_samples(spec: str, recipe: Recipe, workdir: Path | None, say) -> list[Sample]:
+    """A recipe dataset's samples with their videos found under ``recipe.video_root``; with
+    ``on_missing: skip`` the samples of missing videos are left out and listed in
+    ``WORKDIR/missing_videos.json`` (one entry per dataset spec)."""
+    samples, missing = resolve_videos(load_dataset(spec), recipe.video_root, recipe.on_missing)
+    if missing:
+        say(f"{spec}: skipping {missing.summary()}")
+        if workdir is not None:
+            path = workdir / "missing_videos.json"
+            report = json.loads(path.read_text()) if path.is_file() else {}
+            workdir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(path, json.dumps(report | {spec: missing.to_dict()}, indent=2))
+    return samples
 
 
 def run_recipe(recipe: Recipe, workdir: str | Path, progress: bool = True, log=print) -> DamoModel:
@@ -67,9 +79,10 @@ def run_recipe(recipe: Recipe, workdir: str | Path, progress: bool = True, log=p
     if recipe.parallel not in distributed.PARALLEL:
         raise ValueError(f"recipe.parallel must be one of {distributed.PARALLEL}, got {recipe.parallel!r}")
     say = log if info.main else (lambda *_: None)
-    samples = load_dataset(recipe.data["train"])
+    specs = [recipe.data["train"]] + [x for st in recipe.stages for x in st.extra_data]
+    datasets = {spec: dataset_samples(spec, recipe, workdir if info.main else None, say) for spec in dict.fromkeys(specs)}
+    samples = datasets[recipe.data["train"]]
     model = build_model(recipe.model, samples, recipe.seed)
-    store = clip_store(recipe.model)
     done: dict[str, Path] = {}
     for i, stage in enumerate(recipe.stages):
         ckpt = workdir / "stages" / stage.name
@@ -87,9 +100,10 @@ def run_recipe(recipe: Recipe, workdir: str | Path, progress: bool = True, log=p
             if (partial / "latest").is_file():
                 say(f"stage {stage.name}: resuming from {(partial / 'latest').read_text().strip()}")
             t0 = time.time()
-            data = samples + [x for spec in stage.extra_data for x in load_dataset(spec)]
-            stats = run_stage(model, stage, data, store, recipe.seed + i, progress, checkpoint_dir=partial,
-                              dist_info=info, parallel=recipe.parallel)
+            data = samples + [x for spec in stage.extra_data for x in datasets[spec]]
+            clips = ClipLoader(model.processor, memory=recipe.clip_memory)
+            stats = run_stage(model, stage, data, clips, recipe.seed + i, progress, checkpoint_dir=partial,
+                              dist_info=info, parallel=recipe.parallel, num_workers=recipe.num_workers)
             stats["wall_s"] = round(time.time() - t0, 1)
             say(f"stage {stage.name}: " + ", ".join(f"{k}={v:.3f}" for k, v in stats.items()))
             if info.main:

@@ -1,0 +1,193 @@
+"""Datasets on disk: resolving videos, streaming clips through workers, batches per training step.
+
+- :func:`resolve_videos` maps each sample's ``video`` (an id such as Charades' ``0F7LW``, a
+  relative or absolute path, or a ``synth://`` URI) to a file under ``video_root``, trying the
+  usual extensions, and lists every missing or unreadable video before any work starts.
+- :class:`ClipLoader` turns a video reference into model inputs (media decoder + disk cache +
+  the model's processor); it keeps nothing in memory unless asked (``memory=True``, the tiny
+  demo's procedural clips), so memory stays flat however many videos a dataset holds.
+- :class:`ClipDataset` + :func:`loader` stream ``(record, clip)`` pairs through a
+  ``torch.utils.data.DataLoader`` with worker processes; :class:`StepBatches` yields the exact
+  micro-batches of every training step (seeded by the step number, so a resumed run sees the
+  same data).
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from damo.data.schema import Sample, load_samples
+from damo.media import Clip
+from damo.media.sources import load_video, scheme_of
+from damo.model.processing import ClipTensors, DamoProcessor
+
+# Tried in order when a sample names a video by id (``0F7LW`` -> ``0F7LW.mp4``).
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".wmv", ".ogv",
+                  ".3gp")
+ON_MISSING = ("error", "skip")
+
+
+@dataclass
+class MissingVideos:
+    """Videos a dataset names that are not on disk (or not readable), and the samples that need them."""
+    videos: list[str] = field(default_factory=list)
+    samples: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.videos)
+
+    def summary(self, first: int = 5) -> str:
+        names = ", ".join(self.videos[:first]) + (", ..." if len(self.videos) > first else "")
+        return f"{len(self.videos)} videos ({len(self.samples)} samples) not found or unreadable: {names}"
+
+    def to_dict(self) -> dict:
+        return {"videos": self.videos, "samples": self.samples}
+
+
+def find_video(video: str, root: str | Path | None) -> str | None:
+    """The readable file (or scheme URI) a sample's ``video`` names, or None.
+
+    Tried in order: a scheme URI as is; the path itself (absolute, or relative to the current
+    folder when there is no root); under ``root``: the path, then the path plus each of
+    :data:`VIDEO_SUFFIXES` (ids without an extension).
+    """
+    if scheme_of(video):
+        return video
+    p = Path(video)
+    cands = [p] if root is None or p.is_absolute() else []
+    if root is not None and not p.is_absolute():
+        r = Path(root)
+        cands += [r / p] + [r / (video + s) for s in VIDEO_SUFFIXES]
+    for c in cands:
+        if c.is_file() and os.access(c, os.R_OK):
+            return str(c)
+    return None
+
+
+def resolve_videos(samples: Sequence[Sample], video_root: str | Path | None = None, on_missing: str = "error",
+                   ) -> tuple[list[Sample], MissingVideos]:
+    """Samples with ``video`` replaced by the file it names, and what is missing.
+
+    ``on_missing="error"`` raises ``FileNotFoundError`` listing the count and the first names
+    (before anything is trained or scored); ``"skip"`` drops those samples and returns them in
+    the :class:`MissingVideos` record for the run's report.
+    """
+    if on_missing not in ON_MISSING:
+        raise ValueError(f"on_missing must be one of {ON_MISSING}, got {on_missing!r}")
+    if video_root is not None and not Path(video_root).is_dir():
+        raise FileNotFoundError(f"video root {video_root} is not a folder")
+    found: dict[str, str | None] = {}
+    kept, missing = [], MissingVideos()
+    for s in samples:
+        if s.video not in found:
+            found[s.video] = find_video(s.video, video_root)
+            if found[s.video] is None:
+                missing.videos.append(s.video)
+        if found[s.video] is None:
+            missing.samples.append(s.id)
+        else:
+            kept.append(s if found[s.video] == s.video else Sample(**{**s.__dict__, "video": found[s.video]}))
+    if missing and on_missing == "error":
+        where = f" under {video_root}" if video_root is not None else ""
+        raise FileNotFoundError(f"{missing.summary()}{where}; point --video-root at the folder holding them, "
+                                "or pass --on-missing skip to leave those samples out (they are listed in the report)")
+    return kept, missing
+
+
+class ClipLoader:
+    """A video reference -> :class:`ClipTensors` at the processor's input size.
+
+    Files go through the media decoder and its disk cache (keyed by size, so models with different
+    input sizes share a cache folder safely). ``memory=True`` also keeps every clip in this
+    process's memory: only for small procedural datasets, where rendering dominates.
+    """
+
+    def __init__(self, processor: DamoProcessor, cache_dir: str | Path | None = None, memory: bool = False):
+        self.processor, self.cache_dir, self.memory = processor, cache_dir, memory
+        self._mem: dict[str, ClipTensors] = {}
+
+    def raw(self, video: str) -> Clip:
+        c = self.processor.config
+        return load_video(video, c.fps, c.image_size, self.cache_dir)
+
+    def __call__(self, video: str) -> ClipTensors:
+        if video in self._mem:
+            return self._mem[video]
+        clip = self.processor.video_inputs(self.raw(video))
+        if self.memory:
+            self._mem[video] = clip
+        return clip
+
+
+class ClipDataset(Dataset):
+    """``records[i]`` with its clip. A record is a :class:`Sample` or anything ``video_of`` maps to a
+    video reference (preference pairs); ``with_clips=False`` yields ``None`` clips (text only).
+    Indices may be ``(index, tag)`` tuples: the tag is passed through (the training step)."""
+
+    def __init__(self, records: Sequence, clips: Callable[[str], ClipTensors], with_clips: bool = True,
+                 video_of: Callable[[object], str] = lambda r: r.video):
+        self.records, self.clips, self.with_clips, self.video_of = records, clips, with_clips, video_of
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, key):
+        i, tag = key if isinstance(key, tuple) else (key, None)
+        r = self.records[i]
+        return tag, r, self.clips(self.video_of(r)) if self.with_clips else None
+
+
+class StepBatches(Sampler):
+    """Index lists of every micro-batch this process trains on, step by step from ``start``.
+
+    Step ``k``'s global batch is drawn by an RNG seeded with ``(seed, k)``, split into
+    ``parts`` micro-batches (processes x gradient accumulation); this process takes ``mine``.
+    Each index carries its ``(step, micro-batch)`` tag, which seeds the collator's own draws.
+    """
+
+    def __init__(self, n: int, batch: int, steps: int, start: int, seed: int, parts: int, mine: range,
+                 split: Callable[[list, int], list[list]]):
+        self.n, self.batch, self.steps, self.start, self.seed = n, batch, steps, start, seed
+        self.parts, self.mine, self.split = parts, mine, split
+
+    def __len__(self) -> int:
+        return (self.steps - self.start) * len(self.mine)
+
+    def __iter__(self) -> Iterator[list[tuple[int, tuple[int, int]]]]:
+        for step in range(self.start, self.steps):
+            chosen = random.Random(f"{self.seed}:{step}").sample(range(self.n), min(self.batch, self.n))
+            mbs = self.split(chosen, self.parts)
+            for m in self.mine:
+                yield [(i, (step, m)) for i in mbs[m]]
+
+
+def loader(dataset: Dataset, collate: Callable, num_workers: int = 0, batch_sampler: Sampler | None = None,
+           batch_size: int = 1) -> DataLoader:
+    """A DataLoader over ``dataset``: worker processes decode and collate ahead of the model."""
+    if num_workers < 0:
+        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+    kw = {"batch_sampler": batch_sampler} if batch_sampler is not None else {"batch_size": batch_size, "shuffle": False}
+    return DataLoader(dataset, collate_fn=collate, num_workers=num_workers, persistent_workers=False,
+                      prefetch_factor=2 if num_workers else None, **kw)
+
+
+# Dataset specs by URI scheme -> the function listing their samples (imported on first use).
+DATASET_SCHEMES = {"synth": "damo.data.synthetic:synth_samples"}
+
+
+def load_dataset(spec: str) -> list[Sample]:
+    """A dataset spec: ``synth://DIFFICULTY?n=..&seed=..&split=..`` or a canonical JSONL path."""
+    head, sep, _ = spec.partition("://")
+    if sep and head in DATASET_SCHEMES:
+        module, fn = DATASET_SCHEMES[head].split(":")
+        return getattr(importlib.import_module(module), fn)(spec)
+    if not Path(spec).is_file():
+        raise FileNotFoundError(f"dataset {spec!r} is neither a synth:// spec nor an existing JSONL file")
+    return load_samples(spec)

@@ -1,0 +1,632 @@
+"""DamoProcessor: everything the LLM reads and writes.
+
+In the spirit of transformers' processors, one object owns the text side of the model: the special
+tokens, where the question and the video go in the prompt (``layout``), how many frames share one
+LLM frame token (``llm_frames``), how frames learn their time (``time_encoding``), what the
+response looks like (``response`` and evidence ``level``), the training targets that follow from
+it, and turning a generated answer back into text, spans and a tube. Each switch is a small
+strategy in a dict below; nothing else in the package branches on these names.
+
+The response follows D²VLM's "grounding then answering with evidence referencing" (section 3.2,
+appendix B): one ``<evi>`` per ground-truth event (pure grounding), ``</evi>``, then the answer in
+which each event is referred to by another ``<evi>``. Both stages' k-th ``<evi>`` are supervised
+with the k-th span (``time_gt`` is shared by the two stages) and their features are tied by the
+consistency loss. The ablation baselines of D²VLM (coupled and decomposed responses, Table 4;
+frame-level evidence, Table 6) are other entries of :data:`RESPONSES` and :data:`EVIDENCE_LEVELS`.
+
+A processor is saved with its model as ``processor_config.json`` next to ``tokenizer/``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import PreTrainedTokenizerFast
+
+from damo.media import SAMPLE_RATE, Clip
+from damo.media.audio import log_mel
+
+from damo.model import tokenizer as tk
+from damo.model.coordinates import (add_box_tokens, add_time_tokens, anchor_pair, box_to_tokens, time_to_token,
+                                    timestamp_prompt)
+
+_COORD_TOKEN = r"<[txy]_\d+>"      # LAPE coordinate tokens: time, width, height
+_SPECIAL = re.compile("(" + "|".join([re.escape(t) for t in tk.SPECIAL_TOKENS] + [_COORD_TOKEN]) + ")")
+_SPAN_TEXT = re.compile(r"(\d+(?:\.\d+)?)\s*-\s*(\d+(?:\.\d+)?)\s*seconds")
+
+
+# ----------------------------------------------------------------------------- strategies
+def _video_first(bos: list[int], ask: list[int], video: list[int], assistant: list[int]) -> list[int]:
+    return bos + video + ask + assistant
+
+
+def _query_first(bos: list[int], ask: list[int], video: list[int], assistant: list[int]) -> list[int]:
+    return bos + ask + video + assistant
+
+
+def _query_both(bos: list[int], ask: list[int], video: list[int], assistant: list[int]) -> list[int]:
+    return bos + ask + video + ask + assistant
+
+
+# Where the question goes. ``video_first`` is the LLaVA layout D²VLM uses; ``query_first`` lets the
+# causal LLM's frame states attend to the question (as instruction-aware Q-Formers do in
+# InstructBLIP and TimeChat); ``query_both`` also repeats it right before the answer.
+LAYOUTS: dict[str, Callable[[list[int], list[int], list[int], list[int]], list[int]]] = {
+    "video_first": _video_first, "query_first": _query_first, "query_both": _query_both}
+
+
+@dataclass(frozen=True)
+class ResponseFormat:
+    """D²VLM Table 4: ``grounding_stage`` opens the response with one ``<evi>`` per event and
+    ``</evi>``; ``evidence_refs`` makes the answer refer to events by ``<evi>`` (else by text
+    timestamps, as TimeChat and VTimeLLM answer)."""
+    grounding_stage: bool
+    evidence_refs: bool
+
+
+RESPONSES = {"coupled": ResponseFormat(False, False), "decomposed": ResponseFormat(True, False),
+             "interleaved": ResponseFormat(True, True)}
+
+
+@dataclass(frozen=True)
+class EvidenceLevel:
+    """D²VLM Table 6: an event is ``tokens`` ``<evi>`` (1: the token grounds the interval; 2: a start
+    and an end token, each grounding one frame, as timestamp-token designs do)."""
+    tokens: int
+
+
+EVIDENCE_LEVELS = {"event": EvidenceLevel(1), "frame": EvidenceLevel(2)}
+
+
+@dataclass(frozen=True)
+class TimeEncoding:
+    """How each frame token learns its time. ``sinusoid``: the model adds a learned map of a
+    sinusoid of the seconds; ``timestamps``: Dynamic-VLM's "2.5s: " text before each frame token
+    (section 5.3); ``tokens``: LLaVA-ST's LAPE time tokens (section 3.2), which also write the
+    answer's text timestamps; all false: the frames' order only."""
+    sinusoid: bool = False
+    timestamps: bool = False
+    tokens: bool = False
+
+
+TIME_ENCODINGS = {"sinusoid": TimeEncoding(sinusoid=True), "timestamp": TimeEncoding(timestamps=True),
+                  "lape": TimeEncoding(tokens=True), "none": TimeEncoding()}
+
+
+def _tiny_log_mel(clip: Clip, n_mels: int, mel_frames: int) -> np.ndarray:
+    hop = int(round(SAMPLE_RATE / clip.fps / mel_frames))
+    win = 1 << (hop.bit_length() - 1)   # power-of-two FFT <= hop (512 for a 40 ms hop): fast, barely any gap
+    return log_mel(clip.audio, SAMPLE_RATE, clip.fps, clip.num_frames, n_mels=n_mels, hop=hop, win=win)[:, :mel_frames]
+
+
+def _whisper_log_mel(clip: Clip, n_mels: int, mel_frames: int) -> np.ndarray:
+    # Whisper's STFT: 400-point FFT and window, 10 ms hop (Radford et al. 2022)
+    return log_mel(clip.audio, SAMPLE_RATE, clip.fps, clip.num_frames, n_mels=n_mels, hop=160, win=400)[:, :mel_frames]
+
+
+# Per-frame audio features ``(T, mel_frames, n_mels)`` for each audio encoder family.
+AUDIO_FEATURES: dict[str, Callable[[Clip, int, int], np.ndarray]] = {"log_mel": _tiny_log_mel,
+                                                                     "whisper": _whisper_log_mel}
+
+
+def check_choice(key: str, value: str, valid: dict) -> None:
+    if value not in valid:
+        raise ValueError(f"model.{key} must be one of {tuple(valid)}, got {value!r}")
+
+
+# ----------------------------------------------------------------------------- helpers
+def llm_group(num_frames: int, llm_frames: int) -> int:
+    """Frames per LLM video token: 1, or ``ceil(T / llm_frames)`` when a video has more frames than
+    the LLM budget (``llm_frames`` 0 = no budget). A budget of 32 gives a 30-s and a 10-min video
+    at 1 fps 30 and 32 frame tokens."""
+    return 1 if llm_frames <= 0 or num_frames <= llm_frames else -(-num_frames // llm_frames)
+
+
+def frame_targets(spans: Sequence[Sequence[float]], num_frames: int, fps: float) -> np.ndarray:
+    """1 for frames whose window centre (i + 0.5) / fps lies inside any span [s, e)."""
+    c = (np.arange(num_frames) + 0.5) / fps
+    y = np.zeros(num_frames, dtype=np.float32)
+    for s, e in spans:
+        y[(c >= s) & (c < e)] = 1.0
+    if num_frames and not y.any() and spans:  # span shorter than a frame window: mark its nearest frame
+        s, e = spans[0]
+        y[min(num_frames - 1, int((s + e) / 2 * fps))] = 1.0
+    return y
+
+
+def time_key(t: float) -> str:
+    """A frame time as a JSON-safe dictionary key: seconds with up to 3 decimals ("2.5")."""
+    return f"{float(t):.3f}".rstrip("0").rstrip(".")
+
+
+def _join(refs: list[str]) -> str:
+    return refs[0] if len(refs) == 1 else ", ".join(refs[:-1]) + " and " + refs[-1]
+
+
+def span_text(span: Sequence[float], duration: float | None = None, time_bins: int = 0) -> str:
+    """A span as text, the way coupled models write timestamps: ``"3.0 - 5.0 seconds"``.
+
+    With ``time_bins`` (LAPE, LLaVA-ST section 3.2) each bound is its closest time token instead:
+    ``"<t_3> - <t_5> seconds"``; the model reads the exact value back from the two nearest bins.
+    """
+    if time_bins:
+        a, b = (time_to_token(t, duration, time_bins) for t in span[:2])
+        return f"{a} - {b} seconds"
+    return f"{span[0]:.1f} - {span[1]:.1f} seconds"
+
+
+def box_text(boxes: list, box_bins: int) -> str:
+    """A tube's first and last box as LAPE width/height tokens (LLaVA-ST section 3.2):
+    ``"from <x_a> <y_b> <x_c> <y_d> to <x_e> ..."``; the boxes in between follow by linear
+    interpolation (the procedural shapes move in straight lines)."""
+    first, last = (" ".join(box_to_tokens(b, box_bins)) for b in (boxes[0], boxes[-1]))
+    return f"from {first} to {last}"
+
+
+def response_text(task: str, answer: str, spans: list, captions: list[str], *, response: str = "interleaved",
+                  level: str = "event", duration: float | None = None, time_bins: int = 0,
+                  boxes: list | None = None, box_bins: int = 0) -> str:
+    """The target response for one turn (see :data:`RESPONSES` and :data:`EVIDENCE_LEVELS`).
+
+    ``time_bins`` writes text timestamps as LAPE time tokens (:func:`span_text`); ``boxes`` (a
+    spatio-temporal grounding tube's boxes in time order) with ``box_bins`` ends the answer with
+    the tube's boxes as LAPE width/height tokens (:func:`box_text`).
+    """
+    check_choice("response", response, RESPONSES)
+    check_choice("evidence.level", level, EVIDENCE_LEVELS)
+    fmt = RESPONSES[response]
+    n = len(spans)
+    evi = " ".join([tk.EVI] * EVIDENCE_LEVELS[level].tokens)
+    refs = [evi] * n if fmt.evidence_refs else [span_text(sp, duration, time_bins) for sp in spans]
+    ans = answer.strip().rstrip(".")
+    if task == "dense_caption" and captions:
+        body = " ".join(f"{r}, {c.strip().rstrip('.')}." for r, c in zip(refs, captions))
+    elif n == 0:
+        body = f"{ans}."
+    elif task in ("grounding", "multi_grounding"):
+        # restating the event right before its reference ("the red square is on screen in <evi>")
+        # puts what to ground next to the token that grounds it
+        body = f"{ans or 'It happens'} in {_join(refs)}."
+    else:
+        where = f", {box_text(boxes, box_bins)}" if boxes and box_bins else ""
+        body = f"{ans}. The relevant event happens in {_join(refs)}{where}."
+    if not fmt.grounding_stage:
+        return body
+    return " ".join([evi] * n + [tk.EVI_END, body])
+
+
+def evidence_targets(spans: list, num_evi: int, num_frames: int, fps: float, level: str = "event") -> list[np.ndarray]:
+    """Frame targets ``(num_frames,)`` for each of a turn's ``num_evi`` ``<evi>`` tokens, in order.
+
+    Event level: the k-th token of each stage grounds the k-th span (D²VLM: ``time_gt`` is shared
+    by the two stages), salient frames = the span's frames. Frame level: tokens come in
+    (start, end) pairs, each marking the one frame that holds the span's start or end.
+    """
+    out = []
+    for k in range(num_evi):
+        y = np.zeros(num_frames, np.float32)
+        if spans and num_frames:
+            if level == "frame":
+                s, e = spans[(k // 2) % len(spans)]
+                t = s * fps if k % 2 == 0 else math.ceil(e * fps) - 1
+                y[min(num_frames - 1, max(0, int(t)))] = 1.0
+            else:
+                y = frame_targets([spans[k % len(spans)]], num_frames, fps)
+        out.append(y)
+    return out
+
+
+def group_targets(y: np.ndarray, g: int) -> np.ndarray:
+    """Per-frame targets ``(n,)`` -> per LLM frame token ``(ceil(n/g),)``: the fraction of each
+    group's frames inside the span."""
+    if g == 1:
+        return y
+    n = len(y)
+    nl = -(-n // g)
+    return np.pad(y, (0, nl * g - n)).reshape(nl, g).sum(1) / np.clip(np.minimum(g, n - g * np.arange(nl)), 1, None)
+
+
+def text_spans(answer: str, duration: float) -> list[list[float]]:
+    """Spans written as text ("3.0 - 5.0 seconds"), in order of appearance, clipped to the video,
+    each with score 1 (text timestamps carry no confidence); reversed pairs are swapped."""
+    out = []
+    for a, b in _SPAN_TEXT.findall(answer):
+        s, e = sorted((min(float(a), duration), min(float(b), duration)))
+        out.append([s, e, 1.0])
+    return out
+
+
+def tube(span: list[float], boxes: list[list[float]], times: list[float]) -> dict:
+    """A spatio-temporal tube from a span and the boxes at its start and end: a box at every
+    frame time inside ``[start, end)``, linearly interpolated between the first and last box
+    (LLaVA-ST's tube format; the metric matches frames by time)."""
+    inside = [t for t in times if span[0] <= t < span[1]]
+    a, b = boxes[0], boxes[-1]
+    out = {}
+    for t in inside:
+        w = (t - inside[0]) / (inside[-1] - inside[0]) if len(inside) > 1 else 0.0
+        x0, y0, x1, y1 = (p + (q - p) * w for p, q in zip(a, b))
+        out[time_key(t)] = [round(v, 4) for v in (min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))]
+    return {"span": [float(span[0]), float(span[1])], "boxes": out}
+
+
+def pair_frames(evidence: list[dict]) -> list[dict]:
+    """Frame-level evidence: each stage's ``<evi>`` come as (start, end) pairs -> one span per pair.
+
+    The span runs from the start frame to the end of the end frame (swapped if the end comes
+    first); its score is the mean of the two peaks; a trailing unpaired token stands alone.
+    """
+    out = []
+    for st in (1, 2):
+        ev = [e for e in evidence if e["stage"] == st]
+        for a, b in zip(ev[::2], ev[1::2] + [None] * (len(ev) % 2)):
+            if b is None:
+                out.append(a)
+                continue
+            lo, hi = sorted([a["span"], b["span"]])
+            out.append({"stage": st, "scores": np.maximum(a["scores"], b["scores"]),
+                        "span": [lo[0], max(lo[1], hi[1]), (a["span"][2] + b["span"][2]) / 2]})
+    return out
+
+
+# ----------------------------------------------------------------------------- batches
+def pad_rows(rows: list[list], value, left: bool = False) -> torch.Tensor:
+    L = max(map(len, rows))
+    return torch.tensor([[value] * (L - len(r)) + r if left else r + [value] * (L - len(r)) for r in rows])
+
+
+def stack_clips(clips: list[ClipTensors | None]) -> dict:
+    """Frames, audio features and times of a batch, zero-padded to its longest clip (``None``
+    clips: a text-only batch with zero frames)."""
+    B = len(clips)
+    text = any(c is None for c in clips)
+    if text and not all(c is None for c in clips):
+        raise ValueError("a batch is either all text-only (clip None) or all with clips")
+    T = 0 if text else max(c.frames.shape[0] for c in clips)
+    c0 = clips[0]
+    frames = torch.zeros(B, T, *(c0.frames.shape[1:] if c0 else (1, 1, 3)), dtype=torch.uint8)
+    mel = torch.zeros(B, T, *(c0.mel.shape[1:] if c0 else (1, 1)), dtype=torch.float16)
+    times = torch.zeros(B, T)
+    fmask = torch.zeros(B, T, dtype=torch.bool)
+    for b, c in enumerate(clips):
+        if c is not None:
+            n = c.frames.shape[0]
+            frames[b, :n], mel[b, :n], times[b, :n], fmask[b, :n] = c.frames, c.mel, c.times, True
+    return {"frames": frames.permute(0, 1, 4, 2, 3).float() / 255.0,       # (B, T, 3, H, W)
+            "mel": mel.float(), "times": times, "frame_mask": fmask}
+
+
+def frame_positions(positions: list[list[int]], Tl: int, K: int, shift: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Placeholder positions ``(B, T', K)`` (shifted by each row's left padding) and the valid mask ``(B, T')``."""
+    pos = torch.zeros(len(positions), Tl, K, dtype=torch.long)
+    valid = torch.zeros(len(positions), Tl, dtype=torch.bool)
+    for b, (p, s) in enumerate(zip(positions, shift)):
+        nl = len(p) // K
+        if nl:
+            pos[b, :nl] = torch.tensor(p).view(nl, K) + s
+            valid[b, :nl] = True
+    return pos, valid
+
+
+# ----------------------------------------------------------------------------- the processor
+@dataclass
+class ClipTensors:
+    """A decoded clip as the model reads it: frames at the vision tower's size, per-frame audio
+    features, each frame's time and the clip's duration."""
+    frames: torch.Tensor   # (T, H, W, 3) uint8
+    mel: torch.Tensor      # (T, F, M) float16
+    times: torch.Tensor    # (T,) float32 seconds
+    duration: float
+
+
+@dataclass
+class Encoded:
+    """One sample's token sequence and targets (positions index ``ids``)."""
+    ids: list[int]
+    labels: list[int]
+    frame_pos: list[int]                   # the frame tokens' placeholders, T' x K in order
+    evi_pos: list[int] = field(default_factory=list)
+    evi_targets: list[np.ndarray] = field(default_factory=list)     # (T',) per <evi>
+    cons_pairs: list[tuple[int, int]] = field(default_factory=list)  # indices into evi_pos
+    coord_pos: list[int] = field(default_factory=list)
+    coord_ids: list[tuple[int, int]] = field(default_factory=list)
+    coord_w: list[tuple[float, float]] = field(default_factory=list)
+
+
+@dataclass
+class ProcessorConfig:
+    video_tokens: int = 8          # fusion tokens in front of the frames (DamoConfig.bridge_tokens)
+    frame_tokens: int = 1          # K placeholders per LLM frame token
+    fps: float = 1.0
+    layout: str = "query_both"
+    response: str = "interleaved"
+    evidence_level: str = "event"
+    llm_frames: int = 64
+    time_encoding: str = "sinusoid"
+    time_bins: int = 32
+    box_bins: int = 0
+    max_len: int = 1024            # tokens per training sequence
+    image_size: int = 32           # frames reach the vision tower at this size (decoded at it)
+    audio_features: str = "log_mel"   # log_mel (the tiny encoder's fast mel) | whisper (Whisper's own features)
+    n_mels: int = 32
+    mel_frames: int = 25           # audio feature frames per 1/fps window
+    max_query_tokens: int = 256    # a longer question is refused (memory grows with its square)
+
+    def __post_init__(self) -> None:
+        check_choice("layout", self.layout, LAYOUTS)
+        check_choice("response", self.response, RESPONSES)
+        check_choice("evidence.level", self.evidence_level, EVIDENCE_LEVELS)
+        check_choice("time_encoding", self.time_encoding, TIME_ENCODINGS)
+        check_choice("audio_features", self.audio_features, AUDIO_FEATURES)
+        if TIME_ENCODINGS[self.time_encoding].tokens and self.time_bins < 2:
+            raise ValueError(f"model.time_bins must be >= 2 for LAPE time tokens, got {self.time_bins}")
+        if self.box_bins == 1 or self.box_bins < 0:
+            raise ValueError(f"model.box_bins must be 0 (no box tokens) or >= 2, got {self.box_bins}")
+
+
+class DamoProcessor:
+    """Prompts, responses, targets and answer decoding for one model's tokenizer and settings.
+
+    Adding LAPE coordinate tokens (``time_encoding: lape``, ``box_bins``) extends ``tokenizer``
+    in place, so build the processor before sizing the LLM to ``len(tokenizer)``.
+    """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerFast, config: ProcessorConfig | None = None, **kw):
+        self.tokenizer = tok = tokenizer
+        self.config = c = config or ProcessorConfig(**kw)
+        self.time = TIME_ENCODINGS[c.time_encoding]
+        self.level = EVIDENCE_LEVELS[c.evidence_level]
+        self.format = RESPONSES[c.response]
+        self.time_bins = c.time_bins if self.time.tokens else 0
+        # LAPE (LLaVA-ST eq. 4): coordinate tokens join the vocabulary
+        self.coord_axes: dict[str, list[int]] = {}
+        if self.time_bins:
+            self.coord_axes["t"] = add_time_tokens(tok, self.time_bins)
+        if c.box_bins:
+            self.coord_axes["x"], self.coord_axes["y"] = add_box_tokens(tok, c.box_bins)
+        self.axis_of = {i: a for a, ids in self.coord_axes.items() for i in ids}     # token id -> axis
+        ids = tok.convert_tokens_to_ids
+        self.video_id, self.evi_id, self.evi_end_id = ids(tk.VIDEO), ids(tk.EVI), ids(tk.EVI_END)
+
+    @classmethod
+    def from_model_config(cls, cfg, tokenizer: PreTrainedTokenizerFast, **kw) -> "DamoProcessor":
+        """The processor of a :class:`~damo.model.modeling_damo.DamoConfig`."""
+        return cls(tokenizer, ProcessorConfig(
+            video_tokens=cfg.bridge_tokens, frame_tokens=cfg.fuser.frame_tokens, fps=cfg.fps, layout=cfg.layout,
+            response=cfg.response, evidence_level=cfg.evidence.level, llm_frames=cfg.llm_frames,
+            time_encoding=cfg.time_encoding, time_bins=cfg.time_bins, box_bins=cfg.box_bins,
+            image_size=cfg.vision.image_size, audio_features="whisper" if cfg.audio.kind == "hf_whisper" else "log_mel",
+            n_mels=cfg.audio.n_mels, mel_frames=cfg.audio.frames, **kw))
+
+    def save_pretrained(self, path: str | Path) -> None:
+        path = Path(path)
+        tmp = path / "processor_config.json.tmp"
+        tmp.write_text(json.dumps(asdict(self.config), indent=2))
+        tmp.replace(path / "processor_config.json")
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, tokenizer: PreTrainedTokenizerFast) -> "DamoProcessor":
+        return cls(tokenizer, ProcessorConfig(**json.loads((Path(path) / "processor_config.json").read_text())))
+
+    # ------------------------------------------------------------------ text
+    def encode(self, text: str) -> list[int]:
+        """Tokenise text whose special tokens must stay single ids, without stray spaces around them."""
+        tok, out = self.tokenizer, []
+        for piece in _SPECIAL.split(text):
+            if not piece.strip():
+                continue
+            if piece in tk.SPECIAL_TOKENS:
+                out.append(tok.convert_tokens_to_ids(piece))
+            elif re.fullmatch(_COORD_TOKEN, piece):
+                i = tok.convert_tokens_to_ids(piece)
+                if i is None or i == tok.unk_token_id:
+                    raise ValueError(f"{piece} is not in the tokenizer: the model has no such LAPE coordinate tokens")
+                out.append(i)
+            else:
+                out.extend(tok(" " + piece.strip(), add_special_tokens=False)["input_ids"])
+        return out
+
+    def query_ids(self, query: str) -> list[int]:
+        """The question's token ids, refused past ``max_query_tokens`` (attention memory grows with
+        the square of the prompt, so an unbounded question is an unbounded allocation)."""
+        ids = self.encode(query)
+        if len(ids) > self.config.max_query_tokens:
+            raise ValueError(f"the query is {len(ids)} tokens long, more than this model's limit of "
+                             f"{self.config.max_query_tokens}; ask a shorter question")
+        return ids
+
+    def group(self, num_frames: int) -> int:
+        """Frames per LLM frame token for a clip (or batch) of ``num_frames`` frames."""
+        return llm_group(num_frames, self.config.llm_frames)
+
+    def prompt(self, query: str, times: Sequence[float] | torch.Tensor | None, group: int | None = None) -> list[int]:
+        """The prefix generation starts from, for a question about a clip with frame ``times``
+        (seconds; ``None``: no video). ``group`` frames share one LLM frame token (default: the
+        ``llm_frames`` budget for this clip alone; a batch uses its longest clip's). With the
+        ``timestamp`` time encoding each frame token's placeholders follow its time as text; the
+        fusion placeholders stay in front."""
+        c, v = self.config, self.video_id
+        video: list[int] = []
+        if times is not None and len(times):
+            first = [float(t) for t in list(times)[::group or self.group(len(times))]]   # each token's first frame
+            video = [v] * c.video_tokens
+            if self.time.timestamps:
+                for prefix in timestamp_prompt(first):
+                    video += self.encode(prefix) + [v] * c.frame_tokens
+            else:
+                video += [v] * (c.frame_tokens * len(first))
+        ask = self.encode(f"{tk.USER} {query}")
+        return LAYOUTS[c.layout]([self.tokenizer.bos_token_id], ask, video, self.encode(tk.ASSISTANT))
+
+    def response(self, turn: dict, duration: float | None) -> str:
+        c = self.config
+        return response_text(turn["task"], turn["answer"], turn["spans"], turn["captions"], response=c.response,
+                             level=c.evidence_level, duration=duration, time_bins=self.time_bins,
+                             boxes=turn.get("boxes"), box_bins=c.box_bins)
+
+    # ------------------------------------------------------------------ video
+    def video_inputs(self, clip: Clip) -> ClipTensors:
+        """A decoded clip as model inputs: frames at ``image_size`` (decoders already deliver that
+        size; anything else is area-resized) and per-frame audio features of ``audio_features``."""
+        c = self.config
+        fr = torch.from_numpy(np.ascontiguousarray(clip.frames))                        # (T, H, W, 3)
+        if fr.shape[1:3] != (c.image_size, c.image_size):
+            fr = F.interpolate(fr.permute(0, 3, 1, 2).float(), size=(c.image_size, c.image_size), mode="area")
+            fr = fr.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)         # (T, S, S, 3)
+        mel = AUDIO_FEATURES[c.audio_features](clip, c.n_mels, c.mel_frames)
+        return ClipTensors(frames=fr, mel=torch.from_numpy(mel).to(torch.float16),
+                           times=torch.from_numpy(clip.times).float(), duration=clip.duration)
+
+    def generation_batch(self, clips: list[ClipTensors], queries: list[str]) -> dict:
+        """Left-padded prompts for batched generation, with the clips stacked: every row's prompt
+        ends at the last position, so one step decodes the next token of every row."""
+        c = self.config
+        batch = stack_clips(clips)
+        T = batch["frames"].shape[1]
+        g = self.group(T)
+        q = [self.query_ids(x) for x in queries]
+        prompts = [self.prompt(x, cl.times, g) for x, cl in zip(queries, clips)]
+        L = max(map(len, prompts))
+        shift = [L - len(p) for p in prompts]
+        pos = [[i for i, t in enumerate(p) if t == self.video_id][c.video_tokens:] for p in prompts]
+        frame_pos, valid = frame_positions(pos, -(-T // g), c.frame_tokens, shift)
+        pad = self.tokenizer.pad_token_id
+        return batch | {"group": g, "input_ids": pad_rows(prompts, pad, left=True),
+                        "attention_mask": pad_rows([[1] * len(p) for p in prompts], 0, left=True),
+                        "frame_pos": frame_pos, "evi_mask": valid, "num_frames": [int(x) for x in valid.sum(1)],
+                        "query_ids": pad_rows([x or [pad] for x in q], pad),
+                        "query_mask": pad_rows([[True] * len(x) if x else [False] for x in q], False),
+                        "duration": torch.tensor([float(cl.duration) for cl in clips])}
+
+    # ------------------------------------------------------------------ training
+    def encode_turns(self, turns: list[dict], times: torch.Tensor | None, duration: float, group: int,
+                     name: str = "sample") -> Encoded:
+        """Token ids, labels and every target of a (possibly multi-turn) sample about a clip.
+
+        ``times`` ``None`` encodes text only (no video, no evidence targets). ``group`` is the
+        batch's frames per LLM frame token. Raises ``ValueError`` past ``max_len`` tokens.
+        """
+        c = self.config
+        n = 0 if times is None else len(times)
+        ids = self.prompt(turns[0]["query"], times, group)
+        enc = Encoded(ids=ids, labels=[-100] * len(ids),
+                      frame_pos=[i for i, t in enumerate(ids) if t == self.video_id][c.video_tokens:])
+        for ti, turn in enumerate(turns):
+            if ti:
+                q = self.encode(f"{tk.USER} {turn['query']} {tk.ASSISTANT}")
+                enc.ids, enc.labels = enc.ids + q, enc.labels + [-100] * len(q)
+            r = self.encode(self.response(turn, duration))
+            if ti == len(turns) - 1:
+                r.append(self.tokenizer.eos_token_id)
+            off = len(enc.ids)
+            enc.ids, enc.labels = enc.ids + r, enc.labels + r
+            spans = turn["spans"]
+            self._coordinate_targets(enc, r, off, turn, duration, name)
+            evis = [off + i for i, t in enumerate(r) if t == self.evi_id] if n else []
+            first = len(enc.evi_pos)
+            for p, y in zip(evis, evidence_targets(spans, len(evis), n, c.fps, c.evidence_level)):
+                enc.evi_pos.append(p)
+                enc.evi_targets.append(group_targets(y, group))
+            m = len(spans) * self.level.tokens                     # <evi> tokens per stage
+            enc.cons_pairs += [(first + k, first + m + k) for k in range(m) if m + k < len(evis)]
+        if len(enc.ids) > c.max_len:
+            raise ValueError(f"{name} needs {len(enc.ids)} tokens > max_len {c.max_len}; "
+                             "lower the fps or use a token-budget compressor")
+        return enc
+
+    def _coordinate_targets(self, enc: Encoded, r: list[int], off: int, turn: dict, duration: float,
+                            name: str) -> None:
+        """LAPE coordinate tokens: soft targets on the two anchors around the exact value (span
+        bounds for time tokens, box corners for width/height tokens, in order)."""
+        if not self.axis_of:
+            return
+        boxes = turn.get("boxes") or []
+        ends = boxes[:1] + boxes[-1:]                       # the tube's first and last box
+        values = {"t": [t / duration for sp in turn["spans"] for t in sp[:2]],
+                  "x": [v for bx in ends for v in bx[0::2]], "y": [v for bx in ends for v in bx[1::2]]}
+        for i, t in enumerate(r):
+            axis = self.axis_of.get(t)
+            if axis is None:
+                continue
+            if not values[axis]:
+                raise ValueError(f"{name}: more {axis} coordinate tokens than values to supervise")
+            anchors = self.coord_axes[axis]
+            lo, w = anchor_pair(values[axis].pop(0), len(anchors))
+            enc.coord_pos.append(off + i)
+            enc.coord_ids.append((anchors[lo], anchors[lo + 1]))
+            enc.coord_w.append((1 - w, w))
+
+    @staticmethod
+    def alignment_pair(spans: list, captions: list[str], query: str, duration: float, rng: random.Random):
+        """One (span, caption, hard negative span or None) for contrastive alignment (DaMO stage 1):
+        the negative is another event of the same video with a different caption (the same shape
+        in another colour, the same tone at another pitch)."""
+        cands = list(zip(spans, captions)) or [(sp, query) for sp in spans]
+        pos = rng.choice(cands) if cands else ([0.0, duration], query)
+        negs = [sp for sp, cap in cands if cap != pos[1] and sp != pos[0]]
+        return pos[0], pos[1], rng.choice(negs) if negs else None
+
+    # ------------------------------------------------------------------ decoding
+    def decode(self, ids: list[int], evidence: list[dict], coords: list, duration: float,
+               times: Sequence[float]) -> dict:
+        """A generated answer -> ``{"answer", "spans" (best first), "evidence" (grounding stage),
+        "scores" (one frame curve per answer span), "tube"}``.
+
+        ``evidence`` holds ``{"stage", "scores", "span"}`` per generated ``<evi>`` and ``coords``
+        ``(axis, value)`` per LAPE coordinate token, as :meth:`DamoModel.generate` returns them.
+        """
+        if self.level.tokens == 2:
+            evidence = pair_frames(evidence)
+        answer = self.render(ids, evidence, coords)
+        answer_ev = [e for e in evidence if e["stage"] == 2] or [e for e in evidence if e["stage"] == 1]
+        if self.format.evidence_refs:
+            spans = sorted((e["span"] for e in answer_ev), key=lambda s: -s[2])
+        else:   # the answer writes its timestamps as text (coupled / decomposed baselines)
+            spans = text_spans(answer, duration)
+            answer_ev = [e for e in evidence if e["stage"] == 1]
+        xy = [v for a, v in coords if a in "xy"]
+        boxes = [xy[i:i + 4] for i in range(0, len(xy) - 3, 4)]
+        return {"answer": answer, "spans": spans, "evidence": [e["span"] for e in evidence if e["stage"] == 1],
+                "scores": [e["scores"] for e in answer_ev],
+                "tube": tube(spans[0], boxes, [float(t) for t in times]) if spans and boxes else None}
+
+    def render(self, ids: list[int], evidence: list[dict], coords: Sequence = ()) -> str:
+        """Answer-stage text with each ``<evi>`` written as "s - e seconds" (at frame level, each
+        (start, end) pair of ``<evi>`` as one span, ``evidence`` already paired) and each LAPE
+        coordinate token as its decoded value: seconds, or a fraction of the frame for boxes."""
+        toks = self.tokenizer.convert_ids_to_tokens(ids)
+        answer_ev = iter(e for e in evidence if e["stage"] == 2)
+        values = iter(coords)
+        text, piece, after, odd = [], [], self.evi_end_id not in ids, False
+        for i, t in zip(ids, toks):
+            coord = next(values, ("t", float("nan"))) if i in self.axis_of else None
+            if i == self.evi_end_id:
+                after = True
+                continue
+            if not after:
+                continue
+            if i == self.evi_id:
+                text.append(self.tokenizer.convert_tokens_to_string(piece))
+                piece = []
+                if self.level.tokens == 2:
+                    odd = not odd
+                    if not odd:      # the end of a pair: its start token wrote the pair's span
+                        continue
+                ev = next(answer_ev, None)
+                text.append(span_text(ev["span"]) if ev else "")
+            elif coord is not None:
+                text.append(self.tokenizer.convert_tokens_to_string(piece))
+                piece = []
+                text.append(f"{coord[1]:.1f}" if coord[0] == "t" else f"{coord[1]:.2f}")
+            else:
+                piece.append(t)
+        text.append(self.tokenizer.convert_tokens_to_string(piece))
+        return re.sub(r"\s+([.,?!])", r"\1", " ".join(x.strip() for x in text if x.strip()))
