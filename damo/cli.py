@@ -232,16 +232,18 @@ def cmd_data_convert(args: argparse.Namespace) -> int:
             raise SystemExit(f"--option {o!r} must look like key=value (e.g. mode=grounding)")
         k, v = o.split("=", 1)
         options[k] = v
-    report = formats.convert(args.format, args.inp, args.out, durations=args.durations, **options)
-    if args.video_root:
-        from damo.data.dataset import resolve_videos
-        from damo.data.schema import load_samples, save_samples
+    if not args.video_root:
+        _print(formats.convert(args.format, args.inp, args.out, durations=args.durations, **options))
+        return 0
+    from damo.data.dataset import resolve_videos
+    from damo.data.schema import save_samples
 
-        samples, missing = resolve_videos(load_samples(args.out), args.video_root, args.on_missing)
-        save_samples(args.out, samples)
-        report["videos"] = {"root": args.video_root, "samples_kept": len(samples),
-                            "missing_videos": len(missing.videos), "first_missing": missing.videos[:5]}
-    _print(report)
+    samples, quirks = formats.load(args.format, args.inp, durations=args.durations, **options)
+    kept, missing = resolve_videos(samples, args.video_root, args.on_missing)   # raises before writing anything
+    save_samples(args.out, kept)
+    _print({"videos": len({s.video for s in kept}), "samples": len(kept), "spans": sum(len(s.spans) for s in kept),
+            "quirks": dict(quirks), "missing": {"videos": len(missing.videos), "samples": len(missing.samples),
+                                                 "first": missing.videos[:5]}})
     return 0
 
 

@@ -1,0 +1,104 @@
+"""Lab-scale paths: batched generation equals one-at-a-time, datasets on disk (video roots, missing
+videos, worker processes), and the real Charades-STA video through convert -> eval."""
+from __future__ import annotations
+
+import json
+import resource
+from pathlib import Path
+
+import pytest
+
+from damo.cli import main
+from damo.config import Recipe
+from damo.data.dataset import ClipLoader, find_video, resolve_videos
+from damo.data.schema import Sample, load_samples
+from damo.data.synthetic import synth_samples
+from damo.eval.evaluate import predict
+from damo.train.recipe import run_recipe
+
+TINY_MODEL = {"vision": {"width": 32, "layers": 1}, "audio": {"width": 32},
+              "fuser": {"width": 32, "blocks": 1, "visual_queries": 4, "audio_queries": 2, "fusion_tokens": 4},
+              "llm": {"hidden": 32, "layers": 2, "intermediate": 64, "vocab_size": 400},
+              "bridge_tokens": 4, "align_dim": 16}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny model trained briefly on procedural clips: it emits answers with evidence tokens."""
+    work = tmp_path_factory.mktemp("run")
+    recipe = Recipe.from_dict({
+        "model": TINY_MODEL, "seed": 0, "data": {"train": "synth://easy?n=16&seed=0"},
+        "stages": [{"name": "ground", "losses": {"lm": 1.0, "grounding_bce": 5.0}, "steps": 80, "batch": 8,
+                    "lr": 3e-3, "warmup": 5}]})
+    model = run_recipe(recipe, work, progress=False, log=lambda *_: None)
+    return model, work / "model"
+
+
+def test_batch_of_8_predicts_exactly_what_batch_of_1_does(trained):
+    model, _ = trained
+    # clips of different lengths and questions of different lengths: prompts are left-padded
+    samples = [s for s in synth_samples("synth://standard?n=6&seed=3&split=test") if s.task == "grounding"][:12]
+    assert len({s.duration for s in samples}) > 1 and len({len(s.query) for s in samples}) > 1
+    clips = ClipLoader(model.processor)
+    one = predict(model, samples, clips, batch_size=1, progress=False)
+    eight = predict(model, samples, clips, batch_size=8, progress=False)
+    assert [p.to_dict() for p in eight] == [p.to_dict() for p in one]
+    assert any("<evi>" not in p.answer and p.spans for p in one)      # real grounded answers were compared
+
+
+def test_video_ids_resolve_under_a_root_and_missing_ones_are_listed(tmp_path):
+    (tmp_path / "a.mkv").write_bytes(b"x")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b.mp4").write_bytes(b"x")
+    assert find_video("a", tmp_path) == str(tmp_path / "a.mkv")
+    assert find_video("sub/b.mp4", tmp_path) == str(tmp_path / "sub" / "b.mp4")
+    assert find_video("synth://easy/0/test/1", tmp_path) == "synth://easy/0/test/1"
+    samples = [Sample(id=f"q{i}", video=v, duration=5.0, task="grounding", query="when?", spans=[[1.0, 2.0]])
+               for i, v in enumerate(["a", "gone1", "a", "gone2", "gone1"])]
+    with pytest.raises(FileNotFoundError, match=r"2 videos \(3 samples\) not found.*gone1, gone2.*--on-missing skip"):
+        resolve_videos(samples, tmp_path)
+    kept, missing = resolve_videos(samples, tmp_path, on_missing="skip")
+    assert [s.id for s in kept] == ["q0", "q2"] and kept[0].video == str(tmp_path / "a.mkv")
+    assert missing.videos == ["gone1", "gone2"] and missing.samples == ["q1", "q3", "q4"]
+
+
+def test_charades_convert_with_video_root_then_eval_on_the_real_video(trained, shared_data, tmp_path, capsys):
+    _, model_dir = trained
+    root = tmp_path / "videos"
+    root.mkdir()
+    (root / "0F7LW.mp4").symlink_to(shared_data / "videos" / "charades_0F7LW.mp4")
+    gt = shared_data / "charades_sta" / "charades_sta_test.txt"
+    durations = shared_data / "charades_sta" / "Charades_v1_test.csv"
+    out = tmp_path / "test.jsonl"
+    args = ["data", "convert", "--format", "charades-sta", "--in", str(gt), "--durations", str(durations),
+            "--out", str(out), "--video-root", str(root)]
+    with pytest.raises(FileNotFoundError, match=r"1333 videos \(3713 samples\) not found"):
+        main(args)
+    assert not out.exists()                                   # nothing written before the check
+    assert main(args + ["--on-missing", "skip"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    samples = load_samples(out)
+    assert report["samples"] == len(samples) == 7 and report["missing"]["videos"] == 1333
+    assert {s.video for s in samples} == {str(root / "0F7LW.mp4")}
+    assert main(["eval", "--data", str(out), "--model", str(model_dir), "--out", str(tmp_path / "ev"),
+                 "--batch-size", "4", "--device", "cpu"]) == 0
+    preds = [json.loads(x) for x in (tmp_path / "ev" / "predictions.jsonl").read_text().splitlines()]
+    assert len(preds) == 7 and all(0 <= sp[0] <= sp[1] <= 30.7 for p in preds for sp in p["spans"])   # the file is 30.65 s
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert metrics["overall"]["n"] == 7
+
+
+def test_eval_of_ids_with_a_root_skips_missing_videos_and_reports_them(trained, shared_data, tmp_path):
+    _, model_dir = trained
+    root = tmp_path / "videos"
+    root.mkdir()
+    (root / "chaplin.mp4").symlink_to(shared_data / "videos" / "chaplin.mp4")
+    data = tmp_path / "d.jsonl"
+    data.write_text("\n".join(json.dumps(Sample(id=f"q{i}", video=v, duration=9.6, task="grounding", query="when?",
+                                                 spans=[[1.0, 2.0]]).to_dict()) for i, v in enumerate(["chaplin", "lost"])))
+    with pytest.raises(FileNotFoundError, match="1 videos"):
+        main(["eval", "--data", str(data), "--model", str(model_dir), "--video-root", str(root)])
+    assert main(["eval", "--data", str(data), "--model", str(model_dir), "--video-root", str(root), "--on-missing",
+                 "skip", "--out", str(tmp_path / "ev")]) == 0
+    m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert m["overall"]["n"] == 1 and m["skipped"] == {"videos": ["lost"], "samples": ["q1"]}
