@@ -129,8 +129,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if not samples:
         raise SystemExit(f"none of the {len(missing.samples)} samples of {args.data} has its video; nothing to evaluate")
     model = DamoModel.load(args.model).to(_device(args.device))
-    preds = predict(model, samples, ClipLoader(model.processor), batch_size=args.batch_size,
-                    num_workers=args.num_workers)
+    if args.features:
+        from damo.data.features import FeatureLoader
+        clips = FeatureLoader(args.features, model)
+    else:
+        clips = ClipLoader(model.processor)
+    preds = predict(model, samples, clips, batch_size=args.batch_size, num_workers=args.num_workers)
     m = grounding_report(samples, preds)
     if missing:
         m["skipped"] = missing.to_dict()
@@ -214,6 +218,34 @@ def cmd_ground(args: argparse.Namespace) -> int:
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     _print(result)
+    return 0
+
+
+def cmd_data_features(args: argparse.Namespace) -> int:
+    """Frozen-tower outputs of a dataset's videos, stored once (see damo.data.features)."""
+    import yaml
+
+    from damo.data.dataset import ClipLoader, load_dataset, resolve_videos
+    from damo.data.features import extract
+    from damo.model.modeling_damo import DamoConfig, DamoModel, LLMConfig
+    from damo.model.tokenizer import train_tokenizer
+
+    _setup_torch()
+    src = Path(args.model)
+    if src.is_dir():
+        model = DamoModel.load(src)
+    elif src.is_file():     # a model config: only its towers matter here, so the LLM stays the tiny default
+        cfg = DamoConfig.from_dict(yaml.safe_load(src.read_text()) or {})
+        cfg.llm = LLMConfig()
+        model = DamoModel(cfg, train_tokenizer(["features"], 300))
+    else:
+        raise SystemExit(f"--model {src}: neither a model folder nor a model config file")
+    model = model.to(_device(args.device))
+    samples, missing = resolve_videos(load_dataset(args.data), args.video_root, args.on_missing)
+    if missing:
+        print(f"skipping {missing.summary()}", file=sys.stderr)
+    _print(extract(model, [s.video for s in samples], ClipLoader(model.processor), args.out,
+                   shard_videos=args.shard_videos))
     return 0
 
 
@@ -301,6 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int, default=8, help="questions answered together (left-padded prompts)")
     e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     e.add_argument("--num-workers", type=int, default=0, help="data-loader processes decoding videos ahead")
+    e.add_argument("--features", metavar="DIR", help="read the towers' outputs stored by damo data features")
     e.set_defaults(fn=cmd_eval)
 
     g = sub.add_parser("ground", help="answer a question about a video and say when",
@@ -327,6 +360,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--stvg", action="store_true", help="add where-and-when questions with box tubes")
     s.add_argument("--out", required=True)
     s.set_defaults(fn=cmd_data_synth)
+
+    f = data.add_parser("features", help="store the frozen vision/audio towers' outputs of a dataset's videos")
+    f.add_argument("--model", required=True, help="a model folder (e.g. a finished alignment stage) or a model config")
+    f.add_argument("--data", required=True, help="canonical JSONL or synth:// spec")
+    f.add_argument("--out", required=True, help="features folder (a subfolder per encoder settings; resumable)")
+    f.add_argument("--shard-videos", type=int, default=64, help="videos per safetensors shard")
+    f.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    _data_options(f)
+    f.set_defaults(fn=cmd_data_features)
     c = data.add_parser("convert", help="public annotation format -> canonical JSONL")
     c.add_argument("--format", required=True)
     c.add_argument("--in", dest="inp", required=True)

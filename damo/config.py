@@ -46,6 +46,7 @@ class Recipe:
     on_missing: str = "error"             # error: stop before training if a video is missing; skip: leave it out
     num_workers: int = 0                  # data-loader processes decoding and collating ahead of the model
     clip_memory: bool = False             # keep every clip in memory (small procedural datasets only)
+    features: str | None = None           # folder of frozen-tower outputs: stages with frozen encoders read them
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], base: Path | None = None) -> "Recipe":

@@ -247,12 +247,17 @@ class DamoModel(nn.Module):
         self.video_id = self.processor.video_id
 
     # ------------------------------------------------------------------ video
-    def encode_video(self, frames: torch.Tensor, mel: torch.Tensor, frame_mask: torch.Tensor):
-        """-> per-frame fuser features ``(B, T, K, D)`` and fusion tokens ``(B, F, D)``."""
+    def encode_video(self, frames: torch.Tensor, mel: torch.Tensor, frame_mask: torch.Tensor,
+                     vision: torch.Tensor | None = None, audio: torch.Tensor | None = None):
+        """-> per-frame fuser features ``(B, T, K, D)`` and fusion tokens ``(B, F, D)``. ``vision``
+        ``(B, T, 1+P, Dv)`` and ``audio`` ``(B, T, 1+A, Da)`` are stored outputs of the frozen towers
+        (:mod:`damo.data.features`), used instead of running them."""
+        vision = self.vision(frames) if vision is None else vision.to(frames.device, torch.float32)
+        audio = self.audio(mel) if audio is None else audio.to(mel.device, torch.float32)
         # padded frames are zeroed so that the temporal convolution sees the clip's end exactly
         # as an unpadded clip does (a batch then gives every clip the features it gets alone)
-        v = self.residual_v(self.vision(frames)) * frame_mask[:, :, None, None]    # (B, T, Lv, D)
-        a = self.residual_a(self.audio(mel))                        # (B, T, La, D)
+        v = self.residual_v(vision) * frame_mask[:, :, None, None]  # (B, T, Lv, D)
+        a = self.residual_a(audio)                                  # (B, T, La, D)
         B, T, Lv, D = v.shape
         v = v.permute(0, 2, 3, 1).reshape(B * Lv, D, T)             # (B*Lv, D, T)
         v = v + self.temporal_conv(v)
@@ -261,7 +266,7 @@ class DamoModel(nn.Module):
         return self.fuseformer(v, a, frame_mask)
 
     def video_embeddings(self, frames, mel, frame_mask, times, query_ids=None, query_mask=None, duration=None,
-                         group: int = 1):
+                         group: int = 1, vision=None, audio=None):
         """-> frame embeddings ``(B, T', K, C)``, bridged fusion embeddings ``(B, F', C)``, fuser frame
         features ``(B, T, K, D)``. ``T' = T`` unless ``llm_frames`` caps the frame tokens: then each
         token is the mean of ``group`` consecutive frames (the processor's
@@ -279,7 +284,7 @@ class DamoModel(nn.Module):
         ``duration (B,)`` seconds) after it; ``timestamp`` writes the time as text in the prompt
         instead (:meth:`~damo.model.processing.DamoProcessor.prompt`) and ``none`` gives no time at all.
         """
-        fr, fu = self.encode_video(frames, mel, frame_mask)
+        fr, fu = self.encode_video(frames, mel, frame_mask, vision, audio)
         g = group
         frl, times = pool_groups(fr, frame_mask, g)[0], pool_groups(times, frame_mask, g)[0]   # (B, T', K, D)
         t = self.time_proj(sinusoid(times, fr.shape[-1]))[:, :, None] if self.processor.time.sinusoid else 0
@@ -322,7 +327,8 @@ class DamoModel(nn.Module):
             return {"logits": self.llm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits}
         frame_emb, fusion_emb, fr = self.video_embeddings(batch["frames"], batch["mel"], batch["frame_mask"],
                                                           batch["times"], batch.get("query_ids"), batch.get("query_mask"),
-                                                          batch.get("duration"), batch["group"])
+                                                          batch.get("duration"), batch["group"],
+                                                          batch.get("vision_features"), batch.get("audio_features"))
         out = {"frame_features": fr}
         if "input_ids" not in batch:
             return out
@@ -378,7 +384,8 @@ class DamoModel(nn.Module):
         fps = self.cfg.fps / g                                      # frame tokens per second
         frame_emb, fusion_emb, _ = self.video_embeddings(batch["frames"], batch["mel"], batch["frame_mask"],
                                                          batch["times"], batch["query_ids"], batch["query_mask"],
-                                                         batch["duration"], g)
+                                                         batch["duration"], g, batch.get("vision_features"),
+                                                         batch.get("audio_features"))
         attn = batch["attention_mask"]
         emb = self.scatter_video(batch["input_ids"], frame_emb, fusion_emb, batch["num_frames"])
         pos = (attn.cumsum(1) - 1).clamp(min=0)                     # left padding: positions start at each prompt

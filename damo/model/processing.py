@@ -296,12 +296,19 @@ def stack_clips(clips: list[ClipTensors | None]) -> dict:
     mel = torch.zeros(B, T, *(c0.mel.shape[1:] if c0 else (1, 1)), dtype=torch.float16)
     times = torch.zeros(B, T)
     fmask = torch.zeros(B, T, dtype=torch.bool)
+    stored = c0 is not None and c0.vision is not None        # precomputed tower outputs (damo.data.features)
+    if stored:
+        vis = torch.zeros(B, T, *c0.vision.shape[1:], dtype=c0.vision.dtype)
+        aud = torch.zeros(B, T, *c0.audio.shape[1:], dtype=c0.audio.dtype)
     for b, c in enumerate(clips):
         if c is not None:
             n = c.frames.shape[0]
             frames[b, :n], mel[b, :n], times[b, :n], fmask[b, :n] = c.frames, c.mel, c.times, True
-    return {"frames": frames.permute(0, 1, 4, 2, 3).float() / 255.0,       # (B, T, 3, H, W)
-            "mel": mel.float(), "times": times, "frame_mask": fmask}
+            if stored:
+                vis[b, :n], aud[b, :n] = c.vision, c.audio
+    out = {"frames": frames.permute(0, 1, 4, 2, 3).float() / 255.0,        # (B, T, 3, H, W)
+           "mel": mel.float(), "times": times, "frame_mask": fmask}
+    return out | ({"vision_features": vis, "audio_features": aud} if stored else {})
 
 
 def frame_positions(positions: list[list[int]], Tl: int, K: int, shift: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -325,6 +332,8 @@ class ClipTensors:
     mel: torch.Tensor      # (T, F, M) float16
     times: torch.Tensor    # (T,) float32 seconds
     duration: float
+    vision: torch.Tensor | None = None   # (T, 1+P, Dv) stored frozen-tower outputs instead of frames
+    audio: torch.Tensor | None = None    # (T, 1+A, Da) stored frozen-tower outputs instead of audio features
 
 
 @dataclass

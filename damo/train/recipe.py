@@ -11,6 +11,7 @@ same weights as an uninterrupted run. Under ``torchrun`` the same call trains on
 """
 from __future__ import annotations
 
+import fnmatch
 import json
 import time
 from pathlib import Path
@@ -20,6 +21,7 @@ import torch
 from damo.config import Recipe
 from damo.data.collate import turns_of
 from damo.data.dataset import ClipLoader, load_dataset, resolve_videos
+from damo.data.features import FeatureLoader, extract
 from damo.data.schema import Sample
 from damo.model import backbones
 from damo.model.modeling_damo import DamoConfig, DamoModel
@@ -66,6 +68,22 @@ def dataset_samples(spec: str, recipe: Recipe, workdir: Path | None, say) -> lis
     return samples
 
 
+def trains_encoders(model: DamoModel, patterns: list[str]) -> bool:
+    """Whether any vision or audio tower parameter matches a stage's trainable patterns."""
+    names = [n for n, _ in model.named_parameters() if n.startswith(("vision.", "audio."))]
+    return any(fnmatch.fnmatch(n, p) for n in names for p in patterns)
+
+
+def stage_features(model: DamoModel, data: list[Sample], clips: ClipLoader, root: str, info, say) -> FeatureLoader:
+    """The stored outputs of the model's (frozen) towers for a stage's videos, computed first where
+    missing (rank 0 writes; the others wait)."""
+    if info.main:
+        r = extract(model, [s.video for s in data], clips, root, progress=False)
+        say(f"features: {r['written']} videos computed, {r['reused']} reused in {r['folder']}")
+    distributed.barrier()
+    return FeatureLoader(root, model)
+
+
 def run_recipe(recipe: Recipe, workdir: str | Path, progress: bool = True, log=print) -> DamoModel:
     """Train every stage of ``recipe`` into ``workdir`` (resuming whatever a previous run left)."""
     workdir = Path(workdir)
@@ -83,6 +101,7 @@ def run_recipe(recipe: Recipe, workdir: str | Path, progress: bool = True, log=p
     datasets = {spec: dataset_samples(spec, recipe, workdir if info.main else None, say) for spec in dict.fromkeys(specs)}
     samples = datasets[recipe.data["train"]]
     model = build_model(recipe.model, samples, recipe.seed)
+    clips = ClipLoader(model.processor, memory=recipe.clip_memory)   # shared by the stages: same inputs
     done: dict[str, Path] = {}
     for i, stage in enumerate(recipe.stages):
         ckpt = workdir / "stages" / stage.name
@@ -101,8 +120,10 @@ def run_recipe(recipe: Recipe, workdir: str | Path, progress: bool = True, log=p
                 say(f"stage {stage.name}: resuming from {(partial / 'latest').read_text().strip()}")
             t0 = time.time()
             data = samples + [x for spec in stage.extra_data for x in datasets[spec]]
-            clips = ClipLoader(model.processor, memory=recipe.clip_memory)
-            stats = run_stage(model, stage, data, clips, recipe.seed + i, progress, checkpoint_dir=partial,
+            stage_clips = clips
+            if recipe.features and not stage.text_only and not trains_encoders(model, stage.trainable):
+                stage_clips = stage_features(model, data, clips, recipe.features, info, say)
+            stats = run_stage(model, stage, data, stage_clips, recipe.seed + i, progress, checkpoint_dir=partial,
                               dist_info=info, parallel=recipe.parallel, num_workers=recipe.num_workers)
             stats["wall_s"] = round(time.time() - t0, 1)
             say(f"stage {stage.name}: " + ", ".join(f"{k}={v:.3f}" for k, v in stats.items()))
