@@ -35,14 +35,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
 from common import add_budget_args, run_parallel, short_recipe  # noqa: E402
 
-from damo.data.clips import load_dataset  # noqa: E402
-from damo.data.collate import ClipTensors, Collator  # noqa: E402
-from damo.eval.evaluate import grounding_report, predict, predict_one  # noqa: E402
+from damo.data.dataset import ClipLoader, load_dataset  # noqa: E402
+from damo.eval.evaluate import grounding_report, predict  # noqa: E402
 from damo.eval.metrics import stvg_metrics  # noqa: E402
 from damo.model.modeling_damo import DamoModel  # noqa: E402
+from damo.model.processing import ClipTensors  # noqa: E402
 from damo.config import Stage  # noqa: E402
 from damo.train.loop import run_stage  # noqa: E402
-from damo.train.recipe import clip_store, run_recipe  # noqa: E402
+from damo.train.recipe import run_recipe  # noqa: E402
 
 BOX_BINS = 16
 TIME = {f"time: {e}": ["model.compressor.kind=identity", f"model.time_encoding={e}"]
@@ -56,7 +56,7 @@ GRIDS = {"time": TIME, "compressors": COMPRESSORS, "coupled": COUPLED}
 def llm_tokens(model, seconds: int) -> int:
     """LLM input tokens of the prompt for a ``seconds``-long video at the model's fps (one question)."""
     times = (torch.arange(int(seconds * model.cfg.fps)) + 0.5) / model.cfg.fps
-    return len(Collator.for_model(model).prompt("when does the red square appear?", times))
+    return len(model.processor.prompt("when does the red square appear?", times))
 
 
 def whole_frame_siou(test: list) -> float:
@@ -92,7 +92,7 @@ def run_one(job: tuple[str, list[str], dict]) -> dict:
     test = [s for s in load_dataset(f"synth://standard?n={a.test}&seed=0&split=test&stvg=1")
             if s.task in ("grounding", "stvg")]
     t0 = time.time()
-    preds = predict(model, test, clip_store(model.cfg), progress=False)
+    preds = predict(model, test, ClipLoader(model.processor), progress=False)
     latency = (time.time() - t0) / len(test)
     rep = grounding_report(test, preds)
     res = {"row": row, "LLM tokens 30 s": llm_tokens(model, 30), "LLM tokens 10 min": llm_tokens(model, 600),
@@ -126,21 +126,21 @@ def idle_costs(job: tuple[str, dict]) -> dict:
                        times=(torch.arange(T) + 0.5) / c.fps, duration=600.0)
     t0 = time.time()
     try:
-        predict_one(model.eval(), clip, "when does the red square appear?")
+        model.eval().answer([clip], ["when does the red square appear?"])
         out["10 min query s"] = round(time.time() - t0, 2)
     except ValueError:          # the compressor's visual-token budget is below one token per frame
         out["10 min query s"] = "over budget"
     out["10 min peak MB"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-    store = clip_store(c)
+    store = ClipLoader(model.processor, memory=True)
     test = [s for s in load_dataset("synth://standard?n=10&seed=0&split=test") if s.task == "grounding"][:10]
     for s in test:
-        store.get(s.video)
+        store(s.video)
     t0 = time.time()
     predict(model, test, store, progress=False)
     out["latency s/query"] = round((time.time() - t0) / len(test), 3)
     data = load_dataset("synth://standard?n=40&seed=0&split=train&stvg=1")
     for s in data:
-        store.get(s.video)
+        store(s.video)
     stage = Stage(name="time", losses={"lm": 1.0, "grounding_bce": 10.0, "consistency": 1.0}, steps=2, batch=16)
     run_stage(model, stage, data, store, seed=0, progress=False)
     stage.steps = 10

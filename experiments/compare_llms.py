@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 
 from damo.config import load_recipe
-from damo.data.clips import load_dataset
+from damo.data.dataset import ClipLoader, load_dataset
 from damo.eval.evaluate import grounding_report, predict
-from damo.train.recipe import clip_store, run_recipe
+from damo.train.recipe import run_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["model=../configs/tiny.yaml",
@@ -36,7 +36,7 @@ def main() -> None:
         model = run_recipe(r, Path(a.workdir) / name, progress=False)
         train_s = time.time() - t0
         val = [s for s in load_dataset(r.data["val"]) if s.task == "grounding"][:a.val]
-        preds = predict(model, val, clip_store(model.cfg), progress=False)
+        preds = predict(model, val, ClipLoader(model.processor), progress=False)
         m = grounding_report(val, preds)["overall"]
         rows[name] = {"train_s": round(train_s), "R@0.5": m["R1@0.5"], "mIoU": m["mIoU"],
                       "answers": [(s.query, s.spans, p.answer) for s, p in zip(val[:3], preds[:3])]}

@@ -28,10 +28,10 @@ import torch
 
 from common import REPO, add_budget_args, mean_std, run_parallel, short_recipe
 from damo.config import Recipe, load_recipe
-from damo.data.clips import load_dataset
+from damo.data.dataset import ClipLoader, load_dataset
 from damo.eval.evaluate import grounding_report, predict
 from damo.eval.metrics import etbench_task_metrics
-from damo.train.recipe import clip_store, run_recipe
+from damo.train.recipe import run_recipe
 
 # rung -> (model overrides, consistency loss on, FPO stage); the last two are Table 6's variants of
 # the full design (run them with --rungs)
@@ -62,7 +62,7 @@ def recipe(rung: str, seed: int, a: argparse.Namespace) -> Recipe:
 def evaluate(model, a: argparse.Namespace) -> dict:
     test = load_dataset(f"synth://standard?n={a.test}&seed=0&split=test")
     test = [s for s in test if s.task in ("grounding", "dense_caption")]
-    preds = predict(model, test, clip_store(model.cfg), progress=False)
+    preds = predict(model, test, ClipLoader(model.processor), progress=False)
     g = grounding_report(test, preds)["overall"]
     by = {p.id: p for p in preds}
     records = [{"video": s.id, "a": by[s.id].answer, "tgt": s.spans, "g": s.captions}

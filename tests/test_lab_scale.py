@@ -102,3 +102,55 @@ def test_eval_of_ids_with_a_root_skips_missing_videos_and_reports_them(trained, 
                  "skip", "--out", str(tmp_path / "ev")]) == 0
     m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert m["overall"]["n"] == 1 and m["skipped"] == {"videos": ["lost"], "samples": ["q1"]}
+
+
+PEAK_SCRIPT = """
+import json, sys, numpy as np, torch
+torch.set_num_threads(1)
+from damo.config import Stage
+from damo.data.dataset import ClipLoader
+from damo.data.schema import Sample
+from damo.media import Clip, sources
+from damo.model.modeling_damo import DamoConfig, DamoModel
+from damo.model.tokenizer import train_tokenizer
+from damo.train.loop import run_stage
+
+
+def noise_clip(ref, fps, size):      # a 40-s clip of random frames: as big as a decoded one, made in no time
+    rng = np.random.default_rng(int(ref.rsplit("/", 1)[1]))
+    return Clip(frames=rng.integers(0, 256, (40, size, size, 3), dtype=np.uint8), times=np.arange(40) + 0.5,
+                audio=np.zeros(40 * 16000, np.float32), duration=40.0, fps=1.0, has_audio=False, source=ref)
+
+
+sources.SCHEMES["noise"] = "__main__:noise_clip"
+n, memory = int(sys.argv[1]), sys.argv[2] == "1"
+samples = [Sample(id=str(i), video=f"noise://{i}", duration=40.0, task="grounding", query="when?", answer="now",
+                  spans=[[3.0, 9.0]]) for i in range(n)]
+model = DamoModel(DamoConfig.from_dict(json.loads(sys.argv[3])), train_tokenizer(["when? now"], 300))
+stage = Stage(name="s", losses={"lm": 1.0}, steps=8, batch=8, trainable=["projector.*"])   # same work, n videos
+run_stage(model, stage, samples, ClipLoader(model.processor, memory=memory), 0, progress=False)
+print(json.dumps({"clips": n, "peak_mb": int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0]) / 1024}))
+"""
+
+
+def _train_peak(n: int, memory: bool) -> dict:
+    import subprocess
+    import sys
+
+    cfg = json.dumps(TINY_MODEL | {"vision": {"width": 32, "layers": 1, "image_size": 128, "patch": 32}})
+    r = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, str(n), "1" if memory else "0", cfg], capture_output=True,
+                       text=True, check=True, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_training_memory_does_not_grow_with_the_number_of_clips():
+    """40-s clips of 128 px: 64 videos take about 125 MB as tensors. Streaming them (loaded per step,
+    nothing kept) must cost no more peak memory than 8 videos; keeping them (the opt-in in-memory
+    store) does grow, which shows the measurement can see the difference."""
+    small, large = _train_peak(8, False), _train_peak(64, False)
+    kept = _train_peak(64, True)
+    assert large["clips"] >= 8 * small["clips"]
+    budget = 40    # MB; the 64 clips' tensors alone are ~125 MB
+    assert large["peak_mb"] - small["peak_mb"] < budget, (small, large)
+    assert kept["peak_mb"] - large["peak_mb"] > budget, (large, kept)
