@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image
 
 from damo.media import SAMPLE_RATE, Clip, MediaError
-from damo.media.audio import decode_audio
+from damo.media.audio import as_float, decode_audio
 
 Mode = Literal["auto", "seek", "sequential"]
 
@@ -310,7 +310,7 @@ def decode_clip(path: str | Path, fps: float = 1.0, size: int | None = 64, mode:
     if has_audio_stream:
         try:
             with av.open(name) as audio_container:
-                audio = decode_audio(audio_container, origin, duration, name)
+                audio = as_float(decode_audio(audio_container, origin, duration, name))
             has_audio = True
         except (MediaError, av.FFmpegError) as e:
             warnings.warn(f"{name}: audio dropped, returning the video without sound: {e}", stacklevel=2)
