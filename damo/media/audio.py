@@ -63,21 +63,25 @@ class AudioTrack:
     """Decodes one audio stream, packet by packet, into a 16 kHz mono int16 timeline of fixed length.
 
     ``origin`` is the video timeline's t = 0 in seconds (the container start time); the timeline
-    has exactly ``n_samples`` samples, zero where the track is silent, missing or cut. Frames are
+    has exactly ``n_samples`` samples (when the length is unknown, ``None``, it grows up to
+    ``max_samples`` and the caller cuts it), zero where the track is silent, missing or cut. Frames are
     laid end to end and re-anchored to their pts only when the pts disagrees with the running
     position by more than one time-base tick, so coarse (1 ms) Matroska timestamps do not punch
     gaps into continuous audio. Individual undecodable packets become silence; if nothing at all
     decodes, :meth:`finish` raises :class:`MediaError` so the caller can drop the track.
     """
 
-    def __init__(self, stream: av.audio.stream.AudioStream, origin: float, n_samples: int, name: str = ""):
+    def __init__(self, stream: av.audio.stream.AudioStream, origin: float, n_samples: int | None, name: str = "",
+                 max_samples: int = 0):
         self.stream, self.origin, self.name = stream, origin, name
         self.sr = stream.codec_context.sample_rate or stream.rate
         if not self.sr:
             raise MediaError(f"{name}: audio stream has no sample rate")
-        self.tb = stream.time_base
-        self.tol = math.ceil(float(self.tb) * self.sr) + 1 if self.tb else 1
-        self.out = np.zeros(n_samples, np.int16)
+        self.tb = float(stream.time_base) if stream.time_base else 0.0   # float: Fraction math per frame is slow
+        self.tol = math.ceil(self.tb * self.sr) + 1 if self.tb else 1
+        # an unknown length (no declared duration) grows by doubling, up to max_samples
+        self.growable, self.max_samples = n_samples is None, max_samples
+        self.out = np.zeros(n_samples if n_samples is not None else min(max_samples, 60 * SAMPLE_RATE), np.int16)
         self.pos: int | None = None       # running position in native samples
         self.opos = 0                     # running position in 16 kHz output samples
         self.resampler: av.AudioResampler | None = None
@@ -87,8 +91,12 @@ class AudioTrack:
 
     def _write(self, frames: list[av.AudioFrame]) -> None:
         for f in frames:
-            x = f.to_ndarray().reshape(-1)  # (1, n) s16 mono
+            x = np.frombuffer(f.planes[0], np.int16, count=f.samples)  # s16 mono
             at, self.opos = self.opos, self.opos + x.shape[0]
+            if self.growable and self.opos > self.out.shape[0] and self.out.shape[0] < self.max_samples:
+                grown = np.zeros(min(self.max_samples, max(2 * self.out.shape[0], self.opos)), np.int16)
+                grown[:self.out.shape[0]] = self.out
+                self.out = grown
             lo, hi = max(at, 0), min(self.opos, self.out.shape[0])
             if hi > lo:
                 self.out[lo:hi] = x[lo - at:hi - at]
@@ -101,7 +109,7 @@ class AudioTrack:
     def _place(self, frame: av.AudioFrame) -> None:
         if frame.sample_rate != self.sr:
             raise MediaError(f"{self.name}: audio sample rate changes mid-stream ({self.sr} -> {frame.sample_rate} Hz)")
-        at = round((float(frame.pts * self.tb) - self.origin) * self.sr) if frame.pts is not None else self.pos
+        at = round((frame.pts * self.tb - self.origin) * self.sr) if frame.pts is not None else self.pos
         if self.pos is None or (at is not None and abs(at - self.pos) > self.tol):
             # a discontinuity (or the first frame): finish the running resampler, restart at the pts
             self._flush()
