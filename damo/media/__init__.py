@@ -50,18 +50,19 @@ class MediaLimits:
 
     A hostile or broken file can declare an enormous duration (one timestamp a million seconds on),
     frame size or frame count, and an unchecked decoder allocates whatever it claims. The defaults
-    admit every real video we know of (a 4-hour lecture, 4K UHD, a 1-hour 1080p file at 384 px)
-    and reject the rest with :class:`MediaError` before any frame buffer or cache entry exists.
+    admit every real video we know of (4K UHD, a 1-hour 1080p file at 1 fps and 384 px) and reject
+    the rest with :class:`MediaError` before any frame buffer or cache entry exists.
 
     * ``max_duration``: seconds of timeline (declared, or reached by a packet);
-    * ``max_frames``: sampled frames ``ceil(duration * fps)``;
+    * ``max_frames``: sampled frames ``ceil(duration * fps)``; 4096 is the default model's frame
+      limit (68 minutes at 1 fps), so nothing is decoded and cached that could not be grounded;
     * ``max_pixels``: width x height of the coded frames (4096 x 2304 admits 3840 x 2160);
-    * ``max_output_bytes``: the sampled frame array ``T x H x W x 3`` (4 GiB: 4 h at 1 fps and
-      384 px is 6.4 GB, so such a clip needs a smaller size or fps, or a higher limit).
+    * ``max_output_bytes``: the sampled frame array ``T x H x W x 3`` (4 GiB; 4096 frames at 384 px
+      are 1.8 GB, at a native 1080p 25 GB).
     """
 
     max_duration: float = 4 * 3600.0
-    max_frames: int = 4 * 3600
+    max_frames: int = 4096
     max_pixels: int = 4096 * 2304
     max_output_bytes: int = 4 << 30
 

@@ -208,6 +208,8 @@ class _Video:
         self.stream, self.cc, self.origin, self.picker, self.skip, self.name = stream, stream.codec_context, origin, \
             picker, skip, name
         self.limits = limits
+        # past this time a packet would need a frame beyond max_frames (1 s of slack for the last packet)
+        self.max_frames_t = (limits.max_frames + 1) / picker.fps + 1.0
         self.tb = stream.time_base
         self.step = 1.0 / float(stream.average_rate) if stream.average_rate else 0.0
         self.gop: list[tuple[float | None, av.Packet]] = []
@@ -230,6 +232,9 @@ class _Video:
             if t > self.limits.max_duration:
                 raise MediaError(f"{self.name}: a video packet at {t:,.1f} s lies past the limit of "
                                  f"{self.limits.max_duration:,.0f} s (MediaLimits.max_duration)")
+            if t > self.max_frames_t:
+                raise MediaError(f"{self.name}: a video packet at {t:,.1f} s gives more than {self.limits.max_frames:,} "
+                                 f"frames at {self.picker.fps:g} fps (MediaLimits.max_frames); lower fps or cut the video")
             self.times.append(t)
             stop = t + float((packet.duration or 0) * self.tb)
             self.end = stop if self.end is None else max(self.end, stop)
