@@ -321,7 +321,7 @@ class _Video:
 
 
 def _decode(path: Path, fps: float, size: int | None, skip: bool, limits: MediaLimits,
-            audio_dtype: AudioDtype) -> Clip:
+            audio_dtype: AudioDtype, with_audio: bool) -> Clip:
     name = str(path)
     container = _open(path)
     try:
@@ -336,7 +336,7 @@ def _decode(path: Path, fps: float, size: int | None, skip: bool, limits: MediaL
         picker = _Picker(fps, n_max, declared is not None, size, name, limits)
         video = _Video(stream, origin, picker, skip, name, limits)
         audio = None
-        if container.streams.audio:
+        if container.streams.audio and with_audio:
             try:
                 n_samples = math.ceil(declared * SAMPLE_RATE - 1e-6) if declared is not None else None
                 audio = AudioTrack(container.streams.audio[0], origin, n_samples, name,
@@ -399,14 +399,14 @@ def _decode(path: Path, fps: float, size: int | None, skip: bool, limits: MediaL
 
 
 def decode_clip(path: str | Path, fps: float = 1.0, size: int | None = 64, mode: Mode = "auto",
-                limits: MediaLimits | None = None, audio_dtype: AudioDtype = "float32") -> Clip:
+                limits: MediaLimits | None = None, audio_dtype: AudioDtype = "float32", audio: bool = True) -> Clip:
     """Decode ``path`` into a :class:`Clip` of ``T = ceil(duration * fps)`` frames and its audio.
 
     ``mode="auto"`` decodes only what the kept frames need (see the module doc); "sequential"
     decodes every frame (the reference the skipping is checked against). ``limits`` bound what
     the file may claim (default :class:`MediaLimits`). The audio is ``ceil(duration * 16000)``
     samples of ``audio_dtype`` ("float32" in [-1, 1], or "int16" at half the memory), and empty
-    when the file has no audio track. Undecodable files raise :class:`MediaError`; an audio track
+    when the file has no audio track or ``audio=False`` (video only, ``has_audio=False``). Undecodable files raise :class:`MediaError`; an audio track
     that cannot be decoded is dropped with a warning (``has_audio=False``), never silently.
     """
     if not fps > 0:
@@ -419,9 +419,9 @@ def decode_clip(path: str | Path, fps: float = 1.0, size: int | None = 64, mode:
         raise ValueError(f"audio_dtype must be 'float32' or 'int16', got {audio_dtype!r}")
     limits = limits or MediaLimits()
     try:
-        return _decode(Path(path), fps, size, mode == "auto", limits, audio_dtype)
+        return _decode(Path(path), fps, size, mode == "auto", limits, audio_dtype, audio)
     except _Mismatch:
-        return _decode(Path(path), fps, size, False, limits, audio_dtype)
+        return _decode(Path(path), fps, size, False, limits, audio_dtype, audio)
 
 
 def _scan(container: av.container.InputContainer, name: str) -> dict:
