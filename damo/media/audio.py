@@ -59,16 +59,38 @@ def _segment(x: np.ndarray, start: int, stop: int) -> np.ndarray:
 # decoding
 
 
+def _frame_to_mono(frame: av.AudioFrame) -> np.ndarray:
+    """Average all channels of a decoded frame into one float32 channel in [-1, 1]."""
+    x = frame.to_ndarray()
+    channels = frame.layout.nb_channels
+    if not frame.format.is_planar:
+        x = x.reshape(-1, channels).T  # packed (1, n*C) -> (C, n)
+    name = frame.format.name.rstrip("p")
+    if name == "s16":
+        x = x.astype(np.float32) / np.float32(32768.0)
+    elif name == "s32":
+        x = x.astype(np.float32) / np.float32(2147483648.0)
+    elif name == "s64":
+        x = x.astype(np.float32) / np.float32(9.223372036854775808e18)
+    elif name == "u8":
+        x = (x.astype(np.float32) - 128.0) / np.float32(128.0)
+    x = x.astype(np.float32, copy=False)
+    return x[0] if channels == 1 else x.mean(axis=0)
+
+
 class AudioTrack:
     """Decodes one audio stream, packet by packet, into a 16 kHz mono int16 timeline of fixed length.
 
     ``origin`` is the video timeline's t = 0 in seconds (the container start time); the timeline
     has exactly ``n_samples`` samples (when the length is unknown, ``None``, it grows up to
-    ``max_samples`` and the caller cuts it), zero where the track is silent, missing or cut. Frames are
-    laid end to end and re-anchored to their pts only when the pts disagrees with the running
-    position by more than one time-base tick, so coarse (1 ms) Matroska timestamps do not punch
-    gaps into continuous audio. Individual undecodable packets become silence; if nothing at all
-    decodes, :meth:`finish` raises :class:`MediaError` so the caller can drop the track.
+    ``max_samples`` and the caller cuts it), zero where the track is silent, missing or cut.
+    Frames are laid end to end and re-anchored to their pts only when the pts disagrees with the
+    running position by more than one time-base tick, so coarse (1 ms) Matroska timestamps do not
+    punch gaps into continuous audio. Channels are averaged in numpy and continuous audio goes
+    to the resampler in blocks of about a second (its filter state carries across blocks, so this
+    equals resampling frame by frame at a fraction of the calls). Individual undecodable packets
+    become silence; if nothing at all decodes, :meth:`finish` raises :class:`MediaError` so the
+    caller can drop the track.
     """
 
     def __init__(self, stream: av.audio.stream.AudioStream, origin: float, n_samples: int | None, name: str = "",
@@ -85,6 +107,8 @@ class AudioTrack:
         self.pos: int | None = None       # running position in native samples
         self.opos = 0                     # running position in 16 kHz output samples
         self.resampler: av.AudioResampler | None = None
+        self.block: list[np.ndarray] = []  # continuous native mono samples not yet resampled
+        self.block_n = 0
         self.frames = 0
         self.bad = 0
         self.last_error = ""
@@ -101,7 +125,19 @@ class AudioTrack:
             if hi > lo:
                 self.out[lo:hi] = x[lo - at:hi - at]
 
+    def _resample_block(self) -> None:
+        if not self.block_n:
+            return
+        x = np.concatenate(self.block) if len(self.block) > 1 else self.block[0]
+        self.block, self.block_n = [], 0
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(x, np.float32)[None], format="flt", layout="mono")
+        frame.sample_rate = self.sr
+        if self.resampler is None:
+            self.resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+        self._write(self.resampler.resample(frame))
+
     def _flush(self) -> None:
+        self._resample_block()
         if self.resampler is not None:
             self._write(self.resampler.resample(None))
             self.resampler = None
@@ -115,11 +151,12 @@ class AudioTrack:
             self._flush()
             self.pos = at if at is not None else 0
             self.opos = round(self.pos * SAMPLE_RATE / self.sr)
-        if self.resampler is None:
-            self.resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
-        frame.pts = None  # placement is ours; the resampler only converts
-        self._write(self.resampler.resample(frame))
-        self.pos += frame.samples
+        x = _frame_to_mono(frame)
+        self.block.append(x)
+        self.block_n += x.shape[0]
+        if self.block_n >= self.sr:
+            self._resample_block()
+        self.pos += x.shape[0]
         self.frames += 1
 
     def packet(self, packet: av.Packet) -> None:

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import warnings
 from pathlib import Path
 from typing import Literal
@@ -127,6 +128,16 @@ def _check_header(name: str, limits: MediaLimits, width: int, height: int, durat
                          "lower size or fps")
 
 
+_local = threading.local()
+
+
+def _reformatter() -> av.video.reformatter.VideoReformatter:
+    """One swscale context per thread, reused across files: creating one costs 1-3 ms, using it 0.1 ms."""
+    if "reformatter" not in _local.__dict__:
+        _local.reformatter = av.video.reformatter.VideoReformatter()
+    return _local.reformatter
+
+
 class _Picker:
     """Receives decoded frames in presentation order and keeps, per window, the one nearest its centre."""
 
@@ -137,7 +148,7 @@ class _Picker:
         self.times = np.zeros(n_max, np.float64)
         self.frames: np.ndarray | None = None
         self.last: tuple[av.VideoFrame, np.ndarray] | None = None  # consecutive windows may share a frame
-        self.reformatter = av.video.reformatter.VideoReformatter()
+        self.reformatter = _reformatter()
         self.decoded = 0
 
     def centre(self, j: int) -> float:
@@ -210,7 +221,7 @@ class _Video:
         self.limits = limits
         # past this time a packet would need a frame beyond max_frames (1 s of slack for the last packet)
         self.max_frames_t = (limits.max_frames + 1) / picker.fps + 1.0
-        self.tb = stream.time_base
+        self.tb = float(stream.time_base)  # float: Fraction arithmetic per packet is slow
         self.step = 1.0 / float(stream.average_rate) if stream.average_rate else 0.0
         self.gop: list[tuple[float | None, av.Packet]] = []
         self.skipped_gop: list[tuple[float | None, av.Packet]] = []
@@ -228,7 +239,7 @@ class _Video:
         self.count += 1
         t = None
         if packet.pts is not None:
-            t = float(packet.pts * self.tb) - self.origin
+            t = packet.pts * self.tb - self.origin
             if t > self.limits.max_duration:
                 raise MediaError(f"{self.name}: a video packet at {t:,.1f} s lies past the limit of "
                                  f"{self.limits.max_duration:,.0f} s (MediaLimits.max_duration)")
@@ -236,7 +247,7 @@ class _Video:
                 raise MediaError(f"{self.name}: a video packet at {t:,.1f} s gives more than {self.limits.max_frames:,} "
                                  f"frames at {self.picker.fps:g} fps (MediaLimits.max_frames); lower fps or cut the video")
             self.times.append(t)
-            stop = t + float((packet.duration or 0) * self.tb)
+            stop = t + (packet.duration or 0) * self.tb
             self.end = stop if self.end is None else max(self.end, stop)
         else:
             self.untimed = True
@@ -258,7 +269,7 @@ class _Video:
     def _frame(self, frame: av.VideoFrame) -> None:
         # a frame without pts (rare, raw streams) follows its predecessor by one frame period
         if frame.pts is not None:
-            t = float(frame.pts * self.tb) - self.origin
+            t = frame.pts * self.tb - self.origin
         else:
             t = (self.last_t if self.last_t is not None else 0.0) + self.step
         self.last_t = t
