@@ -478,3 +478,34 @@ def test_display_rotation_decodes_upright(tmp_path, degrees):
     rows, cols = native.shape[:2]
     r, c = bright.mean(axis=0)
     assert corner == f"{'top' if r < rows / 2 else 'bottom'}-{'left' if c < cols / 2 else 'right'}"
+
+
+@pytest.mark.parametrize("codec, fmt", [("pcm_s16le", "s16"), ("flac", "s16"), ("aac", "fltp")])
+def test_stereo_is_averaged_to_mono(tmp_path, codec, fmt):
+    """Left carries the tone, right its negative times 0.5: mono is a quarter-amplitude tone."""
+    path = tmp_path / f"stereo_{codec}.mkv"
+    sr = 48_000
+    with av.open(str(path), "w") as out:
+        v = out.add_stream("libx264", rate=RATE)
+        v.width, v.height, v.pix_fmt = 32, 32, "yuv420p"
+        a = out.add_stream(codec, rate=sr)
+        a.layout = "stereo"
+        for i in range(2 * RATE):
+            frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), grey(i), np.uint8), format="rgb24")
+            frame.pts = i
+            out.mux(v.encode(frame))
+        out.mux(v.encode())
+        x = tone(2 * sr, sr, ONSET) * 1.6  # amplitude 0.8
+        both = np.stack([x, -0.5 * x])     # (2, n)
+        step = a.codec_context.frame_size or 1024
+        for s in range(0, both.shape[1], step):
+            chunk = both[:, s:s + step]
+            data = np.round(chunk * 32767).astype(np.int16).T.reshape(1, -1) if fmt == "s16" else chunk
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(data), format=fmt, layout="stereo")
+            frame.sample_rate, frame.pts = sr, s
+            out.mux(a.encode(frame))
+        out.mux(a.encode())
+    audio = decode_clip(path, fps=1.0, size=8).audio
+    steady = audio[int(1.5 * SAMPLE_RATE):int(1.9 * SAMPLE_RATE)]
+    assert np.abs(steady).max() == pytest.approx(0.2, abs=0.01)  # (0.8 - 0.4) / 2
+    assert abs(onset_sample(audio * 2.5) - ONSET * SAMPLE_RATE) <= 0.003 * SAMPLE_RATE
