@@ -1,14 +1,15 @@
 """Long videos: decode and ground time and peak memory at 10, 30 and 60 minutes.
 
-Writes one 1-fps 64x64 H.264 video per length (PyAV, into a temporary folder), then for each
+Writes one 1-fps 64x64 H.264 video with a 16 kHz AAC track per length (PyAV, into a temporary
+folder; ``--no-audio`` leaves the track out), then for each
 length runs, in a fresh child process so peaks do not mix:
 
-* ``decode``: ``decode_clip`` at 1 fps (no cache);
+* ``decode``: ``decode_clip`` at 1 fps, int16 audio as the cache keeps it (no cache);
 * ``ground``: ``Grounder.explain`` with a tiny untrained model (the default config's widths, 48
   generated tokens), which decodes again and runs the model over all T frames.
 
-Peak memory is the child's maximum resident set size (``ru_maxrss``) minus its resident size
-after imports, so it counts what the work itself holds. Time should grow linearly with the
+Peak memory is the child's peak resident set size (``VmHWM``, reset once the imports and the model
+are loaded) minus its resident size at that point, so it counts what the work itself holds. Time should grow linearly with the
 length while memory per minute stays flat; the table prints both ratios against 10 minutes.
 
     nice -n 19 python bench/long_video.py [--minutes 10 30 60] [--skip-ground-above 60] [--llm-frames 64]
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -28,17 +28,27 @@ from pathlib import Path
 import numpy as np
 
 
-def write_long_video(path: Path, seconds: int, size: int = 64) -> Path:
-    """1 fps H.264 (keyframe every 10 s) with a moving bar, so frames differ."""
+def write_long_video(path: Path, seconds: int, size: int = 64, audio: bool = True) -> Path:
+    """1 fps H.264 (keyframe every 10 s) with a moving bar, so frames differ, and (``audio``) a
+    16 kHz mono AAC track: a 440 Hz beep in the first 0.2 s of every 10 s, quiet noise between."""
     import av
 
+    sr = 16_000
+    rng = np.random.default_rng(0)
+    beep = (0.3 * np.sin(2 * np.pi * 440 * np.arange(sr // 5) / sr)).astype(np.float32)
     with av.open(str(path), "w", format="mp4") as out:
         s = out.add_stream("libx264", rate=1)
         s.width = s.height = size
         s.pix_fmt = "yuv420p"
         s.time_base = s.codec_context.time_base = Fraction(1, 1)
         s.options = {"g": "10", "preset": "veryfast", "threads": "1"}
+        a = None
+        if audio:
+            a = out.add_stream("aac", rate=sr)
+            a.layout = "mono"
         img = np.zeros((size, size, 3), np.uint8)
+        pending = np.zeros(0, np.float32)
+        sent = 0
         for t in range(seconds):
             img[:] = 16
             img[:, t % size] = (255, 200, 40)
@@ -46,9 +56,40 @@ def write_long_video(path: Path, seconds: int, size: int = 64) -> Path:
             f.pts, f.time_base = t, Fraction(1, 1)
             for p in s.encode(f):
                 out.mux(p)
+            if a is not None:
+                second = (0.003 * rng.standard_normal(sr)).astype(np.float32)
+                if t % 10 == 0:
+                    second[:beep.size] += beep
+                pending = np.concatenate([pending, second])
+                while pending.size >= 1024:
+                    af = av.AudioFrame.from_ndarray(pending[None, :1024], format="fltp", layout="mono")
+                    af.sample_rate, af.pts = sr, sent
+                    sent, pending = sent + 1024, pending[1024:]
+                    for p in a.encode(af):
+                        out.mux(p)
         for p in s.encode():
             out.mux(p)
+        if a is not None:
+            for p in a.encode():
+                out.mux(p)
     return path
+
+
+def _status_kb(field: str) -> int:
+    """A memory figure of this process from /proc/self/status, in kB (Linux)."""
+    with open("/proc/self/status") as f:
+        return int(next(line for line in f if line.startswith(field + ":")).split()[1])
+
+
+def _reset_peak() -> int:
+    """Reset the peak-RSS mark to the current resident size and return that size in kB.
+
+    ``ru_maxrss`` cannot serve: a child's value starts at its parent's resident size at fork,
+    and it never comes down after a transient peak while loading.
+    """
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    return _status_kb("VmRSS")
 
 
 def child(task: str, video: str, model: str) -> None:
@@ -60,10 +101,10 @@ def child(task: str, video: str, model: str) -> None:
     from damo.media import decode_clip
 
     grounder = damo.load(model, cache_dir=tempfile.mkdtemp()) if task == "ground" else None
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    base = _reset_peak()
     t0 = time.perf_counter()
     if task == "decode":
-        clip = decode_clip(video, fps=1.0, size=64)
+        clip = decode_clip(video, fps=1.0, size=64, audio_dtype="int16")  # as the cache keeps it
         frames = clip.num_frames
         phases = {}
     else:
@@ -89,7 +130,7 @@ def child(task: str, video: str, model: str) -> None:
         phases["generate_s"] = calls[-1] - calls[0] if calls else 0.0
         frames = raw.num_frames
     wall = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = _status_kb("VmHWM")
     print(json.dumps({"wall_s": wall, "peak_mb": peak / 1024, "work_mb": (peak - base) / 1024, "frames": frames,
                       **phases}))
 
@@ -119,6 +160,7 @@ def main() -> None:
     ap.add_argument("--minutes", type=int, nargs="+", default=[10, 30, 60])
     ap.add_argument("--skip-ground-above", type=int, default=10**9, help="only decode longer videos")
     ap.add_argument("--llm-frames", type=int, default=0, help="the model's LLM frame budget (0: one token per frame)")
+    ap.add_argument("--no-audio", action="store_true", help="write the videos without a sound track")
     ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
@@ -130,7 +172,7 @@ def main() -> None:
         rows = []
         for m in a.minutes:
             t0 = time.perf_counter()
-            video = write_long_video(tmp / f"long_{m}min.mp4", m * 60)
+            video = write_long_video(tmp / f"long_{m}min.mp4", m * 60, audio=not a.no_audio)
             print(f"wrote {m} min ({video.stat().st_size / 1e6:.1f} MB) in {time.perf_counter() - t0:.1f} s",
                   file=sys.stderr, flush=True)
             d = measure("decode", video, model)

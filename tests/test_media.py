@@ -141,27 +141,58 @@ def test_native_size_and_square_resize(pcm16k):
     assert decode_clip(pcm16k, fps=1.0, size=7).frames.shape == (3, 7, 7, 3)
 
 
-def test_seek_and_sequential_agree_and_auto_picks_by_keyframe_spacing(media_dir, monkeypatch):
-    # with keyint = min-keyint = g, x264 places IDR frames g - 1 frames apart
+def _counting(monkeypatch) -> dict:
+    """Count frames reaching the picker and decoding passes (a second pass is the sequential fallback)."""
+    seen = {"frames": 0, "passes": 0}
+    push, run = decode_mod._Picker.push, decode_mod._decode
+
+    def counted_push(self, t, frame):
+        seen["frames"] += 1
+        return push(self, t, frame)
+
+    def counted_run(*args, **kwargs):
+        seen["passes"] += 1
+        return run(*args, **kwargs)
+
+    monkeypatch.setattr(decode_mod._Picker, "push", counted_push)
+    monkeypatch.setattr(decode_mod, "_decode", counted_run)
+    return seen
+
+
+def test_skipping_decodes_less_and_keeps_the_frames_a_full_decode_keeps(media_dir, monkeypatch):
+    # with keyint = min-keyint = g, x264 places IDR frames g - 1 frames apart; 2 B frames between P frames
     dense = write_video(media_dir / "dense.mp4", seconds=4.0, gop=4)  # keyframe every 3/12 = 0.25 s
     sparse = write_video(media_dir / "sparse.mp4", seconds=4.0, gop=48)  # keyframes at 0 and 47/12 s
     assert probe(dense)["keyframe_interval"] == pytest.approx(0.25, abs=1e-6)
     assert probe(sparse)["keyframe_interval"] > 3.0
+    seen = _counting(monkeypatch)
     for path in (dense, sparse):
-        for fps in (1.0, 3.0):
-            a = decode_clip(path, fps=fps, size=8, mode="seek")
-            b = decode_clip(path, fps=fps, size=8, mode="sequential")
-            np.testing.assert_array_equal(a.frames, b.frames)
-            np.testing.assert_array_equal(a.times, b.times)
-            assert [frame_index(f) for f in a.frames] == [round(RATE * (k + 0.5) / fps) for k in range(a.num_frames)]
-
-    chosen = []
-    real = decode_mod._sample_frames
-    monkeypatch.setattr(decode_mod, "_sample_frames",
-                        lambda *args: chosen.append(args[4]) or real(*args))
+        for fps in (1.0, 3.0, 0.4):
+            seen.update(frames=0, passes=0)
+            full = decode_clip(path, fps=fps, size=8, mode="sequential")
+            assert seen == {"frames": 48, "passes": 1}
+            seen.update(frames=0, passes=0)
+            fast = decode_clip(path, fps=fps, size=8)
+            assert seen["passes"] == 1  # the picks agreed with the packet timestamps: no fallback
+            assert seen["frames"] < 48 if fps < 3 else seen["frames"] <= 48
+            np.testing.assert_array_equal(fast.frames, full.frames)
+            np.testing.assert_array_equal(fast.times, full.times)
+            np.testing.assert_array_equal(fast.audio, full.audio)
+            assert [frame_index(f) for f in fast.frames] == [min(47, round(RATE * (k + 0.5) / fps))
+                                                             for k in range(fast.num_frames)]
+    # dense keyframes at 1 fps: the GOPs away from the centres are never decoded
+    seen.update(frames=0, passes=0)
     decode_clip(dense, fps=1.0, size=8)
-    decode_clip(sparse, fps=1.0, size=8)
-    assert chosen == [True, False]
+    assert seen["frames"] <= 24
+
+
+def test_a_wrong_skip_falls_back_to_a_full_decode(pcm16k, monkeypatch):
+    """If the decoder's picks disagree with the packet timestamps, the file is decoded again in full."""
+    seen = _counting(monkeypatch)
+    monkeypatch.setattr(decode_mod._Video, "check_picks",
+                        lambda self, times: (_ for _ in ()).throw(decode_mod._Mismatch()) if self.skip else None)
+    clip = decode_clip(pcm16k, fps=1.0, size=8)
+    assert seen["passes"] == 2 and [frame_index(f) for f in clip.frames] == [6, 18, 30]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -190,9 +221,19 @@ def test_aac_priming_does_not_shift_the_timeline(media_dir, pcm48k, suffix):
     assert np.corrcoef(a[steady], ref[steady])[0, 1] > 0.99  # same phase, not just same onset
 
 
-def test_missing_audio_is_zeros(media_dir):
-    clip = decode_clip(write_video(media_dir / "silent.mp4", seconds=2.0), fps=1.0, size=8)
-    assert not clip.has_audio and clip.audio.shape == (2 * SAMPLE_RATE,) and not clip.audio.any()
+def test_missing_audio_stores_no_samples_and_features_are_silence(media_dir, tmp_path):
+    path = write_video(media_dir / "silent.mp4", seconds=2.0)
+    clip = decode_clip(path, fps=1.0, size=8)
+    assert not clip.has_audio and clip.audio.shape == (0,)
+    wave = clip.waveform()  # callers that want a timeline get zeros of the clip's length
+    assert wave.shape == (2 * SAMPLE_RATE,) and wave.dtype == np.float32 and not wave.any()
+    feats = log_mel(clip.audio, SAMPLE_RATE, clip.fps, clip.num_frames)
+    assert feats.shape == (2, 100, 32)
+    np.testing.assert_allclose(feats, math.log(1e-6), atol=1e-6)
+    cached = load_clip(path, fps=1.0, size=8, cache_dir=tmp_path)
+    assert not cached.has_audio and cached.audio.shape == (0,)
+    (entry,) = tmp_path.glob("*.npz")
+    assert entry.stat().st_size < cached.frames.nbytes + 4096  # frames, times and a few scalars
 
 
 def test_undecodable_audio_is_dropped_with_a_warning(media_dir):
@@ -232,7 +273,8 @@ def test_every_shared_video_decodes(shared_data):
         assert clip.num_frames == math.ceil(clip.duration - 1e-6), path.name
         assert clip.frames.shape[1:] == (16, 16, 3)
         assert clip.has_audio == has_audio, path.name
-        assert clip.audio.shape == (math.ceil(clip.duration * SAMPLE_RATE - 1e-6),)
+        n_audio = math.ceil(clip.duration * SAMPLE_RATE - 1e-6) if has_audio else 0
+        assert clip.audio.shape == (n_audio,)
         assert np.all(np.diff(clip.times) > 0) or clip.num_frames == 1, path.name
         # a kept frame lies in or next to its own window (nearest to the centre, sparse sources aside)
         window = np.arange(clip.num_frames)
@@ -391,3 +433,79 @@ def test_log_mel_puts_a_1khz_tone_in_its_mel_bin():
 def test_log_mel_rejects_stereo():
     with pytest.raises(ValueError, match="mono"):
         log_mel(np.zeros((2, 16_000), np.float32))
+
+
+# ---------------------------------------------------------------------------------------------
+# display rotation
+
+
+def write_rotated(path: Path, degrees: int | None) -> Path:
+    """A 48x32 H.264 clip whose top-left corner is white, with a display matrix of ``degrees``.
+
+    The coded pictures are identical whatever ``degrees`` is; only the container's display matrix
+    (what a phone writes when held sideways or upside down) differs.
+    """
+    out = av.open(str(path), "w")
+    v = out.add_stream("libx264", rate=RATE)
+    v.width, v.height, v.pix_fmt = 48, 32, "yuv420p"
+    v.options = {"qp": "0"}
+    if degrees is not None:
+        v.set_display_rotation(degrees)  # counter-clockwise, as VideoFrame.rotation reads it back
+    image = np.full((32, 48, 3), 40, np.uint8)
+    image[:8, :16] = 250
+    for i in range(RATE * 2):
+        frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+        frame.pts = i
+        out.mux(v.encode(frame))
+    out.mux(v.encode())
+    out.close()
+    return path
+
+
+@pytest.mark.parametrize("degrees", [180, 90, -90])
+def test_display_rotation_decodes_upright(tmp_path, degrees):
+    plain = write_rotated(tmp_path / "plain.mp4", None)
+    turned = write_rotated(tmp_path / f"turned{degrees}.mp4", degrees)
+    for size in (None, 16):
+        source = decode_clip(plain, fps=1.0, size=size).frames
+        shown = decode_clip(turned, fps=1.0, size=size).frames
+        # upright = the coded picture turned by the display matrix (counter-clockwise degrees)
+        np.testing.assert_array_equal(shown, np.rot90(source, degrees // 90, axes=(1, 2)))
+    native = decode_clip(turned, fps=1.0, size=None).frames[0]
+    assert native.shape == ((32, 48, 3) if degrees == 180 else (48, 32, 3))
+    bright = np.argwhere(native[..., 0] > 200)
+    corner = {180: "bottom-right", 90: "bottom-left", -90: "top-right"}[degrees]
+    rows, cols = native.shape[:2]
+    r, c = bright.mean(axis=0)
+    assert corner == f"{'top' if r < rows / 2 else 'bottom'}-{'left' if c < cols / 2 else 'right'}"
+
+
+@pytest.mark.parametrize("codec, fmt", [("pcm_s16le", "s16"), ("flac", "s16"), ("aac", "fltp")])
+def test_stereo_is_averaged_to_mono(tmp_path, codec, fmt):
+    """Left carries the tone, right its negative times 0.5: mono is a quarter-amplitude tone."""
+    path = tmp_path / f"stereo_{codec}.mkv"
+    sr = 48_000
+    with av.open(str(path), "w") as out:
+        v = out.add_stream("libx264", rate=RATE)
+        v.width, v.height, v.pix_fmt = 32, 32, "yuv420p"
+        a = out.add_stream(codec, rate=sr)
+        a.layout = "stereo"
+        for i in range(2 * RATE):
+            frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), grey(i), np.uint8), format="rgb24")
+            frame.pts = i
+            out.mux(v.encode(frame))
+        out.mux(v.encode())
+        x = tone(2 * sr, sr, ONSET) * 1.6  # amplitude 0.8
+        both = np.stack([x, -0.5 * x])     # (2, n)
+        step = a.codec_context.frame_size or 1024
+        for s in range(0, both.shape[1], step):
+            chunk = both[:, s:s + step]
+            data = np.round(chunk * 32767).astype(np.int16).T.reshape(1, -1) if fmt == "s16" else chunk
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(data), format=fmt, layout="stereo")
+            frame.sample_rate, frame.pts = sr, s
+            out.mux(a.encode(frame))
+        out.mux(a.encode())
+    audio = decode_clip(path, fps=1.0, size=8).audio
+    steady = audio[int(1.5 * SAMPLE_RATE):int(1.9 * SAMPLE_RATE)]
+    assert np.abs(steady).max() == pytest.approx(0.2, abs=0.01)  # (0.8 - 0.4) / 2
+    assert abs(onset_sample(audio * 2.5) - ONSET * SAMPLE_RATE) <= 0.003 * SAMPLE_RATE

@@ -3,9 +3,16 @@
 One uncompressed ``.npz`` per (content, fps, size) under the cache directory (``cache_dir``, else
 ``$DAMO_CACHE``, else ``~/.cache/damo/media``). The key hashes the whole file (SHA-256, streamed in
 1 MiB chunks), so renamed or copied files share an entry and an edited file gets a new one.
-Entries are written to a temporary file and moved into place with ``os.replace``, so a crash never
-leaves a half-written entry under the final name; an entry that fails to load is rebuilt. Deleting
-the directory (or any entry) at any time is safe.
+Audio is stored as 16 kHz int16 (1.92 MB per minute) and not at all for a video without sound.
+
+The cache only ever saves time: an entry that fails to load is rebuilt, and a cache directory that
+cannot be created, read or written (read-only, full disk, permissions) gives one warning and the
+decoded clip, never an error. Entries are written to a temporary file and moved into place with
+``os.replace``, so a crash never leaves a half-written entry under the final name. A loaded entry's
+modification time is refreshed, and after each write the least recently used entries are deleted
+until the directory holds at most ``$DAMO_CACHE_MAX_GB`` (default 20) gigabytes. Deleting the
+directory (or any entry) at any time is safe. A file rejected by :class:`~damo.media.MediaLimits`
+or undecodable leaves nothing behind.
 """
 from __future__ import annotations
 
@@ -18,17 +25,25 @@ from pathlib import Path
 
 import numpy as np
 
-from damo.media import Clip, MediaError
+from damo.media import Clip, MediaError, MediaLimits
 from damo.media import decode as _decode
+from damo.media.audio import as_float
 
-CACHE_VERSION = 1  # bump when decoding changes what a clip contains
+CACHE_VERSION = 2  # bump when decoding changes what a clip contains (2: int16 audio, rotation, no audio stored)
+DEFAULT_MAX_GB = 20.0
 _CHUNK = 1 << 20
+_warned: set[str] = set()  # cache directories already reported unusable in this process
 
 
 def default_cache_dir() -> Path:
     """``$DAMO_CACHE`` if set, else ``~/.cache/damo/media``."""
     env = os.environ.get("DAMO_CACHE")
     return Path(env) if env else Path.home() / ".cache" / "damo" / "media"
+
+
+def max_cache_bytes() -> int:
+    """The size cap: ``$DAMO_CACHE_MAX_GB`` gigabytes (default 20)."""
+    return int(float(os.environ.get("DAMO_CACHE_MAX_GB", DEFAULT_MAX_GB)) * 1e9)
 
 
 def file_digest(path: str | Path) -> str:
@@ -48,6 +63,13 @@ def cache_key(path: str | Path, fps: float, size: int | None) -> str:
     return f"{file_digest(path)}_fps{float(fps):g}_size{size if size is not None else 'native'}_v{CACHE_VERSION}"
 
 
+def _warn_once(folder: Path, what: str, error: BaseException) -> None:
+    key = f"{folder}:{what}"
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(f"media cache {folder} cannot be {what} ({error}); decoding without the cache", stacklevel=4)
+
+
 def _read(entry: Path, source: str) -> Clip | None:
     """Load an entry, or None when it is missing, truncated or otherwise unreadable."""
     try:
@@ -57,6 +79,10 @@ def _read(entry: Path, source: str) -> Clip | None:
             notes = [str(m) for m in z["warnings"]]
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         return None
+    try:
+        os.utime(entry)  # last use, for eviction
+    except OSError:
+        pass
     for note in notes:  # a dropped audio track is reported on every load, not only the first
         warnings.warn(note, stacklevel=3)
     return clip
@@ -76,21 +102,64 @@ def _write(entry: Path, clip: Clip, notes: list[str]) -> None:
         raise
 
 
-def load_clip(path: str | Path, fps: float = 1.0, size: int | None = 64,
-              cache_dir: str | Path | None = None) -> Clip:
-    """:func:`~damo.media.decode.decode_clip` through the disk cache."""
+def evict(folder: Path, keep: Path | None = None, limit: int | None = None) -> int:
+    """Delete least recently used entries until ``folder`` holds at most ``limit`` bytes; returns bytes freed.
+
+    ``keep`` (the entry just written) is never deleted, so one clip larger than the cap still
+    caches. Entries another process deletes meanwhile are skipped.
+    """
+    limit = max_cache_bytes() if limit is None else limit
+    entries = []
+    for p in folder.glob("*.npz"):
+        try:
+            st = p.stat()
+        except OSError:
+            continue
+        entries.append((st.st_mtime, st.st_size, p))
+    total = sum(size for _, size, _ in entries)
+    freed = 0
+    for _, size, p in sorted(entries, key=lambda e: e[0]):
+        if total - freed <= limit:
+            break
+        if keep is not None and p == keep:
+            continue
+        try:
+            p.unlink()
+            freed += size
+        except FileNotFoundError:
+            freed += size
+        except OSError:
+            continue
+    return freed
+
+
+def load_clip(path: str | Path, fps: float = 1.0, size: int | None = 64, cache_dir: str | Path | None = None,
+              limits: MediaLimits | None = None, audio_dtype: _decode.AudioDtype = "int16") -> Clip:
+    """:func:`~damo.media.decode.decode_clip` through the disk cache.
+
+    The audio comes back as the cache keeps it, int16 (``audio_dtype="float32"`` converts); every
+    feature function takes either.
+    """
+    if audio_dtype not in ("float32", "int16"):
+        raise ValueError(f"audio_dtype must be 'float32' or 'int16', got {audio_dtype!r}")
     p = Path(path)
     if not p.is_file():
         raise MediaError(f"{p}: no such file")
-    entry = Path(cache_dir or default_cache_dir()) / f"{cache_key(p, fps, size)}.npz"
+    folder = Path(cache_dir or default_cache_dir())
+    entry = folder / f"{cache_key(p, fps, size)}.npz"
     clip = _read(entry, str(p))
-    if clip is not None:
-        return clip
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        clip = _decode.decode_clip(p, fps=fps, size=size)
-    notes = [str(w.message) for w in caught]
-    for w in caught:
-        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    _write(entry, clip, notes)
+    if clip is None:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            clip = _decode.decode_clip(p, fps=fps, size=size, limits=limits, audio_dtype="int16")
+        notes = [str(w.message) for w in caught]
+        for w in caught:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        try:
+            _write(entry, clip, notes)
+            evict(folder, keep=entry)
+        except OSError as e:
+            _warn_once(folder, "written", e)
+    if audio_dtype == "float32":
+        clip.audio = as_float(clip.audio)
     return clip

@@ -5,42 +5,61 @@ presentation time is nearest the window centre (ties go to the earlier frame) an
 frame's true time, the centre-sampling convention of 1-fps video LLMs (TimeChat, DaMO). Times are
 on the file's timeline: ``pts * time_base`` minus the container start time.
 
-Two decoding strategies give identical frames; one is chosen per file from its keyframe spacing,
-measured by a demux pass that reads packets without decoding them:
+One pass over the file: video and audio packets are demuxed together, audio is decoded as it
+comes (:class:`~damo.media.audio.AudioTrack`), and video packets are held one GOP (keyframe to
+keyframe) at a time so that the decoder only sees what a kept frame needs:
 
-* ``seek``: jump to the last keyframe at or before each window centre and decode forward from
-  there; a jump is skipped when no newer keyframe lies ahead of the current position. Wins when
-  keyframes are dense relative to the 1/fps sampling step (short GOPs, all-intra files).
-* ``sequential``: decode every frame once. Wins for long GOPs, where each seek would re-decode most
-  of a GOP for a single kept frame.
+* a GOP none of whose frames can be nearest to a window centre is never decoded (with dense
+  keyframes this is what seeking would save, without the seeks);
+* inside a GOP, packets after the last one a kept frame needs are dropped, and frames that no
+  centre can pick are decoded with ``skip_frame=NONREF``, so a non-reference frame (a B frame
+  in H.264) costs nothing;
+* which frames a centre "can pick" is decided from packet timestamps; once decoded, the picks are
+  checked against the timestamps of every packet, and any disagreement (a decoder that dropped
+  a frame, say) re-decodes the file sequentially, so the frames are always those a full decode
+  would pick.
 
-Only kept frames are converted to RGB and resized (pillow bilinear, antialiased when shrinking) to a
-square ``size x size``: the aspect ratio is deliberately not preserved, as square inputs are what
-the vision encoders take. ``size=None`` keeps the native resolution.
+Kept frames go straight from the decoder's YUV to ``size x size`` RGB through one cached swscale
+context (area averaging when shrinking); no full-size RGB image is ever made. The aspect ratio is
+deliberately not preserved, as square inputs are what the vision encoders take; ``size=None``
+keeps the native resolution. A display matrix (phone videos, the ``rotate`` tag) is honoured:
+frames come out upright.
+
+Limits (:class:`~damo.media.MediaLimits`) are checked on the header before anything is decoded
+and again on every packet and frame, so a file that lies about its size or length is rejected
+before it can allocate what it claims.
 """
 from __future__ import annotations
 
-import bisect
 import math
+import os
+import threading
 import warnings
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Literal
 
 import av
+import av.video.reformatter
 import numpy as np
-from PIL import Image
 
-from damo.media import SAMPLE_RATE, Clip, MediaError
-from damo.media.audio import decode_audio
+from damo.media import SAMPLE_RATE, Clip, MediaError, MediaLimits
+from damo.media.audio import AudioTrack, as_float
 
-Mode = Literal["auto", "seek", "sequential"]
-
-# seek when the median keyframe spacing is at most this many sampling steps (1/fps)
-SEEK_MAX_KEYFRAME_STEPS = 2.0
+Mode = Literal["auto", "sequential"]
+AudioDtype = Literal["float32", "int16"]
 
 
-class _SeekMissed(Exception):
-    """A seek landed after the keyframe it aimed at; the caller falls back to sequential decoding."""
+class _Mismatch(Exception):
+    """Skipping decoded a different frame than a full decode would; the caller re-decodes fully."""
+
+
+def media_threads() -> int:
+    """Decoder threads: ``$DAMO_THREADS`` if set, else 1.
+
+    One thread is the safe default on a shared machine: a second decoding thread gains little on
+    small frames and, when another process is busy, costs more than it gains.
+    """
+    return max(1, int(os.environ.get("DAMO_THREADS", "1")))
 
 
 def _open(path: str | Path) -> av.container.InputContainer:
@@ -72,8 +91,352 @@ def _origin(container: av.container.InputContainer) -> float:
     return container.start_time / av.time_base if container.start_time is not None else 0.0
 
 
+def _declared_duration(container: av.container.InputContainer) -> float | None:
+    """Container duration, else the video stream's; None when the header says neither."""
+    if container.duration is not None and container.duration > 0:
+        return container.duration / av.time_base
+    stream = container.streams.video[0]
+    if stream.duration is not None and stream.duration > 0:
+        return float(stream.duration * stream.time_base)
+    return None
+
+
+def num_clip_frames(duration: float, fps: float) -> int:
+    """T = max(1, ceil(duration * fps)), with a small tolerance for float noise."""
+    return max(1, math.ceil(duration * fps - 1e-6))
+
+
+def _check_header(name: str, limits: MediaLimits, width: int, height: int, duration: float | None,
+                  fps: float, size: int | None) -> None:
+    """Reject, before decoding, a file whose header claims more than ``limits`` admit."""
+    if width * height > limits.max_pixels:
+        raise MediaError(f"{name}: frame size {width}x{height} exceeds the limit of {limits.max_pixels:,} pixels "
+                         "(MediaLimits.max_pixels)")
+    if duration is None:
+        return
+    if duration > limits.max_duration:
+        raise MediaError(f"{name}: duration {duration:,.1f} s exceeds the limit of {limits.max_duration:,.0f} s "
+                         "(MediaLimits.max_duration)")
+    T = num_clip_frames(duration, fps)
+    if T > limits.max_frames:
+        raise MediaError(f"{name}: {duration:,.1f} s at {fps:g} fps gives {T:,} frames, over the limit of "
+                         f"{limits.max_frames:,} (MediaLimits.max_frames); lower fps or cut the video")
+    per_frame = 3 * (size * size if size is not None else width * height)
+    if T * per_frame > limits.max_output_bytes:
+        raise MediaError(f"{name}: {T:,} frames of {per_frame:,} bytes need {T * per_frame / 2**30:.1f} GiB, over the "
+                         f"limit of {limits.max_output_bytes / 2**30:.1f} GiB (MediaLimits.max_output_bytes); "
+                         "lower size or fps")
+
+
+_local = threading.local()
+
+
+def _reformatter() -> av.video.reformatter.VideoReformatter:
+    """One swscale context per thread, reused across files: creating one costs 1-3 ms, using it 0.1 ms."""
+    if "reformatter" not in _local.__dict__:
+        _local.reformatter = av.video.reformatter.VideoReformatter()
+    return _local.reformatter
+
+
+class _Picker:
+    """Receives decoded frames in presentation order and keeps, per window, the one nearest its centre."""
+
+    def __init__(self, fps: float, n_max: int, exact: bool, size: int | None, name: str, limits: MediaLimits):
+        self.fps, self.n_max, self.exact, self.size, self.name, self.limits = fps, n_max, exact, size, name, limits
+        self.j = 0                                           # next window to fill
+        self.prev: tuple[float, av.VideoFrame] | None = None
+        self.times = np.zeros(n_max, np.float64)
+        self.frames: np.ndarray | None = None
+        self.last: tuple[av.VideoFrame, np.ndarray] | None = None  # consecutive windows may share a frame
+        self.reformatter = _reformatter()
+        self.decoded = 0
+
+    def centre(self, j: int) -> float:
+        return (j + 0.5) / self.fps
+
+    def _rgb(self, frame: av.VideoFrame) -> np.ndarray:
+        if self.last is not None and self.last[0] is frame:
+            return self.last[1]
+        if self.size is None:
+            rgb = self.reformatter.reformat(frame, format="rgb24").to_ndarray()
+        else:
+            shrink = frame.width >= self.size and frame.height >= self.size
+            rgb = self.reformatter.reformat(frame, self.size, self.size, "rgb24",
+                                            interpolation="AREA" if shrink else "BILINEAR").to_ndarray()
+        turns = round(frame.rotation / 90) % 4 if frame.rotation else 0
+        if turns:
+            rgb = np.rot90(rgb, turns)                       # the display matrix turns counter-clockwise
+        self.last = (frame, rgb)
+        return rgb
+
+    def _keep(self, j: int, t: float, frame: av.VideoFrame) -> None:
+        rgb = self._rgb(frame)
+        if self.frames is None:
+            # T is known from the header; without one, start small and double up to max_frames
+            first = self.n_max if self.exact else min(self.n_max, 256)
+            self.frames = np.empty((first, *rgb.shape), np.uint8)
+        elif j >= self.frames.shape[0]:
+            grown = np.empty((min(self.n_max, 2 * self.frames.shape[0]), *self.frames.shape[1:]), np.uint8)
+            grown[:self.frames.shape[0]] = self.frames
+            self.frames = grown
+        if rgb.shape != self.frames.shape[1:]:
+            raise MediaError(f"{self.name}: frame size changes mid-stream ({self.frames.shape[2]}x{self.frames.shape[1]} "
+                             f"-> {rgb.shape[1]}x{rgb.shape[0]}); re-encode the file")
+        self.frames[j], self.times[j] = rgb, t
+
+    def push(self, t: float, frame: av.VideoFrame) -> None:
+        if frame.width * frame.height > self.limits.max_pixels:
+            raise MediaError(f"{self.name}: a {frame.width}x{frame.height} frame exceeds the limit of "
+                             f"{self.limits.max_pixels:,} pixels (MediaLimits.max_pixels)")
+        self.decoded += 1
+        while self.j < self.n_max and self.centre(self.j) <= t:
+            c = self.centre(self.j)
+            # nearest of (previous frame, this frame) to the window centre; ties (to 1 us, so float
+            # noise in pts * time_base cannot break them either way) -> the earlier frame
+            if self.prev is not None and c - self.prev[0] <= t - c + 1e-6:
+                self._keep(self.j, *self.prev)
+            else:
+                self._keep(self.j, t, frame)
+            self.j += 1
+        self.prev = (t, frame)
+
+    def finish(self, T: int) -> tuple[np.ndarray, np.ndarray]:
+        """The first T windows; windows past the last frame see the last frame."""
+        if self.prev is None:
+            raise MediaError(f"{self.name}: no video frame could be decoded")
+        while self.j < T:
+            self._keep(self.j, *self.prev)
+            self.j += 1
+        assert self.frames is not None
+        return self.frames[:T], self.times[:T]
+
+
+class _Video:
+    """Buffers one GOP of video packets at a time and sends the decoder only what the picks need."""
+
+    def __init__(self, stream: av.video.stream.VideoStream, origin: float, picker: _Picker, skip: bool, name: str,
+                 limits: MediaLimits):
+        self.stream, self.cc, self.origin, self.picker, self.skip, self.name = stream, stream.codec_context, origin, \
+            picker, skip, name
+        self.limits = limits
+        # past this time a packet would need a frame beyond max_frames (1 s of slack for the last packet)
+        self.max_frames_t = (limits.max_frames + 1) / picker.fps + 1.0
+        self.tb = float(stream.time_base)  # float: Fraction arithmetic per packet is slow
+        self.step = 1.0 / float(stream.average_rate) if stream.average_rate else 0.0
+        self.gop: list[tuple[float | None, av.Packet]] = []
+        self.skipped_gop: list[tuple[float | None, av.Packet]] = []
+        self.prev_max = -math.inf        # latest packet time of all earlier GOPs
+        self.times: list[float] = []     # every packet's time (checks the picks)
+        self.end: float | None = None    # end of the last packet (duration when the header has none)
+        self.count = 0
+        self.untimed = False             # a packet without pts: nothing can be skipped safely
+        self.last_t: float | None = None
+        self.skip_mode = "DEFAULT"
+
+    def packet(self, packet: av.Packet) -> None:
+        if packet.size == 0:
+            return  # demux's end-of-stream marker: finish() drains the decoder
+        self.count += 1
+        t = None
+        if packet.pts is not None:
+            t = packet.pts * self.tb - self.origin
+            if t > self.limits.max_duration:
+                raise MediaError(f"{self.name}: a video packet at {t:,.1f} s lies past the limit of "
+                                 f"{self.limits.max_duration:,.0f} s (MediaLimits.max_duration)")
+            if t > self.max_frames_t:
+                raise MediaError(f"{self.name}: a video packet at {t:,.1f} s gives more than {self.limits.max_frames:,} "
+                                 f"frames at {self.picker.fps:g} fps (MediaLimits.max_frames); lower fps or cut the video")
+            self.times.append(t)
+            stop = t + (packet.duration or 0) * self.tb
+            self.end = stop if self.end is None else max(self.end, stop)
+        else:
+            self.untimed = True
+        if packet.is_keyframe and self.gop:
+            self._flush_gop(t if t is not None else math.inf)
+        self.gop.append((t, packet))
+
+    def _send(self, packet: av.Packet, skip: bool) -> None:
+        mode = "NONREF" if skip else "DEFAULT"
+        if mode != self.skip_mode:
+            self.cc.skip_frame = self.skip_mode = mode
+        try:
+            frames = self.cc.decode(packet)
+        except av.FFmpegError as e:
+            raise MediaError(f"{self.name}: video decoding failed ({e.strerror or e})") from None
+        for frame in frames:
+            self._frame(frame)
+
+    def _frame(self, frame: av.VideoFrame) -> None:
+        # a frame without pts (rare, raw streams) follows its predecessor by one frame period
+        if frame.pts is not None:
+            t = frame.pts * self.tb - self.origin
+        else:
+            t = (self.last_t if self.last_t is not None else 0.0) + self.step
+        self.last_t = t
+        self.picker.push(t, frame)
+
+    def _flush_gop(self, next_key: float) -> None:
+        gop, self.gop = self.gop, []
+        times = np.array([t if t is not None else math.nan for t, _ in gop])
+        known = times[~np.isnan(times)]
+        lo, hi = self.prev_max, next_key
+        if known.size:
+            self.prev_max = max(self.prev_max, float(known.max()))
+        fps, n = self.picker.fps, self.picker.n_max
+        # windows whose centre c satisfies lo <= c < hi: this GOP may hold their nearest frame
+        j0 = max(self.picker.j, math.ceil(lo * fps - 0.5 - 1e-9) if lo > -math.inf else 0)
+        j1 = min(n, math.ceil(hi * fps - 0.5 - 1e-9) if hi < math.inf else n)
+        if not self.skip or self.untimed or known.size < len(gop):
+            self._send_all(self.skipped_gop)
+            self.skipped_gop = []
+            for _, p in gop:
+                self._send(p, False)
+            return
+        if j0 >= j1:
+            self.skipped_gop = gop   # kept: the next GOP's leading frames may refer to it
+            return
+        if self.skipped_gop and known.min() < times[0] - 1e-9:
+            self._send_all(self.skipped_gop)  # open GOP: its leading frames need the one before
+        self.skipped_gop = []
+        order = np.sort(known)
+        centres = (np.arange(j0, j1) + 0.5) / fps
+        after = np.searchsorted(order, centres + 1e-9, side="right")   # first frame past each centre
+        wanted = set(order[np.clip(after - 1, 0, None)][after > 0].tolist()) | set(order[after[after < order.size]].tolist())
+        last_needed = max(wanted) if wanted else -math.inf
+        cut = max(i for i, t in enumerate(times) if t <= last_needed + 1e-9) if wanted else len(gop) - 1
+        for i, (t, p) in enumerate(gop[:cut + 1]):
+            self._send(p, t not in wanted)
+
+    def _send_all(self, gop: list[tuple[float | None, av.Packet]]) -> None:
+        for _, p in gop:
+            self._send(p, False)
+
+    def finish(self) -> None:
+        if self.gop:
+            self._flush_gop(math.inf)
+        self._send(None, False)  # drain the decoder
+
+    def check_picks(self, times: np.ndarray) -> None:
+        """Raise _Mismatch unless every pick is the packet nearest its centre (ties to the earlier)."""
+        if self.untimed or not self.skip:
+            return
+        order = np.unique(np.array(self.times))
+        centres = (np.arange(times.shape[0]) + 0.5) / self.picker.fps
+        after = np.searchsorted(order, centres + 1e-9, side="right")
+        before = np.clip(after - 1, 0, order.size - 1)
+        nxt = np.clip(after, 0, order.size - 1)
+        take_prev = (after > 0) & ((after >= order.size) | (centres - order[before] <= order[nxt] - centres + 1e-6))
+        expected = np.where(take_prev, order[before], order[nxt])
+        if np.abs(expected - times).max() > 1e-6:
+            raise _Mismatch
+
+
+def _decode(path: Path, fps: float, size: int | None, skip: bool, limits: MediaLimits,
+            audio_dtype: AudioDtype, with_audio: bool) -> Clip:
+    name = str(path)
+    container = _open(path)
+    try:
+        stream = container.streams.video[0]
+        stream.thread_count = media_threads()
+        stream.thread_type = "AUTO" if stream.thread_count > 1 else "SLICE"
+        origin = _origin(container)
+        declared = _declared_duration(container)
+        cc = stream.codec_context
+        _check_header(name, limits, cc.width or 0, cc.height or 0, declared, fps, size)
+        n_max = num_clip_frames(declared, fps) if declared is not None else limits.max_frames
+        picker = _Picker(fps, n_max, declared is not None, size, name, limits)
+        video = _Video(stream, origin, picker, skip, name, limits)
+        audio = None
+        if container.streams.audio and with_audio:
+            try:
+                n_samples = math.ceil(declared * SAMPLE_RATE - 1e-6) if declared is not None else None
+                audio = AudioTrack(container.streams.audio[0], origin, n_samples, name,
+                                   max_samples=math.ceil(limits.max_duration * SAMPLE_RATE))
+            except MediaError as e:
+                warnings.warn(f"{name}: audio dropped, returning the video without sound: {e}", stacklevel=3)
+        streams = [stream] + ([audio.stream] if audio is not None else [])
+        try:
+            for packet in container.demux(streams):
+                if packet.stream.index == stream.index:
+                    video.packet(packet)
+                elif audio is not None:
+                    try:
+                        audio.packet(packet)
+                    except (MediaError, av.FFmpegError, ValueError) as e:
+                        warnings.warn(f"{name}: audio dropped, returning the video without sound: {e}", stacklevel=3)
+                        audio = None
+        except av.FFmpegError as e:
+            if video.count == 0:
+                raise MediaError(f"{name}: video stream is unreadable ({e.strerror or e})") from None
+            # a damaged tail: keep what was read; the completeness check below judges it
+        if video.count == 0:
+            raise MediaError(f"{name}: video stream holds no packets (empty or truncated file)")
+        video.finish()
+    finally:
+        container.close()
+
+    duration = declared
+    if duration is None:
+        if video.end is None or video.end <= 0:
+            raise MediaError(f"{name}: cannot tell the video's duration")
+        duration = video.end
+        _check_header(name, limits, 0, 0, duration, fps, size)
+    declared_video = float(stream.duration * stream.time_base) if stream.duration else duration
+    covered = video.end or 0.0
+    # a cut-off download keeps its header: video data ends well short of the declared length.
+    # The slack, max(1 s, 10 %), tolerates streams that legitimately end a little early.
+    if covered < declared_video - max(1.0, 0.1 * declared_video):
+        raise MediaError(f"{name}: truncated file: video data ends at {covered:.2f} s but the header declares "
+                         f"{declared_video:.2f} s; re-download or re-encode the file")
+    T = num_clip_frames(duration, fps)
+    frames, times = picker.finish(T)
+    video.check_picks(times)
+
+    n_audio = math.ceil(duration * SAMPLE_RATE - 1e-6)
+    wave = np.zeros(0, np.int16)
+    has_audio = False
+    if audio is not None:
+        try:
+            wave = audio.finish()
+            has_audio = True
+        except MediaError as e:
+            warnings.warn(f"{name}: audio dropped, returning the video without sound: {e}", stacklevel=3)
+    if has_audio and wave.shape[0] != n_audio:
+        wave = np.concatenate([wave[:n_audio], np.zeros(max(0, n_audio - wave.shape[0]), np.int16)])
+    if audio_dtype == "float32":
+        wave = as_float(wave)
+    return Clip(frames=frames, times=times, audio=wave, duration=duration, fps=float(fps), has_audio=has_audio,
+                source=name)
+
+
+def decode_clip(path: str | Path, fps: float = 1.0, size: int | None = 64, mode: Mode = "auto",
+                limits: MediaLimits | None = None, audio_dtype: AudioDtype = "float32", audio: bool = True) -> Clip:
+    """Decode ``path`` into a :class:`Clip` of ``T = ceil(duration * fps)`` frames and its audio.
+
+    ``mode="auto"`` decodes only what the kept frames need (see the module doc); "sequential"
+    decodes every frame (the reference the skipping is checked against). ``limits`` bound what
+    the file may claim (default :class:`MediaLimits`). The audio is ``ceil(duration * 16000)``
+    samples of ``audio_dtype`` ("float32" in [-1, 1], or "int16" at half the memory), and empty
+    when the file has no audio track or ``audio=False`` (video only, ``has_audio=False``). Undecodable files raise :class:`MediaError`; an audio track
+    that cannot be decoded is dropped with a warning (``has_audio=False``), never silently.
+    """
+    if not fps > 0:
+        raise ValueError(f"fps must be positive, got {fps}")
+    if size is not None and size < 1:
+        raise ValueError(f"size must be a positive number of pixels or None for native size, got {size}")
+    if mode not in ("auto", "sequential"):
+        raise ValueError(f"mode must be 'auto' or 'sequential', got {mode!r}")
+    if audio_dtype not in ("float32", "int16"):
+        raise ValueError(f"audio_dtype must be 'float32' or 'int16', got {audio_dtype!r}")
+    limits = limits or MediaLimits()
+    try:
+        return _decode(Path(path), fps, size, mode == "auto", limits, audio_dtype, audio)
+    except _Mismatch:
+        return _decode(Path(path), fps, size, False, limits, audio_dtype, audio)
+
+
 def _scan(container: av.container.InputContainer, name: str) -> dict:
-    """Demux the video packets once (no decoding): keyframe pts, packet count and end time."""
+    """Demux the video packets once (no decoding): keyframe times, packet count and end time."""
     stream = container.streams.video[0]
     tb = stream.time_base
     keyframes: list[int] = []
@@ -96,49 +459,18 @@ def _scan(container: av.container.InputContainer, name: str) -> dict:
     return {"keyframes": keyframes, "packets": count, "end": None if end is None else float(end * tb)}
 
 
-def _duration(container: av.container.InputContainer, scan: dict, origin: float) -> float:
-    """Container duration, else the video stream's, else the end of the last video packet."""
-    if container.duration is not None and container.duration > 0:
-        return container.duration / av.time_base
-    stream = container.streams.video[0]
-    if stream.duration is not None and stream.duration > 0:
-        return float(stream.duration * stream.time_base)
-    if scan["end"] is not None and scan["end"] - origin > 0:
-        return scan["end"] - origin
-    raise MediaError(f"{container.name}: cannot tell the video's duration")
-
-
-def _check_complete(container: av.container.InputContainer, scan: dict, origin: float, duration: float,
-                    name: str) -> None:
-    """Reject files whose video packets stop well short of the duration the header declares.
-
-    That is what a cut-off download looks like once the index survived (Matroska, WebM, and MP4
-    with the index in front). The slack, max(1 s, 10 %), tolerates streams that legitimately end a
-    little before the longest stream.
-    """
-    stream = container.streams.video[0]
-    declared = float(stream.duration * stream.time_base) if stream.duration else duration
-    covered = (scan["end"] or 0.0) - origin
-    if covered < declared - max(1.0, 0.1 * declared):
-        raise MediaError(f"{name}: truncated file: video data ends at {covered:.2f} s but the header declares "
-                         f"{declared:.2f} s; re-download or re-encode the file")
-
-
-def _keyframe_interval(keyframes_s: list[float], duration: float) -> float:
-    """Median spacing of keyframes in seconds; a single keyframe spans the whole file."""
-    if len(keyframes_s) < 2:
-        return duration
-    return float(np.median(np.diff(keyframes_s)))
-
-
 def probe(path: str | Path) -> dict:
-    """Describe a file without decoding it: duration, fps, size, audio, keyframe spacing, codecs."""
+    """Describe a file without decoding it: duration, fps, size, rotation, audio, keyframe spacing, codecs."""
     container = _open(path)
     try:
         v = container.streams.video[0]
         origin = _origin(container)
         scan = _scan(container, str(path))
-        duration = _duration(container, scan, origin)
+        duration = _declared_duration(container)
+        if duration is None:
+            if scan["end"] is None or scan["end"] - origin <= 0:
+                raise MediaError(f"{path}: cannot tell the video's duration")
+            duration = scan["end"] - origin
         keyframes_s = [float(k * v.time_base) - origin for k in scan["keyframes"]]
         audio = container.streams.audio[0] if container.streams.audio else None
         return {
@@ -152,167 +484,8 @@ def probe(path: str | Path) -> dict:
             "video_codec": v.codec_context.name,
             "audio_codec": audio.codec_context.name if audio is not None else None,
             "num_keyframes": len(keyframes_s),
-            "keyframe_interval": _keyframe_interval(keyframes_s, duration),
+            "keyframe_interval": float(np.median(np.diff(keyframes_s))) if len(keyframes_s) > 1 else duration,
             "start_time": origin,
         }
     finally:
         container.close()
-
-
-def num_clip_frames(duration: float, fps: float) -> int:
-    """T = max(1, ceil(duration * fps)), with a small tolerance for float noise."""
-    return max(1, math.ceil(duration * fps - 1e-6))
-
-
-def _to_rgb(frame: av.VideoFrame, size: int | None) -> np.ndarray:
-    if size is None:
-        return frame.to_ndarray(format="rgb24")  # (H, W, 3)
-    image = frame.to_image()
-    return np.asarray(image.resize((size, size), Image.BILINEAR))  # (size, size, 3)
-
-
-def _frames_with_times(container: av.container.InputContainer, origin: float,
-                       name: str) -> Iterator[tuple[float, av.VideoFrame]]:
-    """Decoded video frames in presentation order with their times on the clip timeline."""
-    stream = container.streams.video[0]
-    tb = stream.time_base
-    step = 1.0 / float(stream.average_rate) if stream.average_rate else 0.0
-    last = None
-    try:
-        for frame in container.decode(stream):
-            # a frame without pts (rare, raw streams) follows its predecessor by one frame period
-            t = float(frame.pts * tb) - origin if frame.pts is not None else (last or 0.0) + step
-            last = t
-            yield t, frame
-    except av.FFmpegError as e:
-        raise MediaError(f"{name}: video decoding failed ({e.strerror or e})") from None
-
-
-def _sample_frames(container: av.container.InputContainer, targets: np.ndarray, origin: float,
-                   keyframes: list[int], seek: bool, size: int | None, name: str
-                   ) -> tuple[np.ndarray, np.ndarray]:
-    """Pick, for every window centre in ``targets``, the decoded frame nearest to it."""
-    stream = container.streams.video[0]
-    tb = stream.time_base
-    key_s = [float(k * tb) - origin for k in keyframes]
-    n = len(targets)
-    frames: list[np.ndarray | None] = [None] * n
-    times = np.zeros(n, np.float64)
-    kept: tuple[av.VideoFrame | None, np.ndarray | None] = (None, None)
-
-    def keep(j: int, t: float, frame: av.VideoFrame) -> None:
-        nonlocal kept
-        if kept[0] is not frame:  # consecutive windows may share one frame: convert it once
-            kept = (frame, _to_rgb(frame, size))
-        frames[j], times[j] = kept[1], t
-
-    def keyframe_for(c: float) -> int:
-        """Index of the last keyframe at or before time c (the first one if none is)."""
-        return max(0, bisect.bisect_right(key_s, c + 1e-9) - 1)
-
-    j = 0
-    prev: tuple[float, av.VideoFrame] | None = None
-    decoded: Iterator[tuple[float, av.VideoFrame]] | None = None  # the current decoding run
-    run_key = 0  # keyframe index the current run started from
-    floor = -math.inf  # frames before the run's keyframe belong to an earlier GOP
-    position = -math.inf  # time of the last decoded frame
-    while j < n:
-        k = keyframe_for(targets[j]) if seek else 0
-        if decoded is None or (k > run_key and key_s[k] > position + 1e-9):
-            if k > 0:
-                container.seek(keyframes[k], stream=stream, backward=True, any_frame=False)
-            decoded = _frames_with_times(container, origin, name)
-            run_key, prev, floor = k, None, (key_s[k] if k > 0 else -math.inf)
-        for t, frame in decoded:
-            if t < floor - 1e-6:
-                continue  # leading frames of an open GOP, decoded from before the keyframe
-            if prev is None and floor > -math.inf and t > floor + 1e-6:
-                raise _SeekMissed  # the demuxer landed past the keyframe we asked for
-            position = t
-            while j < n and targets[j] <= t:
-                # nearest of (previous frame, this frame) to the window centre; ties (to 1 us,
-                # so float noise in pts * time_base cannot break them either way) -> earlier
-                if prev is not None and targets[j] - prev[0] <= t - targets[j] + 1e-6:
-                    keep(j, *prev)
-                else:
-                    keep(j, t, frame)
-                j += 1
-            prev = (t, frame)
-            if j >= n:
-                break
-            if seek:
-                nk = keyframe_for(targets[j])
-                if nk > run_key and key_s[nk] > t + 1e-9:
-                    break  # a keyframe closer to the next centre lies ahead: jump to it
-        else:  # the stream ended: the remaining windows see the last frame
-            if prev is None and floor > -math.inf:
-                raise _SeekMissed  # a seek that yields nothing: retry from the start
-            if prev is None:
-                raise MediaError(f"{name}: no video frame could be decoded")
-            while j < n:
-                keep(j, *prev)
-                j += 1
-    return np.stack(frames), times  # (T, H, W, 3), (T,)
-
-
-def _decode_frames(name: str, targets: np.ndarray, origin: float, keyframes: list[int], seek: bool,
-                   size: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """One decoding pass on a freshly opened container (the probe pass has consumed its own)."""
-    container = _open(name)
-    try:
-        container.streams.video[0].thread_type = "AUTO"
-        return _sample_frames(container, targets, origin, keyframes, seek, size, name)
-    finally:
-        container.close()
-
-
-def decode_clip(path: str | Path, fps: float = 1.0, size: int | None = 64, mode: Mode = "auto") -> Clip:
-    """Decode ``path`` into a :class:`Clip` of ``T = ceil(duration * fps)`` frames and its audio.
-
-    ``mode`` forces a decoding strategy ("seek" or "sequential"); "auto" picks seeking when the
-    median keyframe spacing is at most ``SEEK_MAX_KEYFRAME_STEPS / fps``. Undecodable files raise
-    :class:`MediaError`; an audio track that cannot be decoded is dropped with a warning
-    (``has_audio=False``), never silently.
-    """
-    if not fps > 0:
-        raise ValueError(f"fps must be positive, got {fps}")
-    if size is not None and size < 1:
-        raise ValueError(f"size must be a positive number of pixels or None for native size, got {size}")
-    if mode not in ("auto", "seek", "sequential"):
-        raise ValueError(f"mode must be 'auto', 'seek' or 'sequential', got {mode!r}")
-    name = str(path)
-    container = _open(path)
-    try:
-        stream = container.streams.video[0]
-        origin = _origin(container)
-        scan = _scan(container, name)
-        duration = _duration(container, scan, origin)
-        _check_complete(container, scan, origin, duration, name)
-        keyframes = scan["keyframes"] or [stream.start_time or 0]
-        if mode == "auto":
-            spacing = _keyframe_interval([float(k * stream.time_base) for k in keyframes], duration)
-            seek = spacing <= SEEK_MAX_KEYFRAME_STEPS / fps
-        else:
-            seek = mode == "seek"
-        has_audio_stream = bool(container.streams.audio)
-    finally:
-        container.close()
-    T = num_clip_frames(duration, fps)
-    targets = (np.arange(T) + 0.5) / fps
-    try:
-        frames, times = _decode_frames(name, targets, origin, keyframes, seek, size)
-    except _SeekMissed:
-        frames, times = _decode_frames(name, targets, origin, keyframes, False, size)
-
-    n_audio = math.ceil(duration * SAMPLE_RATE - 1e-6)
-    audio = np.zeros(n_audio, np.float32)
-    has_audio = False
-    if has_audio_stream:
-        try:
-            with av.open(name) as audio_container:
-                audio = decode_audio(audio_container, origin, duration, name)
-            has_audio = True
-        except (MediaError, av.FFmpegError) as e:
-            warnings.warn(f"{name}: audio dropped, returning the video without sound: {e}", stacklevel=2)
-    return Clip(frames=frames, times=times, audio=audio, duration=duration, fps=float(fps),
-                has_audio=has_audio, source=name)

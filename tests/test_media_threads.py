@@ -1,0 +1,40 @@
+"""The thread default: one thread per process unless DAMO_THREADS says otherwise, for every command."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from damo import cli
+from damo.media.decode import media_threads
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_every_subcommand_sets_threads_before_running(monkeypatch):
+    calls = []
+    monkeypatch.setattr(cli, "_setup_threads", lambda: calls.append(1))
+    with pytest.raises(SystemExit, match="--gt and --pred"):
+        cli.main(["eval", "--task", "charades-sta"])   # the scoring path, which never calls _setup_torch
+    assert calls == [1]
+
+
+@pytest.mark.parametrize("env, expected", [({}, "1 1"), ({"DAMO_THREADS": "2"}, "2 2"),
+                                           ({"OMP_NUM_THREADS": "2"}, "2 2")])
+def test_thread_default_reaches_torch(env, expected):
+    base = {k: v for k, v in os.environ.items() if k not in ("DAMO_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    code = ("import os; from damo import cli; cli._setup_threads(); import torch; "
+            "print(torch.get_num_threads(), os.environ['OMP_NUM_THREADS'])")
+    out = subprocess.run([sys.executable, "-c", code], env={**base, **env}, cwd=str(REPO),
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.split("\n")[-2].strip() == expected
+
+
+def test_decoder_threads_follow_damo_threads(monkeypatch):
+    monkeypatch.delenv("DAMO_THREADS", raising=False)
+    assert media_threads() == 1
+    monkeypatch.setenv("DAMO_THREADS", "2")
+    assert media_threads() == 2
