@@ -109,22 +109,19 @@ def child(task: str, video: str, model: str) -> None:
         phases = {}
     else:
         t1 = time.perf_counter()
-        raw = grounder.store.raw(video)
+        raw = grounder.clips.raw(video)
         phases = {"decode_s": time.perf_counter() - t1}
-        from damo.data.clips import clip_tensors
-        from damo.eval.evaluate import predict_one
         t1 = time.perf_counter()
-        clip = clip_tensors(raw, grounder.store.image_size, grounder.store.n_mels, grounder.store.mel_frames)
+        clip = grounder.model.processor.video_inputs(raw)
         phases["features_s"] = time.perf_counter() - t1
         m = grounder.model
         calls = []
         hook = m.llm.register_forward_hook(lambda *_: calls.append(time.perf_counter()))
         t1 = time.perf_counter()
-        predict_one(m, clip, "when does the bar reach the right edge?")
+        m.answer([clip], ["when does the bar reach the right edge?"])
         hook.remove()
-        from damo.model.evidence import llm_group
         T = clip.frames.shape[0]
-        phases["llm_video_tokens"] = m.cfg.bridge_tokens + -(-T // llm_group(T, m.cfg.llm_frames))
+        phases["llm_video_tokens"] = m.cfg.bridge_tokens + -(-T // m.processor.group(T))
         phases["model_s"] = time.perf_counter() - t1
         phases["llm_prefill_s"] = calls[0] - t1 if calls else 0.0   # video encoders + LLM over the prompt
         phases["generate_s"] = calls[-1] - calls[0] if calls else 0.0

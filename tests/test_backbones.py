@@ -19,7 +19,6 @@ from transformers.models.whisper.modeling_whisper import WhisperEncoder
 from damo.data.collate import Collator
 from damo.model.processing import ClipTensors, DamoProcessor
 from damo.data.schema import Sample
-from damo.media.audio import log_mel
 from damo.model import backbones
 from damo.model.encoders import HFVisionEncoder
 from damo.model.modeling_damo import DamoConfig, DamoModel, LLMConfig
@@ -128,14 +127,11 @@ def test_whisper_contract_timeline_and_parity():
     torch.manual_seed(0)
     enc = backbones.build_audio(tiny_whisper_cfg()).eval()
     assert enc.chunk == 200                                    # 2 x max_source_positions mel frames per pass
-    mel = torch.randn(2, 3, 100, 80) - 4                       # 3 one-second windows, natural-log mel
+    mel = torch.randn(2, 3, 100, 80).clamp(-1.5, 1.5)         # 3 one-second windows of Whisper features
     out = enc(mel)
     assert out.shape == (2, 3, 1 + 50, 32)                     # (B, T, 1 + F/2, Da): 50 tokens per second
-    # parity: windows 0-1 form the first 2-second Whisper input, normalised as Whisper's extractor does
-    x = mel / math.log(10)
-    top = x.flatten(1).amax(1).view(2, 1, 1, 1)
-    x = (torch.maximum(x, top - 8) + 4) / 4
-    ref = enc.encoder(input_features=x[:, :2].reshape(2, 200, 80).transpose(1, 2)).last_hidden_state  # (2, 100, 32)
+    # parity: windows 0-1 form the first 2-second Whisper input, as they are
+    ref = enc.encoder(input_features=mel[:, :2].reshape(2, 200, 80).transpose(1, 2)).last_hidden_state  # (2, 100, 32)
     torch.testing.assert_close(out[:, :2, 1:], ref.view(2, 2, 50, 32))
     torch.testing.assert_close(out[:, :, 0], out[:, :, 1:].mean(2))
     # the third window is encoded with silence after it, as Whisper pads a short clip
@@ -143,19 +139,27 @@ def test_whisper_contract_timeline_and_parity():
         enc(torch.randn(1, 2, 50, 80))
 
 
-def test_our_log_mel_matches_whisper_feature_extractor():
-    """Our log-mel with Whisper's window (25 ms) and hop (10 ms) is Whisper's input after :func:`whisper_normalise`."""
+def test_whisper_encoder_input_equals_the_feature_extractor_on_a_short_clip():
+    """What the Whisper tower receives for a 7.3-s clip: the processor's features, concatenated and
+    padded by the wrapper, equal ``WhisperFeatureExtractor``'s 30-s input for the same waveform."""
+    from damo.media import Clip
+    from damo.model.processing import AUDIO_FEATURES
+
     rng = np.random.default_rng(0)
-    sr, secs = 16000, 30
-    t = np.arange(secs * sr) / sr
+    sr, secs = 16000, 7.3
+    t = np.arange(int(secs * sr)) / sr
     wave = (0.3 * np.sin(2 * np.pi * 440 * t) * (t % 3 < 1.5) + 0.05 * rng.standard_normal(t.size)).astype(np.float32)
     ref = WhisperFeatureExtractor(feature_size=80)(wave, sampling_rate=sr, return_tensors="np").input_features[0]
-    ours = log_mel(wave, sr, 1.0, secs, n_mels=80, hop=160, win=400)        # (30, 100, 80)
-    ours = backbones.whisper_normalise(torch.from_numpy(ours)[None])[0].reshape(3000, 80).T.numpy()
-    assert ref.shape == ours.shape == (80, 3000)
-    inner = np.abs(ref - ours)[:, 2:-2]                        # edges: Whisper pads by reflection, we by zeros
-    # equal up to the log floor (our ln(p + 1e-6) vs Whisper's log10(max(p, 1e-10))) in near-empty bins
-    assert inner.mean() < 1e-4 and np.percentile(inner, 99.9) < 2e-3 and inner.max() < 0.1, inner.max()
+    clip = Clip(frames=np.zeros((8, 4, 4, 3), np.uint8), times=np.arange(8) + 0.5, audio=wave, duration=secs, fps=1.0,
+                has_audio=True)
+    mel = torch.from_numpy(AUDIO_FEATURES["whisper"](clip, 80, 100))[None]             # (1, 8, 100, 80)
+    enc = backbones.HFWhisperEncoder(WhisperEncoder(WhisperConfig(num_mel_bins=80, **TINY_WHISPER | {
+        "max_source_positions": 1500})), 100)
+    seen = []
+    enc.encoder.register_forward_hook(lambda m, args, kw, out: seen.append(kw["input_features"]), with_kwargs=True)
+    enc(mel)
+    assert seen[0].shape == (1, 80, 3000)
+    np.testing.assert_allclose(seen[0][0].numpy(), ref, atol=2e-4)
 
 
 # ------------------------------------------------------------------ LLM
@@ -343,3 +347,41 @@ def test_smollm2_from_its_wheel_trains_lora_and_new_token_rows_only(tmp_path):
     moved = {k for k in before if not torch.equal(before[k], after[k])}
     assert any("lora_" in k for k in moved) and any("trainable_tokens" in k for k in moved)
     assert all("lora_" in k or "trainable_tokens" in k for k in moved)   # the pretrained weights stay frozen
+
+
+def test_paper_damo_stand_in_receives_224px_frames_and_whispers_own_features(tmp_path, tok, shared_data):
+    """configs/paper-damo.yaml with its towers' classes at tiny widths (CLIP-L/14's 224 px and patch 14,
+    Whisper's 80 mels and 30 s inputs) grounding a real video: the vision tower gets 224 px frames
+    decoded at that size, normalised with CLIP's mean and std; the Whisper encoder gets exactly what
+    ``WhisperFeatureExtractor`` makes of the clip's sound."""
+    import damo
+    from damo.model.backbones import VISION_FAMILIES
+
+    d = yaml.safe_load((REPO / "configs" / "paper-damo.yaml").read_text())
+    d["vision"] |= {"pretrained": False, "config": TINY_VISION | {"patch_size": 14}}
+    d["audio"] |= {"pretrained": False, "config": TINY_WHISPER | {"max_source_positions": 1500}}
+    d["llm"] = {"kind": "hf", "family": "mistral", "pretrained": False,
+                "config": TINY_LLM["mistral"] | {"vocab_size": len(tok)}, "lora": {"r": 4, "alpha": 8}}
+    d["fuser"] |= {"width": 32, "blocks": 1, "heads": 2, "visual_queries": 4, "audio_queries": 2, "fusion_tokens": 4}
+    d |= {"bridge_tokens": 4, "align_dim": 16, "evidence": {"dim": 16}}
+    torch.manual_seed(0)
+    model = DamoModel(DamoConfig.from_dict(d), tok)
+    assert model.vision.image_size == 224 and model.cfg.audio.n_mels == 80
+    seen = {}
+    model.save(tmp_path / "m")
+    g = damo.load(tmp_path / "m", cache_dir=tmp_path / "cache")
+    g.model.vision.model.register_forward_hook(lambda m, a, kw, o: seen.update(pixels=kw["pixel_values"]), with_kwargs=True)
+    g.model.audio.encoder.register_forward_hook(lambda m, a, kw, o: seen.update(mel=kw["input_features"]), with_kwargs=True)
+    video = shared_data / "videos" / "chaplin.mp4"
+    r = g.ground(video, "when does the man walk?")
+    assert all(0 <= sp["start"] <= sp["end"] <= r["duration"] for sp in r["spans"])
+    raw = g.clips.raw(str(video))
+    assert raw.frames.shape[1:] == (224, 224, 3)                              # decoded at the tower's size
+    assert seen["pixels"].shape == (raw.num_frames, 3, 224, 224)
+    fam = VISION_FAMILIES["clip"]
+    want = (torch.from_numpy(raw.frames).permute(0, 3, 1, 2).float() / 255 - torch.tensor(fam.mean).view(3, 1, 1)) \
+        / torch.tensor(fam.std).view(3, 1, 1)
+    torch.testing.assert_close(seen["pixels"], want)
+    ref = WhisperFeatureExtractor(feature_size=80)(raw.waveform(), sampling_rate=16000,
+                                                   return_tensors="np").input_features[0]
+    np.testing.assert_allclose(seen["mel"][0].numpy(), ref, atol=2e-4)

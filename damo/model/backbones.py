@@ -163,20 +163,12 @@ def hf_vision_encoder(cfg: "VisionConfig") -> HFVisionEncoder:
 
 
 # ---------------------------------------------------------------- audio
-def whisper_normalise(mel: torch.Tensor) -> torch.Tensor:
-    """Our natural-log mel ``(B, ...)`` -> Whisper's scale: log10, floor at max - 8 per sample, (x + 4) / 4."""
-    x = mel.float() / math.log(10.0)
-    top = x.flatten(1).amax(1).view(-1, *[1] * (x.dim() - 1))
-    return (torch.maximum(x, top - 8.0) + 4.0) / 4.0
-
-
 class HFWhisperEncoder(nn.Module):
     """The Whisper encoder over per-frame log-mel windows, giving per-frame audio tokens.
 
-    Features: our own log-mel (:func:`damo.media.audio.log_mel`) already has Whisper's layout
-    (Slaney filterbank, 10 ms hop centred frames, 80 or 128 mels, 100 frames per second), so the
-    wrapper only maps its ``ln(power)`` values to Whisper's scale (:func:`whisper_normalise`).
-    Keeping the waveform out of the model keeps one feature pipeline for every audio encoder.
+    Features: Whisper's own (:func:`damo.media.audio.whisper_log_mel_windows`, equal to
+    ``WhisperFeatureExtractor`` on each 30 s chunk: n_fft 400, 10 ms hop, 80 or 128 mels, log10,
+    floored at the chunk's max - 8, ``(x + 4) / 4``), prepared by the processor from the waveform.
 
     Timeline: the windows of consecutive frames are concatenated into one mel stream, cut into
     Whisper's fixed 30 s inputs (``2 x max_source_positions`` mel frames; the last one padded
@@ -199,10 +191,12 @@ class HFWhisperEncoder(nn.Module):
         B, T, Fr, M = mel.shape
         if Fr != self.frames or M != self.n_mels:
             raise ValueError(f"Whisper wrapper expects (B, T, {self.frames}, {self.n_mels}) log-mel, got {tuple(mel.shape)}")
-        x = whisper_normalise(mel)                                   # (B, T, F, M)
+        x = mel.float()                                              # (B, T, F, M)
         w = self.chunk // Fr                                         # frame windows per encoder pass
         n = math.ceil(T / w)
-        silence = x.flatten(1).amax(1).sub(8.0).add(4.0).div(4.0)   # (B,) the floor value
+        # the extractor pads the last chunk with digital silence: log10 of its power floor (-10),
+        # raised to the chunk's max - 8, i.e. (normalised) the chunk's max - 2, but at least -1.5
+        silence = (x[:, (n - 1) * w:].flatten(1).amax(1) - 2.0).clamp(min=-1.5)   # (B,)
         pad = silence.view(B, 1, 1, 1).expand(B, n * w - T, Fr, M)
         x = torch.cat([x, pad], 1).reshape(B * n, w * Fr, M).transpose(1, 2)  # (B*n, M, chunk)
         h = self.encoder(input_features=x.to(self.encoder.conv1.weight.dtype)).last_hidden_state  # (B*n, chunk/2, Da)

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from transformers import PreTrainedTokenizerFast
 
 from damo.media import SAMPLE_RATE, Clip
-from damo.media.audio import log_mel
+from damo.media.audio import log_mel, whisper_log_mel_windows
 
 from damo.model import tokenizer as tk
 from damo.model.coordinates import (add_box_tokens, add_time_tokens, anchor_pair, box_to_tokens, time_to_token,
@@ -108,8 +108,8 @@ def _tiny_log_mel(clip: Clip, n_mels: int, mel_frames: int) -> np.ndarray:
 
 
 def _whisper_log_mel(clip: Clip, n_mels: int, mel_frames: int) -> np.ndarray:
-    # Whisper's STFT: 400-point FFT and window, 10 ms hop (Radford et al. 2022)
-    return log_mel(clip.audio, SAMPLE_RATE, clip.fps, clip.num_frames, n_mels=n_mels, hop=160, win=400)[:, :mel_frames]
+    # exactly WhisperFeatureExtractor's features of each 30 s chunk, cut into the frame windows
+    return whisper_log_mel_windows(clip.audio, clip.fps, clip.num_frames, n_mels)[:, :mel_frames]
 
 
 # Per-frame audio features ``(T, mel_frames, n_mels)`` for each audio encoder family.
@@ -293,7 +293,7 @@ def stack_clips(clips: list[ClipTensors | None]) -> dict:
     T = 0 if text else max(c.frames.shape[0] for c in clips)
     c0 = clips[0]
     frames = torch.zeros(B, T, *(c0.frames.shape[1:] if c0 else (1, 1, 3)), dtype=torch.uint8)
-    mel = torch.zeros(B, T, *(c0.mel.shape[1:] if c0 else (1, 1)), dtype=torch.float16)
+    mel = torch.zeros(B, T, *(c0.mel.shape[1:] if c0 else (1, 1)))
     times = torch.zeros(B, T)
     fmask = torch.zeros(B, T, dtype=torch.bool)
     stored = c0 is not None and c0.vision is not None        # precomputed tower outputs (damo.data.features)
@@ -329,7 +329,7 @@ class ClipTensors:
     """A decoded clip as the model reads it: frames at the vision tower's size, per-frame audio
     features, each frame's time and the clip's duration."""
     frames: torch.Tensor   # (T, H, W, 3) uint8
-    mel: torch.Tensor      # (T, F, M) float16
+    mel: torch.Tensor      # (T, F, M) float32
     times: torch.Tensor    # (T,) float32 seconds
     duration: float
     vision: torch.Tensor | None = None   # (T, 1+P, Dv) stored frozen-tower outputs instead of frames
@@ -491,7 +491,7 @@ class DamoProcessor:
             fr = F.interpolate(fr.permute(0, 3, 1, 2).float(), size=(c.image_size, c.image_size), mode="area")
             fr = fr.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)         # (T, S, S, 3)
         mel = AUDIO_FEATURES[c.audio_features](clip, c.n_mels, c.mel_frames)
-        return ClipTensors(frames=fr, mel=torch.from_numpy(mel).to(torch.float16),
+        return ClipTensors(frames=fr, mel=torch.from_numpy(np.ascontiguousarray(mel, np.float32)),
                            times=torch.from_numpy(clip.times).float(), duration=clip.duration)
 
     def generation_batch(self, clips: list[ClipTensors], queries: list[str]) -> dict:
