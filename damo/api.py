@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from damo.data.dataset import VIDEO_SUFFIXES, ClipLoader
@@ -165,6 +166,8 @@ class Grounder:
                     row.update(score_truth(g, req["truth"]))
             except (MediaError, ValueError, OSError) as e:
                 row = {**head, "video": req["video"], "error": str(e)}
+            except Exception as e:      # any other failure is this item's alone: record it and go on
+                row = {**head, "video": req["video"], "error": f"{type(e).__name__}: {e}"}
             yield row
 
 
@@ -191,11 +194,15 @@ def read_batch(source: str | Path, query: str | None = None) -> Iterator[dict]:
         if query is None:
             raise ValueError(f"{src} is a folder of videos: give the question with --query")
         check_query(query)
-        files = sorted(p for p in src.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES)
-        if not files:
+        entries = sorted(p for p in src.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES)
+        if not entries:
             raise ValueError(f"{src} holds no video files (looked for {', '.join(sorted(VIDEO_SUFFIXES))})")
-        for p in files:
-            yield {"video": str(p), "query": query}
+        for p in entries:       # a folder or a dangling link named like a video is a failure, not a silent skip
+            if p.is_file():
+                yield {"video": str(p), "query": query}
+            else:
+                what = "a folder" if p.is_dir() else "a link to nothing" if p.is_symlink() else "not a regular file"
+                yield {"video": str(p), "error": f"{p.name} is {what}, not a video file"}
         return
     if not src.is_file():
         raise ValueError(f"{src}: no such folder or JSONL file; give a folder of videos or a .jsonl of requests")
@@ -277,6 +284,9 @@ class _llm_progress:
             self.bar.close()
 
 
-def load(path: str | Path, cache_dir: str | Path | None = None) -> Grounder:
-    """Load a saved model folder (``config.json`` + ``model.safetensors`` + ``tokenizer/``)."""
-    return Grounder(DamoModel.load(path), cache_dir)
+def load(path: str | Path, cache_dir: str | Path | None = None, device: str = "cpu") -> Grounder:
+    """Load a saved model folder (``config.json`` + ``model.safetensors`` + ``tokenizer/``) onto
+    ``device`` (``"cpu"``, ``"cuda"``, ``"cuda:1"``, or ``"auto"``: CUDA when there is one)."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return Grounder(DamoModel.load(path).to(device), cache_dir)

@@ -177,26 +177,37 @@ def cmd_ground(args: argparse.Namespace) -> int:
             raise SystemExit("damo ground --batch needs --out RESULTS.jsonl")
         if args.plot or args.truth:
             raise SystemExit("--plot and --truth are for one video; in batch mode give spans per JSONL line")
-        grounder = damo.load(model_dir)
-        out, failures, n = Path(args.out), [], 0
+        out, src = Path(args.out).resolve(), Path(args.batch).resolve()
+        if out == src or (src.is_dir() and src in out.parents):
+            raise SystemExit(f"--out {args.out} would write into the batch's input; choose a file outside {args.batch}")
+        grounder = damo.load(model_dir, device=str(_device(args.device)))
+        failures, n = [], 0
         out.parent.mkdir(parents=True, exist_ok=True)
+        partial = out.with_name(out.name + ".partial")
         try:
-            with open(out, "w", encoding="utf-8") as f:
+            with open(partial, "w", encoding="utf-8") as f:
                 for row in grounder.ground_batch(args.batch, query, progress=not args.quiet):
                     f.write(json.dumps(row, ensure_ascii=False) + "\n")
-                    f.flush()  # results appear as they are made; a killed batch keeps what it did
+                    f.flush()  # results appear as they are made; a killed batch keeps them in OUT.partial
                     n += 1
                     if "error" in row:
                         failures.append(row)
+            partial.replace(out)
         except ValueError as e:
+            partial.unlink(missing_ok=True)
             print(f"error: {e}", file=sys.stderr)
             return 2
-        print(f"{n - len(failures)} of {n} requests grounded; results in {out}", file=sys.stderr)
-        if failures:
-            print(f"{len(failures)} failed:", file=sys.stderr)
-            for r in failures:
-                where = f"line {r['line']}: " if "line" in r else ""
-                print(f"  {where}{r['video']}: {r['error']}", file=sys.stderr)
+        except KeyboardInterrupt:
+            print(f"interrupted after {n} requests; their results are in {partial}", file=sys.stderr)
+            return 130
+        finally:
+            print(f"{n - len(failures)} of {n} requests grounded", file=sys.stderr)
+            if failures:
+                print(f"{len(failures)} failed:", file=sys.stderr)
+                for r in failures:
+                    where = f"line {r['line']}: " if "line" in r else ""
+                    print(f"  {where}{r['video']}: {r['error']}", file=sys.stderr)
+        print(f"results in {out}", file=sys.stderr)
         return 1 if failures else 0
 
     if args.query is None:
@@ -214,7 +225,7 @@ def cmd_ground(args: argparse.Namespace) -> int:
         except ImportError as e:
             raise SystemExit(f"--plot: {e}") from None
     try:
-        g = damo.load(model_dir).explain(args.video, args.query, progress=not args.quiet)
+        g = damo.load(model_dir, device=str(_device(args.device))).explain(args.video, args.query, progress=not args.quiet)
         result = g.to_dict()
         if truth is not None:
             result.update(score_truth(g, truth))
@@ -362,6 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--query", dest="query_opt", metavar="Q", help="the question for every video of a --batch folder")
     g.add_argument("--out", metavar="FILE", help="write the JSON result (batch: one JSON line per request)")
     g.add_argument("--quiet", action="store_true", help="no progress bars on stderr")
+    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     g.set_defaults(fn=cmd_ground)
 
     data = sub.add_parser("data", help="data tools").add_subparsers(dest="data_cmd", required=True)

@@ -197,6 +197,51 @@ def test_batch_jsonl_canonical_samples(model_dir, video, tmp_path, monkeypatch):
 
 
 def test_batch_needs_a_query_for_a_folder(model_dir, tmp_path, capsys):
-    assert main(["ground", "--batch", str(tmp_path), "--out", str(tmp_path / "r.jsonl"),
+    (tmp_path / "in").mkdir()
+    assert main(["ground", "--batch", str(tmp_path / "in"), "--out", str(tmp_path / "r.jsonl"),
                  "--model", str(model_dir)]) == 2
     assert "--query" in capsys.readouterr().err
+
+
+def test_one_bad_item_never_stops_a_batch(model_dir, video, tmp_path, capsys, monkeypatch):
+    """Whatever an item raises (a TypeError from spans that are a number, an over-long query, a
+    folder or a dangling link named like a video) is that item's failure; the rest are grounded."""
+    monkeypatch.setenv("DAMO_CACHE", str(tmp_path / "cache"))
+    path, _ = video
+    (tmp_path / "clip.mkv").write_bytes(path.read_bytes())
+    lines = [{"video": "clip.mkv", "query": "when?", "spans": 5},
+             {"video": "clip.mkv", "query": "when " * 100_000},
+             {"video": "clip.mkv", "query": "when does the beep sound?"}]
+    src = tmp_path / "requests.jsonl"
+    src.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    out = tmp_path / "out" / "results.jsonl"
+    assert main(["ground", "--batch", str(src), "--out", str(out), "--model", str(model_dir), "--quiet"]) == 1
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert "TypeError" in rows[0]["error"]
+    assert "tokens long" in rows[1]["error"] and "shorter question" in rows[1]["error"]
+    assert rows[2]["answer"] == "red"
+    assert not (tmp_path / "out" / "results.jsonl.partial").exists()
+    assert "1 of 3 requests grounded" in capsys.readouterr().err
+
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    (folder / "a.mkv").write_bytes(path.read_bytes())
+    (folder / "x.mp4").mkdir()
+    (folder / "y.webm").symlink_to(tmp_path / "nowhere.webm")
+    assert main(["ground", "--batch", str(folder), "--query", "when?", "--out", str(tmp_path / "r.jsonl"),
+                 "--model", str(model_dir), "--quiet"]) == 1
+    rows = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert [Path(r["video"]).name for r in rows] == ["a.mkv", "x.mp4", "y.webm"]
+    assert "answer" in rows[0] and "is a folder" in rows[1]["error"] and "link to nothing" in rows[2]["error"]
+
+
+def test_batch_output_may_not_overwrite_its_input(model_dir, tmp_path):
+    src = tmp_path / "requests.jsonl"
+    src.write_text("{}\n")
+    with pytest.raises(SystemExit, match="input"):
+        main(["ground", "--batch", str(src), "--out", str(src), "--model", str(model_dir)])
+    (tmp_path / "videos").mkdir()
+    with pytest.raises(SystemExit, match="input"):
+        main(["ground", "--batch", str(tmp_path / "videos"), "--query", "q", "--out",
+              str(tmp_path / "videos" / "r.jsonl"), "--model", str(model_dir)])
+    assert src.read_text() == "{}\n"
