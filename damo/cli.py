@@ -113,7 +113,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     _setup_torch()
     recipe = load_recipe(args.recipe, args.set)
-    run_recipe(recipe, args.workdir or Path("runs") / recipe.name)
+    if args.num_workers is not None:
+        recipe.num_workers = args.num_workers
+    run_recipe(recipe, args.workdir or Path("runs") / recipe.name, overwrite=args.overwrite)
     return 0
 
 
@@ -339,6 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--recipe", required=True)
     t.add_argument("--workdir")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe override")
+    t.add_argument("--num-workers", type=int, help="data-loader processes decoding videos ahead (recipe: num_workers)")
+    t.add_argument("--overwrite", action="store_true",
+                   help="retrain finished stages whose recipe, config or data changed (default: stop and say what changed)")
     t.set_defaults(fn=cmd_train)
 
     e = sub.add_parser("eval", help="score predictions, or run a model and score it")

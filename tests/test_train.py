@@ -130,3 +130,21 @@ def test_text_only_stage_accepts_only_the_lm_loss(tmp_path):
     r.stages[1].text_only = True
     with pytest.raises(ValueError, match="text_only"):
         run_recipe(r, tmp_path, progress=False, log=lambda *_: None)
+
+
+def test_a_finished_stage_is_reused_only_for_the_same_recipe(tmp_path):
+    run_recipe(_recipe(4), tmp_path, progress=False, log=lambda *_: None)
+    logs = []
+    run_recipe(_recipe(4), tmp_path, progress=False, log=logs.append)
+    assert logs == [f"reusing trained model {tmp_path / 'model'}"]
+    changed = _recipe(4)
+    changed.stages[1].lr = 1e-4
+    with pytest.raises(ValueError, match=r"different recipe.*stage\.lr: 0\.003 -> 0\.0001.*--overwrite"):
+        run_recipe(changed, tmp_path, progress=False, log=lambda *_: None)
+    logs = []
+    run_recipe(changed, tmp_path, progress=False, log=logs.append, overwrite=True)
+    assert "stage align: reusing" in logs[0] and any(x.startswith("stage ground: lm=") for x in logs)
+    other_data = _recipe(4)
+    other_data.data["train"] = "synth://easy?n=13&seed=0"
+    with pytest.raises(ValueError, match=r"data\.train"):
+        run_recipe(other_data, tmp_path, progress=False, log=lambda *_: None)

@@ -12,8 +12,10 @@ same weights as an uninterrupted run. Under ``torchrun`` the same call trains on
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -84,12 +86,73 @@ def stage_features(model: DamoModel, data: list[Sample], clips: ClipLoader, root
     return FeatureLoader(root, model)
 
 
-def run_recipe(recipe: Recipe, workdir: str | Path, progress: bool = True, log=print) -> DamoModel:
-    """Train every stage of ``recipe`` into ``workdir`` (resuming whatever a previous run left)."""
+RECORD = "recipe_record.json"
+
+
+def data_identity(spec: str) -> str:
+    """A dataset spec as reuse compares it: a file by its content, anything else by its text."""
+    p = Path(spec)
+    if not p.is_file():
+        return spec
+    h = hashlib.sha256()
+    with open(p, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return f"{spec} sha256:{h.hexdigest()}"
+
+
+def stage_records(recipe: Recipe) -> list[dict]:
+    """What each stage's result depends on: its own settings, the model config, the data, the
+    seed and (through ``previous``) every earlier stage."""
+    common = {"model": asdict(recipe.model), "seed": recipe.seed, "video_root": recipe.video_root,
+              "on_missing": recipe.on_missing,
+              "data": {k: data_identity(v) for k, v in sorted(recipe.data.items()) if k == "train"}}
+    out, prev = [], None
+    for i, st in enumerate(recipe.stages):
+        rec = common | {"stage": asdict(st) | {"extra_data": [data_identity(x) for x in st.extra_data]},
+                        "index": i, "previous": prev}
+        prev = hashlib.sha256(json.dumps(rec, sort_keys=True).encode()).hexdigest()
+        out.append(rec | {"key": prev})
+    return out
+
+
+def _changes(old: dict, new: dict, prefix: str = "") -> list[str]:
+    keys = sorted(set(old) | set(new))
+    out = []
+    for k in keys:
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _changes(a, b, f"{prefix}{k}.")
+        elif a != b and k not in ("key", "previous"):
+            out.append(f"{prefix}{k}: {a!r} -> {b!r}")
+    return out
+
+
+def check_reuse(folder: Path, record: dict, overwrite: bool) -> bool:
+    """True if ``folder`` holds a result of exactly ``record`` (reuse it). A result of another recipe,
+    config or data is refused with what changed, or, with ``overwrite``, left to be retrained."""
+    path = folder / RECORD
+    old = json.loads(path.read_text()) if path.is_file() else {}
+    if old.get("key") == record["key"]:
+        return True
+    if overwrite:
+        return False
+    what = _changes(old, record) if old else ["it has no record of the recipe that made it"]
+    raise ValueError(f"{folder} was trained with a different recipe, config or data ({'; '.join(what[:5])}"
+                     f"{'; ...' if len(what) > 5 else ''}); use a new --workdir, or --overwrite to retrain it")
+
+
+def run_recipe(recipe: Recipe, workdir: str | Path, progress: bool = True, log=print,
+               overwrite: bool = False) -> DamoModel:
+    """Train every stage of ``recipe`` into ``workdir``, resuming whatever a previous run of the same
+    recipe left: a finished stage (or the final model) is reused only if the recipe, config and
+    data that made it are the same as now; otherwise the run stops and says what changed, unless
+    ``overwrite``, which retrains from the first stage that differs."""
     workdir = Path(workdir)
     info = distributed.init_distributed()
+    records = stage_records(recipe)
     final = workdir / "model"
-    if (final / "model.safetensors").is_file():
+    if (final / "model.safetensors").is_file() and check_reuse(final, records[-1], overwrite):
         log(f"reusing trained model {final}")
         return DamoModel.load(final)
     if "train" not in recipe.data:
@@ -111,13 +174,20 @@ def run_recipe(recipe: Recipe, workdir: str | Path, progress: bool = True, log=p
                 raise FileNotFoundError(f"stage {stage.name!r}: init_from {stage.init_from!r} is neither an "
                                         f"earlier stage nor a model folder")
             model = DamoModel.load(src)
-        if (ckpt / "model.safetensors").is_file():
+        record = records[i]
+        if (ckpt / "model.safetensors").is_file() and check_reuse(ckpt, record, overwrite):
             say(f"stage {stage.name}: reusing {ckpt}")
             model = DamoModel.load(ckpt)
         else:
+            overwrite = True        # everything after a retrained stage is retrained too
             partial = workdir / "checkpoints" / stage.name
+            if (partial / "latest").is_file() and not check_reuse(partial, record, True):
+                clear_checkpoints(partial)          # a checkpoint of another recipe is not resumed
             if (partial / "latest").is_file():
                 say(f"stage {stage.name}: resuming from {(partial / 'latest').read_text().strip()}")
+            elif info.main:
+                partial.mkdir(parents=True, exist_ok=True)
+                atomic_write_text(partial / RECORD, json.dumps(record, indent=1))
             t0 = time.time()
             data = samples + [x for spec in stage.extra_data for x in datasets[spec]]
             stage_clips = clips
@@ -130,10 +200,12 @@ def run_recipe(recipe: Recipe, workdir: str | Path, progress: bool = True, log=p
             if info.main:
                 model.save(ckpt)
                 atomic_write_text(ckpt / "stats.json", json.dumps(stats, indent=2))
+                atomic_write_text(ckpt / RECORD, json.dumps(record, indent=1))
                 clear_checkpoints(partial)
             distributed.barrier()
         done[stage.name] = ckpt
     if info.main:
         model.save(final)
+        atomic_write_text(final / RECORD, json.dumps(records[-1], indent=1))
     distributed.barrier()
     return model
