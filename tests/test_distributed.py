@@ -68,7 +68,7 @@ def test_two_processes_equal_one_process(tmp_path, parallel):
     changed = 0
     start = run_recipe(Recipe.from_dict(recipe(2) | {"stages": [recipe(2)["stages"][0] | {"steps": 0}]}),
                        tmp_path / "zero", progress=False, log=lambda *_: None).state_dict()
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
+    for k in a:   # FSDP's reduce-scatter sums gradients in another order: float noise up to a few 1e-5
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=3e-5, msg=k)
         changed += not torch.equal(a[k], start[k])
     assert changed > 20            # training moved many tensors, and both runs moved them alike
