@@ -95,6 +95,21 @@ def grounding_metrics(gt: Sequence[Sequence[Sequence[float]]], pred: Sequence[Se
     return out
 
 
+def round_span(start: float, end: float, duration: float, digits: int = 2,
+               duration_digits: int = 3) -> tuple[float, float, float]:
+    """``(start, end, duration)`` rounded for display so the span never passes the shown duration.
+
+    Rounding the end to ``digits`` and the duration to ``duration_digits`` separately can print
+    an end past the duration (a span clipped at 14.977 s shows 14.98 > 14.977). Here the
+    duration is rounded first and the rounded span is then clipped into ``[0, rounded
+    duration]``, so ``0 <= start <= end <= duration`` holds for the printed numbers too.
+    """
+    d = round(float(duration), duration_digits)
+    s = min(max(round(float(start), digits), 0.0), d)
+    e = min(max(round(float(end), digits), s), d)
+    return s, e, d
+
+
 # --------------------------------------------------------------------------- QVHighlights
 
 QVH_IOU_THRESHOLDS = tuple(float(f"{t:.2f}") for t in np.linspace(0.5, 0.95, 10))
@@ -764,6 +779,8 @@ def etbench_metrics(records: Sequence[dict], parser: str = "etbench", sentsim=No
 # --------------------------------------------------------------------------- dense captioning
 
 CAPTION_METRICS = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")
+UNMATCHED_CAPTIONS = ("random", "abc123")
+PDVC_UNMATCHED = "abc123!@#"   # PDVC evaluate2018.py's reference for a caption that overlaps no gt segment
 
 
 def _ascii(text: str) -> str:
@@ -837,7 +854,7 @@ class CaptionScorer:
 
 def dense_caption_metrics(gt: dict | Sequence[dict], pred: dict, tious: Sequence[float] = (0.3, 0.5, 0.7, 0.9),
                           max_proposals: int = 1000, captioner: CaptionScorer | None = None,
-                          sentsim=None, seed: int = 0) -> dict:
+                          sentsim=None, seed: int = 0, unmatched_caption: str = "random") -> dict:
     """ActivityNet Captions dense-captioning scores as the challenge's ``densevid_eval`` computes them.
 
     ``gt``: ``{video: {"timestamps": [[s, e], ...], "sentences": [...]}}`` or a list of such
@@ -846,26 +863,38 @@ def dense_caption_metrics(gt: dict | Sequence[dict], pred: dict, tious: Sequence
 
     Conventions reproduced: the first ``max_proposals`` per video; IoU with
     ``min(hull, summed lengths) + 1e-8`` as union; for captions a proposal is paired with
-    every gt segment at IoU ``>=`` tIoU (an unpaired proposal is scored against a random
-    10-20 letter string, drawn here from ``random.Random(seed)`` so results repeat, where the
-    official draws unseeded); metrics are computed per video and averaged over gt videos
+    every gt segment at IoU ``>=`` tIoU. An unpaired proposal is scored against
+    ``unmatched_caption``: ``"random"`` (default; densevid_eval's later versions and TimeChat's
+    ``eval_dvc.py``) is a random 10-20 lower-case letter string, drawn here from
+    ``random.Random(seed)`` so results repeat, where those draw unseeded; ``"abc123"`` is the
+    fixed string ``'abc123!@#'`` of PDVC's ``evaluate2018.py`` (PTB-tokenised like every
+    reference; it stays one token, so a hypothesis never matches it by chance). Metrics are computed per video and averaged over gt videos
     (a video without predictions scores 0); Precision/Recall count IoU ``>`` tIoU, best over
     annotation sets. Returns fractions averaged over tIoUs, per-tIoU lists under
     ``"per_tiou"``, and ``F1 = 2PR / (P + R)`` of the averaged precision and recall.
     ``sentsim`` (``(a, b) -> (n,)``) adds E.T. Bench's SentSim, averaged per video likewise.
     """
+    if unmatched_caption not in UNMATCHED_CAPTIONS:
+        raise ValueError(f"unmatched_caption must be one of {UNMATCHED_CAPTIONS} ('random' = densevid_eval/TimeChat, "
+                         f"'abc123' = PDVC evaluate2018.py), got {unmatched_caption!r}")
     gts = [gt] if isinstance(gt, dict) else list(gt)
     pred = {v: list(p)[:max_proposals] for v, p in pred.items()}
     vids = sorted(set().union(*(g.keys() for g in gts)))
     if not vids:
         raise ValueError("no gt videos to score")
     rng = random.Random(seed)
+
+    def garbage() -> str:
+        if unmatched_caption == "abc123":
+            return PDVC_UNMATCHED
+        return "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(10, 20)))
+
     own = captioner is None
     captioner = captioner or CaptionScorer()
     try:
         # tokenise every sentence once; the tokeniser works line by line, so this equals per-call use
         texts = sorted({_ascii(p["sentence"]) for ps in pred.values() for p in ps}
-                       | {_ascii(s) for g in gts for v in g for s in g[v]["sentences"]})
+                       | {_ascii(s) for g in gts for v in g for s in g[v]["sentences"]} | {PDVC_UNMATCHED})
         tok = dict(zip(texts, captioner.tokenize(texts)))
         names = CAPTION_METRICS + (("SentSim",) if sentsim else ())
         per_tiou: dict[str, list[float]] = {k: [] for k in names}
@@ -879,14 +908,13 @@ def dense_caption_metrics(gt: dict | Sequence[dict], pred: dict, tious: Sequence
                     if matched:
                         pairs += [(p["sentence"], s) for s in matched]
                     else:
-                        noise = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(10, 20)))
-                        pairs.append((p["sentence"], noise))
+                        pairs.append((p["sentence"], garbage()))
                 if not pairs:
                     for k in names:
                         per_video[k].append(0.0)
                     continue
                 res = {i: [tok[_ascii(h)]] for i, (h, _) in enumerate(pairs)}
-                ref = {i: [tok.get(_ascii(r), r)] for i, (_, r) in enumerate(pairs)}  # noise is already tokenised
+                ref = {i: [tok.get(_ascii(r), r)] for i, (_, r) in enumerate(pairs)}  # random letters tokenise to themselves
                 for k, val in captioner.score(ref, res).items():
                     per_video[k].append(val)
                 if sentsim:

@@ -6,6 +6,10 @@ Glue between the format loaders (``damo.data.formats``) and the numpy metrics
 or in our canonical prediction JSONL; which one is decided by the file's content. A gt
 sample without a prediction counts as a miss; ``subset="predicted"`` scores only the
 predicted ids (TimeChat's ``--sample``).
+
+Charades-STA gt spans are scored as the benchmark txt holds them (TimeChat, VTimeLLM and
+E.T. Bench do so), even where they end after the video's length in ``Charades_v1_test.csv``;
+``clip_gt=True`` clips them to the known lengths first, as conversion does.
 """
 from __future__ import annotations
 
@@ -47,11 +51,16 @@ def _restrict(samples: list[Sample], preds: dict, subset: str) -> list[Sample]:
 
 
 def score(task: str, gt_path: str | Path, pred_path: str | Path, durations: str | Path | None = None,
-          subset: str = "all", convention: str | None = None, parser: str = "etbench") -> dict:
+          subset: str = "all", convention: str | None = None, parser: str = "etbench", clip_gt: bool = False,
+          unmatched_caption: str = "random") -> dict:
     """Metrics for ``task`` with keys named as the official evaluator names them.
 
     ``convention`` (``">="`` or ``">"``) applies to Charades-STA/TACoS R@IoU (default ``>=``,
     TimeChat/E.T. Bench); ``parser`` to E.T. Bench answers (``etbench`` = official, ``strict``).
+    ``clip_gt`` clips Charades-STA gt ends to the CSV lengths (default: raw spans, as TimeChat,
+    VTimeLLM and E.T. Bench score). ``unmatched_caption`` is the reference a dense caption
+    without an overlapping gt segment is scored against: ``random`` (densevid_eval, TimeChat)
+    or ``abc123`` (PDVC ``evaluate2018.py``).
     """
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
@@ -59,18 +68,20 @@ def score(task: str, gt_path: str | Path, pred_path: str | Path, durations: str 
         raise ValueError(f"subset must be one of {SUBSETS}, got {subset!r}")
     rows = _read_any(pred_path)
     if task in ("charades-sta", "tacos"):
-        return _grounding(task, gt_path, rows, pred_path, durations, subset, convention or ">=")
+        options = {"raw_spans": not clip_gt} if task == "charades-sta" else {}
+        return _grounding(task, gt_path, rows, pred_path, durations, subset, convention or ">=", options)
     if task == "didemo":
         return _didemo(gt_path, rows, pred_path, durations, subset)
     if task == "qvhighlights":
         return _qvhighlights(gt_path, rows, subset)
     if task == "etbench":
         return _etbench(gt_path, rows, subset, parser)
-    return _dense_captions(gt_path, rows, subset)
+    return _dense_captions(gt_path, rows, subset, unmatched_caption)
 
 
-def _grounding(task: str, gt_path, rows, pred_path, durations, subset: str, convention: str) -> dict:
-    samples, _ = formats.load(task, gt_path, durations=durations)
+def _grounding(task: str, gt_path, rows, pred_path, durations, subset: str, convention: str,
+               options: dict) -> dict:
+    samples, _ = formats.load(task, gt_path, durations=durations, **options)
     preds = _canonical(rows) if _is_canonical(rows) else formats.get(task).read_predictions(pred_path, samples)
     samples = _restrict(samples, preds, subset)
     gt = [s.spans for s in samples]
@@ -128,7 +139,7 @@ def _etbench(gt_path, rows, subset: str, parser: str) -> dict:
     return M.etbench_metrics(records, parser=parser)
 
 
-def _dense_captions(gt_path, rows, subset: str) -> dict:
+def _dense_captions(gt_path, rows, subset: str, unmatched_caption: str) -> dict:
     gt = json.loads(Path(gt_path).read_text(encoding="utf-8"))
     if not (isinstance(rows, dict) and "results" in rows):
         raise ValueError("dense-captioning predictions must be an ActivityNet challenge JSON with 'results'")
@@ -136,6 +147,6 @@ def _dense_captions(gt_path, rows, subset: str) -> dict:
     if subset == "predicted":
         gt = {v: g for v, g in gt.items() if v in pred}
     with M.CaptionScorer() as captioner:
-        out = M.dense_caption_metrics(gt, pred, captioner=captioner)
+        out = M.dense_caption_metrics(gt, pred, captioner=captioner, unmatched_caption=unmatched_caption)
         out.update(M.soda_c(gt, pred, captioner=captioner))
     return out
