@@ -93,7 +93,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         from damo.eval.score import score
         m = score(args.task, args.gt, args.pred, durations=args.durations, subset=args.subset,
                   convention=args.convention, parser=args.parser, clip_gt=args.clip_gt,
-                  unmatched_caption=args.unmatched_caption)
+                  unmatched_caption=args.unmatched_caption, duplicates=args.duplicates)
         if args.out:
             Path(args.out).write_text(json.dumps(m, indent=2))
         _print(m)
@@ -264,6 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--unmatched-caption", default="random", choices=["random", "abc123"],
                    help="dense captions: reference for a caption matching no gt segment: random letters "
                         "(densevid_eval, TimeChat; default) or PDVC evaluate2018's 'abc123!@#'")
+    e.add_argument("--duplicates", default="error", choices=["error", "first", "last"],
+                   help="a prediction id seen twice: an error (default), or keep its first or last prediction")
     e.add_argument("--data", help="canonical JSONL to run --model on")
     e.add_argument("--model")
     e.add_argument("--out")
