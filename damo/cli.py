@@ -125,7 +125,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
             raise SystemExit("damo eval --task needs --gt and --pred (or use --data and --model to run our model)")
         from damo.eval.score import score
         m = score(args.task, args.gt, args.pred, durations=args.durations, subset=args.subset,
-                  convention=args.convention, parser=args.parser)
+                  convention=args.convention, parser=args.parser, clip_gt=args.clip_gt,
+                  unmatched_caption=args.unmatched_caption, duplicates=args.duplicates)
         if args.out:
             Path(args.out).write_text(json.dumps(m, indent=2))
         _print(m)
@@ -355,6 +356,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--convention", choices=[">=", ">"])
     e.add_argument("--parser", default="etbench", choices=["etbench", "strict"],
                    help="E.T. Bench answer parsing: the official script's (default) or the corrected one")
+    e.add_argument("--clip-gt", action="store_true",
+                   help="Charades-STA: clip gt ends to the CSV lengths (default: raw spans, as TimeChat/E.T. Bench)")
+    e.add_argument("--unmatched-caption", default="random", choices=["random", "abc123"],
+                   help="dense captions: reference for a caption matching no gt segment: random letters "
+                        "(densevid_eval, TimeChat; default) or PDVC evaluate2018's 'abc123!@#'")
+    e.add_argument("--duplicates", default="error", choices=["error", "first", "last"],
+                   help="a prediction id seen twice: an error (default), or keep its first or last prediction")
     e.add_argument("--data", help="canonical JSONL to run --model on")
     e.add_argument("--model")
     e.add_argument("--out")

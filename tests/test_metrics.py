@@ -223,3 +223,55 @@ def test_soda_c_alignment(dvc):
     # only v1 is scored (v2 has no prediction); the diagonal alignment IoU x METEOR is optimal
     total = 1.0 * met[0, 0] + 0.8 * met[1, 1]
     assert s["SODA_c"] == pytest.approx(total / 2)
+
+
+# unmatched captions: one exact match, and one proposal far from every gt segment whose sentence is PDVC's
+# fixed reference itself ("abc123!@#", one token after PTB tokenisation, like every reference)
+UNMATCHED_GT = {"v": {"timestamps": [[0, 10]], "sentences": ["a man cooks food"]}}
+UNMATCHED_PRED = {"v": [{"timestamp": [0, 10], "sentence": "a man cooks food"},
+                        {"timestamp": [50, 60], "sentence": "abc123!@#"}]}
+
+
+@pytest.fixture(scope="module")
+def unmatched():
+    with M.CaptionScorer() as c:
+        yield {mode: M.dense_caption_metrics(UNMATCHED_GT, UNMATCHED_PRED, captioner=c, unmatched_caption=mode)
+               for mode in M.UNMATCHED_CAPTIONS}, c.score({0: ["a man cooks food"], 1: ["abc123!@#"]},
+                                                          {0: ["a man cooks food"], 1: ["abc123!@#"]})
+
+
+@pytest.mark.slow
+def test_unmatched_caption_pdvc_fixed_string(unmatched):
+    m, identical = unmatched
+    # both pairs are identical after tokenisation: ROUGE-L 1 per pair, BLEU-n 1 (every n-gram matches, no
+    # brevity penalty), METEOR that of two identical pairs
+    assert m["abc123"]["ROUGE_L"] == pytest.approx(1.0)
+    assert m["abc123"]["Bleu_1"] == pytest.approx(1.0) and m["abc123"]["Bleu_3"] == pytest.approx(1.0)
+    assert m["abc123"]["METEOR"] == pytest.approx(identical["METEOR"]) and identical["METEOR"] > 0.9
+
+
+@pytest.mark.slow
+def test_unmatched_caption_random_letters(unmatched):
+    m, identical = unmatched
+    # the second reference is one word of 10-20 random letters, not "abc123!@#": ROUGE-L (1 + 0) / 2;
+    # BLEU-1 4 of the 5 hypothesis words (both references together are 5 words: no brevity penalty)
+    assert m["random"]["ROUGE_L"] == pytest.approx(0.5)
+    assert m["random"]["Bleu_1"] == pytest.approx(4 / 5)
+    assert 0 < m["random"]["METEOR"] < m["abc123"]["METEOR"]
+    # detection ignores the reference strings
+    assert m["random"]["per_tiou"]["Precision"] == m["abc123"]["per_tiou"]["Precision"] == [0.5] * 4
+
+
+def test_unmatched_caption_rejects_unknown_mode():
+    with pytest.raises(ValueError, match="unmatched_caption"):
+        M.dense_caption_metrics(UNMATCHED_GT, UNMATCHED_PRED, unmatched_caption="zzz")
+
+
+# --------------------------------------------------------------------------- display rounding
+
+def test_round_span_never_passes_the_rounded_duration():
+    # a span clipped at the end of a 14.977-s video: ends rounded to 0.01 would print 14.98 > 14.977
+    assert M.round_span(3.004, 14.977, 14.977) == (3.0, 14.977, 14.977)
+    assert M.round_span(-0.001, 2.004, 10.0) == (0.0, 2.0, 10.0)
+    s, e, d = M.round_span(9.9996, 9.9999, 9.9994)   # duration rounds down below both rounded ends
+    assert s <= e <= d == 9.999

@@ -26,9 +26,14 @@ Q = "when does the beep sound?"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def model_dir(tmp_path_factory) -> Path:
+    return build_scripted_model(tmp_path_factory.mktemp("serve") / "model")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, model_dir):
     tmp = tmp_path_factory.mktemp("serve")
-    g = damo.load(build_scripted_model(tmp / "model"), cache_dir=tmp / "cache")
+    g = damo.load(model_dir, cache_dir=tmp / "cache")
     srv = DemoServer(g, make_examples(tmp / "examples", count=1), port=0, max_upload_mb=1, max_uploads=2)
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
@@ -49,8 +54,13 @@ def url(server: DemoServer, path: str) -> str:
     return f"http://{host}:{port}{path}"
 
 
+BODY_TYPES = {"/api/ground": "application/json", "/api/upload": "application/octet-stream"}
+
+
 def call(server, path: str, data: bytes | None = None, headers: dict | None = None) -> tuple[int, dict | bytes]:
-    req = urllib.request.Request(url(server, path), data=data, headers=headers or {},
+    """GET, or POST ``data`` with the body type the page sends unless ``headers`` says otherwise."""
+    headers = {"Content-Type": BODY_TYPES.get(path, "application/octet-stream"), **(headers or {})}
+    req = urllib.request.Request(url(server, path), data=data, headers=headers,
                                  method="POST" if data is not None else "GET")
     try:
         with urllib.request.urlopen(req, timeout=60) as r:
@@ -82,6 +92,7 @@ def test_upload_then_ground_and_limits(server, clip_mkv, tmp_path):
     # too large: refused from the declared length, before reading the body
     conn = http.client.HTTPConnection(*server.server_address[:2], timeout=30)
     conn.putrequest("POST", "/api/upload")
+    conn.putheader("Content-Type", "application/octet-stream")
     conn.putheader("Content-Length", str(2 * 2**20))
     conn.endheaders()   # no body sent: the answer must come from the header alone
     resp = conn.getresponse()

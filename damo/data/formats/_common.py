@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -80,10 +81,24 @@ def require(rec: object, keys: Iterable[str], where: str) -> dict:
 
 
 def to_float(x: object, what: str, where: str) -> float:
+    """A finite number (int, float or numeric text); NaN, infinities and booleans are errors."""
+    if isinstance(x, bool):
+        raise ValueError(f"{where}: {what} must be a number, got {x!r}")
     try:
-        return float(x)  # type: ignore[arg-type]
+        v = float(x)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         raise ValueError(f"{where}: {what} must be a number, got {x!r}") from None
+    if not math.isfinite(v):
+        raise ValueError(f"{where}: {what} must be a finite number, got {x!r}; fix or remove this record")
+    return v
+
+
+def to_duration(x: object, where: str, what: str = "duration") -> float:
+    """A video duration: a finite number of seconds above 0."""
+    v = to_float(x, what, where)
+    if v <= 0:
+        raise ValueError(f"{where}: {what} must be positive, got {x!r}; fix or remove this record")
+    return v
 
 
 def as_span(x: object, where: str) -> list[float]:
@@ -129,7 +144,7 @@ def read_durations(path: str | Path) -> dict[str, float]:
         obj = read_json(path)
         if not isinstance(obj, dict):
             raise ValueError(f"{path}: a durations JSON must map video id -> seconds")
-        return {str(k): to_float(v, "duration", f"{path}: video {k!r}") for k, v in obj.items()}
+        return {str(k): to_duration(v, f"{path}: video {k!r}") for k, v in obj.items()}
     rows = list(csv.DictReader(read_text(path).splitlines()))
     if not rows:
         raise ValueError(f"{path}: durations CSV has no rows")
@@ -141,7 +156,7 @@ def read_durations(path: str | Path) -> dict[str, float]:
                          f"(length/duration); it has {sorted(cols)}")
     out = {}
     for n, r in enumerate(rows, 2):
-        out[r[id_col]] = to_float(r[len_col], "length", f"{path}:{n}")
+        out[r[id_col]] = to_duration(r[len_col], f"{path}:{n}", len_col)
     return out
 
 

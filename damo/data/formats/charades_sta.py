@@ -14,6 +14,12 @@ of those then start at or after the video's end and are rejected, which leaves t
 with no span: such samples are rejected and counted as ``sample_without_spans``. An empty
 sentence is rejected and counted as ``empty_query``.
 
+``raw_spans=True`` (what scoring uses unless asked to clip) keeps each span exactly as the txt
+has it: TimeChat, VTimeLLM and E.T. Bench score against these raw spans, so an end past the
+video's ``length`` stays (counted as ``end_past_duration_kept``). Only a reversed span is still
+swapped and an empty one rejected (counted as above). Durations are then optional: a video
+missing from the CSV (or with no CSV at all) gets its span's end as duration.
+
 Predictions: canonical JSONL, plus a txt in the same ``VID start end##sentence`` layout that
 holds each sample's top-1 span.
 """
@@ -29,10 +35,12 @@ NAME = "charades-sta"
 CSV_NAMES = ("Charades_v1_train.csv", "Charades_v1_test.csv")
 
 
-def _durations(path: Path, durations: str | Path | None) -> dict[str, float]:
+def _durations(path: Path, durations: str | Path | None, required: bool = True) -> dict[str, float]:
     if durations is not None:
         return read_durations(durations)
     found = [path.parent / n for n in CSV_NAMES if (path.parent / n).is_file()]
+    if not found and not required:
+        return {}
     if not found:
         raise ValueError(f"{path}: Charades-STA has no durations; pass --durations with "
                          f"Charades_v1_train.csv or Charades_v1_test.csv (column 'length')")
@@ -50,11 +58,15 @@ def _parse_line(line: str, where: str) -> tuple[str, float, float, str]:
     return (fields[0], to_float(fields[1], "start", where), to_float(fields[2], "end", where), sentence)
 
 
-def load(path: str | Path, report: QuirkReport, durations: str | Path | None = None) -> list[Sample]:
-    """Load one Charades-STA txt; durations from the Charades CSV (see module docstring)."""
+def load(path: str | Path, report: QuirkReport, durations: str | Path | None = None,
+         raw_spans: bool = False) -> list[Sample]:
+    """Load one Charades-STA txt; durations from the Charades CSV (see module docstring).
+
+    ``raw_spans`` keeps the txt's spans unclipped, as the official evaluators score them.
+    """
     path = Path(path)
     text = read_text(path)
-    lengths = _durations(path, durations)
+    lengths = _durations(path, durations, required=not raw_spans)
     samples = []
     missing: list[str] = []
     for n, line in enumerate(text.splitlines()):
@@ -62,15 +74,26 @@ def load(path: str | Path, report: QuirkReport, durations: str | Path | None = N
             continue
         where = f"{path}:{n + 1}"
         vid, s, e, sentence = _parse_line(line, where)
-        if vid not in lengths:
+        if vid not in lengths and not raw_spans:
             missing.append(vid)
             continue
-        duration = lengths[vid]
         query = clean_text(sentence, report, where, single_line=True)
         if not query:
             report["empty_query"] += 1
             continue
-        spans = clean_spans([[s, e]], duration, report)
+        if raw_spans:
+            if e < s:
+                s, e = e, s
+                report["reversed"] += 1
+            duration = lengths.get(vid, e)
+            if e > duration:
+                report["end_past_duration_kept"] += 1
+            spans = [[s, e]] if e > s else []
+            if not spans:
+                report["empty"] += 1
+        else:
+            duration = lengths[vid]
+            spans = clean_spans([[s, e]], duration, report)
         if not spans:
             report["sample_without_spans"] += 1
             continue

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from damo.data.schema import TASKS, Prediction, QuirkReport, Sample
 
-from ._common import as_span, clean_each, clean_text, pred_dict, read_json, require, to_float, write_json
+from ._common import as_span, clean_each, clean_text, pred_dict, read_json, require, to_duration, write_json
 
 NAME = "d2vlm"
 EVI, EVI_END, IMAGE = "<evi>", "</evi>", "<image>"
@@ -64,7 +64,7 @@ def load(path: str | Path, report: QuirkReport, durations: str | Path | None = N
         where = f"{path}: record {n}"
         require(rec, ("video", "duration", "time_gt", "conversations"), where)
         require(rec["time_gt"], ("evidence_grounding",), f"{where}.time_gt")
-        duration = to_float(rec["duration"], "duration", where)
+        duration = to_duration(rec["duration"], where)
         human = _turn(rec["conversations"], "human", where)
         response = _turn(rec["conversations"], "gpt", where)
         query = clean_text(human.replace(IMAGE + "\n", "").replace(IMAGE, ""), report, where)

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from damo.data.schema import Prediction, QuirkReport, Sample, clean_spans
 
-from ._common import as_span, clean_each, clean_text, pred_dict, read_json, require, span_text, to_float, write_json
+from ._common import as_span, clean_each, clean_text, pred_dict, read_json, require, span_text, to_duration, write_json
 
 NAME = "etbench"
 TASK_MAP = {
@@ -86,7 +86,7 @@ def load(path: str | Path, report: QuirkReport, durations: str | Path | None = N
         task = rec["task"]
         if task not in TASK_MAP:
             raise ValueError(f"{where}: unknown E.T. Bench task {task!r}; known: {sorted(TASK_MAP)}")
-        duration = to_float(rec["duration"], "duration", where)
+        duration = to_duration(rec["duration"], where)
         query = clean_text(rec["q"], report, where)
         if not query:
             report["empty_query"] += 1

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from damo.data.schema import Prediction, QuirkReport, Sample, clean_spans, write_jsonl
 
-from ._common import as_span, clean_text, pred_dict, read_jsonl, require, to_float, with_scores
+from ._common import as_span, clean_text, pred_dict, read_jsonl, require, to_duration, to_float, with_scores
 
 NAME = "qvhighlights"
 CLIP_SECONDS = 2.0  # moment_detr's clip length
@@ -38,7 +38,7 @@ def load(path: str | Path, report: QuirkReport, durations: str | Path | None = N
         if sid in seen:
             raise ValueError(f"{where}: qid {sid} appears twice; qids must be unique")
         seen.add(sid)
-        duration = to_float(rec["duration"], "duration", where)
+        duration = to_duration(rec["duration"], where)
         query = clean_text(rec["query"], report, where, single_line=True)
         if not query:
             report["empty_query"] += 1
