@@ -27,7 +27,7 @@ import torch
 from tqdm import tqdm
 
 from damo.data.dataset import VIDEO_SUFFIXES, ClipLoader
-from damo.data.schema import QuirkReport, clean_spans
+from damo.data.schema import QuirkReport, clean_spans, round_span
 from damo.media import MediaError
 from damo.model.modeling_damo import DamoModel
 
@@ -94,9 +94,10 @@ class Grounding:
 
     def to_dict(self) -> dict:
         """The JSON shape of :meth:`Grounder.ground` (plus ``tube`` when the answer placed a box)."""
+        rounded = [(*round_span(s, e, self.duration)[:2], p) for s, e, p in self.spans]
         return {"answer": self.answer,
-                "spans": [{"start": round(s, 2), "end": round(e, 2), "score": round(p, 4)} for s, e, p in self.spans],
-                "evidence": [[round(x, 2) for x in sp] for sp in self.evidence],
+                "spans": [{"start": s, "end": e, "score": round(p, 4)} for s, e, p in rounded],
+                "evidence": [[*round_span(s, e, self.duration)[:2], round(p, 2)] for s, e, p in self.evidence],
                 "duration": round(self.duration, 3)} | ({"tube": self.tube} if self.tube else {})
 
 

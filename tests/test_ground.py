@@ -245,3 +245,13 @@ def test_batch_output_may_not_overwrite_its_input(model_dir, tmp_path):
         main(["ground", "--batch", str(tmp_path / "videos"), "--query", "q", "--out",
               str(tmp_path / "videos" / "r.jsonl"), "--model", str(model_dir)])
     assert src.read_text() == "{}\n"
+
+
+def test_printed_spans_never_pass_the_printed_duration():
+    from damo.api import Grounding
+
+    g = Grounding(video="v.mp4", query="q", answer="a", spans=[[3.004, 14.977, 0.51234]], evidence=[[0.0, 14.977, 0.5]],
+                  duration=14.977, times=np.arange(15) + 0.5)
+    d = g.to_dict()
+    assert d["spans"] == [{"start": 3.0, "end": 14.977, "score": 0.5123}] and d["duration"] == 14.977
+    assert d["evidence"] == [[0.0, 14.977, 0.5]]

@@ -270,8 +270,10 @@ def test_unmatched_caption_rejects_unknown_mode():
 # --------------------------------------------------------------------------- display rounding
 
 def test_round_span_never_passes_the_rounded_duration():
+    from damo.data.schema import round_span
+
     # a span clipped at the end of a 14.977-s video: ends rounded to 0.01 would print 14.98 > 14.977
-    assert M.round_span(3.004, 14.977, 14.977) == (3.0, 14.977, 14.977)
-    assert M.round_span(-0.001, 2.004, 10.0) == (0.0, 2.0, 10.0)
-    s, e, d = M.round_span(9.9996, 9.9999, 9.9994)   # duration rounds down below both rounded ends
+    assert round_span(3.004, 14.977, 14.977) == (3.0, 14.977, 14.977)
+    assert round_span(-0.001, 2.004, 10.0) == (0.0, 2.0, 10.0)
+    s, e, d = round_span(9.9996, 9.9999, 9.9994)   # duration rounds down below both rounded ends
     assert s <= e <= d == 9.999

@@ -95,21 +95,6 @@ def grounding_metrics(gt: Sequence[Sequence[Sequence[float]]], pred: Sequence[Se
     return out
 
 
-def round_span(start: float, end: float, duration: float, digits: int = 2,
-               duration_digits: int = 3) -> tuple[float, float, float]:
-    """``(start, end, duration)`` rounded for display so the span never passes the shown duration.
-
-    Rounding the end to ``digits`` and the duration to ``duration_digits`` separately can print
-    an end past the duration (a span clipped at 14.977 s shows 14.98 > 14.977). Here the
-    duration is rounded first and the rounded span is then clipped into ``[0, rounded
-    duration]``, so ``0 <= start <= end <= duration`` holds for the printed numbers too.
-    """
-    d = round(float(duration), duration_digits)
-    s = min(max(round(float(start), digits), 0.0), d)
-    e = min(max(round(float(end), digits), s), d)
-    return s, e, d
-
-
 # --------------------------------------------------------------------------- QVHighlights
 
 QVH_IOU_THRESHOLDS = tuple(float(f"{t:.2f}") for t in np.linspace(0.5, 0.95, 10))
