@@ -191,18 +191,6 @@ class AudioTrack:
         return self.out
 
 
-def decode_audio(container: av.container.InputContainer, origin: float, duration: float,
-                 name: str = "") -> np.ndarray:
-    """Decode the first audio stream of an open container to a 16 kHz mono int16 timeline.
-
-    The result has exactly ``ceil(duration * 16000)`` samples (see :class:`AudioTrack`).
-    """
-    track = AudioTrack(container.streams.audio[0], origin, math.ceil(duration * SAMPLE_RATE - 1e-6), name)
-    for packet in container.demux(track.stream):
-        track.packet(packet)
-    return track.finish()
-
-
 def fit_length(wave: np.ndarray, n: int) -> np.ndarray:
     """Cut or zero-pad a waveform to exactly ``n`` samples (float32)."""
     wave = as_float(wave)
