@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from damo.data.schema import Sample, load_samples
-from damo.media import Clip
+from damo.media import Clip, MediaLimits
 from damo.media.sources import load_video, scheme_of
 from damo.model.processing import ClipTensors, DamoProcessor
 
@@ -114,8 +114,9 @@ class ClipLoader:
         self._mem: dict[str, ClipTensors] = {}
 
     def raw(self, video: str) -> Clip:
+        """The decoded clip; a file with more frames than the model takes is refused before decoding."""
         c = self.processor.config
-        return load_video(video, c.fps, c.image_size, self.cache_dir)
+        return load_video(video, c.fps, c.image_size, self.cache_dir, MediaLimits(max_frames=c.max_frames))
 
     def __call__(self, video: str) -> ClipTensors:
         if video in self._mem:

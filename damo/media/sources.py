@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from damo.media import Clip
+from damo.media import Clip, MediaLimits
 from damo.media.cache import load_clip
 
 SCHEMES = {"synth": "damo.data.synthetic:render_clip"}
@@ -23,10 +23,12 @@ def scheme_of(ref: str) -> str | None:
     return head if sep and head in SCHEMES else None
 
 
-def load_video(ref: str | Path, fps: float, size: int, cache_dir: str | Path | None = None) -> Clip:
-    """The clip of a file path (decoded at ``size`` x ``size`` through the cache) or of a scheme URI."""
+def load_video(ref: str | Path, fps: float, size: int, cache_dir: str | Path | None = None,
+               limits: MediaLimits | None = None) -> Clip:
+    """The clip of a file path (decoded at ``size`` x ``size`` through the cache, within ``limits``)
+    or of a scheme URI."""
     scheme = scheme_of(str(ref))
     if scheme is None:
-        return load_clip(ref, fps, size, cache_dir)
+        return load_clip(ref, fps, size, cache_dir, limits)
     module, fn = SCHEMES[scheme].split(":")
     return getattr(importlib.import_module(module), fn)(str(ref), fps, max(size, MIN_RENDER_SIZE))

@@ -368,6 +368,7 @@ class ProcessorConfig:
     n_mels: int = 32
     mel_frames: int = 25           # audio feature frames per 1/fps window
     max_query_tokens: int = 256    # a longer question is refused (memory grows with its square)
+    max_frames: int = 4096         # a longer video is refused before it is decoded (DamoConfig.max_frames)
 
     def __post_init__(self) -> None:
         check_choice("layout", self.layout, LAYOUTS)
@@ -413,7 +414,7 @@ class DamoProcessor:
             response=cfg.response, evidence_level=cfg.evidence.level, llm_frames=cfg.llm_frames,
             time_encoding=cfg.time_encoding, time_bins=cfg.time_bins, box_bins=cfg.box_bins,
             image_size=cfg.vision.image_size, audio_features="whisper" if cfg.audio.kind == "hf_whisper" else "log_mel",
-            n_mels=cfg.audio.n_mels, mel_frames=cfg.audio.frames, **kw))
+            n_mels=cfg.audio.n_mels, mel_frames=cfg.audio.frames, max_frames=cfg.max_frames, **kw))
 
     def save_pretrained(self, path: str | Path) -> None:
         path = Path(path)
