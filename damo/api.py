@@ -136,7 +136,7 @@ class Grounder:
                              f"than this model's {cfg.max_frames}; cut the video into parts of at most "
                              f"{cfg.max_frames / cfg.fps:.0f} s")
         clip = proc.video_inputs(raw)
-        raw.audio = raw.audio[:0]           # the features hold what the model needs; an hour's sound is 115 MB
+        raw.audio = np.zeros(0, raw.audio.dtype)   # the features hold what the model needs; an hour's sound is 115 MB
         with self._lock, _llm_progress(self.model, progress):
             r = self.model.answer([clip], [query], MAX_NEW_TOKENS)[0]
         return Grounding(video=str(video), query=query, answer=r["answer"],

@@ -287,7 +287,7 @@ def log_mel(audio: np.ndarray | None, sr: int = SAMPLE_RATE, fps: float = 1.0, n
     fb = mel_filters(win, n_mels, sr)
     out = np.empty((num_frames, per_window, n_mels), np.float32)
     floor = np.float32(math.log(eps))
-    block = max(1, 8192 // per_window)              # windows per STFT block (~8k frames)
+    block = max(1, 2048 // per_window)              # windows per STFT block (~2k frames, ~25 MB of work arrays)
     for i0 in range(0, num_frames, block):
         i1 = min(num_frames, i0 + block)
         k0, k1 = int(idx[i0, 0]), int(idx[i1 - 1, -1]) + 1

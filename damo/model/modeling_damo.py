@@ -252,7 +252,7 @@ class DamoModel(nn.Module):
         """-> per-frame fuser features ``(B, T, K, D)`` and fusion tokens ``(B, F, D)``. ``vision``
         ``(B, T, 1+P, Dv)`` and ``audio`` ``(B, T, 1+A, Da)`` are stored outputs of the frozen towers
         (:mod:`damo.data.features`), used instead of running them."""
-        vision = self.vision(frames) if vision is None else vision.to(frames.device, torch.float32)
+        vision = self._per_frames(self.vision, frames) if vision is None else vision.to(frames.device, torch.float32)
         audio = self.audio(mel) if audio is None else audio.to(mel.device, torch.float32)
         # padded frames are zeroed so that the temporal convolution sees the clip's end exactly
         # as an unpadded clip does (a batch then gives every clip the features it gets alone)
@@ -264,6 +264,14 @@ class DamoModel(nn.Module):
         v = v.reshape(B, Lv, D, T).permute(0, 3, 1, 2)              # (B, T, Lv, D)
         v = self.compressor(v, frame_mask)                          # (B, T, K, D) under the token budget
         return self.fuseformer(v, a, frame_mask)
+
+    def _per_frames(self, tower: nn.Module, x: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+        """A per-frame tower over ``x (B, T, ...)``; without gradients ``chunk`` frames at a time, so an
+        hour of video never holds the activations of all its frames at once. (Not for Whisper, whose
+        windows share 30 s inputs.)"""
+        if torch.is_grad_enabled() or x.shape[1] <= chunk:
+            return tower(x)
+        return torch.cat([tower(x[:, i:i + chunk]) for i in range(0, x.shape[1], chunk)], 1)
 
     def video_embeddings(self, frames, mel, frame_mask, times, query_ids=None, query_mask=None, duration=None,
                          group: int = 1, vision=None, audio=None):
