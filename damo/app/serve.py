@@ -260,8 +260,9 @@ class DemoServer(ThreadingHTTPServer):
 
     def cache_entry(self, path: Path) -> Path:
         """Where the grounder's clip cache keeps the decoded frames of ``path``."""
-        store = self.grounder.store
-        return Path(store.cache_dir or default_cache_dir()) / f"{cache_key(path, store.fps, store.render_size)}.npz"
+        clips = self.grounder.clips
+        c = clips.processor.config      # the decoder's cache key: the processor's fps and frame size
+        return Path(clips.cache_dir or default_cache_dir()) / f"{cache_key(path, c.fps, c.image_size)}.npz"
 
     def server_close(self) -> None:
         """Stop serving, end the running job, then delete every upload and its cache entries."""
