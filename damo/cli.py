@@ -108,6 +108,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     # report.json is the latest run; reports/ keeps every run's (a rerun's wall_s differs: it reuses work)
     (work / "reports").mkdir(exist_ok=True)
     kept = work / "reports" / f"report-{started}.json"
+    n = 1
+    while kept.exists():    # two runs started in the same second
+        n += 1
+        kept = work / "reports" / f"report-{started}-{n}.json"
     kept.write_text(json.dumps(report, indent=2))
     (work / "report.json").write_text(json.dumps(report, indent=2))
     print("\nR@1 on held-out test grounding queries (IoU >= t):")

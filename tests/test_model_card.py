@@ -18,6 +18,7 @@ from damo.config import Recipe
 from damo.data import synthetic
 from damo.train.recipe import run_recipe
 from test_ground import build_scripted_model
+from test_serve import chromium_driver
 from test_train import TINY_MODEL
 
 SPEC = "synth://easy?n=8&seed=0"
@@ -134,8 +135,38 @@ def test_web_demo_warns_on_a_real_upload_not_on_its_examples(shared_data, tmp_pa
         real = post("/api/ground", json.dumps({"video": v["id"], "query": QUERY}).encode(), "application/json")
         example = post("/api/ground", json.dumps({"video": "example-0", "query": "when does the beep sound?"}).encode(),
                        "application/json")
+        assert "trained only on procedural videos" in real["warning"] and real["model"]["trained_on"] == "procedural"
+        assert "warning" not in example and example["model"]["trained_on"] == "procedural"
+        shown = page_warnings(f"http://{host}:{port}/", shared_data / "videos" / "chaplin.mp4", tmp_path)
+        assert shown == ["", real["warning"]]     # none under the example's answer; the real video's under its own
     finally:
         srv.shutdown()
         srv.server_close()
-    assert "trained only on procedural videos" in real["warning"] and real["model"]["trained_on"] == "procedural"
-    assert "warning" not in example and example["model"]["trained_on"] == "procedural"
+
+
+def page_warnings(page: str, upload: Path, tmp_path: Path) -> list[str]:
+    """In headless Chromium: ask about the first example, then upload ``upload`` and ask about it; the
+    text of the answer panel's warning (empty when hidden) after each answer."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver = chromium_driver(tmp_path)
+    wait = WebDriverWait(driver, 90)
+    out = []
+    try:
+        driver.get(page)
+        wait.until(lambda d: d.find_element(By.ID, "example").get_attribute("value") == "example-0")
+        for step in ("example", "upload"):
+            if step == "upload":
+                driver.find_element(By.ID, "file").send_keys(str(upload))
+                wait.until(lambda d: f"{upload.name}:" in d.find_element(By.ID, "upload-status").text)
+            driver.execute_script("document.getElementById('answer').textContent = ''")
+            driver.find_element(By.ID, "query").clear()
+            driver.find_element(By.ID, "query").send_keys(QUERY)
+            driver.find_element(By.ID, "ask").click()
+            wait.until(lambda d: d.find_element(By.ID, "answer").text)
+            out.append(driver.find_element(By.ID, "warning").text)   # a hidden element's text is ""
+    finally:
+        driver.quit()
+        shutil.rmtree(tmp_path / "chromium-profile", ignore_errors=True)
+    return out
