@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from damo import card as model_card
 from damo.data.dataset import VIDEO_SUFFIXES, ClipLoader
 from damo.data.schema import QuirkReport, clean_spans, round_span
 from damo.media import MediaError
@@ -91,21 +92,26 @@ class Grounding:
     frames: np.ndarray | None = None    # (T, h, w, 3) uint8 decoded frames, for thumbnails
     threshold: float = 0.6              # spans keep frames scoring >= threshold x the curve's max
     tube: dict | None = None            # where and when: {"span", "boxes": {time: [x0, y0, x1, y1]}} (box-token models)
+    model: dict = field(default_factory=lambda: {"trained_on": "unknown"})   # the model's card (damo.card)
+    warning: str | None = None          # a procedural-only model asked about a real video
 
     def to_dict(self) -> dict:
-        """The JSON shape of :meth:`Grounder.ground` (plus ``tube`` when the answer placed a box)."""
+        """The JSON shape of :meth:`Grounder.ground` (plus ``tube`` when the answer placed a box, and
+        ``warning`` when a model trained only on procedural videos was asked about a real one)."""
         rounded = [(*round_span(s, e, self.duration)[:2], p) for s, e, p in self.spans]
-        return {"answer": self.answer,
-                "spans": [{"start": s, "end": e, "score": round(p, 4)} for s, e, p in rounded],
-                "evidence": [[*round_span(s, e, self.duration)[:2], round(p, 2)] for s, e, p in self.evidence],
-                "duration": round(self.duration, 3)} | ({"tube": self.tube} if self.tube else {})
+        return ({"answer": self.answer,
+                 "spans": [{"start": s, "end": e, "score": round(p, 4)} for s, e, p in rounded],
+                 "evidence": [[*round_span(s, e, self.duration)[:2], round(p, 2)] for s, e, p in self.evidence],
+                 "duration": round(self.duration, 3)} | ({"tube": self.tube} if self.tube else {})
+                | ({"warning": self.warning} if self.warning else {}) | {"model": self.model})
 
 
 class Grounder:
     """A trained model plus the clip pipeline it was trained with."""
 
-    def __init__(self, model: DamoModel, cache_dir: str | Path | None = None):
+    def __init__(self, model: DamoModel, cache_dir: str | Path | None = None, card: dict | None = None):
         self.model = model
+        self.card = card        # model_card.json of the model's folder (None: unknown)
         self.clips = ClipLoader(model.processor, cache_dir)
         self._lock = threading.Lock()   # one inference at a time: the model is shared by server threads
 
@@ -113,8 +119,10 @@ class Grounder:
         """Answer ``query`` about ``video`` (a file or a ``synth://`` URI).
 
         Returns ``{"answer", "spans": [{"start", "end", "score"}] (best first), "evidence":
-        [[start, end, score]] (the pure-grounding stage), "duration"}``, seconds throughout, and
-        ``"tube"`` (boxes per frame time, in [0, 1]) when a box-token model answered where.
+        [[start, end, score]] (the pure-grounding stage), "duration", "model": {"trained_on", ...}}``
+        (the model's card, :mod:`damo.card`), seconds throughout; ``"tube"`` (boxes per frame time,
+        in [0, 1]) when a box-token model answered where; ``"warning"`` when a model trained only on
+        procedural videos is asked about a real one.
         Undecodable files raise :class:`~damo.media.MediaError`, bad queries ``ValueError``.
         """
         return self.explain(video, query, progress).to_dict()
@@ -143,7 +151,8 @@ class Grounder:
                          spans=[list(map(float, sp)) for sp in r["spans"]],
                          evidence=[list(map(float, sp)) for sp in r["evidence"]], duration=float(clip.duration),
                          times=clip.times.numpy().astype(np.float64), scores=[np.asarray(s) for s in r["scores"]],
-                         frames=raw.frames, threshold=cfg.evidence.threshold, tube=r["tube"])
+                         frames=raw.frames, threshold=cfg.evidence.threshold, tube=r["tube"],
+                         model=model_card.summary(self.card), warning=model_card.real_video_warning(self.card, video))
 
     def ground_batch(self, source: str | Path, query: str | None = None, progress: bool = True) -> Iterator[dict]:
         """Ground every request of a folder of videos or a JSONL file, yielding one row per request.
@@ -291,4 +300,4 @@ def load(path: str | Path, cache_dir: str | Path | None = None, device: str = "c
     ``device`` (``"cpu"``, ``"cuda"``, ``"cuda:1"``, or ``"auto"``: CUDA when there is one)."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    return Grounder(DamoModel.load(path).to(device), cache_dir)
+    return Grounder(DamoModel.load(path).to(device), cache_dir, model_card.read_card(path))

@@ -65,6 +65,12 @@ def _data_options(p: argparse.ArgumentParser) -> None:
                    help="a sample whose video is missing: stop before any work (error) or leave it out and list it (skip)")
 
 
+# The demo's table: README's rows, each a group of damo.eval.evaluate.grounding_report.
+DEMO_ROWS = (("overall", "overall"), ("modality/visual", "visual only"), ("modality/audio", "audio only"),
+             ("kind/flash", "audio-visual: flash with the beep"), ("kind/composite", "audio-visual: composite"),
+             ("task/multi_grounding", "multi-moment queries"), ("task/grounded_qa", "grounded QA evidence spans"))
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Data -> 4-stage training -> evaluation on the encoded test split -> one grounding."""
     from damo.config import load_recipe
@@ -74,9 +80,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from damo.data.dataset import ClipLoader
     from damo.eval.evaluate import grounding_report, predict
     from damo.train.recipe import run_recipe
+    from damo import card as model_card
 
     _setup_torch()
     t0 = time.time()
+    started = time.strftime("%Y%m%d-%H%M%S")
     work = Path(args.workdir)
     recipe = load_recipe(args.recipe, args.set)
     data = work / "data"
@@ -91,19 +99,29 @@ def cmd_demo(args: argparse.Namespace) -> int:
     preds = predict(model, test, ClipLoader(model.processor), batch_size=8)
     write_jsonl(work / "predictions.jsonl", (p.to_dict() for p in preds))
     metrics = grounding_report(test, preds)
+    rows = {label: metrics[key] for key, label in DEMO_ROWS if key in metrics}
+    model_card.add_metrics(work / "model", {"test_data": str((data / "test.jsonl").resolve()), **rows})
     g = next(s for s in test if s.task == "grounding")
-    example = Grounder(model).ground(g.video, g.query)
-    report = {"wall_s": round(time.time() - t0, 1), "metrics": metrics,
+    example = Grounder(model, card=model_card.read_card(work / "model")).ground(g.video, g.query)
+    report = {"started": started, "wall_s": round(time.time() - t0, 1), "metrics": metrics,
               "example": {"video": g.video, "query": g.query, "truth": g.spans, **example}}
+    # report.json is the latest run; reports/ keeps every run's (a rerun's wall_s differs: it reuses work)
+    (work / "reports").mkdir(exist_ok=True)
+    kept = work / "reports" / f"report-{started}.json"
+    n = 1
+    while kept.exists():    # two runs started in the same second
+        n += 1
+        kept = work / "reports" / f"report-{started}-{n}.json"
+    kept.write_text(json.dumps(report, indent=2))
     (work / "report.json").write_text(json.dumps(report, indent=2))
     print("\nR@1 on held-out test grounding queries (IoU >= t):")
-    for name, m in metrics.items():
-        if name == "overall" or name.startswith("modality/") or name.startswith("task/"):
-            print(f"  {name:28s} n={m['n']:4d}  R@0.3={m['R1@0.3']:.3f}  R@0.5={m['R1@0.5']:.3f}  "
-                  f"R@0.7={m['R1@0.7']:.3f}  mIoU={m['mIoU']:.3f}")
+    for label, m in rows.items():
+        print(f"  {label:36s} n={m['n']:4d}  R@0.3={m['R1@0.3']:.3f}  R@0.5={m['R1@0.5']:.3f}  "
+              f"R@0.7={m['R1@0.7']:.3f}  mIoU={m['mIoU']:.3f}")
     print(f"\nexample: {g.query!r} (truth {g.spans})")
     _print(example)
-    print(f"\nwall {report['wall_s']} s; report in {work / 'report.json'}; model in {work / 'model'}")
+    print(f"\nwall {report['wall_s']} s; report in {work / 'report.json'} (this run's copy: {kept}); "
+          f"model in {work / 'model'} (what it knows: {work / 'model' / model_card.CARD})")
     return 0
 
 
@@ -189,7 +207,11 @@ def cmd_ground(args: argparse.Namespace) -> int:
         partial = out.with_name(out.name + ".partial")
         try:
             with open(partial, "w", encoding="utf-8") as f:
+                warned = False
                 for row in grounder.ground_batch(args.batch, query, progress=not args.quiet):
+                    if "warning" in row and not warned:     # once per batch; every row carries it
+                        print(f"warning: {row['warning']}", file=sys.stderr)
+                        warned = True
                     f.write(json.dumps(row, ensure_ascii=False) + "\n")
                     f.flush()  # results appear as they are made; a killed batch keeps them in OUT.partial
                     n += 1
@@ -235,6 +257,8 @@ def cmd_ground(args: argparse.Namespace) -> int:
     except (MediaError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if "warning" in result:
+        print(f"warning: {result['warning']}", file=sys.stderr)
     for policy, count in result.get("truth_fixed", {}).items():
         print(f"warning: --truth: {count} span(s) {policy.replace('_', ' ')} (video is {g.duration:.2f} s); "
               "fixed as listed in 'truth'", file=sys.stderr)
@@ -378,7 +402,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "with '-', put '--' before it: damo ground -- -clip.mp4 \"when?\"")
     g.add_argument("video", nargs="?", help="video file (mp4, webm, mkv, avi, ...)")
     g.add_argument("query", nargs="?", help="the question, in quotes")
-    g.add_argument("--model", default=str(DEFAULT_WORKDIR / "model"))
+    g.add_argument("--model", default=str(DEFAULT_WORKDIR / "model"), metavar="DIR",
+                   help="trained model folder (default: %(default)s, relative to the current folder: the one "
+                        "`damo demo` trains, on procedural shapes and tones only)")
     g.add_argument("--plot", metavar="OUT.png", help="draw a timeline: thumbnails, evidence scores, spans (needs damo[plot])")
     g.add_argument("--truth", metavar="S-E[,S-E]", help="ground-truth spans in seconds, drawn and scored (IoU)")
     g.add_argument("--batch", metavar="FOLDER_OR_JSONL",
@@ -421,7 +447,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_augment_parser(data)
     add_prefs_parser(data)
     v = sub.add_parser("serve", help="web demo: pick or upload a video, ask, see when (localhost)")
-    v.add_argument("--model", default=str(DEFAULT_WORKDIR / "model"))
+    v.add_argument("--model", default=str(DEFAULT_WORKDIR / "model"), metavar="DIR",
+                   help="trained model folder (default: %(default)s, relative to the current folder)")
     v.add_argument("--host", default="127.0.0.1", help="address to bind; the default is reachable from this machine only")
     v.add_argument("--port", type=int, default=7860)
     v.add_argument("--examples", type=int, default=3, help="generated example videos to offer")

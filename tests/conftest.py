@@ -20,5 +20,6 @@ SHARED_DATA = Path(os.environ.get("DAMO_SHARED_DATA", REPO.parent / "shared" / "
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         raise FileNotFoundError(
-            f"real test data not found at {SHARED_DATA}; set DAMO_SHARED_DATA to the shared data folder")
+            f"real test data not found at {SHARED_DATA}; put the shared data folder there (beside the clone) "
+            "or set DAMO_SHARED_DATA to it (README, Quick start)")
     return SHARED_DATA

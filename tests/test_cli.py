@@ -16,6 +16,7 @@ def test_demo_runs_end_to_end_and_reuses_its_work(tmp_path, capsys):
     for o in TOY:
         args += ["--set", o]
     assert main(args) == 0
+    first = capsys.readouterr().out
     report = json.loads((tmp_path / "report.json").read_text())
     overall = report["metrics"]["overall"]
     assert {"R1@0.3", "R1@0.5", "R1@0.7", "mIoU", "n"} <= set(overall) and overall["n"] > 0
@@ -27,11 +28,22 @@ def test_demo_runs_end_to_end_and_reuses_its_work(tmp_path, capsys):
     assert (tmp_path / "model" / "model.safetensors").is_file()
     preds = [json.loads(x) for x in (tmp_path / "predictions.jsonl").read_text().splitlines()]
     assert len(preds) == len((tmp_path / "data" / "test.jsonl").read_text().splitlines())
-    capsys.readouterr()
-    # a second run reuses the data and the trained model
+    # the table prints README's rows, the two audio-visual kinds apart
+    table = first.split("IoU >= t):")[1].split("example:")[0]
+    labels = [line.split(" n=")[0].strip() for line in table.strip().splitlines()]
+    assert labels[0] == "overall" and set(labels) <= {
+        "overall", "visual only", "audio only", "audio-visual: flash with the beep", "audio-visual: composite",
+        "multi-moment queries", "grounded QA evidence spans"}
+    # the model's card: procedural data, and the metrics it reached
+    card = json.loads((tmp_path / "model" / "model_card.json").read_text())
+    assert card["trained_on"] == "procedural" and card["metrics"]["overall"] == overall
+    assert ex["model"]["trained_on"] == "procedural" and "warning" not in ex   # a procedural test file
+    # a second run reuses the data and the trained model, and keeps the first run's report
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "reusing data" in out and "reusing trained model" in out
+    kept = [json.loads(f.read_text()) for f in (tmp_path / "reports").glob("report-*.json")]
+    assert len(kept) == 2 and report in kept and json.loads((tmp_path / "report.json").read_text()) in kept
 
     # damo eval runs the saved model on the test split and writes metrics
     assert main(["eval", "--data", str(tmp_path / "data" / "test.jsonl"), "--model", str(tmp_path / "model"),

@@ -75,7 +75,8 @@ def video(tmp_path_factory) -> tuple[Path, synthetic.VideoSpec]:
 def test_ground_returns_answer_and_spans_in_seconds(grounder, video):
     path, spec = video
     r = grounder.ground(path, "when does the green triangle appear?")
-    assert set(r) == {"answer", "spans", "evidence", "duration"}
+    assert set(r) == {"answer", "spans", "evidence", "duration", "model"}
+    assert r["model"] == {"trained_on": "unknown"}     # a model saved without a card: nothing known, no warning
     assert r["answer"] == "red"
     assert r["duration"] == pytest.approx(spec.duration, abs=0.05)
     assert len(r["spans"]) == 1 and len(r["evidence"]) == 1

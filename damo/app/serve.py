@@ -58,6 +58,7 @@ from urllib.parse import unquote, urlsplit
 import numpy as np
 
 from damo.api import Grounder, check_query
+from damo.card import PROCEDURAL_TAG
 from damo.media import MediaError, probe
 from damo.media.cache import cache_key, default_cache_dir
 
@@ -136,6 +137,7 @@ def write_example(spec, path: Path, size: int = 128) -> Path:
     audio = synthetic.render_audio(spec).astype(np.float32)                     # (S,) at 16 kHz
     tmp = path.with_name(path.name + ".tmp.webm")
     with av.open(str(tmp), "w", format="webm") as out:
+        out.metadata["comment"] = f"{PROCEDURAL_TAG} {spec.uri}"     # a procedural example, not a real video
         vs = out.add_stream("libvpx", rate=fps)
         vs.width = vs.height = size
         vs.pix_fmt = "yuv420p"
@@ -260,8 +262,9 @@ class DemoServer(ThreadingHTTPServer):
 
     def cache_entry(self, path: Path) -> Path:
         """Where the grounder's clip cache keeps the decoded frames of ``path``."""
-        store = self.grounder.store
-        return Path(store.cache_dir or default_cache_dir()) / f"{cache_key(path, store.fps, store.render_size)}.npz"
+        clips = self.grounder.clips
+        c = clips.processor.config      # the decoder's cache key: the processor's fps and frame size
+        return Path(clips.cache_dir or default_cache_dir()) / f"{cache_key(path, c.fps, c.image_size)}.npz"
 
     def server_close(self) -> None:
         """Stop serving, end the running job, then delete every upload and its cache entries."""
@@ -446,6 +449,8 @@ class Handler(BaseHTTPRequestHandler):
     def _work(self, video: Video, query: str) -> dict:
         g = self.server.grounder.explain(video.path, query)
         out = {**g.to_dict(), "video": video.id, "query": query, "timeline": None}
+        if video.id in self.server.examples:
+            out.pop("warning", None)    # the examples are procedural (files cached before they were tagged, too)
         try:
             from damo.app.timeline import plot_timeline
             out["timeline"] = "data:image/png;base64," + base64.b64encode(plot_timeline(g)).decode()

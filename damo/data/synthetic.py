@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from damo.card import PROCEDURAL_TAG
 from damo.data.schema import Sample, save_samples
 from damo.model.processing import time_key
 from damo.media import SAMPLE_RATE, Clip
@@ -151,6 +152,14 @@ class VideoSpec:
     @property
     def uri(self) -> str:
         return make_uri(self.difficulty, self.seed, self.split, self.index)
+
+
+def vocabulary() -> dict[str, list[str]]:
+    """The events a model trained on these videos has seen, in the words of its questions and answers."""
+    return {"shapes": list(SHAPES), "colours": list(COLOURS),
+            "sounds": [f"{p} tone" for p in PITCHES] + ["beep", "noise burst"],
+            "events": ["a shape on screen (still or moving, possibly changing colour)", "a tone, beep or noise burst",
+                       "a shape flashing with the beep"]}
 
 
 def make_uri(difficulty: str, seed: int, split: str, index: int) -> str:
@@ -519,6 +528,7 @@ def write_video(spec: VideoSpec, path: str | Path, size: int = 64) -> Path:
     pcm = np.clip(np.rint(render_audio(spec) * 32767.0), -32768, 32767).astype(np.int16)
     tmp = path.with_name(path.name + ".tmp.mkv")
     with av.open(str(tmp), mode="w", format="matroska") as out:
+        out.metadata["comment"] = f"{PROCEDURAL_TAG} {spec.uri}"     # tells a procedural file from a real one
         vs = out.add_stream("libx264", rate=FILE_FPS)
         vs.width = vs.height = size
         vs.pix_fmt = "yuv420p"

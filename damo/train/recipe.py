@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from damo import card as model_card
 from damo.config import Recipe
 from damo.data.collate import turns_of
 from damo.data.dataset import ClipLoader, load_dataset, resolve_videos
@@ -142,6 +143,16 @@ def check_reuse(folder: Path, record: dict, overwrite: bool) -> bool:
                      f"{'; ...' if len(what) > 5 else ''}); use a new --workdir, or --overwrite to retrain it")
 
 
+def recipe_card(recipe: Recipe, upto: int, kinds: dict[str, str], inherited: list[dict]) -> dict:
+    """The model card of stage ``upto`` (the final model: the last stage): the data every stage so far
+    trained on, by kind, plus whatever an ``init_from`` model folder was trained on (``inherited``)."""
+    from damo.data.synthetic import vocabulary
+
+    specs = [recipe.data["train"]] + [x for st in recipe.stages[:upto + 1] for x in st.extra_data]
+    data = inherited + [{"spec": spec, "kind": kinds[spec]} for spec in dict.fromkeys(specs)]
+    return model_card.make_card(recipe.name, [st.name for st in recipe.stages[:upto + 1]], data, vocabulary())
+
+
 def run_recipe(recipe: Recipe, workdir: str | Path, progress: bool = True, log=print,
                overwrite: bool = False) -> DamoModel:
     """Train every stage of ``recipe`` into ``workdir``, resuming whatever a previous run of the same
@@ -154,6 +165,14 @@ def run_recipe(recipe: Recipe, workdir: str | Path, progress: bool = True, log=p
     final = workdir / "model"
     if (final / "model.safetensors").is_file() and check_reuse(final, records[-1], overwrite):
         log(f"reusing trained model {final}")
+        if model_card.read_card(final) is None and info.main:      # a model trained before cards existed
+            specs = [recipe.data["train"]] + [x for st in recipe.stages for x in st.extra_data]
+            kinds = {x: model_card.dataset_kind(x, [] if x.startswith("synth://") else load_dataset(x)) for x in specs}
+            names = {st.name for st in recipe.stages}
+            outside = [st.init_from for st in recipe.stages if st.init_from and st.init_from not in names]
+            card = model_card.read_card(outside[-1]) if outside else None
+            inherited = [] if not outside else card["data"] if card else [{"spec": outside[-1], "kind": "unknown"}]
+            model_card.write_card(final, recipe_card(recipe, len(recipe.stages) - 1, kinds, inherited))
         return DamoModel.load(final)
     if "train" not in recipe.data:
         raise ValueError("recipe.data needs a 'train' dataset (synth://... or a JSONL path)")
@@ -163,6 +182,8 @@ def run_recipe(recipe: Recipe, workdir: str | Path, progress: bool = True, log=p
     specs = [recipe.data["train"]] + [x for st in recipe.stages for x in st.extra_data]
     datasets = {spec: dataset_samples(spec, recipe, workdir if info.main else None, say) for spec in dict.fromkeys(specs)}
     samples = datasets[recipe.data["train"]]
+    kinds = {spec: model_card.dataset_kind(spec, ss) for spec, ss in datasets.items()}
+    inherited: list[dict] = []      # the data of an init_from model folder outside this recipe
     model = build_model(recipe.model, samples, recipe.seed)
     clips = ClipLoader(model.processor, memory=recipe.clip_memory)   # shared by the stages: same inputs
     done: dict[str, Path] = {}
@@ -174,10 +195,15 @@ def run_recipe(recipe: Recipe, workdir: str | Path, progress: bool = True, log=p
                 raise FileNotFoundError(f"stage {stage.name!r}: init_from {stage.init_from!r} is neither an "
                                         f"earlier stage nor a model folder")
             model = DamoModel.load(src)
+            if stage.init_from not in done:
+                card = model_card.read_card(src)
+                inherited = card["data"] if card else [{"spec": str(src), "kind": "unknown"}]
         record = records[i]
         if (ckpt / "model.safetensors").is_file() and check_reuse(ckpt, record, overwrite):
             say(f"stage {stage.name}: reusing {ckpt}")
             model = DamoModel.load(ckpt)
+            if info.main and model_card.read_card(ckpt) is None:
+                model_card.write_card(ckpt, recipe_card(recipe, i, kinds, inherited))
         else:
             overwrite = True        # everything after a retrained stage is retrained too
             partial = workdir / "checkpoints" / stage.name
@@ -201,11 +227,13 @@ def run_recipe(recipe: Recipe, workdir: str | Path, progress: bool = True, log=p
                 model.save(ckpt)
                 atomic_write_text(ckpt / "stats.json", json.dumps(stats, indent=2))
                 atomic_write_text(ckpt / RECORD, json.dumps(record, indent=1))
+                model_card.write_card(ckpt, recipe_card(recipe, i, kinds, inherited))
                 clear_checkpoints(partial)
             distributed.barrier()
         done[stage.name] = ckpt
     if info.main:
         model.save(final)
         atomic_write_text(final / RECORD, json.dumps(records[-1], indent=1))
+        model_card.write_card(final, recipe_card(recipe, len(recipe.stages) - 1, kinds, inherited))
     distributed.barrier()
     return model

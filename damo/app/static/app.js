@@ -99,6 +99,8 @@ function seek(span, button) {
 
 function showResult(r) {
   $("answer").textContent = r.answer || "(the model gave no answer text)";
+  $("warning").textContent = r.warning || "";   // a procedural-only model asked about a real video
+  $("warning").hidden = !r.warning;
   const spans = $("spans");
   spans.innerHTML = "";
   r.spans.forEach((s, i) => {
