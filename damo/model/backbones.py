@@ -153,9 +153,9 @@ def hf_vision_encoder(cfg: "VisionConfig") -> HFVisionEncoder:
     fam = VISION_FAMILIES[cfg.family]
     if cfg.pretrained:
         model = fam.model.from_pretrained(resolve(cfg.name_or_path, "vision"), **_weights_kwargs(cfg.allow_pickle),
-                                          **cfg.config)
+                                          dtype=resolve_dtype(cfg.dtype), **cfg.config)
     else:
-        model = fam.model(fam.config.from_dict({"image_size": cfg.image_size} | cfg.config))
+        model = fam.model(fam.config.from_dict({"image_size": cfg.image_size} | cfg.config)).to(resolve_dtype(cfg.dtype))
     if model.config.image_size != cfg.image_size:
         raise ValueError(f"the {cfg.family} tower expects {model.config.image_size}px frames but vision.image_size "
                          f"is {cfg.image_size}; set vision.image_size: {model.config.image_size}")
@@ -199,7 +199,7 @@ class HFWhisperEncoder(nn.Module):
         silence = (x[:, (n - 1) * w:].flatten(1).amax(1) - 2.0).clamp(min=-1.5)   # (B,)
         pad = silence.view(B, 1, 1, 1).expand(B, n * w - T, Fr, M)
         x = torch.cat([x, pad], 1).reshape(B * n, w * Fr, M).transpose(1, 2)  # (B*n, M, chunk)
-        h = self.encoder(input_features=x.to(self.encoder.conv1.weight.dtype)).last_hidden_state  # (B*n, chunk/2, Da)
+        h = self.encoder(input_features=x.to(self.encoder.conv1.weight.dtype)).last_hidden_state.float()  # (B*n, chunk/2, Da)
         h = h.reshape(B, n * w, Fr // 2, -1)[:, :T]                  # (B, T, F/2, Da)
         return torch.cat([h.mean(2, keepdim=True), h], 2)            # (B, T, 1 + F/2, Da)
 
@@ -208,11 +208,11 @@ def build_audio(cfg: "AudioConfig") -> nn.Module:
     """The audio encoder an :class:`AudioConfig` names (tiny registry entries or Whisper)."""
     if cfg.kind == "hf_whisper":
         if cfg.pretrained:
-            whisper = WhisperModel.from_pretrained(resolve(cfg.name_or_path, "audio"),
+            whisper = WhisperModel.from_pretrained(resolve(cfg.name_or_path, "audio"), dtype=resolve_dtype(cfg.dtype),
                                                    **_weights_kwargs(cfg.allow_pickle), **cfg.config)
             enc = whisper.encoder
         else:
-            enc = WhisperEncoder(WhisperConfig.from_dict({"num_mel_bins": cfg.n_mels} | cfg.config))
+            enc = WhisperEncoder(WhisperConfig.from_dict({"num_mel_bins": cfg.n_mels} | cfg.config)).to(resolve_dtype(cfg.dtype))
         if enc.config.num_mel_bins != cfg.n_mels:
             raise ValueError(f"this Whisper encoder takes {enc.config.num_mel_bins} mels; set audio.n_mels: "
                              f"{enc.config.num_mel_bins}")
@@ -251,18 +251,24 @@ def resolve_dtype(name: str) -> torch.dtype:
     return DTYPES[name]
 
 
-def causal_lm_from_vlm(path: str, submodule: str, dtype: torch.dtype, **kwargs) -> nn.Module:
+def causal_lm_from_vlm(path: str, submodule: str, dtype: torch.dtype, expect: dict, **kwargs) -> nn.Module:
     """The language model of a LLaVA-NeXT / LLaVA-OneVision checkpoint folder as a plain causal LM.
 
     transformers loads such folders as ``*ForConditionalGeneration`` (vision tower + projector +
     decoder + head), never as ``AutoModelForCausalLM``. The checkpoint is loaded as a whole once,
     then a causal LM of its ``text_config`` is assembled on the meta device and given the VLM's own
     decoder (``submodule``, e.g. ``model.language_model``) and output head: the very same tensors,
-    nothing copied. The vision tower and projector are dropped with the VLM.
+    nothing copied. The vision tower and projector are dropped with the VLM. ``expect``: transformers
+    config fields the decoder must have (the config's ``llm.config``), checked rather than applied.
     """
     from transformers import AutoModelForImageTextToText
 
     vlm = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, **kwargs)
+    text = vlm.config.text_config.to_dict()
+    wrong = {k: (v, text.get(k)) for k, v in expect.items() if k in text and text[k] != v}
+    if wrong:
+        raise ValueError(f"the language model in {path} does not have the stated llm.config fields "
+                         f"(stated, found): {wrong}; correct llm.config to match the checkpoint")
     decoder = vlm.get_submodule(submodule)
     with torch.device("meta"):
         llm = AutoModelForCausalLM.from_config(vlm.config.text_config, dtype=dtype)
@@ -283,8 +289,8 @@ def build_causal_lm(cfg: "LLMConfig", tok: PreTrainedTokenizerFast, new_tokens: 
     """
     dtype = resolve_dtype(cfg.dtype)
     if cfg.pretrained and cfg.submodule:
-        llm = causal_lm_from_vlm(resolve(cfg.name_or_path, "llm"), cfg.submodule, dtype,
-                                 **_weights_kwargs(cfg.allow_pickle), **cfg.config)
+        llm = causal_lm_from_vlm(resolve(cfg.name_or_path, "llm"), cfg.submodule, dtype, cfg.config,
+                                 **_weights_kwargs(cfg.allow_pickle))
     elif cfg.pretrained:
         llm = AutoModelForCausalLM.from_pretrained(resolve(cfg.name_or_path, "llm"), dtype=dtype,
                                                    **_weights_kwargs(cfg.allow_pickle), **cfg.config)
@@ -294,7 +300,8 @@ def build_causal_lm(cfg: "LLMConfig", tok: PreTrainedTokenizerFast, new_tokens: 
                              f"(e.g. {', '.join(LORA_TARGETS)}), got {cfg.family!r}")
         llm = AutoModelForCausalLM.from_config(CONFIG_MAPPING[cfg.family].from_dict(cfg.config), dtype=dtype)
     if llm.get_input_embeddings().num_embeddings != len(tok):
-        llm.resize_token_embeddings(len(tok))
+        # transformers' mean-and-covariance init of new rows reads values: none on the meta device (damo.plan)
+        llm.resize_token_embeddings(len(tok), mean_resizing=not llm.get_input_embeddings().weight.is_meta)
     llm.config.pad_token_id = tok.pad_token_id
     if cfg.gradient_checkpointing:
         llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

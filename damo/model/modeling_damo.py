@@ -58,6 +58,7 @@ class VisionConfig:
     pretrained: bool = True            # false: random weights from `config` (tests, rebuilding a saved model)
     config: dict = field(default_factory=dict)   # transformers config fields (overrides when pretrained)
     allow_pickle: bool = False         # accept .bin/.pt weights (pickles can run code when loaded)
+    dtype: str = "float32"             # tower weights: float32 | bfloat16 | float16 | auto (bf16 on GPU: for frozen towers)
 
 
 @dataclass
@@ -75,6 +76,7 @@ class AudioConfig:
     pretrained: bool = True
     config: dict = field(default_factory=dict)
     allow_pickle: bool = False
+    dtype: str = "float32"             # as VisionConfig.dtype
 
 
 @dataclass
@@ -120,6 +122,8 @@ class EvidenceConfig:
     threshold: float = 0.6     # salient frames: score >= threshold x max (D²VLM appendix A)
     semantic_capture: bool = True
     level: str = "event"       # event: one <evi> grounds an interval; frame: a (start, end) pair of single frames (D²VLM Table 6)
+    hidden: int = 0            # width of the heads' hidden layer (0: the LLM width)
+    norm: bool = False         # LayerNorm before the heads (D²VLM's official frm_head / evi_head)
 
 
 @dataclass
@@ -246,7 +250,7 @@ class DamoModel(nn.Module):
         self.bridge_out = nn.Sequential(nn.Linear(D, C), nn.LayerNorm(C))
         for norm in (self.projector[-1], self.bridge_out[-1]):
             nn.init.constant_(norm.weight, rms)
-        self.evidence = EvidenceHead(C, cfg.evidence.dim)
+        self.evidence = EvidenceHead(C, cfg.evidence.dim, cfg.evidence.hidden, cfg.evidence.norm)
         self.text_encoder = TextEncoder(len(tokenizer), D, cfg.align_dim)
         self.align_video = nn.Linear(D, cfg.align_dim)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
