@@ -172,6 +172,9 @@ def activation_bytes(model: DamoModel, stage: Stage, frames: int, text_tokens: i
     """Activation bytes of one clip (fp32 as recorded) with the LLM's gradient checkpointing."""
     batch = probe_batch(model, stage, frames, text_tokens)
     model.train()
+    # tokens per frame from the budget formula: the largest K training can draw (the memory worst case),
+    # and no random draw, which would be made on the meta device
+    model.compressor.eval()
     full = saved_bytes(model, stage, batch, checkpointing=False)
     ckpt = saved_bytes(model, stage, batch, checkpointing=True)
     _checkpointing(model, model.cfg.llm.gradient_checkpointing)
