@@ -137,6 +137,26 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    import yaml
+
+    from damo.config import load_recipe
+    from damo.model.modeling_damo import DamoConfig
+    from damo.plan import PlanOptions, format_plan, plan
+
+    if not args.config and not args.recipe:
+        raise SystemExit("damo plan needs --config (a model YAML) and/or --recipe (its model is used without --config)")
+    recipe = load_recipe(args.recipe) if args.recipe else None
+    cfg = DamoConfig.from_dict(yaml.safe_load(Path(args.config).read_text()) or {}) if args.config else recipe.model
+    p = plan(cfg, recipe, PlanOptions(gpus=args.gpus, gpu_gb=args.gpu_gb, frames=args.frames,
+                                      text_tokens=args.text_tokens, micro_batch=args.micro_batch))
+    if args.parallel:
+        for e in p["stages"].values():
+            e["memory_gb"], e["fits"] = ({args.parallel: e[k][args.parallel]} for k in ("memory_gb", "fits"))
+    print(json.dumps(p, indent=1) if args.json else format_plan(p, args.recipe or args.config))
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     if args.task:
         if not (args.gt and args.pred):
@@ -370,6 +390,19 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--overwrite", action="store_true",
                    help="retrain finished stages whose recipe, config or data changed (default: stop and say what changed)")
     t.set_defaults(fn=cmd_train)
+
+    pl = sub.add_parser("plan", help="dry run of a config and recipe at full scale on the meta device: parameters "
+                                     "and per-GPU memory per stage (offline, no weights)")
+    pl.add_argument("--config", help="model YAML (default: the recipe's model)")
+    pl.add_argument("--recipe", help="recipe YAML (default: one stage training everything)")
+    pl.add_argument("--gpus", type=int, default=8)
+    pl.add_argument("--gpu-gb", type=float, default=80.0, help="memory per GPU")
+    pl.add_argument("--parallel", choices=["ddp", "fsdp"], help="report only this mode (default: both)")
+    pl.add_argument("--frames", type=int, help="frames per clip (default: the config's llm_frames)")
+    pl.add_argument("--text-tokens", type=int, default=256, help="question + answer tokens per clip")
+    pl.add_argument("--micro-batch", type=int, default=1, help="clips per GPU per forward")
+    pl.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+    pl.set_defaults(fn=cmd_plan)
 
     e = sub.add_parser("eval", help="score predictions, or run a model and score it")
     e.add_argument("--task", help="charades-sta, qvhighlights, activitynet-captions, youcook2, etbench, didemo, tacos")

@@ -153,9 +153,9 @@ def hf_vision_encoder(cfg: "VisionConfig") -> HFVisionEncoder:
     fam = VISION_FAMILIES[cfg.family]
     if cfg.pretrained:
         model = fam.model.from_pretrained(resolve(cfg.name_or_path, "vision"), **_weights_kwargs(cfg.allow_pickle),
-                                          **cfg.config)
+                                          dtype=resolve_dtype(cfg.dtype), **cfg.config)
     else:
-        model = fam.model(fam.config.from_dict({"image_size": cfg.image_size} | cfg.config))
+        model = fam.model(fam.config.from_dict({"image_size": cfg.image_size} | cfg.config)).to(resolve_dtype(cfg.dtype))
     if model.config.image_size != cfg.image_size:
         raise ValueError(f"the {cfg.family} tower expects {model.config.image_size}px frames but vision.image_size "
                          f"is {cfg.image_size}; set vision.image_size: {model.config.image_size}")
@@ -199,7 +199,7 @@ class HFWhisperEncoder(nn.Module):
         silence = (x[:, (n - 1) * w:].flatten(1).amax(1) - 2.0).clamp(min=-1.5)   # (B,)
         pad = silence.view(B, 1, 1, 1).expand(B, n * w - T, Fr, M)
         x = torch.cat([x, pad], 1).reshape(B * n, w * Fr, M).transpose(1, 2)  # (B*n, M, chunk)
-        h = self.encoder(input_features=x.to(self.encoder.conv1.weight.dtype)).last_hidden_state  # (B*n, chunk/2, Da)
+        h = self.encoder(input_features=x.to(self.encoder.conv1.weight.dtype)).last_hidden_state.float()  # (B*n, chunk/2, Da)
         h = h.reshape(B, n * w, Fr // 2, -1)[:, :T]                  # (B, T, F/2, Da)
         return torch.cat([h.mean(2, keepdim=True), h], 2)            # (B, T, 1 + F/2, Da)
 
@@ -208,11 +208,11 @@ def build_audio(cfg: "AudioConfig") -> nn.Module:
     """The audio encoder an :class:`AudioConfig` names (tiny registry entries or Whisper)."""
     if cfg.kind == "hf_whisper":
         if cfg.pretrained:
-            whisper = WhisperModel.from_pretrained(resolve(cfg.name_or_path, "audio"),
+            whisper = WhisperModel.from_pretrained(resolve(cfg.name_or_path, "audio"), dtype=resolve_dtype(cfg.dtype),
                                                    **_weights_kwargs(cfg.allow_pickle), **cfg.config)
             enc = whisper.encoder
         else:
-            enc = WhisperEncoder(WhisperConfig.from_dict({"num_mel_bins": cfg.n_mels} | cfg.config))
+            enc = WhisperEncoder(WhisperConfig.from_dict({"num_mel_bins": cfg.n_mels} | cfg.config)).to(resolve_dtype(cfg.dtype))
         if enc.config.num_mel_bins != cfg.n_mels:
             raise ValueError(f"this Whisper encoder takes {enc.config.num_mel_bins} mels; set audio.n_mels: "
                              f"{enc.config.num_mel_bins}")
@@ -238,34 +238,98 @@ def load_tokenizer(cfg: "LLMConfig") -> PreTrainedTokenizerFast:
     return tok
 
 
-def build_causal_lm(cfg: "LLMConfig", tok: PreTrainedTokenizerFast) -> nn.Module:
-    """An HF causal LM (pretrained or from config), resized to ``tok``, with LoRA if configured."""
-    if cfg.pretrained:
-        llm = AutoModelForCausalLM.from_pretrained(resolve(cfg.name_or_path, "llm"), dtype=torch.float32,
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    """A config's ``dtype`` string -> torch dtype. ``auto``: bf16 where CUDA supports it (the papers'
+    mixed-precision setting for frozen weights), float32 elsewhere (CPU training and tests)."""
+    if name == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+    if name not in DTYPES:
+        raise ValueError(f"dtype must be one of auto, {', '.join(DTYPES)}; got {name!r}")
+    return DTYPES[name]
+
+
+def causal_lm_from_vlm(path: str, submodule: str, dtype: torch.dtype, expect: dict, **kwargs) -> nn.Module:
+    """The language model of a LLaVA-NeXT / LLaVA-OneVision checkpoint folder as a plain causal LM.
+
+    transformers loads such folders as ``*ForConditionalGeneration`` (vision tower + projector +
+    decoder + head), never as ``AutoModelForCausalLM``. The checkpoint is loaded as a whole once,
+    then a causal LM of its ``text_config`` is assembled on the meta device and given the VLM's own
+    decoder (``submodule``, e.g. ``model.language_model``) and output head: the very same tensors,
+    nothing copied. The vision tower and projector are dropped with the VLM. ``expect``: transformers
+    config fields the decoder must have (the config's ``llm.config``), checked rather than applied.
+    """
+    from transformers import AutoModelForImageTextToText
+
+    vlm = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, **kwargs)
+    text = vlm.config.text_config.to_dict()
+    wrong = {k: (v, text.get(k)) for k, v in expect.items() if k in text and text[k] != v}
+    if wrong:
+        raise ValueError(f"the language model in {path} does not have the stated llm.config fields "
+                         f"(stated, found): {wrong}; correct llm.config to match the checkpoint")
+    decoder = vlm.get_submodule(submodule)
+    with torch.device("meta"):
+        llm = AutoModelForCausalLM.from_config(vlm.config.text_config, dtype=dtype)
+    setattr(llm, llm.base_model_prefix, decoder)
+    llm.set_output_embeddings(vlm.get_output_embeddings())
+    return llm
+
+
+def build_causal_lm(cfg: "LLMConfig", tok: PreTrainedTokenizerFast, new_tokens: list[int] | None = None) -> nn.Module:
+    """An HF causal LM (pretrained, out of a VLM checkpoint, or from config), resized to ``tok``, with
+    LoRA if configured.
+
+    ``new_tokens``: ids of the rows our vocabulary adds (special tokens, LAPE coordinate tokens). With
+    LoRA they train through peft's trainable tokens in the input embeddings *and*, on LLMs with an
+    untied head (Mistral, Qwen2-7B, Phi-3), in the output head: LLaVA-ST section 3.2 extends both
+    ("expand the parameter matrix in the final-layer of the LLM"); a frozen random head row could
+    never learn to emit its token.
+    """
+    dtype = resolve_dtype(cfg.dtype)
+    if cfg.pretrained and cfg.submodule:
+        llm = causal_lm_from_vlm(resolve(cfg.name_or_path, "llm"), cfg.submodule, dtype, cfg.config,
+                                 **_weights_kwargs(cfg.allow_pickle))
+    elif cfg.pretrained:
+        llm = AutoModelForCausalLM.from_pretrained(resolve(cfg.name_or_path, "llm"), dtype=dtype,
                                                    **_weights_kwargs(cfg.allow_pickle), **cfg.config)
     else:
         if cfg.family not in CONFIG_MAPPING:
             raise ValueError(f"llm.pretrained is false: llm.family must be a transformers model type "
                              f"(e.g. {', '.join(LORA_TARGETS)}), got {cfg.family!r}")
-        llm = AutoModelForCausalLM.from_config(CONFIG_MAPPING[cfg.family].from_dict(cfg.config))
+        llm = AutoModelForCausalLM.from_config(CONFIG_MAPPING[cfg.family].from_dict(cfg.config), dtype=dtype)
     if llm.get_input_embeddings().num_embeddings != len(tok):
-        llm.resize_token_embeddings(len(tok))
+        # transformers' mean-and-covariance init of new rows reads values: none on the meta device (damo.plan)
+        llm.resize_token_embeddings(len(tok), mean_resizing=not llm.get_input_embeddings().weight.is_meta)
     llm.config.pad_token_id = tok.pad_token_id
     if cfg.gradient_checkpointing:
         llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         llm.config.use_cache = False
     if cfg.lora:
-        ours = tok.convert_tokens_to_ids([t for t in tk.SPECIAL_TOKENS if t in tok.get_vocab()])
-        llm = apply_lora(llm, cfg.lora, llm.config.model_type, trainable_tokens=ours)
+        if new_tokens is None:
+            new_tokens = tok.convert_tokens_to_ids([t for t in tk.SPECIAL_TOKENS if t in tok.get_vocab()])
+        llm = apply_lora(llm, cfg.lora, llm.config.model_type, trainable_tokens=new_tokens)
     return llm
+
+
+def token_row_targets(llm: nn.Module, ids: list[int]) -> list[int] | dict[str, list[int]]:
+    """peft ``trainable_token_indices``: the input embeddings, plus the output head when it is not tied
+    to them (a tied head shares the embedding rows, and peft keeps the two tied)."""
+    names = {m: n.rsplit(".", 1)[-1] for n, m in llm.named_modules()}
+    emb, head = llm.get_input_embeddings(), llm.get_output_embeddings()
+    if head is None or head.weight is emb.weight:
+        return list(ids)
+    return {names[emb]: list(ids), names[head]: list(ids)}
 
 
 def apply_lora(llm: nn.Module, lora: dict, family: str, trainable_tokens: list[int] | None = None) -> nn.Module:
     """Wrap ``llm`` with peft LoRA; parameter names then contain ``lora_A``/``lora_B`` (glob ``llm.*lora_*``).
 
-    ``trainable_tokens``: embedding rows that train with the adapter (our special tokens such as
-    ``<evi>``, new to a pretrained vocabulary: frozen at their initial values the LLM could never
-    learn to emit them). peft keeps them as ``trainable_tokens`` deltas (glob ``llm.*trainable_tokens*``).
+    ``trainable_tokens``: vocabulary rows that train with the adapter (our special tokens such as
+    ``<evi>`` and LAPE coordinate tokens, new to a pretrained vocabulary: frozen at their initial
+    values the LLM could never learn to read or emit them). peft keeps them as ``trainable_tokens``
+    deltas (glob ``llm.*trainable_tokens*``) in the input embeddings and, when untied, the output head.
     """
     from peft import LoraConfig, get_peft_model
 
@@ -277,7 +341,7 @@ def apply_lora(llm: nn.Module, lora: dict, family: str, trainable_tokens: list[i
         raise ValueError(f"no default LoRA targets for LLM family {family!r}; set llm.lora.targets "
                          f"(module names such as q_proj, v_proj)")
     r = int(lora.get("r", 16))
-    extra = {"trainable_token_indices": list(trainable_tokens)} if trainable_tokens else {}
+    extra = {"trainable_token_indices": token_row_targets(llm, trainable_tokens)} if trainable_tokens else {}
     return get_peft_model(llm, LoraConfig(r=r, lora_alpha=int(lora.get("alpha", 2 * r)),
                                           lora_dropout=float(lora.get("dropout", 0.0)), target_modules=list(targets),
                                           **extra))
@@ -287,6 +351,13 @@ def is_lora(llm: nn.Module) -> bool:
     from peft import PeftModel
 
     return isinstance(llm, PeftModel)
+
+
+def is_token_wrapper(module: nn.Module) -> bool:
+    """Whether ``module`` is peft's wrapper of an embedding or head with trainable token rows."""
+    from peft.utils.other import TrainableTokensWrapper
+
+    return isinstance(module, TrainableTokensWrapper)
 
 
 def merge_lora(model: "DamoModel") -> "DamoModel":

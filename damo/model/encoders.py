@@ -107,7 +107,8 @@ class HFVisionEncoder(nn.Module):
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         B, T = frames.shape[:2]
         x = (frames.flatten(0, 1) - self.mean) / self.std          # (B*T, 3, H, W)
-        h = self.model(pixel_values=x).last_hidden_state            # (B*T, [1+]P, Dv)
+        # a tower kept in bf16 (frozen, on GPU) takes and gives its own dtype; the model continues in fp32
+        h = self.model(pixel_values=x.to(self.model.dtype)).last_hidden_state.float()   # (B*T, [1+]P, Dv)
         if not self.has_cls:
             h = torch.cat([h.mean(1, keepdim=True), h], 1)          # (B*T, 1+P, Dv)
         return h.unflatten(0, (B, T))

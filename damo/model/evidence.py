@@ -17,10 +17,18 @@ from torch import nn
 
 
 class EvidenceHead(nn.Module):
-    def __init__(self, d_llm: int, d: int = 64):
+    """Two MLPs (``<evi>`` state -> query, frame state -> key) of width ``hidden`` (0: ``d_llm``); with
+    ``norm`` each starts with a LayerNorm, as D²VLM's official ``frm_head``/``evi_head`` do
+    (LayerNorm(C), Linear(C, C/2), GELU, Linear(C/2, C): ``hidden = C/2``, ``d = C``)."""
+
+    def __init__(self, d_llm: int, d: int = 64, hidden: int = 0, norm: bool = False):
         super().__init__()
-        self.query = nn.Sequential(nn.Linear(d_llm, d_llm), nn.GELU(), nn.Linear(d_llm, d))
-        self.frame = nn.Sequential(nn.Linear(d_llm, d_llm), nn.GELU(), nn.Linear(d_llm, d))
+        h = hidden or d_llm
+
+        def mlp() -> nn.Sequential:
+            return nn.Sequential(*([nn.LayerNorm(d_llm)] if norm else []), nn.Linear(d_llm, h), nn.GELU(), nn.Linear(h, d))
+
+        self.query, self.frame = mlp(), mlp()
         self.scale = d ** -0.5
 
     def logits(self, h_evi: torch.Tensor, h_frames: torch.Tensor) -> torch.Tensor:

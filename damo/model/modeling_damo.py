@@ -58,6 +58,7 @@ class VisionConfig:
     pretrained: bool = True            # false: random weights from `config` (tests, rebuilding a saved model)
     config: dict = field(default_factory=dict)   # transformers config fields (overrides when pretrained)
     allow_pickle: bool = False         # accept .bin/.pt weights (pickles can run code when loaded)
+    dtype: str = "float32"             # tower weights: float32 | bfloat16 | float16 | auto (bf16 on GPU: for frozen towers)
 
 
 @dataclass
@@ -75,6 +76,7 @@ class AudioConfig:
     pretrained: bool = True
     config: dict = field(default_factory=dict)
     allow_pickle: bool = False
+    dtype: str = "float32"             # as VisionConfig.dtype
 
 
 @dataclass
@@ -108,6 +110,10 @@ class LLMConfig:
     lora: dict | None = None   # {r, alpha, dropout, targets}; None: no LoRA
     gradient_checkpointing: bool = False
     allow_pickle: bool = False # accept .bin/.pt weights (pickles can run code when loaded)
+    # the LLM inside a VLM checkpoint folder (LLaVA-NeXT, LLaVA-OneVision): the decoder's module path in
+    # the AutoModelForImageTextToText it loads as, e.g. model.language_model (backbones.causal_lm_from_vlm)
+    submodule: str | None = None
+    dtype: str = "float32"     # weights' dtype: float32 | bfloat16 | float16 | auto (bf16 on a bf16 GPU, else fp32)
 
 
 @dataclass
@@ -116,6 +122,8 @@ class EvidenceConfig:
     threshold: float = 0.6     # salient frames: score >= threshold x max (D²VLM appendix A)
     semantic_capture: bool = True
     level: str = "event"       # event: one <evi> grounds an interval; frame: a (start, end) pair of single frames (D²VLM Table 6)
+    hidden: int = 0            # width of the heads' hidden layer (0: the LLM width)
+    norm: bool = False         # LayerNorm before the heads (D²VLM's official frm_head / evi_head)
 
 
 @dataclass
@@ -189,7 +197,9 @@ class TextEncoder(nn.Module):
         return self.out(h)                                                       # (B, out)
 
 
-def build_llm(cfg: LLMConfig, tok: PreTrainedTokenizerFast) -> nn.Module:
+def build_llm(cfg: LLMConfig, tok: PreTrainedTokenizerFast, new_tokens: list[int] | None = None) -> nn.Module:
+    """The LLM an :class:`LLMConfig` names; ``new_tokens`` are the vocabulary rows we add (they train
+    with LoRA in the embeddings and the output head, see :func:`backbones.build_causal_lm`)."""
     if cfg.kind == "tiny_qwen2":
         c = Qwen2Config(vocab_size=len(tok), hidden_size=cfg.hidden, intermediate_size=cfg.intermediate,
                         num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads,
@@ -197,7 +207,7 @@ def build_llm(cfg: LLMConfig, tok: PreTrainedTokenizerFast) -> nn.Module:
                         pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
         return AutoModelForCausalLM.from_config(c)
     if cfg.kind == "hf":
-        return backbones.build_causal_lm(cfg, tok)
+        return backbones.build_causal_lm(cfg, tok, new_tokens)
     raise ValueError(f"unknown llm.kind {cfg.kind!r}; valid: tiny_qwen2, hf")
 
 
@@ -220,13 +230,18 @@ class DamoModel(nn.Module):
         # the processor adds LAPE coordinate tokens (LLaVA-ST eq. 4) before the LLM is sized to the vocabulary
         self.processor = DamoProcessor.from_model_config(cfg, tokenizer)
         self.time_ids = self.processor.coord_axes.get("t", [])
-        self.llm = build_llm(cfg.llm, tokenizer)
+        ours = [t for t in tk.SPECIAL_TOKENS if t in tokenizer.get_vocab()]
+        self.new_token_ids = tokenizer.convert_tokens_to_ids(ours) + sorted(self.processor.axis_of)
+        self.llm = build_llm(cfg.llm, tokenizer, self.new_token_ids)
+        self.trained: set[str] = set()     # parameter names any stage trained (damo.train.loop.set_trainable)
         C = self.llm.config.hidden_size
         # Both video paths end in a LayerNorm whose gain starts at the RMS of the LLM's word
         # embeddings, so video tokens enter the LLM at the scale of text tokens. Without it they
         # were 50-200x larger: the frames' residual stream barely changed across layers (frame
         # states ignored the question) and generation could not even restate the question.
-        rms = float(self.llm.get_input_embeddings().weight.detach().float().pow(2).mean().sqrt())
+        w = self.llm.get_input_embeddings().weight
+        # on the meta device (damo.plan) there are no values to measure: any gain has the same shape
+        rms = 1.0 if w.is_meta else float(w.detach().float().pow(2).mean().sqrt())
         if self.processor.time.sinusoid:
             self.time_proj = nn.Linear(D, D)
         self.projector = nn.Sequential(nn.Linear(D, C), nn.GELU(), nn.Linear(C, C), nn.LayerNorm(C))
@@ -235,7 +250,7 @@ class DamoModel(nn.Module):
         self.bridge_out = nn.Sequential(nn.Linear(D, C), nn.LayerNorm(C))
         for norm in (self.projector[-1], self.bridge_out[-1]):
             nn.init.constant_(norm.weight, rms)
-        self.evidence = EvidenceHead(C, cfg.evidence.dim)
+        self.evidence = EvidenceHead(C, cfg.evidence.dim, cfg.evidence.hidden, cfg.evidence.norm)
         self.text_encoder = TextEncoder(len(tokenizer), D, cfg.align_dim)
         self.align_video = nn.Linear(D, cfg.align_dim)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
@@ -458,40 +473,87 @@ class DamoModel(nn.Module):
                 for r, c in zip(rows, clips)]
 
     # -------------------------------------------------------------- save/load
+    def pretrained_keys(self) -> set[str]:
+        """State-dict keys whose values come from pretrained backbone weights (a hub id or a folder)
+        and that no stage trained: :meth:`save` refers to them by name instead of storing them."""
+        parts = []
+        if self.cfg.vision.kind == "hf_vision" and self.cfg.vision.pretrained:
+            parts.append("vision.model.")
+        if self.cfg.audio.kind == "hf_whisper" and self.cfg.audio.pretrained:
+            parts.append("audio.encoder.")
+        keys = {k for k in self.state_dict() if k.startswith(tuple(parts))}
+        if self.cfg.llm.kind == "hf" and self.cfg.llm.pretrained:
+            keys |= {k for k in self.state_dict() if k.startswith("llm.") and "lora_" not in k
+                     and "trainable_tokens" not in k}
+        return keys - self.trained
+
+    def token_row_keys(self) -> list[str]:
+        """Keys of the LLM's input-embedding and output-head weights (one key when tied)."""
+        ptr = {v.data_ptr(): k for k, v in reversed(list(self.state_dict(keep_vars=True).items()))}
+        emb, head = self.llm.get_input_embeddings(), self.llm.get_output_embeddings()
+        mods = [emb] if head is None else [emb, head]
+        # peft's trainable-token wrapper answers .weight with merged weights: the stored one is its base layer's
+        w = [m.token_adapter.get_base_layer().weight if backbones.is_token_wrapper(m) else m.weight for m in mods]
+        return list(dict.fromkeys(ptr[x.data_ptr()] for x in w))
+
     def save(self, path: str | Path) -> None:
         """``config.json`` + ``model.safetensors`` + ``tokenizer/`` + ``processor_config.json`` (+ ``backbones.json``),
         written atomically per file.
 
-        ``backbones.json`` holds the full transformers configs of HF backbones, so :meth:`load`
-        rebuilds them without fetching the original pretrained weights (they are in the file).
+        With pretrained backbones (named by hub id or folder in the config) only what differs from
+        them is stored: new modules, LoRA adapters, the LLM's rows of our added tokens, and any
+        pretrained weight a stage trained; ``base.json`` names the base weights and lists what it
+        refers to. :meth:`load` rebuilds the pretrained parts from their names, then applies these.
+        A 7B LLM with LoRA thus saves a few hundred MB instead of its full 15-30 GB. The LoRA adapter
+        is also written in peft's own format (``llm_adapter/``) for HF tooling.
+
+        Without pretrained parts everything is stored, and ``backbones.json`` holds the full
+        transformers configs of HF backbones, so :meth:`load` rebuilds them without fetching anything.
         """
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         self.tokenizer.save_pretrained(str(path / "tokenizer"))
         self.processor.save_pretrained(path)
         hf = backbones.hf_configs(self)
+        base = self.pretrained_keys()
+        rows = {}
+        if base:
+            ids = torch.as_tensor(self.new_token_ids, dtype=torch.long)
+            sd = self.state_dict()
+            rows = {k: sd[k][ids] for k in self.token_row_keys() if k in base}
         files = {"config.json": json.dumps(asdict(self.cfg), indent=2)} | (
-            {"backbones.json": json.dumps(hf, indent=2)} if hf else {})
+            {"backbones.json": json.dumps(hf, indent=2)} if hf else {}) | (
+            {"base.json": json.dumps({"base": {p: getattr(self.cfg, p).name_or_path for p in ("vision", "audio", "llm")
+                                               if getattr(self.cfg, p).pretrained and getattr(self.cfg, p).kind.startswith("hf")},
+                                      "referenced": len(base), "token_ids": self.new_token_ids,
+                                      "trained": sorted(self.trained)}, indent=2)} if base else {})
         for name, text in files.items():
             tmp = path / f"{name}.tmp"
             tmp.write_text(text)
             tmp.replace(path / name)
+        if not base:
+            (path / "base.json").unlink(missing_ok=True)
+        if backbones.is_lora(self.llm):
+            # adapter and token-row deltas only: the resized embeddings are base weights plus token_rows above
+            self.llm.save_pretrained(str(path / "llm_adapter"), save_embedding_layers=False)
         # tied weights (embeddings and LM head, peft's shared token deltas) are stored once:
         # safetensors refuses shared storage, and the rebuilt model shares it again on load
         state, seen = {}, set()
         for k, v in self.state_dict().items():
             key = (v.data_ptr(), tuple(v.shape), v.dtype)
-            if v.numel() and key in seen:
+            if k in base or (v.numel() and key in seen):
                 continue
             seen.add(key)
             state[k] = v.detach().cpu().contiguous()
+        state |= {f"token_rows::{k}": v.detach().cpu().contiguous() for k, v in rows.items()}
         save_file(state, str(path / "model.safetensors.tmp"), metadata={"format": "pt"})
         (path / "model.safetensors.tmp").replace(path / "model.safetensors")   # last: marks the folder complete
 
     @classmethod
     def load(cls, path: str | Path, allow_pickle: bool = False) -> "DamoModel":
-        """Rebuild a saved model exactly. Weights come from ``model.safetensors``; a pickled
-        ``model.bin``/``model.pt`` is read only with ``allow_pickle=True`` (unpickling can run code)."""
+        """Rebuild a saved model exactly. Weights come from ``model.safetensors`` (plus, when the
+        folder has a ``base.json``, the pretrained weights it names); a pickled ``model.bin``/``model.pt``
+        is read only with ``allow_pickle=True`` (unpickling can run code)."""
         path = Path(path)
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"{path} is not a DaMO model folder (needs config.json and model.safetensors)")
@@ -503,12 +565,14 @@ class DamoModel(nn.Module):
             weights = pickled[0]
         cfg = DamoConfig.from_dict(json.loads((path / "config.json").read_text()))
         state = backbones.load_state_file(weights, allow_pickle=allow_pickle)
+        rows = {k.split("::", 1)[1]: state.pop(k) for k in [k for k in state if k.startswith("token_rows::")]}
         tok = PreTrainedTokenizerFast.from_pretrained(str(path / "tokenizer"))
         build = copy.deepcopy(cfg)
+        ref = json.loads((path / "base.json").read_text()) if (path / "base.json").is_file() else None
         hf = json.loads((path / "backbones.json").read_text()) if (path / "backbones.json").is_file() else {}
-        for part, hf_cfg in hf.items():     # rebuild HF backbones from their configs: weights come from `state`
+        for part, hf_cfg in ({} if ref else hf).items():     # rebuild HF backbones from their configs: weights come from `state`
             sub = getattr(build, part)
-            sub.pretrained, sub.config = False, hf_cfg
+            sub.pretrained, sub.config, sub.submodule = False, hf_cfg, None
             sub.family = backbones.FAMILY_OF_MODEL_TYPE.get(hf_cfg["model_type"], hf_cfg["model_type"])
         model = cls(build, tok)
         model.cfg = cfg
@@ -517,9 +581,19 @@ class DamoModel(nn.Module):
         ptr = {k: v.data_ptr() for k, v in model.state_dict().items()}
         missing, unexpected = model.load_state_dict(state, strict=False)
         loaded = {ptr[k] for k in state if k in ptr}
-        missing = [k for k in missing if ptr[k] not in loaded]     # aliases of loaded tensors (tied weights)
-        if missing or unexpected:
+        base = model.pretrained_keys() if ref else set()
+        if ref:
+            model.trained = set(ref["trained"])
+            base -= model.trained
+        missing = [k for k in missing if ptr[k] not in loaded and k not in base]   # tied aliases, pretrained weights
+        if missing or unexpected or set(rows) - set(ptr):
             raise ValueError(f"checkpoint {path} does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        if rows:
+            ids = torch.as_tensor(ref["token_ids"], dtype=torch.long)
+            sd = model.state_dict()
+            with torch.no_grad():
+                for k, v in rows.items():
+                    sd[k][ids] = v.to(sd[k].dtype)
         model.llm.tie_weights()
         return model.eval()
 

@@ -38,14 +38,25 @@ from damo.train.losses import LOSSES, NEEDS_LLM, NEEDS_MODEL, PREFERENCE
 
 
 def set_trainable(model: DamoModel, patterns: list[str]) -> int:
-    """Freeze everything except parameters whose name matches a glob; returns the trainable count."""
+    """Freeze everything except parameters whose name matches a glob; returns the trainable count.
+
+    Every pattern must match at least one parameter (a typo would otherwise leave a part frozen
+    without a word). The names that ever trained are remembered in ``model.trained``, so a saved
+    model knows which pretrained weights changed (:meth:`DamoModel.save`).
+    """
+    names = [name for name, _ in model.named_parameters()]
+    unmatched = [pat for pat in patterns if not any(fnmatch.fnmatch(n, pat) for n in names)]
+    if unmatched:
+        hint = sorted({n.split(".")[0] for n in names})
+        raise ValueError(f"trainable patterns {unmatched} match no parameter of this model; fix or remove them "
+                         f"(parameter names start with {hint}; LoRA weights match 'llm.*lora_*', new token rows "
+                         f"'llm.*trainable_tokens*')")
     n = 0
     for name, p in model.named_parameters():
         p.requires_grad = any(fnmatch.fnmatch(name, pat) for pat in patterns)
-        n += p.numel() if p.requires_grad else 0
-    if n == 0:
-        raise ValueError(f"trainable patterns {patterns} match no parameter; names look like "
-                         f"{[k for k, _ in list(model.named_parameters())[:3]]}")
+        if p.requires_grad:
+            n += p.numel()
+            model.trained.add(name)
     return n
 
 

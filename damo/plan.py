@@ -1,0 +1,266 @@
+"""A dry run of a recipe at full scale, offline: parameters and per-GPU memory per stage.
+
+:func:`plan` builds the whole model of a config on PyTorch's meta device (shapes, no values, no
+memory) from the config alone: every HF tower is built from the transformers config the file
+states (``pretrained`` is ignored, so nothing is fetched), and a stand-in tokenizer of the LLM's
+vocabulary size plus our added tokens takes the place of the real one. For each stage it then
+
+1. marks the stage's trainable parameters (:func:`damo.train.loop.set_trainable`: a pattern that
+   matches nothing fails here, before any GPU time is spent) and counts total and trainable
+   parameters per top-level module;
+2. runs one forward and backward of the stage's losses on meta tensors for one clip of
+   ``frames`` frames and a question + answer of ``text_tokens`` tokens, through the real
+   processor, collator and model, recording the bytes autograd saves for the backward pass
+   (``torch.autograd.graph.saved_tensors_hooks``). This is done with the LLM's gradient
+   checkpointing on and off: the difference is what its decoder layers save, of which a
+   checkpointed run keeps only each layer's input plus one layer's worth while it recomputes.
+
+Memory per GPU (bytes; ``P`` all parameters, ``P_t`` trainable, ``A`` activations of one clip):
+
+- weights: frozen parameters in bf16 (``dtype: auto`` on GPU), trainable ones in fp32 (LoRA and
+  new modules stay fp32; the forward runs under bf16 autocast): ``2 (P - P_t) + 4 P_t``;
+- gradients ``4 P_t`` and AdamW's two moments ``8 P_t`` (fp32);
+- DDP replicates all of it and adds its gradient buckets (``4 P_t``);
+  FSDP (full sharding) divides weights, gradients and moments by the GPU count and adds the
+  largest unit gathered at once (twice, for prefetch);
+- activations ``micro_batch x A`` at bf16 (half the fp32 bytes the meta run records), plus a
+  fixed allowance for the CUDA context and allocator fragmentation (``OVERHEAD_GB``).
+
+This is an estimate for planning (the order of magnitude and what dominates), not a measurement.
+"""
+from __future__ import annotations
+
+import copy
+import types
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from torch import nn
+from transformers import PreTrainedTokenizerFast
+
+from damo.config import Recipe, Stage
+from damo.data.collate import Collator
+from damo.data.schema import Sample
+from damo.model import backbones
+from damo.model import tokenizer as tk
+from damo.model.modeling_damo import DamoConfig, DamoModel
+from damo.model.processing import ClipTensors
+from damo.train.loop import StageLoss, set_trainable
+from damo.train.losses import NEEDS_LLM, PREFERENCE
+
+GB = 1024 ** 3
+OVERHEAD_GB = 2.0          # CUDA context, NCCL buffers, allocator fragmentation
+PARALLEL_MODES = ("ddp", "fsdp")
+
+
+def standin_tokenizer(cfg: DamoConfig) -> PreTrainedTokenizerFast:
+    """A tokenizer with the LLM's vocabulary size and our special tokens added as
+    :func:`damo.model.backbones.load_tokenizer` adds them: the same ``len(tokenizer)``, so the same
+    embedding and head shapes, without the real tokenizer files. Words split on whitespace, one
+    token each, so a text of ``n`` words is ``n`` tokens."""
+    if cfg.llm.kind != "hf":
+        from damo.model.tokenizer import train_tokenizer
+        return train_tokenizer(["a b c d e f g h"], cfg.llm.vocab_size)
+    size = cfg.llm.config.get("vocab_size")
+    if not size:
+        raise ValueError("damo plan builds the LLM from its config: write the LLM's transformers config out in "
+                         "llm.config (at least vocab_size and the layer sizes), as configs/paper-*.yaml do")
+    base = Tokenizer(models.WordLevel({f"w{i}": i for i in range(size)}, unk_token="w0"))
+    base.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(tokenizer_object=base, unk_token="w0", eos_token="w2")
+    tk.add_special_tokens(tok)
+    tok.add_special_tokens({"bos_token": tk.BOS})
+    return tok
+
+
+def skeleton_config(cfg: DamoConfig) -> DamoConfig:
+    """The config with every pretrained tower built from its stated transformers config instead."""
+    out = copy.deepcopy(cfg)
+    for part in (out.vision, out.audio, out.llm):
+        if part.kind.startswith("hf") and part.pretrained:
+            if not part.config:
+                raise ValueError(f"{part.kind} {part.name_or_path!r} has no stated transformers config; damo plan "
+                                 "needs the tower's config fields written out (see configs/paper-*.yaml)")
+            part.pretrained = False
+    out.llm.submodule = None
+    return out
+
+
+def build_meta(cfg: DamoConfig) -> DamoModel:
+    """The whole model on the meta device: every parameter has its real shape and no storage."""
+    tok = standin_tokenizer(cfg)
+    with torch.device("meta"):
+        return DamoModel(skeleton_config(cfg), tok)
+
+
+def module_counts(model: DamoModel) -> dict[str, dict[str, int]]:
+    """``{top-level module: {total, trainable}}`` (a shared tensor counted once)."""
+    out: dict[str, dict[str, int]] = {}
+    for name, p in model.named_parameters():
+        top = name.split(".")[0]
+        c = out.setdefault(top, {"total": 0, "trainable": 0})
+        c["total"] += p.numel()
+        c["trainable"] += p.numel() if p.requires_grad else 0
+    return out
+
+
+def _scatter_video(self: DamoModel, input_ids, frame_emb, fusion_emb, num_frames):
+    # DamoModel.scatter_video without its placeholder-count check, which reads values (the collator
+    # built the prompt with exactly this many placeholders)
+    emb = self.llm.get_input_embeddings()(input_ids)
+    parts = [torch.cat([fusion_emb[b], frame_emb[b, :n].flatten(0, 1)]) for b, n in enumerate(num_frames)]
+    return emb.masked_scatter((input_ids == self.video_id).unsqueeze(-1), torch.cat(parts).to(emb.dtype))
+
+
+def probe_batch(model: DamoModel, stage: Stage, frames: int, text_tokens: int) -> dict:
+    """One clip of ``frames`` frames with a question and an answer of ``text_tokens`` tokens in all, made
+    by the model's processor and the training collator, moved to the meta device."""
+    c = model.cfg
+    T = frames
+    clip = ClipTensors(frames=torch.zeros(T, c.vision.image_size, c.vision.image_size, 3, dtype=torch.uint8),
+                       mel=torch.zeros(T, c.audio.frames, c.audio.n_mels), times=torch.arange(T) + 0.5,
+                       duration=float(T))
+    q = min(text_tokens // 2, model.processor.config.max_query_tokens)
+    task = "dense_caption" if stage.tasks == ["dense_caption"] else "grounding"
+    words = ["w5"] * (text_tokens - q)
+    sample = Sample(id="plan", video="plan", duration=float(T), task=task, query=" ".join(["w4"] * q),
+                    answer=" ".join(words), spans=[[T * 0.25, T * 0.5]], captions=[" ".join(words)])
+    batch = Collator.for_model(model)([(sample, clip)])
+    out = {k: v.to("meta") if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    # the contrastive loss branches on whether a clip has a hard negative: kept as values (none here)
+    out["align_neg_mask"] = torch.zeros_like(batch["align_neg_mask"])
+    L = out["input_ids"].shape[1]
+    # a 4-D mask is used as given: transformers' padding checks read values
+    out["attention_mask"] = torch.ones(1, 1, L, L, dtype=torch.bool, device="meta")
+    return out
+
+
+@contextmanager
+def _count_saved(acc: list[int]):
+    def pack(t: torch.Tensor):
+        acc[0] += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        yield
+
+
+def _checkpointing(model: DamoModel, on: bool) -> None:
+    llm = model.llm.get_base_model() if backbones.is_lora(model.llm) else model.llm
+    if on:
+        llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        llm.gradient_checkpointing_disable()
+
+
+def saved_bytes(model: DamoModel, stage: Stage, batch: dict, checkpointing: bool) -> int:
+    """Bytes autograd saves for backward in one forward of the stage's losses (meta tensors), after
+    running the backward to check it goes through."""
+    _checkpointing(model, checkpointing)
+    acc = [0]
+    use_llm = bool(NEEDS_LLM & set(stage.losses))
+    with _count_saved(acc), torch.device("meta"):      # tensors the losses create go to meta too
+        total, _ = StageLoss(model, stage.losses, use_llm)(batch)
+    total.backward()
+    model.zero_grad(set_to_none=True)
+    return acc[0]
+
+
+def activation_bytes(model: DamoModel, stage: Stage, frames: int, text_tokens: int) -> dict:
+    """Activation bytes of one clip (fp32 as recorded) with the LLM's gradient checkpointing."""
+    batch = probe_batch(model, stage, frames, text_tokens)
+    model.train()
+    # tokens per frame from the budget formula: the largest K training can draw (the memory worst case),
+    # and no random draw, which would be made on the meta device
+    model.compressor.eval()
+    full = saved_bytes(model, stage, batch, checkpointing=False)
+    ckpt = saved_bytes(model, stage, batch, checkpointing=True)
+    _checkpointing(model, model.cfg.llm.gradient_checkpointing)
+    llm = model.llm.get_base_model() if backbones.is_lora(model.llm) else model.llm
+    n_layers, C = llm.config.num_hidden_layers, llm.config.hidden_size
+    L = batch["input_ids"].shape[1]
+    if not model.cfg.llm.gradient_checkpointing:
+        return {"bytes": full, "tokens": L}
+    inside = max(0, full - ckpt)                       # what the decoder layers save without checkpointing
+    kept = ckpt + n_layers * L * C * 4 + inside // n_layers
+    return {"bytes": kept, "tokens": L}
+
+
+def largest_unit(model: DamoModel) -> int:
+    """Parameters of the largest FSDP unit gathered whole at once: a layer of any ``*layers`` list
+    (:func:`damo.train.distributed.fsdp_units`), or the root with everything outside those layers."""
+    from damo.train.distributed import fsdp_units
+
+    sizes = [sum(p.numel() for p in u.parameters()) for u in fsdp_units(model)]
+    return max(sizes + [sum(p.numel() for p in model.parameters()) - sum(sizes)])
+
+
+def memory_gb(total: int, trainable: int, act_fp32: int, gpus: int, micro_batch: int, unit: int) -> dict[str, float]:
+    """Per-GPU memory (GB) under DDP and FSDP; see the module docstring for the model."""
+    weights = 2 * (total - trainable) + 4 * trainable
+    grads, adam = 4 * trainable, 8 * trainable
+    act = micro_batch * act_fp32 / 2                   # bf16 autocast
+    ddp = weights + grads + adam + 4 * trainable + act
+    fsdp = (weights + grads + adam) / gpus + 2 * 2 * unit + act
+    return {"ddp": round(ddp / GB + OVERHEAD_GB, 1), "fsdp": round(fsdp / GB + OVERHEAD_GB, 1)}
+
+
+@dataclass
+class PlanOptions:
+    gpus: int = 8
+    gpu_gb: float = 80.0
+    frames: int | None = None          # default: the config's llm_frames
+    text_tokens: int = 256
+    micro_batch: int = 1
+
+
+def plan(cfg: DamoConfig, recipe: Recipe | None = None, opts: PlanOptions | None = None) -> dict:
+    """Per stage: ``modules`` ``{name: {total, trainable}}``, ``total``, ``trainable``, ``activation_gb``
+    (one clip, bf16), ``memory_gb`` ``{ddp, fsdp}`` per GPU and ``fits`` per mode (``<= gpu_gb``).
+    Without a recipe there is one stage, ``all``, training every parameter."""
+    opts = opts or PlanOptions()
+    if opts.gpus < 1 or opts.micro_batch < 1 or opts.text_tokens < 8:
+        raise ValueError("gpus and micro_batch must be >= 1 and text_tokens >= 8")
+    frames = opts.frames or cfg.llm_frames or 64
+    model = build_meta(cfg)
+    model.scatter_video = types.MethodType(_scatter_video, model)
+    unit = largest_unit(model)
+    stages = recipe.stages if recipe else [Stage(name="all", losses={"lm": 1.0}, steps=1)]
+    out = {"config": {"frames": frames, "text_tokens": opts.text_tokens, "gpus": opts.gpus, "gpu_gb": opts.gpu_gb,
+                      "micro_batch": opts.micro_batch}, "stages": {}}
+    for st in stages:
+        set_trainable(model, st.trainable)
+        counts = module_counts(model)
+        total = sum(c["total"] for c in counts.values())
+        trainable = sum(c["trainable"] for c in counts.values())
+        entry = {"modules": counts, "total": total, "trainable": trainable}
+        if PREFERENCE & set(st.losses):   # a preference pair is a chosen and a rejected row of the same clip
+            probe = Stage(name=st.name, losses={"lm": 1.0}, steps=1, trainable=st.trainable, tasks=st.tasks)
+            act = activation_bytes(model, probe, frames, opts.text_tokens)
+            act["bytes"] *= 2
+        else:
+            act = activation_bytes(model, st, frames, opts.text_tokens)
+        mem = memory_gb(total, trainable, act["bytes"], opts.gpus, opts.micro_batch, unit)
+        entry |= {"tokens": act["tokens"], "activation_gb": round(act["bytes"] / 2 / GB, 2), "memory_gb": mem,
+                  "fits": {k: v <= opts.gpu_gb for k, v in mem.items()}}
+        out["stages"][st.name] = entry
+    return out
+
+
+def format_plan(p: dict, name: str = "") -> str:
+    """The plan as a readable table per stage."""
+    c = p["config"]
+    lines = [f"{name}: {c['frames']} frames, {c['text_tokens']} text tokens, micro-batch {c['micro_batch']}, "
+             f"{c['gpus']} x {c['gpu_gb']:g} GB"]
+    for st, e in p["stages"].items():
+        lines.append(f"\nstage {st}: {e['total'] / 1e9:.3f} B parameters, {e['trainable'] / 1e6:.1f} M trainable, "
+                     f"{e['tokens']} LLM tokens, activations {e['activation_gb']:.2f} GB per clip")
+        lines.append(f"  {'module':<16}{'total':>16}{'trainable':>16}")
+        for m, v in e["modules"].items():
+            lines.append(f"  {m:<16}{v['total']:>16,}{v['trainable']:>16,}")
+        for mode in PARALLEL_MODES:
+            ok = "fits" if e["fits"][mode] else "DOES NOT FIT"
+            lines.append(f"  memory per GPU, {mode}: {e['memory_gb'][mode]:.1f} GB ({ok})")
+    return "\n".join(lines)

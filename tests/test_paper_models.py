@@ -1,0 +1,236 @@
+"""The papers' models at full size on the meta device (damo plan), their LLM out of a VLM checkpoint,
+trainable-only saves, and tiny stand-ins of each paper config training every stage of its recipe."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from transformers import (AutoModelForCausalLM, CLIPVisionConfig, CLIPVisionModel, LlavaNextConfig,
+                          LlavaNextForConditionalGeneration, MistralConfig, Phi3Config, Qwen2Config,
+                          SiglipVisionConfig, SiglipVisionModel, WhisperConfig)
+from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+from damo.config import Recipe, load_recipe
+from damo.data.dataset import ClipLoader, load_dataset
+from damo.model.modeling_damo import DamoConfig, DamoModel, LLMConfig
+from damo.model.tokenizer import train_tokenizer
+from damo.plan import PlanOptions, build_meta, memory_gb, module_counts, plan
+from damo.train.loop import run_stage, set_trainable
+from damo.train.recipe import build_model
+
+REPO = Path(__file__).resolve().parents[1]
+PAPERS = ["damo", "d2vlm", "llava-st"]
+LLM_CLASSES = {"mistral": MistralConfig, "phi3": Phi3Config, "qwen2": Qwen2Config}
+
+
+def paper_config(name: str) -> dict:
+    return yaml.safe_load((REPO / "configs" / f"paper-{name}.yaml").read_text())
+
+
+@pytest.fixture(scope="module")
+def meta_models():
+    return {name: build_meta(DamoConfig.from_dict(paper_config(name))) for name in PAPERS}
+
+
+def meta_count(model_cls, config) -> int:
+    with torch.device("meta"):
+        return sum(p.numel() for p in model_cls(config).parameters())
+
+
+@pytest.mark.parametrize("name", PAPERS)
+def test_each_tower_has_the_size_of_its_transformers_class(meta_models, name):
+    d, model = paper_config(name), meta_models[name]
+    v = d["vision"]
+    cls, ccls = {"clip": (CLIPVisionModel, CLIPVisionConfig), "siglip": (SiglipVisionModel, SiglipVisionConfig)}[v["family"]]
+    assert sum(p.numel() for p in model.vision.parameters()) == meta_count(cls, ccls(**v["config"]))
+    if d["audio"]["kind"] == "hf_whisper":
+        want = meta_count(WhisperEncoder, WhisperConfig(**d["audio"]["config"]))
+        assert sum(p.numel() for p in model.audio.parameters()) == want
+    # the LLM: the transformers class from the same config, plus LoRA and the added token rows
+    llm_cfg = LLM_CLASSES[d["llm"]["family"]](**d["llm"]["config"])
+    base = model.llm.get_base_model()
+    frozen = sum(p.numel() for n, p in base.named_parameters() if "lora_" not in n and "trainable_tokens" not in n)
+    added = (len(model.tokenizer) - llm_cfg.vocab_size) * llm_cfg.hidden_size * 2     # untied: embedding + head
+    assert frozen == meta_count(lambda c: AutoModelForCausalLM.from_config(c), llm_cfg) + added
+    assert model.llm.peft_config["default"].r == d["llm"]["lora"]["r"]
+
+
+def test_damo_temporal_stage_trains_lora_r32_new_modules_and_token_rows(meta_models):
+    """Trainable count of the DaMO recipe's temporal stage from Mistral-7B's layer shapes: LoRA r=32
+    adds r (in + out) per target projection per layer; each added token trains one embedding row and
+    one head row; the new modules train whole."""
+    model = meta_models["damo"]
+    recipe = load_recipe(REPO / "recipes" / "paper-damo.yaml")
+    stage = next(s for s in recipe.stages if s.name == "temporal")
+    n = set_trainable(model, stage.trainable)
+    c = paper_config("damo")["llm"]["config"]
+    h, kv = c["hidden_size"], c["num_key_value_heads"] * c["hidden_size"] // c["num_attention_heads"]
+    shapes = {"q": (h, h), "k": (h, kv), "v": (h, kv), "o": (h, h), "gate": (h, c["intermediate_size"]),
+              "up": (h, c["intermediate_size"]), "down": (c["intermediate_size"], h)}
+    lora = c["num_hidden_layers"] * sum(32 * (i + o) for i, o in shapes.values())
+    rows = 2 * h * len(model.new_token_ids)
+    new = sum(p.numel() for m in ("residual_v", "residual_a", "temporal_conv", "fuseformer", "projector", "bridge",
+                                  "bridge_out") for p in getattr(model, m).parameters()) + model.bridge_queries.numel()
+    assert n == lora + rows + new
+    assert lora == 83_886_080
+    counts = module_counts(model)
+    assert counts["vision"]["trainable"] == counts["audio"]["trainable"] == 0
+    assert counts["llm"]["trainable"] == lora + rows
+
+
+def test_lape_tokens_train_in_embeddings_and_output_head(meta_models):
+    model = meta_models["llava-st"]
+    assert len(model.processor.coord_axes["t"]) == 100 and len(model.processor.coord_axes["x"]) == 100
+    deltas = {n: p for n, p in model.named_parameters() if "trainable_tokens" in n}
+    assert any("embed_tokens" in n for n in deltas) and any("lm_head" in n for n in deltas)
+    assert all(p.shape[0] == len(model.new_token_ids) for p in deltas.values())
+    assert set(model.processor.axis_of) <= set(model.new_token_ids)
+
+
+def test_plan_runs_a_stage_and_reports_what_does_not_fit():
+    recipe = load_recipe(REPO / "recipes" / "paper-damo.yaml")
+    recipe.stages = [s for s in recipe.stages if s.name == "bridge"]
+    p = plan(recipe.model, recipe, PlanOptions(gpus=8, gpu_gb=12.0, frames=8, text_tokens=32))
+    e = p["stages"]["bridge"]
+    assert e["tokens"] > 32 + 8 and e["activation_gb"] > 0
+    assert e["memory_gb"]["fsdp"] < e["memory_gb"]["ddp"]
+    # DDP replicates 7.9 B bf16 weights (> 14 GB): does not fit in 12 GB; FSDP over 8 GPUs does
+    assert e["fits"] == {"ddp": False, "fsdp": True}
+    assert e["total"] == sum(m["total"] for m in e["modules"].values())
+
+
+def test_memory_model_scales_with_gpus_only_under_fsdp():
+    a = memory_gb(7 * 10**9, 10**8, 2 * 1024**3, gpus=1, micro_batch=1, unit=10**8)
+    b = memory_gb(7 * 10**9, 10**8, 2 * 1024**3, gpus=8, micro_batch=1, unit=10**8)
+    assert a["ddp"] == b["ddp"] and b["fsdp"] < a["fsdp"]
+
+
+def test_a_trainable_pattern_that_matches_nothing_fails(meta_models):
+    with pytest.raises(ValueError, match=r"\['fusefromer\.\*'\] match no parameter"):
+        set_trainable(meta_models["damo"], ["fuseformer.*", "fusefromer.*"])
+
+
+# ------------------------------------------------------------------ LLM out of a VLM checkpoint
+TINY = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+            pad_token_id=0, bos_token_id=1, eos_token_id=2)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return train_tokenizer(["when does the red square appear?", "the high tone plays", "red"] * 20, 300)
+
+
+def test_llm_loads_out_of_a_llava_next_checkpoint_with_the_same_tensors(tmp_path, tok):
+    torch.manual_seed(0)
+    text = MistralConfig(vocab_size=len(tok), sliding_window=None, tie_word_embeddings=False, **TINY)
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                              patch_size=8, image_size=32)
+    vlm = LlavaNextForConditionalGeneration(LlavaNextConfig(text_config=text, vision_config=vision,
+                                                            image_token_index=3, image_grid_pinpoints=[[32, 32]]))
+    vlm.save_pretrained(tmp_path / "vlm")
+    tok.save_pretrained(tmp_path / "vlm")
+    cfg = DamoConfig(llm=LLMConfig(kind="hf", family="mistral", name_or_path=str(tmp_path / "vlm"),
+                                   submodule="model.language_model", config={"hidden_size": 32}))
+    model = build_model(cfg, [])
+    mine = model.llm.state_dict()
+    theirs = {f"model.{k}": v for k, v in vlm.model.language_model.state_dict().items()} | {"lm_head.weight": vlm.lm_head.weight}
+    n = len(tok)
+    for k, v in theirs.items():
+        w = mine[k]
+        torch.testing.assert_close(w[:n] if w.shape[0] > n and "embed" in k or "lm_head" in k else w,
+                                   v[:w.shape[0]] if "embed" in k or "lm_head" in k else v, rtol=0, atol=0)
+    assert set(mine) == set(theirs)
+    bad = copy.deepcopy(cfg)
+    bad.llm.config = {"hidden_size": 4096}
+    with pytest.raises(ValueError, match="stated llm.config"):
+        build_model(bad, [])
+
+
+# ------------------------------------------------------------------ trainable-only saves
+def test_save_with_pretrained_backbones_stores_only_what_differs_and_reloads_exactly(tmp_path, tok):
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(MistralConfig(vocab_size=len(tok), sliding_window=None,
+                                                   tie_word_embeddings=False, **TINY)).save_pretrained(tmp_path / "llm")
+    tok.save_pretrained(tmp_path / "llm")
+    CLIPVisionModel(CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                     patch_size=8, image_size=32)).save_pretrained(tmp_path / "clip")
+    cfg = DamoConfig.from_dict({"time_encoding": "lape", "time_bins": 8,
+                                "vision": {"kind": "hf_vision", "family": "clip", "name_or_path": str(tmp_path / "clip")},
+                                "llm": {"kind": "hf", "name_or_path": str(tmp_path / "llm"), "lora": {"r": 4, "alpha": 8}}})
+    model = build_model(cfg, [])
+    set_trainable(model, ["llm.*lora_*", "llm.*trainable_tokens*", "projector.*", "vision.model.post_layernorm.*"])
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p))
+    model.save(tmp_path / "out")
+    from safetensors import safe_open
+    with safe_open(str(tmp_path / "out" / "model.safetensors"), "pt") as f:
+        keys = set(f.keys())
+    assert not any(k.startswith("llm.") and "lora_" not in k and "trainable_tokens" not in k and "::" not in k for k in keys)
+    assert "vision.model.post_layernorm.weight" in keys                    # trained: stored
+    assert "vision.model.pre_layrnorm.weight" not in keys                   # pretrained, frozen: named
+    assert (tmp_path / "out" / "llm_adapter" / "adapter_config.json").is_file()
+    back = DamoModel.load(tmp_path / "out")
+    a, b = model.state_dict(), back.state_dict()
+    assert set(a) == set(b)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+# ------------------------------------------------------------------ tiny stand-ins train every stage
+def tiny_stand_in(name: str, tok_len: int) -> dict:
+    """The paper config with the same classes at tiny sizes (random weights, nothing fetched)."""
+    d = paper_config(name)
+    fam = d["llm"]["family"]
+    extra = {"phi3": dict(original_max_position_embeddings=512), "mistral": dict(sliding_window=None)}.get(fam, {})
+    d["llm"] |= {"pretrained": False, "submodule": None, "gradient_checkpointing": False, "dtype": "float32",
+                 "config": TINY | extra | {"vocab_size": tok_len, "max_position_embeddings": 4096,
+                                           "tie_word_embeddings": False}}
+    d["llm"]["lora"] |= {"r": 4, "alpha": 8}
+    v = d["vision"]
+    v |= {"pretrained": False, "dtype": "float32", "image_size": 28,
+          "config": dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         patch_size=14, image_size=28)}
+    if d["audio"]["kind"] == "hf_whisper":
+        d["audio"] |= {"pretrained": False, "dtype": "float32",
+                       "config": dict(d_model=16, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=32,
+                                      decoder_layers=1, decoder_attention_heads=2, decoder_ffn_dim=32,
+                                      max_source_positions=1500, max_target_positions=32, vocab_size=64,
+                                      decoder_start_token_id=1, pad_token_id=0, bos_token_id=1, eos_token_id=2)}
+    d["fuser"] |= {"width": 16, "blocks": 1, "heads": 2, "visual_queries": 4, "audio_queries": 2, "fusion_tokens": 4,
+                   "frame_tokens": min(d["fuser"]["frame_tokens"], 2), "visual_tokens": 4}
+    if d.get("compressor", {}).get("kind") == "stp":
+        d["compressor"] = {"kind": "stp", "budget": 64, "k_min": 2, "k_max": 2,
+                           "options": {"heads": 2, "fast_side": 1, "stride": 2}}
+    d["evidence"] |= {"dim": 8} | ({"hidden": 8} if d["evidence"].get("hidden") else {})
+    d |= {"bridge_tokens": 2, "align_dim": 8, "llm_frames": 8, "time_bins": min(d.get("time_bins", 32), 8),
+          "box_bins": min(d.get("box_bins", 0), 4)}
+    return d
+
+
+@pytest.mark.parametrize("name", PAPERS)
+def test_tiny_stand_in_trains_every_stage_and_changes_exactly_what_the_recipe_names(name):
+    import fnmatch
+
+    recipe = load_recipe(REPO / "recipes" / f"paper-{name}.yaml")
+    samples = load_dataset("synth://easy?n=8&seed=0")
+    cfg = DamoConfig.from_dict(tiny_stand_in(name, 600))     # resized to the trained tokenizer when built
+    assert cfg.llm.family == recipe.model.llm.family and cfg.vision.family == recipe.model.vision.family
+    model = build_model(cfg, samples, 0)
+    clips = ClipLoader(model.processor, memory=True)
+    for i, stage in enumerate(recipe.stages):
+        stage.steps, stage.batch, stage.grad_accum, stage.warmup, stage.save_every = 2, 2, 1, 1, 0
+        before = {k: v.clone() for k, v in model.named_parameters()}
+        run_stage(model, stage, samples, clips, i, progress=False)
+        named = {k for k in before if any(fnmatch.fnmatch(k, p) for p in stage.trainable)}
+        moved = {k for k, v in model.named_parameters() if not torch.equal(before[k], v)}
+        assert moved <= named, f"{stage.name}: {sorted(moved - named)[:5]} changed but the recipe does not train them"
+        assert not any(k.startswith(("vision.", "audio.")) for k in moved)
+        assert moved, stage.name
+        if "llm.*lora_*" in stage.trainable:
+            assert any("lora_B" in k for k in moved) and any("trainable_tokens" in k for k in moved)
+            assert any("lm_head" in k and "trainable_tokens" in k for k in moved)
