@@ -128,7 +128,7 @@ def decode_position(logits: torch.Tensor) -> torch.Tensor:
 
 def _relative(t: torch.Tensor, duration: torch.Tensor | float) -> torch.Tensor:
     d = torch.as_tensor(duration, dtype=torch.float32)
-    if (d <= 0).any():
+    if not d.is_meta and (d <= 0).any():          # meta tensors (damo plan) carry no values
         raise ValueError(f"video duration must be > 0 seconds, got {d.tolist()}")
     return t.float() / d
 

@@ -65,7 +65,7 @@ def contrastive(out: dict, batch: dict, model) -> torch.Tensor:
                                   batch["align_text_mask"])
     scale = model.logit_scale.exp().clamp(max=100)
     logits = scale * v @ t.T                                                  # (B videos, B texts)
-    target = torch.arange(len(v))
+    target = torch.arange(len(v), device=v.device)
     has_neg = batch["align_neg_mask"].any(1)
     t2v = logits.T                                                            # (B texts, B videos)
     if has_neg.any():
