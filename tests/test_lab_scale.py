@@ -154,3 +154,41 @@ def test_training_memory_does_not_grow_with_the_number_of_clips():
     budget = 40    # MB; the 64 clips' tensors alone are ~125 MB
     assert large["peak_mb"] - small["peak_mb"] < budget, (small, large)
     assert kept["peak_mb"] - large["peak_mb"] > budget, (large, kept)
+
+
+def test_worker_processes_decode_after_the_parent_has(shared_data, tmp_path):
+    """A data-loader worker is forked from a process that has decoded (and holds swscale contexts
+    with threads): it must decode on its own instead of waiting on its parent's threads."""
+    from torch.utils.data import DataLoader
+
+    from damo.data.dataset import ClipDataset
+    from damo.media import decode_clip
+    from damo.model.modeling_damo import DamoConfig, DamoModel
+    from damo.model.tokenizer import train_tokenizer
+
+    videos = [str(shared_data / "videos" / n) for n in ("chaplin.mp4", "bikes.mp4", "charades_0F7LW.mp4")]
+    decode_clip(videos[0], 1.0, 32)
+    model = DamoModel(DamoConfig.from_dict(TINY_MODEL), train_tokenizer(["when?"], 300))
+    samples = [Sample(id=str(i), video=v, duration=10.0, task="grounding", query="when?") for i, v in enumerate(videos)]
+    ds = ClipDataset(samples, ClipLoader(model.processor, cache_dir=tmp_path))
+    got = list(DataLoader(ds, batch_size=None, num_workers=2, timeout=120))   # raises instead of hanging
+    assert [c.frames.shape[1:] for _, _, c in got] == [(32, 32, 3)] * 3
+
+
+def test_training_through_worker_processes_sees_the_same_batches():
+    from damo.config import Stage
+    from damo.model.modeling_damo import DamoConfig, DamoModel
+    from damo.model.tokenizer import train_tokenizer
+    from damo.train.loop import run_stage
+
+    samples = synth_samples("synth://easy?n=4&seed=0")
+    stats = []
+    for workers in (0, 2):
+        import torch
+        torch.manual_seed(0)
+        model = DamoModel(DamoConfig.from_dict(TINY_MODEL), train_tokenizer([s.query for s in samples], 300))
+        stage = Stage(name="s", losses={"lm": 1.0, "grounding_bce": 1.0}, steps=4, batch=4, warmup=1,
+                      trainable=["projector.*", "llm.*", "evidence.*"])
+        stats.append(run_stage(model, stage, samples, ClipLoader(model.processor), 0, progress=False,
+                               num_workers=workers))
+    assert stats[0] == pytest.approx(stats[1], rel=1e-6)

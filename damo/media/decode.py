@@ -129,13 +129,27 @@ def _check_header(name: str, limits: MediaLimits, width: int, height: int, durat
 
 
 _local = threading.local()
+_inherited: list[threading.local] = []
+
+
+def _fresh_after_fork() -> None:
+    """swscale runs worker threads; a forked child (a data-loader worker) inherits the contexts but not
+    their threads, so using or even freeing one waits forever. The child starts with its own contexts
+    and keeps the inherited ones alive, never freed."""
+    global _local
+    _inherited.append(_local)
+    _local = threading.local()
+
+
+os.register_at_fork(after_in_child=_fresh_after_fork)
 
 
 def _reformatter() -> av.video.reformatter.VideoReformatter:
     """One swscale context per thread, reused across files: creating one costs 1-3 ms, using it 0.1 ms."""
-    if "reformatter" not in _local.__dict__:
-        _local.reformatter = av.video.reformatter.VideoReformatter()
-    return _local.reformatter
+    local = _local
+    if "reformatter" not in local.__dict__:
+        local.reformatter = av.video.reformatter.VideoReformatter()
+    return local.reformatter
 
 
 class _Picker:
