@@ -1,4 +1,4 @@
-"""The thread default: one thread per process unless DAMO_THREADS says otherwise, for every command."""
+"""The thread default: DAMO_THREADS, else OMP_NUM_THREADS, else the idle cores, for every command."""
 from __future__ import annotations
 
 import os
@@ -22,7 +22,14 @@ def test_every_subcommand_sets_threads_before_running(monkeypatch):
     assert calls == [1]
 
 
-@pytest.mark.parametrize("env, expected", [({}, "1 1"), ({"DAMO_THREADS": "2"}, "2 2"),
+def test_without_a_setting_the_threads_are_the_idle_cores():
+    assert cli.idle_threads(2, 0.1) == 2          # nothing else running: both cores
+    assert cli.idle_threads(2, 0.9) == 1          # one core busy
+    assert cli.idle_threads(2, 4.5) == 1          # overloaded: never below one
+    assert cli.idle_threads(64, 0.0) == 8         # capped
+
+
+@pytest.mark.parametrize("env, expected", [({"DAMO_THREADS": "1"}, "1 1"), ({"DAMO_THREADS": "2"}, "2 2"),
                                            ({"OMP_NUM_THREADS": "2"}, "2 2")])
 def test_thread_default_reaches_torch(env, expected):
     base = {k: v for k, v in os.environ.items() if k not in ("DAMO_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
