@@ -154,3 +154,13 @@ def test_anchor_tables_read_the_llm_rows():
     emb.sum().backward()                                             # LAPE trains the token rows
     assert llm.get_input_embeddings().weight.grad[ids].abs().sum() > 0
     assert llm.lm_head.weight.grad[ids].abs().sum() > 0
+
+
+def test_time_positions_work_on_meta_tensors_for_planning():
+    """`damo plan` runs LAPE on the meta device, where durations carry no values to check."""
+    from damo.model.coordinates import soft_time_targets
+
+    t = torch.ones(3, device="meta")
+    assert soft_time_targets(t, torch.full((3,), 10.0, device="meta"), 8).shape == (3, 8)
+    with pytest.raises(ValueError, match="> 0 seconds"):
+        soft_time_targets(torch.ones(3), torch.zeros(3), 8)
