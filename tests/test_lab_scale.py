@@ -192,3 +192,27 @@ def test_training_through_worker_processes_sees_the_same_batches():
         stats.append(run_stage(model, stage, samples, ClipLoader(model.processor), 0, progress=False,
                                num_workers=workers))
     assert stats[0] == pytest.approx(stats[1], rel=1e-6)
+
+
+def test_a_long_clip_in_the_batch_does_not_change_how_a_short_one_is_grouped(trained):
+    """Over the llm_frames budget consecutive frames share a token; a batch must not impose a long
+    clip's grouping on a short one."""
+    import numpy as np
+    import torch
+
+    from damo.model.processing import ClipTensors
+
+    model, _ = trained
+    model.processor.config.llm_frames = 8      # a 12-frame clip is grouped in pairs, a 6-frame one is not
+    try:
+        g = torch.Generator().manual_seed(0)
+        clips = [ClipTensors(frames=torch.randint(0, 255, (T, 32, 32, 3), generator=g, dtype=torch.uint8),
+                             mel=torch.randn(T, 25, 32, generator=g), times=torch.arange(T) + 0.5, duration=float(T))
+                 for T in (6, 12)]
+        alone = [model.answer([c], ["when?"], 8)[0] for c in clips]
+        together = model.answer(clips, ["when?", "when?"], 8)
+        for a, b in zip(alone, together):
+            assert a["answer"] == b["answer"]
+            np.testing.assert_allclose(np.array(a["spans"]), np.array(b["spans"]), atol=1e-5)
+    finally:
+        model.processor.config.llm_frames = 64

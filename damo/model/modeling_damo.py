@@ -465,10 +465,19 @@ class DamoModel(nn.Module):
         return rows
 
     def answer(self, clips: list, queries: list[str], max_new_tokens: int = 48) -> list[dict]:
-        """Answer one question per clip (:class:`~damo.model.processing.ClipTensors`) in one batch:
+        """Answer one question per clip (:class:`~damo.model.processing.ClipTensors`) in batches:
         the processor's prompts, :meth:`generate`, and the processor's decoding into
         ``{"answer", "spans", "evidence", "scores", "tube"}`` per row."""
-        rows = self.generate(self.processor.generation_batch(clips, queries), max_new_tokens)
+        # clips whose frame-grouping differs (over the llm_frames budget) go in separate batches, so
+        # every clip is grouped as it would be alone
+        by_group: dict[int, list[int]] = {}
+        for i, c in enumerate(clips):
+            by_group.setdefault(self.processor.group(len(c.times)), []).append(i)
+        rows: list[dict] = [{}] * len(clips)
+        for idx in by_group.values():
+            batch = self.processor.generation_batch([clips[i] for i in idx], [queries[i] for i in idx])
+            for i, r in zip(idx, self.generate(batch, max_new_tokens)):
+                rows[i] = r
         return [self.processor.decode(r["ids"], r["evidence"], r["coords"], c.duration, c.times.tolist())
                 for r, c in zip(rows, clips)]
 
