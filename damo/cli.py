@@ -28,9 +28,9 @@ def _print(obj) -> None:
 
 def idle_threads(cores: int, load: float) -> int:
     """Threads worth using when the user names none: the cores the 1-minute load average leaves idle,
-    rounded, between 1 and 8. On a 2-core machine, 2 intra-op threads run 3.7-6x slower than 1 as
-    soon as anything else runs (every op waits for its slowest thread), and about 1.3x faster when
-    nothing does; the load average tells the two apart."""
+    rounded, between 1 and 8. A second intra-op thread helps only when its core is free: every op
+    waits for its slowest thread, so on a busy core it only adds waiting; the load average tells the
+    two cases apart."""
     return max(1, min(8, round(cores - load)))
 
 

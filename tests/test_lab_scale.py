@@ -3,8 +3,6 @@ videos, worker processes), and the real Charades-STA video through convert -> ev
 from __future__ import annotations
 
 import json
-import resource
-from pathlib import Path
 
 import pytest
 

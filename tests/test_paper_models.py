@@ -13,7 +13,7 @@ from transformers import (AutoModelForCausalLM, CLIPVisionConfig, CLIPVisionMode
                           SiglipVisionConfig, SiglipVisionModel, WhisperConfig)
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-from damo.config import Recipe, load_recipe
+from damo.config import load_recipe
 from damo.data.dataset import ClipLoader, load_dataset
 from damo.model.modeling_damo import DamoConfig, DamoModel, LLMConfig
 from damo.model.tokenizer import train_tokenizer

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from damo.data.schema import Sample, load_samples

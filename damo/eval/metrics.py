@@ -898,7 +898,6 @@ def dense_caption_metrics(gt: dict | Sequence[dict], pred: dict, tious: Sequence
         texts = sorted({_ascii(p["sentence"]) for ps in pred.values() for p in ps}
                        | {_ascii(s) for g in gts for v in g for s in g[v]["sentences"]} | {PDVC_UNMATCHED})
         tok = dict(zip(texts, captioner.tokenize(texts)))
-        names = CAPTION_METRICS + (("SentSim",) if sentsim else ())
         per_tiou: dict[str, list[float]] = {k: [] for k in CAPTION_METRICS}
         # SentSim pairs of every video at every tIoU, scored in one sentsim call after the loop;
         # (start, end) into them per video, None for a video without pairs (scores 0)

@@ -250,6 +250,26 @@ def _mel_power(padded: np.ndarray, n_frames: int, hop: int, win: int, fb: np.nda
     return power.astype(np.float32, copy=False) @ fb
 
 
+def _frame_windows(audio: np.ndarray | None, sr: int, fps: float, hop: int, num_frames: int | None
+                   ) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """The waveform cut to the clip's 1/fps windows (``num_frames`` of them; default: as many as it
+    needs) -> ``(x, starts (T,), per_window, total)``: window ``i``'s first STFT frame is
+    ``round(i * sr / fps / hop)`` and it holds ``per_window`` frames; ``total`` samples in all."""
+    x = np.zeros(0, np.float32) if audio is None else np.asarray(audio)
+    if x.ndim != 1:
+        raise ValueError(f"expects a mono waveform of shape (S,), got {x.shape}; average the channels first")
+    samples_per_window = sr / fps
+    per_window = int(samples_per_window // hop)
+    if per_window < 1:
+        raise ValueError(f"a 1/fps window ({samples_per_window:g} samples) is shorter than one hop ({hop}); "
+                         "lower fps or hop")
+    if num_frames is None:
+        num_frames = max(1, math.ceil(x.shape[0] / samples_per_window - 1e-6))
+    total = math.ceil(num_frames * samples_per_window - 1e-6)
+    starts = np.round(np.arange(num_frames, dtype=np.float64) * samples_per_window / hop).astype(np.int64)
+    return x[:total], starts, per_window, total
+
+
 def log_mel(audio: np.ndarray | None, sr: int = SAMPLE_RATE, fps: float = 1.0, num_frames: int | None = None,
             n_mels: int = 32, hop: int = 160, win: int = 400, eps: float = 1e-6) -> np.ndarray:
     """Log-mel features cut into the clip's frame windows: ``(num_frames, F, n_mels)`` float32.
@@ -269,20 +289,9 @@ def log_mel(audio: np.ndarray | None, sr: int = SAMPLE_RATE, fps: float = 1.0, n
         raise ValueError(f"log_mel needs positive sr, fps, hop and win, got sr={sr} fps={fps} hop={hop} win={win}")
     if num_frames is not None and num_frames < 1:
         raise ValueError(f"num_frames must be at least 1 (or None to cover the waveform), got {num_frames}")
-    x = np.zeros(0, np.float32) if audio is None else np.asarray(audio)
-    if x.ndim != 1:
-        raise ValueError(f"log_mel expects a mono waveform of shape (S,), got {x.shape}; average the channels first")
-    samples_per_window = sr / fps
-    per_window = int(samples_per_window // hop)
-    if per_window < 1:
-        raise ValueError(f"a 1/fps window ({samples_per_window:g} samples) is shorter than one hop ({hop}); "
-                         "lower fps or hop")
-    if num_frames is None:
-        num_frames = max(1, math.ceil(x.shape[0] / samples_per_window - 1e-6))
-    total = math.ceil(num_frames * samples_per_window - 1e-6)
-    x = x[:total]                                   # the waveform is cut to the clip's windows
+    x, starts, per_window, total = _frame_windows(audio, sr, fps, hop, num_frames)
+    num_frames = len(starts)
     last = total // hop                             # frames 0..last exist (centre padding)
-    starts = np.round(np.arange(num_frames, dtype=np.float64) * samples_per_window / hop).astype(np.int64)
     idx = np.minimum(starts[:, None] + np.arange(per_window)[None, :], last)              # (T, F)
     fb = mel_filters(win, n_mels, sr)
     out = np.empty((num_frames, per_window, n_mels), np.float32)
@@ -340,19 +349,9 @@ def whisper_log_mel_windows(audio: np.ndarray | None, fps: float = 1.0, num_fram
     """
     if fps <= 0:
         raise ValueError(f"fps must be positive, got {fps}")
-    x = np.zeros(0, np.float32) if audio is None else np.asarray(audio)
-    if x.ndim != 1:
-        raise ValueError(f"expects a mono waveform of shape (S,), got {x.shape}")
-    samples_per_window = SAMPLE_RATE / fps
-    per_window = int(samples_per_window // WHISPER_HOP)
-    if per_window < 1:
-        raise ValueError(f"a 1/fps window ({samples_per_window:g} samples) is shorter than Whisper's 10 ms hop")
-    if num_frames is None:
-        num_frames = max(1, math.ceil(x.shape[0] / samples_per_window - 1e-6))
-    total = math.ceil(num_frames * samples_per_window - 1e-6)
-    x = x[:total]
+    x, starts, per_window, total = _frame_windows(audio, SAMPLE_RATE, fps, WHISPER_HOP, num_frames)
+    num_frames = len(starts)
     chunks = max(1, math.ceil(total / WHISPER_CHUNK))
-    starts = np.round(np.arange(num_frames, dtype=np.float64) * samples_per_window / WHISPER_HOP).astype(np.int64)
     idx = np.minimum(starts[:, None] + np.arange(per_window)[None, :], chunks * WHISPER_FRAMES - 1)  # (T, F)
     fb = mel_filters(WHISPER_N_FFT, n_mels, SAMPLE_RATE, 8000.0)
     out = np.empty((num_frames, per_window, n_mels), np.float32)

@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 from transformers import (CONFIG_MAPPING, AutoModelForCausalLM, AutoTokenizer, CLIPVisionConfig, CLIPVisionModel,

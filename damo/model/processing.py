@@ -307,7 +307,7 @@ def stack_clips(clips: list[ClipTensors | None]) -> dict:
             if stored:
                 vis[b, :n], aud[b, :n] = c.vision, c.audio
     out = {"frames": frames.permute(0, 1, 4, 2, 3).float() / 255.0,        # (B, T, 3, H, W)
-           "mel": mel.float(), "times": times, "frame_mask": fmask}
+           "mel": mel, "times": times, "frame_mask": fmask}
     return out | ({"vision_features": vis, "audio_features": aud} if stored else {})
 
 
