@@ -225,6 +225,15 @@ class _Picker:
         return self.frames[:T], self.times[:T]
 
 
+def _nearest(order: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """For each centre, the time in ``order`` (sorted, not empty) nearest to it; ties (to 1 us) go to the earlier."""
+    after = np.searchsorted(order, centres + 1e-9, side="right")   # first time past each centre
+    before = np.clip(after - 1, 0, order.size - 1)
+    nxt = np.clip(after, 0, order.size - 1)
+    take_prev = (after > 0) & ((after >= order.size) | (centres - order[before] <= order[nxt] - centres + 1e-6))
+    return np.where(take_prev, order[before], order[nxt])
+
+
 class _Video:
     """Buffers one GOP of video packets at a time and sends the decoder only what the picks need."""
 
@@ -312,10 +321,9 @@ class _Video:
         if self.skipped_gop and known.min() < times[0] - 1e-9:
             self._send_all(self.skipped_gop)  # open GOP: its leading frames need the one before
         self.skipped_gop = []
-        order = np.sort(known)
-        centres = (np.arange(j0, j1) + 0.5) / fps
-        after = np.searchsorted(order, centres + 1e-9, side="right")   # first frame past each centre
-        wanted = set(order[np.clip(after - 1, 0, None)][after > 0].tolist()) | set(order[after[after < order.size]].tolist())
+        # the frame nearest each centre among this GOP's: a nearer one in another GOP only means this
+        # one is decoded in vain, and a skipped neighbour cannot change which decoded frame is nearest
+        wanted = set(_nearest(np.sort(known), (np.arange(j0, j1) + 0.5) / fps).tolist())
         last_needed = max(wanted) if wanted else -math.inf
         cut = max(i for i, t in enumerate(times) if t <= last_needed + 1e-9) if wanted else len(gop) - 1
         for i, (t, p) in enumerate(gop[:cut + 1]):
@@ -334,13 +342,7 @@ class _Video:
         """Raise _Mismatch unless every pick is the packet nearest its centre (ties to the earlier)."""
         if self.untimed or not self.skip:
             return
-        order = np.unique(np.array(self.times))
-        centres = (np.arange(times.shape[0]) + 0.5) / self.picker.fps
-        after = np.searchsorted(order, centres + 1e-9, side="right")
-        before = np.clip(after - 1, 0, order.size - 1)
-        nxt = np.clip(after, 0, order.size - 1)
-        take_prev = (after > 0) & ((after >= order.size) | (centres - order[before] <= order[nxt] - centres + 1e-6))
-        expected = np.where(take_prev, order[before], order[nxt])
+        expected = _nearest(np.unique(np.array(self.times)), (np.arange(times.shape[0]) + 0.5) / self.picker.fps)
         if np.abs(expected - times).max() > 1e-6:
             raise _Mismatch
 
