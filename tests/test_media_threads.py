@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from damo import cli
-from damo.media.decode import media_threads
+from damo.media.decode import idle_cores, media_threads
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,8 +40,12 @@ def test_thread_default_reaches_torch(env, expected):
     assert out.stdout.split("\n")[-2].strip() == expected
 
 
-def test_decoder_threads_follow_damo_threads(monkeypatch):
-    monkeypatch.delenv("DAMO_THREADS", raising=False)
-    assert media_threads() == 1
+def test_decoder_threads_follow_damo_threads_else_the_idle_cores(monkeypatch):
     monkeypatch.setenv("DAMO_THREADS", "2")
     assert media_threads() == 2
+    monkeypatch.delenv("DAMO_THREADS")
+    assert 1 <= media_threads() <= (os.cpu_count() or 1)
+    assert idle_cores(2, 1) == 2                  # only the caller runs: both cores
+    assert idle_cores(2, 2) == 1                  # one other thread runs
+    assert idle_cores(2, 7) == 1                  # overloaded: never below one
+    assert idle_cores(64, 1) == 8                 # capped

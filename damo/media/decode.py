@@ -45,6 +45,7 @@ import numpy as np
 from damo.media import SAMPLE_RATE, Clip, MediaError, MediaLimits
 from damo.media.audio import AudioTrack, as_float
 
+MIN_THREADED_PIXELS = 320 * 240
 Mode = Literal["auto", "sequential"]
 AudioDtype = Literal["float32", "int16"]
 
@@ -53,13 +54,31 @@ class _Mismatch(Exception):
     """Skipping decoded a different frame than a full decode would; the caller re-decodes fully."""
 
 
-def media_threads() -> int:
-    """Decoder threads: ``$DAMO_THREADS`` if set, else 1.
+def idle_cores(cores: int, runnable: int) -> int:
+    """Cores no other thread wants: ``runnable`` counts every runnable thread on the machine, the caller's too."""
+    return max(1, min(8, cores - runnable + 1))
 
-    One thread is the safe default on a shared machine: a second decoding thread gains little on
-    small frames and, when another process is busy, costs more than it gains.
+
+def _runnable() -> int:
+    """Threads runnable right now (Linux's /proc/loadavg), else the 1-minute load average plus the caller."""
+    try:
+        with open("/proc/loadavg") as f:
+            return int(f.read().split()[3].split("/")[0])
+    except (OSError, IndexError, ValueError):
+        return round(os.getloadavg()[0]) + 1
+
+
+def media_threads() -> int:
+    """Decoder threads: ``$DAMO_THREADS`` if set, else the cores idle when decoding starts.
+
+    Frame threads pay only where a core is free: on a busy machine they wait for the slowest
+    thread and cost more than they gain. The instantaneous count of runnable threads, unlike the
+    load average, does not count the caller's own past minute of decoding as a busy core.
     """
-    return max(1, int(os.environ.get("DAMO_THREADS", "1")))
+    given = os.environ.get("DAMO_THREADS")
+    if given is not None:
+        return max(1, int(given))
+    return idle_cores(os.cpu_count() or 1, _runnable())
 
 
 def _open(path: str | Path) -> av.container.InputContainer:
@@ -353,11 +372,12 @@ def _decode(path: Path, fps: float, size: int | None, skip: bool, limits: MediaL
     container = _open(path)
     try:
         stream = container.streams.video[0]
-        stream.thread_count = media_threads()
+        cc = stream.codec_context
+        # small frames decode faster than decoder threads start
+        stream.thread_count = media_threads() if (cc.width or 0) * (cc.height or 0) >= MIN_THREADED_PIXELS else 1
         stream.thread_type = "AUTO" if stream.thread_count > 1 else "SLICE"
         origin = _origin(container)
         declared = _declared_duration(container)
-        cc = stream.codec_context
         _check_header(name, limits, cc.width or 0, cc.height or 0, declared, fps, size)
         n_max = num_clip_frames(declared, fps) if declared is not None else limits.max_frames
         picker = _Picker(fps, n_max, declared is not None, size, name, limits)
