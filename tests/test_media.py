@@ -221,6 +221,42 @@ def test_aac_priming_does_not_shift_the_timeline(media_dir, pcm48k, suffix):
     assert np.corrcoef(a[steady], ref[steady])[0, 1] > 0.99  # same phase, not just same onset
 
 
+def write_shifted_pcm(path: Path, shifts: dict[int, int], frames: int = 20, step: int = 1600) -> np.ndarray:
+    """A 2-s grey video with a 16 kHz PCM track of ``frames`` frames of noise, frame k stamped
+    ``shifts.get(k, 0)`` samples late; returns the noise as [-1, 1] floats."""
+    out = av.open(str(path), "w")
+    v = out.add_stream("libx264", rate=RATE)
+    v.width, v.height, v.pix_fmt = 32, 32, "yuv420p"
+    a = out.add_stream("pcm_s16le", rate=SAMPLE_RATE)
+    a.layout = "mono"
+    for i in range(2 * RATE):
+        frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), grey(i), np.uint8), format="rgb24")
+        frame.pts = i
+        out.mux(v.encode(frame))
+    out.mux(v.encode())
+    noise = np.random.default_rng(0).integers(-8000, 8000, (1, frames * step), dtype=np.int16)
+    for k in range(frames):
+        frame = av.AudioFrame.from_ndarray(noise[:, k * step:(k + 1) * step], format="s16", layout="mono")
+        frame.sample_rate, frame.pts = SAMPLE_RATE, k * step + shifts.get(k, 0)
+        out.mux(a.encode(frame))
+    out.mux(a.encode())
+    out.close()
+    return noise[0] / np.float32(32768)
+
+
+def test_a_lone_mistimed_audio_frame_is_laid_end_to_end_but_a_real_jump_is_kept(media_dir):
+    # frame 5 stamped 10 ms late, as Vorbis frames in WebM are after a block-size switch: no gap
+    noise = write_shifted_pcm(media_dir / "mistimed.mkv", {5: 160})
+    clip = decode_clip(media_dir / "mistimed.mkv", fps=1.0, size=8)
+    np.testing.assert_array_equal(clip.audio[:noise.shape[0]], noise)
+    # frames 10 on stamped half a second late: that much silence, then the sound resumes
+    noise = write_shifted_pcm(media_dir / "jump.mkv", {k: 8000 for k in range(10, 20)})
+    clip = decode_clip(media_dir / "jump.mkv", fps=1.0, size=8)
+    np.testing.assert_array_equal(clip.audio[:16000], noise[:16000])
+    assert not clip.audio[16000:24000].any()
+    np.testing.assert_array_equal(clip.audio[24000:40000], noise[16000:32000])
+
+
 def test_missing_audio_stores_no_samples_and_features_are_silence(media_dir, tmp_path):
     path = write_video(media_dir / "silent.mp4", seconds=2.0)
     clip = decode_clip(path, fps=1.0, size=8)

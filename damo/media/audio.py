@@ -64,19 +64,23 @@ _SAMPLE_TYPES = {"u8": (np.uint8, 128.0, 128.0), "s16": (np.int16, 0.0, 32768.0)
                  "dbl": (np.float64, 0.0, 1.0)}
 
 
-def _frame_to_mono(frame: av.AudioFrame) -> np.ndarray:
-    """Average all channels of a decoded frame into one float32 channel in [-1, 1].
+def _frames_to_mono(frames: list[av.AudioFrame]) -> np.ndarray:
+    """Average all channels of consecutive decoded frames (one sample format and channel count) into
+    one float32 channel in [-1, 1].
 
-    Reads the planes' buffers directly (``to_ndarray`` stacks a copy per frame, a third of the
-    audio time on files with many small frames).
+    Reads the planes' buffers directly (``to_ndarray`` stacks a copy per frame) and does the
+    arithmetic once for all frames: per-frame numpy calls are most of the audio time on codecs
+    with many small frames.
     """
-    dtype, offset, scale = _SAMPLE_TYPES[frame.format.name.rstrip("p")]
-    channels, n = frame.layout.nb_channels, frame.samples
-    if frame.format.is_planar:
-        planes = [np.frombuffer(frame.planes[c], dtype, count=n) for c in range(channels)]
+    first = frames[0]
+    dtype, offset, scale = _SAMPLE_TYPES[first.format.name.rstrip("p")]
+    channels = first.layout.nb_channels
+    if first.format.is_planar:
+        planes = [np.concatenate([np.frombuffer(f.planes[c], dtype, count=f.samples) for f in frames])
+                  for c in range(channels)]
     else:
-        packed = np.frombuffer(frame.planes[0], dtype, count=n * channels).reshape(n, channels)
-        planes = [packed[:, c] for c in range(channels)]
+        packed = np.concatenate([np.frombuffer(f.planes[0], dtype, count=f.samples * channels) for f in frames])
+        planes = [packed[c::channels] for c in range(channels)]
     x = planes[0].astype(np.float32)
     for plane in planes[1:]:
         x += plane
@@ -94,8 +98,9 @@ class AudioTrack:
     has exactly ``n_samples`` samples (when the length is unknown, ``None``, it grows up to
     ``max_samples`` and the caller cuts it), zero where the track is silent, missing or cut.
     Frames are laid end to end and re-anchored to their pts only when the pts disagrees with the
-    running position by more than one time-base tick, so coarse (1 ms) Matroska timestamps do not
-    punch gaps into continuous audio. Channels are averaged in numpy and continuous audio goes
+    running position by more than one time-base tick and the next frame continues from that pts,
+    so neither coarse (1 ms) Matroska timestamps nor a lone mistimed frame (Vorbis in WebM after a
+    block-size switch, off by 10 ms) punch gaps into continuous audio. Channels are averaged in numpy and continuous audio goes
     to the resampler in blocks of about a second (its filter state carries across blocks, so this
     equals resampling frame by frame at a fraction of the calls). Individual undecodable packets
     become silence; if nothing at all decodes, :meth:`finish` raises :class:`MediaError` so the
@@ -116,8 +121,9 @@ class AudioTrack:
         self.pos: int | None = None       # running position in native samples
         self.opos = 0                     # running position in 16 kHz output samples
         self.resampler: av.AudioResampler | None = None
-        self.block: list[np.ndarray] = []  # continuous native mono samples not yet resampled
+        self.block: list[av.AudioFrame] = []  # continuous decoded frames not yet resampled
         self.block_n = 0
+        self.pending: tuple[av.AudioFrame, int] | None = None  # a frame whose pts jumps, and that pts
         self.frames = 0
         self.bad = 0
         self.last_error = ""
@@ -137,7 +143,7 @@ class AudioTrack:
     def _resample_block(self) -> None:
         if not self.block_n:
             return
-        x = np.concatenate(self.block) if len(self.block) > 1 else self.block[0]
+        x = _frames_to_mono(self.block)
         self.block, self.block_n = [], 0
         frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(x, np.float32)[None], format="flt", layout="mono")
         frame.sample_rate = self.sr
@@ -154,18 +160,34 @@ class AudioTrack:
     def _place(self, frame: av.AudioFrame) -> None:
         if frame.sample_rate != self.sr:
             raise MediaError(f"{self.name}: audio sample rate changes mid-stream ({self.sr} -> {frame.sample_rate} Hz)")
-        at = round((frame.pts * self.tb - self.origin) * self.sr) if frame.pts is not None else self.pos
-        if self.pos is None or (at is not None and abs(at - self.pos) > self.tol):
+        at = round((frame.pts * self.tb - self.origin) * self.sr) if frame.pts is not None else None
+        if self.pending is not None:
+            # the frame after a jump tells a mistimed frame from a real jump: it continues either the
+            # running position or the jumped-to pts
+            held, held_at = self.pending
+            self.pending = None
+            mistimed = at is None or abs(at - (self.pos + held.samples)) <= self.tol
+            self._append(held, None if mistimed else held_at)
+        if self.pos is not None and at is not None and abs(at - self.pos) > self.tol:
+            self.pending = (frame, at)
+            return
+        self._append(frame, at if self.pos is None else None)
+
+    def _append(self, frame: av.AudioFrame, anchor: int | None) -> None:
+        """Lay ``frame`` at the running position, or restart the timeline at sample ``anchor``."""
+        if self.pos is None or anchor is not None:
             # a discontinuity (or the first frame): finish the running resampler, restart at the pts
             self._flush()
-            self.pos = at if at is not None else 0
+            self.pos = anchor if anchor is not None else 0
             self.opos = round(self.pos * SAMPLE_RATE / self.sr)
-        x = _frame_to_mono(frame)
-        self.block.append(x)
-        self.block_n += x.shape[0]
+        if self.block and (frame.format.name, frame.layout.nb_channels) != (self.block[0].format.name,
+                                                                             self.block[0].layout.nb_channels):
+            self._resample_block()  # a block is mixed down in one go, so it holds one sample layout
+        self.block.append(frame)
+        self.block_n += frame.samples
         if self.block_n >= self.sr:
             self._resample_block()
-        self.pos += x.shape[0]
+        self.pos += frame.samples
         self.frames += 1
 
     def packet(self, packet: av.Packet) -> None:
@@ -181,6 +203,9 @@ class AudioTrack:
 
     def finish(self) -> np.ndarray:
         """The int16 timeline; raises MediaError when no audio frame decoded at all."""
+        if self.pending is not None:
+            self._append(*self.pending)  # nothing follows to say otherwise: believe its pts
+            self.pending = None
         self._flush()
         if not self.frames:
             why = f"{self.bad} packets failed, last error: {self.last_error}" if self.bad else "no audio samples decoded"

@@ -29,7 +29,8 @@ from damo.media import Clip, MediaError, MediaLimits
 from damo.media import decode as _decode
 from damo.media.audio import as_float
 
-CACHE_VERSION = 2  # bump when decoding changes what a clip contains (2: int16 audio, rotation, no audio stored)
+CACHE_VERSION = 3  # bump when decoding changes what a clip contains (2: int16 audio, rotation, no audio stored;
+#                   3: a lone mistimed audio frame no longer leaves a gap)
 DEFAULT_MAX_GB = 20.0
 _CHUNK = 1 << 20
 _warned: set[str] = set()  # cache directories already reported unusable in this process
