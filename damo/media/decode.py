@@ -152,7 +152,7 @@ _inherited: list[threading.local] = []
 
 
 def _fresh_after_fork() -> None:
-    """swscale runs worker threads; a forked child (a data-loader worker) inherits the contexts but not
+    """swscale contexts can run worker threads; a forked child (a data-loader worker) inherits the contexts but not
     their threads, so using or even freeing one waits forever. The child starts with its own contexts
     and keeps the inherited ones alive, never freed."""
     global _local
@@ -190,12 +190,14 @@ class _Picker:
     def _rgb(self, frame: av.VideoFrame) -> np.ndarray:
         if self.last is not None and self.last[0] is frame:
             return self.last[1]
+        # one scaling thread: a frame takes 0.1-0.2 ms, and a helper thread on a busy machine waits
+        # milliseconds for a core
         if self.size is None:
-            rgb = self.reformatter.reformat(frame, format="rgb24").to_ndarray()
+            rgb = self.reformatter.reformat(frame, format="rgb24", threads=1).to_ndarray()
         else:
             shrink = frame.width >= self.size and frame.height >= self.size
             rgb = self.reformatter.reformat(frame, self.size, self.size, "rgb24",
-                                            interpolation="AREA" if shrink else "BILINEAR").to_ndarray()
+                                            interpolation="AREA" if shrink else "BILINEAR", threads=1).to_ndarray()
         turns = round(frame.rotation / 90) % 4 if frame.rotation else 0
         if turns:
             rgb = np.rot90(rgb, turns)                       # the display matrix turns counter-clockwise
