@@ -100,9 +100,10 @@ class AudioTrack:
     Frames are laid end to end and re-anchored to their pts only when the pts disagrees with the
     running position by more than one time-base tick and the next frame continues from that pts,
     so neither coarse (1 ms) Matroska timestamps nor a lone mistimed frame (Vorbis in WebM after a
-    block-size switch, off by 10 ms) punch gaps into continuous audio. Channels are averaged in numpy and continuous audio goes
-    to the resampler in blocks of about a second (its filter state carries across blocks, so this
-    equals resampling frame by frame at a fraction of the calls). Individual undecodable packets
+    block-size switch, off by 10 ms) punch gaps into continuous audio. Continuous audio is mixed
+    down to one channel in numpy and goes to the resampler in blocks of about a second (its filter
+    state carries across blocks, so this equals resampling frame by frame at a fraction of the
+    calls). Individual undecodable packets
     become silence; if nothing at all decodes, :meth:`finish` raises :class:`MediaError` so the
     caller can drop the track.
     """

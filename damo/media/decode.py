@@ -11,17 +11,18 @@ keyframe) at a time so that the decoder only sees what a kept frame needs:
 
 * a GOP none of whose frames can be nearest to a window centre is never decoded (with dense
   keyframes this is what seeking would save, without the seeks);
-* inside a GOP, packets after the last one a kept frame needs are dropped, and frames that no
-  centre can pick are decoded with ``skip_frame=NONREF``, so a non-reference frame (a B frame
-  in H.264) costs nothing;
+* inside a GOP, packets after the last one a kept frame needs are dropped, and every frame but the
+  one nearest each centre is decoded with ``skip_frame=NONREF``, so a non-reference frame (a B
+  frame in H.264) that no window keeps costs nothing;
 * which frames a centre "can pick" is decided from packet timestamps; once decoded, the picks are
   checked against the timestamps of every packet, and any disagreement (a decoder that dropped
   a frame, say) re-decodes the file sequentially, so the frames are always those a full decode
   would pick.
 
-Kept frames go straight from the decoder's YUV to ``size x size`` RGB through one cached swscale
-context (area averaging when shrinking); no full-size RGB image is ever made. The aspect ratio is
-deliberately not preserved, as square inputs are what the vision encoders take; ``size=None``
+The decoder runs frame threads on the cores idle when decoding starts (:func:`media_threads`);
+threads change no pixel. Kept frames go straight from the decoder's YUV to ``size x size`` RGB
+through one cached swscale context (area averaging when shrinking); no full-size RGB image is
+ever made. The aspect ratio is deliberately not preserved, as square inputs are what the vision encoders take; ``size=None``
 keeps the native resolution. A display matrix (phone videos, the ``rotate`` tag) is honoured:
 frames come out upright.
 
@@ -152,9 +153,9 @@ _inherited: list[threading.local] = []
 
 
 def _fresh_after_fork() -> None:
-    """swscale contexts can run worker threads; a forked child (a data-loader worker) inherits the contexts but not
-    their threads, so using or even freeing one waits forever. The child starts with its own contexts
-    and keeps the inherited ones alive, never freed."""
+    """swscale contexts can run worker threads; a forked child (a data-loader worker) inherits the
+    contexts but not their threads, so using or even freeing one waits forever. The child starts with
+    its own contexts and keeps the inherited ones alive, never freed."""
     global _local
     _inherited.append(_local)
     _local = threading.local()
