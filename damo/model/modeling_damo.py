@@ -283,7 +283,7 @@ class DamoModel(nn.Module):
         ``(B, T, 1+P, Dv)`` and ``audio`` ``(B, T, 1+A, Da)`` are stored outputs of the frozen towers
         (:mod:`damo.data.features`), used instead of running them."""
         vision = self._per_frames(self.vision, frames) if vision is None else vision.to(frames.device, torch.float32)
-        audio = self.audio(mel) if audio is None else audio.to(mel.device, torch.float32)
+        audio = self.audio(mel, frame_mask) if audio is None else audio.to(mel.device, torch.float32)
         # padded frames are zeroed so that the temporal convolution sees the clip's end exactly
         # as an unpadded clip does (a batch then gives every clip the features it gets alone)
         v = self.residual_v(vision) * frame_mask[:, :, None, None]  # (B, T, Lv, D)
