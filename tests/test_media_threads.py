@@ -6,9 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from damo import cli
+from damo.media import decode_clip
 from damo.media.decode import idle_cores, media_threads
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,3 +51,13 @@ def test_decoder_threads_follow_damo_threads_else_the_idle_cores(monkeypatch):
     assert idle_cores(2, 2) == 1                  # one other thread runs
     assert idle_cores(2, 7) == 1                  # overloaded: never below one
     assert idle_cores(64, 1) == 8                 # capped
+
+
+@pytest.mark.parametrize("name", ["bikes.mp4", "big_buck_bunny_0_30.webm"])
+def test_decoder_threads_change_no_pixel(shared_data, monkeypatch, name):
+    clips = []
+    for threads in ("1", "2"):
+        monkeypatch.setenv("DAMO_THREADS", threads)
+        clips.append(decode_clip(shared_data / "videos" / name, fps=2.0, size=32, audio=False))
+    np.testing.assert_array_equal(clips[0].frames, clips[1].frames)
+    np.testing.assert_array_equal(clips[0].times, clips[1].times)
