@@ -117,8 +117,8 @@ def run(path: Path, fps: float, size: int, rounds: int) -> dict:
         same = f"{int((np.abs(diff - np.median(diff)) < 1e-3).sum())}/{clip.num_frames}"
         dt = float(np.median(diff))
     row = {"file": path.name, "frames": clip.num_frames, "audio": has_audio, "same": same, "offset": dt,
-           "threads": f"{min(threads_used)}-{max(threads_used)}" if min(threads_used) != max(threads_used)
-           else str(threads_used[0]), "load": os.getloadavg()[0]}
+           "threads": "-".join(str(n) for n in sorted({min(threads_used), max(threads_used)})),
+           "load": os.getloadavg()[0]}
     for k in ("sound", "video", "decord"):
         row[k + "_w"], row[k + "_c"] = med(wall.get(k, [])), med(cpu.get(k, []))
     return row

@@ -103,9 +103,8 @@ class AudioTrack:
     block-size switch, off by 10 ms) punch gaps into continuous audio. Continuous audio is mixed
     down to one channel in numpy and goes to the resampler in blocks of about a second (its filter
     state carries across blocks, so this equals resampling frame by frame at a fraction of the
-    calls). Individual undecodable packets
-    become silence; if nothing at all decodes, :meth:`finish` raises :class:`MediaError` so the
-    caller can drop the track.
+    calls). Individual undecodable packets become silence; if nothing at all decodes,
+    :meth:`finish` raises :class:`MediaError` so the caller can drop the track.
     """
 
     def __init__(self, stream: av.audio.stream.AudioStream, origin: float, n_samples: int | None, name: str = "",
