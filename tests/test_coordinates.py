@@ -212,3 +212,38 @@ def test_time_positions_work_on_meta_tensors_for_planning():
     assert soft_time_targets(t, torch.full((3,), 10.0, device="meta"), 8).shape == (3, 8)
     with pytest.raises(ValueError, match="> 0 seconds"):
         soft_time_targets(torch.ones(3), torch.zeros(3), 8)
+
+
+def test_registered_propagation_keeps_outputs_and_propagates_row_gradients():
+    """On an LLM with an untied head: the same logits, and the gradient on every coordinate row of the
+    embeddings and the head becomes (I + M) g per axis (axes do not mix); other rows are untouched."""
+    import copy
+
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    tok = train_tokenizer(TEXTS, 300)
+    axes = {"t": co.add_time_tokens(tok, 4)}
+    axes["x"], axes["y"] = co.add_box_tokens(tok, 3)
+    torch.manual_seed(0)
+    plain = AutoModelForCausalLM.from_config(Qwen2Config(
+        vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=1, tie_word_embeddings=False))
+    ntp = copy.deepcopy(plain)
+    co.register_propagation(ntp, axes)
+    ids = torch.tensor([[5, axes["t"][1], 7, axes["x"][0], axes["y"][2], 9]])
+    grads = []
+    for llm in (plain, ntp):
+        logits = llm(input_ids=ids).logits
+        (logits * torch.linspace(-1, 1, logits.shape[-1])).sum().backward()
+        grads.append((logits.detach(), llm.get_input_embeddings().weight.grad, llm.lm_head.weight.grad))
+    (l0, e0, h0), (l1, e1, h1) = grads
+    assert torch.equal(l0, l1)
+    coord = [i for a in axes.values() for i in a]
+    other = [i for i in range(len(tok)) if i not in coord]
+    for g0, g1 in ((e0, e1), (h0, h1)):
+        assert torch.allclose(g1[other], g0[other])
+        for a in axes.values():
+            want = (torch.eye(len(a)) + co.propagation_matrix(len(a))) @ g0[a]
+            assert torch.allclose(g1[a], want, atol=1e-6)
+    # the input rows of the never-seen anchors <t_0>, <t_2>, <t_3>, <x_1>, ... now train too
+    assert e0[axes["t"][0]].abs().sum() == 0 and e1[axes["t"][0]].abs().sum() > 0
