@@ -199,7 +199,7 @@ def test_fpo_steps_on_a_tiny_model_widen_the_preference_margin():
     assert batch["input_ids"].shape[0] == 6
     # the rejected shift row is supervised with its own (wrong) interval
     first_rej = int((batch["evi_batch"] == 3).nonzero()[0])
-    assert batch["evi_targets"][first_rej].tolist() == [0, 0, 0, 1, 1, 0]
+    assert batch["evi_targets"][first_rej].tolist() == [0.125, 0.25, 0.5, 1, 1, 0.5]
 
     def margin() -> float:
         model.eval()
