@@ -231,14 +231,20 @@ def evidence_targets(spans: list, num_evi: int, num_frames: int, fps: float, lev
     for k in range(num_evi):
         y = np.zeros(num_frames, np.float32)
         if spans and num_frames:
+            s, e = spans[evi_span_index(k, len(spans), level)]
             if level == "frame":
-                s, e = spans[(k // 2) % len(spans)]
                 t = s * fps if k % 2 == 0 else math.ceil(e * fps) - 1
                 y[min(num_frames - 1, max(0, int(t)))] = 1.0
             else:
-                y = frame_targets([spans[k % len(spans)]], num_frames, fps)
+                y = frame_targets([[s, e]], num_frames, fps)
         out.append(y)
     return out
+
+
+def evi_span_index(k: int, num_spans: int, level: str = "event") -> int:
+    """The span the ``k``-th ``<evi>`` of a turn grounds: the grounding stage and the answer each
+    refer to the spans in order (one token per span at event level, a start/end pair at frame level)."""
+    return (k // EVIDENCE_LEVELS[level].tokens) % num_spans
 
 
 def group_targets(y: np.ndarray, g: int) -> np.ndarray:
