@@ -37,7 +37,7 @@ from common import add_budget_args, run_parallel, short_recipe  # noqa: E402
 
 from damo.data.dataset import ClipLoader, load_dataset  # noqa: E402
 from damo.eval.evaluate import grounding_report, predict  # noqa: E402
-from damo.eval.metrics import stvg_metrics  # noqa: E402
+from damo.eval.stvg import stvg_metrics  # noqa: E402
 from damo.model.modeling_damo import DamoModel  # noqa: E402
 from damo.model.processing import ClipTensors  # noqa: E402
 from damo.config import Stage  # noqa: E402

@@ -413,8 +413,9 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     pl.set_defaults(fn=cmd_plan)
 
+    from damo.eval.score import SCORERS
     e = sub.add_parser("eval", help="score predictions, or run a model and score it")
-    e.add_argument("--task", help="charades-sta, qvhighlights, activitynet-captions, youcook2, etbench, didemo, tacos")
+    e.add_argument("--task", choices=list(SCORERS), help="the benchmark whose official evaluator to reproduce")
     e.add_argument("--gt")
     e.add_argument("--pred")
     e.add_argument("--durations")

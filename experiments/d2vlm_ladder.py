@@ -30,7 +30,7 @@ from common import REPO, add_budget_args, mean_std, run_parallel, short_recipe
 from damo.config import Recipe, load_recipe
 from damo.data.dataset import ClipLoader, load_dataset
 from damo.eval.evaluate import grounding_report, predict
-from damo.eval.metrics import etbench_task_metrics
+from damo.eval.etbench import etbench_task_metrics
 from damo.train.recipe import run_recipe
 
 # rung -> (model overrides, consistency loss on, FPO stage); the last two are Table 6's variants of

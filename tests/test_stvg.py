@@ -9,7 +9,7 @@ import pytest
 from damo.data.schema import Sample
 from damo.data.synthetic import (BACKGROUND, Event, VideoSpec, generate_spec, render_frames, sample_times,
                                  shape_boxes, stvg_samples, time_key)
-from damo.eval.metrics import box_iou, stvg_metrics
+from damo.eval.stvg import box_iou, stvg_metrics
 
 
 def pixel_box(frame: np.ndarray) -> np.ndarray | None:
