@@ -1,6 +1,6 @@
 """Token economy: compressors, time encodings and answer formats, trained and measured the same way.
 
-Every row trains the stages of ``recipes/damo_4stage.yaml`` (without dialogue, at ``--steps`` of
+Every row trains the stages of ``damo/resources/recipes/damo_4stage.yaml`` (without dialogue, at ``--steps`` of
 their steps) on procedural videos whose samples include spatio-temporal grounding queries, with
 LAPE box tokens for the tube answers, then measures on held-out test videos:
 LLM input tokens for a 30 s and a 10 min video, visual tokens per frame entering the T-Fuseformer,

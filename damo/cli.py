@@ -1,7 +1,7 @@
 """The ``damo`` command: one function per subcommand.
 
     damo demo   [--workdir DIR]                     generate data, train the 4-stage recipe, evaluate, ground
-    damo train  --recipe R.yaml [--workdir DIR] [--set key=value ...]
+    damo train  --recipe R [--workdir DIR] [--set key=value ...]     R: a YAML path or a shipped name
     damo eval   --data TEST.jsonl --model DIR [--out DIR]          run our model and score it
     damo eval   --task TASK --gt GT --pred PRED [--out M.json]      score any model's predictions
     damo ground VIDEO "QUERY" [--model DIR]
@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 DEFAULT_WORKDIR = Path("runs/demo")
-RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+DEFAULT_RECIPE = "damo_4stage"
 
 
 def _print(obj) -> None:
@@ -149,14 +149,17 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_plan(args: argparse.Namespace) -> int:
     import yaml
 
-    from damo.config import load_recipe
+    from damo.config import find, load_recipe
     from damo.model.modeling_damo import DamoConfig
     from damo.plan import PlanOptions, format_plan, plan
 
     if not args.config and not args.recipe:
         raise SystemExit("damo plan needs --config (a model YAML) and/or --recipe (its model is used without --config)")
     recipe = load_recipe(args.recipe) if args.recipe else None
-    cfg = DamoConfig.from_dict(yaml.safe_load(Path(args.config).read_text()) or {}) if args.config else recipe.model
+    if args.config:
+        cfg = DamoConfig.from_dict(yaml.safe_load(find("configs", args.config).read_text()) or {})
+    else:
+        cfg = recipe.model
     p = plan(cfg, recipe, PlanOptions(gpus=args.gpus, gpu_gb=args.gpu_gb, frames=args.frames,
                                       text_tokens=args.text_tokens, micro_batch=args.micro_batch))
     if args.parallel:
@@ -384,7 +387,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="train the 4-stage recipe on procedural data, evaluate, ground")
     d.add_argument("--workdir", default=str(DEFAULT_WORKDIR))
-    d.add_argument("--recipe", default=str(RECIPES / "damo_4stage.yaml"))
+    d.add_argument("--recipe", default=DEFAULT_RECIPE,
+                   help="a recipe YAML, or a shipped recipe's name (default: %(default)s)")
     d.add_argument("--difficulty", default="standard", choices=["easy", "standard", "hard"])
     d.add_argument("--n-train", type=int, default=1500)
     d.add_argument("--n-test", type=int, default=120)
@@ -392,7 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(fn=cmd_demo)
 
     t = sub.add_parser("train", help="run a multi-stage recipe")
-    t.add_argument("--recipe", required=True)
+    t.add_argument("--recipe", required=True, help="a recipe YAML, or a shipped recipe's name (e.g. damo_4stage)")
     t.add_argument("--workdir")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe override")
     t.add_argument("--num-workers", type=int, help="data-loader processes decoding videos ahead (recipe: num_workers)")
@@ -402,8 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     pl = sub.add_parser("plan", help="dry run of a config and recipe at full scale on the meta device: parameters "
                                      "and per-GPU memory per stage (offline, no weights)")
-    pl.add_argument("--config", help="model YAML (default: the recipe's model)")
-    pl.add_argument("--recipe", help="recipe YAML (default: one stage training everything)")
+    pl.add_argument("--config", help="model YAML or a shipped config's name (default: the recipe's model)")
+    pl.add_argument("--recipe", help="recipe YAML or a shipped recipe's name (default: one stage training everything)")
     pl.add_argument("--gpus", type=int, default=8)
     pl.add_argument("--gpu-gb", type=float, default=80.0, help="memory per GPU")
     pl.add_argument("--parallel", choices=["ddp", "fsdp"], help="report only this mode (default: both)")
