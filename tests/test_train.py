@@ -11,11 +11,8 @@ from damo.data.dataset import load_dataset
 from damo.train.loop import make_dialogues, set_trainable
 from damo.train.recipe import run_recipe
 
+from helpers import TINY_MODEL
 
-TINY_MODEL = {"vision": {"width": 32, "layers": 1}, "audio": {"width": 32},
-              "fuser": {"width": 32, "blocks": 1, "visual_queries": 4, "audio_queries": 2, "fusion_tokens": 4},
-              "llm": {"hidden": 32, "layers": 2, "intermediate": 64, "vocab_size": 400},
-              "bridge_tokens": 4, "align_dim": 16}
 
 
 def test_shipped_recipe_parses_with_overrides():
