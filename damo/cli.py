@@ -381,6 +381,44 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_augment(args: argparse.Namespace) -> int:
+    """``damo data augment``: annotations -> grounded QA JSONL; prints the report as JSON."""
+    from damo.data.augment import augment, load_videos, make_generator
+    from damo.data.schema import save_samples
+
+    if args.limit is not None and args.limit < 1:
+        raise SystemExit(f"--limit must be a positive number of videos, got {args.limit}")
+    try:
+        videos = load_videos(args.inp, args.format)
+        gen = make_generator(args.generator, seed=args.seed, url=args.url, model=args.model)
+    except (ValueError, FileNotFoundError, ImportError) as e:
+        raise SystemExit(str(e)) from None
+    if args.limit is not None:
+        videos = videos[:args.limit]
+    samples, report = augment(videos, gen, seed=args.seed)
+    save_samples(args.out, samples)
+    report["out"] = str(args.out)
+    _print(report)
+    return 0
+
+
+def cmd_data_prefs(args: argparse.Namespace) -> int:
+    """``damo data prefs``: canonical samples -> factorized preference pairs JSONL; prints the report as JSON."""
+    from damo.data.preference import make_pairs, make_rewriter, read_samples, save_pairs
+
+    try:
+        samples = read_samples(args.inp)
+        rewriter = make_rewriter(args.rewriter, samples, url=args.url, model=args.model)
+        pairs, report = make_pairs(samples, seed=args.seed, rewriter=rewriter, subfactors=args.subfactors,
+                                   min_shift=args.min_shift)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        raise SystemExit(str(e)) from None
+    save_pairs(args.out, pairs)
+    report["out"] = str(args.out)
+    _print(report)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="damo", description="Temporally grounded video-language models.")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -489,10 +527,35 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", required=True)
     _data_options(c)
     c.set_defaults(fn=cmd_data_convert)
-    from damo.data.augment import add_augment_parser   # their heavy imports happen inside their commands
-    from damo.data.preference import add_prefs_parser
-    add_augment_parser(data)
-    add_prefs_parser(data)
+    from damo.data.augment import GENERATORS      # their heavy imports happen inside their commands
+    from damo.data.preference import REWRITERS
+    a = data.add_parser("augment", help="dense captions -> temporally grounded QA and dialogues (DaMO)",
+                        description="Generate, validate and deduplicate temporally grounded QA from timed captions.")
+    a.add_argument("--in", dest="inp", required=True, help="annotation file")
+    a.add_argument("--format", required=True,
+                   help="activitynet-captions, youcook2, or canonical (JSONL with dense_caption samples)")
+    a.add_argument("--out", required=True, help="output canonical JSONL")
+    a.add_argument("--generator", default="rule", choices=list(GENERATORS))
+    a.add_argument("--url", help="OpenAI-compatible server for --generator http")
+    a.add_argument("--model", help="local: HF model folder (default: SmolLM2-135M-Instruct); http: model name")
+    a.add_argument("--limit", type=int, help="augment only the first N videos")
+    a.add_argument("--seed", type=int, default=0)
+    a.set_defaults(fn=cmd_data_augment)
+    pr = data.add_parser("prefs", help="factorized preference pairs for FPO (D2VLM section 5)",
+                         description="Perturb ground-truth responses by one temporal or textual factor to make "
+                                     "rejected responses.")
+    pr.add_argument("--in", dest="inp", required=True, help="canonical samples JSONL or synth://... spec")
+    pr.add_argument("--out", required=True, help="output preference-pair JSONL")
+    pr.add_argument("--seed", type=int, default=0)
+    pr.add_argument("--rewriter", default="rule", choices=list(REWRITERS),
+                    help="text distortion: rule (offline key-word swaps) or http (OpenAI-compatible server)")
+    pr.add_argument("--url", help="server for --rewriter http, e.g. http://127.0.0.1:8000")
+    pr.add_argument("--model", help="model name sent to the --rewriter http server")
+    pr.add_argument("--subfactors", type=lambda v: [x for x in v.split(",") if x],
+                    help="comma-separated subset of shift,add,delete,merge,distort,repeat")
+    pr.add_argument("--min-shift", dest="min_shift", type=float, default=1.0,
+                    help="smallest temporal change in seconds (shift distance, added event length)")
+    pr.set_defaults(fn=cmd_data_prefs)
     v = sub.add_parser("serve", help="web demo: pick or upload a video, ask, see when (localhost)")
     v.add_argument("--model", default=str(DEFAULT_WORKDIR / "model"), metavar="DIR",
                    help="trained model folder (default: %(default)s, relative to the current folder)")

@@ -32,8 +32,8 @@ questions and answers), :mod:`.stvg` (where-and-when questions with box tubes) a
 (datasets in memory, ``synth://`` specs, the splits on disk).
 """
 from .encode import write_video
-from .events import (AMPLITUDE, BACKGROUND, BEEP_HZ, CANVAS, COLOURS, DIFFICULTIES, FILE_FPS, GENERATOR_VERSION, PITCHES,
-                     SHAPES, SPLITS, Event, VideoSpec, generate_spec, is_synth_uri, make_uri, spec_from_uri,
+from .events import (AMPLITUDE, BACKGROUND, BEEP_HZ, CANVAS, COLOURS, DIFFICULTIES, FILE_FPS, GENERATOR_VERSION,
+                     PITCHES, SHAPES, SPLITS, Event, VideoSpec, generate_spec, is_synth_uri, make_uri, spec_from_uri,
                      vocabulary)
 from .queries import caption, video_samples
 from .render import num_frames, render, render_audio, render_clip, render_frames, sample_times
