@@ -33,6 +33,8 @@ class Stage:
     weight_decay: float = 0.01
     grad_accum: int = 1                   # micro-batches per optimizer step (per process); `batch` is the global batch
     save_every: int = 0                   # write a resumable checkpoint every N steps (0: only at the stage end)
+    fpo: dict = field(default_factory=dict)   # FPO settings: beta, mode (reference_free | dpo), focus (event | sequence)
+    pairs: str | None = None              # FPO stages: a `damo data prefs` JSONL (default: pairs made from the samples)
 
 
 @dataclass
@@ -69,6 +71,7 @@ class Recipe:
                 if k in s:
                     s[k] = float(s[k])
             out.append(Stage(**s))
+            _check_preference_settings(out[-1])
         names = [s.name for s in out]
         if len(set(names)) != len(names):
             raise ValueError(f"stage names must be unique, got {names}")
@@ -77,6 +80,14 @@ class Recipe:
         if bad:
             raise ValueError(f"unknown recipe keys {sorted(bad)}; valid: model, stages, {', '.join(sorted(valid))}")
         return cls(stages=out, model=DamoConfig.from_dict(model), **d)
+
+
+def _check_preference_settings(stage: Stage) -> None:
+    from damo.train.fpo import FPOSettings
+
+    if (stage.fpo or stage.pairs) and "fpo" not in stage.losses:
+        raise ValueError(f"stage {stage.name!r}: 'fpo' settings and 'pairs' belong to a stage with the fpo loss")
+    FPOSettings.from_dict(stage.fpo)
 
 
 def set_dotted(d: dict, key: str, value: Any) -> None:

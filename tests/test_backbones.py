@@ -304,6 +304,8 @@ def test_paper_configs_build_with_tiny_sizes(tok, name, family, vision, lora):
     d["fuser"] |= TINY_FUSER
     d |= {"bridge_tokens": 4, "align_dim": 16}
     d["evidence"]["dim"] = 16
+    if "capture_layer" in d["evidence"]:   # an intermediate layer of the 2-layer stand-in (official: 6 of 32)
+        d["evidence"]["capture_layer"] = 1
     torch.manual_seed(0)
     model = DamoModel(DamoConfig.from_dict(d), tok).eval()
     assert model.llm.peft_config["default"].r == lora[0] and model.llm.peft_config["default"].lora_alpha == lora[1]

@@ -83,14 +83,17 @@ def test_frame_targets_mark_window_centres_inside_span():
 
 def test_salient_run_and_interval_decoding():
     s = np.array([0.1, 0.7, 0.9, 0.65, 0.2, 0.95, 0.1])
-    # threshold 0.6 x 0.95 = 0.57 keeps frames 1-3 (sum 2.25) and frame 5 (0.95): the longer run wins
-    assert salient_frames(s, 0.6) == (1, 3)
-    start, end, score = decode_interval(s, fps=1.0, duration=6.5, threshold=0.6)
+    # threshold 0.6 x 0.95 = 0.57 keeps frames 1-3 (mean 0.75, sum 2.25) and frame 5 (0.95)
+    assert salient_frames(s, 0.6) == (5, 5)                  # official find_and_merge: highest mean
+    assert salient_frames(s, 0.6, "sum") == (1, 3)           # highest sum: the longer run wins
+    start, end, score = decode_interval(s, fps=1.0, duration=6.5, threshold=0.6, rank="sum")
     assert (start, end) == (1.0, 4.0) and score == pytest.approx((0.7 + 0.9 + 0.65) / 3)
     # a high threshold keeps only the peak; the end is clipped to the duration
     assert decode_interval(s, 1.0, 5.5, threshold=0.99)[:2] == [5.0, 5.5]
     # at 2 fps a frame covers half a second
-    assert decode_interval(s, 2.0, 10.0, 0.6)[:2] == [0.5, 2.0]
+    assert decode_interval(s, 2.0, 10.0, 0.6, rank="sum")[:2] == [0.5, 2.0]
+    with pytest.raises(ValueError, match="decode"):
+        salient_frames(s, 0.6, "max")
 
 
 def test_grounding_bce_and_consistency_by_hand():
@@ -130,8 +133,14 @@ def test_collate_placeholders_labels_and_evidence_targets(model):
     # 2 <evi> for the first sample (grounding + answer), 4 for the second
     assert b["evi_batch"].tolist() == [0, 0, 1, 1, 1, 1]
     assert all(int(b["input_ids"][bi, p]) == model.processor.evi_id for bi, p in zip(b["evi_batch"], b["evi_pos"]))
-    assert b["evi_targets"][0].tolist() == [0, 1, 1, 0, 0, 0]
-    assert b["evi_targets"][3].tolist() == [0, 0, 1, 1, 0, 0]  # padded frames stay 0
+    # soft targets (official D²VLM): 1 on the span's frames, 2^-distance elsewhere
+    assert b["evi_targets"][0].tolist() == [0.5, 1, 1, 0.5, 0.25, 0.125]
+    assert b["evi_targets"][3].tolist() == [0.25, 0.5, 1, 1, 0, 0]  # padded frames stay 0
+    hard = Collator(DamoProcessor(model.tokenizer, video_tokens=model.cfg.bridge_tokens, frame_tokens=1, fps=1.0,
+                                  layout="video_first", evidence_targets="hard"))
+    bh = hard([(sample(0), clip(6, 0)), (sample(1, "multi_grounding", ((0, 1), (2, 4))), clip(4, 1))])
+    assert bh["evi_targets"][0].tolist() == [0, 1, 1, 0, 0, 0]
+    assert bh["evi_targets"][3].tolist() == [0, 0, 1, 1, 0, 0]
     assert b["cons_pairs"].tolist() == [[0, 1], [2, 4], [3, 5]]
     # labels cover exactly the response (after <|assistant|>) and the final <eos>
     ids, lab = b["input_ids"][0], b["labels"][0]
@@ -291,8 +300,9 @@ def test_llm_budget_keeps_long_videos_in_a_fixed_context():
     col = Collator(DamoProcessor(m.tokenizer, video_tokens=cfg.bridge_tokens, frame_tokens=1, fps=1.0, layout=cfg.layout, llm_frames=4))
     short, long_ = col([(sample(0), clip(4, 0))]), col([(sample(0), clip(10, 1))])
     assert short["input_ids"].shape == long_["input_ids"].shape                  # 4 frame tokens each
-    # 10 frames in groups of 3 -> 4 tokens; the span 1-3 s holds frames 1 and 2: 2 of group 0's 3 frames
-    assert long_["num_frames"] == [4] and long_["evi_targets"][0].tolist() == pytest.approx([2 / 3, 0, 0, 0])
+    # 10 frames in groups of 3 -> 4 tokens; the span 1-3 s holds frames 1 and 2: 2 of group 0's 3 frames,
+    # and the tokens after it decay as 2^-distance
+    assert long_["num_frames"] == [4] and long_["evi_targets"][0].tolist() == pytest.approx([2 / 3, 1 / 2, 1 / 4, 1 / 8])
     with torch.no_grad():
         out = m(long_)
     assert out["evi_logits"].shape == (2, 4)

@@ -205,6 +205,8 @@ def tiny_stand_in(name: str, tok_len: int) -> dict:
         d["compressor"] = {"kind": "stp", "budget": 64, "k_min": 2, "k_max": 2,
                            "options": {"heads": 2, "fast_side": 1, "stride": 2}}
     d["evidence"] |= {"dim": 8} | ({"hidden": 8} if d["evidence"].get("hidden") else {})
+    if "capture_layer" in d["evidence"]:   # an intermediate layer of the 2-layer stand-in (official: 6 of 32)
+        d["evidence"]["capture_layer"] = 1
     d |= {"bridge_tokens": 2, "align_dim": 8, "llm_frames": 8, "time_bins": min(d.get("time_bins", 32), 8),
           "box_bins": min(d.get("box_bins", 0), 4)}
     return d

@@ -241,7 +241,7 @@ def test_chosen_and_rejected_samples_collate_with_matching_evidence():
     rows = (b["evi_batch"] == 1).nonzero().flatten()
     added = b["evi_targets"][rows[4 + k]]
     a, e = r.spans[k]
-    assert added.sum() > 0 and all(a <= t + 0.5 <= e or not added[t] for t in range(20))
+    assert (added == 1).sum() > 0 and all(a <= t + 0.5 <= e or added[t] < 1 for t in range(20))
 
 
 # --------------------------------------------------------------------------------- HTTP rewriter
