@@ -49,6 +49,11 @@ def _et_recall(records: Sequence[dict], parser: str, multi_gt: bool, names: tupl
             continue
         gt = r["tgt"] if multi_gt else [r["tgt"]]
         ious.append(float(_iou32(gt, spans[:1]).max()))
+    return _recall_scores(ious, n, failed, names)
+
+
+def _recall_scores(ious: list[float], n: int, failed: int, names: tuple[str, str]) -> dict:
+    """Total, Failed, mIoU, ``{names[0]}@t`` (share of the ``n`` records with IoU >= t) and their mean ``names[1]``."""
     ious_a = np.asarray(ious, dtype=np.float64)
     recall = [int((ious_a >= t).sum()) / n for t in ETBENCH_IOU_THRESHOLDS]
     out = {"Total": n, "Failed": failed, "mIoU": _r5(sum(ious) / n)}
@@ -215,12 +220,7 @@ def _et_gvq(records: Sequence[dict], parser: str, sentsim) -> dict:
             rec_failed += 1
             continue
         ious.append(float(_iou32([records[i]["tgt"]], spans[:1])[0, 0]))
-    ious_a = np.asarray(ious, dtype=np.float64)
-    recall = [int((ious_a >= t).sum()) / n for t in ETBENCH_IOU_THRESHOLDS]
-    out = {"Total": n, "Failed": rec_failed + acc_failed, "mIoU": _r5(sum(ious) / n)}
-    for rec, t in zip(recall, ETBENCH_IOU_THRESHOLDS):
-        out[f"R@{t}"] = _r5(rec)
-    out["mRec"] = _r5(sum(recall) / len(recall))
+    out = _recall_scores(ious, n, rec_failed + acc_failed, ("R", "mRec"))
     out["Acc"] = _r5(len(correct) / n)
     return out
 
