@@ -162,6 +162,23 @@ def test_whisper_encoder_input_equals_the_feature_extractor_on_a_short_clip():
     np.testing.assert_allclose(seen[0][0].numpy(), ref, atol=2e-4)
 
 
+def test_whisper_rows_of_a_batch_equal_the_clips_alone():
+    """Whisper attends over its whole 30 s input: a short clip batched with a long one must still be
+    padded with its own silence, not with the batch's zeros."""
+    torch.manual_seed(0)
+    enc = backbones.HFWhisperEncoder(WhisperEncoder(WhisperConfig(num_mel_bins=80, **TINY_WHISPER | {
+        "max_source_positions": 20})), 10).eval()                 # 40 mel frames per input: 4 windows of 10
+    long_, short = torch.randn(1, 6, 10, 80), torch.randn(1, 3, 10, 80) - 1
+    batch = torch.cat([long_, torch.cat([short, torch.zeros(1, 3, 10, 80)], 1)])
+    mask = torch.tensor([[True] * 6, [True] * 3 + [False] * 3])
+    with torch.no_grad():
+        both, alone = enc(batch, mask), (enc(long_)[0], enc(short)[0])
+        unmasked = enc(batch)
+    torch.testing.assert_close(both[0], alone[0], rtol=0, atol=1e-5)
+    torch.testing.assert_close(both[1, :3], alone[1], rtol=0, atol=1e-5)
+    assert not torch.allclose(unmasked[1, :3], alone[1], atol=1e-3)   # zeros as padding would change it
+
+
 # ------------------------------------------------------------------ LLM
 @pytest.mark.parametrize("family", ["llama", "qwen2", "phi3"])
 def test_llm_wrapped_with_lora_equals_hf_original(tmp_path, tok, family):

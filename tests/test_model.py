@@ -1,6 +1,7 @@
 """Tensor contracts of the model parts, evidence decoding, losses and save/load."""
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -308,3 +309,12 @@ def test_llm_budget_keeps_long_videos_in_a_fixed_context():
     assert out["evi_logits"].shape == (2, 4)
     r = m.answer([clip(10, 1)], ["when does the red square appear?"], 8)[0]
     assert all(0 <= s <= e <= 10.0 for s, e, _ in r["spans"]) and all(len(sc) == 10 for sc in r["scores"])
+
+
+def test_max_len_is_a_model_setting(model):
+    cfg = copy.deepcopy(model.cfg)
+    cfg.max_len = 20
+    proc = DamoProcessor.from_model_config(cfg, model.tokenizer)
+    assert proc.config.max_len == 20
+    with pytest.raises(ValueError, match="max_len 20"):
+        Collator(proc)([(sample(0), clip(6, 0))])

@@ -186,18 +186,27 @@ class HFWhisperEncoder(nn.Module):
                              "(100 per second at fps 1: the 10 ms hop)")
         self.frames, self.width, self.n_mels = frames, encoder.config.d_model, encoder.config.num_mel_bins
 
-    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+    def forward(self, mel: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``mask`` ``(B, T)``: a batch's real frames. Every row is padded from its own end with the
+        silence of its own last input, so a clip gets in a batch exactly what it gets alone (Whisper's
+        encoder attends over its whole 30 s input and takes no attention mask)."""
         B, T, Fr, M = mel.shape
         if Fr != self.frames or M != self.n_mels:
             raise ValueError(f"Whisper wrapper expects (B, T, {self.frames}, {self.n_mels}) log-mel, got {tuple(mel.shape)}")
         x = mel.float()                                              # (B, T, F, M)
         w = self.chunk // Fr                                         # frame windows per encoder pass
         n = math.ceil(T / w)
+        idx = torch.arange(n * w, device=x.device)
+        length = mask.sum(1) if mask is not None else torch.full((B,), T, device=x.device)
+        last = (length - 1).clamp(min=0) // w * w                    # first frame of each row's last input
+        in_last = (idx[None, :T] >= last[:, None]) & (idx[None, :T] < length[:, None])
         # the extractor pads the last chunk with digital silence: log10 of its power floor (-10),
         # raised to the chunk's max - 8, i.e. (normalised) the chunk's max - 2, but at least -1.5
-        silence = (x[:, (n - 1) * w:].flatten(1).amax(1) - 2.0).clamp(min=-1.5)   # (B,)
-        pad = silence.view(B, 1, 1, 1).expand(B, n * w - T, Fr, M)
-        x = torch.cat([x, pad], 1).reshape(B * n, w * Fr, M).transpose(1, 2)  # (B*n, M, chunk)
+        peak = x.flatten(2).amax(2).masked_fill(~in_last, float("-inf")).amax(1)      # (B,)
+        silence = (peak - 2.0).clamp(min=-1.5)
+        x = torch.cat([x, x.new_zeros(B, n * w - T, Fr, M)], 1)
+        x = torch.where((idx[None] < length[:, None])[..., None, None], x, silence.view(B, 1, 1, 1))
+        x = x.reshape(B * n, w * Fr, M).transpose(1, 2)              # (B*n, M, chunk)
         h = self.encoder(input_features=x.to(self.encoder.conv1.weight.dtype)).last_hidden_state.float()  # (B*n, chunk/2, Da)
         h = h.reshape(B, n * w, Fr // 2, -1)[:, :T]                  # (B, T, F/2, Da)
         return torch.cat([h.mean(2, keepdim=True), h], 2)            # (B, T, 1 + F/2, Da)

@@ -78,7 +78,8 @@ class TinyAudioEncoder(nn.Module):
         self.ln = nn.LayerNorm(width)
         self.width = width
 
-    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+    def forward(self, mel: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Frames are encoded one by one, so a batch's padding (``mask``) cannot reach real frames."""
         B, T, F, M = mel.shape
         x = mel.flatten(0, 1).reshape(B * T, self.num_tokens, self.patch * M)  # (B*T, A, patch*M)
         x = self.proj((x + 4.0) / 4.0)                                          # (B*T, A, Da); log-mel centred
