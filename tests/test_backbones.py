@@ -369,7 +369,7 @@ def test_smollm2_from_its_wheel_trains_lora_and_new_token_rows_only(tmp_path):
 
 
 def test_paper_damo_stand_in_receives_224px_frames_and_whispers_own_features(tmp_path, tok, shared_data):
-    """configs/paper-damo.yaml with its towers' classes at tiny widths (CLIP-L/14's 224 px and patch 14,
+    """The paper-damo config with its towers' classes at tiny widths (CLIP-L/14's 224 px and patch 14,
     Whisper's 80 mels and 30 s inputs) grounding a real video: the vision tower gets 224 px frames
     decoded at that size, normalised with CLIP's mean and std; the Whisper encoder gets exactly what
     ``WhisperFeatureExtractor`` makes of the clip's sound."""
