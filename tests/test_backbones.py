@@ -21,7 +21,6 @@ from damo.data.collate import Collator
 from damo.model.processing import ClipTensors, DamoProcessor
 from damo.data.schema import Sample
 from damo.model import backbones
-from damo.model.encoders import HFVisionEncoder
 from damo.model.modeling_damo import DamoConfig, DamoModel, LLMConfig
 from damo.model.tokenizer import train_tokenizer
 from damo.train.loop import set_trainable
@@ -84,7 +83,7 @@ def test_vision_tower_contract_and_parity(family):
     cfg = DamoConfig().vision
     cfg.kind, cfg.family, cfg.pretrained, cfg.config = "hf_vision", family, False, TINY_VISION
     enc = backbones.build_vision(cfg).eval()
-    assert isinstance(enc, HFVisionEncoder)
+    assert isinstance(enc, backbones.HFVisionEncoder)
     frames = torch.rand(2, 3, 3, 32, 32)
     out = enc(frames)
     assert out.shape == (2, 3, 1 + 16, 32)                    # (B, T, 1 + P, Dv), CLS/global first
