@@ -162,6 +162,7 @@ class DamoConfig:
     align_dim: int = 64        # contrastive (stage 1) embedding width
     max_frames: int = 4096
     llm_frames: int = 64       # at most this many frame tokens reach the LLM: longer videos pool consecutive frames (0: no cap)
+    max_len: int = 1024        # tokens per training sequence (prompt with video placeholders + response); longer is an error
     layout: str = "query_both"      # video_first | query_first | query_both: where the question goes (processing.LAYOUTS)
     response: str = "interleaved"   # coupled | decomposed | interleaved (D²VLM Table 4; processing.RESPONSES)
     query_aware: bool = True   # frame tokens carry their match with the question in the stage-1 alignment space
@@ -189,7 +190,7 @@ class DamoConfig:
         if cfg.evidence.decode not in DECODERS:
             raise ValueError(f"model.evidence.decode must be one of {DECODERS}, got {cfg.evidence.decode!r}")
         ProcessorConfig(layout=cfg.layout, response=cfg.response, evidence_level=cfg.evidence.level,
-                        evidence_targets=cfg.evidence.targets, evidence_alpha=cfg.evidence.alpha,
+                        max_len=cfg.max_len, evidence_targets=cfg.evidence.targets, evidence_alpha=cfg.evidence.alpha,
                         time_encoding=cfg.time_encoding, time_bins=cfg.time_bins, box_bins=cfg.box_bins)  # validates
         return cfg
 
@@ -286,7 +287,7 @@ class DamoModel(nn.Module):
         ``(B, T, 1+P, Dv)`` and ``audio`` ``(B, T, 1+A, Da)`` are stored outputs of the frozen towers
         (:mod:`damo.data.features`), used instead of running them."""
         vision = self._per_frames(self.vision, frames) if vision is None else vision.to(frames.device, torch.float32)
-        audio = self.audio(mel) if audio is None else audio.to(mel.device, torch.float32)
+        audio = self.audio(mel, frame_mask) if audio is None else audio.to(mel.device, torch.float32)
         # padded frames are zeroed so that the temporal convolution sees the clip's end exactly
         # as an unpadded clip does (a batch then gives every clip the features it gets alone)
         v = self.residual_v(vision) * frame_mask[:, :, None, None]  # (B, T, Lv, D)

@@ -443,7 +443,7 @@ class DamoProcessor:
             response=cfg.response, evidence_level=cfg.evidence.level, evidence_targets=cfg.evidence.targets,
             evidence_alpha=cfg.evidence.alpha, llm_frames=cfg.llm_frames, time_encoding=cfg.time_encoding, time_bins=cfg.time_bins, box_bins=cfg.box_bins,
             image_size=cfg.vision.image_size, audio_features="whisper" if cfg.audio.kind == "hf_whisper" else "log_mel",
-            n_mels=cfg.audio.n_mels, mel_frames=cfg.audio.frames, max_frames=cfg.max_frames, **kw))
+            n_mels=cfg.audio.n_mels, mel_frames=cfg.audio.frames, max_frames=cfg.max_frames, max_len=cfg.max_len, **kw))
 
     def save_pretrained(self, path: str | Path) -> None:
         path = Path(path)

@@ -182,15 +182,15 @@ def run_stage(model: DamoModel, stage: Stage, samples: list[Sample], clips, seed
                          f"got {sorted(stage.losses)}{' with dialogue' if stage.dialogue else ''}")
     info = dist_info or DistInfo(0, 1, 0, torch.device("cpu"))
     torch.manual_seed(seed)
-    if preference and pairs is not None:
+    if not preference:
+        data = stage_samples(stage, samples, seed)
+    elif pairs is not None:
         data = [p for p in pairs if stage.tasks is None or p["sample"]["task"] in stage.tasks]
         if not data:
             raise ValueError(f"stage {stage.name!r}: none of its {len(pairs)} preference pairs has a task in {stage.tasks}")
-    else:
-        data = stage_samples(stage, samples, seed)
-    if preference and pairs is None:   # D²VLM §5: one factorised preference pair per sample, deterministic per seed
+    else:   # D²VLM §5: one factorised preference pair per sample, deterministic per seed
         from damo.data.preference import make_pairs
-        data = make_pairs(data, seed)[0]
+        data = make_pairs(stage_samples(stage, samples, seed), seed)[0]
         if not data:
             raise ValueError(f"stage {stage.name!r}: no preference pair could be made from its samples")
     set_trainable(model, stage.trainable)
