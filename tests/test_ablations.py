@@ -11,7 +11,8 @@ from damo.model.processing import DamoProcessor, evidence_targets, pair_frames, 
 from damo.model.tokenizer import train_tokenizer
 from damo.train.recipe import corpus
 
-from test_model import TEXTS, clip, sample, tiny_cfg
+from helpers import clip, tiny_cfg
+from test_model import TEXTS, sample
 
 
 def test_response_formats_for_every_task():

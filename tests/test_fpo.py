@@ -11,11 +11,12 @@ import torch
 from damo.data.collate import Collator
 from damo.model.processing import ClipTensors, DamoProcessor
 from damo.data.preference import validate_pair
-from damo.model.modeling_damo import DamoConfig, DamoModel
+from damo.model.modeling_damo import DamoModel
 from damo.model.tokenizer import train_tokenizer
 from damo.train import losses
 from damo.train.fpo import (FPOSettings, batch_logprob, chosen_view, focus_masks, fpo, fpo_loss, fpo_result,
                             interval_logprob, pair_batch, sequence_logprob, split_pairs, token_logprob)
+from helpers import clip, tiny_cfg
 
 
 def sig(x: float) -> float:
@@ -140,17 +141,8 @@ TEXTS = ["when does the red square appear?", "It happens in", "The relevant even
 
 
 def tiny_model() -> DamoModel:
-    cfg = DamoConfig()
-    cfg.llm.hidden, cfg.llm.layers, cfg.llm.intermediate = 32, 2, 64
-    cfg.fuser.width, cfg.fuser.blocks = 32, 1
     torch.manual_seed(0)
-    return DamoModel(cfg, train_tokenizer(TEXTS, 300))
-
-
-def clip(T: int, seed: int) -> ClipTensors:
-    g = torch.Generator().manual_seed(seed)
-    return ClipTensors(frames=torch.randint(0, 255, (T, 32, 32, 3), generator=g, dtype=torch.uint8),
-                       mel=torch.randn(T, 25, 32, generator=g).half(), times=torch.arange(T) + 0.5, duration=float(T))
+    return DamoModel(tiny_cfg(), train_tokenizer(TEXTS, 300))
 
 
 def make_pair(i: int, task: str, answer: str, spans, rejected: dict, factor: str, subfactor: str,

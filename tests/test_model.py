@@ -9,37 +9,25 @@ import pytest
 import torch
 
 from damo.data.collate import Collator
-from damo.model.processing import ClipTensors, DamoProcessor, frame_targets, response_text
+from damo.model.processing import DamoProcessor, frame_targets, response_text
 from damo.model.encoders import TinyAudioEncoder, TinyViT
 from damo.model.evidence import decode_interval, salient_frames
 from damo.model.fuseformer import TemporalFuseformer
-from damo.model.modeling_damo import DamoConfig, DamoModel
+from damo.model.modeling_damo import DamoModel
 from damo.model.residual import GlobalResidual
 from damo.model.tokenizer import EVI, train_tokenizer
 from damo.data.schema import Sample
 from damo.train import losses
+from helpers import clip, tiny_cfg
 
 TEXTS = ["when does the red square appear?", "the high tone plays", "It happens in", "The relevant event happens in",
          "what colour is the shape?", "red", "a low tone", "describe the events with their times."] * 20
-
-
-def tiny_cfg() -> DamoConfig:
-    cfg = DamoConfig()
-    cfg.llm.hidden, cfg.llm.layers, cfg.llm.intermediate = 32, 2, 64
-    cfg.fuser.width, cfg.fuser.blocks = 32, 1
-    return cfg
 
 
 @pytest.fixture(scope="module")
 def model() -> DamoModel:
     torch.manual_seed(0)
     return DamoModel(tiny_cfg(), train_tokenizer(TEXTS, 300)).eval()
-
-
-def clip(T: int, seed: int) -> ClipTensors:
-    g = torch.Generator().manual_seed(seed)
-    return ClipTensors(frames=torch.randint(0, 255, (T, 32, 32, 3), generator=g, dtype=torch.uint8),
-                       mel=torch.randn(T, 25, 32, generator=g).half(), times=torch.arange(T) + 0.5, duration=float(T))
 
 
 def sample(i: int, task: str = "grounding", spans=((1.0, 3.0),)) -> Sample:

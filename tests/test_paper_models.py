@@ -3,7 +3,6 @@ trainable-only saves, and tiny stand-ins of each paper config training every sta
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,7 +12,7 @@ from transformers import (AutoModelForCausalLM, CLIPVisionConfig, CLIPVisionMode
                           SiglipVisionConfig, SiglipVisionModel, WhisperConfig)
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-from damo.config import load_recipe
+from damo.config import find, load_recipe
 from damo.data.dataset import ClipLoader, load_dataset
 from damo.model.modeling_damo import DamoConfig, DamoModel, LLMConfig
 from damo.model.tokenizer import train_tokenizer
@@ -21,13 +20,12 @@ from damo.plan import PlanOptions, build_meta, memory_gb, module_counts, plan
 from damo.train.loop import run_stage, set_trainable
 from damo.train.recipe import build_model
 
-REPO = Path(__file__).resolve().parents[1]
 PAPERS = ["damo", "d2vlm", "llava-st"]
 LLM_CLASSES = {"mistral": MistralConfig, "phi3": Phi3Config, "qwen2": Qwen2Config}
 
 
 def paper_config(name: str) -> dict:
-    return yaml.safe_load((REPO / "configs" / f"paper-{name}.yaml").read_text())
+    return yaml.safe_load(find("configs", f"paper-{name}.yaml").read_text())
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +61,7 @@ def test_damo_temporal_stage_trains_lora_r32_new_modules_and_token_rows(meta_mod
     adds r (in + out) per target projection per layer; each added token trains one embedding row and
     one head row; the new modules train whole."""
     model = meta_models["damo"]
-    recipe = load_recipe(REPO / "recipes" / "paper-damo.yaml")
+    recipe = load_recipe("paper-damo")
     stage = next(s for s in recipe.stages if s.name == "temporal")
     n = set_trainable(model, stage.trainable)
     c = paper_config("damo")["llm"]["config"]
@@ -91,7 +89,7 @@ def test_lape_tokens_train_in_embeddings_and_output_head(meta_models):
 
 
 def test_plan_runs_a_stage_and_reports_what_does_not_fit():
-    recipe = load_recipe(REPO / "recipes" / "paper-damo.yaml")
+    recipe = load_recipe("paper-damo")
     recipe.stages = [s for s in recipe.stages if s.name == "bridge"]
     p = plan(recipe.model, recipe, PlanOptions(gpus=8, gpu_gb=12.0, frames=8, text_tokens=32))
     e = p["stages"]["bridge"]
@@ -218,7 +216,7 @@ def tiny_stand_in(name: str, tok_len: int) -> dict:
 def test_tiny_stand_in_trains_every_stage_and_changes_exactly_what_the_recipe_names(name):
     import fnmatch
 
-    recipe = load_recipe(REPO / "recipes" / f"paper-{name}.yaml")
+    recipe = load_recipe(f"paper-{name}")
     samples = load_dataset("synth://easy?n=8&seed=0")
     cfg = DamoConfig.from_dict(tiny_stand_in(name, 600))     # resized to the trained tokenizer when built
     assert cfg.llm.family == recipe.model.llm.family and cfg.vision.family == recipe.model.vision.family
@@ -236,3 +234,26 @@ def test_tiny_stand_in_trains_every_stage_and_changes_exactly_what_the_recipe_na
         if "llm.*lora_*" in stage.trainable:
             assert any("lora_B" in k for k in moved) and any("trainable_tokens" in k for k in moved)
             assert any("lm_head" in k and "trainable_tokens" in k for k in moved)
+
+
+def test_llava_st_lora_step_changes_exactly_our_token_rows_of_the_untied_head():
+    """LLaVA-ST extends the input embeddings and the output layer (section 3.2, eq. 4). One step of the
+    coordinate stage (LoRA + `llm.*trainable_tokens*`) moves exactly our added tokens' rows of the
+    untied head (the softmax reaches every row; LAPE's time term reaches the <t_i> rows too), and in the
+    input embeddings only rows among them, including every time anchor."""
+    recipe = load_recipe("paper-llava-st")
+    stage = next(s for s in recipe.stages if s.name == "coordinate")
+    stage.steps, stage.batch, stage.grad_accum, stage.warmup, stage.save_every = 1, 2, 1, 1, 0
+    samples = load_dataset("synth://easy?n=4&seed=0")
+    model = build_model(DamoConfig.from_dict(tiny_stand_in("llava-st", 600)), samples, 0)
+    emb, head = model.llm.get_input_embeddings(), model.llm.get_output_embeddings()
+    e0, h0 = emb.weight.detach().clone(), head.weight.detach().clone()
+    assert e0.data_ptr() != h0.data_ptr() and not torch.equal(e0, h0)            # untied
+    run_stage(model, stage, samples, ClipLoader(model.processor, memory=True), 0, progress=False)
+    ours = set(model.new_token_ids)
+    assert changed_rows(h0, head.weight) == ours
+    assert set(model.processor.coord_axes["t"]) <= changed_rows(e0, emb.weight) <= ours
+
+
+def changed_rows(before: torch.Tensor, after: torch.Tensor) -> set[int]:
+    return set((after.detach() != before).any(1).nonzero().flatten().tolist())

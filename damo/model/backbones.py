@@ -36,7 +36,7 @@ from transformers import (CONFIG_MAPPING, AutoModelForCausalLM, AutoTokenizer, C
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from damo.model import tokenizer as tk
-from damo.model.encoders import AUDIO_ENCODERS, VISION_ENCODERS, HFVisionEncoder
+from damo.model.encoders import AUDIO_ENCODERS, VISION_ENCODERS
 
 if TYPE_CHECKING:
     from damo.model.modeling_damo import AudioConfig, DamoModel, LLMConfig, VisionConfig
@@ -144,6 +144,32 @@ def build_vision(cfg: "VisionConfig") -> nn.Module:
         raise ValueError(f"unknown vision.kind {cfg.kind!r}; valid: hf_vision, {', '.join(VISION_ENCODERS)}")
     return VISION_ENCODERS[cfg.kind](image_size=cfg.image_size, patch=cfg.patch, width=cfg.width,
                                      layers=cfg.layers, heads=cfg.heads)
+
+
+class HFVisionEncoder(nn.Module):
+    """Any transformers vision tower (SigLIP, CLIP) applied per frame.
+
+    ``model`` is an already-built HF vision model whose output ``last_hidden_state`` is
+    ``(N, P, D)``. CLIP prepends a CLS token; SigLIP has none, so its mean patch token
+    serves as the global token (``has_cls=False``).
+    """
+
+    def __init__(self, model: nn.Module, has_cls: bool, image_size: int, mean: tuple[float, ...],
+                 std: tuple[float, ...]):
+        super().__init__()
+        self.model, self.has_cls, self.image_size = model, has_cls, image_size
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        self.width = model.config.hidden_size
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        B, T = frames.shape[:2]
+        x = (frames.flatten(0, 1) - self.mean) / self.std          # (B*T, 3, H, W)
+        # a tower kept in bf16 (frozen, on GPU) takes and gives its own dtype; the model continues in fp32
+        h = self.model(pixel_values=x.to(self.model.dtype)).last_hidden_state.float()   # (B*T, [1+]P, Dv)
+        if not self.has_cls:
+            h = torch.cat([h.mean(1, keepdim=True), h], 1)          # (B*T, 1+P, Dv)
+        return h.unflatten(0, (B, T))
 
 
 def hf_vision_encoder(cfg: "VisionConfig") -> HFVisionEncoder:
