@@ -307,9 +307,9 @@ class DamoModel(nn.Module):
 
     def video_embeddings(self, frames, mel, frame_mask, times, query_ids=None, query_mask=None, duration=None,
                          group: int = 1, vision=None, audio=None):
-        """-> frame embeddings ``(B, T', K, C)``, the embeddings in front of the frames per row (bridged
-        fusion tokens ``(F', C)``, then the packer's slow stream ``(G_b s^2, C)`` if any), fuser frame
-        features ``(B, T, K, D)``. ``T' = T`` unless the frame budget caps the frame tokens: then each
+        """-> frame embeddings ``(B, T', K, C)``, the embeddings in front of the frames (bridged fusion
+        tokens, then the packer's slow stream if any: ``(B, F' + G s^2, C)``), fuser frame features
+        ``(B, T, K, D)``. ``T' = T`` unless the frame budget caps the frame tokens: then each
         token is the mean of ``group`` consecutive frames (the processor's
         :meth:`~damo.model.processing.DamoProcessor.layout`, carried by the batch). With the
         compressor at the LLM, K (and the slow side) follow its budget for T' (:class:`TokenBudget`).
@@ -340,9 +340,9 @@ class DamoModel(nn.Module):
         q = self.bridge_out(self.bridge(self.bridge_queries.expand(fu.shape[0], -1, -1), fu))   # (B, F', C)
         if slow is None:
             return e, q, fr
-        st, sm = pool_groups(times, ml, self.compressor.stride)     # each slow step's mean time (B, G), (B, G)
+        st = pool_groups(times, ml, self.compressor.stride)[0]     # each slow step's mean time (B, G)
         se = self.llm_tokens(slow, st, duration, qa)                # (B, G, s*s, C)
-        return e, [torch.cat([q[b], se[b, sm[b]].flatten(0, 1)]) for b in range(len(q))], fr
+        return e, torch.cat([q, se.flatten(1, 2)], 1), fr
 
     def llm_tokens(self, x: torch.Tensor, times: torch.Tensor, duration: torch.Tensor | None,
                    qa: torch.Tensor | None) -> torch.Tensor:
@@ -361,12 +361,18 @@ class DamoModel(nn.Module):
         return e
 
     def scatter_video(self, input_ids, frame_emb, fusion_emb, num_frames):
-        """Replace ``<video>`` placeholders by [fusion (+ slow stream); frames] per sample -> inputs_embeds ``(B, L, C)``."""
+        """Replace ``<video>`` placeholders by [fusion (+ slow stream); frames] per sample -> inputs_embeds
+        ``(B, L, C)``. A row of ``n`` frame tokens keeps the slow steps that hold its frames."""
         emb = self.llm.get_input_embeddings()(input_ids)
-        parts = [torch.cat([fusion_emb[b], frame_emb[b, :n].flatten(0, 1)]) for b, n in enumerate(num_frames)]
+        F_, per_step, stride = self.cfg.bridge_tokens, 0, 1
+        if fusion_emb.shape[1] > F_:                                # the packer's slow stream (B, G s^2, C)
+            stride = self.compressor.stride
+            per_step = (fusion_emb.shape[1] - F_) // -(-frame_emb.shape[1] // stride)
+        parts = [torch.cat([fusion_emb[b, :F_ + -(-n // stride) * per_step], frame_emb[b, :n].flatten(0, 1)])
+                 for b, n in enumerate(num_frames)]
         vid = torch.cat(parts).to(emb.dtype)                        # (sum_b (F' + S_b + T_b K), C)
         mask = (input_ids == self.video_id).unsqueeze(-1)
-        if int(mask.sum()) != vid.shape[0]:
+        if not mask.is_meta and int(mask.sum()) != vid.shape[0]:    # (damo.plan: no values on the meta device)
             raise ValueError(f"prompt has {int(mask.sum())} {tk.VIDEO} placeholders but the video gives {vid.shape[0]}")
         return emb.masked_scatter(mask, vid)
 
