@@ -10,7 +10,7 @@ the training step time and the time and peak memory (resident set) of answering 
 10-minute video (600 frames).
 
 Rows (``--grid``):
-  time         identity compressor x time encoding (sinusoid, Dynamic-VLM timestamp text,
+  time         the default compressor (one token per frame) x time encoding (sinusoid, Dynamic-VLM timestamp text,
                LLaVA-ST LAPE time tokens, none)
   compressors  the compressors in front of the fuser (``placement: fuser``) on a 4x4 residual grid
                under ``--budget`` visual tokens per video (sinusoid time)
@@ -54,7 +54,7 @@ from damo.train.loop import run_stage  # noqa: E402
 from damo.train.recipe import run_recipe  # noqa: E402
 
 BOX_BINS = 16
-TIME = {f"time: {e}": ["model.compressor.kind=identity", f"model.time_encoding={e}"]
+TIME = {f"time: {e}": [f"model.time_encoding={e}"]
         for e in ("sinusoid", "timestamp", "lape", "none")}
 COMPRESSORS = {f"compressor: {k}": [f"model.compressor.kind={k}", "model.compressor.placement=fuser",
                                      "model.compressor.k_max=16", "model.fuser.visual_tokens=16"]

@@ -320,6 +320,24 @@ def test_pooling_to_one_token_is_the_fused_frame_summary():
     assert torch.allclose(e_llm, e_fuser, atol=1e-4)
 
 
+def test_a_model_saved_before_the_placement_switch_reads_the_same_tokens(model, tmp_path):
+    """Saved configs without ``compressor.placement`` compressed in front of the fuser; they still load so,
+    and the old default there (identity, one fused token per frame) equals the new one (pool to 1 at the LLM)."""
+    import json
+    model.save(tmp_path / "m")
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    cfg["compressor"] = {"kind": "identity", "budget": 4096, "k_min": 1, "k_max": 16, "seed": 0, "options": {}}
+    (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
+    proc = json.loads((tmp_path / "m" / "processor_config.json").read_text())
+    del proc["budget"]
+    (tmp_path / "m" / "processor_config.json").write_text(json.dumps(proc))
+    old = DamoModel.load(tmp_path / "m")
+    assert not old.at_llm and old.processor.budget is None
+    b = Collator.for_model(model)([(sample(0), clip(6, 0))])
+    with torch.no_grad():
+        assert torch.allclose(old(b)["evi_logits"], model(b)["evi_logits"], atol=1e-4)
+
+
 def test_stp_slow_stream_sits_in_front_of_the_frames_and_grounds_nothing():
     m = budget_model("stp", 60, stride=4).eval()
     lay = m.processor.layout(6)                                    # 1 fast token per frame, 2 slow steps of 4 x 4
