@@ -66,8 +66,8 @@ AT_LLM = ["model.compressor.placement=llm", "model.compressor.k_max=16", "model.
 
 def llm_rows(budgets: list[int]) -> dict[str, list[str]]:
     """The ``llm`` grid: each compressor at the LLM under each budget, and the uncompressed grid."""
-    # 16 tokens for each of a 64-s clip's frames overflow the 1,024-token sequences: at most 48 frame tokens
-    rows = {"llm: identity": [*AT_LLM, "model.compressor.kind=identity", "model.llm_frames=48"]}
+    # 16 tokens for each of a 64-s clip's frames overflow the 1,024-token sequences: at most 40 frame tokens
+    rows = {"llm: identity": [*AT_LLM, "model.compressor.kind=identity", "model.llm_frames=40"]}
     for k in ("pool", "tome", "prune", "stp"):
         for b in budgets:
             rows[f"llm: {k} {b}"] = [*AT_LLM, f"model.compressor.kind={k}", f"model.compressor.budget={b}"]
@@ -123,7 +123,8 @@ def shared_stages(job: tuple[int, dict]) -> None:
     a = argparse.Namespace(**args)
     torch.set_num_threads(a.threads)
     r = short_recipe(seed, f"synth://standard?n={a.train}&seed=0&split=train&stvg=1",
-                     argparse.Namespace(steps=a.shared_steps), [f"model.box_bins={BOX_BINS}", *AT_LLM])
+                     argparse.Namespace(steps=a.shared_steps),
+                     [f"model.box_bins={BOX_BINS}", "model.compressor.placement=llm", "model.fuser.visual_tokens=16"])
     r.stages = [st for st in r.stages if st.name in SHARED]
     run_recipe(r, Path(a.workdir) / f"shared-seed{seed}", progress=False, log=lambda *_: None)
 
