@@ -37,7 +37,7 @@ def _etbench_child(side: str, records_path: Path, official: Path | None, out_pat
     t0 = time.perf_counter()
     records = json.loads(records_path.read_text())
     if side == "ours":
-        from damo.eval.metrics import etbench_metrics
+        from damo.eval.etbench import etbench_metrics
         out = {t: {s: m for s, m in per.items() if s != "mean"} for t, per in etbench_metrics(records).items()}
     else:
         import importlib.util
@@ -120,7 +120,7 @@ def main() -> None:
         etbench(args)
         return
     from damo.data.schema import read_jsonl
-    from damo.eval.metrics import qvhighlights_metrics
+    from damo.eval.qvhighlights import qvhighlights_metrics
 
     gt_path, pred_path = args.data / "highlight_val_release.jsonl", args.data / "sample_val_preds.jsonl"
     gt, pred = list(read_jsonl(gt_path)), list(read_jsonl(pred_path))

@@ -1,6 +1,6 @@
 """Token economy: compressors, time encodings and answer formats, trained and measured the same way.
 
-Every row trains the stages of ``recipes/damo_4stage.yaml`` (without dialogue, at ``--steps`` of
+Every row trains the stages of ``damo/resources/recipes/damo_4stage.yaml`` (without dialogue, at ``--steps`` of
 their steps) on procedural videos whose samples include spatio-temporal grounding queries, with
 LAPE box tokens for the tube answers, then measures on held-out test videos:
 LLM input tokens for a 30 s and a 10 min video, visual tokens per frame entering the T-Fuseformer,
@@ -46,7 +46,7 @@ from common import add_budget_args, mean_std, run_parallel, short_recipe  # noqa
 from damo.data.dataset import ClipLoader, load_dataset  # noqa: E402
 from damo.data.synthetic import num_frames  # noqa: E402
 from damo.eval.evaluate import grounding_report, predict  # noqa: E402
-from damo.eval.metrics import stvg_metrics  # noqa: E402
+from damo.eval.stvg import stvg_metrics  # noqa: E402
 from damo.model.modeling_damo import DamoModel  # noqa: E402
 from damo.model.processing import ClipTensors  # noqa: E402
 from damo.config import Stage  # noqa: E402

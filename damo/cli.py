@@ -1,7 +1,7 @@
 """The ``damo`` command: one function per subcommand.
 
     damo demo   [--workdir DIR]                     generate data, train the 4-stage recipe, evaluate, ground
-    damo train  --recipe R.yaml [--workdir DIR] [--set key=value ...]
+    damo train  --recipe R [--workdir DIR] [--set key=value ...]     R: a YAML path or a shipped name
     damo eval   --data TEST.jsonl --model DIR [--out DIR]          run our model and score it
     damo eval   --task TASK --gt GT --pred PRED [--out M.json]      score any model's predictions
     damo ground VIDEO "QUERY" [--model DIR]
@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 DEFAULT_WORKDIR = Path("runs/demo")
-RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+DEFAULT_RECIPE = "damo_4stage"
 
 
 def _print(obj) -> None:
@@ -149,14 +149,17 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_plan(args: argparse.Namespace) -> int:
     import yaml
 
-    from damo.config import load_recipe
+    from damo.config import find, load_recipe
     from damo.model.modeling_damo import DamoConfig
     from damo.plan import PlanOptions, format_plan, plan
 
     if not args.config and not args.recipe:
         raise SystemExit("damo plan needs --config (a model YAML) and/or --recipe (its model is used without --config)")
     recipe = load_recipe(args.recipe) if args.recipe else None
-    cfg = DamoConfig.from_dict(yaml.safe_load(Path(args.config).read_text()) or {}) if args.config else recipe.model
+    if args.config:
+        cfg = DamoConfig.from_dict(yaml.safe_load(find("configs", args.config).read_text()) or {})
+    else:
+        cfg = recipe.model
     p = plan(cfg, recipe, PlanOptions(gpus=args.gpus, gpu_gb=args.gpu_gb, frames=args.frames,
                                       text_tokens=args.text_tokens, micro_batch=args.micro_batch))
     if args.parallel:
@@ -378,13 +381,52 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_augment(args: argparse.Namespace) -> int:
+    """``damo data augment``: annotations -> grounded QA JSONL; prints the report as JSON."""
+    from damo.data.augment import augment, load_videos, make_generator
+    from damo.data.schema import save_samples
+
+    if args.limit is not None and args.limit < 1:
+        raise SystemExit(f"--limit must be a positive number of videos, got {args.limit}")
+    try:
+        videos = load_videos(args.inp, args.format)
+        gen = make_generator(args.generator, seed=args.seed, url=args.url, model=args.model)
+    except (ValueError, FileNotFoundError, ImportError) as e:
+        raise SystemExit(str(e)) from None
+    if args.limit is not None:
+        videos = videos[:args.limit]
+    samples, report = augment(videos, gen, seed=args.seed)
+    save_samples(args.out, samples)
+    report["out"] = str(args.out)
+    _print(report)
+    return 0
+
+
+def cmd_data_prefs(args: argparse.Namespace) -> int:
+    """``damo data prefs``: canonical samples -> factorized preference pairs JSONL; prints the report as JSON."""
+    from damo.data.preference import make_pairs, make_rewriter, read_samples, save_pairs
+
+    try:
+        samples = read_samples(args.inp)
+        rewriter = make_rewriter(args.rewriter, samples, url=args.url, model=args.model)
+        pairs, report = make_pairs(samples, seed=args.seed, rewriter=rewriter, subfactors=args.subfactors,
+                                   min_shift=args.min_shift)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        raise SystemExit(str(e)) from None
+    save_pairs(args.out, pairs)
+    report["out"] = str(args.out)
+    _print(report)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="damo", description="Temporally grounded video-language models.")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     d = sub.add_parser("demo", help="train the 4-stage recipe on procedural data, evaluate, ground")
     d.add_argument("--workdir", default=str(DEFAULT_WORKDIR))
-    d.add_argument("--recipe", default=str(RECIPES / "damo_4stage.yaml"))
+    d.add_argument("--recipe", default=DEFAULT_RECIPE,
+                   help="a recipe YAML, or a shipped recipe's name (default: %(default)s)")
     d.add_argument("--difficulty", default="standard", choices=["easy", "standard", "hard"])
     d.add_argument("--n-train", type=int, default=1500)
     d.add_argument("--n-test", type=int, default=120)
@@ -392,7 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(fn=cmd_demo)
 
     t = sub.add_parser("train", help="run a multi-stage recipe")
-    t.add_argument("--recipe", required=True)
+    t.add_argument("--recipe", required=True, help="a recipe YAML, or a shipped recipe's name (e.g. damo_4stage)")
     t.add_argument("--workdir")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe override")
     t.add_argument("--num-workers", type=int, help="data-loader processes decoding videos ahead (recipe: num_workers)")
@@ -402,8 +444,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     pl = sub.add_parser("plan", help="dry run of a config and recipe at full scale on the meta device: parameters "
                                      "and per-GPU memory per stage (offline, no weights)")
-    pl.add_argument("--config", help="model YAML (default: the recipe's model)")
-    pl.add_argument("--recipe", help="recipe YAML (default: one stage training everything)")
+    pl.add_argument("--config", help="model YAML or a shipped config's name (default: the recipe's model)")
+    pl.add_argument("--recipe", help="recipe YAML or a shipped recipe's name (default: one stage training everything)")
     pl.add_argument("--gpus", type=int, default=8)
     pl.add_argument("--gpu-gb", type=float, default=80.0, help="memory per GPU")
     pl.add_argument("--parallel", choices=["ddp", "fsdp"], help="report only this mode (default: both)")
@@ -413,8 +455,9 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     pl.set_defaults(fn=cmd_plan)
 
+    from damo.eval.score import SCORERS
     e = sub.add_parser("eval", help="score predictions, or run a model and score it")
-    e.add_argument("--task", help="charades-sta, qvhighlights, activitynet-captions, youcook2, etbench, didemo, tacos")
+    e.add_argument("--task", choices=list(SCORERS), help="the benchmark whose official evaluator to reproduce")
     e.add_argument("--gt")
     e.add_argument("--pred")
     e.add_argument("--durations")
@@ -484,10 +527,35 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", required=True)
     _data_options(c)
     c.set_defaults(fn=cmd_data_convert)
-    from damo.data.augment import add_augment_parser   # their heavy imports happen inside their commands
-    from damo.data.preference import add_prefs_parser
-    add_augment_parser(data)
-    add_prefs_parser(data)
+    from damo.data.augment import GENERATORS      # their heavy imports happen inside their commands
+    from damo.data.preference import REWRITERS
+    a = data.add_parser("augment", help="dense captions -> temporally grounded QA and dialogues (DaMO)",
+                        description="Generate, validate and deduplicate temporally grounded QA from timed captions.")
+    a.add_argument("--in", dest="inp", required=True, help="annotation file")
+    a.add_argument("--format", required=True,
+                   help="activitynet-captions, youcook2, or canonical (JSONL with dense_caption samples)")
+    a.add_argument("--out", required=True, help="output canonical JSONL")
+    a.add_argument("--generator", default="rule", choices=list(GENERATORS))
+    a.add_argument("--url", help="OpenAI-compatible server for --generator http")
+    a.add_argument("--model", help="local: HF model folder (default: SmolLM2-135M-Instruct); http: model name")
+    a.add_argument("--limit", type=int, help="augment only the first N videos")
+    a.add_argument("--seed", type=int, default=0)
+    a.set_defaults(fn=cmd_data_augment)
+    pr = data.add_parser("prefs", help="factorized preference pairs for FPO (D2VLM section 5)",
+                         description="Perturb ground-truth responses by one temporal or textual factor to make "
+                                     "rejected responses.")
+    pr.add_argument("--in", dest="inp", required=True, help="canonical samples JSONL or synth://... spec")
+    pr.add_argument("--out", required=True, help="output preference-pair JSONL")
+    pr.add_argument("--seed", type=int, default=0)
+    pr.add_argument("--rewriter", default="rule", choices=list(REWRITERS),
+                    help="text distortion: rule (offline key-word swaps) or http (OpenAI-compatible server)")
+    pr.add_argument("--url", help="server for --rewriter http, e.g. http://127.0.0.1:8000")
+    pr.add_argument("--model", help="model name sent to the --rewriter http server")
+    pr.add_argument("--subfactors", type=lambda v: [x for x in v.split(",") if x],
+                    help="comma-separated subset of shift,add,delete,merge,distort,repeat")
+    pr.add_argument("--min-shift", dest="min_shift", type=float, default=1.0,
+                    help="smallest temporal change in seconds (shift distance, added event length)")
+    pr.set_defaults(fn=cmd_data_prefs)
     v = sub.add_parser("serve", help="web demo: pick or upload a video, ask, see when (localhost)")
     v.add_argument("--model", default=str(DEFAULT_WORKDIR / "model"), metavar="DIR",
                    help="trained model folder (default: %(default)s, relative to the current folder)")

@@ -7,6 +7,7 @@ weights, for how many steps. One loop (:mod:`damo.train.loop`) runs every stage.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,8 @@ class Stage:
     weight_decay: float = 0.01
     grad_accum: int = 1                   # micro-batches per optimizer step (per process); `batch` is the global batch
     save_every: int = 0                   # write a resumable checkpoint every N steps (0: only at the stage end)
+    fpo: dict = field(default_factory=dict)   # FPO settings: beta, mode (reference_free | dpo), focus (event | sequence)
+    pairs: str | None = None              # FPO stages: a `damo data prefs` JSONL (default: pairs made from the samples)
 
 
 @dataclass
@@ -52,9 +55,8 @@ class Recipe:
     def from_dict(cls, d: dict[str, Any], base: Path | None = None) -> "Recipe":
         d = dict(d)
         model = d.pop("model", {}) or {}
-        if isinstance(model, str):  # a path to a model YAML, relative to the recipe
-            p = Path(model) if base is None or Path(model).is_absolute() else base / model
-            model = yaml.safe_load(p.read_text()) or {}
+        if isinstance(model, str):  # a model YAML: a path relative to the recipe, or a shipped config's name
+            model = yaml.safe_load(model_path(model, base).read_text()) or {}
         stages = d.pop("stages", None)
         if not stages:
             raise ValueError("a recipe needs a non-empty 'stages' list")
@@ -69,6 +71,7 @@ class Recipe:
                 if k in s:
                     s[k] = float(s[k])
             out.append(Stage(**s))
+            _check_preference_settings(out[-1])
         names = [s.name for s in out]
         if len(set(names)) != len(names):
             raise ValueError(f"stage names must be unique, got {names}")
@@ -77,6 +80,14 @@ class Recipe:
         if bad:
             raise ValueError(f"unknown recipe keys {sorted(bad)}; valid: model, stages, {', '.join(sorted(valid))}")
         return cls(stages=out, model=DamoConfig.from_dict(model), **d)
+
+
+def _check_preference_settings(stage: Stage) -> None:
+    from damo.train.fpo import FPOSettings
+
+    if (stage.fpo or stage.pairs) and "fpo" not in stage.losses:
+        raise ValueError(f"stage {stage.name!r}: 'fpo' settings and 'pairs' belong to a stage with the fpo loss")
+    FPOSettings.from_dict(stage.fpo)
 
 
 def set_dotted(d: dict, key: str, value: Any) -> None:
@@ -92,15 +103,40 @@ def set_dotted(d: dict, key: str, value: Any) -> None:
         cur[last] = value
 
 
+def shipped(kind: str) -> Path:
+    """The folder of the ``recipes`` or model ``configs`` that ship inside the package."""
+    return Path(str(resources.files("damo") / "resources" / kind))
+
+
+def find(kind: str, name: str | Path) -> Path:
+    """A recipe (``kind="recipes"``) or model config (``"configs"``) file: ``name`` as a path if that
+    file exists, else the shipped one of that bare name (``damo_4stage`` or ``damo_4stage.yaml``)."""
+    p = Path(name)
+    if p.is_file():
+        return p
+    if p.parent == Path("."):
+        q = shipped(kind) / (p.name if p.suffix in (".yaml", ".yml") else f"{p.name}.yaml")
+        if q.is_file():
+            return q
+    known = ", ".join(sorted(f.stem for f in shipped(kind).glob("*.yaml")))
+    raise FileNotFoundError(f"{kind[:-1]} {name} not found: give a file path or a shipped name ({known})")
+
+
+def model_path(model: str, base: Path | None) -> Path:
+    """The model YAML a recipe names: relative to the recipe's folder ``base``, or a shipped config."""
+    p = Path(model)
+    if base is not None and not p.is_absolute() and (base / p).is_file():
+        return base / p
+    return find("configs", p)
+
+
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    """Read a recipe YAML and apply ``key=value`` overrides (values parsed as YAML)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"recipe {path} not found")
+    """Read a recipe (a YAML path, or a shipped recipe's name) and apply ``key=value`` overrides
+    (values parsed as YAML)."""
+    path = find("recipes", path)
     d = yaml.safe_load(path.read_text()) or {}
     if isinstance(d.get("model"), str):
-        p = Path(d["model"])
-        d["model"] = yaml.safe_load((p if p.is_absolute() else path.parent / p).read_text()) or {}
+        d["model"] = yaml.safe_load(model_path(d["model"], path.parent).read_text()) or {}
     for o in overrides or []:
         if "=" not in o:
             raise ValueError(f"override {o!r} must look like key.sub=value")

@@ -64,7 +64,7 @@ def standin_tokenizer(cfg: DamoConfig) -> PreTrainedTokenizerFast:
     size = cfg.llm.config.get("vocab_size")
     if not size:
         raise ValueError("damo plan builds the LLM from its config: write the LLM's transformers config out in "
-                         "llm.config (at least vocab_size and the layer sizes), as configs/paper-*.yaml do")
+                         "llm.config (at least vocab_size and the layer sizes), as damo/resources/configs/paper-*.yaml do")
     base = Tokenizer(models.WordLevel({f"w{i}": i for i in range(size)}, unk_token="w0"))
     base.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok = PreTrainedTokenizerFast(tokenizer_object=base, unk_token="w0", eos_token="w2")
@@ -80,7 +80,7 @@ def skeleton_config(cfg: DamoConfig) -> DamoConfig:
         if part.kind.startswith("hf") and part.pretrained:
             if not part.config:
                 raise ValueError(f"{part.kind} {part.name_or_path!r} has no stated transformers config; damo plan "
-                                 "needs the tower's config fields written out (see configs/paper-*.yaml)")
+                                 "needs the tower's config fields written out (see damo/resources/configs/paper-*.yaml)")
             part.pretrained = False
     out.llm.submodule = None
     return out

@@ -3,7 +3,7 @@
     python experiments/augment_curve.py WORKDIR [--sizes 100 300 900] [--seeds 0 1 2] [--jobs 2]
 
 For each number of training videos N and each seed, two runs with the same stages and steps
-(those of ``recipes/damo_4stage.yaml`` without dialogue, at ``--steps`` of their steps):
+(those of ``damo/resources/recipes/damo_4stage.yaml`` without dialogue, at ``--steps`` of their steps):
 ``base`` trains on the procedural samples of the N videos; ``+aug`` adds, in the temporal
 stage only (as DaMO adds its LLM-generated QA to temporal perception), the grounded QA that ``damo data augment`` (rule generator) makes from the same
 N videos' dense captions. The two arms share the stages before temporal of their seed.

@@ -4,12 +4,9 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import statistics
-from pathlib import Path
 from typing import Callable
 
 from damo.config import Recipe, load_recipe
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def add_budget_args(ap: argparse.ArgumentParser) -> None:
@@ -18,12 +15,12 @@ def add_budget_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads per run")
     ap.add_argument("--test", type=int, default=60, help="test videos")
     ap.add_argument("--steps", type=float, default=0.5,
-                    help="fraction of recipes/damo_4stage.yaml's steps for each stage (dialogue is dropped)")
+                    help="fraction of damo/resources/recipes/damo_4stage.yaml's steps for each stage (dialogue is dropped)")
 
 
 def short_recipe(seed: int, train: str, a: argparse.Namespace, overrides: list[str] = ()) -> Recipe:
-    """``recipes/damo_4stage.yaml`` without its dialogue stage, each stage at ``a.steps`` of its steps."""
-    r = load_recipe(REPO / "recipes" / "damo_4stage.yaml", [f"seed={seed}", f"data.train={train}", *overrides])
+    """``damo/resources/recipes/damo_4stage.yaml`` without its dialogue stage, each stage at ``a.steps`` of its steps."""
+    r = load_recipe("damo_4stage", [f"seed={seed}", f"data.train={train}", *overrides])
     r.stages = [st for st in r.stages if st.name != "dialogue"]
     for st in r.stages:
         st.steps = max(1, round(st.steps * a.steps))

@@ -2,7 +2,7 @@
 
     python experiments/compare_llms.py WORKDIR [--val 30]
 
-Runs ``recipes/damo_smollm2.yaml`` twice (once with ``configs/tiny.yaml`` as the model and the
+Runs ``damo/resources/recipes/damo_smollm2.yaml`` twice (once with ``damo/resources/configs/tiny.yaml`` as the model and the
 LLM fully trainable), then grounds the first ``--val`` held-out grounding queries with each and
 prints train time, R@0.5 / mIoU and a few answers side by side.
 """
@@ -18,8 +18,7 @@ from damo.data.dataset import ClipLoader, load_dataset
 from damo.eval.evaluate import grounding_report, predict
 from damo.train.recipe import run_recipe
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = ["model=../configs/tiny.yaml",
+TINY = ["model=tiny",
         "stages.1.trainable=[vision.*, audio.*, residual_*, temporal_conv.*, fuseformer.*, projector.*, time_proj.*, "
         "bridge*, llm.*, evidence.*]"]
 
@@ -31,7 +30,7 @@ def main() -> None:
     a = ap.parse_args()
     rows = {}
     for name, over in [("tiny", TINY), ("smollm2", [])]:
-        r = load_recipe(REPO / "recipes" / "damo_smollm2.yaml", over)
+        r = load_recipe("damo_smollm2", over)
         t0 = time.time()
         model = run_recipe(r, Path(a.workdir) / name, progress=False)
         train_s = time.time() - t0

@@ -8,9 +8,9 @@ Rungs, each adding one piece (D²VLM section 6, Table 4, then section 4):
   3. interleaved   the answer refers to the events with <evi> tokens
   4. +consistency  the consistency loss ties both stages' <evi> (eq. 1)
   5. +FPO          rung 4, then Factorized Preference Optimization on factorised pairs (eqs. 4-7)
-Every rung trains the stages of ``recipes/damo_4stage.yaml`` without dialogue, at a fraction
+Every rung trains the stages of ``damo/resources/recipes/damo_4stage.yaml`` without dialogue, at a fraction
 (``--steps``) of their steps, on the same videos; rung 5 continues rung 4's model with the FPO
-stage of ``recipes/d2vlm_fpo.yaml``. Each (rung, seed) runs in
+stage of ``damo/resources/recipes/d2vlm_fpo.yaml``. Each (rung, seed) runs in
 ``WORKDIR/RUNG/seed-S``; finished runs are reused, so the command resumes. Metrics on the
 held-out test split: single-moment grounding R@0.5 and mIoU, and dense captioning F1
 (E.T. Bench's dvc protocol: tIoU 0.1/0.3/0.5/0.7) and SentSim. Prints a markdown table of
@@ -26,11 +26,11 @@ from pathlib import Path
 
 import torch
 
-from common import REPO, add_budget_args, mean_std, run_parallel, short_recipe
+from common import add_budget_args, mean_std, run_parallel, short_recipe
 from damo.config import Recipe, load_recipe
 from damo.data.dataset import ClipLoader, load_dataset
 from damo.eval.evaluate import grounding_report, predict
-from damo.eval.metrics import etbench_task_metrics
+from damo.eval.etbench import etbench_task_metrics
 from damo.train.recipe import run_recipe
 
 # rung -> (model overrides, consistency loss on, FPO stage); the last two are Table 6's variants of
@@ -53,7 +53,7 @@ def recipe(rung: str, seed: int, a: argparse.Namespace) -> Recipe:
         if not cons:
             st.losses.pop("consistency", None)
     if fpo:
-        st = load_recipe(REPO / "recipes" / "d2vlm_fpo.yaml").stages[-1]
+        st = load_recipe("d2vlm_fpo").stages[-1]
         st.steps = max(1, round(st.steps * a.steps))
         r.stages.append(st)
     return r

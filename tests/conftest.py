@@ -23,3 +23,14 @@ def shared_data() -> Path:
             f"real test data not found at {SHARED_DATA}; put the shared data folder there (beside the clone) "
             "or set DAMO_SHARED_DATA to it (README, Quick start)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def clip_mkv(tmp_path_factory) -> Path:
+    """A real 13 s Matroska file (H.264 + PCM) of the procedural video synth://standard/0/test/0, named with a
+    space; read it, never change it."""
+    from damo.data import synthetic
+
+    spec = synthetic.generate_spec("standard", 0, "test", 0)
+    return synthetic.write_video(spec, tmp_path_factory.mktemp("clip") / "my clip.mkv")
+

@@ -11,7 +11,8 @@ from damo.model.processing import DamoProcessor, evidence_targets, pair_frames, 
 from damo.model.tokenizer import train_tokenizer
 from damo.train.recipe import corpus
 
-from test_model import TEXTS, clip, sample, tiny_cfg
+from helpers import clip, tiny_cfg
+from test_model import TEXTS, sample
 
 
 def test_response_formats_for_every_task():
@@ -57,7 +58,8 @@ def test_frame_level_collate_pairs_and_forward(frame_model):
     col = Collator(DamoProcessor(m.tokenizer, video_tokens=m.cfg.bridge_tokens, frame_tokens=1, fps=1.0, layout="query_first", evidence_level="frame"))
     b = col([(sample(0, spans=((1.0, 3.0),)), clip(6, 0))])
     assert b["evi_batch"].tolist() == [0, 0, 0, 0]
-    assert b["evi_targets"].argmax(1).tolist() == [1, 2, 1, 2] and b["evi_targets"].sum().item() == 4
+    assert b["evi_targets"].argmax(1).tolist() == [1, 2, 1, 2] and (b["evi_targets"] == 1).sum().item() == 4
+    assert b["evi_targets"][0].tolist() == [0.5, 1, 0.5, 0.25, 0.125, 0.0625]   # 2^-distance from the one frame
     assert b["cons_pairs"].tolist() == [[0, 2], [1, 3]]          # start with start, end with end
     out = m(b)
     assert out["evi_logits"].shape == (4, 6)

@@ -3,13 +3,13 @@ crafted bad pairs, near-duplicates, dialogues, the HTTP generator against a loca
 local LM generator, the command line, and invariants on the real annotation files."""
 from __future__ import annotations
 
-import argparse
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
+from damo.cli import build_parser
 from damo.data import augment as A
 from damo.data.schema import Sample, load_samples, save_samples
 from damo.data.synthetic import synth_samples
@@ -411,18 +411,17 @@ def test_cli_augments_canonical_jsonl(tmp_path, capsys):
     save_samples(src, [Sample(id="v1", video="v1", duration=45.0, task="dense_caption", query="describe",
                               spans=vc.spans, captions=vc.captions, source="test"),
                        Sample(id="g", video="v1", duration=45.0, task="grounding", query="q", spans=[[0, 1]])])
-    parser = argparse.ArgumentParser()
-    A.add_augment_parser(parser.add_subparsers(dest="cmd"))
+    parser = build_parser()
     out = tmp_path / "qa.jsonl"
-    args = parser.parse_args(["augment", "--in", str(src), "--format", "canonical", "--out", str(out)])
+    args = parser.parse_args(["data", "augment", "--in", str(src), "--format", "canonical", "--out", str(out)])
     assert args.fn(args) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["candidates"] == 14 and report["samples"] == len(load_samples(out)) == 15
-    args = parser.parse_args(["augment", "--in", str(src), "--format", "canonical", "--out", str(out),
+    args = parser.parse_args(["data", "augment", "--in", str(src), "--format", "canonical", "--out", str(out),
                               "--generator", "http"])
     with pytest.raises(SystemExit, match="needs --url"):
         args.fn(args)
-    args = parser.parse_args(["augment", "--in", str(src), "--format", "canonical", "--out", str(out),
+    args = parser.parse_args(["data", "augment", "--in", str(src), "--format", "canonical", "--out", str(out),
                               "--limit", "0"])
     with pytest.raises(SystemExit, match="--limit"):
         args.fn(args)

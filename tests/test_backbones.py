@@ -16,16 +16,15 @@ from transformers import (AutoModelForCausalLM, AutoTokenizer, CLIPVisionConfig,
                           WhisperFeatureExtractor)
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
+from damo.config import find
 from damo.data.collate import Collator
 from damo.model.processing import ClipTensors, DamoProcessor
 from damo.data.schema import Sample
 from damo.model import backbones
-from damo.model.encoders import HFVisionEncoder
 from damo.model.modeling_damo import DamoConfig, DamoModel, LLMConfig
 from damo.model.tokenizer import train_tokenizer
 from damo.train.loop import set_trainable
 
-REPO = Path(__file__).resolve().parents[1]
 TEXTS = ["when does the red square appear?", "the high tone plays", "It happens in", "The relevant event happens in",
          "what colour is the shape?", "red", "a low tone"] * 20
 IDS = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2)
@@ -85,7 +84,7 @@ def test_vision_tower_contract_and_parity(family):
     cfg = DamoConfig().vision
     cfg.kind, cfg.family, cfg.pretrained, cfg.config = "hf_vision", family, False, TINY_VISION
     enc = backbones.build_vision(cfg).eval()
-    assert isinstance(enc, HFVisionEncoder)
+    assert isinstance(enc, backbones.HFVisionEncoder)
     frames = torch.rand(2, 3, 3, 32, 32)
     out = enc(frames)
     assert out.shape == (2, 3, 1 + 16, 32)                    # (B, T, 1 + P, Dv), CLS/global first
@@ -161,6 +160,23 @@ def test_whisper_encoder_input_equals_the_feature_extractor_on_a_short_clip():
     enc(mel)
     assert seen[0].shape == (1, 80, 3000)
     np.testing.assert_allclose(seen[0][0].numpy(), ref, atol=2e-4)
+
+
+def test_whisper_rows_of_a_batch_equal_the_clips_alone():
+    """Whisper attends over its whole 30 s input: a short clip batched with a long one must still be
+    padded with its own silence, not with the batch's zeros."""
+    torch.manual_seed(0)
+    enc = backbones.HFWhisperEncoder(WhisperEncoder(WhisperConfig(num_mel_bins=80, **TINY_WHISPER | {
+        "max_source_positions": 20})), 10).eval()                 # 40 mel frames per input: 4 windows of 10
+    long_, short = torch.randn(1, 6, 10, 80), torch.randn(1, 3, 10, 80) - 1
+    batch = torch.cat([long_, torch.cat([short, torch.zeros(1, 3, 10, 80)], 1)])
+    mask = torch.tensor([[True] * 6, [True] * 3 + [False] * 3])
+    with torch.no_grad():
+        both, alone = enc(batch, mask), (enc(long_)[0], enc(short)[0])
+        unmasked = enc(batch)
+    torch.testing.assert_close(both[0], alone[0], rtol=0, atol=1e-5)
+    torch.testing.assert_close(both[1, :3], alone[1], rtol=0, atol=1e-5)
+    assert not torch.allclose(unmasked[1, :3], alone[1], atol=1e-3)   # zeros as padding would change it
 
 
 # ------------------------------------------------------------------ LLM
@@ -294,7 +310,7 @@ TINY_FUSER = {"width": 32, "blocks": 1, "heads": 2, "visual_queries": 4, "audio_
     ("paper-llava-st", "qwen2", "siglip", (256, 128)),
 ])
 def test_paper_configs_build_with_tiny_sizes(tok, name, family, vision, lora):
-    d = yaml.safe_load((REPO / "configs" / f"{name}.yaml").read_text())
+    d = yaml.safe_load(find("configs", f"{name}.yaml").read_text())
     assert d["llm"]["family"] == family and "/" in d["llm"]["name_or_path"] and "/" in d["vision"]["name_or_path"]
     assert (d["llm"]["lora"]["r"], d["llm"]["lora"]["alpha"]) == lora
     # same HF classes, tiny sizes, random weights: nothing is downloaded
@@ -305,6 +321,8 @@ def test_paper_configs_build_with_tiny_sizes(tok, name, family, vision, lora):
     d["fuser"] |= TINY_FUSER
     d |= {"bridge_tokens": 4, "align_dim": 16}
     d["evidence"]["dim"] = 16
+    if "capture_layer" in d["evidence"]:   # an intermediate layer of the 2-layer stand-in (official: 6 of 32)
+        d["evidence"]["capture_layer"] = 1
     torch.manual_seed(0)
     model = DamoModel(DamoConfig.from_dict(d), tok).eval()
     assert model.llm.peft_config["default"].r == lora[0] and model.llm.peft_config["default"].lora_alpha == lora[1]
@@ -332,7 +350,7 @@ def test_smollm2_from_its_wheel_trains_lora_and_new_token_rows_only(tmp_path):
 
     path = backbones.smollm2_path()
     assert (path / "model.safetensors").is_file() and backbones.smollm2_path() == path   # cached after the first call
-    cfg = DamoConfig.from_dict(yaml.safe_load((REPO / "configs" / "damo-smollm2.yaml").read_text()))
+    cfg = DamoConfig.from_dict(yaml.safe_load(find("configs", "damo-smollm2.yaml").read_text()))
     samples = load_dataset("synth://easy?n=4&seed=0")
     model = build_model(cfg, samples, 0)
     tok = model.tokenizer
@@ -351,14 +369,14 @@ def test_smollm2_from_its_wheel_trains_lora_and_new_token_rows_only(tmp_path):
 
 
 def test_paper_damo_stand_in_receives_224px_frames_and_whispers_own_features(tmp_path, tok, shared_data):
-    """configs/paper-damo.yaml with its towers' classes at tiny widths (CLIP-L/14's 224 px and patch 14,
+    """The paper-damo config with its towers' classes at tiny widths (CLIP-L/14's 224 px and patch 14,
     Whisper's 80 mels and 30 s inputs) grounding a real video: the vision tower gets 224 px frames
     decoded at that size, normalised with CLIP's mean and std; the Whisper encoder gets exactly what
     ``WhisperFeatureExtractor`` makes of the clip's sound."""
     import damo
     from damo.model.backbones import VISION_FAMILIES
 
-    d = yaml.safe_load((REPO / "configs" / "paper-damo.yaml").read_text())
+    d = yaml.safe_load(find("configs", "paper-damo.yaml").read_text())
     d["vision"] |= {"pretrained": False, "config": TINY_VISION | {"patch_size": 14}}
     d["audio"] |= {"pretrained": False, "config": TINY_WHISPER | {"max_source_positions": 1500}}
     d["llm"] = {"kind": "hf", "family": "mistral", "pretrained": False,

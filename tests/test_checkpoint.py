@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,10 +18,7 @@ from damo.model.modeling_damo import DamoModel
 from damo.train import checkpoint as ck
 from damo.train.recipe import run_recipe
 
-TINY_MODEL = {"vision": {"width": 32, "layers": 1}, "audio": {"width": 32},
-              "fuser": {"width": 32, "blocks": 1, "visual_queries": 4, "audio_queries": 2, "fusion_tokens": 4},
-              "llm": {"hidden": 32, "layers": 2, "intermediate": 64, "vocab_size": 400},
-              "bridge_tokens": 4, "align_dim": 16}
+from helpers import TINY_MODEL
 
 
 def recipe_dict(steps: int = 40) -> dict:

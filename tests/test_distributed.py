@@ -12,11 +12,8 @@ import yaml
 from damo.config import Recipe
 from damo.train.distributed import micro_batches
 from damo.train.recipe import run_recipe
+from helpers import TINY_MODEL
 
-TINY_MODEL = {"vision": {"width": 32, "layers": 1}, "audio": {"width": 32},
-              "fuser": {"width": 32, "blocks": 1, "visual_queries": 4, "audio_queries": 2, "fusion_tokens": 4},
-              "llm": {"hidden": 32, "layers": 2, "intermediate": 64, "vocab_size": 400},
-              "bridge_tokens": 4, "align_dim": 16}
 RUNNER = """
 import sys, torch
 torch.set_num_threads(1)

@@ -18,16 +18,14 @@ from damo.model.tokenizer import train_tokenizer
 from damo.train import losses
 from damo.train.recipe import run_recipe
 
-TINY = {"vision": {"width": 32, "layers": 1}, "audio": {"width": 32},
-        "fuser": {"width": 32, "blocks": 1, "visual_queries": 4, "audio_queries": 2, "fusion_tokens": 4},
-        "llm": {"hidden": 32, "layers": 2, "intermediate": 64, "vocab_size": 400}, "bridge_tokens": 4, "align_dim": 16}
+from helpers import TINY_MODEL
 
 
 @pytest.fixture(scope="module")
 def setup():
     samples = synth_samples("synth://easy?n=3&seed=0")
     torch.manual_seed(0)
-    model = DamoModel(DamoConfig.from_dict(TINY), train_tokenizer([s.query for s in samples] + [s.answer for s in samples], 300))
+    model = DamoModel(DamoConfig.from_dict(TINY_MODEL), train_tokenizer([s.query for s in samples] + [s.answer for s in samples], 300))
     return model.eval(), samples
 
 
@@ -78,7 +76,7 @@ def test_a_killed_extraction_resumes_and_other_weights_get_their_own_folder(setu
 
 def test_a_recipe_with_features_trains_frozen_encoder_stages_like_the_towers(tmp_path):
     def recipe(features):
-        return Recipe.from_dict({"model": TINY, "seed": 0, "data": {"train": "synth://easy?n=4&seed=0"},
+        return Recipe.from_dict({"model": TINY_MODEL, "seed": 0, "data": {"train": "synth://easy?n=4&seed=0"},
                                  "features": features, "stages": [
             {"name": "ground", "losses": {"lm": 1.0, "grounding_bce": 5.0}, "steps": 3, "batch": 4, "warmup": 1,
              "trainable": ["fuseformer.*", "projector.*", "llm.*", "evidence.*"]}]})
@@ -92,7 +90,7 @@ def test_a_recipe_with_features_trains_frozen_encoder_stages_like_the_towers(tmp
 
 def test_features_command_from_a_model_config(tmp_path, capsys):
     cfg = tmp_path / "m.yaml"
-    cfg.write_text(json.dumps(TINY))
+    cfg.write_text(json.dumps(TINY_MODEL))
     assert main(["data", "features", "--model", str(cfg), "--data", "synth://easy?n=2&seed=1", "--out",
                  str(tmp_path / "f"), "--device", "cpu"]) == 0
     r = json.loads(capsys.readouterr().out)

@@ -11,11 +11,12 @@ import torch
 from damo.data.collate import Collator
 from damo.model.processing import ClipTensors, DamoProcessor
 from damo.data.preference import validate_pair
-from damo.model.modeling_damo import DamoConfig, DamoModel
+from damo.model.modeling_damo import DamoModel
 from damo.model.tokenizer import train_tokenizer
 from damo.train import losses
-from damo.train.fpo import (batch_logprob, chosen_view, fpo, fpo_loss, fpo_result, interval_logprob, pair_batch,
-                            sequence_logprob, split_pairs, token_logprob)
+from damo.train.fpo import (FPOSettings, batch_logprob, chosen_view, focus_masks, fpo, fpo_loss, fpo_result,
+                            interval_logprob, pair_batch, sequence_logprob, split_pairs, token_logprob)
+from helpers import clip, tiny_cfg
 
 
 def sig(x: float) -> float:
@@ -140,17 +141,8 @@ TEXTS = ["when does the red square appear?", "It happens in", "The relevant even
 
 
 def tiny_model() -> DamoModel:
-    cfg = DamoConfig()
-    cfg.llm.hidden, cfg.llm.layers, cfg.llm.intermediate = 32, 2, 64
-    cfg.fuser.width, cfg.fuser.blocks = 32, 1
     torch.manual_seed(0)
-    return DamoModel(cfg, train_tokenizer(TEXTS, 300))
-
-
-def clip(T: int, seed: int) -> ClipTensors:
-    g = torch.Generator().manual_seed(seed)
-    return ClipTensors(frames=torch.randint(0, 255, (T, 32, 32, 3), generator=g, dtype=torch.uint8),
-                       mel=torch.randn(T, 25, 32, generator=g).half(), times=torch.arange(T) + 0.5, duration=float(T))
+    return DamoModel(tiny_cfg(), train_tokenizer(TEXTS, 300))
 
 
 def make_pair(i: int, task: str, answer: str, spans, rejected: dict, factor: str, subfactor: str,
@@ -199,7 +191,7 @@ def test_fpo_steps_on_a_tiny_model_widen_the_preference_margin():
     assert batch["input_ids"].shape[0] == 6
     # the rejected shift row is supervised with its own (wrong) interval
     first_rej = int((batch["evi_batch"] == 3).nonzero()[0])
-    assert batch["evi_targets"][first_rej].tolist() == [0, 0, 0, 1, 1, 0]
+    assert batch["evi_targets"][first_rej].tolist() == [0.125, 0.25, 0.5, 1, 1, 0.5]
 
     def margin() -> float:
         model.eval()
@@ -230,7 +222,7 @@ def test_fpo_steps_on_a_tiny_model_widen_the_preference_margin():
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     model.train()
     for _ in range(4):
-        loss = fpo(model(batch), batch, beta=0.1)
+        loss = fpo(model(batch), batch, FPOSettings(focus="sequence"))
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -271,8 +263,136 @@ def test_fpo_on_synthesized_pairs_of_rendered_synthetic_videos():
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     model.train()
     for _ in range(3):
-        loss = fpo(model(batch), batch, beta=0.1)
+        loss = fpo(model(batch), batch, FPOSettings(focus="sequence"))
         opt.zero_grad()
         loss.backward()
         opt.step()
     assert margin() > before
+
+
+# ------------------------------------------------------------------ event focus, settings, stages
+def focused_batch(model: DamoModel) -> tuple[dict, int]:
+    col = Collator(DamoProcessor(model.tokenizer, video_tokens=model.cfg.bridge_tokens, frame_tokens=1, fps=1.0,
+                                 layout="video_first"))
+    batch = col(pair_batch(PAIRS, {f"v{i}": clip(6, i) for i in range(3)}.__getitem__), random.Random(0))
+    evi = model.processor.evi_id
+    return batch | focus_masks(batch, PAIRS, evi), evi
+
+
+def test_event_focus_marks_only_the_perturbed_parts():
+    model = tiny_model()
+    b, evi = focused_batch(model)
+    tok, w, eb = b["fpo_tokens"], b["fpo_evi"], b["evi_batch"]
+    # pair 0 (temporal shift of the only event): both rows' <evi> of both stages, no text
+    assert w[(eb == 0) | (eb == 3)].tolist() == [1.0] * 4 and not tok[0].any() and not tok[3].any()
+    # textual pairs: no <evi>; the text from the first differing token to the next <evi> (or the end)
+    assert not w[(eb == 1) | (eb == 2) | (eb == 4) | (eb == 5)].any()
+    for c, r in ((1, 4), (2, 5)):
+        resp = [(b["labels"][x] != -100).nonzero().flatten() for x in (c, r)]
+        first = [int(q[0]) for q in (tok[c].nonzero().flatten(), tok[r].nonzero().flatten())]
+        start = [int((q == f).nonzero()) for q, f in zip(resp, first)]
+        assert start[0] == start[1] and start[0] > 0
+        before = [b["labels"][x, q[:st]].tolist() for x, q, st in zip((c, r), resp, start)]
+        assert before[0] == before[1]                                          # identical up to the difference
+        assert int(b["labels"][c, first[0]]) != int(b["labels"][r, first[1]])  # marking starts at it
+        for x in (c, r):
+            marked = tok[x].nonzero().flatten()
+            assert (marked == torch.arange(int(marked[0]), int(marked[-1]) + 1)).all()      # one stretch
+            assert evi not in b["labels"][x, marked].tolist()
+            after = int(marked[-1]) + 1
+            assert after == b["labels"].shape[1] or int(b["labels"][x, after]) in (evi, -100)
+    # "red" -> "blue" in a grounded QA answer: the stretch ends right before the answer's <evi>
+    assert int(b["labels"][1, int(tok[1].nonzero()[-1]) + 1]) == evi
+    # the repeated second caption: the stretch runs to the end of the response
+    assert int(tok[2].nonzero()[-1]) == int((b["labels"][2] != -100).nonzero()[-1])
+
+
+def test_focused_log_probabilities_on_a_tiny_model():
+    model = tiny_model().eval()
+    b, _ = focused_batch(model)
+    with torch.no_grad():
+        out = model(b)
+    got = batch_logprob(out, b, "event")
+    logp = out["logits"].float().log_softmax(-1)
+    for row in (1, 2, 4, 5):          # textual: the marked tokens' log-probs, each predicted from the position before
+        want = sum(float(logp[row, i - 1, b["labels"][row, i]]) for i in b["fpo_tokens"][row].nonzero().flatten().tolist())
+        assert float(got[row]) == pytest.approx(want, rel=1e-5)
+    ivl = interval_logprob(out["evi_logits"], b["evi_targets"], b["evi_mask"][b["evi_batch"]])
+    for row in (0, 3):                # temporal: the shifted event's <evi> intervals only
+        assert float(got[row]) == pytest.approx(float(ivl[b["evi_batch"] == row].sum()), rel=1e-5)
+    # tokens before the first difference have the same log-prob on both sides: leaving them out
+    # of the focus changes no chosen-minus-rejected margin
+    for c, r in ((1, 4), (2, 5)):
+        start = int(b["fpo_tokens"][c].nonzero()[0])
+        lc = token_logprob(out["logits"][c:c + 1, :start], b["labels"][c:c + 1, :start])
+        lr = token_logprob(out["logits"][r:r + 1, :start], b["labels"][r:r + 1, :start])
+        assert float(lc) == pytest.approx(float(lr), rel=1e-5)
+    # sequence focus scores more: every token and every <evi>
+    assert not torch.allclose(batch_logprob(out, b, "sequence"), got)
+    with pytest.raises(ValueError, match="focus_masks"):
+        batch_logprob(out, {k: v for k, v in b.items() if not k.startswith("fpo_")}, "event")
+
+
+def test_fpo_settings_are_checked():
+    assert FPOSettings.from_dict({"beta": "0.5"}).beta == 0.5
+    for bad, match in (({"beta": 0}, "beta"), ({"mode": "ipo"}, "mode"), ({"focus": "token"}, "focus"),
+                       ({"temperature": 1}, "unknown")):
+        with pytest.raises(ValueError, match=match):
+            FPOSettings.from_dict(bad)
+    from damo.config import Recipe
+    stage = {"name": "fpo", "losses": {"fpo": 1.0}, "steps": 1, "fpo": {"mode": "bogus"}}
+    with pytest.raises(ValueError, match="mode"):
+        Recipe.from_dict({"stages": [stage]})
+    with pytest.raises(ValueError, match="belong to a stage with the fpo loss"):
+        Recipe.from_dict({"stages": [{"name": "t", "losses": {"lm": 1.0}, "steps": 1, "pairs": "p.jsonl"}]})
+
+
+def fpo_stage(**kw):
+    from damo.config import Stage
+    return Stage(name="fpo", losses={"fpo": 1.0}, steps=kw.pop("steps", 2), batch=3, warmup=1, lr=1e-3,
+                 trainable=["llm.*", "evidence.*"], **kw)
+
+
+def test_dpo_mode_is_reachable_from_a_stage_and_starts_at_log_2():
+    """With a frozen copy of the model as reference, the first step's policy equals the reference:
+    every pair's margin is 0 and the loss is exactly -log sigmoid(0) = log 2."""
+    from damo.train.loop import run_stage
+    clips = {f"v{i}": clip(6, i) for i in range(3)}
+    free = run_stage(tiny_model(), fpo_stage(), [], clips.__getitem__, 0, progress=False, pairs=PAIRS)
+    dpo = run_stage(tiny_model(), fpo_stage(fpo={"mode": "dpo", "beta": 0.5}), [], clips.__getitem__, 0,
+                    progress=False, pairs=PAIRS)
+    assert dpo["fpo_start"] == pytest.approx(math.log(2), abs=1e-5)
+    assert abs(free["fpo_start"] - math.log(2)) > 1e-3
+
+
+def test_a_stage_trains_on_given_pairs_without_making_its_own(monkeypatch, tmp_path):
+    import damo.data.preference as pref
+    from damo.config import Recipe
+    from damo.data.preference import save_pairs
+    from damo.train.loop import run_stage
+    from damo.train.recipe import stage_pairs
+
+    def refuse(*a, **k):
+        raise AssertionError("pairs were made although the stage was given some")
+
+    monkeypatch.setattr(pref, "make_pairs", refuse)
+    clips = {f"v{i}": clip(6, i) for i in range(3)}
+    out = run_stage(tiny_model(), fpo_stage(steps=1), [], clips.__getitem__, 0, progress=False, pairs=PAIRS)
+    assert math.isfinite(out["fpo"])
+    with pytest.raises(ValueError, match="none of its 3 preference pairs"):
+        run_stage(tiny_model(), fpo_stage(tasks=["dialogue"]), [], clips.__getitem__, 0, progress=False, pairs=PAIRS)
+    # a `damo data prefs` file: videos found under the recipe's video root, missing ones skipped
+    (tmp_path / "videos").mkdir()
+    for i in (0, 2):
+        (tmp_path / "videos" / f"v{i}.mp4").write_bytes(b"")
+    save_pairs(tmp_path / "prefs.jsonl", PAIRS)
+    rec = Recipe.from_dict({"stages": [{"name": "fpo", "losses": {"fpo": 1.0}, "steps": 1,
+                                        "pairs": str(tmp_path / "prefs.jsonl")}],
+                            "video_root": str(tmp_path / "videos"), "on_missing": "skip"})
+    said = []
+    got = stage_pairs(rec.stages[0].pairs, rec, said.append)
+    assert [p["id"] for p in got] == ["s0", "s2"] and got[1]["sample"]["video"] == str(tmp_path / "videos" / "v2.mp4")
+    assert "1 " in said[0] and PAIRS[0]["sample"]["video"] == "v0"      # the records themselves are untouched
+    rec.on_missing = "error"
+    with pytest.raises(FileNotFoundError, match="video"):
+        stage_pairs(rec.stages[0].pairs, rec, said.append)

@@ -17,9 +17,9 @@ import damo
 from damo.api import Grounder, parse_spans
 from damo.cli import main
 from damo.data import synthetic
-from damo.media import MediaError
 from damo.model import tokenizer as tk
-from damo.model.modeling_damo import DamoConfig, DamoModel
+from damo.model.modeling_damo import DamoModel
+from helpers import tiny_cfg
 
 TEXTS = ["when does the red square appear?", "the high tone plays", "It happens in", "what colour is the shape?",
          "red", "a low tone", "describe the events with their times."] * 20
@@ -36,10 +36,7 @@ def build_scripted_model(path: Path) -> Path:
     the small random layers add.
     """
     torch.manual_seed(0)
-    cfg = DamoConfig()
-    cfg.llm.hidden, cfg.llm.layers, cfg.llm.intermediate = 32, 2, 64
-    cfg.fuser.width, cfg.fuser.blocks = 32, 1
-    model = DamoModel(cfg, tk.train_tokenizer(TEXTS, 300))
+    model = DamoModel(tiny_cfg(), tk.train_tokenizer(TEXTS, 300))
     ids = model.tokenizer.convert_tokens_to_ids(SCRIPT)
     assert model.tokenizer.unk_token_id not in ids and len(set(ids)) == len(ids)
     with torch.no_grad():
@@ -67,9 +64,8 @@ def grounder(model_dir, tmp_path_factory) -> Grounder:
 
 
 @pytest.fixture(scope="module")
-def video(tmp_path_factory) -> tuple[Path, synthetic.VideoSpec]:
-    spec = synthetic.generate_spec("standard", 0, "test", 0)
-    return synthetic.write_video(spec, tmp_path_factory.mktemp("v") / "clip one.mkv"), spec
+def video(clip_mkv) -> tuple[Path, synthetic.VideoSpec]:
+    return clip_mkv, synthetic.generate_spec("standard", 0, "test", 0)
 
 
 def test_ground_returns_answer_and_spans_in_seconds(grounder, video):

@@ -14,10 +14,7 @@ from damo.data.synthetic import synth_samples
 from damo.eval.evaluate import predict
 from damo.train.recipe import run_recipe
 
-TINY_MODEL = {"vision": {"width": 32, "layers": 1}, "audio": {"width": 32},
-              "fuser": {"width": 32, "blocks": 1, "visual_queries": 4, "audio_queries": 2, "fusion_tokens": 4},
-              "llm": {"hidden": 32, "layers": 2, "intermediate": 64, "vocab_size": 400},
-              "bridge_tokens": 4, "align_dim": 16}
+from helpers import TINY_MODEL
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from damo.eval import metrics as M
+from damo.eval import captions, etbench
+from damo.eval.didemo import didemo_metrics
+from damo.eval.grounding import grounding_metrics, span_iou
+from damo.eval.qvhighlights import qvhighlights_metrics
 
 
 # --------------------------------------------------------------------------- span_iou
@@ -14,12 +17,12 @@ def test_span_iou_hand_worked():
     b = np.array([[5.0, 15.0], [20.0, 30.0], [0.0, 10.0]])
     want = np.array([[5 / 15, 0.0, 1.0],
                      [0.0, 0.0, 0.2]])
-    np.testing.assert_allclose(M.span_iou(a, b), want)
+    np.testing.assert_allclose(span_iou(a, b), want)
 
 
 def test_span_iou_touching_and_empty_are_zero():
-    assert M.span_iou([[0, 5]], [[5, 9]])[0, 0] == 0.0
-    assert M.span_iou([[3, 3]], [[3, 3]])[0, 0] == 0.0
+    assert span_iou([[0, 5]], [[5, 9]])[0, 0] == 0.0
+    assert span_iou([[3, 3]], [[3, 3]])[0, 0] == 0.0
 
 
 # --------------------------------------------------------------------------- grounding
@@ -30,12 +33,12 @@ PRED = [[[0.0, 3.0]], [[0.0, 5.0, 0.9]], [[3.0, 10.0]], []]
 
 
 def test_grounding_ge_counts_equal_iou():
-    m = M.grounding_metrics(GT, PRED, convention=">=")
+    m = grounding_metrics(GT, PRED, convention=">=")
     assert m == {"R1@0.3": 0.75, "R1@0.5": 0.5, "R1@0.7": 0.25, "mIoU": pytest.approx(1.5 / 4)}
 
 
 def test_grounding_gt_excludes_equal_iou():
-    m = M.grounding_metrics(GT, PRED, convention=">")
+    m = grounding_metrics(GT, PRED, convention=">")
     assert m == {"R1@0.3": 0.5, "R1@0.5": 0.25, "R1@0.7": 0.0, "mIoU": pytest.approx(1.5 / 4)}
 
 
@@ -44,15 +47,15 @@ def test_grounding_topk_and_multi_gt():
     # sample 0: top-1 misses both gts, rank 2 hits the second gt exactly; sample 1: rank 6 would hit (outside top-5)
     pred = [[[40, 50], [20, 30], [0, 1]],
             [[50, 60], [50, 60], [50, 60], [50, 60], [50, 60], [0, 10]]]
-    m = M.grounding_metrics(gt, pred, thresholds=(0.5,), topk=(1, 5))
+    m = grounding_metrics(gt, pred, thresholds=(0.5,), topk=(1, 5))
     assert m == {"R1@0.5": 0.0, "R5@0.5": 0.5, "mIoU": 0.0}
 
 
 def test_grounding_rejects_bad_input():
     with pytest.raises(ValueError, match="convention"):
-        M.grounding_metrics(GT, PRED, convention="=>")
+        grounding_metrics(GT, PRED, convention="=>")
     with pytest.raises(ValueError, match="one .* prediction list per gt sample"):
-        M.grounding_metrics(GT, PRED[:2])
+        grounding_metrics(GT, PRED[:2])
 
 
 # --------------------------------------------------------------------------- QVHighlights
@@ -69,7 +72,7 @@ def test_qvhighlights_parity_with_official_output(shared_data):
     import json
     from damo.data.schema import read_jsonl
     d = shared_data / "qvhighlights"
-    got = M.qvhighlights_metrics(list(read_jsonl(d / "highlight_val_release.jsonl")),
+    got = qvhighlights_metrics(list(read_jsonl(d / "highlight_val_release.jsonl")),
                                  list(read_jsonl(d / "sample_val_preds.jsonl")))
     want = json.loads((d / "sample_val_preds_metrics_raw.json").read_text())
     got_flat, want_flat = dict(_flat(got)), dict(_flat(want))
@@ -92,7 +95,7 @@ QVH_PRED = [{"qid": 1, "pred_relevant_windows": [[0, 10, 0.9], [0, 10, 0.8], [20
 
 
 def test_qvhighlights_hand_worked():
-    m = M.qvhighlights_metrics(QVH_GT, QVH_PRED)
+    m = qvhighlights_metrics(QVH_GT, QVH_PRED)
     # qid 1 AP: thresholds <= 0.6 (>= counts the equal IoU): P = 1, 1/2, 2/3 at R = 1/2, 1/2, 1
     # -> 1/2 * 1 + 1/2 * 2/3 = 5/6; thresholds 0.65..0.95: 1/2. Mean over 10 thresholds = 0.6.
     short = m["short"]["MR-mAP"]
@@ -122,62 +125,62 @@ TVG = [{"a": "The event happens in 0 - 7 seconds.", "tgt": [0, 10]},   # IoU 0.7
 
 
 def test_etbench_parser_quirks_and_strict():
-    assert M.etbench_parse_spans("00:12 - 00:20") == [[0.0, 12.0]]
-    assert M.etbench_parse_spans("00:12 - 00:20", "strict") == [[12.0, 20.0]]
-    assert M.etbench_parse_spans("It starts at 1:05 and ends at 1:30.") is None
-    assert M.etbench_parse_spans("It starts at 1:05 and ends at 1:30.", "strict") == [[65.0, 90.0]]
-    assert M.etbench_parse_spans("starts at 00:01:05\nends at 00:01:30") == [[0.0, 0.0]]
-    assert M.etbench_parse_spans("From 3.5 to 9 seconds") == [[3.5, 9.0]]
-    assert M.etbench_parse_spans("ends at 9, starts at 4") is None          # one keyword sentence, one number read
-    assert M.etbench_parse_captions("start time 0, end time 10, a man cooks food.") == (None, None)
-    assert M.etbench_parse_captions("start time 0, end time 10, a man cooks food.", "strict") == (
+    assert etbench.parse_spans("00:12 - 00:20") == [[0.0, 12.0]]
+    assert etbench.parse_spans("00:12 - 00:20", "strict") == [[12.0, 20.0]]
+    assert etbench.parse_spans("It starts at 1:05 and ends at 1:30.") is None
+    assert etbench.parse_spans("It starts at 1:05 and ends at 1:30.", "strict") == [[65.0, 90.0]]
+    assert etbench.parse_spans("starts at 00:01:05\nends at 00:01:30") == [[0.0, 0.0]]
+    assert etbench.parse_spans("From 3.5 to 9 seconds") == [[3.5, 9.0]]
+    assert etbench.parse_spans("ends at 9, starts at 4") is None          # one keyword sentence, one number read
+    assert etbench.parse_captions("start time 0, end time 10, a man cooks food.") == (None, None)
+    assert etbench.parse_captions("start time 0, end time 10, a man cooks food.", "strict") == (
         [[0.0, 10.0]], ["a man cooks food."])
-    assert M.etbench_parse_captions("0 - 10 seconds, a man cooks. 10 - 20 seconds, he eats the food.") == (
+    assert etbench.parse_captions("0 - 10 seconds, a man cooks. 10 - 20 seconds, he eats the food.") == (
         [[0.0, 10.0], [10.0, 20.0]], ["a man cooks.", "he eats the food."])
 
 
 def test_etbench_tvg_float32_iou_and_parser_modes():
-    assert M.etbench_task_metrics("tvg", TVG) == {
+    assert etbench.etbench_task_metrics("tvg", TVG) == {
         "Total": 3, "Failed": 1, "mIoU": 0.23333, "F1@0.1": 0.33333, "F1@0.3": 0.33333, "F1@0.5": 0.33333,
         "F1@0.7": 0.0, "F1": 0.25}
-    m = M.etbench_task_metrics("tvg", TVG, parser="strict")
+    m = etbench.etbench_task_metrics("tvg", TVG, parser="strict")
     assert m["F1@0.7"] == 0.33333 and m["F1"] == 0.58333 and m["mIoU"] == 0.56667
 
 
 def test_etbench_grounding_tasks_hand_worked():
     tem = [{"a": "starts at 20 and ends at 25", "tgt": [[0, 10], [20, 30]]}]
-    assert M.etbench_task_metrics("tem", tem)["Failed"] == 1
-    assert M.etbench_task_metrics("tem", tem, parser="strict") == {
+    assert etbench.etbench_task_metrics("tem", tem)["Failed"] == 1
+    assert etbench.etbench_task_metrics("tem", tem, parser="strict") == {
         "Total": 1, "Failed": 0, "mIoU": 0.5, "R@0.1": 1.0, "R@0.3": 1.0, "R@0.5": 1.0, "R@0.7": 0.0, "mRec": 0.75}
     tal = [{"a": "0 - 10, 40 - 50", "tgt": [[0, 10], [20, 30]]}]
-    assert M.etbench_task_metrics("tal", tal)["F1"] == 0.5
+    assert etbench.etbench_task_metrics("tal", tal)["F1"] == 0.5
     evs = [{"a": "0 - 5 seconds", "tgt": [[0, 10]]}, {"a": "none", "tgt": [[0, 10]]}]
-    assert M.etbench_task_metrics("evs", evs) == {"Total": 2, "Failed": 1, "F1": 0.66667}  # failures leave the mean
+    assert etbench.etbench_task_metrics("evs", evs) == {"Total": 2, "Failed": 1, "F1": 0.66667}  # failures leave the mean
     vhd = [{"a": "The highlight is at 12 seconds", "tgt": [[[0, 5]], [[10, 20]]]}, {"a": "-", "tgt": [[0, 5]]}]
-    assert M.etbench_task_metrics("vhd", vhd) == {"Total": 2, "Failed": 1, "F1": 0.5}
+    assert etbench.etbench_task_metrics("vhd", vhd) == {"Total": 2, "Failed": 1, "F1": 0.5}
 
 
 def test_etbench_choice_wrong_letter_falls_through_to_similarity():
     recs = [{"a": "(B) the man", "o": ["w", "x", "y", "z"], "p": 0},
             {"a": "a. the dog", "o": ["w", "x", "y", "z"], "p": 0},
             {"a": "", "o": ["w", "x", "y", "z"], "p": 0}]
-    assert M.etbench_task_metrics("rvq", recs, sentsim=_favour_a) == {"Total": 3, "Failed": 1, "Acc": 0.66667}
-    assert M.etbench_task_metrics("rvq", recs, parser="strict", sentsim=_favour_a)["Acc"] == 0.33333
+    assert etbench.etbench_task_metrics("rvq", recs, sentsim=_favour_a) == {"Total": 3, "Failed": 1, "Acc": 0.66667}
+    assert etbench.etbench_task_metrics("rvq", recs, parser="strict", sentsim=_favour_a)["Acc"] == 0.33333
     gvq = [{"a": "(B) 3 - 9", "o": ["w", "x", "y", "z"], "p": 1, "tgt": [2, 10]}]
-    assert M.etbench_task_metrics("gvq", gvq, sentsim=_favour_a) == {
+    assert etbench.etbench_task_metrics("gvq", gvq, sentsim=_favour_a) == {
         "Total": 1, "Failed": 0, "mIoU": 0.75, "R@0.1": 1.0, "R@0.3": 1.0, "R@0.5": 1.0, "R@0.7": 1.0,
         "mRec": 1.0, "Acc": 1.0}
 
 
 def test_etbench_rejects_unknown_task_and_parser():
     with pytest.raises(ValueError, match="unknown E.T. Bench task"):
-        M.etbench_task_metrics("xyz", TVG)
+        etbench.etbench_task_metrics("xyz", TVG)
     with pytest.raises(ValueError, match="parser"):
-        M.etbench_task_metrics("tvg", TVG, parser="loose")
+        etbench.etbench_task_metrics("tvg", TVG, parser="loose")
 
 
 def test_sentence_similarity_matches_sentence_transformers_cosine():
-    s = M.sentence_similarity(["a man opens the door", "a dog"], ["a man opens the door", "quantum physics"])
+    s = etbench.sentence_similarity(["a man opens the door", "a dog"], ["a man opens the door", "quantum physics"])
     assert s[0] == pytest.approx(1.0, abs=1e-5) and s[1] < 0.3
 
 
@@ -187,7 +190,7 @@ def test_didemo_top3_annotator_rules():
     gt = [[[0, 0], [0, 0], [0, 1], [2, 2]], [[1, 1], [1, 1], [1, 1], [3, 3]]]
     pred = [[[0, 0], [0, 1], [2, 2], [3, 3]], [[1, 1], [0, 0]]]
     # query 1: ranks 1, 1, 2, 3 -> mean of best three 4/3 (> 1, <= 5); IoUs 1, 1, 1/2, 0 -> 2.5 / 3
-    m = M.didemo_metrics(gt, pred)
+    m = didemo_metrics(gt, pred)
     assert m["Rank@1"] == 0.5 and m["Rank@5"] == 1.0
     assert m["mIoU"] == pytest.approx((2.5 / 3 + 1.0) / 2)
 
@@ -202,8 +205,8 @@ DVC_PRED = {"v1": [{"timestamp": [0, 10], "sentence": "a man cooks food"},
 
 @pytest.fixture(scope="module")
 def dvc():
-    with M.CaptionScorer() as c:
-        yield (M.dense_caption_metrics(DVC_GT, DVC_PRED, captioner=c), M.soda_c(DVC_GT, DVC_PRED, captioner=c),
+    with captions.CaptionScorer() as c:
+        yield (captions.dense_caption_metrics(DVC_GT, DVC_PRED, captioner=c), captions.soda_c(DVC_GT, DVC_PRED, captioner=c),
                c.meteor_matrix(["a man cooks food", "he eats the food"], ["a man cooks food", "he eats food"]))
 
 
@@ -234,9 +237,9 @@ UNMATCHED_PRED = {"v": [{"timestamp": [0, 10], "sentence": "a man cooks food"},
 
 @pytest.fixture(scope="module")
 def unmatched():
-    with M.CaptionScorer() as c:
-        yield {mode: M.dense_caption_metrics(UNMATCHED_GT, UNMATCHED_PRED, captioner=c, unmatched_caption=mode)
-               for mode in M.UNMATCHED_CAPTIONS}, c.score({0: ["a man cooks food"], 1: ["abc123!@#"]},
+    with captions.CaptionScorer() as c:
+        yield {mode: captions.dense_caption_metrics(UNMATCHED_GT, UNMATCHED_PRED, captioner=c, unmatched_caption=mode)
+               for mode in captions.UNMATCHED_CAPTIONS}, c.score({0: ["a man cooks food"], 1: ["abc123!@#"]},
                                                           {0: ["a man cooks food"], 1: ["abc123!@#"]})
 
 
@@ -264,7 +267,7 @@ def test_unmatched_caption_random_letters(unmatched):
 
 def test_unmatched_caption_rejects_unknown_mode():
     with pytest.raises(ValueError, match="unmatched_caption"):
-        M.dense_caption_metrics(UNMATCHED_GT, UNMATCHED_PRED, unmatched_caption="zzz")
+        captions.dense_caption_metrics(UNMATCHED_GT, UNMATCHED_PRED, unmatched_caption="zzz")
 
 
 # --------------------------------------------------------------------------- display rounding

@@ -1,6 +1,7 @@
 """Tensor contracts of the model parts, evidence decoding, losses and save/load."""
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -8,37 +9,25 @@ import pytest
 import torch
 
 from damo.data.collate import Collator
-from damo.model.processing import ClipTensors, DamoProcessor, frame_targets, response_text
+from damo.model.processing import DamoProcessor, frame_targets, response_text
 from damo.model.encoders import TinyAudioEncoder, TinyViT
 from damo.model.evidence import decode_interval, salient_frames
 from damo.model.fuseformer import TemporalFuseformer
-from damo.model.modeling_damo import DamoConfig, DamoModel
+from damo.model.modeling_damo import DamoModel
 from damo.model.residual import GlobalResidual
 from damo.model.tokenizer import EVI, train_tokenizer
 from damo.data.schema import Sample
 from damo.train import losses
+from helpers import clip, tiny_cfg
 
 TEXTS = ["when does the red square appear?", "the high tone plays", "It happens in", "The relevant event happens in",
          "what colour is the shape?", "red", "a low tone", "describe the events with their times."] * 20
-
-
-def tiny_cfg() -> DamoConfig:
-    cfg = DamoConfig()
-    cfg.llm.hidden, cfg.llm.layers, cfg.llm.intermediate = 32, 2, 64
-    cfg.fuser.width, cfg.fuser.blocks = 32, 1
-    return cfg
 
 
 @pytest.fixture(scope="module")
 def model() -> DamoModel:
     torch.manual_seed(0)
     return DamoModel(tiny_cfg(), train_tokenizer(TEXTS, 300)).eval()
-
-
-def clip(T: int, seed: int) -> ClipTensors:
-    g = torch.Generator().manual_seed(seed)
-    return ClipTensors(frames=torch.randint(0, 255, (T, 32, 32, 3), generator=g, dtype=torch.uint8),
-                       mel=torch.randn(T, 25, 32, generator=g).half(), times=torch.arange(T) + 0.5, duration=float(T))
 
 
 def sample(i: int, task: str = "grounding", spans=((1.0, 3.0),)) -> Sample:
@@ -95,14 +84,17 @@ def test_frame_targets_mark_window_centres_inside_span():
 
 def test_salient_run_and_interval_decoding():
     s = np.array([0.1, 0.7, 0.9, 0.65, 0.2, 0.95, 0.1])
-    # threshold 0.6 x 0.95 = 0.57 keeps frames 1-3 (sum 2.25) and frame 5 (0.95): the longer run wins
-    assert salient_frames(s, 0.6) == (1, 3)
-    start, end, score = decode_interval(s, fps=1.0, duration=6.5, threshold=0.6)
+    # threshold 0.6 x 0.95 = 0.57 keeps frames 1-3 (mean 0.75, sum 2.25) and frame 5 (0.95)
+    assert salient_frames(s, 0.6) == (5, 5)                  # official find_and_merge: highest mean
+    assert salient_frames(s, 0.6, "sum") == (1, 3)           # highest sum: the longer run wins
+    start, end, score = decode_interval(s, fps=1.0, duration=6.5, threshold=0.6, rank="sum")
     assert (start, end) == (1.0, 4.0) and score == pytest.approx((0.7 + 0.9 + 0.65) / 3)
     # a high threshold keeps only the peak; the end is clipped to the duration
     assert decode_interval(s, 1.0, 5.5, threshold=0.99)[:2] == [5.0, 5.5]
     # at 2 fps a frame covers half a second
-    assert decode_interval(s, 2.0, 10.0, 0.6)[:2] == [0.5, 2.0]
+    assert decode_interval(s, 2.0, 10.0, 0.6, rank="sum")[:2] == [0.5, 2.0]
+    with pytest.raises(ValueError, match="decode"):
+        salient_frames(s, 0.6, "max")
 
 
 def test_grounding_bce_and_consistency_by_hand():
@@ -142,8 +134,14 @@ def test_collate_placeholders_labels_and_evidence_targets(model):
     # 2 <evi> for the first sample (grounding + answer), 4 for the second
     assert b["evi_batch"].tolist() == [0, 0, 1, 1, 1, 1]
     assert all(int(b["input_ids"][bi, p]) == model.processor.evi_id for bi, p in zip(b["evi_batch"], b["evi_pos"]))
-    assert b["evi_targets"][0].tolist() == [0, 1, 1, 0, 0, 0]
-    assert b["evi_targets"][3].tolist() == [0, 0, 1, 1, 0, 0]  # padded frames stay 0
+    # soft targets (official D²VLM): 1 on the span's frames, 2^-distance elsewhere
+    assert b["evi_targets"][0].tolist() == [0.5, 1, 1, 0.5, 0.25, 0.125]
+    assert b["evi_targets"][3].tolist() == [0.25, 0.5, 1, 1, 0, 0]  # padded frames stay 0
+    hard = Collator(DamoProcessor(model.tokenizer, video_tokens=model.cfg.bridge_tokens, frame_tokens=1, fps=1.0,
+                                  layout="video_first", evidence_targets="hard"))
+    bh = hard([(sample(0), clip(6, 0)), (sample(1, "multi_grounding", ((0, 1), (2, 4))), clip(4, 1))])
+    assert bh["evi_targets"][0].tolist() == [0, 1, 1, 0, 0, 0]
+    assert bh["evi_targets"][3].tolist() == [0, 0, 1, 1, 0, 0]
     assert b["cons_pairs"].tolist() == [[0, 1], [2, 4], [3, 5]]
     # labels cover exactly the response (after <|assistant|>) and the final <eos>
     ids, lab = b["input_ids"][0], b["labels"][0]
@@ -351,7 +349,7 @@ def test_stp_slow_stream_sits_in_front_of_the_frames_and_grounds_nothing():
     with torch.no_grad():
         e, prefix, _ = m.video_embeddings(b["frames"], b["mel"], b["frame_mask"], b["times"])
         out = m(b)
-    assert [p.shape[0] for p in prefix] == [8 + 32, 8 + 16]
+    assert prefix.shape[:2] == (2, 8 + 32)          # fusion + both slow steps; row 1's prompt keeps one step
     assert out["evi_logits"].shape[1] == 6
     # a batch (left-padded generation) gives every row what it gets alone: 6 and 5 frames share a layout
     assert m.processor.layout(5) == lay
@@ -436,10 +434,20 @@ def test_llm_budget_keeps_long_videos_in_a_fixed_context():
     col = Collator(DamoProcessor(m.tokenizer, video_tokens=cfg.bridge_tokens, frame_tokens=1, fps=1.0, layout=cfg.layout, llm_frames=4))
     short, long_ = col([(sample(0), clip(4, 0))]), col([(sample(0), clip(10, 1))])
     assert short["input_ids"].shape == long_["input_ids"].shape                  # 4 frame tokens each
-    # 10 frames in groups of 3 -> 4 tokens; the span 1-3 s holds frames 1 and 2: 2 of group 0's 3 frames
-    assert long_["num_frames"] == [4] and long_["evi_targets"][0].tolist() == pytest.approx([2 / 3, 0, 0, 0])
+    # 10 frames in groups of 3 -> 4 tokens; the span 1-3 s holds frames 1 and 2: 2 of group 0's 3 frames,
+    # and the tokens after it decay as 2^-distance
+    assert long_["num_frames"] == [4] and long_["evi_targets"][0].tolist() == pytest.approx([2 / 3, 1 / 2, 1 / 4, 1 / 8])
     with torch.no_grad():
         out = m(long_)
     assert out["evi_logits"].shape == (2, 4)
     r = m.answer([clip(10, 1)], ["when does the red square appear?"], 8)[0]
     assert all(0 <= s <= e <= 10.0 for s, e, _ in r["spans"]) and all(len(sc) == 10 for sc in r["scores"])
+
+
+def test_max_len_is_a_model_setting(model):
+    cfg = copy.deepcopy(model.cfg)
+    cfg.max_len = 20
+    proc = DamoProcessor.from_model_config(cfg, model.tokenizer)
+    assert proc.config.max_len == 20
+    with pytest.raises(ValueError, match="max_len 20"):
+        Collator(proc)([(sample(0), clip(6, 0))])

@@ -17,9 +17,9 @@ from damo.cli import main
 from damo.config import Recipe
 from damo.data import synthetic
 from damo.train.recipe import run_recipe
+from helpers import TINY_MODEL
 from test_ground import build_scripted_model
 from test_serve import chromium_driver
-from test_train import TINY_MODEL
 
 SPEC = "synth://easy?n=8&seed=0"
 QUERY = "when does the person open the door?"

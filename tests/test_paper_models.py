@@ -3,7 +3,6 @@ trainable-only saves, and tiny stand-ins of each paper config training every sta
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,7 +12,7 @@ from transformers import (AutoModelForCausalLM, CLIPVisionConfig, CLIPVisionMode
                           SiglipVisionConfig, SiglipVisionModel, WhisperConfig)
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-from damo.config import load_recipe
+from damo.config import find, load_recipe
 from damo.data.dataset import ClipLoader, load_dataset
 from damo.model.modeling_damo import DamoConfig, DamoModel, LLMConfig
 from damo.model.tokenizer import train_tokenizer
@@ -21,13 +20,12 @@ from damo.plan import PlanOptions, build_meta, memory_gb, module_counts, plan
 from damo.train.loop import run_stage, set_trainable
 from damo.train.recipe import build_model
 
-REPO = Path(__file__).resolve().parents[1]
 PAPERS = ["damo", "d2vlm", "llava-st"]
 LLM_CLASSES = {"mistral": MistralConfig, "phi3": Phi3Config, "qwen2": Qwen2Config}
 
 
 def paper_config(name: str) -> dict:
-    return yaml.safe_load((REPO / "configs" / f"paper-{name}.yaml").read_text())
+    return yaml.safe_load(find("configs", f"paper-{name}.yaml").read_text())
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +61,7 @@ def test_damo_temporal_stage_trains_lora_r32_new_modules_and_token_rows(meta_mod
     adds r (in + out) per target projection per layer; each added token trains one embedding row and
     one head row; the new modules train whole."""
     model = meta_models["damo"]
-    recipe = load_recipe(REPO / "recipes" / "paper-damo.yaml")
+    recipe = load_recipe("paper-damo")
     stage = next(s for s in recipe.stages if s.name == "temporal")
     n = set_trainable(model, stage.trainable)
     c = paper_config("damo")["llm"]["config"]
@@ -91,7 +89,7 @@ def test_lape_tokens_train_in_embeddings_and_output_head(meta_models):
 
 
 def test_plan_runs_a_stage_and_reports_what_does_not_fit():
-    recipe = load_recipe(REPO / "recipes" / "paper-damo.yaml")
+    recipe = load_recipe("paper-damo")
     recipe.stages = [s for s in recipe.stages if s.name == "bridge"]
     p = plan(recipe.model, recipe, PlanOptions(gpus=8, gpu_gb=12.0, frames=8, text_tokens=32))
     e = p["stages"]["bridge"]
@@ -206,6 +204,8 @@ def tiny_stand_in(name: str, tok_len: int) -> dict:
     if d.get("compressor", {}).get("kind") == "stp":
         d["compressor"] |= {"budget": 24, "k_max": 4, "options": {"heads": 2, "fast_side": 1, "stride": 2}}
     d["evidence"] |= {"dim": 8} | ({"hidden": 8} if d["evidence"].get("hidden") else {})
+    if "capture_layer" in d["evidence"]:   # an intermediate layer of the 2-layer stand-in (official: 6 of 32)
+        d["evidence"]["capture_layer"] = 1
     d |= {"bridge_tokens": 2, "align_dim": 8, "llm_frames": 8, "time_bins": min(d.get("time_bins", 32), 8),
           "box_bins": min(d.get("box_bins", 0), 4)}
     return d
@@ -215,7 +215,7 @@ def tiny_stand_in(name: str, tok_len: int) -> dict:
 def test_tiny_stand_in_trains_every_stage_and_changes_exactly_what_the_recipe_names(name):
     import fnmatch
 
-    recipe = load_recipe(REPO / "recipes" / f"paper-{name}.yaml")
+    recipe = load_recipe(f"paper-{name}")
     samples = load_dataset("synth://easy?n=8&seed=0")
     cfg = DamoConfig.from_dict(tiny_stand_in(name, 600))     # resized to the trained tokenizer when built
     assert cfg.llm.family == recipe.model.llm.family and cfg.vision.family == recipe.model.vision.family

@@ -1,7 +1,6 @@
 """Factorized preference data (D²VLM section 5, appendix D): perturbations, rewriters, validation, CLI."""
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import random
@@ -11,9 +10,10 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import pytest
 import torch
 
+from damo.cli import build_parser
 from damo.data.collate import Collator
 from damo.model.processing import ClipTensors, DamoProcessor
-from damo.data.preference import (FACTORS, HTTPRewriter, RuleRewriter, add_prefs_parser, chosen_sample, clean_reply,
+from damo.data.preference import (FACTORS, HTTPRewriter, RuleRewriter, chosen_sample, clean_reply,
                                   load_pairs, make_pair, make_pairs, make_rewriter, perturb_add, perturb_delete,
                                   perturb_distort, perturb_merge, perturb_repeat, perturb_shift, rejected_sample,
                                   save_pairs, validate_pair)
@@ -241,7 +241,7 @@ def test_chosen_and_rejected_samples_collate_with_matching_evidence():
     rows = (b["evi_batch"] == 1).nonzero().flatten()
     added = b["evi_targets"][rows[4 + k]]
     a, e = r.spans[k]
-    assert added.sum() > 0 and all(a <= t + 0.5 <= e or not added[t] for t in range(20))
+    assert (added == 1).sum() > 0 and all(a <= t + 0.5 <= e or added[t] < 1 for t in range(20))
 
 
 # --------------------------------------------------------------------------------- HTTP rewriter
@@ -319,19 +319,18 @@ def test_http_rewriter_errors_are_actionable():
 # ---------------------------------------------------------------------------------- command line
 
 def test_cli_writes_pairs_and_reports(tmp_path, capsys):
-    parser = argparse.ArgumentParser()
-    add_prefs_parser(parser.add_subparsers())
+    parser = build_parser()
     out = tmp_path / "prefs.jsonl"
-    args = parser.parse_args(["prefs", "--in", "synth://easy?n=3&seed=0", "--out", str(out), "--seed", "2"])
+    args = parser.parse_args(["data", "prefs", "--in", "synth://easy?n=3&seed=0", "--out", str(out), "--seed", "2"])
     assert args.fn(args) == 0
     report = json.loads(capsys.readouterr().out)
     pairs = load_pairs(out)
     assert report["pairs"] == len(pairs) > 0 and report["out"] == str(out) and report["rewriter"] == "rule"
     samples = synth_samples("synth://easy?n=3&seed=0")
     assert pairs == make_pairs(samples, seed=2)[0]
-    args = parser.parse_args(["prefs", "--in", str(tmp_path / "missing.jsonl"), "--out", str(out)])
+    args = parser.parse_args(["data", "prefs", "--in", str(tmp_path / "missing.jsonl"), "--out", str(out)])
     with pytest.raises(SystemExit, match="no such file"):
         args.fn(args)
-    args = parser.parse_args(["prefs", "--in", "synth://easy?n=1", "--out", str(out), "--rewriter", "http"])
+    args = parser.parse_args(["data", "prefs", "--in", "synth://easy?n=1", "--out", str(out), "--rewriter", "http"])
     with pytest.raises(SystemExit, match="--url"):
         args.fn(args)

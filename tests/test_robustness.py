@@ -18,7 +18,6 @@ import pytest
 
 import damo
 from damo.cli import main
-from damo.data import synthetic
 from damo.media import MediaError
 from test_ground import grounder, model_dir  # noqa: F401 (fixtures shared with the grounding tests)
 
@@ -35,13 +34,6 @@ SHARED = {
     "transparent.webm": {"duration": 5.0, "audio": True},              # VP9 with alpha, silent Vorbis
     "video_with_failing_audio.mp4": {"duration": 11.2, "audio": True},  # MP3 that some readers fail on
 }
-
-
-@pytest.fixture(scope="module")
-def clip_file(tmp_path_factory) -> Path:
-    """A real 13 s Matroska file (H.264 + PCM) of a procedural video."""
-    spec = synthetic.generate_spec("standard", 0, "test", 0)
-    return synthetic.write_video(spec, tmp_path_factory.mktemp("clip") / "clip.mkv")
 
 
 def check_grounded(r: dict, duration: float) -> None:
@@ -90,9 +82,9 @@ def test_every_shared_video_is_in_the_matrix(shared_data):
 
 # ------------------------------------------------------------------- broken files
 
-def test_truncated_matroska(grounder, clip_file, tmp_path):
+def test_truncated_matroska(grounder, clip_mkv, tmp_path):
     bad = tmp_path / "cut.mkv"
-    bad.write_bytes(clip_file.read_bytes()[: clip_file.stat().st_size // 3])
+    bad.write_bytes(clip_mkv.read_bytes()[: clip_mkv.stat().st_size // 3])
     with pytest.raises(MediaError, match=r"cut\.mkv.*truncated"):
         grounder.ground(bad, Q)
 
@@ -189,16 +181,16 @@ def test_missing_container_duration(grounder, tmp_path, how):
 
 # --------------------------------------------------------------------- odd names
 
-def test_name_with_leading_dash_and_spaces(grounder, model_dir, clip_file, tmp_path, monkeypatch, capsys):
+def test_name_with_leading_dash_and_spaces(grounder, model_dir, clip_mkv, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("DAMO_CACHE", str(tmp_path / "cache"))
     name = "-weird name (v2).mkv"
-    Path(name).write_bytes(clip_file.read_bytes())
+    Path(name).write_bytes(clip_mkv.read_bytes())
     check_grounded(grounder.ground(name, Q), 13.0)
     assert main(["ground", "--model", str(model_dir), "--quiet", "--", name, Q]) == 0
     check_grounded(json.loads(capsys.readouterr().out), 13.0)
     # a dash name without spaces looks like an option: "--" is needed, and argparse says so without it
-    Path("-clip.mkv").write_bytes(clip_file.read_bytes())
+    Path("-clip.mkv").write_bytes(clip_mkv.read_bytes())
     assert main(["ground", "--model", str(model_dir), "--quiet", "--", "-clip.mkv", Q]) == 0
     check_grounded(json.loads(capsys.readouterr().out), 13.0)
     with pytest.raises(SystemExit) as e:
@@ -217,18 +209,18 @@ def test_cli_reports_bad_files_in_one_line(model_dir, tmp_path, capsys):
 
 # ------------------------------------------------------------------ annotation quirks
 
-def test_empty_query(grounder, clip_file, model_dir, capsys):
+def test_empty_query(grounder, clip_mkv, model_dir, capsys):
     with pytest.raises(ValueError, match="query is empty; ask a question"):
-        grounder.ground(clip_file, "  ")
-    assert main(["ground", str(clip_file), "", "--model", str(model_dir), "--quiet"]) == 2
+        grounder.ground(clip_mkv, "  ")
+    assert main(["ground", str(clip_mkv), "", "--model", str(model_dir), "--quiet"]) == 2
     assert "query is empty" in capsys.readouterr().err
 
 
-def test_batch_non_utf8_query_is_a_recorded_failure(model_dir, clip_file, tmp_path, capsys):
+def test_batch_non_utf8_query_is_a_recorded_failure(model_dir, clip_mkv, tmp_path, capsys):
     src = tmp_path / "requests.jsonl"
-    good = json.dumps({"video": str(clip_file), "query": "when does the café sign light up?"},
+    good = json.dumps({"video": str(clip_mkv), "query": "when does the café sign light up?"},
                       ensure_ascii=False).encode()
-    latin1 = json.dumps({"video": str(clip_file), "query": "when does the café open?"},
+    latin1 = json.dumps({"video": str(clip_mkv), "query": "when does the café open?"},
                         ensure_ascii=False).encode("utf-8").replace("é".encode(), b"\xe9")
     src.write_bytes(good + b"\n" + latin1 + b"\n" + good + b"\n")
     out = tmp_path / "results.jsonl"
@@ -236,13 +228,13 @@ def test_batch_non_utf8_query_is_a_recorded_failure(model_dir, clip_file, tmp_pa
     rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert [("error" in r) for r in rows] == [False, True, False]
     assert rows[0]["query"] == "when does the café sign light up?"
-    assert rows[1]["video"] == str(clip_file) and rows[1]["line"] == 2
+    assert rows[1]["video"] == str(clip_mkv) and rows[1]["line"] == 2
     assert "not valid UTF-8 (byte 0xe9" in rows[1]["error"]
     assert "line 2: " in capsys.readouterr().err
 
 
-def test_truth_past_duration_and_reversed_through_cli(model_dir, clip_file, capsys):
-    assert main(["ground", str(clip_file), Q, "--model", str(model_dir), "--quiet",
+def test_truth_past_duration_and_reversed_through_cli(model_dir, clip_mkv, capsys):
+    assert main(["ground", str(clip_mkv), Q, "--model", str(model_dir), "--quiet",
                  "--truth", "11-30,8-2,14-20"]) == 0
     r = json.loads(capsys.readouterr().out)
     # 11-30 clipped to 13 s, 8-2 swapped, 14-20 starts after the end and is dropped

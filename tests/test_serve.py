@@ -18,7 +18,6 @@ import pytest
 
 import damo
 from damo.app.serve import DemoServer, make_examples
-from damo.data import synthetic
 from test_ground import build_scripted_model
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -41,12 +40,6 @@ def server(tmp_path_factory, model_dir):
     srv.shutdown()
     srv.server_close()
     assert not srv.upload_dir.exists()   # uploads are removed at shutdown
-
-
-@pytest.fixture(scope="module")
-def clip_mkv(tmp_path_factory) -> Path:
-    spec = synthetic.generate_spec("standard", 0, "test", 0)
-    return synthetic.write_video(spec, tmp_path_factory.mktemp("clip") / "my clip.mkv")
 
 
 def url(server: DemoServer, path: str) -> str:

@@ -18,7 +18,7 @@ import pytest
 
 import damo
 from damo.app.serve import PAGE_CSP, DemoServer, JobStopped, make_examples
-from test_serve import Q, call, clip_mkv, model_dir, server  # noqa: F401  (fixtures)
+from test_serve import Q, call, model_dir, server  # noqa: F401  (fixtures)
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -8,8 +8,9 @@ import pytest
 
 from damo.data.schema import Sample
 from damo.data.synthetic import (BACKGROUND, Event, VideoSpec, generate_spec, render_frames, sample_times,
-                                 shape_boxes, stvg_samples, time_key)
-from damo.eval.metrics import box_iou, stvg_metrics
+                                 shape_boxes, stvg_samples)
+from damo.eval.stvg import box_iou, stvg_metrics
+from damo.model.processing import time_key
 
 
 def pixel_box(frame: np.ndarray) -> np.ndarray | None:
@@ -149,7 +150,8 @@ def test_box_tokens_in_the_answer_with_soft_targets():
     from damo.data.collate import Collator
     from damo.model.modeling_damo import DamoModel
     from damo.model.tokenizer import train_tokenizer
-    from test_model import TEXTS, clip, tiny_cfg
+    from helpers import clip, tiny_cfg
+    from test_model import TEXTS
     cfg = tiny_cfg()
     cfg.box_bins = 5                                     # anchors at 0, 0.25, 0.5, 0.75, 1
     torch.manual_seed(0)
@@ -192,7 +194,8 @@ def test_generated_box_tokens_become_a_tube():
     from damo.model import tokenizer as tk
     from damo.model.modeling_damo import DamoModel
     from damo.model.tokenizer import train_tokenizer
-    from test_model import TEXTS, clip, tiny_cfg
+    from helpers import clip, tiny_cfg
+    from test_model import TEXTS
     cfg = tiny_cfg()
     cfg.box_bins = 5
     torch.manual_seed(0)

@@ -13,7 +13,8 @@ from damo.model.modeling_damo import DamoConfig, DamoModel
 from damo.model.tokenizer import train_tokenizer
 from damo.train import losses
 
-from test_model import TEXTS, clip, sample, tiny_cfg
+from helpers import clip, tiny_cfg
+from test_model import TEXTS, sample
 
 BINS = 7     # anchors at 0, 1, ..., 6 s of a 6-second clip
 

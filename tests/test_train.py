@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,16 +11,12 @@ from damo.data.dataset import load_dataset
 from damo.train.loop import make_dialogues, set_trainable
 from damo.train.recipe import run_recipe
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers import TINY_MODEL
 
-TINY_MODEL = {"vision": {"width": 32, "layers": 1}, "audio": {"width": 32},
-              "fuser": {"width": 32, "blocks": 1, "visual_queries": 4, "audio_queries": 2, "fusion_tokens": 4},
-              "llm": {"hidden": 32, "layers": 2, "intermediate": 64, "vocab_size": 400},
-              "bridge_tokens": 4, "align_dim": 16}
 
 
 def test_shipped_recipe_parses_with_overrides():
-    r = load_recipe(REPO / "recipes" / "damo_4stage.yaml", ["stages.3.steps=7", "seed=3", "model.llm.layers=3"])
+    r = load_recipe("damo_4stage", ["stages.3.steps=7", "seed=3", "model.llm.layers=3"])
     assert [s.name for s in r.stages] == ["language", "align", "bridge", "temporal", "dialogue"]
     assert r.stages[3].steps == 7 and r.seed == 3 and r.model.llm.layers == 3
     assert r.stages[0].text_only and r.stages[1].losses == {"contrastive": 1.0} and r.stages[4].dialogue
@@ -105,7 +100,7 @@ def test_preference_losses_cannot_mix_with_plain_ones(tmp_path):
 
 
 def test_shipped_fpo_recipe_parses():
-    r = load_recipe(REPO / "recipes" / "d2vlm_fpo.yaml")
+    r = load_recipe("d2vlm_fpo")
     assert r.stages[-1].name == "fpo" and "fpo" in r.stages[-1].losses
 
 

@@ -63,7 +63,6 @@ Validation (the first failing check is the rejection reason):
 """
 from __future__ import annotations
 
-import argparse
 import importlib.resources
 import json
 import random
@@ -78,7 +77,7 @@ import numpy as np
 
 from damo.data.chat import ChatClient
 from damo.minilm import minilm
-from damo.data.schema import Sample, load_samples, save_samples
+from damo.data.schema import Sample, load_samples
 
 QA_TASKS = {"when": "grounding", "what_at": "grounded_qa", "what_between": "grounded_qa", "before": "grounded_qa",
             "after": "grounded_qa", "order": "grounded_qa", "count": "grounded_qa"}
@@ -686,42 +685,6 @@ def augment(videos: Sequence[VideoCaptions], generator, *, seed: int = 0, min_su
 
 # ------------------------------------------------------------------------------------- command line
 
-def cmd_data_augment(args: argparse.Namespace) -> int:
-    """``damo data augment``: annotations -> grounded QA JSONL; prints the report as JSON."""
-    if args.limit is not None and args.limit < 1:
-        raise SystemExit(f"--limit must be a positive number of videos, got {args.limit}")
-    try:
-        videos = load_videos(args.inp, args.format)
-        gen = make_generator(args.generator, seed=args.seed, url=args.url, model=args.model)
-    except (ValueError, FileNotFoundError, ImportError) as e:
-        raise SystemExit(str(e)) from None
-    if args.limit is not None:
-        videos = videos[:args.limit]
-    samples, report = augment(videos, gen, seed=args.seed)
-    save_samples(args.out, samples)
-    report["out"] = str(args.out)
-    print(json.dumps(report, indent=2, ensure_ascii=False))
-    return 0
-
-
-def add_augment_parser(data_subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register ``damo data augment`` on the ``damo data`` subparsers."""
-    a = data_subparsers.add_parser(
-        "augment", help="dense captions -> temporally grounded QA and dialogues (DaMO)",
-        description="Generate, validate and deduplicate temporally grounded QA from timed captions.")
-    a.add_argument("--in", dest="inp", required=True, help="annotation file")
-    a.add_argument("--format", required=True,
-                   help="activitynet-captions, youcook2, or canonical (JSONL with dense_caption samples)")
-    a.add_argument("--out", required=True, help="output canonical JSONL")
-    a.add_argument("--generator", default="rule", choices=list(GENERATORS))
-    a.add_argument("--url", help="OpenAI-compatible server for --generator http")
-    a.add_argument("--model", help="local: HF model folder (default: SmolLM2-135M-Instruct); http: model name")
-    a.add_argument("--limit", type=int, help="augment only the first N videos")
-    a.add_argument("--seed", type=int, default=0)
-    a.set_defaults(fn=cmd_data_augment)
-    return a
-
-
 __all__ = ["VideoCaptions", "videos_from_samples", "load_videos", "RuleGenerator", "HTTPGenerator",
            "LocalLMGenerator", "GENERATORS", "make_generator", "validate", "augment", "content_words", "support",
-           "load_prompt", "parse_candidates", "cmd_data_augment", "add_augment_parser"]
+           "load_prompt", "parse_candidates"]

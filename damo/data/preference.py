@@ -39,8 +39,6 @@ the rejected spans.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import random
 import re
 from collections import Counter
@@ -525,42 +523,7 @@ def read_samples(spec: str) -> list[Sample]:
     return load_samples(spec)
 
 
-def cmd_data_prefs(args: argparse.Namespace) -> int:
-    """``damo data prefs``: canonical samples -> factorized preference pairs JSONL; prints the report as JSON."""
-    try:
-        samples = read_samples(args.inp)
-        rewriter = make_rewriter(args.rewriter, samples, url=args.url, model=args.model)
-        pairs, report = make_pairs(samples, seed=args.seed, rewriter=rewriter, subfactors=args.subfactors,
-                                   min_shift=args.min_shift)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
-        raise SystemExit(str(e)) from None
-    save_pairs(args.out, pairs)
-    report["out"] = str(args.out)
-    print(json.dumps(report, indent=2))
-    return 0
-
-
-def add_prefs_parser(data_subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register ``damo data prefs`` on the ``damo data`` subparsers."""
-    a = data_subparsers.add_parser(
-        "prefs", help="factorized preference pairs for FPO (D2VLM section 5)",
-        description="Perturb ground-truth responses by one temporal or textual factor to make rejected responses.")
-    a.add_argument("--in", dest="inp", required=True, help="canonical samples JSONL or synth://... spec")
-    a.add_argument("--out", required=True, help="output preference-pair JSONL")
-    a.add_argument("--seed", type=int, default=0)
-    a.add_argument("--rewriter", default="rule", choices=list(REWRITERS),
-                   help="text distortion: rule (offline key-word swaps) or http (OpenAI-compatible server)")
-    a.add_argument("--url", help="server for --rewriter http, e.g. http://127.0.0.1:8000")
-    a.add_argument("--model", help="model name sent to the --rewriter http server")
-    a.add_argument("--subfactors", type=lambda v: [x for x in v.split(",") if x],
-                   help="comma-separated subset of shift,add,delete,merge,distort,repeat")
-    a.add_argument("--min-shift", dest="min_shift", type=float, default=1.0,
-                   help="smallest temporal change in seconds (shift distance, added event length)")
-    a.set_defaults(fn=cmd_data_prefs)
-    return a
-
-
 __all__ = ["FACTORS", "SPAN_TASKS", "validate_pair", "chosen_sample", "rejected_sample", "load_pairs", "save_pairs",
            "KEY_WORDS", "RuleRewriter", "HTTPRewriter", "clean_reply", "make_rewriter", "REWRITERS",
            "perturb_shift", "perturb_add", "perturb_delete", "perturb_merge", "perturb_distort", "perturb_repeat",
-           "sample_rng", "make_pair", "make_pairs", "read_samples", "cmd_data_prefs", "add_prefs_parser"]
+           "sample_rng", "make_pair", "make_pairs", "read_samples"]

@@ -13,7 +13,8 @@ from tqdm import tqdm
 
 from damo.data.dataset import ClipDataset, loader
 from damo.data.schema import Prediction, Sample
-from damo.eval.metrics import grounding_metrics, stvg_metrics
+from damo.eval.grounding import grounding_metrics
+from damo.eval.stvg import stvg_metrics
 from damo.model.modeling_damo import DamoModel
 
 

@@ -36,7 +36,7 @@ from transformers import (CONFIG_MAPPING, AutoModelForCausalLM, AutoTokenizer, C
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from damo.model import tokenizer as tk
-from damo.model.encoders import AUDIO_ENCODERS, VISION_ENCODERS, HFVisionEncoder
+from damo.model.encoders import AUDIO_ENCODERS, VISION_ENCODERS
 
 if TYPE_CHECKING:
     from damo.model.modeling_damo import AudioConfig, DamoModel, LLMConfig, VisionConfig
@@ -146,6 +146,32 @@ def build_vision(cfg: "VisionConfig") -> nn.Module:
                                      layers=cfg.layers, heads=cfg.heads)
 
 
+class HFVisionEncoder(nn.Module):
+    """Any transformers vision tower (SigLIP, CLIP) applied per frame.
+
+    ``model`` is an already-built HF vision model whose output ``last_hidden_state`` is
+    ``(N, P, D)``. CLIP prepends a CLS token; SigLIP has none, so its mean patch token
+    serves as the global token (``has_cls=False``).
+    """
+
+    def __init__(self, model: nn.Module, has_cls: bool, image_size: int, mean: tuple[float, ...],
+                 std: tuple[float, ...]):
+        super().__init__()
+        self.model, self.has_cls, self.image_size = model, has_cls, image_size
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        self.width = model.config.hidden_size
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        B, T = frames.shape[:2]
+        x = (frames.flatten(0, 1) - self.mean) / self.std          # (B*T, 3, H, W)
+        # a tower kept in bf16 (frozen, on GPU) takes and gives its own dtype; the model continues in fp32
+        h = self.model(pixel_values=x.to(self.model.dtype)).last_hidden_state.float()   # (B*T, [1+]P, Dv)
+        if not self.has_cls:
+            h = torch.cat([h.mean(1, keepdim=True), h], 1)          # (B*T, 1+P, Dv)
+        return h.unflatten(0, (B, T))
+
+
 def hf_vision_encoder(cfg: "VisionConfig") -> HFVisionEncoder:
     if cfg.family not in VISION_FAMILIES:
         raise ValueError(f"vision.family {cfg.family!r} is not supported; valid: {sorted(VISION_FAMILIES)}")
@@ -186,18 +212,27 @@ class HFWhisperEncoder(nn.Module):
                              "(100 per second at fps 1: the 10 ms hop)")
         self.frames, self.width, self.n_mels = frames, encoder.config.d_model, encoder.config.num_mel_bins
 
-    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+    def forward(self, mel: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``mask`` ``(B, T)``: a batch's real frames. Every row is padded from its own end with the
+        silence of its own last input, so a clip gets in a batch exactly what it gets alone (Whisper's
+        encoder attends over its whole 30 s input and takes no attention mask)."""
         B, T, Fr, M = mel.shape
         if Fr != self.frames or M != self.n_mels:
             raise ValueError(f"Whisper wrapper expects (B, T, {self.frames}, {self.n_mels}) log-mel, got {tuple(mel.shape)}")
         x = mel.float()                                              # (B, T, F, M)
         w = self.chunk // Fr                                         # frame windows per encoder pass
         n = math.ceil(T / w)
+        idx = torch.arange(n * w, device=x.device)
+        length = mask.sum(1) if mask is not None else torch.full((B,), T, device=x.device)
+        last = (length - 1).clamp(min=0) // w * w                    # first frame of each row's last input
+        in_last = (idx[None, :T] >= last[:, None]) & (idx[None, :T] < length[:, None])
         # the extractor pads the last chunk with digital silence: log10 of its power floor (-10),
         # raised to the chunk's max - 8, i.e. (normalised) the chunk's max - 2, but at least -1.5
-        silence = (x[:, (n - 1) * w:].flatten(1).amax(1) - 2.0).clamp(min=-1.5)   # (B,)
-        pad = silence.view(B, 1, 1, 1).expand(B, n * w - T, Fr, M)
-        x = torch.cat([x, pad], 1).reshape(B * n, w * Fr, M).transpose(1, 2)  # (B*n, M, chunk)
+        peak = x.flatten(2).amax(2).masked_fill(~in_last, float("-inf")).amax(1)      # (B,)
+        silence = (peak - 2.0).clamp(min=-1.5)
+        x = torch.cat([x, x.new_zeros(B, n * w - T, Fr, M)], 1)
+        x = torch.where((idx[None] < length[:, None])[..., None, None], x, silence.view(B, 1, 1, 1))
+        x = x.reshape(B * n, w * Fr, M).transpose(1, 2)              # (B*n, M, chunk)
         h = self.encoder(input_features=x.to(self.encoder.conv1.weight.dtype)).last_hidden_state.float()  # (B*n, chunk/2, Da)
         h = h.reshape(B, n * w, Fr // 2, -1)[:, :T]                  # (B, T, F/2, Da)
         return torch.cat([h.mean(2, keepdim=True), h], 2)            # (B, T, 1 + F/2, Da)

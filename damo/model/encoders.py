@@ -4,9 +4,9 @@ Contracts (B batch, T frames on the 1/fps timeline):
 - vision: frames ``(B, T, 3, H, W)`` float in [0, 1] -> ``(B, T, 1 + P, Dv)`` (CLS first, then patches);
 - audio: per-frame log-mel windows ``(B, T, F, M)`` -> ``(B, T, 1 + A, Da)`` (a global token first).
 
-The tiny encoders train from scratch on CPU. Real backbones (SigLIP / CLIP vision towers,
-the Whisper encoder) plug in through the same contracts by name in :data:`VISION_ENCODERS`
-and :data:`AUDIO_ENCODERS`.
+The tiny encoders train from scratch on CPU and are registered by name in :data:`VISION_ENCODERS`
+and :data:`AUDIO_ENCODERS`. Real backbones (SigLIP / CLIP vision towers, the Whisper encoder) keep
+the same contracts through their wrappers in :mod:`damo.model.backbones`.
 """
 from __future__ import annotations
 
@@ -78,7 +78,8 @@ class TinyAudioEncoder(nn.Module):
         self.ln = nn.LayerNorm(width)
         self.width = width
 
-    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+    def forward(self, mel: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Frames are encoded one by one, so a batch's padding (``mask``) cannot reach real frames."""
         B, T, F, M = mel.shape
         x = mel.flatten(0, 1).reshape(B * T, self.num_tokens, self.patch * M)  # (B*T, A, patch*M)
         x = self.proj((x + 4.0) / 4.0)                                          # (B*T, A, Da); log-mel centred
@@ -86,32 +87,6 @@ class TinyAudioEncoder(nn.Module):
         for blk in self.blocks:
             x = blk(x)
         return self.ln(x).unflatten(0, (B, T))                                  # (B, T, 1+A, Da)
-
-
-class HFVisionEncoder(nn.Module):
-    """Any transformers vision tower (SigLIP, CLIP) applied per frame.
-
-    ``model`` is an already-built HF vision model whose output ``last_hidden_state`` is
-    ``(N, P, D)``. CLIP prepends a CLS token; SigLIP has none, so its mean patch token
-    serves as the global token (``has_cls=False``).
-    """
-
-    def __init__(self, model: nn.Module, has_cls: bool, image_size: int, mean: tuple[float, ...],
-                 std: tuple[float, ...]):
-        super().__init__()
-        self.model, self.has_cls, self.image_size = model, has_cls, image_size
-        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
-        self.width = model.config.hidden_size
-
-    def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        B, T = frames.shape[:2]
-        x = (frames.flatten(0, 1) - self.mean) / self.std          # (B*T, 3, H, W)
-        # a tower kept in bf16 (frozen, on GPU) takes and gives its own dtype; the model continues in fp32
-        h = self.model(pixel_values=x.to(self.model.dtype)).last_hidden_state.float()   # (B*T, [1+]P, Dv)
-        if not self.has_cls:
-            h = torch.cat([h.mean(1, keepdim=True), h], 1)          # (B*T, 1+P, Dv)
-        return h.unflatten(0, (B, T))
 
 
 def build_tiny_vit(image_size: int, patch: int, width: int, layers: int, heads: int, **_: object) -> nn.Module:

@@ -1,12 +1,14 @@
 """Evidence-token grounding (D²VLM, ICCV 2025: section 3.2 and appendix A).
 
 An ``<evi>`` token grounds an event by scoring every frame-level LLM-processed video token:
-``sim_t = sigmoid(<q, f_t> / sqrt(d))`` where ``q`` is the evidence query (a 2-layer MLP over the
+``sim_t = sigmoid(<q, f_t> / sqrt(d))`` where ``q`` is the evidence query (an MLP over the
 hidden state that emitted ``<evi>``, appendix A) and ``f_t`` the frame projection, both taken
-from the LLM's penultimate layer. Training marks frames inside the ground-truth interval as
-salient; inference keeps frames scoring >= ``threshold`` x max (0.6 in the paper, appendix C.4)
-and returns the best contiguous run. The salient frames' mean state is added to the ``<evi>``
-input embedding (semantic capture).
+from the LLM's penultimate layer. Training targets are 1 inside the ground-truth interval and,
+as the official code trains them, ``alpha^-distance`` outside (:func:`soft_targets`); the
+paper's text uses hard 0/1. Inference keeps frames scoring >= ``threshold`` x max (0.6,
+appendix C.4) and returns the run of kept frames with the highest mean score, as the official
+``find_and_merge`` does (:func:`salient_frames`). The salient frames' mean state is added to the
+``<evi>`` input embedding (semantic capture).
 """
 from __future__ import annotations
 
@@ -17,13 +19,15 @@ from torch import nn
 
 
 class EvidenceHead(nn.Module):
-    """Two MLPs (``<evi>`` state -> query, frame state -> key) of width ``hidden`` (0: ``d_llm``); with
-    ``norm`` each starts with a LayerNorm, as D²VLM's official ``frm_head``/``evi_head`` do
-    (LayerNorm(C), Linear(C, C/2), GELU, Linear(C/2, C): ``hidden = C/2``, ``d = C``)."""
+    """Two MLPs (``<evi>`` state -> query, frame state -> key). The defaults build D²VLM's official
+    ``evi_head``/``frm_head`` (d2vlm/model/d2vlm_arch.py): LayerNorm(C), Linear(C, C/2), GELU,
+    Linear(C/2, C), scores scaled by ``1/sqrt(C)``. ``d`` (0: ``C``) is the output width,
+    ``hidden`` (0: ``C/2``) the hidden width; ``norm=False`` drops the LayerNorm."""
 
-    def __init__(self, d_llm: int, d: int = 64, hidden: int = 0, norm: bool = False):
+    def __init__(self, d_llm: int, d: int = 0, hidden: int = 0, norm: bool = True):
         super().__init__()
-        h = hidden or d_llm
+        d = d or d_llm
+        h = hidden or max(1, d_llm // 2)
 
         def mlp() -> nn.Sequential:
             return nn.Sequential(*([nn.LayerNorm(d_llm)] if norm else []), nn.Linear(d_llm, h), nn.GELU(), nn.Linear(h, d))
@@ -52,29 +56,57 @@ def pool_groups(x: torch.Tensor, mask: torch.Tensor, g: int) -> tuple[torch.Tens
     return (xs * w).sum(2) / w.sum(2).clamp(min=1), m.amax(2) > 0
 
 
-def salient_frames(scores: np.ndarray, threshold: float = 0.6) -> tuple[int, int]:
-    """Best contiguous run of frames scoring >= threshold x max; returns [first, last] indices.
+def soft_targets(y: np.ndarray, alpha: float) -> np.ndarray:
+    """Distance-decayed grounding targets (D²VLM official code, ``forward_evi``; ``alpha`` = 2 there):
+    frame tokens with a positive hard target keep it, the others get ``alpha ** -d`` with ``d`` the
+    distance in tokens to the nearest positive one. No positive token: all zeros."""
+    inside = y > 0
+    if not inside.any():
+        return np.zeros_like(y)
+    i = np.arange(len(y))
+    big = 2 * len(y)
+    before = i - np.maximum.accumulate(np.where(inside, i, -big))             # tokens since the last positive
+    after = np.minimum.accumulate(np.where(inside, i, big)[::-1])[::-1] - i   # tokens to the next positive
+    d = np.minimum(before, after).astype(np.float64)
+    return np.where(inside, y, np.power(float(alpha), -d)).astype(y.dtype)
 
-    "Best" is the run with the largest summed score (so a long plateau beats an isolated spike
-    of equal height). Ties go to the earliest run.
+
+def _runs(keep: np.ndarray) -> list[tuple[int, int]]:
+    """``[first, last]`` of each run of consecutive true values."""
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], keep.astype(np.int8), [0]])))
+    return [(int(a), int(b) - 1) for a, b in zip(edges[::2], edges[1::2])]
+
+
+DECODERS = ("mean", "sum")
+
+
+def salient_frames(scores: np.ndarray, threshold: float = 0.6, rank: str = "mean") -> tuple[int, int]:
+    """The salient run of frames: among the runs of frames scoring >= ``threshold`` x max, the one
+    with the highest mean score (``rank="mean"``, D²VLM's official ``find_and_merge``) or summed
+    score (``"sum"``, which favours long runs). Returns ``[first, last]`` indices.
+
+    Ties under ``"mean"`` follow ``find_and_merge``: every run reaching the best mean is covered,
+    from the first such run's first frame to the last one's last frame.
     """
-    keep = scores >= threshold * scores.max()
-    best, best_sum, i, T = (0, 0), -1.0, 0, len(scores)
-    while i < T:
-        if keep[i]:
-            j = i
-            while j + 1 < T and keep[j + 1]:
-                j += 1
-            s = float(scores[i:j + 1].sum())
-            if s > best_sum:
-                best, best_sum = (i, j), s
-            i = j + 1
-        else:
-            i += 1
-    return best
+    if rank not in DECODERS:
+        raise ValueError(f"evidence decode must be one of {DECODERS}, got {rank!r}")
+    runs = _runs(scores >= threshold * scores.max())
+    value = [float(scores[a:b + 1].mean() if rank == "mean" else scores[a:b + 1].sum()) for a, b in runs]
+    best = [r for r, v in zip(runs, value) if v == max(value)]
+    return (best[0][0], best[-1][1]) if rank == "mean" else best[0]   # "sum": ties go to the earliest run
 
 
-def decode_interval(scores: np.ndarray, fps: float, duration: float, threshold: float = 0.6) -> list[float]:
+def decode_interval(scores: np.ndarray, fps: float, duration: float, threshold: float = 0.6,
+                    rank: str = "mean") -> list[float]:
     """Frame scores ``(T,)`` -> ``[start, end, score]`` in seconds (score = mean over the run)."""
-    a, b = salient_frames(scores, threshold)
+    a, b = salient_frames(scores, threshold, rank)
     return [a / fps, min(duration, (b + 1) / fps), float(scores[a:b + 1].mean())]
+
+
+def capture_weights(targets: torch.Tensor) -> torch.Tensor:
+    """Which frame tokens' states semantic capture averages for each ``<evi>``: ``(N, T)`` targets ->
+    0/1 weights on the tokens at the row's highest target, i.e. the ground-truth span's frames for
+    hard or soft targets (the official code takes the mean over the span's frames); with pooled
+    tokens, those most covered by the span."""
+    top = targets.amax(1, keepdim=True)
+    return ((targets >= top) & (top > 0)).to(targets.dtype)

@@ -19,8 +19,8 @@ Data flow (B batch, T frames at 1/fps, D fuser width, C LLM width):
     (the transformers ``masked_scatter`` pattern).
  7. evidence tokens (D²VLM section 3.2): each ``<evi>`` is grounded by scoring the
     penultimate-layer state that emitted it against every frame's state; during training the
-    ground-truth frames' mean state (inference: the salient frames') is added to the
-    ``<evi>`` input embedding (semantic capture).
+    ground-truth frames' mean state at ``evidence.capture_layer`` (inference: the salient
+    frames') is added to the ``<evi>`` input embedding (semantic capture).
 """
 from __future__ import annotations
 
@@ -41,7 +41,8 @@ from damo.model import backbones
 from damo.model.coordinates import anchor_tables, decode_position, frame_time_embedding
 from damo.model.encoders import Block
 from damo.model.compressors import PLACEMENTS, build_compressor
-from damo.model.evidence import EvidenceHead, decode_interval, pool_groups, salient_frames
+from damo.model.evidence import (DECODERS, EvidenceHead, capture_weights, decode_interval, pool_groups,
+                                 salient_frames)
 from damo.model.fuseformer import CrossBlock, TemporalFuseformer, sinusoid
 from damo.model.processing import DamoProcessor, ProcessorConfig
 from damo.model.residual import GlobalResidual
@@ -122,12 +123,19 @@ class LLMConfig:
 
 @dataclass
 class EvidenceConfig:
-    dim: int = 64
-    threshold: float = 0.6     # salient frames: score >= threshold x max (D²VLM appendix A)
+    """D²VLM's evidence tokens (section 3.2, appendix A); the defaults follow the official code
+    (d2vlm/model/d2vlm_arch.py) where it differs from the paper's text."""
+    dim: int = 0               # output width of the heads (0: the LLM width C, official)
+    hidden: int = 0            # hidden width of the heads (0: C/2, official)
+    norm: bool = True          # LayerNorm first (official frm_head / evi_head); false: plain MLPs
+    threshold: float = 0.6     # salient frames: score >= threshold x max (D²VLM appendix C.4)
+    decode: str = "mean"       # the run with the highest mean (official find_and_merge) | sum (favours long runs)
+    targets: str = "soft"      # soft: alpha^-distance outside the span (official) | hard: 0/1 (paper eq. 3)
+    alpha: float = 2.0         # decay base of soft targets (official --alpha 2.0)
     semantic_capture: bool = True
+    capture_layer: int = -2    # hidden_states index whose frame states are captured (official: 6 of Phi-3's 32 layers)
+    capture_grad: bool = True  # training: the capture pass keeps gradients, as the official first pass does
     level: str = "event"       # event: one <evi> grounds an interval; frame: a (start, end) pair of single frames (D²VLM Table 6)
-    hidden: int = 0            # width of the heads' hidden layer (0: the LLM width)
-    norm: bool = False         # LayerNorm before the heads (D²VLM's official frm_head / evi_head)
 
 
 @dataclass
@@ -161,6 +169,7 @@ class DamoConfig:
     align_dim: int = 64        # contrastive (stage 1) embedding width
     max_frames: int = 4096
     llm_frames: int = 64       # at most this many frame tokens reach the LLM: longer videos pool consecutive frames (0: no cap)
+    max_len: int = 1024        # tokens per training sequence (prompt with video placeholders + response); longer is an error
     layout: str = "query_both"      # video_first | query_first | query_both: where the question goes (processing.LAYOUTS)
     response: str = "interleaved"   # coupled | decomposed | interleaved (D²VLM Table 4; processing.RESPONSES)
     query_aware: bool = True   # frame tokens carry their match with the question in the stage-1 alignment space
@@ -187,7 +196,10 @@ class DamoConfig:
         cfg = cls(**kw)
         if cfg.compressor.placement not in PLACEMENTS:
             raise ValueError(f"model.compressor.placement must be one of {PLACEMENTS}, got {cfg.compressor.placement!r}")
+        if cfg.evidence.decode not in DECODERS:
+            raise ValueError(f"model.evidence.decode must be one of {DECODERS}, got {cfg.evidence.decode!r}")
         ProcessorConfig(layout=cfg.layout, response=cfg.response, evidence_level=cfg.evidence.level,
+                        max_len=cfg.max_len, evidence_targets=cfg.evidence.targets, evidence_alpha=cfg.evidence.alpha,
                         time_encoding=cfg.time_encoding, time_bins=cfg.time_bins, box_bins=cfg.box_bins)  # validates
         return cfg
 
@@ -266,6 +278,10 @@ class DamoModel(nn.Module):
         for norm in (self.projector[-1], self.bridge_out[-1]):
             nn.init.constant_(norm.weight, rms)
         self.evidence = EvidenceHead(C, cfg.evidence.dim, cfg.evidence.hidden, cfg.evidence.norm)
+        n_layers = self.llm.config.get_text_config().num_hidden_layers
+        if not -(n_layers + 1) <= cfg.evidence.capture_layer <= n_layers:
+            raise ValueError(f"model.evidence.capture_layer {cfg.evidence.capture_layer} is not a hidden-state index "
+                             f"of this {n_layers}-layer LLM (0 = embeddings .. {n_layers}, or negative)")
         self.text_encoder = TextEncoder(len(tokenizer), D, cfg.align_dim)
         self.align_video = nn.Linear(D, cfg.align_dim)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
@@ -284,7 +300,7 @@ class DamoModel(nn.Module):
         ``(B, T, 1+P, Dv)`` and ``audio`` ``(B, T, 1+A, Da)`` are stored outputs of the frozen towers
         (:mod:`damo.data.features`), used instead of running them."""
         vision = self._per_frames(self.vision, frames) if vision is None else vision.to(frames.device, torch.float32)
-        audio = self.audio(mel) if audio is None else audio.to(mel.device, torch.float32)
+        audio = self.audio(mel, frame_mask) if audio is None else audio.to(mel.device, torch.float32)
         # padded frames are zeroed so that the temporal convolution sees the clip's end exactly
         # as an unpadded clip does (a batch then gives every clip the features it gets alone)
         v = self.residual_v(vision) * frame_mask[:, :, None, None]  # (B, T, Lv, D)
@@ -399,15 +415,16 @@ class DamoModel(nn.Module):
             return out
         emb = self.scatter_video(batch["input_ids"], frame_emb, fusion_emb, batch["num_frames"])
         eb, ep = batch["evi_batch"], batch["evi_pos"]               # (N,), (N,) positions of <evi> inputs
-        if self.cfg.evidence.semantic_capture and len(eb):
-            # Frame states do not depend on later tokens (causal LM), so a first pass without
-            # gradient gives the states whose ground-truth mean is captured into each <evi>.
-            with torch.no_grad():
+        ev = self.cfg.evidence
+        if ev.semantic_capture and len(eb):
+            # Frame states do not depend on later tokens (causal LM), so a first pass gives the states
+            # whose ground-truth mean is captured into each <evi> (official: with gradients, layer 6).
+            with torch.set_grad_enabled(ev.capture_grad and torch.is_grad_enabled()):
                 h0 = self.llm(inputs_embeds=emb, attention_mask=batch["attention_mask"],
-                              output_hidden_states=True).hidden_states[-2]
+                              output_hidden_states=True).hidden_states[ev.capture_layer]
                 hf0 = self.frame_states(h0, batch["frame_pos"])     # (B, T, C)
-            y = batch["evi_targets"]                                # (N, T)
-            cap = (y[..., None] * hf0[eb]).sum(1) / y.sum(1, keepdim=True).clamp(min=1)  # (N, C)
+            w = capture_weights(batch["evi_targets"])               # (N, T)
+            cap = (w[..., None] * hf0[eb]).sum(1) / w.sum(1, keepdim=True).clamp(min=1e-6)  # (N, C)
             emb = emb.index_put((eb, ep), emb[eb, ep] + cap.to(emb.dtype))
         res = self.llm(inputs_embeds=emb, attention_mask=batch["attention_mask"], output_hidden_states=True)
         h = res.hidden_states[-2]                                   # penultimate layer (B, L, C)
@@ -458,6 +475,7 @@ class DamoModel(nn.Module):
                        output_hidden_states=True)
         hf = self.frame_states(res.hidden_states[-2], batch["frame_pos"])   # (B, T', C)
         f = self.evidence.frame(hf)                                 # (B, T', d)
+        hc = self.frame_states(res.hidden_states[ev_cfg.capture_layer], batch["frame_pos"])  # captured states
         past, h_last, logits = res.cache, res.hidden_states[-2][:, -1], res.logits[:, -1]
         B = attn.shape[0]
         nxt_pos = pos[:, -1:] + 1                                   # (B, 1)
@@ -493,12 +511,12 @@ class DamoModel(nn.Module):
                     lo = hi = int(s.argmax())
                     span = [lo / fps, min(durations[b], (lo + 1) / fps), float(s[lo])]
                 else:
-                    lo, hi = salient_frames(s, ev_cfg.threshold)
-                    span = decode_interval(s, fps, durations[b], ev_cfg.threshold)
+                    lo, hi = salient_frames(s, ev_cfg.threshold, ev_cfg.decode)
+                    span = decode_interval(s, fps, durations[b], ev_cfg.threshold, ev_cfg.decode)
                 rows[b]["evidence"].append({"stage": stage[b], "scores": np.repeat(s, g)[:int(n_frames[b])],
                                             "span": span})
                 if ev_cfg.semantic_capture:
-                    e[b] = e[b] + hf[b, lo:hi + 1].mean(0, keepdim=True)
+                    e[b] = e[b] + hc[b, lo:hi + 1].mean(0, keepdim=True)
             attn = torch.cat([attn, attn.new_ones(B, 1)], 1)
             res = self.llm(inputs_embeds=e, attention_mask=attn, cache=past, use_cache=True,
                            output_hidden_states=True, position_ids=nxt_pos)

@@ -38,6 +38,7 @@ from damo.model import tokenizer as tk
 from damo.model.compressors import STP_FAST_SIDE, STP_STRIDE, TokenBudget
 from damo.model.coordinates import (add_box_tokens, add_time_tokens, anchor_pair, box_to_tokens, time_to_token,
                                     timestamp_prompt)
+from damo.model.evidence import soft_targets
 
 _COORD_TOKEN = r"<[txy]_\d+>"      # LAPE coordinate tokens: time, width, height
 _SPECIAL = re.compile("(" + "|".join([re.escape(t) for t in tk.SPECIAL_TOKENS] + [_COORD_TOKEN]) + ")")
@@ -85,6 +86,15 @@ class EvidenceLevel:
 
 
 EVIDENCE_LEVELS = {"event": EvidenceLevel(1), "frame": EvidenceLevel(2)}
+
+
+def _hard_targets(y: np.ndarray, alpha: float) -> np.ndarray:
+    return y
+
+
+# Grounding targets per frame token ``(y, alpha) -> targets``: the span's frames (hard, D²VLM eq. 3)
+# or, as the official code trains them, also alpha^-distance outside it.
+EVIDENCE_TARGETS: dict[str, Callable[[np.ndarray, float], np.ndarray]] = {"soft": soft_targets, "hard": _hard_targets}
 
 
 @dataclass(frozen=True)
@@ -188,7 +198,14 @@ def response_text(task: str, answer: str, spans: list, captions: list[str], *, r
     evi = " ".join([tk.EVI] * EVIDENCE_LEVELS[level].tokens)
     refs = [evi] * n if fmt.evidence_refs else [span_text(sp, duration, time_bins) for sp in spans]
     ans = answer.strip().rstrip(".")
-    if task == "dense_caption" and captions:
+    written = ans.count(tk.EVI)
+    if written and written != n:
+        raise ValueError(f"the answer refers to {written} events with {tk.EVI} but the sample has {n} spans")
+    if written:
+        # the answer already refers to its events (D²VLM's interleaved annotations): fill in the references
+        parts = ans.split(tk.EVI)
+        body = "".join(p + r for p, r in zip(parts, refs)) + parts[-1] + "."
+    elif task == "dense_caption" and captions:
         body = " ".join(f"{r}, {c.strip().rstrip('.')}." for r, c in zip(refs, captions))
     elif n == 0:
         body = f"{ans}."
@@ -215,14 +232,20 @@ def evidence_targets(spans: list, num_evi: int, num_frames: int, fps: float, lev
     for k in range(num_evi):
         y = np.zeros(num_frames, np.float32)
         if spans and num_frames:
+            s, e = spans[evi_span_index(k, len(spans), level)]
             if level == "frame":
-                s, e = spans[(k // 2) % len(spans)]
                 t = s * fps if k % 2 == 0 else math.ceil(e * fps) - 1
                 y[min(num_frames - 1, max(0, int(t)))] = 1.0
             else:
-                y = frame_targets([spans[k % len(spans)]], num_frames, fps)
+                y = frame_targets([[s, e]], num_frames, fps)
         out.append(y)
     return out
+
+
+def evi_span_index(k: int, num_spans: int, level: str = "event") -> int:
+    """The span the ``k``-th ``<evi>`` of a turn grounds: the grounding stage and the answer each
+    refer to the spans in order (one token per span at event level, a start/end pair at frame level)."""
+    return (k // EVIDENCE_LEVELS[level].tokens) % num_spans
 
 
 def group_targets(y: np.ndarray, g: int) -> np.ndarray:
@@ -375,6 +398,8 @@ class ProcessorConfig:
     layout: str = "query_both"
     response: str = "interleaved"
     evidence_level: str = "event"
+    evidence_targets: str = "soft"  # soft: alpha^-distance outside the span (D²VLM official code) | hard: 0/1
+    evidence_alpha: float = 2.0
     llm_frames: int = 64
     time_encoding: str = "sinusoid"
     time_bins: int = 32
@@ -391,6 +416,10 @@ class ProcessorConfig:
         check_choice("layout", self.layout, LAYOUTS)
         check_choice("response", self.response, RESPONSES)
         check_choice("evidence.level", self.evidence_level, EVIDENCE_LEVELS)
+        check_choice("evidence.targets", self.evidence_targets, EVIDENCE_TARGETS)
+        if self.evidence_alpha <= 1:
+            raise ValueError(f"model.evidence.alpha must be > 1 (targets decay as alpha^-distance), "
+                             f"got {self.evidence_alpha}")
         check_choice("time_encoding", self.time_encoding, TIME_ENCODINGS)
         check_choice("audio_features", self.audio_features, AUDIO_FEATURES)
         if TIME_ENCODINGS[self.time_encoding].tokens and self.time_bins < 2:
@@ -432,10 +461,10 @@ class DamoProcessor:
                       k_max=cc.k_max, fast_side=o.get("fast_side", STP_FAST_SIDE), stride=o.get("stride", STP_STRIDE))
         return cls(tokenizer, ProcessorConfig(budget=budget if cc.placement == "llm" else None,
             video_tokens=cfg.bridge_tokens, frame_tokens=cfg.fuser.frame_tokens, fps=cfg.fps, layout=cfg.layout,
-            response=cfg.response, evidence_level=cfg.evidence.level, llm_frames=cfg.llm_frames,
-            time_encoding=cfg.time_encoding, time_bins=cfg.time_bins, box_bins=cfg.box_bins,
+            response=cfg.response, evidence_level=cfg.evidence.level, evidence_targets=cfg.evidence.targets,
+            evidence_alpha=cfg.evidence.alpha, llm_frames=cfg.llm_frames, time_encoding=cfg.time_encoding, time_bins=cfg.time_bins, box_bins=cfg.box_bins,
             image_size=cfg.vision.image_size, audio_features="whisper" if cfg.audio.kind == "hf_whisper" else "log_mel",
-            n_mels=cfg.audio.n_mels, mel_frames=cfg.audio.frames, max_frames=cfg.max_frames, **kw))
+            n_mels=cfg.audio.n_mels, mel_frames=cfg.audio.frames, max_frames=cfg.max_frames, max_len=cfg.max_len, **kw))
 
     def save_pretrained(self, path: str | Path) -> None:
         path = Path(path)
@@ -585,7 +614,7 @@ class DamoProcessor:
             first = len(enc.evi_pos)
             for p, y in zip(evis, evidence_targets(spans, len(evis), n, c.fps, c.evidence_level)):
                 enc.evi_pos.append(p)
-                enc.evi_targets.append(group_targets(y, group))
+                enc.evi_targets.append(EVIDENCE_TARGETS[c.evidence_targets](group_targets(y, group), c.evidence_alpha))
             m = len(spans) * self.level.tokens                     # <evi> tokens per stage
             enc.cons_pairs += [(first + k, first + m + k) for k in range(m) if m + k < len(evis)]
         if len(enc.ids) > c.max_len:

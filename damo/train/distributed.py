@@ -2,7 +2,7 @@
 
 Launch any recipe with torchrun and the same code runs data-parallel::
 
-    torchrun --nproc_per_node 8 -m damo.cli train --recipe recipes/damo_smollm2.yaml          # one node
+    torchrun --nproc_per_node 8 -m damo.cli train --recipe damo_smollm2                     # one node
     torchrun --nnodes 2 --node_rank 0 --rdzv_backend c10d --rdzv_endpoint HOST:29500 \\
              --nproc_per_node 8 -m damo.cli train --recipe ...                                   # each node
 

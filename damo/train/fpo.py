@@ -12,12 +12,18 @@ batch are the chosen responses and the last ``P`` rows the rejected ones, built 
 is teacher-forced with its own (wrong) evidence, so its ``<evi>`` targets are the rejected
 intervals, exactly as eq. 7 scores a dispreferred response.
 
+Focus (:class:`FPOSettings`): the official code scores a pair only where it was perturbed - a
+textual perturbation on the perturbed event's text tokens, a temporal one on the perturbed
+events' ``<evi>`` intervals (d2vlm/model/d2vlm_fpo_arch.py, ``calculate_logps``). ``focus="event"``
+does the same from the pair records (:func:`focus_masks`); ``"sequence"`` scores whole responses
+(every text token and every ``<evi>``), as eq. 7 is written.
+
 A training step of the FPO stage::
 
     items = pair_batch(rng.sample(pairs, P), clips)        # 2P rows, chosen first
-    batch = collate(items, rng)
+    batch = collate(items, rng) | focus_masks(batch, pairs, evi_id, level)
     out = model(batch)
-    loss = fpo(out, batch, beta)                             # + optional supervised terms:
+    loss = fpo(out, batch, settings)                         # + optional supervised terms:
     o, b = chosen_view(out, batch)                           # lm / grounding_bce / consistency
     loss = loss + losses.lm(o, b) + ...                      # on the chosen rows only
 """
@@ -31,7 +37,36 @@ import torch.nn.functional as F
 
 from damo.data.preference import chosen_sample, rejected_sample
 from damo.data.schema import Sample
-from damo.model.processing import ClipTensors
+from damo.model.processing import ClipTensors, evi_span_index
+
+FOCUS = ("event", "sequence")
+MODES = ("reference_free", "dpo")
+
+
+@dataclass
+class FPOSettings:
+    """An FPO stage's ``fpo:`` settings. ``beta``: eq. 4's temperature (0.1 in the official code);
+    ``mode``: ``reference_free`` (the paper's and the official form) or ``dpo`` (log-ratios against a
+    frozen copy of the model at the stage start, Rafailov et al. 2023); ``focus``: ``event`` (the
+    official scoring of the perturbed parts only) or ``sequence`` (whole responses)."""
+    beta: float = 0.1
+    mode: str = "reference_free"
+    focus: str = "event"
+
+    def __post_init__(self) -> None:
+        if not self.beta > 0:
+            raise ValueError(f"fpo.beta must be > 0, got {self.beta}")
+        if self.mode not in MODES:
+            raise ValueError(f"fpo.mode must be one of {MODES}, got {self.mode!r}")
+        if self.focus not in FOCUS:
+            raise ValueError(f"fpo.focus must be one of {FOCUS}, got {self.focus!r}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FPOSettings":
+        bad = set(d) - set(cls.__dataclass_fields__)
+        if bad:
+            raise ValueError(f"unknown fpo settings {sorted(bad)}; valid: {sorted(cls.__dataclass_fields__)}")
+        return cls(**{k: float(v) if k == "beta" else v for k, v in d.items()})
 
 
 def interval_logprob(evi_logits: torch.Tensor, targets: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
@@ -55,31 +90,39 @@ def interval_logprob(evi_logits: torch.Tensor, targets: torch.Tensor, frame_mask
     return per_frame.masked_fill(~frame_mask.bool(), 0.0).sum(-1)            # (N,)
 
 
-def token_logprob(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def token_logprob(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Eq. 5: sum of next-token log-probs over response tokens, ``(B, L, V), (B, L) -> (B,)``.
 
     Position ``i`` predicts token ``i + 1`` (the shift of causal LM training); labels of -100
-    (prompt, video placeholders, padding) are skipped.
+    (prompt, video placeholders, padding) are skipped, and with ``mask`` ``(B, L)`` every token
+    whose mask is false.
     """
     logp = F.log_softmax(logits[:, :-1].float(), dim=-1)                     # (B, L-1, V)
     y = labels[:, 1:]                                                        # (B, L-1)
     keep = y != -100
+    if mask is not None:
+        keep = keep & mask[:, 1:]
     picked = logp.gather(-1, y.clamp(min=0)[..., None]).squeeze(-1)          # (B, L-1)
     return (picked * keep).sum(-1)                                           # (B,)
 
 
 def sequence_logprob(logits: torch.Tensor, labels: torch.Tensor, evi_logits: torch.Tensor | None,
-                     evi_targets: torch.Tensor, evi_batch: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+                     evi_targets: torch.Tensor, evi_batch: torch.Tensor, frame_mask: torch.Tensor,
+                     token_mask: torch.Tensor | None = None, evi_weight: torch.Tensor | None = None) -> torch.Tensor:
     """Eq. 7's log pi(R) per sample: text-token log-probs plus each of its ``<evi>`` interval log-probs.
 
     ``evi_logits``/``evi_targets`` are ``(N, T)`` over all ``<evi>`` tokens of the batch,
     ``evi_batch`` ``(N,)`` says which sample each belongs to, and ``frame_mask`` is the
-    batch's per-sample ``(B, T)`` valid-frame mask. Returns ``(B,)``.
+    batch's per-sample ``(B, T)`` valid-frame mask. ``token_mask`` ``(B, L)`` and ``evi_weight``
+    ``(N,)`` restrict the sum to some text tokens and ``<evi>`` tokens (the event focus).
+    Returns ``(B,)``.
     """
-    lp = token_logprob(logits, labels)                                       # (B,)
+    lp = token_logprob(logits, labels, token_mask)                           # (B,)
     if evi_logits is None or len(evi_batch) == 0:
         return lp
     g = interval_logprob(evi_logits, evi_targets, frame_mask[evi_batch])     # (N,)
+    if evi_weight is not None:
+        g = g * evi_weight
     return lp.index_add(0, evi_batch, g.to(lp.dtype))
 
 
@@ -135,25 +178,86 @@ def split_pairs(logp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return logp[:P], logp[P:]
 
 
-def batch_logprob(out: dict, batch: dict) -> torch.Tensor:
-    """:func:`sequence_logprob` of every row of a collated batch from ``DamoModel.forward``: ``(B,)``."""
+def batch_logprob(out: dict, batch: dict, focus: str = "sequence") -> torch.Tensor:
+    """:func:`sequence_logprob` of every row of a collated batch from ``DamoModel.forward``: ``(B,)``;
+    ``focus="event"`` scores only what :func:`focus_masks` marked (``fpo_tokens``, ``fpo_evi``)."""
+    if focus not in FOCUS:
+        raise ValueError(f"fpo focus must be one of {FOCUS}, got {focus!r}")
+    event = focus == "event"
+    if event and "fpo_tokens" not in batch:
+        raise ValueError("focus 'event' needs the batch's fpo_tokens / fpo_evi (focus_masks)")
     return sequence_logprob(out["logits"], batch["labels"], out.get("evi_logits"), batch["evi_targets"],
-                            batch["evi_batch"], batch["evi_mask"])
+                            batch["evi_batch"], batch["evi_mask"], batch["fpo_tokens"] if event else None,
+                            batch["fpo_evi"] if event else None)
 
 
-def fpo_result(out: dict, batch: dict, beta: float = 0.1, ref_out: dict | None = None) -> FPOResult:
+def fpo_result(out: dict, batch: dict, beta: float = 0.1, ref_out: dict | None = None,
+               focus: str = "sequence") -> FPOResult:
     """FPO on a chosen-first preference batch; ``ref_out`` is a frozen reference model's output (DPO mode)."""
-    lc, lr = split_pairs(batch_logprob(out, batch))
+    lc, lr = split_pairs(batch_logprob(out, batch, focus))
     if ref_out is None:
         return fpo_loss(lc, lr, beta)
     with torch.no_grad():
-        rc, rr = split_pairs(batch_logprob(ref_out, batch))
+        rc, rr = split_pairs(batch_logprob(ref_out, batch, focus))
     return fpo_loss(lc, lr, beta, rc, rr)
 
 
-def fpo(out: dict, batch: dict, beta: float = 0.1) -> torch.Tensor:
-    """Reference-free FPO in the ``(out, batch) -> scalar`` form of :mod:`damo.train.losses`."""
-    return fpo_result(out, batch, beta).loss
+def fpo(out: dict, batch: dict, settings: FPOSettings | None = None, ref_out: dict | None = None) -> torch.Tensor:
+    """FPO in the ``(out, batch) -> scalar`` form of :mod:`damo.train.losses`; ``ref_out`` for ``mode: dpo``."""
+    st = settings or FPOSettings()
+    if (st.mode == "dpo") != (ref_out is not None):
+        raise ValueError(f"fpo mode {st.mode!r} {'needs' if st.mode == 'dpo' else 'takes no'} reference model output")
+    return fpo_result(out, batch, st.beta, ref_out, st.focus).loss
+
+
+def _changed(own: list, other: list) -> set[int]:
+    """Indices of ``own``'s spans that ``other`` does not have (the perturbed events of one side)."""
+    theirs = {(float(a), float(b)) for a, b in other}
+    return {k for k, (a, b) in enumerate(own) if (float(a), float(b)) not in theirs}
+
+
+def _common_prefix(a: list, b: list) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def focus_masks(batch: dict, pairs: Sequence[dict], evi_id: int, level: str = "event") -> dict[str, torch.Tensor]:
+    """Where each row of a chosen-first preference batch is scored under ``focus: event``.
+
+    Temporal pairs: the ``<evi>`` tokens (both stages) of the events one side has and the other
+    does not (a shifted event on both sides; an added one on the rejected side, a deleted one on
+    the chosen side; two merged events against their hull), no text. Textual pairs: the text
+    from the first token where the two responses differ to the end of the last perturbed event's
+    text (the next ``<evi>`` after the last differing token, or the response's end), no ``<evi>``.
+    Tokens before the first difference have equal log-probs on both sides, so leaving them out
+    changes nothing in the reference-free loss. Returns ``fpo_tokens`` ``(B, L)`` and ``fpo_evi`` ``(N,)``.
+    """
+    labels, eb = batch["labels"], batch["evi_batch"]
+    B = labels.shape[0]
+    if B != 2 * len(pairs):
+        raise ValueError(f"a preference batch of {len(pairs)} pairs has {2 * len(pairs)} rows, got {B}")
+    tokens = torch.zeros_like(labels, dtype=torch.bool)
+    evi = torch.zeros(len(eb))
+    for i, p in enumerate(pairs):
+        rows = (i, len(pairs) + i)
+        sides = (p["sample"]["spans"], p["rejected"]["spans"])
+        if p["factor"] == "temporal":
+            for row, own, other in ((rows[0], sides[0], sides[1]), (rows[1], sides[1], sides[0])):
+                moved = _changed(own, other)
+                for k, e in enumerate((eb == row).nonzero().flatten().tolist()):
+                    evi[e] = float(evi_span_index(k, len(own), level) in moved)
+            continue
+        pos = [(labels[r] != -100).nonzero().flatten() for r in rows]
+        seqs = [labels[r, q].tolist() for r, q in zip(rows, pos)]
+        start = _common_prefix(*seqs)
+        tail = _common_prefix(seqs[0][start:][::-1], seqs[1][start:][::-1])
+        for r, q, seq in zip(rows, pos, seqs):
+            last = len(seq) - tail                                       # first token after the difference
+            end = next((j for j in range(last, len(seq)) if seq[j] == evi_id), len(seq))
+            tokens[r, q[start:end]] = True
+    return {"fpo_tokens": tokens, "fpo_evi": evi}
 
 
 def chosen_view(out: dict, batch: dict) -> tuple[dict, dict]:
@@ -172,7 +276,7 @@ def chosen_view(out: dict, batch: dict) -> tuple[dict, dict]:
     nc = int((batch["evi_batch"] < P).sum())
     if bool((batch["evi_batch"][:nc] >= P).any()):
         raise ValueError("evi_batch must be ordered by sample (as the Collator emits it)")
-    per_evi = {"evi_batch", "evi_pos", "evi_targets"}
+    per_evi = {"evi_batch", "evi_pos", "evi_targets", "fpo_evi"}
     b = {}
     for k, v in batch.items():
         if k in per_evi:
@@ -211,5 +315,6 @@ def pair_batch(pairs: Sequence[dict], clip_of: Callable[[str], ClipTensors]) -> 
     return [(s, clips[s.video]) for s in samples]
 
 
-__all__ = ["interval_logprob", "token_logprob", "sequence_logprob", "FPOResult", "fpo_loss", "split_pairs",
-           "batch_logprob", "fpo_result", "fpo", "chosen_view", "pair_samples", "pair_batch"]
+__all__ = ["FPOSettings", "interval_logprob", "token_logprob", "sequence_logprob", "FPOResult", "fpo_loss",
+           "split_pairs", "batch_logprob", "fpo_result", "fpo", "focus_masks", "chosen_view", "pair_samples",
+           "pair_batch"]

@@ -33,7 +33,7 @@ from damo.model.modeling_damo import DamoModel
 from damo.train import distributed
 from damo.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from damo.train.distributed import DistInfo, micro_batches
-from damo.train.fpo import pair_samples
+from damo.train.fpo import FPOSettings, focus_masks, pair_samples
 from damo.train.losses import LOSSES, NEEDS_LLM, NEEDS_MODEL, PREFERENCE
 
 
@@ -89,17 +89,37 @@ def stage_samples(stage: Stage, samples: list[Sample], seed: int) -> list[Sample
 
 class StageLoss(nn.Module):
     """The model plus a stage's weighted losses, so one ``forward`` holds every use of a parameter
-    (what DDP and FSDP need to see: the contrastive loss calls model heads outside ``DamoModel.forward``)."""
+    (what DDP and FSDP need to see: the contrastive loss calls model heads outside ``DamoModel.forward``).
 
-    def __init__(self, model: DamoModel, losses: dict[str, float], use_llm: bool):
+    FPO in ``dpo`` mode scores each batch with a frozen copy of the model taken when the stage
+    starts (held outside the module tree, so no optimizer or wrapper sees it)."""
+
+    def __init__(self, model: DamoModel, losses: dict[str, float], use_llm: bool, fpo: FPOSettings | None = None):
         super().__init__()
         self.model, self.losses, self.use_llm = model, losses, use_llm
+        self.fpo = fpo or FPOSettings()
+        self._ref = []
+        if "fpo" in losses and self.fpo.mode == "dpo":
+            ref = copy.deepcopy(model).eval()
+            ref.requires_grad_(False)
+            self._ref.append(ref)
+
+    def loss(self, name: str, out: dict, batch: dict) -> torch.Tensor:
+        if name in NEEDS_MODEL:
+            return LOSSES[name](out, batch, self.model)
+        if name == "fpo":
+            ref_out = None
+            if self._ref:
+                with torch.no_grad():
+                    ref_out = self._ref[0](batch)
+            return LOSSES[name](out, batch, self.fpo, ref_out)
+        return LOSSES[name](out, batch)
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.use_llm:
             batch = {k: v for k, v in batch.items() if k != "input_ids"}
         out = self.model(batch)
-        vals = [LOSSES[n](out, batch, self.model) if n in NEEDS_MODEL else LOSSES[n](out, batch) for n in self.losses]
+        vals = [self.loss(n, out, batch) for n in self.losses]
         total = sum(w * v for w, v in zip(self.losses.values(), vals))
         return total, torch.stack([v.detach().float() for v in vals])
 
@@ -126,20 +146,22 @@ class StepCollate:
 
     def __call__(self, items: list[tuple[tuple[int, int], object, ClipTensors | None]]) -> tuple[int, dict]:
         step, m = items[0][0]
-        if self.preference:
-            clips = [c for _, _, c in items]
-            rows = list(zip(pair_samples([p for _, p, _ in items]), clips + clips))
-        else:
-            rows = [(s, c) for _, s, c in items]
-        return step, self.collator(rows, random.Random(f"{self.seed}:{step}:{m}"))
+        rng = random.Random(f"{self.seed}:{step}:{m}")
+        if not self.preference:
+            return step, self.collator([(s, c) for _, s, c in items], rng)
+        pairs, clips = [p for _, p, _ in items], [c for _, _, c in items]
+        batch = self.collator(list(zip(pair_samples(pairs), clips + clips)), rng)
+        proc = self.collator.processor
+        return step, batch | focus_masks(batch, pairs, proc.evi_id, proc.config.evidence_level)
 
 
 def run_stage(model: DamoModel, stage: Stage, samples: list[Sample], clips, seed: int,
               progress: bool = True, checkpoint_dir: str | Path | None = None, dist_info: DistInfo | None = None,
-              parallel: str = "ddp", num_workers: int = 0) -> dict[str, float]:
+              parallel: str = "ddp", num_workers: int = 0, pairs: list[dict] | None = None) -> dict[str, float]:
     """Train ``model`` in place for one stage; ``clips`` maps a video reference to its
     :class:`~damo.model.processing.ClipTensors` (a :class:`~damo.data.dataset.ClipLoader`), called
-    in ``num_workers`` loader processes.
+    in ``num_workers`` loader processes. A preference stage trains on ``pairs`` (validated records,
+    e.g. ``damo data prefs`` output) if given, else on pairs made from ``samples``.
 
     ``checkpoint_dir``: where periodic checkpoints go (every ``stage.save_every`` steps); if it
     holds one, training resumes from it. Under torchrun pass ``dist_info`` (and ``parallel``).
@@ -160,10 +182,15 @@ def run_stage(model: DamoModel, stage: Stage, samples: list[Sample], clips, seed
                          f"got {sorted(stage.losses)}{' with dialogue' if stage.dialogue else ''}")
     info = dist_info or DistInfo(0, 1, 0, torch.device("cpu"))
     torch.manual_seed(seed)
-    data = stage_samples(stage, samples, seed)
-    if preference:   # D²VLM §5: one factorised preference pair per sample, deterministic per seed
+    if not preference:
+        data = stage_samples(stage, samples, seed)
+    elif pairs is not None:
+        data = [p for p in pairs if stage.tasks is None or p["sample"]["task"] in stage.tasks]
+        if not data:
+            raise ValueError(f"stage {stage.name!r}: none of its {len(pairs)} preference pairs has a task in {stage.tasks}")
+    else:   # D²VLM §5: one factorised preference pair per sample, deterministic per seed
         from damo.data.preference import make_pairs
-        data = make_pairs(data, seed)[0]
+        data = make_pairs(stage_samples(stage, samples, seed), seed)[0]
         if not data:
             raise ValueError(f"stage {stage.name!r}: no preference pair could be made from its samples")
     set_trainable(model, stage.trainable)
@@ -173,7 +200,8 @@ def run_stage(model: DamoModel, stage: Stage, samples: list[Sample], clips, seed
     # FSDP shards in place, so it trains a copy whose full weights are copied back at the end
     work = copy.deepcopy(model) if fsdp else model
     work.to(info.device)
-    step_fn, whole = distributed.wrap(StageLoss(work, stage.losses, use_llm), parallel, info)
+    step_fn, whole = distributed.wrap(StageLoss(work, stage.losses, use_llm, FPOSettings.from_dict(stage.fpo)),
+                                      parallel, info)
     params = [p for p in work.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=stage.lr, weight_decay=stage.weight_decay)
 

@@ -76,12 +76,13 @@ def contrastive(out: dict, batch: dict, model) -> torch.Tensor:
     return (F.cross_entropy(logits, target) + F.cross_entropy(t2v, target)) / 2
 
 
-def fpo(out: dict, batch: dict) -> torch.Tensor:
-    """Factorized Preference Optimization (D²VLM §4, eqs. 4-7), reference-free, beta 0.1.
+def fpo(out: dict, batch: dict, settings=None, ref_out: dict | None = None) -> torch.Tensor:
+    """Factorized Preference Optimization (D²VLM §4, eqs. 4-7) with a stage's ``fpo:`` settings
+    (:class:`damo.train.fpo.FPOSettings`: beta, reference-free or DPO, event or sequence focus).
 
     The batch holds preference pairs (chosen rows first, see :func:`damo.train.fpo.pair_batch`).
     """
-    return fpo_loss_of_batch(out, batch)
+    return fpo_loss_of_batch(out, batch, settings, ref_out)
 
 
 def _on_chosen(fn):

@@ -24,6 +24,7 @@ from damo import card as model_card
 from damo.config import Recipe
 from damo.data.collate import turns_of
 from damo.data.dataset import ClipLoader, load_dataset, resolve_videos
+from damo.data.preference import load_pairs
 from damo.data.features import FeatureLoader, extract
 from damo.data.schema import Sample
 from damo.model import backbones
@@ -71,6 +72,18 @@ def dataset_samples(spec: str, recipe: Recipe, workdir: Path | None, say) -> lis
     return samples
 
 
+def stage_pairs(path: str, recipe: Recipe, say) -> list[dict]:
+    """A preference-pair file's records (validated) with their videos found under ``recipe.video_root``;
+    pairs of missing videos are an error, or left out with ``on_missing: skip``."""
+    pairs = load_pairs(path)
+    refs = [Sample(id=str(i), video=p["sample"]["video"], duration=1.0, task="grounding", query="", answer="")
+            for i, p in enumerate(pairs)]                          # one per pair, named by position
+    found, missing = resolve_videos(refs, recipe.video_root, recipe.on_missing)
+    if missing:
+        say(f"{path}: skipping {missing.summary()}")
+    return [pairs[int(r.id)] | {"sample": pairs[int(r.id)]["sample"] | {"video": r.video}} for r in found]
+
+
 def trains_encoders(model: DamoModel, patterns: list[str]) -> bool:
     """Whether any vision or audio tower parameter matches a stage's trainable patterns."""
     names = [n for n, _ in model.named_parameters() if n.startswith(("vision.", "audio."))]
@@ -110,7 +123,8 @@ def stage_records(recipe: Recipe) -> list[dict]:
               "data": {k: data_identity(v) for k, v in sorted(recipe.data.items()) if k == "train"}}
     out, prev = [], None
     for i, st in enumerate(recipe.stages):
-        rec = common | {"stage": asdict(st) | {"extra_data": [data_identity(x) for x in st.extra_data]},
+        rec = common | {"stage": asdict(st) | {"extra_data": [data_identity(x) for x in st.extra_data],
+                                               "pairs": st.pairs and data_identity(st.pairs)},
                         "index": i, "previous": prev}
         prev = hashlib.sha256(json.dumps(rec, sort_keys=True).encode()).hexdigest()
         out.append(rec | {"key": prev})
@@ -219,8 +233,9 @@ def run_recipe(recipe: Recipe, workdir: str | Path, progress: bool = True, log=p
             stage_clips = clips
             if recipe.features and not stage.text_only and not trains_encoders(model, stage.trainable):
                 stage_clips = stage_features(model, data, clips, recipe.features, info, say)
+            pairs = stage_pairs(stage.pairs, recipe, say) if stage.pairs else None
             stats = run_stage(model, stage, data, stage_clips, recipe.seed + i, progress, checkpoint_dir=partial,
-                              dist_info=info, parallel=recipe.parallel, num_workers=recipe.num_workers)
+                              dist_info=info, parallel=recipe.parallel, num_workers=recipe.num_workers, pairs=pairs)
             stats["wall_s"] = round(time.time() - t0, 1)
             say(f"stage {stage.name}: " + ", ".join(f"{k}={v:.3f}" for k, v in stats.items()))
             if info.main:

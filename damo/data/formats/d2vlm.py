@@ -19,7 +19,11 @@ position in the list.
 
 Quirks: spans through ``clean_spans``; since the k-th ``<evi>`` refers to the k-th span, a record
 that loses any span is rejected (``evidence_span_rejected``) instead of being misaligned; a gpt
-turn whose ``<evi>`` count differs from its spans is counted as ``evi_count_mismatch`` (kept).
+turn whose ``<evi>`` count differs from its spans is counted as ``evi_count_mismatch``; it is kept
+when its answer has no ``<evi>`` at all (the references are then composed), else rejected
+(``evi_refs_rejected``): the answer's own references could not be matched to the spans. An answer's
+``<evi>`` references are filled in as written when training (``processing.response_text``), not
+appended to again.
 
 Predictions: the same record layout with the model's spans in ``time_gt`` and its response in the
 gpt turn (``write_predictions``/``read_predictions``); ``write_annotations`` turns any canonical
@@ -80,6 +84,9 @@ def load(path: str | Path, report: QuirkReport, durations: str | Path | None = N
                      if "interleaved_response" in rec["time_gt"] else raw)
         if grounding.count(EVI) != len(raw) or answer.count(EVI) != len(inter_raw):
             report["evi_count_mismatch"] += 1
+            if answer.count(EVI):   # references that cannot be matched to the spans one to one
+                report["evi_refs_rejected"] += 1
+                continue
         spans, inter = clean_each(raw, duration, report), clean_each(inter_raw, duration, report)
         if None in spans or None in inter:
             report["evidence_span_rejected"] += 1

@@ -24,7 +24,11 @@ prediction's answer verbatim; a prediction with spans only becomes text times in
 ("12.0 - 15.5 seconds, ..."), which E.T. Bench's parser reads; for ``dvc``/``slc`` an answer
 holding one caption per line for its spans (the canonical dense-caption prediction, no times in
 it) becomes lines "5.0 - 20.0 seconds, crack the eggs". ``read_predictions`` takes spans
-from every ``x - y`` pair in ``a`` (a simple reading, not the official parser's fallbacks).
+from ``a`` with the ``strict`` answer parser.
+
+Answer parsing (:func:`parse_spans`, :func:`parse_captions`): how E.T. Bench's ``compute_metrics.py``
+reads times out of a free-text answer (``parser="etbench"``, its quirks kept), or a corrected
+reading (``parser="strict"``). ``damo.eval.etbench`` scores with them.
 """
 from __future__ import annotations
 
@@ -45,7 +49,6 @@ TASK_MAP = {
 }
 SPAN_TASKS = {"tvg", "epm", "tem", "tal", "evs", "vhd", "dvc", "slc", "gvq"}
 RECORD_KEYS = ("version", "idx", "task", "source", "video", "duration", "src", "tgt", "p", "o", "g", "q")
-_PAIR = re.compile(r"(\d+(?:\.\d+)?)\s*-\s*(\d+(?:\.\d+)?)")
 
 
 def _depth(x: object) -> int:
@@ -127,7 +130,7 @@ def answer_text(pred: Prediction, task: str) -> str:
     if pred.answer is None:
         return span_text(pred.spans)
     lines = pred.answer.split("\n")
-    if task in ("dvc", "slc") and len(lines) == len(pred.spans) and not parse_spans(pred.answer):
+    if task in ("dvc", "slc") and len(lines) == len(pred.spans) and not parse_spans(pred.answer, "strict"):
         # captions one per line, aligned with the spans: the canonical dense-caption prediction
         return "\n".join(f"{span_text([sp])}, {cap}" for sp, cap in zip(pred.spans, lines))
     return pred.answer
@@ -150,11 +153,6 @@ def write_predictions(preds: dict[str, Prediction] | list[Prediction], samples: 
     write_json(path, rows)
 
 
-def parse_spans(text: str) -> list[list[float]]:
-    """Every ``x - y`` pair in a text answer, as ``[min, max]`` seconds."""
-    return [sorted([float(a), float(b)]) for a, b in _PAIR.findall(text)]
-
-
 def read_predictions(path: str | Path, samples: list[Sample] | None = None) -> dict[str, Prediction]:
     """Read records carrying ``a`` into canonical predictions (answer text + parsed spans)."""
     data = read_json(path)
@@ -164,7 +162,179 @@ def read_predictions(path: str | Path, samples: list[Sample] | None = None) -> d
     for n, rec in enumerate(data):
         require(rec, ("idx", "a"), f"{path}: record {n}")
         a = str(rec["a"])
-        out[str(rec["idx"])] = Prediction(id=str(rec["idx"]), spans=parse_spans(a), answer=a)
+        out[str(rec["idx"])] = Prediction(id=str(rec["idx"]), spans=parse_spans(a, "strict") or [], answer=a)
     if samples is not None:
         pred_dict(out, samples)
     return out
+
+
+# ---------------------------------------------------------------- answer parsing
+
+PARSERS = ("etbench", "strict")
+
+# The official parser's number: digits, then any run of dots, then digits ("1..5" passes).
+_ET_NUM = r"\d+\.*\d*"
+_ET_RANGE = re.compile(rf"({_ET_NUM})\s*-\s*({_ET_NUM})")
+_ET_TO = re.compile(rf"({_ET_NUM})\s* to \s*({_ET_NUM})")
+_ET_KEYWORDS = ("starts", "ends", "happens in", "start time", "end time", "start", "end", "happen")
+_CLOCK = re.compile(r"\b(?:(\d{1,2}):)?(\d{1,2}):(\d{2}(?:\.\d+)?)\b")
+_NUM = r"\d+(?:\.\d+)?"
+
+
+def check_parser(parser: str) -> None:
+    if parser not in PARSERS:
+        raise ValueError(f"parser must be one of {PARSERS} ('etbench' reproduces the official answer parsing, "
+                         f"'strict' reads clock times and ranges correctly), got {parser!r}")
+
+
+def clock_to_seconds(text: str) -> str:
+    """Replace h:mm:ss / mm:ss clock times by their value in seconds ("1:05" -> "65")."""
+    def sec(m: re.Match) -> str:
+        h, mnt, s = m.group(1), m.group(2), m.group(3)
+        return f"{(int(h) if h else 0) * 3600 + int(mnt) * 60 + float(s):g}"
+    return _CLOCK.sub(sec, text)
+
+
+def _order(pairs: list) -> list[list[float]] | None:
+    out = [[float(a), float(b)] if float(b) > float(a) else [float(b), float(a)] for a, b in pairs]
+    return out or None
+
+
+def parse_spans(answer: str, parser: str = "etbench") -> list[list[float]] | None:
+    """Spans (seconds) read from a free-text answer; None is a parse failure.
+
+    ``parser="etbench"`` reproduces E.T. Bench ``compute_metrics.py`` ``tvg_format`` exactly:
+    every ``a - b`` in the answer, else every ``a to b``, else the first number of each
+    sentence (split on ``! ? newline``) holding a keyword like "start"/"end", paired up in
+    order; reversed pairs are swapped. Its misreadings are kept: "00:12 - 00:20" reads as
+    12 - 00 -> [0, 12]; a clock time in a keyword sentence reads as its first field
+    ("starts at 1:05" -> 1), and its h:mm:ss fallback only runs when the keyword sentences
+    hold fewer than two numbers, so "from 00:01:05 to 00:01:30" on two lines reads [0, 0].
+    ``parser="strict"`` first turns clock times into seconds, then reads ranges
+    ("a - b", "a to b", "between a and b") with plain decimal numbers.
+    """
+    check_parser(parser)
+    ans = answer.lower()
+    if parser == "strict":
+        ans = clock_to_seconds(ans)
+        for pat in (rf"({_NUM})\s*(?:-|–|to|and)\s*({_NUM})",):
+            found = re.findall(pat, ans)
+            if found:
+                return _order(found)
+    else:
+        found = _ET_RANGE.findall(ans) or _ET_TO.findall(ans)
+        if found:
+            return _order(found)
+    sentences = re.split(r"[!?\n]", ans)
+    candidates = [s for s in sentences if any(k in s for k in _ET_KEYWORDS)]
+    found = [re.findall(r"\b(\d+\.\d+\b|\b\d+)\b", s) for s in candidates]
+    # official: the first number of each keyword sentence; strict: every number in them
+    times = [float(x) for t in found for x in (t if parser == "strict" else t[:1])]
+    times = times[:len(times) // 2 * 2]
+    if not times and parser == "etbench":
+        # the official's last resort: the first h:mm:ss of each keyword sentence
+        clocks = [re.findall(r"\b((\d{1,2}:\d{2}:\d{2}))\b", s) for s in candidates]
+        times = [sum(int(x) * f for x, f in zip(c[0][0].split(":"), (3600, 60, 1))) for c in clocks if c]
+        times = times[:len(times) // 2 * 2]
+    return _order(list(zip(times[0::2], times[1::2])))
+
+
+def first_number(answer: str) -> float | None:
+    m = re.search(r"[-+]?\d*\.\d+|[-+]?\d+", answer)
+    return float(m.group(0)) if m else None
+
+
+def parse_captions(answer: str, parser: str = "etbench") -> tuple[list[list[float]] | None, list[str] | None]:
+    """(spans, sentences) read from a dense-caption answer, or (None, None) on failure.
+
+    ``parser="etbench"`` reproduces ``dvc_format``: "a - b" ranges split the (lower-cased)
+    paragraph into captions; else "start time: a ... end time: b ... description: ..."
+    blocks; the "start time a, end time b" form always fails (the official asserts it
+    found nothing); else per-line "<time> seconds, <caption>" with a single time t read as
+    [t - 20, t + 20] (or [t, t + 40] when t <= 20). ``parser="strict"`` converts clock times
+    first and accepts the "start time a, end time b" form.
+    """
+    check_parser(parser)
+    text = clock_to_seconds(answer) if parser == "strict" else answer
+    try:
+        spans, caps = _paragraph(text, strict=parser == "strict")
+    except ValueError:
+        return None, None
+    if not spans:
+        if "\n" in text:
+            lines = [c for c in text.split("\n") if len(c) > 7]
+        else:
+            lines = [c + "." for c in text.split(".") if len(c) > 7]
+        for line in lines:
+            if spans:
+                break
+            parts = [p.strip(",") for p in line.split("seconds")]
+            found = _time_part(parts[0])
+            if not found:
+                continue
+            bounds = found[0].split("-")
+            try:
+                s, e = round(float(bounds[0].strip()), 2), round(float(bounds[1].strip()), 2)
+            except (ValueError, IndexError):
+                continue
+            spans.append([s, e])
+            caps.append(parts[-1].strip())
+    if not spans:
+        return None, None
+    return [[min(sp), max(sp)] for sp in spans], caps
+
+
+def _paragraph(paragraph: str, strict: bool) -> tuple[list[list[float]], list[str]]:
+    p = paragraph.lower()
+    spans = [[float(a), float(b)] for a, b in _ET_RANGE.findall(p)]
+    caps: list[str] = []
+    if spans:
+        rest = p
+        for s in re.findall(rf"({_ET_NUM}\s*-\s*{_ET_NUM})", p):
+            rest = rest.replace(s, "\n")
+        caps = rest.replace("seconds", "").split("\n")
+    if not spans:
+        starts = re.findall(rf"(?:start(?:ing)? time: ({_ET_NUM})(?:s| seconds)?)", p, re.DOTALL | re.IGNORECASE)
+        ends = re.findall(rf"(?:end(?:ing)? time: ({_ET_NUM})(?:s| seconds)?)", p, re.DOTALL | re.IGNORECASE)
+        if starts and ends:
+            spans = [[float(a), float(b)] for a, b in zip(starts, ends)]
+            caps = re.findall(r"description: (.*)", p) or re.findall(r"\*\s*(.*)", p)
+    if not spans:
+        pairs = re.findall(rf"start time ({_ET_NUM}), end time ({_ET_NUM})", p)
+        if pairs:
+            if not strict:  # the official asserts len(timestamps) <= 0 here: this form always fails
+                raise ValueError("start time/end time form")
+            spans = [[float(a), float(b)] for a, b in pairs]
+            for a, b in pairs:
+                p = p.replace(f"start time {a}, end time {b}", "\n")
+            caps = p.split("\n")
+    caps = [c.strip().strip(", ").rstrip() for c in caps if len(c) > 5]
+    n = min(len(spans), len(caps))
+    return spans[:n], caps[:n]
+
+
+def _time_part(text: str) -> list[str]:
+    """The official ``extract_time_part``: a "a - b" string from one caption line, or []."""
+    radius = 20
+    found = re.findall(rf"{_ET_NUM}\s*-\s*{_ET_NUM}", text)
+    if not found:
+        clocks = re.findall(rf"{_ET_NUM}:{_ET_NUM}", text)
+        try:
+            if text.count(":") == 1:
+                m, s = clocks[0].split(":")
+                t = int(m) * 60 + int(s)
+                found = [f"{t - radius} - {t + radius}" if t > radius else f"{t} - {t + 2 * radius}"]
+            elif text.count(":") == 2:
+                a, b = clocks
+                found = [f"{int(a.split(':')[0]) * 60 + int(a.split(':')[1])} - "
+                         f"{int(b.split(':')[0]) * 60 + int(b.split(':')[1])}"]
+        except (ValueError, IndexError):
+            raise ValueError("unreadable clock time") from None
+    if not found:
+        nums = re.findall(rf"{_ET_NUM}(?!\.)", text)
+        if len(nums) == 1:
+            t = float(nums[0])
+            found = [f"{t - radius} - {t + radius}" if t > radius else f"{t} - {t + 2 * radius}"]
+        elif len(nums) == 2:
+            found = [f"{nums[0]} - {nums[1]}"]
+    return found

@@ -1,0 +1,110 @@
+"""Temporal grounding: Charades-STA and TACoS Recall@k at IoU thresholds and mIoU.
+
+The metric works on plain lists and numpy arrays; the scorers glue it to the format loaders
+(``damo.data.formats``). Charades-STA gt spans are scored as the benchmark txt holds them
+(TimeChat, VTimeLLM and E.T. Bench do so), even where they end after the video's length in
+``Charades_v1_test.csv``; ``clip_gt=True`` clips them to the known lengths first, as conversion does.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from damo.eval.predictions import PredictionFile, samples_and_predictions
+
+CONVENTIONS = (">=", ">")
+
+
+def span_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Temporal IoU of every span in ``a`` (N, 2) with every span in ``b`` (M, 2) -> (N, M).
+
+    Union is ``len(a) + len(b) - intersection``; for overlapping spans this equals the
+    ``max(end) - min(start)`` that TimeChat/2D-TAN/moment_detr use, and for disjoint ones
+    the intersection is 0 either way. A pair whose union is 0 (two empty spans) has IoU 0.
+    """
+    a = np.asarray(a, dtype=np.float64).reshape(-1, 2)
+    b = np.asarray(b, dtype=np.float64).reshape(-1, 2)
+    inter = np.clip(np.minimum(a[:, None, 1], b[None, :, 1]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
+    union = (a[:, 1] - a[:, 0])[:, None] + (b[:, 1] - b[:, 0])[None, :] - inter  # (N, M)
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
+def _check_convention(convention: str) -> None:
+    if convention not in CONVENTIONS:
+        raise ValueError(f"convention must be one of {CONVENTIONS} (>= for TimeChat/E.T. Bench/VTimeLLM, "
+                         f"> for 2D-TAN/LLaVA-ST), got {convention!r}")
+
+
+def _hit(iou: np.ndarray, thr: float, convention: str) -> np.ndarray:
+    return iou >= thr if convention == ">=" else iou > thr
+
+
+def _best_ious(gt: Sequence[Sequence[Sequence[float]]], pred: Sequence[Sequence[Sequence[float]]],
+               k: int) -> np.ndarray:
+    """(num_samples, k) IoU of each sample's top-k predictions, max over its gt spans; 0 pads misses."""
+    if len(gt) != len(pred):
+        raise ValueError(f"gt has {len(gt)} samples but pred has {len(pred)}; pass one (possibly empty) "
+                         "prediction list per gt sample, in the same order")
+    out = np.zeros((len(gt), k))
+    for i, (g, p) in enumerate(zip(gt, pred)):
+        if len(g) == 0:
+            raise ValueError(f"sample {i} has no gt span; drop it before scoring")
+        if len(p) == 0:
+            continue
+        top = np.asarray([sp[:2] for sp in p[:k]], dtype=np.float64)
+        out[i, :len(top)] = span_iou(top, np.asarray([sp[:2] for sp in g], dtype=np.float64)).max(1)
+    return out
+
+
+def grounding_metrics(gt: Sequence[Sequence[Sequence[float]]], pred: Sequence[Sequence[Sequence[float]]],
+                      thresholds: Sequence[float] = (0.3, 0.5, 0.7), convention: str = ">=",
+                      topk: Sequence[int] = (1,)) -> dict[str, float]:
+    """Temporal grounding Recall@k at IoU thresholds and mIoU, as fractions in [0, 1].
+
+    ``gt[i]`` holds sample i's gt spans; ``pred[i]`` its predicted spans ranked best first
+    (a third score column is ignored; an empty list is a miss with IoU 0).
+
+    - ``R{k}@{t}``: share of samples whose best IoU among the top-k predictions passes t.
+      ``convention=">="`` (IoU >= t) matches TimeChat, E.T. Bench and VTimeLLM;
+      ``convention=">"`` (IoU > t) matches 2D-TAN and LLaVA-ST. The two differ only when an
+      IoU equals a threshold exactly, which happens on integer-second annotations.
+    - ``mIoU``: mean IoU of the top-1 prediction (as TimeChat/VTimeLLM average it).
+
+    A sample with several gt spans (one query, several moments) scores each prediction by
+    its max IoU over those spans: matching any annotated moment counts.
+    """
+    _check_convention(convention)
+    topk = sorted(set(int(k) for k in topk))
+    if not topk or topk[0] < 1:
+        raise ValueError(f"topk must be positive integers, got {topk}")
+    ious = _best_ious(gt, pred, max(topk))  # (S, K)
+    out: dict[str, float] = {}
+    for k in topk:
+        best = ious[:, :k].max(1)
+        for t in thresholds:
+            out[f"R{k}@{t:g}"] = float(_hit(best, t, convention).mean()) if len(best) else 0.0
+    out["mIoU"] = float(ious[:, 0].mean()) if len(ious) else 0.0
+    return out
+
+
+def _score(task: str, gt_path: str | Path, preds: PredictionFile, subset: str, durations, convention: str | None,
+           options: dict) -> dict:
+    samples, by_id = samples_and_predictions(task, gt_path, preds, subset, durations, **options)
+    gt = [s.spans for s in samples]
+    pred = [by_id[s.id].spans if s.id in by_id else [] for s in samples]
+    out = grounding_metrics(gt, pred, convention=convention or ">=", topk=(1, 5))
+    return {"n": len(samples), "n_predicted": sum(s.id in by_id for s in samples), **out}
+
+
+def score_charades_sta(gt_path: str | Path, preds: PredictionFile, subset: str, durations=None,
+                       convention: str | None = None, clip_gt: bool = False, **_) -> dict:
+    """Charades-STA R1/R5 at IoU 0.3/0.5/0.7 and mIoU; ``convention`` ``>=`` (default) or ``>``."""
+    return _score("charades-sta", gt_path, preds, subset, durations, convention, {"raw_spans": not clip_gt})
+
+
+def score_tacos(gt_path: str | Path, preds: PredictionFile, subset: str, durations=None,
+                convention: str | None = None, **_) -> dict:
+    """TACoS R1/R5 at IoU 0.3/0.5/0.7 and mIoU; ``convention`` ``>=`` (default) or ``>``."""
+    return _score("tacos", gt_path, preds, subset, durations, convention, {})
