@@ -236,8 +236,7 @@ def test_tiny_stand_in_trains_every_stage_and_changes_exactly_what_the_recipe_na
 
 
 def test_llava_st_feeds_the_packers_slow_and_fast_streams_to_the_llm():
-    """LLaVA-ST section 3.3 at our sequence cap: 100 frames as 50 frame tokens of 3 x 3 fast tokens,
-    and 2 slow steps of 9 x 9 tokens, 612 video tokens in all."""
+    """LLaVA-ST section 3.3: 100 frames of 3 x 3 fast tokens and 20 slow steps of 9 x 9 tokens, 2520 in all."""
     from damo.model.compressors import TokenBudget
     from damo.model.processing import DamoProcessor
 
@@ -245,7 +244,7 @@ def test_llava_st_feeds_the_packers_slow_and_fast_streams_to_the_llm():
     assert cfg.compressor.placement == "llm"
     c, o = cfg.compressor, cfg.compressor.options
     budget = TokenBudget(c.kind, cfg.fuser.visual_tokens, c.budget, c.k_min, c.k_max, o["fast_side"], o["stride"])
-    assert budget.split(50) == (9, 9) and budget.tokens(50) == 50 * 9 + 2 * 81 == c.budget
+    assert budget.split(100) == (9, 9) and budget.tokens(100) == 100 * 9 + 20 * 81 == c.budget
     tok = train_tokenizer(["when?"] * 4, 300)
     lay = DamoProcessor.from_model_config(cfg, tok).layout(100)
-    assert (lay.group, lay.per_frame, lay.slow_side, lay.slow_tokens(50)) == (2, 9, 9, 162)
+    assert (lay.group, lay.per_frame, lay.slow_side, lay.slow_tokens(100)) == (1, 9, 9, 1620)
