@@ -95,14 +95,62 @@ def test_frame_time_embedding_gradient_reaches_both_tables():
 
 
 def test_grid_position_embedding_cell_centres():
-    n, C = 3, 2
     x = torch.tensor([[0.0, 0.0], [1.0, 0.0], [2.0, 0.0]])           # value = anchor index on channel 0
     y = torch.tensor([[0.0, 0.0], [0.0, 1.0], [0.0, 2.0]])           # ... on channel 1
-    e = co.grid_position_embedding(x, x, y, y, rows=2, cols=4)
-    assert e.shape == (8, C)
+    e = co.grid_position_embedding(2, 4, {"x": (x, x), "y": (y, y)})
+    assert e.shape == (8, 2)
     # column centres 1/8, 3/8, 5/8, 7/8 -> anchor units 0.25, 0.75, 1.25, 1.75; rows 0.5, 1.5
     assert torch.allclose(e[:4, 0], torch.tensor([0.25, 0.75, 1.25, 1.75]))
     assert torch.allclose(e[::4, 1], torch.tensor([0.5, 1.5]))
+
+
+def test_grid_position_embedding_2x2_by_hand():
+    """Eq. 5 on a 2 x 2 grid with 3 anchors per axis: cell centres 1/4 and 3/4 sit halfway between
+    anchors 0|1 and 1|2; each axis contributes the mean of its input and output rows there."""
+    x_in = torch.tensor([[0.0, 0, 0, 0], [4, 0, 0, 0], [8, 0, 0, 0]])
+    x_out = torch.tensor([[0.0, 0, 0, 0], [0, 4, 0, 0], [0, 8, 0, 0]])
+    y_in = torch.tensor([[0.0, 0, 0, 0], [0, 0, 4, 0], [0, 0, 8, 0]])
+    y_out = torch.tensor([[0.0, 0, 0, 0], [0, 0, 0, 4], [0, 0, 0, 8]])
+    e = co.grid_position_embedding(2, 2, {"x": (x_in, x_out), "y": (y_in, y_out)})
+    # rho_x(1/4) = (x_in[0] + x_in[1]) / 4 + (x_out[0] + x_out[1]) / 4 = [1, 1, 0, 0]; at 3/4: [3, 3, 0, 0]
+    assert torch.equal(e, torch.tensor([[1.0, 1, 1, 1],     # row 0, col 0
+                                        [3, 3, 1, 1],       # row 0, col 1
+                                        [1, 1, 3, 3],       # row 1, col 0
+                                        [3, 3, 3, 3]]))     # row 1, col 1
+    assert torch.equal(co.grid_position_embedding(1, 1, {"x": (x_in, x_out), "y": (y_in, y_out)}), torch.zeros(1, 4))
+
+
+def test_propagation_keeps_values_and_shares_gradients_with_neighbours():
+    m = co.propagation_matrix(4)
+    assert m[0].tolist() == [1.0, 0.5, 0.25, 0.125] and torch.equal(m, m.T)
+    rows = torch.randn(4, 3, requires_grad=True)
+    out = co.propagate(rows, m)
+    assert torch.equal(out, rows)
+    # a gradient on anchor 1 alone reaches every anchor as (I + M) g: 2x itself, halving per step away
+    g = torch.zeros(4, 3)
+    g[1] = torch.tensor([1.0, -2.0, 4.0])
+    out.backward(g)
+    assert torch.allclose(rows.grad, torch.tensor([0.5, 2.0, 0.5, 0.25])[:, None] * g[1])
+
+
+def test_one_step_from_equal_rows_leaves_neighbours_closest():
+    """LLaVA-ST initialises new rows equal (the vocabulary mean). One SGD step with a loss on one
+    anchor moves anchor j by 2^-|i-j| of anchor i's gradient, so after the step the anchors' distance
+    grows with their index distance; independent rows would move anchor i alone."""
+    rows = torch.ones(6, 3).requires_grad_()
+    (co.propagate(rows, co.propagation_matrix(6))[2] * torch.tensor([1.0, 2.0, 3.0])).sum().backward()
+    new = rows.detach() - 0.1 * rows.grad
+    d = torch.cdist(new, new)
+    assert d[2, 1] == d[2, 3] < d[2, 0] < d[2, 5] and d[0, 1] < d[0, 2]
+    assert (rows.grad.norm(dim=1) > 0).all()
+
+
+def test_interpolate_anchors_between_two_anchors():
+    table = torch.tensor([[0.0, 10.0], [4.0, 20.0], [8.0, 40.0], [12.0, 80.0], [16.0, 160.0]])
+    # 0.3 of the axis with 5 anchors is 1.2 anchor steps: 0.8 of anchor 1 + 0.2 of anchor 2
+    assert torch.allclose(co.interpolate_anchors(table, torch.tensor(0.3)), 0.8 * table[1] + 0.2 * table[2])
+    assert co.anchor_pair(0.3, 5) == (1, pytest.approx(0.2))
+    assert torch.equal(co.interpolate_anchors(table, torch.tensor([0.0, 1.0, 1.5])), table[[0, 4, 4]])
 
 
 def test_box_tokens_round_trip():
@@ -147,7 +195,7 @@ def test_anchor_tables_read_the_llm_rows():
     llm = AutoModelForCausalLM.from_config(Qwen2Config(
         vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
         num_key_value_heads=1, tie_word_embeddings=False))
-    e_in, e_out = co.anchor_tables(llm, ids)
+    e_in, e_out = co.anchor_tables(llm, ids)                         # same values, propagated gradients
     assert torch.equal(e_in, llm.get_input_embeddings().weight[ids])
     assert torch.equal(e_out, llm.lm_head.weight[ids])
     emb = co.frame_time_embedding(e_in, e_out, torch.tensor([[0.5, 3.5]]), torch.tensor([4.0]))
@@ -164,3 +212,38 @@ def test_time_positions_work_on_meta_tensors_for_planning():
     assert soft_time_targets(t, torch.full((3,), 10.0, device="meta"), 8).shape == (3, 8)
     with pytest.raises(ValueError, match="> 0 seconds"):
         soft_time_targets(torch.ones(3), torch.zeros(3), 8)
+
+
+def test_registered_propagation_keeps_outputs_and_propagates_row_gradients():
+    """On an LLM with an untied head: the same logits, and the gradient on every coordinate row of the
+    embeddings and the head becomes (I + M) g per axis (axes do not mix); other rows are untouched."""
+    import copy
+
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    tok = train_tokenizer(TEXTS, 300)
+    axes = {"t": co.add_time_tokens(tok, 4)}
+    axes["x"], axes["y"] = co.add_box_tokens(tok, 3)
+    torch.manual_seed(0)
+    plain = AutoModelForCausalLM.from_config(Qwen2Config(
+        vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=1, tie_word_embeddings=False))
+    ntp = copy.deepcopy(plain)
+    co.register_propagation(ntp, axes)
+    ids = torch.tensor([[5, axes["t"][1], 7, axes["x"][0], axes["y"][2], 9]])
+    grads = []
+    for llm in (plain, ntp):
+        logits = llm(input_ids=ids).logits
+        (logits * torch.linspace(-1, 1, logits.shape[-1])).sum().backward()
+        grads.append((logits.detach(), llm.get_input_embeddings().weight.grad, llm.lm_head.weight.grad))
+    (l0, e0, h0), (l1, e1, h1) = grads
+    assert torch.equal(l0, l1)
+    coord = [i for a in axes.values() for i in a]
+    other = [i for i in range(len(tok)) if i not in coord]
+    for g0, g1 in ((e0, e1), (h0, h1)):
+        assert torch.allclose(g1[other], g0[other])
+        for a in axes.values():
+            want = (torch.eye(len(a)) + co.propagation_matrix(len(a))) @ g0[a]
+            assert torch.allclose(g1[a], want, atol=1e-6)
+    # the input rows of the never-seen anchors <t_0>, <t_2>, <t_3>, <x_1>, ... now train too
+    assert e0[axes["t"][0]].abs().sum() == 0 and e1[axes["t"][0]].abs().sum() > 0

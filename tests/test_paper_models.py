@@ -248,3 +248,26 @@ def test_llava_st_feeds_the_packers_slow_and_fast_streams_to_the_llm():
     tok = train_tokenizer(["when?"] * 4, 300)
     lay = DamoProcessor.from_model_config(cfg, tok).layout(100)
     assert (lay.group, lay.per_frame, lay.slow_side, lay.slow_tokens(100)) == (1, 9, 9, 1620)
+
+
+def test_llava_st_lora_step_changes_exactly_our_token_rows_of_the_untied_head():
+    """LLaVA-ST extends the input embeddings and the output layer (section 3.2, eq. 4). One step of the
+    coordinate stage (LoRA + `llm.*trainable_tokens*`) moves exactly our added tokens' rows of the
+    untied head (the softmax reaches every row; LAPE's time term reaches the <t_i> rows too), and in the
+    input embeddings only rows among them, including every time anchor."""
+    recipe = load_recipe("paper-llava-st")
+    stage = next(s for s in recipe.stages if s.name == "coordinate")
+    stage.steps, stage.batch, stage.grad_accum, stage.warmup, stage.save_every = 1, 2, 1, 1, 0
+    samples = load_dataset("synth://easy?n=4&seed=0")
+    model = build_model(DamoConfig.from_dict(tiny_stand_in("llava-st", 600)), samples, 0)
+    emb, head = model.llm.get_input_embeddings(), model.llm.get_output_embeddings()
+    e0, h0 = emb.weight.detach().clone(), head.weight.detach().clone()
+    assert e0.data_ptr() != h0.data_ptr() and not torch.equal(e0, h0)            # untied
+    run_stage(model, stage, samples, ClipLoader(model.processor, memory=True), 0, progress=False)
+    ours = set(model.new_token_ids)
+    assert changed_rows(h0, head.weight) == ours
+    assert set(model.processor.coord_axes["t"]) <= changed_rows(e0, emb.weight) <= ours
+
+
+def changed_rows(before: torch.Tensor, after: torch.Tensor) -> set[int]:
+    return set((after.detach() != before).any(1).nonzero().flatten().tolist())

@@ -125,6 +125,7 @@ class BudgetedCompressor(nn.Module):
     """Shared budget bookkeeping; subclasses say how a raw K becomes their output count."""
 
     follows_budget = True      # False: the output count ignores the budget (the uncompressed reference)
+    keeps_grid = False         # True: a frame's output tokens are a row-major square grid (spatial LAPE applies)
 
     def __init__(self, tokens_in: int, budget: int, k_min: int, k_max: int, seed: int):
         super().__init__()
@@ -191,6 +192,7 @@ class Identity(BudgetedCompressor):
     """No compression: K = L whatever the budget (the uncompressed baseline)."""
 
     follows_budget = False
+    keeps_grid = True
 
     def tokens_per_frame(self, T: int, training: bool) -> int:
         return self.tokens_in
@@ -212,6 +214,8 @@ class DynamicPool(BudgetedCompressor):
     ``s = floor(sqrt(K))`` (so K snaps to ``s^2``, section 5.3); any other L is pooled along the
     token sequence to exactly K. No parameters.
     """
+
+    keeps_grid = True
 
     @staticmethod
     def snap_to(k: int, tokens_in: int) -> int:
@@ -373,6 +377,8 @@ class SpatialTemporalPacker(BudgetedCompressor):
     floor(sqrt(K)))`` and ``s = floor(sqrt(K - f^2))`` (at most the input grid side); ``s = 0``
     leaves only the fast stream (computed from the input grid).
     """
+
+    keeps_grid = True
 
     def __init__(self, d: int, tokens_in: int, budget: int, k_min: int, k_max: int, seed: int = 0,
                  heads: int = 4, fast_side: int = STP_FAST_SIDE, stride: int = STP_STRIDE):

@@ -6,14 +6,27 @@ LLaVA-ST extends the vocabulary with coordinate tokens: the time axis is split i
 (the paper's ``<w_i>`` and ``<h_i>``: separate sets per axis, ``M_w + M_h`` tokens). Each
 token is a word embedding in the LLM input table and a row of the output layer (eq. 4), and
 ``(input + output embedding) / 2`` of the anchors, linearly interpolated to where a visual
-token sits, is added to that token as its positional embedding (eq. 5).
+token sits, is added to that token as its positional embedding (eq. 5): the time term per
+frame (:func:`frame_time_embedding`), the width and height terms per cell of a frame's token
+grid (:func:`grid_position_embedding`).
+
+As in the released code (``llava/model/llava_arch.py``):
+
+- a coordinate value enters the LLM as the linear interpolation of its two neighbouring
+  anchors' input embeddings (``token_transfer``), never snapped to the closer one;
+- the anchors' input and output rows share their gradients with their neighbours,
+  "Neighboring Token Propagation" (``reparam``): the rows keep their values, and a gradient
+  ``g`` on the anchors becomes ``(I + M) g`` with ``M_ij = 2^-|i-j|`` (:func:`propagate`,
+  :func:`register_propagation`). Anchors that a batch never names still move with the ones it
+  does, and neighbours move most alike. The paper (section 3.2) credits the same effect, "the
+  information transfer among the special token embeddings", to the interpolation.
 
 Targets and decoding: the paper encodes a coordinate by its closest anchor. As in the
-released LLaVA-ST training code, we train with a soft label on the two anchors around the
-value, weighted by linear interpolation (a value on an anchor gets a one-hot label), and read
-a value back from the two nearest anchors: the most probable anchor and its more probable
-neighbour, averaged by their probabilities. Values between anchors therefore survive the
-round trip exactly instead of snapping to the grid.
+released LLaVA-ST training code (``llava/model/language_model/llava_qwen.py``), we train with a
+soft label on the two anchors around the value, weighted by linear interpolation (a value on an
+anchor gets a one-hot label), and read a value back from the two nearest anchors: the most
+probable anchor and its more probable neighbour, averaged by their probabilities. Values
+between anchors therefore survive the round trip exactly instead of snapping to the grid.
 
 Dynamic-VLM (section 5.3) instead writes each frame's time as text before its tokens
 ("1s: <image>; 2s: <image>; ..."); :func:`timestamp_prompt` makes those prefixes.
@@ -154,15 +167,63 @@ def time_to_token(t: float, duration: float, n: int) -> str:
     return f"<t_{round(min(max(t / duration, 0.0), 1.0) * (n - 1))}>"
 
 
+def propagation_matrix(n: int) -> torch.Tensor:
+    """``M (n, n)`` with ``M_ij = 2^-|i-j|``: how much of anchor j's gradient anchor i also
+    receives under Neighboring Token Propagation (LLaVA-ST code, ``llava_arch.py``)."""
+    i = torch.arange(n, dtype=torch.float32)
+    return 2.0 ** -(i[:, None] - i[None]).abs()
+
+
+def propagate(rows: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """Neighboring Token Propagation of anchor rows ``(n, C)``: the same values, but the gradient
+    ``g`` reaching them flows back as ``(I + M) g`` (``m`` from :func:`propagation_matrix`)."""
+    r = m.to(rows) @ rows
+    return rows + (r - r.detach())
+
+
+def register_propagation(llm: nn.Module, axes: dict[str, list[int]]) -> None:
+    """Apply :func:`propagate` per coordinate axis wherever the LLM reads its coordinate rows by
+    itself: its input embedding (every token id looked up) and its output head (every logit).
+
+    Forward hooks add a term whose value is zero, so outputs are unchanged; gradients become
+    those of LLaVA-ST's re-parameterised tables. Module hooks (not tensor hooks on the weights)
+    survive peft's trainable-token wrappers, DDP and FSDP2 sharding.
+    """
+    ids = torch.as_tensor([i for a in axes.values() for i in a])
+    m = torch.block_diag(*[propagation_matrix(len(a)) for a in axes.values()])   # axes never mix
+    emb, head = llm.get_input_embeddings(), llm.get_output_embeddings()
+
+    def delta(weight: torch.Tensor) -> torch.Tensor:
+        rows = weight[ids.to(weight.device)]
+        return propagate(rows, m) - rows                                         # (n, C), zero values
+
+    def on_embedding(module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
+        x = args[0]                                                               # token ids (...)
+        d = torch.cat([delta(module.weight), out.new_zeros(1, out.shape[-1])])    # last row: not an anchor
+        slot = torch.full((module.weight.shape[0],), len(ids), device=x.device)
+        slot[ids.to(x.device)] = torch.arange(len(ids), device=x.device)
+        return out + d[slot[x]].to(out.dtype)
+
+    def on_head(module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
+        d = delta(module.weight)                                                  # (n, C)
+        return out.index_add(-1, ids.to(out.device), (args[0] @ d.T.to(args[0].dtype)).to(out.dtype))
+
+    emb.register_forward_hook(on_embedding)
+    if head is not None:
+        head.register_forward_hook(on_head)
+
+
 def anchor_tables(llm: nn.Module, ids: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """The coordinate tokens' input-embedding rows and output-layer rows ``(n, C)`` of an HF causal LM.
+    """The coordinate tokens' input-embedding rows and output-layer rows ``(n, C)`` of an HF causal
+    LM, with Neighboring Token Propagation (:func:`propagate`).
 
     Both are live views into the LLM's weights, so LAPE trains the token embeddings (LLaVA-ST
     eq. 5). With tied embeddings the two are the same rows.
     """
     w_in = llm.get_input_embeddings().weight
     idx = torch.as_tensor(list(ids), device=w_in.device)
-    return w_in[idx], llm.get_output_embeddings().weight[idx]
+    m = propagation_matrix(len(idx))
+    return propagate(w_in[idx], m), propagate(llm.get_output_embeddings().weight[idx], m)
 
 
 def frame_time_embedding(embed_in: torch.Tensor, embed_out: torch.Tensor, times: torch.Tensor,
@@ -185,19 +246,26 @@ def frame_time_embedding(embed_in: torch.Tensor, embed_out: torch.Tensor, times:
 
 # ------------------------------------------------------------------------- space
 
-def grid_position_embedding(x_in: torch.Tensor, x_out: torch.Tensor, y_in: torch.Tensor, y_out: torch.Tensor,
-                            rows: int, cols: int) -> torch.Tensor:
-    """Spatial LAPE (LLaVA-ST eq. 5, width + height terms) for a ``rows x cols`` token grid.
+def grid_position_embedding(h: int, w: int, tables: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """Spatial LAPE (LLaVA-ST eq. 5, width + height terms) for a frame's tokens on an ``h x w`` grid.
 
-    Each table is ``(n, C)``; token (r, c) sits at its cell centre ``((c + 0.5) / cols,
-    (r + 0.5) / rows)``. Returns ``(rows * cols, C)`` in row-major order, to be added to the
-    frame's tokens (plus :func:`frame_time_embedding` for the time term).
+    ``tables["x"]`` and ``tables["y"]`` are the width and height anchors' ``(input, output)`` rows,
+    each ``(n, C)`` (:func:`anchor_tables`). Token (r, c) sits at its cell centre
+    ``((c + 0.5) / w, (r + 0.5) / h)`` and gets ``rho_x + rho_y`` interpolated there, with
+    ``rho = (input + output) / 2``. Returns ``(h * w, C)`` in row-major order, to be added to every
+    frame's tokens (the time term is :func:`frame_time_embedding`). A single token (``h = w = 1``)
+    is no grid and gets zeros.
+
+    The released code downsamples the anchor table with ``F.interpolate(mode="linear")``, which
+    puts anchor i at the centre of the i-th of n cells; here anchor i sits at ``i / (n - 1)`` as
+    the tokens are defined (section 3.2), so a token's embedding is that of its own position.
     """
-    cx = (torch.arange(cols) + 0.5) / cols
-    cy = (torch.arange(rows) + 0.5) / rows
-    ex = interpolate_anchors((x_in + x_out) / 2, cx)                           # (cols, C)
-    ey = interpolate_anchors((y_in + y_out) / 2, cy)                           # (rows, C)
-    return (ey[:, None] + ex[None, :]).reshape(rows * cols, -1)                # (rows*cols, C)
+    (x_in, x_out), (y_in, y_out) = tables["x"], tables["y"]
+    if h * w == 1:
+        return x_in.new_zeros(1, x_in.shape[-1])
+    ex = interpolate_anchors((x_in + x_out) / 2, (torch.arange(w, device=x_in.device) + 0.5) / w)    # (w, C)
+    ey = interpolate_anchors((y_in + y_out) / 2, (torch.arange(h, device=y_in.device) + 0.5) / h)    # (h, C)
+    return (ey[:, None] + ex[None, :]).reshape(h * w, -1)                        # (h*w, C)
 
 
 def box_to_tokens(box: Sequence[float], n: int) -> list[str]:

@@ -38,7 +38,8 @@ from torch import nn
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast, Qwen2Config
 
 from damo.model import backbones
-from damo.model.coordinates import anchor_tables, decode_position, frame_time_embedding
+from damo.model.coordinates import (anchor_tables, decode_position, frame_time_embedding, grid_position_embedding,
+                                    interpolate_anchors, register_propagation)
 from damo.model.encoders import Block
 from damo.model.compressors import PLACEMENTS, build_compressor
 from damo.model.evidence import (DECODERS, EvidenceHead, capture_weights, decode_interval, pool_groups,
@@ -260,6 +261,8 @@ class DamoModel(nn.Module):
         ours = [t for t in tk.SPECIAL_TOKENS if t in tokenizer.get_vocab()]
         self.new_token_ids = tokenizer.convert_tokens_to_ids(ours) + sorted(self.processor.axis_of)
         self.llm = build_llm(cfg.llm, tokenizer, self.new_token_ids)
+        if self.processor.coord_axes:     # LLaVA-ST's Neighboring Token Propagation of the anchors' rows
+            register_propagation(self.llm, self.processor.coord_axes)
         self.trained: set[str] = set()     # parameter names any stage trained (damo.train.loop.set_trainable)
         C = self.llm.config.hidden_size
         # Both video paths end in a LayerNorm whose gain starts at the RMS of the LLM's word
@@ -337,9 +340,8 @@ class DamoModel(nn.Module):
         their cosine. The LLM then compares question and frames on features trained for that.
 
         Time reaches the frame tokens per ``time_encoding``: ``sinusoid`` adds a learned map of a
-        sinusoid of the seconds before the projector; ``lape`` adds LLaVA-ST's temporal LAPE
-        (eq. 5: the time tokens' mean input/output embedding interpolated at ``times / duration``,
-        ``duration (B,)`` seconds) after it; ``timestamp`` writes the time as text in the prompt
+        sinusoid of the seconds before the projector; ``lape`` adds LLaVA-ST's LAPE after it
+        (:meth:`lape`); ``timestamp`` writes the time as text in the prompt
         instead (:meth:`~damo.model.processing.DamoProcessor.prompt`) and ``none`` gives no time at all.
         """
         fr, fu = self.encode_video(frames, mel, frame_mask, vision, audio)
@@ -366,15 +368,41 @@ class DamoModel(nn.Module):
         match with the question ``qa (B, d)`` (see :meth:`video_embeddings`)."""
         t = self.time_proj(sinusoid(times, x.shape[-1]))[:, :, None] if self.processor.time.sinusoid else 0
         e = self.projector(x + t)                                   # (B, N, K, C)
-        if self.time_ids:
-            if duration is None:
-                raise ValueError("LAPE time encoding needs the videos' durations")
-            e = e + frame_time_embedding(*anchor_tables(self.llm, self.time_ids), times, duration)[:, :, None]
+        if self.processor.coord_axes:          # LAPE; grid terms only where the K tokens are a row-major grid
+            e = e + self.lape(times, duration, x.shape[2] if self.at_llm and self.compressor.keeps_grid else 1)
         if qa is not None:
             va = F.normalize(self.align_video(x), dim=-1)           # (B, N, K, d)
             prod = va * qa[:, None, None]
             e = e + self.match_proj(torch.cat([prod, prod.sum(-1, keepdim=True)], -1))
         return e
+
+    def lape(self, times: torch.Tensor, duration: torch.Tensor | None, k: int) -> torch.Tensor | float:
+        """LLaVA-ST's LAPE (section 3.2, eq. 5) for frame tokens ``(B, T', K, C)``, broadcastable to them:
+        the time term per frame (the time tokens' mean input/output embedding interpolated at
+        ``times / duration``, ``duration (B,)`` seconds) and, with box tokens, the width and height
+        terms per token when the K tokens of a frame are a square row-major grid (K = 1: none)."""
+        tables = {a: anchor_tables(self.llm, ids) for a, ids in self.processor.coord_axes.items()}
+        pe: torch.Tensor | float = 0.0
+        if "t" in tables:
+            if duration is None:
+                raise ValueError("LAPE time encoding needs the videos' durations")
+            pe = frame_time_embedding(*tables["t"], times, duration)[:, :, None]    # (B, T', 1, C)
+        side = math.isqrt(k)
+        if "x" in tables and side * side == k:
+            pe = pe + grid_position_embedding(side, side, tables)                   # (K, C)
+        return pe
+
+    def coordinate_inputs(self, emb: torch.Tensor, batch: dict) -> torch.Tensor:
+        """Coordinate tokens in the text enter the LLM at their exact value (LLaVA-ST code,
+        ``token_transfer``): the embedding at each ``coord_pos`` becomes the interpolation of its two
+        neighbouring anchors' input embeddings with the soft target's weights (``coord_ids``,
+        ``coord_w``), not the closer anchor's alone. ``emb (B, L, C)``."""
+        cp = batch.get("coord_pos")
+        if cp is None or not len(cp):
+            return emb
+        rows = self.llm.get_input_embeddings()(batch["coord_ids"])                  # (N, 2, C)
+        x = (batch["coord_w"][..., None].to(rows.dtype) * rows).sum(1)              # (N, C)
+        return emb.index_put((cp[:, 0], cp[:, 1]), x.to(emb.dtype))
 
     def scatter_video(self, input_ids, frame_emb, fusion_emb, num_frames):
         """Replace ``<video>`` placeholders by [fusion (+ slow stream); frames] per sample -> inputs_embeds
@@ -405,7 +433,8 @@ class DamoModel(nn.Module):
         A batch without frames (``frames`` of length 0) is text only: just the LLM's logits.
         """
         if batch["frames"].shape[1] == 0:
-            return {"logits": self.llm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits}
+            emb = self.coordinate_inputs(self.llm.get_input_embeddings()(batch["input_ids"]), batch)
+            return {"logits": self.llm(inputs_embeds=emb, attention_mask=batch["attention_mask"]).logits}
         frame_emb, fusion_emb, fr = self.video_embeddings(batch["frames"], batch["mel"], batch["frame_mask"],
                                                           batch["times"], batch.get("query_ids"), batch.get("query_mask"),
                                                           batch.get("duration"), batch["group"],
@@ -414,6 +443,7 @@ class DamoModel(nn.Module):
         if "input_ids" not in batch:
             return out
         emb = self.scatter_video(batch["input_ids"], frame_emb, fusion_emb, batch["num_frames"])
+        emb = self.coordinate_inputs(emb, batch)
         eb, ep = batch["evi_batch"], batch["evi_pos"]               # (N,), (N,) positions of <evi> inputs
         ev = self.cfg.evidence
         if ev.semantic_capture and len(eb):
@@ -454,7 +484,8 @@ class DamoModel(nn.Module):
         Returns per row: generated ``ids``; per ``<evi>`` its stage (1 grounding, 2 answer), frame
         scores ``(T,)`` (a pooled token's score repeated over its frames) and decoded
         ``[start, end, score]``; ``coords``, ``(axis, value)`` per generated LAPE coordinate token,
-        read from the two most probable neighbouring anchors of its axis (LLaVA-ST section 3.2):
+        read from the two most probable neighbouring anchors of its axis (LLaVA-ST section 3.2)
+        and fed back as their interpolation (:meth:`coordinate_inputs`):
         seconds for time (``"t"``), [0, 1] for width and height (``"x"``, ``"y"``).
         The processor's :meth:`~damo.model.processing.DamoProcessor.decode` turns a row into text and spans.
         """
@@ -498,8 +529,11 @@ class DamoModel(nn.Module):
                     continue
                 rows[b]["ids"].append(t)
                 axis = proc.axis_of.get(t)
-                if axis is not None:
-                    v = float(decode_position(logits[b, proc.coord_axes[axis]]))
+                if axis is not None:     # read from two anchors, fed back as their interpolation
+                    anchors = table(torch.as_tensor(proc.coord_axes[axis], device=dev))      # (n, C)
+                    rel = decode_position(logits[b, proc.coord_axes[axis]])
+                    e[b, 0] = interpolate_anchors(anchors, rel)
+                    v = float(rel)
                     rows[b]["coords"].append((axis, v * durations[b] if axis == "t" else v))
                 if t == proc.evi_end_id:
                     stage[b] = 2
