@@ -248,11 +248,12 @@ def llm_table(results: list[dict]) -> None:
     by_row: dict[str, list[dict]] = {}
     for r in results:
         by_row.setdefault(r["row"], []).append(r)
-    cols = ["visual tokens/video", "R@0.5", "mIoU", "m_tIoU"]
-    print("\n| row | seeds | visual tokens 30 s / 10 min | " + " | ".join(cols) + " |\n|" + "---|" * (len(cols) + 3))
+    cols = ["temporal step s (shared CPU)", "R@0.5", "mIoU", "m_tIoU"]
+    print("\n| row | seeds | visual tokens 30 s / 10 min | visual tokens per test video | " + " | ".join(cols)
+          + " |\n|" + "---|" * (len(cols) + 4))
     for row, rs in sorted(by_row.items(), key=lambda kv: kv[1][0]["visual tokens/video"]):
         print(f"| {row} | {len(rs)} | {rs[0]['visual tokens 30 s']} / {rs[0]['visual tokens 10 min']} | "
-              f"{rs[0]['visual tokens/video']:.0f} | " + " | ".join(mean_std([r[c] for r in rs]) for c in cols[1:]) + " |")
+              f"{rs[0]['visual tokens/video']:.0f} | " + " | ".join(mean_std([r[c] for r in rs]) for c in cols) + " |")
 
 
 def main() -> None:
