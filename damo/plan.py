@@ -31,7 +31,6 @@ This is an estimate for planning (the order of magnitude and what dominates), no
 from __future__ import annotations
 
 import copy
-import types
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -103,14 +102,6 @@ def module_counts(model: DamoModel) -> dict[str, dict[str, int]]:
         c["total"] += p.numel()
         c["trainable"] += p.numel() if p.requires_grad else 0
     return out
-
-
-def _scatter_video(self: DamoModel, input_ids, frame_emb, fusion_emb, num_frames):
-    # DamoModel.scatter_video without its placeholder-count check, which reads values (the collator
-    # built the prompt with exactly this many placeholders)
-    emb = self.llm.get_input_embeddings()(input_ids)
-    parts = [torch.cat([fusion_emb[b], frame_emb[b, :n].flatten(0, 1)]) for b, n in enumerate(num_frames)]
-    return emb.masked_scatter((input_ids == self.video_id).unsqueeze(-1), torch.cat(parts).to(emb.dtype))
 
 
 def probe_batch(model: DamoModel, stage: Stage, frames: int, text_tokens: int) -> dict:
@@ -224,7 +215,6 @@ def plan(cfg: DamoConfig, recipe: Recipe | None = None, opts: PlanOptions | None
         raise ValueError("gpus and micro_batch must be >= 1 and text_tokens >= 8")
     frames = opts.frames or cfg.llm_frames or 64
     model = build_meta(cfg)
-    model.scatter_video = types.MethodType(_scatter_video, model)
     unit = largest_unit(model)
     stages = recipe.stages if recipe else [Stage(name="all", losses={"lm": 1.0}, steps=1)]
     out = {"config": {"frames": frames, "text_tokens": opts.text_tokens, "gpus": opts.gpus, "gpu_gb": opts.gpu_gb,

@@ -69,7 +69,8 @@ def clip_tensors(T: int, size: int, frames: int, mels: int, seed: int = 0) -> Cl
 
 def make_batch(model: DamoModel, T: int = 4) -> dict:
     c = model.cfg
-    col = Collator(DamoProcessor(model.tokenizer, video_tokens=c.bridge_tokens, frame_tokens=c.fuser.frame_tokens, fps=c.fps, layout=c.layout))
+    col = Collator(DamoProcessor(model.tokenizer, video_tokens=c.bridge_tokens, frame_tokens=c.fuser.frame_tokens, fps=c.fps,
+                                 layout=c.layout, budget=model.processor.config.budget))
     items = [(Sample(id=str(i), video=f"v{i}", duration=float(T), task="grounding", query="when does the red square appear?",
                      answer="red", spans=[[1.0, 3.0]]), clip_tensors(T, c.vision.image_size, c.audio.frames, c.audio.n_mels, i))
              for i in range(2)]

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from damo.model.compressors import (COMPRESSORS, SpatialTemporalPacker, bipartite_merge, budget_tokens,
+from damo.model.compressors import (COMPRESSORS, SpatialTemporalPacker, TokenBudget, bipartite_merge, budget_tokens,
                                     build_compressor, region_mask)
 
 D, L = 32, 16          # a 4 x 4 grid of tokens
@@ -245,3 +245,47 @@ def test_bad_inputs_have_clear_errors():
         m(tokens(1, 2), torch.ones(2, dtype=torch.bool))
     with pytest.raises(ValueError, match="fast_side and stride"):
         SpatialTemporalPacker(D, L, 64, 1, 4, stride=0)
+
+
+# ------------------------------------------------------------------ at the LLM (placement llm)
+def test_token_budget_per_frame_and_slow_stream():
+    pool, tome = TokenBudget("pool", 16, 240), TokenBudget("tome", 16, 240)
+    assert pool.split(30) == (4, 0) and tome.split(30) == (8, 0)             # floor(240 / 30) = 8 -> pool 2 x 2
+    assert TokenBudget("identity", 16, 240).split(300) == (16, 0)           # the reference ignores the budget
+    assert TokenBudget("identity", 16, 240).frame_cap() == 0 and pool.frame_cap() == 240
+    assert TokenBudget("pool", 16, 240, k_min=4).frame_cap() == 60          # then frames are grouped
+    # LLaVA-ST's sizes: 100 frames, 3 x 3 fast, sigma = 20 slow steps of 9 x 9 -> 2,520 tokens
+    stp = TokenBudget("stp", 81, 2520, k_max=81, fast_side=3, stride=5)
+    assert stp.split(100) == (9, 9) and stp.tokens(100) == 2520
+    # fast tokens first: 1,000 tokens leave 100 for 20 slow steps of 2 x 2
+    assert TokenBudget("stp", 81, 1000, k_max=81, fast_side=3, stride=5).split(100) == (9, 2)
+
+
+@pytest.mark.parametrize("kind", ["pool", "tome", "prune", "stp"])
+def test_token_budget_always_holds(kind):
+    for budget in (20, 48, 160, 480, 2048):
+        tb = TokenBudget(kind, 16, budget, k_min=1, k_max=16, fast_side=2, stride=4)
+        for Tl in range(1, min(tb.frame_cap(), 300) + 1):
+            k, s = tb.split(Tl)
+            assert k >= 1 and tb.tokens(Tl) <= budget, (budget, Tl, k, s)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_pack_shapes_and_padded_frames(name):
+    m = make(name, stride=3).eval() if name == "stp" else make(name).eval()
+    tb = TokenBudget(name, L, 48, k_max=9, stride=3)
+    k, s = tb.split(7)
+    x = tokens(2, 7)
+    mask = torch.tensor([[True] * 7, [True] * 4 + [False] * 3])
+    with torch.no_grad():
+        y, slow = m.pack(x, mask, k, s)
+        alone, alone_slow = m.pack(x[1:, :4], mask[1:, :4], k, s)
+    assert y.shape == (2, 7, k, D) and (y[1, 4:] == 0).all()
+    assert torch.allclose(y[1, :4], alone[0], atol=1e-5)
+    if name != "stp":
+        assert slow is None and s == 0
+        return
+    assert (k, s) == (1, 3) and slow.shape == (2, 3, 9, D)                 # 7 frames: slow steps 0-2, 3-5, 6
+    assert (slow[1, 2] == 0).all() and torch.allclose(slow[1, :2], alone_slow[0], atol=1e-5)
+    with pytest.raises(ValueError, match="cannot give"):
+        m.pack(x, mask, 2, s)

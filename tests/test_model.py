@@ -237,14 +237,14 @@ def test_contrastive_uses_a_hard_negative_from_the_same_video(model):
 
 
 @pytest.mark.parametrize("kind", ["pool", "tome", "prune", "stp"])
-def test_each_compressor_runs_inside_the_model_and_round_trips(kind, tmp_path):
+def test_each_compressor_in_front_of_the_fuser_runs_and_round_trips(kind, tmp_path):
     cfg = tiny_cfg()
     cfg.fuser.visual_tokens = 16
-    cfg.compressor.kind, cfg.compressor.budget, cfg.compressor.k_max = kind, 24, 9
+    cfg.compressor.kind, cfg.compressor.placement, cfg.compressor.budget, cfg.compressor.k_max = kind, "fuser", 24, 9
     torch.manual_seed(0)
     m = DamoModel(cfg, train_tokenizer(TEXTS, 300)).eval()
-    col = Collator(DamoProcessor(m.tokenizer, video_tokens=m.cfg.bridge_tokens, frame_tokens=1, fps=1.0, layout="query_first"))
-    b = col([(sample(0), clip(6, 0))])
+    b = Collator.for_model(m)([(sample(0), clip(6, 0))])
+    assert (b["input_ids"][0] == m.video_id).sum() == cfg.bridge_tokens + 6      # fuser.frame_tokens per frame
     with torch.no_grad():
         fr, _ = m.encode_video(b["frames"], b["mel"], b["frame_mask"])
         v = m.compressor(torch.zeros(1, 6, 16, cfg.fuser.width), b["frame_mask"])
@@ -254,6 +254,139 @@ def test_each_compressor_runs_inside_the_model_and_round_trips(kind, tmp_path):
     with torch.no_grad():
         again = DamoModel.load(tmp_path / kind)(b)
     assert torch.equal(out["evi_logits"], again["evi_logits"])
+
+
+def budget_model(kind: str, budget: int, k_max: int = 16, k_min: int = 1, **options) -> DamoModel:
+    cfg = tiny_cfg()
+    cfg.fuser.visual_tokens = 16                                   # a 4 x 4 fused grid per frame
+    cfg.llm_frames = 0
+    cfg.compressor.kind, cfg.compressor.budget, cfg.compressor.k_min, cfg.compressor.k_max = kind, budget, k_min, k_max
+    cfg.compressor.options = options
+    torch.manual_seed(0)
+    return DamoModel(cfg, train_tokenizer(TEXTS, 300))
+
+
+@pytest.mark.parametrize("kind,budget,T,per_frame,slow", [
+    ("pool", 24, 6, 4, 0), ("pool", 60, 6, 9, 0), ("pool", 24, 12, 1, 0),    # squares: floor(sqrt(budget / T))^2
+    ("tome", 24, 6, 4, 0), ("tome", 30, 6, 5, 0), ("prune", 60, 6, 10, 0), ("prune", 60, 12, 5, 0),
+    ("identity", 24, 6, 16, 0),                                               # the uncompressed reference
+    ("stp", 24, 6, 1, 3), ("stp", 60, 6, 1, 4), ("stp", 24, 12, 1, 2)])       # 1 fast + one s x s slow step per 4 frames
+def test_the_llm_sees_exactly_the_budgets_visual_tokens(kind, budget, T, per_frame, slow):
+    m = budget_model(kind, budget, stride=4) if kind == "stp" else budget_model(kind, budget)
+    lay = m.processor.layout(T)
+    assert (lay.group, lay.per_frame, lay.slow_side) == (1, per_frame, slow)
+    visual = T * per_frame + -(-T // 4) * slow ** 2 * (kind == "stp")
+    assert kind == "identity" or visual <= budget
+    s = sample(0)
+    s.duration = float(T)
+    b = Collator.for_model(m)([(s, clip(T, 0))])
+    assert int((b["input_ids"][0] == m.video_id).sum()) == m.cfg.bridge_tokens + visual
+    fp = b["frame_pos"][0]                                         # (T, K): every frame owns its K placeholders
+    assert fp.shape == (T, per_frame) and (b["input_ids"][0, fp] == m.video_id).all()
+    assert len(set(fp.flatten().tolist())) == T * per_frame
+    with torch.no_grad():
+        e, prefix, _ = m.video_embeddings(b["frames"], b["mel"], b["frame_mask"], b["times"])
+        out = m(b)                                                 # placeholders and embeddings agree
+    assert e.shape[1:3] == (T, per_frame) and prefix[0].shape[0] == m.cfg.bridge_tokens + visual - T * per_frame
+    assert out["evi_logits"].shape == (2, T)
+
+
+def test_long_videos_trade_tokens_per_frame_then_frames():
+    p = budget_model("pool", 64, k_max=9, k_min=4).processor
+    assert [p.layout(T).per_frame for T in (4, 7, 8, 16)] == [9, 9, 4, 4]     # min(64 // T, 9) as a square
+    lay = p.layout(40)                                             # at most 64 // 4 = 16 frame tokens
+    assert lay.group == 3 and lay.per_frame == 4 and -(-40 // 3) * 4 <= 64
+
+
+def test_pooling_to_one_token_is_the_fused_frame_summary():
+    """The default (pool to 1 token per frame at the LLM) reads exactly the fuser's one-token summary."""
+    cfg = tiny_cfg()
+    torch.manual_seed(0)
+    at_llm = DamoModel(cfg, train_tokenizer(TEXTS, 300)).eval()
+    cfg = tiny_cfg()
+    cfg.compressor = type(cfg.compressor)(kind="identity", placement="fuser")
+    before = DamoModel(cfg, at_llm.tokenizer).eval()
+    before.load_state_dict(at_llm.state_dict())
+    b = Collator.for_model(at_llm)([(sample(0), clip(6, 0))])
+    with torch.no_grad():
+        grid = at_llm.encode_video(b["frames"], b["mel"], b["frame_mask"])[0]     # (1, 6, 4, D)
+        one = before.encode_video(b["frames"], b["mel"], b["frame_mask"])[0]      # (1, 6, 1, D)
+        e_llm = at_llm.video_embeddings(b["frames"], b["mel"], b["frame_mask"], b["times"])[0]
+        e_fuser = before.video_embeddings(b["frames"], b["mel"], b["frame_mask"], b["times"])[0]
+    assert grid.shape[2] == 4 and not torch.allclose(grid[:, :, :1], grid[:, :, 1:2])
+    assert torch.allclose(grid.mean(2, keepdim=True), one, atol=1e-5)
+    assert torch.allclose(e_llm, e_fuser, atol=1e-4)
+
+
+def test_a_model_saved_before_the_placement_switch_reads_the_same_tokens(model, tmp_path):
+    """Saved configs without ``compressor.placement`` compressed in front of the fuser; they still load so,
+    and the old default there (identity, one fused token per frame) equals the new one (pool to 1 at the LLM)."""
+    import json
+    model.save(tmp_path / "m")
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    cfg["compressor"] = {"kind": "identity", "budget": 4096, "k_min": 1, "k_max": 16, "seed": 0, "options": {}}
+    (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
+    proc = json.loads((tmp_path / "m" / "processor_config.json").read_text())
+    del proc["budget"]
+    (tmp_path / "m" / "processor_config.json").write_text(json.dumps(proc))
+    old = DamoModel.load(tmp_path / "m")
+    assert not old.at_llm and old.processor.budget is None
+    b = Collator.for_model(model)([(sample(0), clip(6, 0))])
+    with torch.no_grad():
+        assert torch.allclose(old(b)["evi_logits"], model(b)["evi_logits"], atol=1e-4)
+
+
+def test_stp_slow_stream_sits_in_front_of_the_frames_and_grounds_nothing():
+    m = budget_model("stp", 60, stride=4).eval()
+    lay = m.processor.layout(6)                                    # 1 fast token per frame, 2 slow steps of 4 x 4
+    b = Collator.for_model(m)([(sample(0), clip(6, 0)), (sample(1), clip(3, 1))])
+    ids = b["input_ids"]
+    first = [row.tolist().index(m.video_id) for row in ids]
+    # row 0: 8 fusion + 2 x 16 slow, then its 6 frames; row 1 (3 frames): one slow step
+    assert int(b["frame_pos"][0, 0, 0]) == first[0] + 8 + 2 * 16
+    assert int(b["frame_pos"][1, 0, 0]) == first[1] + 8 + 16 and b["num_frames"] == [6, 3]
+    assert (lay.per_frame, lay.slow_side) == (1, 4)
+    with torch.no_grad():
+        e, prefix, _ = m.video_embeddings(b["frames"], b["mel"], b["frame_mask"], b["times"])
+        out = m(b)
+    assert prefix.shape[:2] == (2, 8 + 32)          # fusion + both slow steps; row 1's prompt keeps one step
+    assert out["evi_logits"].shape[1] == 6
+    # a batch (left-padded generation) gives every row what it gets alone: 6 and 5 frames share a layout
+    assert m.processor.layout(5) == lay
+    c0, c1 = clip(6, 0), clip(5, 1)
+    q = ["when does the red square appear?", "what colour is the shape?"]
+    both = m.generate(m.processor.generation_batch([c0, c1], q), 6)
+    alone = [m.generate(m.processor.generation_batch([c], [x]), 6)[0] for c, x in zip((c0, c1), q)]
+    assert [r["ids"] for r in both] == [r["ids"] for r in alone] and all(r["ids"] for r in both)
+    with torch.no_grad():
+        pair = m(Collator.for_model(m)([(sample(0), c0), (sample(1), c1)]))["evi_logits"]
+        one = m(Collator.for_model(m)([(sample(1), c1)]))["evi_logits"]
+    assert torch.allclose(pair[2:, :5], one, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["identity", "pool", "tome", "prune", "stp"])
+def test_each_compressor_at_the_llm_trains_and_round_trips(kind, tmp_path):
+    from damo.config import Stage
+    from damo.train.loop import run_stage
+    m = budget_model(kind, 48)
+    data = [sample(i) for i in range(4)]
+    clips = {f"v{i}": clip(6, i) for i in range(4)}
+    before = {k: v.clone() for k, v in m.named_parameters()}
+    stage = Stage(name="t", losses={"lm": 1.0, "grounding_bce": 10.0}, steps=2, batch=2, lr=1e-3)
+    run_stage(m, stage, data, lambda v: clips[v], seed=0, progress=False)
+    moved = {k.split(".")[0] for k, v in m.named_parameters() if not torch.equal(before[k], v)}
+    assert {"fuseformer", "projector", "llm", "evidence"} <= moved
+    if kind in ("prune", "stp"):
+        assert "compressor" in moved                               # the scorer / the packer's attention learn
+    m.eval()
+    b = Collator.for_model(m)([(sample(0), clip(6, 0))])
+    with torch.no_grad():
+        out = m(b)
+    m.save(tmp_path / kind)
+    again = DamoModel.load(tmp_path / kind)
+    with torch.no_grad():
+        assert torch.equal(out["evi_logits"], again(b)["evi_logits"])
+    assert again.processor.layout(6) == m.processor.layout(6)
 
 
 def test_query_aware_frame_tokens_depend_on_the_question(model):

@@ -202,8 +202,7 @@ def tiny_stand_in(name: str, tok_len: int) -> dict:
     d["fuser"] |= {"width": 16, "blocks": 1, "heads": 2, "visual_queries": 4, "audio_queries": 2, "fusion_tokens": 4,
                    "frame_tokens": min(d["fuser"]["frame_tokens"], 2), "visual_tokens": 4}
     if d.get("compressor", {}).get("kind") == "stp":
-        d["compressor"] = {"kind": "stp", "budget": 64, "k_min": 2, "k_max": 2,
-                           "options": {"heads": 2, "fast_side": 1, "stride": 2}}
+        d["compressor"] |= {"budget": 24, "k_max": 4, "options": {"heads": 2, "fast_side": 1, "stride": 2}}
     d["evidence"] |= {"dim": 8} | ({"hidden": 8} if d["evidence"].get("hidden") else {})
     if "capture_layer" in d["evidence"]:   # an intermediate layer of the 2-layer stand-in (official: 6 of 32)
         d["evidence"]["capture_layer"] = 1
@@ -234,6 +233,21 @@ def test_tiny_stand_in_trains_every_stage_and_changes_exactly_what_the_recipe_na
         if "llm.*lora_*" in stage.trainable:
             assert any("lora_B" in k for k in moved) and any("trainable_tokens" in k for k in moved)
             assert any("lm_head" in k and "trainable_tokens" in k for k in moved)
+
+
+def test_llava_st_feeds_the_packers_slow_and_fast_streams_to_the_llm():
+    """LLaVA-ST section 3.3: 100 frames of 3 x 3 fast tokens and 20 slow steps of 9 x 9 tokens, 2520 in all."""
+    from damo.model.compressors import TokenBudget
+    from damo.model.processing import DamoProcessor
+
+    cfg = DamoConfig.from_dict(paper_config("llava-st"))
+    assert cfg.compressor.placement == "llm"
+    c, o = cfg.compressor, cfg.compressor.options
+    budget = TokenBudget(c.kind, cfg.fuser.visual_tokens, c.budget, c.k_min, c.k_max, o["fast_side"], o["stride"])
+    assert budget.split(100) == (9, 9) and budget.tokens(100) == 100 * 9 + 20 * 81 == c.budget
+    tok = train_tokenizer(["when?"] * 4, 300)
+    lay = DamoProcessor.from_model_config(cfg, tok).layout(100)
+    assert (lay.group, lay.per_frame, lay.slow_side, lay.slow_tokens(100)) == (1, 9, 9, 1620)
 
 
 def test_llava_st_lora_step_changes_exactly_our_token_rows_of_the_untied_head():

@@ -227,9 +227,10 @@ def test_generated_time_tokens_are_fed_back_between_anchors(lape):
 
 
 def grid_model(frame_tokens: int) -> DamoModel:
+    """Pooling the fused 2 x 2 grid to ``frame_tokens`` tokens per frame at the LLM (4: the whole grid)."""
     cfg = tiny_cfg()
     cfg.time_encoding, cfg.response, cfg.time_bins, cfg.box_bins = "lape", "coupled", 5, 5
-    cfg.fuser.frame_tokens, cfg.query_aware = frame_tokens, False
+    cfg.compressor.k_max, cfg.query_aware = frame_tokens, False
     torch.manual_seed(0)
     return DamoModel(cfg, train_tokenizer(TEXTS, 300)).eval()
 

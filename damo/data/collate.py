@@ -42,11 +42,12 @@ class Collator:
         proc, cfg = self.processor, self.processor.config
         batch = stack_clips([c for _, c in items])
         T = batch["frames"].shape[1]
-        g = proc.group(T)                                  # frames per LLM frame token, for the whole batch
+        lay = proc.layout(T)                               # frames per LLM frame token and tokens each, for the whole batch
+        g = lay.group
         Tl = -(-T // g)
-        encs = [proc.encode_turns(turns_of(s), None if c is None else c.times, float(s.duration), g, f"sample {s.id}")
+        encs = [proc.encode_turns(turns_of(s), None if c is None else c.times, float(s.duration), lay, f"sample {s.id}")
                 for s, c in items]
-        frame_pos, evi_mask = frame_positions([e.frame_pos for e in encs], Tl, cfg.frame_tokens, [0] * len(encs))
+        frame_pos, evi_mask = frame_positions([e.frame_pos for e in encs], Tl, lay.per_frame, [0] * len(encs))
         evi_b, evi_p, evi_y, pairs, coord_pos, coord_ids, coord_w = [], [], [], [], [], [], []
         for b, e in enumerate(encs):
             base = len(evi_b)

@@ -27,10 +27,23 @@ longest video in the batch respects the budget.
 How a caller sizes the prompt: call ``k = comp.tokens_per_frame(T, training)`` once per batch
 (in training this consumes one draw), write ``T * k`` video placeholders, then call
 ``comp(x, frame_mask, k)``. ``comp(x, frame_mask)`` without ``k`` decides K itself.
+
+Placement (``CompressorConfig.placement``):
+
+- ``llm`` (default): the compressor reduces the per-frame tokens that reach the LLM (the
+  T-Fuseformer's fused grid), as Dynamic-VLM compresses the vision encoder's tokens right before
+  its projector. The processor must write the prompt before the model runs, so K is the
+  deterministic :class:`TokenBudget` value for the batch's number of LLM frame tokens, in training
+  too (videos of different lengths still train different K). Every frame token gets K tokens; the
+  Spatial-Temporal Packer adds a slow stream in front of the frames (:meth:`SpatialTemporalPacker.pack`).
+  Grid outputs (pooling, the packer's streams) are row-major ``s x s`` grids.
+- ``fuser``: the compressor reduces the visual residual tokens in front of the T-Fuseformer, whose
+  per-frame summary (``fuser.frame_tokens``) reaches the LLM; K is drawn in training as above.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -56,6 +69,52 @@ def sample_tokens(T: int, budget: int, k_min: int, k_max: int, tokens_in: int, g
     return int(torch.randint(lo, cap + 1, (), generator=generator))
 
 
+PLACEMENTS = ("llm", "fuser")          # where the compressor works (CompressorConfig.placement)
+STP_FAST_SIDE, STP_STRIDE = 1, 4      # the packer's defaults: fast side, frames per slow step
+
+
+@dataclass(frozen=True)
+class TokenBudget:
+    """Visual tokens a video gets at the LLM (placement ``llm``): a pure function of these settings
+    and the number T' of LLM frame tokens, so the processor writes the prompt before the model runs.
+
+    Dynamic-VLM (section 3.2; inference in section 6: ``min(N_max / T, max)`` tokens per frame):
+    every frame token gets ``K = min(floor(budget / T'), k_max, tokens_in)``, rounded down to what
+    the compressor produces (a square for pooling). A video of more than ``budget // k_min`` frame
+    tokens has its frames pooled in groups first (:meth:`frame_cap`): a long video trades tokens
+    per frame for frames down to ``k_min``, then keeps fewer frames, as Dynamic-VLM samples at most
+    T frames. The budget always holds. ``identity`` ignores it (every token: the reference).
+
+    The Spatial-Temporal Packer (LLaVA-ST section 3.3): fast side ``f = min(fast_side,
+    floor(sqrt(K)), n)`` for every frame token (eq. 7), and one slow step per ``stride`` frame
+    tokens taking what the fast stream leaves, ``s = min(n, floor(sqrt(min(k_max, (budget - T'
+    f^2) // steps))))`` (eqs. 6 and 8), n the input grid side.
+    """
+    kind: str
+    tokens_in: int
+    budget: int
+    k_min: int = 1
+    k_max: int = 16
+    fast_side: int = STP_FAST_SIDE
+    stride: int = STP_STRIDE
+
+    def frame_cap(self) -> int:
+        """Most LLM frame tokens a video may have under the budget (0: no cap)."""
+        return self.budget // self.k_min if COMPRESSOR_TYPES[self.kind].follows_budget else 0
+
+    def split(self, Tl: int) -> tuple[int, int]:
+        """(K tokens per frame token, slow-stream side) for a video of ``Tl`` LLM frame tokens."""
+        cls = COMPRESSOR_TYPES[self.kind]
+        if not cls.follows_budget:
+            return self.tokens_in, 0
+        return cls.llm_split(budget_tokens(Tl, self.budget, self.k_min, self.k_max, self.tokens_in), Tl, self)
+
+    def tokens(self, Tl: int) -> int:
+        """Visual tokens the LLM reads for ``Tl`` frame tokens (fast/per-frame + slow)."""
+        k, s = self.split(Tl)
+        return Tl * k + -(-Tl // self.stride) * s * s
+
+
 def _square_side(L: int) -> int | None:
     """Side of the square grid L tokens form, or None when L is not a square number."""
     s = math.isqrt(L)
@@ -64,6 +123,9 @@ def _square_side(L: int) -> int | None:
 
 class BudgetedCompressor(nn.Module):
     """Shared budget bookkeeping; subclasses say how a raw K becomes their output count."""
+
+    follows_budget = True      # False: the output count ignores the budget (the uncompressed reference)
+    keeps_grid = False         # True: a frame's output tokens are a row-major square grid (spatial LAPE applies)
 
     def __init__(self, tokens_in: int, budget: int, k_min: int, k_max: int, seed: int):
         super().__init__()
@@ -74,9 +136,18 @@ class BudgetedCompressor(nn.Module):
         self.tokens_in, self.budget, self.k_min, self.k_max, self.seed = tokens_in, budget, k_min, k_max, seed
         self.generator = torch.Generator().manual_seed(seed)
 
-    def snap(self, k: int) -> int:
-        """Largest output count <= k this compressor can produce."""
+    @staticmethod
+    def snap_to(k: int, tokens_in: int) -> int:
+        """Largest output count <= k this compressor can produce from ``tokens_in`` tokens."""
         return k
+
+    def snap(self, k: int) -> int:
+        return self.snap_to(k, self.tokens_in)
+
+    @classmethod
+    def llm_split(cls, k: int, Tl: int, budget: "TokenBudget") -> tuple[int, int]:
+        """LLM placement: (tokens per frame token, slow-stream side) for a raw K; no slow stream."""
+        return cls.snap_to(k, budget.tokens_in), 0
 
     def tokens_per_frame(self, T: int, training: bool) -> int:
         """K for a batch of T frames: sampled (training) or from the budget formula (inference)."""
@@ -86,7 +157,7 @@ class BudgetedCompressor(nn.Module):
             k = budget_tokens(T, self.budget, self.k_min, self.k_max, self.tokens_in)
         return self.snap(k)
 
-    def forward(self, x: torch.Tensor, frame_mask: torch.Tensor, k: int | None = None) -> torch.Tensor:
+    def check(self, x: torch.Tensor, frame_mask: torch.Tensor) -> None:
         if x.dim() != 4:
             raise ValueError(f"compressors take tokens (B, T, L, D), got shape {tuple(x.shape)}")
         B, T, L, D = x.shape
@@ -94,6 +165,10 @@ class BudgetedCompressor(nn.Module):
             raise ValueError(f"compressor was built for {self.tokens_in} tokens per frame, got {L}")
         if frame_mask.shape != (B, T):
             raise ValueError(f"frame_mask must be (B, T) = {(B, T)}, got {tuple(frame_mask.shape)}")
+
+    def forward(self, x: torch.Tensor, frame_mask: torch.Tensor, k: int | None = None) -> torch.Tensor:
+        self.check(x, frame_mask)
+        B, T, L, D = x.shape
         if k is None:
             k = self.tokens_per_frame(T, self.training)
         if k != self.snap(k) or not 1 <= k <= L:
@@ -105,17 +180,26 @@ class BudgetedCompressor(nn.Module):
     def compress(self, x: torch.Tensor, frame_mask: torch.Tensor, k: int) -> torch.Tensor:
         raise NotImplementedError
 
+    def pack(self, x: torch.Tensor, frame_mask: torch.Tensor, k: int,
+             slow_side: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """LLM placement: ``(B, T, K, D)`` tokens per frame token and no slow stream (``slow_side`` 0)."""
+        return self(x, frame_mask, k), None
+
 
 # ------------------------------------------------------------------------------- identity
 
 class Identity(BudgetedCompressor):
     """No compression: K = L whatever the budget (the uncompressed baseline)."""
 
+    follows_budget = False
+    keeps_grid = True
+
     def tokens_per_frame(self, T: int, training: bool) -> int:
         return self.tokens_in
 
-    def snap(self, k: int) -> int:
-        return self.tokens_in
+    @staticmethod
+    def snap_to(k: int, tokens_in: int) -> int:
+        return tokens_in
 
     def compress(self, x: torch.Tensor, frame_mask: torch.Tensor, k: int) -> torch.Tensor:
         return x
@@ -131,8 +215,11 @@ class DynamicPool(BudgetedCompressor):
     token sequence to exactly K. No parameters.
     """
 
-    def snap(self, k: int) -> int:
-        return math.isqrt(k) ** 2 if _square_side(self.tokens_in) else k
+    keeps_grid = True
+
+    @staticmethod
+    def snap_to(k: int, tokens_in: int) -> int:
+        return math.isqrt(k) ** 2 if _square_side(tokens_in) else k
 
     def compress(self, x: torch.Tensor, frame_mask: torch.Tensor, k: int) -> torch.Tensor:
         B, T, L, D = x.shape
@@ -267,7 +354,7 @@ class PointToRegion(nn.Module):
 
 
 class SpatialTemporalPacker(BudgetedCompressor):
-    """LLaVA-ST's Spatial-Temporal Packer (section 3.3, eqs. 6-8) under our per-frame contract.
+    """LLaVA-ST's Spatial-Temporal Packer (section 3.3, eqs. 6-8).
 
     1. ``F^ = packer_s(v, s x s)`` (eq. 6): each frame's ``sqrt(L) x sqrt(L)`` grid is reduced to
        ``s x s`` points, each attending to its own region.
@@ -276,19 +363,25 @@ class SpatialTemporalPacker(BudgetedCompressor):
        each of the ``s x s`` locations the group's temporal mean attends to that location in the
        group's real frames. More tokens, fewer time steps.
 
-    Adaptation: the paper feeds the LLM all fast tokens followed by all slow tokens; to keep
-    ``(B, T, K, D)``, frame t carries its own f^2 fast tokens followed by the s^2 slow tokens of
-    its group ``t // stride`` (each group's tokens are repeated for its frames). A learned
-    stream embedding tells the two apart. ``stride`` is frames per slow step (the paper fixes
-    the number of steps, sigma = 20 of 100 frames, i.e. stride 5), so it does not depend on T.
+    ``stride`` is frames per slow step (the paper fixes the number of steps, sigma = 20 of 100
+    frames, i.e. stride 5), so it does not depend on T. A learned stream embedding tells the two
+    streams apart.
 
-    Budget: from K, ``f = min(fast_side, floor(sqrt(K)))`` and ``s = floor(sqrt(K - f^2))`` (at
-    most the input grid side), so the output has ``f^2 + s^2 <= K`` tokens; ``s = 0`` leaves
-    only the fast stream (computed from the input grid).
+    At the LLM (:meth:`pack`, placement ``llm``) the two streams reach the LLM as the paper feeds
+    them: the slow stream's ``steps x s^2`` tokens once, and every frame's own ``f^2`` fast tokens
+    (which ground it); sides from :class:`TokenBudget`.
+
+    In front of the fuser (placement ``fuser``, :meth:`compress`) the output must stay
+    ``(B, T, K, D)``: frame t carries its own f^2 fast tokens followed by the s^2 slow tokens of
+    its group ``t // stride`` (repeated for the group's frames), with ``f = min(fast_side,
+    floor(sqrt(K)))`` and ``s = floor(sqrt(K - f^2))`` (at most the input grid side); ``s = 0``
+    leaves only the fast stream (computed from the input grid).
     """
 
+    keeps_grid = True
+
     def __init__(self, d: int, tokens_in: int, budget: int, k_min: int, k_max: int, seed: int = 0,
-                 heads: int = 4, fast_side: int = 1, stride: int = 4):
+                 heads: int = 4, fast_side: int = STP_FAST_SIDE, stride: int = STP_STRIDE):
         super().__init__(tokens_in, budget, k_min, k_max, seed)
         if _square_side(tokens_in) is None:
             raise ValueError(f"the Spatial-Temporal Packer needs tokens on a square grid, got L={tokens_in}")
@@ -309,6 +402,14 @@ class SpatialTemporalPacker(BudgetedCompressor):
     def snap(self, k: int) -> int:
         f, s = self.sides(k)
         return f * f + s * s
+
+    @classmethod
+    def llm_split(cls, k: int, Tl: int, budget: "TokenBudget") -> tuple[int, int]:
+        """Fast tokens per frame token ``f^2`` and the slow side ``s`` (see :class:`TokenBudget`)."""
+        n = math.isqrt(budget.tokens_in)
+        f = min(budget.fast_side, math.isqrt(k), n)
+        steps = -(-Tl // budget.stride)
+        return f * f, min(n, math.isqrt(min(budget.k_max, (budget.budget - Tl * f * f) // steps)))
 
     def spatial(self, pack: PointToRegion, x: torch.Tensor, side: int) -> torch.Tensor:
         """``packer_s``: x ``(N, n*n, D)`` -> ``(N, side*side, D)``."""
@@ -348,6 +449,30 @@ class SpatialTemporalPacker(BudgetedCompressor):
         slow = slow[:, group]                                                  # (B, T, s^2, D) its group's tokens
         return torch.cat([fast + self.stream[0], slow + self.stream[1]], 2)    # (B, T, f^2 + s^2, D)
 
+    def pack(self, x: torch.Tensor, frame_mask: torch.Tensor, k: int,
+             slow_side: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Both streams for the LLM: fast ``(B, T, f^2, D)`` with ``k = f^2``, and slow
+        ``(B, ceil(T / stride), s^2, D)`` with ``s = slow_side`` (None when 0). Padded frames and
+        slow steps without a real frame come out as zeros. Grids are row-major."""
+        self.check(x, frame_mask)
+        B, T, L, D = x.shape
+        f, s = math.isqrt(k), slow_side
+        n = math.isqrt(L)
+        if f * f != k or not 1 <= f <= n or not 0 <= s <= n:
+            raise ValueError(f"the Spatial-Temporal Packer cannot give {k} fast tokens and a {s} x {s} slow grid "
+                             f"from a {n} x {n} grid; use TokenBudget.split")
+        flat = x.flatten(0, 1)                                                 # (B*T, L, D)
+        fm = frame_mask[:, :, None, None].to(x.dtype)
+        if s == 0:
+            fast = self.spatial(self.pack_fast, flat, f).view(B, T, k, D)
+            return (fast + self.stream[0]) * fm, None
+        h = self.spatial(self.pack_slow, flat, s)                              # (B*T, s^2, D)  F^ (eq. 6)
+        fast = self.spatial(self.pack_fast, h if s >= f else flat, f).view(B, T, k, D)   # eq. 7
+        slow = self.temporal(h.view(B, T, s * s, D), frame_mask)               # (B, G, s^2, D)  eq. 8
+        G = slow.shape[1]
+        real = F.pad(frame_mask, (0, G * self.stride - T)).view(B, G, self.stride).any(2)   # (B, G)
+        return (fast + self.stream[0]) * fm, (slow + self.stream[1]) * real[:, :, None, None].to(x.dtype)
+
 
 # ------------------------------------------------------------------------------ registry
 
@@ -369,10 +494,13 @@ def build_prune(d: int, tokens_in: int, budget: int, k_min: int, k_max: int, see
 
 
 def build_stp(d: int, tokens_in: int, budget: int, k_min: int, k_max: int, seed: int = 0,
-              heads: int = 4, fast_side: int = 1, stride: int = 4) -> nn.Module:
+              heads: int = 4, fast_side: int = STP_FAST_SIDE, stride: int = STP_STRIDE) -> nn.Module:
     return SpatialTemporalPacker(d, tokens_in, budget, k_min, k_max, seed, heads=heads, fast_side=fast_side,
                                  stride=stride)
 
+
+COMPRESSOR_TYPES: dict[str, type[BudgetedCompressor]] = {
+    "identity": Identity, "pool": DynamicPool, "tome": TokenMerging, "prune": GumbelPrune, "stp": SpatialTemporalPacker}
 
 COMPRESSORS: dict[str, Callable[..., nn.Module]] = {
     "identity": build_identity,

@@ -15,6 +15,12 @@ Our system additionally needs one fused token per sampled frame so that evidence
 are pooled, concatenated and projected, plus a projection of the frame's own pre-fusion
 features (a skip path that keeps frames distinct). So the fuser returns per-frame tokens
 ``(B, T, K, D)`` and the fusion tokens ``(B, F, D)``.
+
+With ``grid=True`` the same projections run on every visual token of the frame instead of their
+mean (each with the frame's pooled audio): a fused grid ``(B, T, Lv, D)`` in the residual's
+row-major layout, for a token compressor in front of the LLM
+(:mod:`damo.model.compressors`). The projections are linear, so the grid's mean is exactly the
+one-token summary.
 """
 from __future__ import annotations
 
@@ -92,9 +98,11 @@ class FuseBlock(nn.Module):
 class TemporalFuseformer(nn.Module):
     def __init__(self, d: int = 96, blocks: int = 2, heads: int = 4, visual_queries: int = 16,
                  audio_queries: int = 8, fusion_tokens: int = 8, frame_tokens: int = 1, max_frames: int = 4096,
-                 window: int = 64):
+                 window: int = 64, grid: bool = False):
         super().__init__()
-        self.d, self.frame_tokens = d, frame_tokens
+        if grid and frame_tokens != 1:
+            raise ValueError(f"a fused grid has one token per visual token: frame_tokens must be 1, got {frame_tokens}")
+        self.d, self.frame_tokens, self.grid = d, frame_tokens, grid
         self.qv = nn.Parameter(torch.randn(1, visual_queries, d) * 0.02)
         self.qa = nn.Parameter(torch.randn(1, audio_queries, d) * 0.02)
         self.fusion = nn.Parameter(torch.randn(1, fusion_tokens, d) * 0.02)
@@ -113,11 +121,11 @@ class TemporalFuseformer(nn.Module):
     def forward(self, v: torch.Tensor, a: torch.Tensor, frame_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """v ``(B, T, Lv, D)``, a ``(B, T, La, D)``, frame_mask ``(B, T)`` True for real frames.
 
-        Returns per-frame fused tokens ``(B, T, K, D)`` and fusion tokens ``(B, F, D)``.
+        Returns per-frame fused tokens ``(B, T, K, D)`` (the grid: ``K = Lv``) and fusion tokens ``(B, F, D)``.
         """
         B, T, Lv, D = v.shape
         La = a.shape[2]
-        skip = self.frame_skip(torch.cat([v.mean(2), a.mean(2)], -1))   # (B, T, K*D)
+        v0, a0 = v, a.mean(2, keepdim=True)                        # pre-fusion features for the skip path
         idx = torch.arange(T, device=v.device)
         pe = sinusoid(idx, D)                                       # (T, D)
         v = v + (pe + self.time_v(idx))[None, :, None]
@@ -128,7 +136,11 @@ class TemporalFuseformer(nn.Module):
         qv, qa, f = self.qv.expand(B, -1, -1), self.qa.expand(B, -1, -1), self.fusion.expand(B, -1, -1)
         for blk in self.blocks:
             v, a, qv, qa, f = blk(v, a, qv, qa, f, pad_v, pad_a, Lv, La)
-        v = self.ln_v(v).unflatten(1, (T, Lv)).mean(2)              # (B, T, D)
-        a = self.ln_a(a).unflatten(1, (T, La)).mean(2)              # (B, T, D)
-        frames = self.frame_out(torch.cat([v, a], -1)) + skip       # (B, T, K*D)
-        return frames.unflatten(2, (self.frame_tokens, D)), self.ln_f(f)
+        v = self.ln_v(v).unflatten(1, (T, Lv))                     # (B, T, Lv, D)
+        a = self.ln_a(a).unflatten(1, (T, La)).mean(2, keepdim=True)  # (B, T, 1, D)
+        if not self.grid:
+            v, v0 = v.mean(2, keepdim=True), v0.mean(2, keepdim=True)  # (B, T, 1, D)
+        n = v.shape[2]
+        frames = (self.frame_out(torch.cat([v, a.expand(-1, -1, n, -1)], -1))
+                  + self.frame_skip(torch.cat([v0, a0.expand(-1, -1, n, -1)], -1)))   # (B, T, n, K*D)
+        return frames.reshape(B, T, n * self.frame_tokens, D), self.ln_f(f)

@@ -6,12 +6,16 @@ Data flow (B batch, T frames at 1/fps, D fuser width, C LLM width):
  2. DaMO global residual per modality -> ``(B, T, Lv, D)`` and ``(B, T, La, D)``.
  3. temporal grouped (depthwise) convolution over the visual stream (DaMO temporal pathway;
     stride 1 so every frame keeps its own token for evidence grounding).
- 4. T-Fuseformer -> per-frame fused tokens ``(B, T, K, D)`` + fusion tokens ``(B, F, D)``.
+ 4. T-Fuseformer -> per-frame fused grid ``(B, T, Lv, D)`` + fusion tokens ``(B, F, D)``; frames over
+    the LLM frame budget are pooled in groups, then the compressor keeps ``K`` tokens per frame
+    token under the visual-token budget ``(B, T', K, D)`` (Dynamic-VLM; LLaVA-ST's packer adds a
+    slow stream ``(B, G, s*s, D)``). With ``compressor.placement: fuser`` the compressor works on
+    the residual tokens in front of the fuser instead, which emits ``fuser.frame_tokens`` per frame.
  5. frame tokens get their time (``time_encoding``: a learned map of a sinusoid of the seconds
     by default; LAPE time tokens; Dynamic-VLM's timestamp text; none); projector -> LLM width,
     normalised to the scale of the LLM's word embeddings;
     fusion tokens pass a one-layer Q-Former bridge (DaMO's bridge to the LLM).
- 6. LLM (any HF causal LM): ``<video>`` placeholders are replaced by [fusion; frames]
+ 6. LLM (any HF causal LM): ``<video>`` placeholders are replaced by [fusion; slow; frames]
     (the transformers ``masked_scatter`` pattern).
  7. evidence tokens (D²VLM section 3.2): each ``<evi>`` is grounded by scoring the
     penultimate-layer state that emitted it against every frame's state; during training the
@@ -37,7 +41,7 @@ from damo.model import backbones
 from damo.model.coordinates import (anchor_tables, decode_position, frame_time_embedding, grid_position_embedding,
                                     interpolate_anchors, register_propagation)
 from damo.model.encoders import Block
-from damo.model.compressors import build_compressor
+from damo.model.compressors import PLACEMENTS, build_compressor
 from damo.model.evidence import (DECODERS, EvidenceHead, capture_weights, decode_interval, pool_groups,
                                  salient_frames)
 from damo.model.fuseformer import CrossBlock, TemporalFuseformer, sinusoid
@@ -139,12 +143,16 @@ class EvidenceConfig:
 class CompressorConfig:
     """Visual token compression per frame under a global budget (Dynamic-VLM §3, LLaVA-ST STP §3.3).
 
-    Applied to the visual residual tokens before the T-Fuseformer; see :mod:`damo.model.compressors`.
+    ``placement: llm`` compresses the fused per-frame grid into the tokens the LLM reads (budget =
+    visual tokens per video in the prompt); ``fuser`` compresses the visual residual tokens in front
+    of the T-Fuseformer. See :mod:`damo.model.compressors`. The default, pooling to one token per
+    frame, is the fused frame summary the model has always read.
     """
-    kind: str = "identity"     # identity | pool | tome | prune | stp
+    kind: str = "pool"         # identity | pool | tome | prune | stp
+    placement: str = "llm"     # llm | fuser
     budget: int = 4096         # visual tokens per video
     k_min: int = 1
-    k_max: int = 16
+    k_max: int = 1
     seed: int = 0
     options: dict = field(default_factory=dict)
 
@@ -187,6 +195,8 @@ class DamoConfig:
             else:
                 kw[k] = v
         cfg = cls(**kw)
+        if cfg.compressor.placement not in PLACEMENTS:
+            raise ValueError(f"model.compressor.placement must be one of {PLACEMENTS}, got {cfg.compressor.placement!r}")
         if cfg.evidence.decode not in DECODERS:
             raise ValueError(f"model.evidence.decode must be one of {DECODERS}, got {cfg.evidence.decode!r}")
         ProcessorConfig(layout=cfg.layout, response=cfg.response, evidence_level=cfg.evidence.level,
@@ -236,10 +246,15 @@ class DamoModel(nn.Module):
         self.residual_a = GlobalResidual(self.audio.width, D, fc.audio_tokens, grid=False)
         self.temporal_conv = nn.Conv1d(D, D, fc.conv_kernel, padding=fc.conv_kernel // 2, groups=D)
         cc = cfg.compressor
+        self.at_llm = cc.placement == "llm"          # compress the fused grid the LLM reads (else the fuser's input)
+        if self.at_llm and fc.frame_tokens != 1:
+            raise ValueError("with compressor.placement llm the compressor sets the tokens per frame: "
+                             f"set fuser.frame_tokens to 1 (got {fc.frame_tokens})")
         self.compressor = build_compressor(cc.kind, D, tokens_in=fc.visual_tokens, budget=cc.budget, k_min=cc.k_min,
                                            k_max=cc.k_max, seed=cc.seed, **cc.options)
         self.fuseformer = TemporalFuseformer(D, fc.blocks, fc.heads, fc.visual_queries, fc.audio_queries,
-                                             fc.fusion_tokens, fc.frame_tokens, cfg.max_frames, fc.window)
+                                             fc.fusion_tokens, fc.frame_tokens, cfg.max_frames, fc.window,
+                                             grid=self.at_llm)
         # the processor adds LAPE coordinate tokens (LLaVA-ST eq. 4) before the LLM is sized to the vocabulary
         self.processor = DamoProcessor.from_model_config(cfg, tokenizer)
         self.time_ids = self.processor.coord_axes.get("t", [])
@@ -283,7 +298,8 @@ class DamoModel(nn.Module):
     # ------------------------------------------------------------------ video
     def encode_video(self, frames: torch.Tensor, mel: torch.Tensor, frame_mask: torch.Tensor,
                      vision: torch.Tensor | None = None, audio: torch.Tensor | None = None):
-        """-> per-frame fuser features ``(B, T, K, D)`` and fusion tokens ``(B, F, D)``. ``vision``
+        """-> per-frame fuser features ``(B, T, K, D)`` (placement ``llm``: the fused grid, ``K = Lv``)
+        and fusion tokens ``(B, F, D)``. ``vision``
         ``(B, T, 1+P, Dv)`` and ``audio`` ``(B, T, 1+A, Da)`` are stored outputs of the frozen towers
         (:mod:`damo.data.features`), used instead of running them."""
         vision = self._per_frames(self.vision, frames) if vision is None else vision.to(frames.device, torch.float32)
@@ -296,7 +312,8 @@ class DamoModel(nn.Module):
         v = v.permute(0, 2, 3, 1).reshape(B * Lv, D, T)             # (B*Lv, D, T)
         v = v + self.temporal_conv(v)
         v = v.reshape(B, Lv, D, T).permute(0, 3, 1, 2)              # (B, T, Lv, D)
-        v = self.compressor(v, frame_mask)                          # (B, T, K, D) under the token budget
+        if not self.at_llm:
+            v = self.compressor(v, frame_mask)                      # (B, T, K, D) under the token budget
         return self.fuseformer(v, a, frame_mask)
 
     def _per_frames(self, tower: nn.Module, x: torch.Tensor, chunk: int = 256) -> torch.Tensor:
@@ -309,10 +326,12 @@ class DamoModel(nn.Module):
 
     def video_embeddings(self, frames, mel, frame_mask, times, query_ids=None, query_mask=None, duration=None,
                          group: int = 1, vision=None, audio=None):
-        """-> frame embeddings ``(B, T', K, C)``, bridged fusion embeddings ``(B, F', C)``, fuser frame
-        features ``(B, T, K, D)``. ``T' = T`` unless ``llm_frames`` caps the frame tokens: then each
+        """-> frame embeddings ``(B, T', K, C)``, the embeddings in front of the frames (bridged fusion
+        tokens, then the packer's slow stream if any: ``(B, F' + G s^2, C)``), fuser frame features
+        ``(B, T, K, D)``. ``T' = T`` unless the frame budget caps the frame tokens: then each
         token is the mean of ``group`` consecutive frames (the processor's
-        :meth:`~damo.model.processing.DamoProcessor.group`, carried by the batch).
+        :meth:`~damo.model.processing.DamoProcessor.layout`, carried by the batch). With the
+        compressor at the LLM, K (and the slow side) follow its budget for T' (:class:`TokenBudget`).
 
         With ``query_aware`` and the question's token ids ``(B, Lq)``, every frame token also
         carries how the frame matches the question in the alignment space of stage 1 (the
@@ -326,19 +345,36 @@ class DamoModel(nn.Module):
         instead (:meth:`~damo.model.processing.DamoProcessor.prompt`) and ``none`` gives no time at all.
         """
         fr, fu = self.encode_video(frames, mel, frame_mask, vision, audio)
-        g = group
-        frl, times = pool_groups(fr, frame_mask, g)[0], pool_groups(times, frame_mask, g)[0]   # (B, T', K, D)
-        t = self.time_proj(sinusoid(times, fr.shape[-1]))[:, :, None] if self.processor.time.sinusoid else 0
-        e = self.projector(frl + t)                                 # (B, T', K, C)
-        if self.processor.coord_axes:
-            e = e + self.lape(times, duration, e.shape[2])
+        frl, ml = pool_groups(fr, frame_mask, group)                # (B, T', K, D), (B, T')
+        times = pool_groups(times, frame_mask, group)[0]            # (B, T')
+        slow = None
+        if self.at_llm:
+            k, side = self.processor.budget.split(frl.shape[1])
+            frl, slow = self.compressor.pack(frl, ml, k, side)     # (B, T', K, D), (B, G, s*s, D) or None
+        qa = None
         if self.cfg.query_aware and query_ids is not None:
             qa = F.normalize(self.text_encoder(query_ids, query_mask), dim=-1)       # (B, d)
-            va = F.normalize(self.align_video(frl), dim=-1)                          # (B, T', K, d)
+        e = self.llm_tokens(frl, times, duration, qa)               # (B, T', K, C)
+        q = self.bridge_out(self.bridge(self.bridge_queries.expand(fu.shape[0], -1, -1), fu))   # (B, F', C)
+        if slow is None:
+            return e, q, fr
+        st = pool_groups(times, ml, self.compressor.stride)[0]     # each slow step's mean time (B, G)
+        se = self.llm_tokens(slow, st, duration, qa)                # (B, G, s*s, C)
+        return e, torch.cat([q, se.flatten(1, 2)], 1), fr
+
+    def llm_tokens(self, x: torch.Tensor, times: torch.Tensor, duration: torch.Tensor | None,
+                   qa: torch.Tensor | None) -> torch.Tensor:
+        """Tokens ``x (B, N, K, D)`` at ``times (B, N)`` -> LLM embeddings ``(B, N, K, C)``: time, projector,
+        match with the question ``qa (B, d)`` (see :meth:`video_embeddings`)."""
+        t = self.time_proj(sinusoid(times, x.shape[-1]))[:, :, None] if self.processor.time.sinusoid else 0
+        e = self.projector(x + t)                                   # (B, N, K, C)
+        if self.processor.coord_axes:          # LAPE; grid terms only where the K tokens are a row-major grid
+            e = e + self.lape(times, duration, x.shape[2] if self.at_llm and self.compressor.keeps_grid else 1)
+        if qa is not None:
+            va = F.normalize(self.align_video(x), dim=-1)           # (B, N, K, d)
             prod = va * qa[:, None, None]
             e = e + self.match_proj(torch.cat([prod, prod.sum(-1, keepdim=True)], -1))
-        q = self.bridge(self.bridge_queries.expand(fu.shape[0], -1, -1), fu)   # (B, F', D)
-        return e, self.bridge_out(q), fr
+        return e
 
     def lape(self, times: torch.Tensor, duration: torch.Tensor | None, k: int) -> torch.Tensor | float:
         """LLaVA-ST's LAPE (section 3.2, eq. 5) for frame tokens ``(B, T', K, C)``, broadcastable to them:
@@ -369,12 +405,18 @@ class DamoModel(nn.Module):
         return emb.index_put((cp[:, 0], cp[:, 1]), x.to(emb.dtype))
 
     def scatter_video(self, input_ids, frame_emb, fusion_emb, num_frames):
-        """Replace ``<video>`` placeholders by [fusion; frames] per sample -> inputs_embeds ``(B, L, C)``."""
+        """Replace ``<video>`` placeholders by [fusion (+ slow stream); frames] per sample -> inputs_embeds
+        ``(B, L, C)``. A row of ``n`` frame tokens keeps the slow steps that hold its frames."""
         emb = self.llm.get_input_embeddings()(input_ids)
-        parts = [torch.cat([fusion_emb[b], frame_emb[b, :n].flatten(0, 1)]) for b, n in enumerate(num_frames)]
-        vid = torch.cat(parts).to(emb.dtype)                        # (sum_b (F' + T_b K), C)
+        F_, per_step, stride = self.cfg.bridge_tokens, 0, 1
+        if fusion_emb.shape[1] > F_:                                # the packer's slow stream (B, G s^2, C)
+            stride = self.compressor.stride
+            per_step = (fusion_emb.shape[1] - F_) // -(-frame_emb.shape[1] // stride)
+        parts = [torch.cat([fusion_emb[b, :F_ + -(-n // stride) * per_step], frame_emb[b, :n].flatten(0, 1)])
+                 for b, n in enumerate(num_frames)]
+        vid = torch.cat(parts).to(emb.dtype)                        # (sum_b (F' + S_b + T_b K), C)
         mask = (input_ids == self.video_id).unsqueeze(-1)
-        if int(mask.sum()) != vid.shape[0]:
+        if not mask.is_meta and int(mask.sum()) != vid.shape[0]:    # (damo.plan: no values on the meta device)
             raise ValueError(f"prompt has {int(mask.sum())} {tk.VIDEO} placeholders but the video gives {vid.shape[0]}")
         return emb.masked_scatter(mask, vid)
 
@@ -520,11 +562,11 @@ class DamoModel(nn.Module):
         """Answer one question per clip (:class:`~damo.model.processing.ClipTensors`) in batches:
         the processor's prompts, :meth:`generate`, and the processor's decoding into
         ``{"answer", "spans", "evidence", "scores", "tube"}`` per row."""
-        # clips whose frame-grouping differs (over the llm_frames budget) go in separate batches, so
-        # every clip is grouped as it would be alone
-        by_group: dict[int, list[int]] = {}
+        # clips whose video layout differs (frame grouping, tokens per frame under the budget) go in
+        # separate batches, so every clip is laid out as it would be alone
+        by_group: dict = {}
         for i, c in enumerate(clips):
-            by_group.setdefault(self.processor.group(len(c.times)), []).append(i)
+            by_group.setdefault(self.processor.layout(len(c.times)), []).append(i)
         rows: list[dict] = [{}] * len(clips)
         for idx in by_group.values():
             batch = self.processor.generation_batch([clips[i] for i in idx], [queries[i] for i in idx])
@@ -624,7 +666,9 @@ class DamoModel(nn.Module):
             if not pickled:
                 raise FileNotFoundError(f"{path} is not a DaMO model folder (needs config.json and model.safetensors)")
             weights = pickled[0]
-        cfg = DamoConfig.from_dict(json.loads((path / "config.json").read_text()))
+        saved = json.loads((path / "config.json").read_text())
+        saved["compressor"].setdefault("placement", "fuser")   # saved before the switch: in front of the fuser
+        cfg = DamoConfig.from_dict(saved)
         state = backbones.load_state_file(weights, allow_pickle=allow_pickle)
         rows = {k.split("::", 1)[1]: state.pop(k) for k in [k for k in state if k.startswith("token_rows::")]}
         tok = PreTrainedTokenizerFast.from_pretrained(str(path / "tokenizer"))

@@ -35,6 +35,7 @@ from damo.media import SAMPLE_RATE, Clip
 from damo.media.audio import log_mel, whisper_log_mel_windows
 
 from damo.model import tokenizer as tk
+from damo.model.compressors import STP_FAST_SIDE, STP_STRIDE, TokenBudget
 from damo.model.coordinates import (add_box_tokens, add_time_tokens, anchor_pair, box_to_tokens, time_to_token,
                                     timestamp_prompt)
 from damo.model.evidence import soft_targets
@@ -334,6 +335,21 @@ def stack_clips(clips: list[ClipTensors | None]) -> dict:
     return out | ({"vision_features": vis, "audio_features": aud} if stored else {})
 
 
+@dataclass(frozen=True)
+class VideoLayout:
+    """How a batch's video reaches the LLM: ``group`` frames per frame token, ``per_frame``
+    placeholders per frame token, and a slow stream (LLaVA-ST's packer) of ``slow_side^2`` tokens
+    per ``stride`` frame tokens, written in front of the frames."""
+    group: int
+    per_frame: int
+    slow_side: int = 0
+    stride: int = 1
+
+    def slow_tokens(self, frame_tokens: int) -> int:
+        """Slow-stream placeholders of a clip with ``frame_tokens`` frame tokens."""
+        return -(-frame_tokens // self.stride) * self.slow_side ** 2
+
+
 def frame_positions(positions: list[list[int]], Tl: int, K: int, shift: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Placeholder positions ``(B, T', K)`` (shifted by each row's left padding) and the valid mask ``(B, T')``."""
     pos = torch.zeros(len(positions), Tl, K, dtype=torch.long)
@@ -376,7 +392,8 @@ class Encoded:
 @dataclass
 class ProcessorConfig:
     video_tokens: int = 8          # fusion tokens in front of the frames (DamoConfig.bridge_tokens)
-    frame_tokens: int = 1          # K placeholders per LLM frame token
+    frame_tokens: int = 1          # K placeholders per LLM frame token (without `budget`)
+    budget: dict | None = None     # compressor at the LLM: TokenBudget fields; K and the frame cap follow it
     fps: float = 1.0
     layout: str = "query_both"
     response: str = "interleaved"
@@ -425,6 +442,7 @@ class DamoProcessor:
         self.level = EVIDENCE_LEVELS[c.evidence_level]
         self.format = RESPONSES[c.response]
         self.time_bins = c.time_bins if self.time.tokens else 0
+        self.budget = TokenBudget(**c.budget) if c.budget else None
         # LAPE (LLaVA-ST eq. 4): coordinate tokens join the vocabulary
         self.coord_axes: dict[str, list[int]] = {}
         if self.time_bins:
@@ -438,7 +456,10 @@ class DamoProcessor:
     @classmethod
     def from_model_config(cls, cfg, tokenizer: PreTrainedTokenizerFast, **kw) -> "DamoProcessor":
         """The processor of a :class:`~damo.model.modeling_damo.DamoConfig`."""
-        return cls(tokenizer, ProcessorConfig(
+        cc, o = cfg.compressor, cfg.compressor.options
+        budget = dict(kind=cc.kind, tokens_in=cfg.fuser.visual_tokens, budget=cc.budget, k_min=cc.k_min,
+                      k_max=cc.k_max, fast_side=o.get("fast_side", STP_FAST_SIDE), stride=o.get("stride", STP_STRIDE))
+        return cls(tokenizer, ProcessorConfig(budget=budget if cc.placement == "llm" else None,
             video_tokens=cfg.bridge_tokens, frame_tokens=cfg.fuser.frame_tokens, fps=cfg.fps, layout=cfg.layout,
             response=cfg.response, evidence_level=cfg.evidence.level, evidence_targets=cfg.evidence.targets,
             evidence_alpha=cfg.evidence.alpha, llm_frames=cfg.llm_frames, time_encoding=cfg.time_encoding, time_bins=cfg.time_bins, box_bins=cfg.box_bins,
@@ -482,26 +503,40 @@ class DamoProcessor:
                              f"{self.config.max_query_tokens}; ask a shorter question")
         return ids
 
+    def layout(self, num_frames: int) -> VideoLayout:
+        """The video layout of a clip (or batch) of ``num_frames`` frames: frames are grouped to at
+        most ``llm_frames`` frame tokens (and at most the compressor budget's :meth:`TokenBudget.frame_cap`),
+        and each frame token gets the budget's K tokens (else ``frame_tokens``)."""
+        c, b = self.config, self.budget
+        caps = [x for x in (c.llm_frames, b.frame_cap() if b else 0) if x > 0]
+        g = llm_group(num_frames, min(caps, default=0))
+        if b is None or num_frames == 0:
+            return VideoLayout(g, c.frame_tokens)
+        k, s = b.split(-(-num_frames // g))
+        return VideoLayout(g, k, s, b.stride)
+
     def group(self, num_frames: int) -> int:
         """Frames per LLM frame token for a clip (or batch) of ``num_frames`` frames."""
-        return llm_group(num_frames, self.config.llm_frames)
+        return self.layout(num_frames).group
 
-    def prompt(self, query: str, times: Sequence[float] | torch.Tensor | None, group: int | None = None) -> list[int]:
+    def prompt(self, query: str, times: Sequence[float] | torch.Tensor | None,
+               layout: VideoLayout | None = None) -> list[int]:
         """The prefix generation starts from, for a question about a clip with frame ``times``
-        (seconds; ``None``: no video). ``group`` frames share one LLM frame token (default: the
-        ``llm_frames`` budget for this clip alone; a batch uses its longest clip's). With the
-        ``timestamp`` time encoding each frame token's placeholders follow its time as text; the
-        fusion placeholders stay in front."""
+        (seconds; ``None``: no video). ``layout`` (default: this clip's alone; a batch uses its
+        longest clip's) says how many frames share a frame token and how many placeholders each
+        gets. The fusion placeholders, then the slow stream's, come first; with the ``timestamp``
+        time encoding each frame token's placeholders follow its time as text."""
         c, v = self.config, self.video_id
         video: list[int] = []
         if times is not None and len(times):
-            first = [float(t) for t in list(times)[::group or self.group(len(times))]]   # each token's first frame
-            video = [v] * c.video_tokens
+            lay = layout or self.layout(len(times))
+            first = [float(t) for t in list(times)[::lay.group]]   # each token's first frame
+            video = [v] * (c.video_tokens + lay.slow_tokens(len(first)))
             if self.time.timestamps:
                 for prefix in timestamp_prompt(first):
-                    video += self.encode(prefix) + [v] * c.frame_tokens
+                    video += self.encode(prefix) + [v] * lay.per_frame
             else:
-                video += [v] * (c.frame_tokens * len(first))
+                video += [v] * (lay.per_frame * len(first))
         ask = self.encode(f"{tk.USER} {query}")
         return LAYOUTS[c.layout]([self.tokenizer.bos_token_id], ask, video, self.encode(tk.ASSISTANT))
 
@@ -530,13 +565,14 @@ class DamoProcessor:
         c = self.config
         batch = stack_clips(clips)
         T = batch["frames"].shape[1]
-        g = self.group(T)
+        lay = self.layout(T)
+        g = lay.group
         q = [self.query_ids(x) for x in queries]
-        prompts = [self.prompt(x, cl.times, g) for x, cl in zip(queries, clips)]
+        prompts = [self.prompt(x, cl.times, lay) for x, cl in zip(queries, clips)]
         L = max(map(len, prompts))
         shift = [L - len(p) for p in prompts]
-        pos = [[i for i, t in enumerate(p) if t == self.video_id][c.video_tokens:] for p in prompts]
-        frame_pos, valid = frame_positions(pos, -(-T // g), c.frame_tokens, shift)
+        pos = [self.frame_placeholders(p, len(cl.times), lay) for p, cl in zip(prompts, clips)]
+        frame_pos, valid = frame_positions(pos, -(-T // g), lay.per_frame, shift)
         pad = self.tokenizer.pad_token_id
         return batch | {"group": g, "input_ids": pad_rows(prompts, pad, left=True),
                         "attention_mask": pad_rows([[1] * len(p) for p in prompts], 0, left=True),
@@ -546,18 +582,23 @@ class DamoProcessor:
                         "duration": torch.tensor([float(cl.duration) for cl in clips])}
 
     # ------------------------------------------------------------------ training
-    def encode_turns(self, turns: list[dict], times: torch.Tensor | None, duration: float, group: int,
+    def frame_placeholders(self, ids: list[int], num_frames: int, layout: VideoLayout) -> list[int]:
+        """Positions of the frame tokens' placeholders in a prompt (after the fusion and slow ones)."""
+        skip = self.config.video_tokens + layout.slow_tokens(-(-num_frames // layout.group))
+        return [i for i, t in enumerate(ids) if t == self.video_id][skip:]
+
+    def encode_turns(self, turns: list[dict], times: torch.Tensor | None, duration: float, layout: VideoLayout,
                      name: str = "sample") -> Encoded:
         """Token ids, labels and every target of a (possibly multi-turn) sample about a clip.
 
-        ``times`` ``None`` encodes text only (no video, no evidence targets). ``group`` is the
-        batch's frames per LLM frame token. Raises ``ValueError`` past ``max_len`` tokens.
+        ``times`` ``None`` encodes text only (no video, no evidence targets). ``layout`` is the
+        batch's (:meth:`layout`). Raises ``ValueError`` past ``max_len`` tokens.
         """
         c = self.config
         n = 0 if times is None else len(times)
-        ids = self.prompt(turns[0]["query"], times, group)
-        enc = Encoded(ids=ids, labels=[-100] * len(ids),
-                      frame_pos=[i for i, t in enumerate(ids) if t == self.video_id][c.video_tokens:])
+        group = layout.group
+        ids = self.prompt(turns[0]["query"], times, layout)
+        enc = Encoded(ids=ids, labels=[-100] * len(ids), frame_pos=self.frame_placeholders(ids, n, layout))
         for ti, turn in enumerate(turns):
             if ti:
                 q = self.encode(f"{tk.USER} {turn['query']} {tk.ASSISTANT}")
