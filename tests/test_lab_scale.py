@@ -37,7 +37,11 @@ def test_batch_of_8_predicts_exactly_what_batch_of_1_does(trained):
     clips = ClipLoader(model.processor)
     one = predict(model, samples, clips, batch_size=1, progress=False)
     eight = predict(model, samples, clips, batch_size=8, progress=False)
-    assert [p.to_dict() for p in eight] == [p.to_dict() for p in one]
+    # the same answers and spans; a span's confidence may move by float noise across a rounding step
+    assert [(p.id, p.answer, [sp[:2] for sp in p.spans]) for p in eight] == \
+        [(p.id, p.answer, [sp[:2] for sp in p.spans]) for p in one]
+    for a, b in zip(eight, one):
+        assert [sp[2] for sp in a.spans] == pytest.approx([sp[2] for sp in b.spans], abs=2e-3)
     assert any("<evi>" not in p.answer and p.spans for p in one)      # real grounded answers were compared
 
 
