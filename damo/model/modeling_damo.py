@@ -506,7 +506,8 @@ class DamoModel(nn.Module):
                        output_hidden_states=True)
         hf = self.frame_states(res.hidden_states[-2], batch["frame_pos"])   # (B, T', C)
         f = self.evidence.frame(hf)                                 # (B, T', d)
-        hc = self.frame_states(res.hidden_states[ev_cfg.capture_layer], batch["frame_pos"])  # captured states
+        hc = (self.frame_states(res.hidden_states[ev_cfg.capture_layer], batch["frame_pos"])  # captured states
+              if ev_cfg.semantic_capture else None)
         past, h_last, logits = res.cache, res.hidden_states[-2][:, -1], res.logits[:, -1]
         B = attn.shape[0]
         nxt_pos = pos[:, -1:] + 1                                   # (B, 1)
