@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from damo.model.modeling_damo import DamoConfig
+from damo.model.modeling_damo import DamoConfig, grouped_name
 
 
 @dataclass
@@ -35,6 +35,10 @@ class Stage:
     save_every: int = 0                   # write a resumable checkpoint every N steps (0: only at the stage end)
     fpo: dict = field(default_factory=dict)   # FPO settings: beta, mode (reference_free | dpo), focus (event | sequence)
     pairs: str | None = None              # FPO stages: a `damo data prefs` JSONL (default: pairs made from the samples)
+
+    def __post_init__(self):
+        # globs written for the flat module layout (fuseformer.*, bridge*) name the same parameters
+        self.trainable = [grouped_name(p) for p in self.trainable]
 
 
 @dataclass

@@ -94,10 +94,12 @@ def build_meta(cfg: DamoConfig) -> DamoModel:
 
 
 def module_counts(model: DamoModel) -> dict[str, dict[str, int]]:
-    """``{top-level module: {total, trainable}}`` (a shared tensor counted once)."""
+    """``{module: {total, trainable}}`` per top-level group, the video group per part (``video.vision``,
+    ``video.fuseformer``, ...) so the towers show on their own (a shared tensor counted once)."""
     out: dict[str, dict[str, int]] = {}
     for name, p in model.named_parameters():
-        top = name.split(".")[0]
+        parts = name.split(".")
+        top = ".".join(parts[:2]) if parts[0] == "video" else parts[0]
         c = out.setdefault(top, {"total": 0, "trainable": 0})
         c["total"] += p.numel()
         c["trainable"] += p.numel() if p.requires_grad else 0
@@ -164,7 +166,7 @@ def activation_bytes(model: DamoModel, stage: Stage, frames: int, text_tokens: i
     model.train()
     # tokens per frame from the budget formula: the largest K training can draw (the memory worst case),
     # and no random draw, which would be made on the meta device
-    model.compressor.eval()
+    model.video.compressor.eval()
     full = saved_bytes(model, stage, batch, checkpointing=False)
     ckpt = saved_bytes(model, stage, batch, checkpointing=True)
     _checkpointing(model, model.cfg.llm.gradient_checkpointing)

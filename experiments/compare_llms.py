@@ -19,8 +19,7 @@ from damo.eval.evaluate import grounding_report, predict
 from damo.train.recipe import run_recipe
 
 TINY = ["model=tiny",
-        "stages.1.trainable=[vision.*, audio.*, residual_*, temporal_conv.*, fuseformer.*, projector.*, time_proj.*, "
-        "bridge*, llm.*, evidence.*]"]
+        "stages.1.trainable=[video.*, connector.*, llm.*, evidence.*]"]
 
 
 def main() -> None:

@@ -239,7 +239,7 @@ def test_lora_params_match_stage_globs_and_checkpointing_trains(tok):
     gc = backbones.build_causal_lm(model.cfg.llm, tok)
     assert gc.base_model.model.is_gradient_checkpointing
     model.llm = gc
-    set_trainable(model, ["llm.*lora_*", "projector.*"])
+    set_trainable(model, ["llm.*lora_*", "connector.projector.*"])
     model.train()
     out = model(make_batch(model))
     out["logits"].float().logsumexp(-1).mean().backward()
@@ -327,9 +327,9 @@ def test_paper_configs_build_with_tiny_sizes(tok, name, family, vision, lora):
     model = DamoModel(DamoConfig.from_dict(d), tok).eval()
     assert model.llm.peft_config["default"].r == lora[0] and model.llm.peft_config["default"].lora_alpha == lora[1]
     assert model.llm.config.model_type == family
-    assert type(model.vision.model) is {"clip": CLIPVisionModel, "siglip": SiglipVisionModel}[vision]
+    assert type(model.video.vision.model) is {"clip": CLIPVisionModel, "siglip": SiglipVisionModel}[vision]
     if name == "paper-damo":
-        assert isinstance(model.audio.encoder, WhisperEncoder)
+        assert isinstance(model.video.audio.encoder, WhisperEncoder)
     batch = make_batch(model, T=3)
     with torch.no_grad():
         out = model(batch)
@@ -385,12 +385,12 @@ def test_paper_damo_stand_in_receives_224px_frames_and_whispers_own_features(tmp
     d |= {"bridge_tokens": 4, "align_dim": 16, "evidence": {"dim": 16}}
     torch.manual_seed(0)
     model = DamoModel(DamoConfig.from_dict(d), tok)
-    assert model.vision.image_size == 224 and model.cfg.audio.n_mels == 80
+    assert model.video.vision.image_size == 224 and model.cfg.audio.n_mels == 80
     seen = {}
     model.save(tmp_path / "m")
     g = damo.load(tmp_path / "m", cache_dir=tmp_path / "cache")
-    g.model.vision.model.register_forward_hook(lambda m, a, kw, o: seen.update(pixels=kw["pixel_values"]), with_kwargs=True)
-    g.model.audio.encoder.register_forward_hook(lambda m, a, kw, o: seen.update(mel=kw["input_features"]), with_kwargs=True)
+    g.model.video.vision.model.register_forward_hook(lambda m, a, kw, o: seen.update(pixels=kw["pixel_values"]), with_kwargs=True)
+    g.model.video.audio.encoder.register_forward_hook(lambda m, a, kw, o: seen.update(mel=kw["input_features"]), with_kwargs=True)
     video = shared_data / "videos" / "chaplin.mp4"
     r = g.ground(video, "when does the man walk?")
     assert all(0 <= sp["start"] <= sp["end"] <= r["duration"] for sp in r["spans"])

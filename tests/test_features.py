@@ -64,14 +64,14 @@ def test_a_killed_extraction_resumes_and_other_weights_get_their_own_folder(setu
     r = extract(model, videos, clips, tmp_path, shard_videos=1, progress=False)
     assert (r["written"], r["reused"], r["videos"]) == (1, 2, 3)
     with torch.no_grad():
-        model.vision.patchify.weight.add_(1.0)
+        model.video.vision.patchify.weight.add_(1.0)
     try:
         assert settings_dir(tmp_path, model)[0].name != r["folder"].rsplit("/", 1)[1]
         with pytest.raises(FileNotFoundError, match="no features of this model's encoders"):
             FeatureLoader(tmp_path, model)
     finally:
         with torch.no_grad():
-            model.vision.patchify.weight.sub_(1.0)
+            model.video.vision.patchify.weight.sub_(1.0)
 
 
 def test_a_recipe_with_features_trains_frozen_encoder_stages_like_the_towers(tmp_path):

@@ -159,7 +159,7 @@ def test_forward_grounds_every_evidence_token(model):
     assert out["logits"].shape[:2] == b["input_ids"].shape
     total = losses.lm(out, b) + losses.grounding_bce(out, b) + losses.consistency(out, b)
     total.backward()
-    assert model.vision.patchify.weight.grad is not None and model.evidence.query[0].weight.grad is not None
+    assert model.video.vision.patchify.weight.grad is not None and model.evidence.query[0].weight.grad is not None
     model.zero_grad()
 
 
@@ -246,8 +246,8 @@ def test_each_compressor_in_front_of_the_fuser_runs_and_round_trips(kind, tmp_pa
     b = Collator.for_model(m)([(sample(0), clip(6, 0))])
     assert (b["input_ids"][0] == m.video_id).sum() == cfg.bridge_tokens + 6      # fuser.frame_tokens per frame
     with torch.no_grad():
-        fr, _ = m.encode_video(b["frames"], b["mel"], b["frame_mask"])
-        v = m.compressor(torch.zeros(1, 6, 16, cfg.fuser.width), b["frame_mask"])
+        fr, _ = m.video(b["frames"], b["mel"], b["frame_mask"])
+        v = m.video.compressor(torch.zeros(1, 6, 16, cfg.fuser.width), b["frame_mask"])
         out = m(b)
     assert v.shape[2] <= 24 // 6 and fr.shape == (1, 6, 1, cfg.fuser.width)
     m.save(tmp_path / kind)
@@ -309,14 +309,39 @@ def test_pooling_to_one_token_is_the_fused_frame_summary():
     before.load_state_dict(at_llm.state_dict())
     b = Collator.for_model(at_llm)([(sample(0), clip(6, 0))])
     with torch.no_grad():
-        grid = at_llm.encode_video(b["frames"], b["mel"], b["frame_mask"])[0]     # (1, 6, 4, D)
-        one = before.encode_video(b["frames"], b["mel"], b["frame_mask"])[0]      # (1, 6, 1, D)
+        grid = at_llm.video(b["frames"], b["mel"], b["frame_mask"])[0]     # (1, 6, 4, D)
+        one = before.video(b["frames"], b["mel"], b["frame_mask"])[0]      # (1, 6, 1, D)
         e_llm = at_llm.video_embeddings(b["frames"], b["mel"], b["frame_mask"], b["times"])[0]
         e_fuser = before.video_embeddings(b["frames"], b["mel"], b["frame_mask"], b["times"])[0]
     assert grid.shape[2] == 4 and not torch.allclose(grid[:, :, :1], grid[:, :, 1:2])
     assert torch.allclose(grid.mean(2, keepdim=True), one, atol=1e-5)
     assert torch.allclose(e_llm, e_fuser, atol=1e-4)
 
+
+def test_a_checkpoint_with_the_flat_module_names_loads(model, tmp_path):
+    """Models saved before the submodules were grouped (``fuseformer.*``, ``projector.*``, ``logit_scale``)
+    load into the grouped layout with the same outputs."""
+    from safetensors.torch import load_file, save_file
+    model.save(tmp_path / "m")
+    f = tmp_path / "m" / "model.safetensors"
+    flat = {k.split(".", 1)[1] if k.startswith(("video.", "connector.", "alignment.")) else k: v
+            for k, v in load_file(str(f)).items()}
+    assert {"fuseformer.qv", "logit_scale", "bridge_queries"} <= set(flat)
+    save_file(flat, str(f))
+    b = Collator.for_model(model)([(sample(0), clip(6, 0))])
+    with torch.no_grad():
+        assert torch.equal(DamoModel.load(tmp_path / "m")(b)["evi_logits"], model(b)["evi_logits"])
+
+
+def test_flat_trainable_globs_name_the_grouped_parameters():
+    from damo.config import Stage, load_recipe
+    st = Stage(name="s", losses={"lm": 1.0}, steps=1,
+               trainable=["residual_*", "bridge*", "logit_scale", "fuseformer.*", "llm.*lora_*", "video.*", "*"])
+    assert st.trainable == ["video.residual_*", "connector.bridge*", "alignment.logit_scale", "video.fuseformer.*",
+                            "llm.*lora_*", "video.*", "*"]
+    # a stage naming a whole group trains the compressor too (Dynamic-VLM's scorer, LLaVA-ST's packer)
+    temporal = next(s for s in load_recipe("damo_4stage").stages if s.name == "temporal")
+    assert "video.*" in temporal.trainable
 
 def test_a_model_saved_before_the_placement_switch_reads_the_same_tokens(model, tmp_path):
     """Saved configs without ``compressor.placement`` compressed in front of the fuser; they still load so,
@@ -330,7 +355,7 @@ def test_a_model_saved_before_the_placement_switch_reads_the_same_tokens(model, 
     del proc["budget"]
     (tmp_path / "m" / "processor_config.json").write_text(json.dumps(proc))
     old = DamoModel.load(tmp_path / "m")
-    assert not old.at_llm and old.processor.budget is None
+    assert not old.video.at_llm and old.processor.budget is None
     b = Collator.for_model(model)([(sample(0), clip(6, 0))])
     with torch.no_grad():
         assert torch.allclose(old(b)["evi_logits"], model(b)["evi_logits"], atol=1e-4)
@@ -374,10 +399,10 @@ def test_each_compressor_at_the_llm_trains_and_round_trips(kind, tmp_path):
     before = {k: v.clone() for k, v in m.named_parameters()}
     stage = Stage(name="t", losses={"lm": 1.0, "grounding_bce": 10.0}, steps=2, batch=2, lr=1e-3)
     run_stage(m, stage, data, lambda v: clips[v], seed=0, progress=False)
-    moved = {k.split(".")[0] for k, v in m.named_parameters() if not torch.equal(before[k], v)}
-    assert {"fuseformer", "projector", "llm", "evidence"} <= moved
+    moved = {".".join(k.split(".")[:2]) for k, v in m.named_parameters() if not torch.equal(before[k], v)}
+    assert {"video.fuseformer", "connector.projector", "llm.model", "evidence.query"} <= moved
     if kind in ("prune", "stp"):
-        assert "compressor" in moved                               # the scorer / the packer's attention learn
+        assert "video.compressor" in moved                         # the scorer / the packer's attention learn
     m.eval()
     b = Collator.for_model(m)([(sample(0), clip(6, 0))])
     with torch.no_grad():
@@ -400,7 +425,7 @@ def test_query_aware_frame_tokens_depend_on_the_question(model):
         ea = model.video_embeddings(*(ba[k] for k in args), ba["query_ids"], ba["query_mask"])[0]
         eb = model.video_embeddings(*(bb[k] for k in args), bb["query_ids"], bb["query_mask"])[0]
     assert torch.equal(ea, eb)                       # zero-initialised: a no-op until trained
-    torch.nn.init.normal_(model.match_proj.weight)
+    torch.nn.init.normal_(model.connector.match_proj.weight)
     try:
         with torch.no_grad():
             ea = model.video_embeddings(*(ba[k] for k in args), ba["query_ids"], ba["query_mask"])[0]
@@ -409,9 +434,9 @@ def test_query_aware_frame_tokens_depend_on_the_question(model):
         assert not torch.allclose(ea, eb) and not torch.allclose(ea, none)
         out = model(ba)
         (losses.lm(out, ba) + losses.grounding_bce(out, ba)).backward()
-        assert model.text_encoder.emb.weight.grad.abs().sum() > 0     # the question's embedding is trained
+        assert model.alignment.text_encoder.emb.weight.grad.abs().sum() > 0     # the question's embedding is trained
     finally:
-        torch.nn.init.zeros_(model.match_proj.weight)
+        torch.nn.init.zeros_(model.connector.match_proj.weight)
         model.zero_grad()
 
 

@@ -43,10 +43,10 @@ def test_each_tower_has_the_size_of_its_transformers_class(meta_models, name):
     d, model = paper_config(name), meta_models[name]
     v = d["vision"]
     cls, ccls = {"clip": (CLIPVisionModel, CLIPVisionConfig), "siglip": (SiglipVisionModel, SiglipVisionConfig)}[v["family"]]
-    assert sum(p.numel() for p in model.vision.parameters()) == meta_count(cls, ccls(**v["config"]))
+    assert sum(p.numel() for p in model.video.vision.parameters()) == meta_count(cls, ccls(**v["config"]))
     if d["audio"]["kind"] == "hf_whisper":
         want = meta_count(WhisperEncoder, WhisperConfig(**d["audio"]["config"]))
-        assert sum(p.numel() for p in model.audio.parameters()) == want
+        assert sum(p.numel() for p in model.video.audio.parameters()) == want
     # the LLM: the transformers class from the same config, plus LoRA and the added token rows
     llm_cfg = LLM_CLASSES[d["llm"]["family"]](**d["llm"]["config"])
     base = model.llm.get_base_model()
@@ -70,12 +70,13 @@ def test_damo_temporal_stage_trains_lora_r32_new_modules_and_token_rows(meta_mod
               "up": (h, c["intermediate_size"]), "down": (c["intermediate_size"], h)}
     lora = c["num_hidden_layers"] * sum(32 * (i + o) for i, o in shapes.values())
     rows = 2 * h * len(model.new_token_ids)
-    new = sum(p.numel() for m in ("residual_v", "residual_a", "temporal_conv", "fuseformer", "projector", "bridge",
-                                  "bridge_out") for p in getattr(model, m).parameters()) + model.bridge_queries.numel()
+    new = sum(p.numel() for m in ("video.residual_v", "video.residual_a", "video.temporal_conv", "video.fuseformer",
+                                  "connector.projector", "connector.bridge", "connector.bridge_out")
+              for p in model.get_submodule(m).parameters()) + model.connector.bridge_queries.numel()
     assert n == lora + rows + new
     assert lora == 83_886_080
     counts = module_counts(model)
-    assert counts["vision"]["trainable"] == counts["audio"]["trainable"] == 0
+    assert counts["video.vision"]["trainable"] == counts["video.audio"]["trainable"] == 0
     assert counts["llm"]["trainable"] == lora + rows
 
 
@@ -107,8 +108,8 @@ def test_memory_model_scales_with_gpus_only_under_fsdp():
 
 
 def test_a_trainable_pattern_that_matches_nothing_fails(meta_models):
-    with pytest.raises(ValueError, match=r"\['fusefromer\.\*'\] match no parameter"):
-        set_trainable(meta_models["damo"], ["fuseformer.*", "fusefromer.*"])
+    with pytest.raises(ValueError, match=r"\[.video\.fusefromer\.\*.\] match no parameter"):
+        set_trainable(meta_models["damo"], ["video.fuseformer.*", "video.fusefromer.*"])
 
 
 # ------------------------------------------------------------------ LLM out of a VLM checkpoint
@@ -159,7 +160,7 @@ def test_save_with_pretrained_backbones_stores_only_what_differs_and_reloads_exa
                                 "vision": {"kind": "hf_vision", "family": "clip", "name_or_path": str(tmp_path / "clip")},
                                 "llm": {"kind": "hf", "name_or_path": str(tmp_path / "llm"), "lora": {"r": 4, "alpha": 8}}})
     model = build_model(cfg, [])
-    set_trainable(model, ["llm.*lora_*", "llm.*trainable_tokens*", "projector.*", "vision.model.post_layernorm.*"])
+    set_trainable(model, ["llm.*lora_*", "llm.*trainable_tokens*", "connector.projector.*", "video.vision.model.post_layernorm.*"])
     with torch.no_grad():
         for p in model.parameters():
             if p.requires_grad:
@@ -169,8 +170,8 @@ def test_save_with_pretrained_backbones_stores_only_what_differs_and_reloads_exa
     with safe_open(str(tmp_path / "out" / "model.safetensors"), "pt") as f:
         keys = set(f.keys())
     assert not any(k.startswith("llm.") and "lora_" not in k and "trainable_tokens" not in k and "::" not in k for k in keys)
-    assert "vision.model.post_layernorm.weight" in keys                    # trained: stored
-    assert "vision.model.pre_layrnorm.weight" not in keys                   # pretrained, frozen: named
+    assert "video.vision.model.post_layernorm.weight" in keys              # trained: stored
+    assert "video.vision.model.pre_layrnorm.weight" not in keys             # pretrained, frozen: named
     assert (tmp_path / "out" / "llm_adapter" / "adapter_config.json").is_file()
     back = DamoModel.load(tmp_path / "out")
     a, b = model.state_dict(), back.state_dict()

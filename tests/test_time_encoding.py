@@ -70,7 +70,7 @@ def test_frame_embeddings_carry_time_only_where_they_should(enc, depends):
         a = m.video_embeddings(*args, c.times[None], duration=dur)[0]
         b = m.video_embeddings(*args, c.times.flip(0)[None], duration=dur)[0]
     assert (not torch.allclose(a, b)) == depends
-    assert hasattr(m, "time_proj") == (enc == "sinusoid")
+    assert hasattr(m.connector, "time_proj") == (enc == "sinusoid")
 
 
 def test_lape_adds_time_tokens_to_vocabulary_and_head(lape):
@@ -244,7 +244,7 @@ def test_frame_tokens_carry_lape_time_and_grid_position(k):
     m = grid_model(k)
     c = clip(4, 0)
     proj: list = []
-    hook = m.projector.register_forward_hook(lambda mod, args, out: proj.append(out))
+    hook = m.connector.projector.register_forward_hook(lambda mod, args, out: proj.append(out))
     try:
         with torch.no_grad():
             e = m.video_embeddings(c.frames.permute(0, 3, 1, 2).float()[None] / 255, c.mel.float()[None],

@@ -43,8 +43,8 @@ def encoder_settings(model: DamoModel) -> dict:
     """Everything the towers' outputs depend on, with a digest of their weights."""
     c, p = model.cfg, model.processor.config
     h = hashlib.sha256()
-    for name, t in sorted({**model.vision.state_dict(prefix="vision."),
-                           **model.audio.state_dict(prefix="audio.")}.items()):
+    for name, t in sorted({**model.video.vision.state_dict(prefix="vision."),
+                           **model.video.audio.state_dict(prefix="audio.")}.items()):
         h.update(name.encode())
         h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return {"vision": asdict(c.vision), "audio": asdict(c.audio), "fps": c.fps, "image_size": p.image_size,
@@ -99,8 +99,8 @@ def extract(model: DamoModel, videos: Iterable[str], clips: Callable[[str], Clip
         c = clips(v)
         frames = c.frames.permute(0, 3, 1, 2).float().div(255.0)[None].to(dev)     # (1, T, 3, H, W)
         k = video_key(v)
-        pending[f"{k}.vision"] = model.vision(frames)[0].contiguous().cpu()          # (T, 1+P, Dv)
-        pending[f"{k}.audio"] = model.audio(c.mel.float()[None].to(dev))[0].contiguous().cpu()   # (T, 1+A, Da)
+        pending[f"{k}.vision"] = model.video.vision(frames)[0].contiguous().cpu()          # (T, 1+P, Dv)
+        pending[f"{k}.audio"] = model.video.audio(c.mel.float()[None].to(dev))[0].contiguous().cpu()   # (T, 1+A, Da)
         pending[f"{k}.times"] = c.times.contiguous()
         pending[f"{k}.duration"] = torch.tensor([c.duration], dtype=torch.float64)
         names.append(v)

@@ -413,9 +413,9 @@ def hf_configs(model: "DamoModel") -> dict[str, dict]:
         llm = model.llm.get_base_model() if is_lora(model.llm) else model.llm
         out["llm"] = llm.config.to_dict()
     if model.cfg.vision.kind == "hf_vision":
-        out["vision"] = model.vision.model.config.to_dict()
+        out["vision"] = model.video.vision.model.config.to_dict()
     if model.cfg.audio.kind == "hf_whisper":
-        out["audio"] = model.audio.encoder.config.to_dict()
+        out["audio"] = model.video.audio.encoder.config.to_dict()
     for d in out.values():   # runtime-only fields that from_dict must not see
         d.pop("quantization_config", None)
     return out

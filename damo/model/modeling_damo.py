@@ -25,8 +25,10 @@ Data flow (B batch, T frames at 1/fps, D fuser width, C LLM width):
 from __future__ import annotations
 
 import copy
+import fnmatch
 import json
 import math
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -234,18 +236,20 @@ def build_llm(cfg: LLMConfig, tok: PreTrainedTokenizerFast, new_tokens: list[int
     raise ValueError(f"unknown llm.kind {cfg.kind!r}; valid: tiny_qwen2, hf")
 
 
-class DamoModel(nn.Module):
-    def __init__(self, cfg: DamoConfig, tokenizer: PreTrainedTokenizerFast):
+class VideoEncoder(nn.Module):
+    """Frames and sound -> fused per-frame grid and fusion tokens (steps 1-4 of the module docstring):
+    the vision and audio towers, DaMO's global residual per modality, the temporal convolution,
+    the compressor (Dynamic-VLM / LLaVA-ST's packer) and the T-Fuseformer."""
+
+    def __init__(self, cfg: DamoConfig):
         super().__init__()
-        self.cfg, self.tokenizer = cfg, tokenizer
-        fc = cfg.fuser
+        fc, cc = cfg.fuser, cfg.compressor
         D = fc.width
         self.vision = backbones.build_vision(cfg.vision)
         self.audio = backbones.build_audio(cfg.audio)
         self.residual_v = GlobalResidual(self.vision.width, D, fc.visual_tokens, grid=True)
         self.residual_a = GlobalResidual(self.audio.width, D, fc.audio_tokens, grid=False)
         self.temporal_conv = nn.Conv1d(D, D, fc.conv_kernel, padding=fc.conv_kernel // 2, groups=D)
-        cc = cfg.compressor
         self.at_llm = cc.placement == "llm"          # compress the fused grid the LLM reads (else the fuser's input)
         if self.at_llm and fc.frame_tokens != 1:
             raise ValueError("with compressor.placement llm the compressor sets the tokens per frame: "
@@ -255,53 +259,12 @@ class DamoModel(nn.Module):
         self.fuseformer = TemporalFuseformer(D, fc.blocks, fc.heads, fc.visual_queries, fc.audio_queries,
                                              fc.fusion_tokens, fc.frame_tokens, cfg.max_frames, fc.window,
                                              grid=self.at_llm)
-        # the processor adds LAPE coordinate tokens (LLaVA-ST eq. 4) before the LLM is sized to the vocabulary
-        self.processor = DamoProcessor.from_model_config(cfg, tokenizer)
-        self.time_ids = self.processor.coord_axes.get("t", [])
-        ours = [t for t in tk.SPECIAL_TOKENS if t in tokenizer.get_vocab()]
-        self.new_token_ids = tokenizer.convert_tokens_to_ids(ours) + sorted(self.processor.axis_of)
-        self.llm = build_llm(cfg.llm, tokenizer, self.new_token_ids)
-        if self.processor.coord_axes:     # LLaVA-ST's Neighboring Token Propagation of the anchors' rows
-            register_propagation(self.llm, self.processor.coord_axes)
-        self.trained: set[str] = set()     # parameter names any stage trained (damo.train.loop.set_trainable)
-        C = self.llm.config.hidden_size
-        # Both video paths end in a LayerNorm whose gain starts at the RMS of the LLM's word
-        # embeddings, so video tokens enter the LLM at the scale of text tokens. Without it they
-        # were 50-200x larger: the frames' residual stream barely changed across layers (frame
-        # states ignored the question) and generation could not even restate the question.
-        w = self.llm.get_input_embeddings().weight
-        # on the meta device (damo.plan) there are no values to measure: any gain has the same shape
-        rms = 1.0 if w.is_meta else float(w.detach().float().pow(2).mean().sqrt())
-        if self.processor.time.sinusoid:
-            self.time_proj = nn.Linear(D, D)
-        self.projector = nn.Sequential(nn.Linear(D, C), nn.GELU(), nn.Linear(C, C), nn.LayerNorm(C))
-        self.bridge_queries = nn.Parameter(torch.randn(1, cfg.bridge_tokens, D) * 0.02)
-        self.bridge = CrossBlock(D, fc.heads)
-        self.bridge_out = nn.Sequential(nn.Linear(D, C), nn.LayerNorm(C))
-        for norm in (self.projector[-1], self.bridge_out[-1]):
-            nn.init.constant_(norm.weight, rms)
-        self.evidence = EvidenceHead(C, cfg.evidence.dim, cfg.evidence.hidden, cfg.evidence.norm)
-        n_layers = self.llm.config.get_text_config().num_hidden_layers
-        if not -(n_layers + 1) <= cfg.evidence.capture_layer <= n_layers:
-            raise ValueError(f"model.evidence.capture_layer {cfg.evidence.capture_layer} is not a hidden-state index "
-                             f"of this {n_layers}-layer LLM (0 = embeddings .. {n_layers}, or negative)")
-        self.text_encoder = TextEncoder(len(tokenizer), D, cfg.align_dim)
-        self.align_video = nn.Linear(D, cfg.align_dim)
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
-        # query-aware frame tokens: each frame's alignment embedding times the question's, and
-        # their cosine, projected into the LLM (zero-initialised: a no-op until trained)
-        self.match_proj = nn.Linear(cfg.align_dim + 1, C)
-        nn.init.zeros_(self.match_proj.weight)
-        nn.init.zeros_(self.match_proj.bias)
-        self.video_id = self.processor.video_id
 
-    # ------------------------------------------------------------------ video
-    def encode_video(self, frames: torch.Tensor, mel: torch.Tensor, frame_mask: torch.Tensor,
-                     vision: torch.Tensor | None = None, audio: torch.Tensor | None = None):
+    def forward(self, frames: torch.Tensor, mel: torch.Tensor, frame_mask: torch.Tensor,
+                vision: torch.Tensor | None = None, audio: torch.Tensor | None = None):
         """-> per-frame fuser features ``(B, T, K, D)`` (placement ``llm``: the fused grid, ``K = Lv``)
-        and fusion tokens ``(B, F, D)``. ``vision``
-        ``(B, T, 1+P, Dv)`` and ``audio`` ``(B, T, 1+A, Da)`` are stored outputs of the frozen towers
-        (:mod:`damo.data.features`), used instead of running them."""
+        and fusion tokens ``(B, F, D)``. ``vision`` ``(B, T, 1+P, Dv)`` and ``audio`` ``(B, T, 1+A, Da)``
+        are stored outputs of the frozen towers (:mod:`damo.data.features`), used instead of running them."""
         vision = self._per_frames(self.vision, frames) if vision is None else vision.to(frames.device, torch.float32)
         audio = self.audio(mel, frame_mask) if audio is None else audio.to(mel.device, torch.float32)
         # padded frames are zeroed so that the temporal convolution sees the clip's end exactly
@@ -316,7 +279,8 @@ class DamoModel(nn.Module):
             v = self.compressor(v, frame_mask)                      # (B, T, K, D) under the token budget
         return self.fuseformer(v, a, frame_mask)
 
-    def _per_frames(self, tower: nn.Module, x: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+    @staticmethod
+    def _per_frames(tower: nn.Module, x: torch.Tensor, chunk: int = 256) -> torch.Tensor:
         """A per-frame tower over ``x (B, T, ...)``; without gradients ``chunk`` frames at a time, so an
         hour of video never holds the activations of all its frames at once. (Not for Whisper, whose
         windows share 30 s inputs.)"""
@@ -324,6 +288,104 @@ class DamoModel(nn.Module):
             return tower(x)
         return torch.cat([tower(x[:, i:i + chunk]) for i in range(0, x.shape[1], chunk)], 1)
 
+
+class Connector(nn.Module):
+    """Fuser features -> LLM inputs (step 5): the time map (``time_encoding: sinusoid``), the projector,
+    the query-aware match projection, and the Q-Former bridge of the fusion tokens."""
+
+    def __init__(self, cfg: DamoConfig, C: int, rms: float, time_map: bool):
+        super().__init__()
+        D = cfg.fuser.width
+        if time_map:
+            self.time_proj = nn.Linear(D, D)
+        self.projector = nn.Sequential(nn.Linear(D, C), nn.GELU(), nn.Linear(C, C), nn.LayerNorm(C))
+        self.bridge_queries = nn.Parameter(torch.randn(1, cfg.bridge_tokens, D) * 0.02)
+        self.bridge = CrossBlock(D, cfg.fuser.heads)
+        self.bridge_out = nn.Sequential(nn.Linear(D, C), nn.LayerNorm(C))
+        # Both video paths end in a LayerNorm whose gain starts at the RMS of the LLM's word
+        # embeddings, so video tokens enter the LLM at the scale of text tokens. Without it they
+        # were 50-200x larger: the frames' residual stream barely changed across layers (frame
+        # states ignored the question) and generation could not even restate the question.
+        for norm in (self.projector[-1], self.bridge_out[-1]):
+            nn.init.constant_(norm.weight, rms)
+        # query-aware frame tokens: each frame's alignment embedding times the question's, and
+        # their cosine, projected into the LLM (zero-initialised: a no-op until trained)
+        self.match_proj = nn.Linear(cfg.align_dim + 1, C)
+        nn.init.zeros_(self.match_proj.weight)
+        nn.init.zeros_(self.match_proj.bias)
+
+    def bridge_fusion(self, fusion: torch.Tensor) -> torch.Tensor:
+        """Fusion tokens ``(B, F, D)`` -> the bridge's ``bridge_tokens`` LLM embeddings ``(B, F', C)``."""
+        return self.bridge_out(self.bridge(self.bridge_queries.expand(fusion.shape[0], -1, -1), fusion))
+
+
+class Alignment(nn.Module):
+    """DaMO's video-text alignment space (stage 2's contrastive loss; also the query-aware frame
+    tokens): a small text encoder, the video side's projection and the learned temperature."""
+
+    def __init__(self, cfg: DamoConfig, vocab: int):
+        super().__init__()
+        self.text_encoder = TextEncoder(vocab, cfg.fuser.width, cfg.align_dim)
+        self.align_video = nn.Linear(cfg.fuser.width, cfg.align_dim)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+
+
+# Parameter names before the submodules were grouped -> their group; checkpoints and trainable globs
+# written with the old names keep working (:func:`grouped_name`)
+GROUP_OF = {**dict.fromkeys(("vision", "audio", "residual_v", "residual_a", "temporal_conv", "compressor",
+                             "fuseformer"), "video"),
+            **dict.fromkeys(("time_proj", "projector", "bridge_queries", "bridge", "bridge_out", "match_proj"),
+                            "connector"),
+            **dict.fromkeys(("text_encoder", "align_video", "logit_scale"), "alignment")}
+
+
+def grouped_name(name: str) -> str:
+    """A parameter name or trainable glob in the flat layout (``fuseformer.*``, ``residual_*``,
+    ``bridge*``) -> the grouped one (``video.fuseformer.*``, ``video.residual_*``, ``connector.bridge*``);
+    names already grouped pass unchanged."""
+    head = re.match(r"[A-Za-z0-9_]*", name).group()
+    rest = name[len(head):]
+    if head in GROUP_OF:
+        return f"{GROUP_OF[head]}.{name}"
+    if rest[:1] in ("*", "?", "[") and head:       # a glob over several flat names: residual_*, bridge*
+        groups = {g for n, g in GROUP_OF.items() if fnmatch.fnmatchcase(n, head + rest.split(".")[0])}
+        if len(groups) == 1:
+            return f"{groups.pop()}.{name}"
+    return name
+
+
+class DamoModel(nn.Module):
+    """The whole model: ``video`` (:class:`VideoEncoder`), ``connector`` (:class:`Connector`),
+    ``llm`` (any HF causal LM, optionally with LoRA), ``evidence`` (D²VLM's evidence head) and
+    ``alignment`` (:class:`Alignment`). Recipe stages name these groups in their ``trainable`` globs."""
+
+    def __init__(self, cfg: DamoConfig, tokenizer: PreTrainedTokenizerFast):
+        super().__init__()
+        self.cfg, self.tokenizer = cfg, tokenizer
+        self.video = VideoEncoder(cfg)
+        # the processor adds LAPE coordinate tokens (LLaVA-ST eq. 4) before the LLM is sized to the vocabulary
+        self.processor = DamoProcessor.from_model_config(cfg, tokenizer)
+        self.time_ids = self.processor.coord_axes.get("t", [])
+        ours = [t for t in tk.SPECIAL_TOKENS if t in tokenizer.get_vocab()]
+        self.new_token_ids = tokenizer.convert_tokens_to_ids(ours) + sorted(self.processor.axis_of)
+        self.llm = build_llm(cfg.llm, tokenizer, self.new_token_ids)
+        if self.processor.coord_axes:     # LLaVA-ST's Neighboring Token Propagation of the anchors' rows
+            register_propagation(self.llm, self.processor.coord_axes)
+        self.trained: set[str] = set()     # parameter names any stage trained (damo.train.loop.set_trainable)
+        w = self.llm.get_input_embeddings().weight
+        # on the meta device (damo.plan) there are no values to measure: any gain has the same shape
+        rms = 1.0 if w.is_meta else float(w.detach().float().pow(2).mean().sqrt())
+        C = self.llm.config.hidden_size
+        self.connector = Connector(cfg, C, rms, time_map=self.processor.time.sinusoid)
+        self.evidence = EvidenceHead(C, cfg.evidence.dim, cfg.evidence.hidden, cfg.evidence.norm)
+        n_layers = self.llm.config.get_text_config().num_hidden_layers
+        if not -(n_layers + 1) <= cfg.evidence.capture_layer <= n_layers:
+            raise ValueError(f"model.evidence.capture_layer {cfg.evidence.capture_layer} is not a hidden-state index "
+                             f"of this {n_layers}-layer LLM (0 = embeddings .. {n_layers}, or negative)")
+        self.alignment = Alignment(cfg, len(tokenizer))
+        self.video_id = self.processor.video_id
+
+    # ------------------------------------------------------------------ video
     def video_embeddings(self, frames, mel, frame_mask, times, query_ids=None, query_mask=None, duration=None,
                          group: int = 1, vision=None, audio=None):
         """-> frame embeddings ``(B, T', K, C)``, the embeddings in front of the frames (bridged fusion
@@ -344,21 +406,21 @@ class DamoModel(nn.Module):
         (:meth:`lape`); ``timestamp`` writes the time as text in the prompt
         instead (:meth:`~damo.model.processing.DamoProcessor.prompt`) and ``none`` gives no time at all.
         """
-        fr, fu = self.encode_video(frames, mel, frame_mask, vision, audio)
+        fr, fu = self.video(frames, mel, frame_mask, vision, audio)
         frl, ml = pool_groups(fr, frame_mask, group)                # (B, T', K, D), (B, T')
         times = pool_groups(times, frame_mask, group)[0]            # (B, T')
         slow = None
-        if self.at_llm:
+        if self.video.at_llm:
             k, side = self.processor.budget.split(frl.shape[1])
-            frl, slow = self.compressor.pack(frl, ml, k, side)     # (B, T', K, D), (B, G, s*s, D) or None
+            frl, slow = self.video.compressor.pack(frl, ml, k, side)   # (B, T', K, D), (B, G, s*s, D) or None
         qa = None
         if self.cfg.query_aware and query_ids is not None:
-            qa = F.normalize(self.text_encoder(query_ids, query_mask), dim=-1)       # (B, d)
+            qa = F.normalize(self.alignment.text_encoder(query_ids, query_mask), dim=-1)   # (B, d)
         e = self.llm_tokens(frl, times, duration, qa)               # (B, T', K, C)
-        q = self.bridge_out(self.bridge(self.bridge_queries.expand(fu.shape[0], -1, -1), fu))   # (B, F', C)
+        q = self.connector.bridge_fusion(fu)                        # (B, F', C)
         if slow is None:
             return e, q, fr
-        st = pool_groups(times, ml, self.compressor.stride)[0]     # each slow step's mean time (B, G)
+        st = pool_groups(times, ml, self.video.compressor.stride)[0]   # each slow step's mean time (B, G)
         se = self.llm_tokens(slow, st, duration, qa)                # (B, G, s*s, C)
         return e, torch.cat([q, se.flatten(1, 2)], 1), fr
 
@@ -366,14 +428,15 @@ class DamoModel(nn.Module):
                    qa: torch.Tensor | None) -> torch.Tensor:
         """Tokens ``x (B, N, K, D)`` at ``times (B, N)`` -> LLM embeddings ``(B, N, K, C)``: time, projector,
         match with the question ``qa (B, d)`` (see :meth:`video_embeddings`)."""
-        t = self.time_proj(sinusoid(times, x.shape[-1]))[:, :, None] if self.processor.time.sinusoid else 0
-        e = self.projector(x + t)                                   # (B, N, K, C)
+        con, vid = self.connector, self.video
+        t = con.time_proj(sinusoid(times, x.shape[-1]))[:, :, None] if self.processor.time.sinusoid else 0
+        e = con.projector(x + t)                                    # (B, N, K, C)
         if self.processor.coord_axes:          # LAPE; grid terms only where the K tokens are a row-major grid
-            e = e + self.lape(times, duration, x.shape[2] if self.at_llm and self.compressor.keeps_grid else 1)
+            e = e + self.lape(times, duration, x.shape[2] if vid.at_llm and vid.compressor.keeps_grid else 1)
         if qa is not None:
-            va = F.normalize(self.align_video(x), dim=-1)           # (B, N, K, d)
+            va = F.normalize(self.alignment.align_video(x), dim=-1)  # (B, N, K, d)
             prod = va * qa[:, None, None]
-            e = e + self.match_proj(torch.cat([prod, prod.sum(-1, keepdim=True)], -1))
+            e = e + con.match_proj(torch.cat([prod, prod.sum(-1, keepdim=True)], -1))
         return e
 
     def lape(self, times: torch.Tensor, duration: torch.Tensor | None, k: int) -> torch.Tensor | float:
@@ -410,7 +473,7 @@ class DamoModel(nn.Module):
         emb = self.llm.get_input_embeddings()(input_ids)
         F_, per_step, stride = self.cfg.bridge_tokens, 0, 1
         if fusion_emb.shape[1] > F_:                                # the packer's slow stream (B, G s^2, C)
-            stride = self.compressor.stride
+            stride = self.video.compressor.stride
             per_step = (fusion_emb.shape[1] - F_) // -(-frame_emb.shape[1] // stride)
         parts = [torch.cat([fusion_emb[b, :F_ + -(-n // stride) * per_step], frame_emb[b, :n].flatten(0, 1)])
                  for b, n in enumerate(num_frames)]
@@ -472,7 +535,8 @@ class DamoModel(nn.Module):
         fr = frame_features.mean(2)                                 # (B, T, D)
         m = span_mask[..., None].float()
         v = (fr * m).sum(1) / m.sum(1).clamp(min=1)                 # (B, D)
-        return F.normalize(self.align_video(v), dim=-1), F.normalize(self.text_encoder(text_ids, text_mask), dim=-1)
+        al = self.alignment
+        return F.normalize(al.align_video(v), dim=-1), F.normalize(al.text_encoder(text_ids, text_mask), dim=-1)
 
     # -------------------------------------------------------------- inference
     @torch.no_grad()
@@ -582,9 +646,9 @@ class DamoModel(nn.Module):
         and that no stage trained: :meth:`save` refers to them by name instead of storing them."""
         parts = []
         if self.cfg.vision.kind == "hf_vision" and self.cfg.vision.pretrained:
-            parts.append("vision.model.")
+            parts.append("video.vision.model.")
         if self.cfg.audio.kind == "hf_whisper" and self.cfg.audio.pretrained:
-            parts.append("audio.encoder.")
+            parts.append("video.audio.encoder.")
         keys = {k for k in self.state_dict() if k.startswith(tuple(parts))}
         if self.cfg.llm.kind == "hf" and self.cfg.llm.pretrained:
             keys |= {k for k in self.state_dict() if k.startswith("llm.") and "lora_" not in k
@@ -670,7 +734,7 @@ class DamoModel(nn.Module):
         saved = json.loads((path / "config.json").read_text())
         saved["compressor"].setdefault("placement", "fuser")   # saved before the switch: in front of the fuser
         cfg = DamoConfig.from_dict(saved)
-        state = backbones.load_state_file(weights, allow_pickle=allow_pickle)
+        state = {grouped_name(k): v for k, v in backbones.load_state_file(weights, allow_pickle=allow_pickle).items()}
         rows = {k.split("::", 1)[1]: state.pop(k) for k in [k for k in state if k.startswith("token_rows::")]}
         tok = PreTrainedTokenizerFast.from_pretrained(str(path / "tokenizer"))
         build = copy.deepcopy(cfg)
@@ -689,7 +753,7 @@ class DamoModel(nn.Module):
         loaded = {ptr[k] for k in state if k in ptr}
         base = model.pretrained_keys() if ref else set()
         if ref:
-            model.trained = set(ref["trained"])
+            model.trained = {grouped_name(k) for k in ref["trained"]}
             base -= model.trained
         missing = [k for k in missing if ptr[k] not in loaded and k not in base]   # tied aliases, pretrained weights
         if missing or unexpected or set(rows) - set(ptr):

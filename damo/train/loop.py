@@ -47,9 +47,9 @@ def set_trainable(model: DamoModel, patterns: list[str]) -> int:
     names = [name for name, _ in model.named_parameters()]
     unmatched = [pat for pat in patterns if not any(fnmatch.fnmatch(n, pat) for n in names)]
     if unmatched:
-        hint = sorted({n.split(".")[0] for n in names})
+        hint = sorted({".".join(n.split(".")[:1 if n.startswith(("llm.", "evidence.")) else 2]) for n in names})
         raise ValueError(f"trainable patterns {unmatched} match no parameter of this model; fix or remove them "
-                         f"(parameter names start with {hint}; LoRA weights match 'llm.*lora_*', new token rows "
+                         f"(parameters belong to {hint}; LoRA weights match 'llm.*lora_*', new token rows "
                          f"'llm.*trainable_tokens*')")
     n = 0
     for name, p in model.named_parameters():

@@ -63,7 +63,7 @@ def contrastive(out: dict, batch: dict, model) -> torch.Tensor:
     """
     v, t = model.align_embeddings(out["frame_features"], batch["align_span_mask"], batch["align_text_ids"],
                                   batch["align_text_mask"])
-    scale = model.logit_scale.exp().clamp(max=100)
+    scale = model.alignment.logit_scale.exp().clamp(max=100)
     logits = scale * v @ t.T                                                  # (B videos, B texts)
     target = torch.arange(len(v), device=v.device)
     has_neg = batch["align_neg_mask"].any(1)

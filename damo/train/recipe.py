@@ -86,7 +86,7 @@ def stage_pairs(path: str, recipe: Recipe, say) -> list[dict]:
 
 def trains_encoders(model: DamoModel, patterns: list[str]) -> bool:
     """Whether any vision or audio tower parameter matches a stage's trainable patterns."""
-    names = [n for n, _ in model.named_parameters() if n.startswith(("vision.", "audio."))]
+    names = [n for n, _ in model.named_parameters() if n.startswith(("video.vision.", "video.audio."))]
     return any(fnmatch.fnmatch(n, p) for n in names for p in patterns)
 
 
