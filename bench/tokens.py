@@ -22,7 +22,9 @@ Rows (``--grid``):
                frame), each over ``--seeds``; reported as mean +- std over the seeds, without the cost pass.
                The stages that never read the LLM's video tokens (language warm-up, alignment: the
                alignment reads the fused grid's mean, whatever the compressor) run once per seed; each
-               row starts from them and trains the bridging and temporal stages with its compressor
+               row starts from them and trains the bridging and temporal stages with its compressor.
+               ``--fuser-tokens K`` adds the former placement at K tokens per frame (no compressor, the
+               fuser's K outputs per frame), which trains its own shared stages
 
     python bench/tokens.py WORKDIR [--grid time compressors coupled llm] [--steps 0.3] [--jobs 2]
 
@@ -64,13 +66,17 @@ GRIDS = {"time": TIME, "compressors": COMPRESSORS, "coupled": COUPLED}
 AT_LLM = ["model.compressor.placement=llm", "model.compressor.k_max=16", "model.fuser.visual_tokens=16"]
 
 
-def llm_rows(budgets: list[int]) -> dict[str, list[str]]:
-    """The ``llm`` grid: each compressor at the LLM under each budget, and the uncompressed grid."""
+def llm_rows(budgets: list[int], fuser_tokens: list[int] = ()) -> dict[str, list[str]]:
+    """The ``llm`` grid: each compressor at the LLM under each budget, the uncompressed grid, and the
+    former placement (no compressor, the fuser emitting K tokens per frame) for each K in ``fuser_tokens``."""
     # 16 tokens for each of a 64-s clip's frames overflow the 1,024-token sequences: at most 40 frame tokens
     rows = {"llm: identity": [*AT_LLM, "model.compressor.kind=identity", "model.llm_frames=40"]}
     for k in ("pool", "tome", "prune", "stp"):
         for b in budgets:
             rows[f"llm: {k} {b}"] = [*AT_LLM, f"model.compressor.kind={k}", f"model.compressor.budget={b}"]
+    for k in fuser_tokens:
+        rows[f"fuser: {k} per frame"] = ["model.compressor.placement=fuser", "model.compressor.kind=identity",
+                                         "model.fuser.visual_tokens=16", f"model.fuser.frame_tokens={k}"]
     return rows
 
 
@@ -97,7 +103,7 @@ def whole_frame_siou(test: list) -> float:
 
 def fuser_tokens(model, seconds: int) -> int | str:
     try:
-        return model.compressor.tokens_per_frame(int(seconds * model.cfg.fps), training=False)
+        return model.video.compressor.tokens_per_frame(int(seconds * model.cfg.fps), training=False)
     except ValueError:
         return "over budget"
 
@@ -117,16 +123,20 @@ def recipe(seed: int, a: argparse.Namespace, overrides: list[str]):
 SHARED = ("language", "align")     # llm grid: stages that never read the compressed tokens
 
 
+def run_shared(seed: int, a: argparse.Namespace, overrides: list[str], out: Path) -> None:
+    r = short_recipe(seed, f"synth://standard?n={a.train}&seed=0&split=train&stvg=1",
+                     argparse.Namespace(steps=a.shared_steps), [f"model.box_bins={BOX_BINS}", *overrides])
+    r.stages = [st for st in r.stages if st.name in SHARED]
+    run_recipe(r, out, progress=False, log=lambda *_: None)
+
+
 def shared_stages(job: tuple[int, dict]) -> None:
     """The ``llm`` grid's shared stages for one seed, with the default compressor at the LLM."""
     seed, args = job
     a = argparse.Namespace(**args)
     torch.set_num_threads(a.threads)
-    r = short_recipe(seed, f"synth://standard?n={a.train}&seed=0&split=train&stvg=1",
-                     argparse.Namespace(steps=a.shared_steps),
-                     [f"model.box_bins={BOX_BINS}", "model.compressor.placement=llm", "model.fuser.visual_tokens=16"])
-    r.stages = [st for st in r.stages if st.name in SHARED]
-    run_recipe(r, Path(a.workdir) / f"shared-seed{seed}", progress=False, log=lambda *_: None)
+    run_shared(seed, a, ["model.compressor.placement=llm", "model.fuser.visual_tokens=16"],
+               Path(a.workdir) / f"shared-seed{seed}")
 
 
 def run_llm_row(job: tuple[str, list[str], int, dict]) -> dict:
@@ -139,11 +149,15 @@ def run_llm_row(job: tuple[str, list[str], int, dict]) -> dict:
         return json.loads((out / "result.json").read_text())
     r = recipe(seed, a, overrides)
     t0 = time.time()
-    base = DamoModel.load(Path(a.workdir) / f"shared-seed{seed}" / "model")
+    shared = Path(a.workdir) / f"shared-seed{seed}"
+    if row.startswith("fuser:"):     # the fuser's output layer has another shape: the row's own shared stages
+        shared = out / "shared"
+        run_shared(seed, a, overrides, shared)
+    base = DamoModel.load(shared / "model")
     torch.manual_seed(seed)
     model = DamoModel(r.model, base.tokenizer)
     missing, unexpected = model.load_state_dict(base.state_dict(), strict=False)
-    assert not unexpected and all(k.startswith("compressor.") for k in missing), (missing, unexpected)
+    assert not unexpected and all(k.startswith("video.compressor.") for k in missing), (missing, unexpected)
     samples = load_dataset(r.data["train"])
     clips = ClipLoader(model.processor, memory=True)
     stats = {}
@@ -266,6 +280,8 @@ def main() -> None:
                     help="visual tokens per video of the llm grid")
     ap.add_argument("--batch", type=int, default=0, help="cap every stage's batch (0: the recipe's); llm grid: "
                     "the per-row stages")
+    ap.add_argument("--fuser-tokens", type=int, nargs="*", default=[],
+                    help="llm grid: also the former placement, the fuser emitting K tokens per frame, for each K")
     ap.add_argument("--shared-steps", type=float, default=0.2,
                     help="llm grid: fraction of the recipe's steps for the shared stages")
     add_budget_args(ap)
@@ -274,7 +290,7 @@ def main() -> None:
     t0 = time.time()
     if "llm" in a.grid:
         run_parallel(shared_stages, [(s, vars(a)) for s in a.seeds], a.jobs)
-        jobs = [(row, ov, s, vars(a)) for s in a.seeds for row, ov in llm_rows(a.budgets).items()]
+        jobs = [(row, ov, s, vars(a)) for s in a.seeds for row, ov in llm_rows(a.budgets, a.fuser_tokens).items()]
         llm = run_parallel(run_llm_row, jobs, a.jobs)
         Path(a.workdir, "tokens_llm.json").write_text(json.dumps({"results": llm, "args": vars(a)}, indent=2))
         llm_table(llm)

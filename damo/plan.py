@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import copy
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
@@ -43,6 +43,7 @@ from damo.data.collate import Collator
 from damo.data.schema import Sample
 from damo.model import backbones
 from damo.model import tokenizer as tk
+from damo.model.batch import Batch
 from damo.model.modeling_damo import DamoConfig, DamoModel
 from damo.model.processing import ClipTensors
 from damo.train.loop import StageLoss, set_trainable
@@ -106,7 +107,7 @@ def module_counts(model: DamoModel) -> dict[str, dict[str, int]]:
     return out
 
 
-def probe_batch(model: DamoModel, stage: Stage, frames: int, text_tokens: int) -> dict:
+def probe_batch(model: DamoModel, stage: Stage, frames: int, text_tokens: int) -> Batch:
     """One clip of ``frames`` frames with a question and an answer of ``text_tokens`` tokens in all, made
     by the model's processor and the training collator, moved to the meta device."""
     c = model.cfg
@@ -120,13 +121,11 @@ def probe_batch(model: DamoModel, stage: Stage, frames: int, text_tokens: int) -
     sample = Sample(id="plan", video="plan", duration=float(T), task=task, query=" ".join(["w4"] * q),
                     answer=" ".join(words), spans=[[T * 0.25, T * 0.5]], captions=[" ".join(words)])
     batch = Collator.for_model(model)([(sample, clip)])
-    out = {k: v.to("meta") if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-    # the contrastive loss branches on whether a clip has a hard negative: kept as values (none here)
-    out["align_neg_mask"] = torch.zeros_like(batch["align_neg_mask"])
-    L = out["input_ids"].shape[1]
+    L = batch.input_ids.shape[1]
+    # the contrastive loss branches on whether a clip has a hard negative: kept as values (none here);
     # a 4-D mask is used as given: transformers' padding checks read values
-    out["attention_mask"] = torch.ones(1, 1, L, L, dtype=torch.bool, device="meta")
-    return out
+    return replace(batch.to("meta"), align_neg_mask=torch.zeros_like(batch.align_neg_mask),
+                   attention_mask=torch.ones(1, 1, L, L, dtype=torch.bool, device="meta"))
 
 
 @contextmanager
@@ -147,7 +146,7 @@ def _checkpointing(model: DamoModel, on: bool) -> None:
         llm.gradient_checkpointing_disable()
 
 
-def saved_bytes(model: DamoModel, stage: Stage, batch: dict, checkpointing: bool) -> int:
+def saved_bytes(model: DamoModel, stage: Stage, batch: Batch, checkpointing: bool) -> int:
     """Bytes autograd saves for backward in one forward of the stage's losses (meta tensors), after
     running the backward to check it goes through."""
     _checkpointing(model, checkpointing)
@@ -172,7 +171,7 @@ def activation_bytes(model: DamoModel, stage: Stage, frames: int, text_tokens: i
     _checkpointing(model, model.cfg.llm.gradient_checkpointing)
     llm = model.llm.get_base_model() if backbones.is_lora(model.llm) else model.llm
     n_layers, C = llm.config.num_hidden_layers, llm.config.hidden_size
-    L = batch["input_ids"].shape[1]
+    L = batch.input_ids.shape[1]
     if not model.cfg.llm.gradient_checkpointing:
         return {"bytes": full, "tokens": L}
     inside = max(0, full - ckpt)                       # what the decoder layers save without checkpointing

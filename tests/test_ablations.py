@@ -57,10 +57,10 @@ def test_frame_level_collate_pairs_and_forward(frame_model):
     m = frame_model
     col = Collator(DamoProcessor(m.tokenizer, video_tokens=m.cfg.bridge_tokens, frame_tokens=1, fps=1.0, layout="query_first", evidence_level="frame"))
     b = col([(sample(0, spans=((1.0, 3.0),)), clip(6, 0))])
-    assert b["evi_batch"].tolist() == [0, 0, 0, 0]
-    assert b["evi_targets"].argmax(1).tolist() == [1, 2, 1, 2] and (b["evi_targets"] == 1).sum().item() == 4
-    assert b["evi_targets"][0].tolist() == [0.5, 1, 0.5, 0.25, 0.125, 0.0625]   # 2^-distance from the one frame
-    assert b["cons_pairs"].tolist() == [[0, 2], [1, 3]]          # start with start, end with end
+    assert b.evi_batch.tolist() == [0, 0, 0, 0]
+    assert b.evi_targets.argmax(1).tolist() == [1, 2, 1, 2] and (b.evi_targets == 1).sum().item() == 4
+    assert b.evi_targets[0].tolist() == [0.5, 1, 0.5, 0.25, 0.125, 0.0625]   # 2^-distance from the one frame
+    assert b.cons_pairs.tolist() == [[0, 2], [1, 3]]          # start with start, end with end
     out = m(b)
     assert out["evi_logits"].shape == (4, 6)
 
@@ -69,10 +69,10 @@ def test_decomposed_collate_grounds_only_the_first_stage():
     tok = train_tokenizer(TEXTS, 300)
     col = Collator(DamoProcessor(tok, video_tokens=8, frame_tokens=1, fps=1.0, layout="query_first", response="decomposed"))
     b = col([(sample(0, "multi_grounding", ((0, 1), (2, 4))), clip(6, 0))])
-    assert len(b["evi_batch"]) == 2 and len(b["cons_pairs"]) == 0
+    assert len(b.evi_batch) == 2 and len(b.cons_pairs) == 0
     col = Collator(DamoProcessor(tok, video_tokens=8, frame_tokens=1, fps=1.0, layout="query_first", response="coupled"))
     b = col([(sample(0), clip(6, 0))])
-    assert len(b["evi_batch"]) == 0
+    assert len(b.evi_batch) == 0
 
 
 def test_pairing_frame_evidence_into_spans():

@@ -258,7 +258,7 @@ def test_merge_lora_keeps_outputs_and_export_loads_in_transformers(tmp_path, tok
     lora_copy = copy.deepcopy(model)
     exported = backbones.export_llm(lora_copy, tmp_path / "export")
     hf = AutoModelForCausalLM.from_pretrained(exported).eval()
-    ids = batch["input_ids"][:, :12].clamp(max=len(tok) - 1)
+    ids = batch.input_ids[:, :12].clamp(max=len(tok) - 1)
     with torch.no_grad():
         lora_logits = lora_copy.llm(input_ids=ids).logits
     torch.testing.assert_close(hf(input_ids=ids).logits, lora_logits, rtol=1e-5, atol=1e-5)
@@ -333,8 +333,8 @@ def test_paper_configs_build_with_tiny_sizes(tok, name, family, vision, lora):
     batch = make_batch(model, T=3)
     with torch.no_grad():
         out = model(batch)
-    assert out["logits"].shape[:2] == batch["input_ids"].shape
-    assert out["evi_logits"].shape == (len(batch["evi_batch"]), 3)
+    assert out["logits"].shape[:2] == batch.input_ids.shape
+    assert out["evi_logits"].shape == (len(batch.evi_batch), 3)
     assert out["frame_features"].shape[:2] == (2, 3)
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import replace
 import random
 
 import pytest
@@ -188,10 +189,10 @@ def test_fpo_steps_on_a_tiny_model_widen_the_preference_margin():
     col = Collator(DamoProcessor(model.tokenizer, video_tokens=model.cfg.bridge_tokens, frame_tokens=1, fps=1.0, layout="video_first"))
     clips = {f"v{i}": clip(6, i) for i in range(3)}
     batch = col(pair_batch(PAIRS, clips.__getitem__), random.Random(0))
-    assert batch["input_ids"].shape[0] == 6
+    assert batch.input_ids.shape[0] == 6
     # the rejected shift row is supervised with its own (wrong) interval
-    first_rej = int((batch["evi_batch"] == 3).nonzero()[0])
-    assert batch["evi_targets"][first_rej].tolist() == [0.125, 0.25, 0.5, 1, 1, 0.5]
+    first_rej = int((batch.evi_batch == 3).nonzero()[0])
+    assert batch.evi_targets[first_rej].tolist() == [0.125, 0.25, 0.5, 1, 1, 0.5]
 
     def margin() -> float:
         model.eval()
@@ -202,7 +203,7 @@ def test_fpo_steps_on_a_tiny_model_widen_the_preference_margin():
         """The eq. 6 part of log pi(R) per row: total minus the text tokens' part."""
         with torch.no_grad():
             out = model(batch)
-        return batch_logprob(out, batch) - token_logprob(out["logits"], batch["labels"])    # (6,)
+        return batch_logprob(out, batch) - token_logprob(out["logits"], batch.labels)    # (6,)
 
     # the supervised losses on the chosen rows alone equal those of a chosen-only batch
     chosen_only = col(pair_batch(PAIRS, clips.__getitem__)[:3], random.Random(0))
@@ -210,8 +211,8 @@ def test_fpo_steps_on_a_tiny_model_widen_the_preference_margin():
     with torch.no_grad():
         o, b = chosen_view(model(batch), batch)
         o2 = model(chosen_only)
-    assert b["labels"].shape[0] == 3 and len(b["evi_batch"]) == len(chosen_only["evi_batch"])
-    assert torch.equal(b["cons_pairs"], chosen_only["cons_pairs"])
+    assert b.labels.shape[0] == 3 and len(b.evi_batch) == len(chosen_only.evi_batch)
+    assert torch.equal(b.cons_pairs, chosen_only.cons_pairs)
     for name in ("lm", "grounding_bce", "consistency"):
         assert float(losses.LOSSES[name](o, b)) == pytest.approx(float(losses.LOSSES[name](o2, chosen_only)),
                                                                  rel=1e-4)
@@ -252,7 +253,7 @@ def test_fpo_on_synthesized_pairs_of_rendered_synthetic_videos():
     model = tiny_model()
     col = Collator(DamoProcessor(model.tokenizer, video_tokens=model.cfg.bridge_tokens, frame_tokens=1, fps=1.0, layout="video_first"))
     batch = col(pair_batch(chosen, ClipLoader(model.processor)), random.Random(0))
-    assert batch["input_ids"].shape[0] == 8
+    assert batch.input_ids.shape[0] == 8
 
     def margin() -> float:
         model.eval()
@@ -276,35 +277,35 @@ def focused_batch(model: DamoModel) -> tuple[dict, int]:
                                  layout="video_first"))
     batch = col(pair_batch(PAIRS, {f"v{i}": clip(6, i) for i in range(3)}.__getitem__), random.Random(0))
     evi = model.processor.evi_id
-    return batch | focus_masks(batch, PAIRS, evi), evi
+    return replace(batch, **focus_masks(batch, PAIRS, evi)), evi
 
 
 def test_event_focus_marks_only_the_perturbed_parts():
     model = tiny_model()
     b, evi = focused_batch(model)
-    tok, w, eb = b["fpo_tokens"], b["fpo_evi"], b["evi_batch"]
+    tok, w, eb = b.fpo_tokens, b.fpo_evi, b.evi_batch
     # pair 0 (temporal shift of the only event): both rows' <evi> of both stages, no text
     assert w[(eb == 0) | (eb == 3)].tolist() == [1.0] * 4 and not tok[0].any() and not tok[3].any()
     # textual pairs: no <evi>; the text from the first differing token to the next <evi> (or the end)
     assert not w[(eb == 1) | (eb == 2) | (eb == 4) | (eb == 5)].any()
     for c, r in ((1, 4), (2, 5)):
-        resp = [(b["labels"][x] != -100).nonzero().flatten() for x in (c, r)]
+        resp = [(b.labels[x] != -100).nonzero().flatten() for x in (c, r)]
         first = [int(q[0]) for q in (tok[c].nonzero().flatten(), tok[r].nonzero().flatten())]
         start = [int((q == f).nonzero()) for q, f in zip(resp, first)]
         assert start[0] == start[1] and start[0] > 0
-        before = [b["labels"][x, q[:st]].tolist() for x, q, st in zip((c, r), resp, start)]
+        before = [b.labels[x, q[:st]].tolist() for x, q, st in zip((c, r), resp, start)]
         assert before[0] == before[1]                                          # identical up to the difference
-        assert int(b["labels"][c, first[0]]) != int(b["labels"][r, first[1]])  # marking starts at it
+        assert int(b.labels[c, first[0]]) != int(b.labels[r, first[1]])  # marking starts at it
         for x in (c, r):
             marked = tok[x].nonzero().flatten()
             assert (marked == torch.arange(int(marked[0]), int(marked[-1]) + 1)).all()      # one stretch
-            assert evi not in b["labels"][x, marked].tolist()
+            assert evi not in b.labels[x, marked].tolist()
             after = int(marked[-1]) + 1
-            assert after == b["labels"].shape[1] or int(b["labels"][x, after]) in (evi, -100)
+            assert after == b.labels.shape[1] or int(b.labels[x, after]) in (evi, -100)
     # "red" -> "blue" in a grounded QA answer: the stretch ends right before the answer's <evi>
-    assert int(b["labels"][1, int(tok[1].nonzero()[-1]) + 1]) == evi
+    assert int(b.labels[1, int(tok[1].nonzero()[-1]) + 1]) == evi
     # the repeated second caption: the stretch runs to the end of the response
-    assert int(tok[2].nonzero()[-1]) == int((b["labels"][2] != -100).nonzero()[-1])
+    assert int(tok[2].nonzero()[-1]) == int((b.labels[2] != -100).nonzero()[-1])
 
 
 def test_focused_log_probabilities_on_a_tiny_model():
@@ -315,22 +316,22 @@ def test_focused_log_probabilities_on_a_tiny_model():
     got = batch_logprob(out, b, "event")
     logp = out["logits"].float().log_softmax(-1)
     for row in (1, 2, 4, 5):          # textual: the marked tokens' log-probs, each predicted from the position before
-        want = sum(float(logp[row, i - 1, b["labels"][row, i]]) for i in b["fpo_tokens"][row].nonzero().flatten().tolist())
+        want = sum(float(logp[row, i - 1, b.labels[row, i]]) for i in b.fpo_tokens[row].nonzero().flatten().tolist())
         assert float(got[row]) == pytest.approx(want, rel=1e-5)
-    ivl = interval_logprob(out["evi_logits"], b["evi_targets"], b["evi_mask"][b["evi_batch"]])
+    ivl = interval_logprob(out["evi_logits"], b.evi_targets, b.evi_mask[b.evi_batch])
     for row in (0, 3):                # temporal: the shifted event's <evi> intervals only
-        assert float(got[row]) == pytest.approx(float(ivl[b["evi_batch"] == row].sum()), rel=1e-5)
+        assert float(got[row]) == pytest.approx(float(ivl[b.evi_batch == row].sum()), rel=1e-5)
     # tokens before the first difference have the same log-prob on both sides: leaving them out
     # of the focus changes no chosen-minus-rejected margin
     for c, r in ((1, 4), (2, 5)):
-        start = int(b["fpo_tokens"][c].nonzero()[0])
-        lc = token_logprob(out["logits"][c:c + 1, :start], b["labels"][c:c + 1, :start])
-        lr = token_logprob(out["logits"][r:r + 1, :start], b["labels"][r:r + 1, :start])
+        start = int(b.fpo_tokens[c].nonzero()[0])
+        lc = token_logprob(out["logits"][c:c + 1, :start], b.labels[c:c + 1, :start])
+        lr = token_logprob(out["logits"][r:r + 1, :start], b.labels[r:r + 1, :start])
         assert float(lc) == pytest.approx(float(lr), rel=1e-5)
     # sequence focus scores more: every token and every <evi>
     assert not torch.allclose(batch_logprob(out, b, "sequence"), got)
     with pytest.raises(ValueError, match="focus_masks"):
-        batch_logprob(out, {k: v for k, v in b.items() if not k.startswith("fpo_")}, "event")
+        batch_logprob(out, replace(b, fpo_tokens=None, fpo_evi=None), "event")
 
 
 def test_fpo_settings_are_checked():

@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
 from damo.data.collate import Collator
+from damo.model.batch import Batch
 from damo.model.processing import DamoProcessor, frame_targets, response_text
 from damo.model.encoders import TinyAudioEncoder, TinyViT
 from damo.model.evidence import decode_interval, salient_frames
@@ -100,8 +102,8 @@ def test_salient_run_and_interval_decoding():
 def test_grounding_bce_and_consistency_by_hand():
     out = {"logits": torch.zeros(1, 2, 3), "evi_logits": torch.tensor([[0.0, 2.0, -1.0]]),
            "evi_features": torch.tensor([[1.0, 2.0], [1.5, 1.0]])}
-    batch = {"evi_mask": torch.tensor([[True, True, False]]), "evi_batch": torch.tensor([0]),
-             "evi_targets": torch.tensor([[0.0, 1.0, 1.0]]), "cons_pairs": torch.tensor([[0, 1]])}
+    batch = Batch(evi_mask=torch.tensor([[True, True, False]]), evi_batch=torch.tensor([0]),
+                  evi_targets=torch.tensor([[0.0, 1.0, 1.0]]), cons_pairs=torch.tensor([[0, 1]]))
     # padded third frame excluded: mean(-log(1 - s(0)), -log(s(2)))
     want = (math.log(2) + math.log(1 + math.exp(-2))) / 2
     assert float(losses.grounding_bce(out, batch)) == pytest.approx(want, rel=1e-6)
@@ -111,7 +113,7 @@ def test_grounding_bce_and_consistency_by_hand():
 def test_lm_loss_ignores_prompt_tokens():
     logits = torch.zeros(1, 3, 4)
     logits[0, 1, 2] = 5.0   # position 1 predicts token at position 2
-    batch = {"labels": torch.tensor([[-100, -100, 2]])}
+    batch = Batch(labels=torch.tensor([[-100, -100, 2]]))
     want = -math.log(math.exp(5) / (math.exp(5) + 3))
     assert float(losses.lm({"logits": logits}, batch)) == pytest.approx(want, rel=1e-6)
 
@@ -130,25 +132,25 @@ def test_collate_placeholders_labels_and_evidence_targets(model):
     col = Collator(DamoProcessor(model.tokenizer, video_tokens=model.cfg.bridge_tokens, frame_tokens=1, fps=1.0, layout="video_first"))
     b = col([(sample(0), clip(6, 0)), (sample(1, "multi_grounding", ((0, 1), (2, 4))), clip(4, 1))])
     vid = model.video_id
-    assert (b["input_ids"][0] == vid).sum() == 8 + 6 and (b["input_ids"][1] == vid).sum() == 8 + 4
+    assert (b.input_ids[0] == vid).sum() == 8 + 6 and (b.input_ids[1] == vid).sum() == 8 + 4
     # 2 <evi> for the first sample (grounding + answer), 4 for the second
-    assert b["evi_batch"].tolist() == [0, 0, 1, 1, 1, 1]
-    assert all(int(b["input_ids"][bi, p]) == model.processor.evi_id for bi, p in zip(b["evi_batch"], b["evi_pos"]))
+    assert b.evi_batch.tolist() == [0, 0, 1, 1, 1, 1]
+    assert all(int(b.input_ids[bi, p]) == model.processor.evi_id for bi, p in zip(b.evi_batch, b.evi_pos))
     # soft targets (official D²VLM): 1 on the span's frames, 2^-distance elsewhere
-    assert b["evi_targets"][0].tolist() == [0.5, 1, 1, 0.5, 0.25, 0.125]
-    assert b["evi_targets"][3].tolist() == [0.25, 0.5, 1, 1, 0, 0]  # padded frames stay 0
+    assert b.evi_targets[0].tolist() == [0.5, 1, 1, 0.5, 0.25, 0.125]
+    assert b.evi_targets[3].tolist() == [0.25, 0.5, 1, 1, 0, 0]  # padded frames stay 0
     hard = Collator(DamoProcessor(model.tokenizer, video_tokens=model.cfg.bridge_tokens, frame_tokens=1, fps=1.0,
                                   layout="video_first", evidence_targets="hard"))
     bh = hard([(sample(0), clip(6, 0)), (sample(1, "multi_grounding", ((0, 1), (2, 4))), clip(4, 1))])
-    assert bh["evi_targets"][0].tolist() == [0, 1, 1, 0, 0, 0]
-    assert bh["evi_targets"][3].tolist() == [0, 0, 1, 1, 0, 0]
-    assert b["cons_pairs"].tolist() == [[0, 1], [2, 4], [3, 5]]
+    assert bh.evi_targets[0].tolist() == [0, 1, 1, 0, 0, 0]
+    assert bh.evi_targets[3].tolist() == [0, 0, 1, 1, 0, 0]
+    assert b.cons_pairs.tolist() == [[0, 1], [2, 4], [3, 5]]
     # labels cover exactly the response (after <|assistant|>) and the final <eos>
-    ids, lab = b["input_ids"][0], b["labels"][0]
+    ids, lab = b.input_ids[0], b.labels[0]
     resp = (lab != -100).nonzero().flatten()
     assert int(ids[resp[-1]]) == model.tokenizer.eos_token_id
     assert int(ids[resp[0]]) == model.processor.evi_id
-    assert b["frame_pos"][1].flatten().tolist() == [9, 10, 11, 12, 0, 0]  # padded frames point at 0
+    assert b.frame_pos[1].flatten().tolist() == [9, 10, 11, 12, 0, 0]  # padded frames point at 0
 
 
 def test_forward_grounds_every_evidence_token(model):
@@ -156,7 +158,7 @@ def test_forward_grounds_every_evidence_token(model):
     b = col([(sample(0), clip(6, 0)), (sample(1), clip(4, 1))])
     out = model(b)
     assert out["evi_logits"].shape == (4, 6)
-    assert out["logits"].shape[:2] == b["input_ids"].shape
+    assert out["logits"].shape[:2] == b.input_ids.shape
     total = losses.lm(out, b) + losses.grounding_bce(out, b) + losses.consistency(out, b)
     total.backward()
     assert model.video.vision.patchify.weight.grad is not None and model.evidence.query[0].weight.grad is not None
@@ -199,9 +201,9 @@ def test_query_first_prompt_puts_the_question_before_the_frames(model):
     assert model.tokenizer.decode(ids[1:first_video]).strip().endswith("when does the red square appear?")
     col = Collator(DamoProcessor(model.tokenizer, video_tokens=model.cfg.bridge_tokens, frame_tokens=1, fps=1.0, layout="query_first"))
     b = col([(sample(0), clip(6, 0))])
-    fp = b["frame_pos"][0, :, 0]
-    assert (b["input_ids"][0, fp] == model.video_id).all()
-    assert int(fp[0]) == b["input_ids"][0].tolist().index(model.video_id) + model.cfg.bridge_tokens
+    fp = b.frame_pos[0, :, 0]
+    assert (b.input_ids[0, fp] == model.video_id).all()
+    assert int(fp[0]) == b.input_ids[0].tolist().index(model.video_id) + model.cfg.bridge_tokens
 
 
 def test_windowed_stream_attention_matches_global_for_short_videos_and_stays_local():
@@ -228,10 +230,10 @@ def test_contrastive_uses_a_hard_negative_from_the_same_video(model):
     col = Collator(DamoProcessor(model.tokenizer, video_tokens=model.cfg.bridge_tokens, frame_tokens=1, fps=1.0, layout="query_first"))
     import random
     b = col([(dense, clip(6, 0)), (sample(1), clip(6, 1))], random.Random(0))
-    pos, neg = b["align_span_mask"][0].tolist(), b["align_neg_mask"][0].tolist()
+    pos, neg = b.align_span_mask[0].tolist(), b.align_neg_mask[0].tolist()
     assert sum(pos) == 2 and sum(neg) == 2 and not any(p and n for p, n in zip(pos, neg))
-    assert not b["align_neg_mask"][1].any()          # a one-span sample has no negative
-    out = model({k: v for k, v in b.items() if k != "input_ids"})
+    assert not b.align_neg_mask[1].any()          # a one-span sample has no negative
+    out = model(replace(b, input_ids=None))
     loss = losses.contrastive(out, b, model)
     assert torch.isfinite(loss) and loss > 0
 
@@ -244,10 +246,10 @@ def test_each_compressor_in_front_of_the_fuser_runs_and_round_trips(kind, tmp_pa
     torch.manual_seed(0)
     m = DamoModel(cfg, train_tokenizer(TEXTS, 300)).eval()
     b = Collator.for_model(m)([(sample(0), clip(6, 0))])
-    assert (b["input_ids"][0] == m.video_id).sum() == cfg.bridge_tokens + 6      # fuser.frame_tokens per frame
+    assert (b.input_ids[0] == m.video_id).sum() == cfg.bridge_tokens + 6      # fuser.frame_tokens per frame
     with torch.no_grad():
-        fr, _ = m.video(b["frames"], b["mel"], b["frame_mask"])
-        v = m.video.compressor(torch.zeros(1, 6, 16, cfg.fuser.width), b["frame_mask"])
+        fr, _ = m.video(b.frames, b.mel, b.frame_mask)
+        v = m.video.compressor(torch.zeros(1, 6, 16, cfg.fuser.width), b.frame_mask)
         out = m(b)
     assert v.shape[2] <= 24 // 6 and fr.shape == (1, 6, 1, cfg.fuser.width)
     m.save(tmp_path / kind)
@@ -280,12 +282,12 @@ def test_the_llm_sees_exactly_the_budgets_visual_tokens(kind, budget, T, per_fra
     s = sample(0)
     s.duration = float(T)
     b = Collator.for_model(m)([(s, clip(T, 0))])
-    assert int((b["input_ids"][0] == m.video_id).sum()) == m.cfg.bridge_tokens + visual
-    fp = b["frame_pos"][0]                                         # (T, K): every frame owns its K placeholders
-    assert fp.shape == (T, per_frame) and (b["input_ids"][0, fp] == m.video_id).all()
+    assert int((b.input_ids[0] == m.video_id).sum()) == m.cfg.bridge_tokens + visual
+    fp = b.frame_pos[0]                                         # (T, K): every frame owns its K placeholders
+    assert fp.shape == (T, per_frame) and (b.input_ids[0, fp] == m.video_id).all()
     assert len(set(fp.flatten().tolist())) == T * per_frame
     with torch.no_grad():
-        e, prefix, _ = m.video_embeddings(b["frames"], b["mel"], b["frame_mask"], b["times"])
+        e, prefix, _ = m.video_embeddings(b)
         out = m(b)                                                 # placeholders and embeddings agree
     assert e.shape[1:3] == (T, per_frame) and prefix[0].shape[0] == m.cfg.bridge_tokens + visual - T * per_frame
     assert out["evi_logits"].shape == (2, T)
@@ -309,10 +311,10 @@ def test_pooling_to_one_token_is_the_fused_frame_summary():
     before.load_state_dict(at_llm.state_dict())
     b = Collator.for_model(at_llm)([(sample(0), clip(6, 0))])
     with torch.no_grad():
-        grid = at_llm.video(b["frames"], b["mel"], b["frame_mask"])[0]     # (1, 6, 4, D)
-        one = before.video(b["frames"], b["mel"], b["frame_mask"])[0]      # (1, 6, 1, D)
-        e_llm = at_llm.video_embeddings(b["frames"], b["mel"], b["frame_mask"], b["times"])[0]
-        e_fuser = before.video_embeddings(b["frames"], b["mel"], b["frame_mask"], b["times"])[0]
+        grid = at_llm.video(b.frames, b.mel, b.frame_mask)[0]     # (1, 6, 4, D)
+        one = before.video(b.frames, b.mel, b.frame_mask)[0]      # (1, 6, 1, D)
+        e_llm = at_llm.video_embeddings(b)[0]
+        e_fuser = before.video_embeddings(b)[0]
     assert grid.shape[2] == 4 and not torch.allclose(grid[:, :, :1], grid[:, :, 1:2])
     assert torch.allclose(grid.mean(2, keepdim=True), one, atol=1e-5)
     assert torch.allclose(e_llm, e_fuser, atol=1e-4)
@@ -365,14 +367,14 @@ def test_stp_slow_stream_sits_in_front_of_the_frames_and_grounds_nothing():
     m = budget_model("stp", 60, stride=4).eval()
     lay = m.processor.layout(6)                                    # 1 fast token per frame, 2 slow steps of 4 x 4
     b = Collator.for_model(m)([(sample(0), clip(6, 0)), (sample(1), clip(3, 1))])
-    ids = b["input_ids"]
+    ids = b.input_ids
     first = [row.tolist().index(m.video_id) for row in ids]
     # row 0: 8 fusion + 2 x 16 slow, then its 6 frames; row 1 (3 frames): one slow step
-    assert int(b["frame_pos"][0, 0, 0]) == first[0] + 8 + 2 * 16
-    assert int(b["frame_pos"][1, 0, 0]) == first[1] + 8 + 16 and b["num_frames"] == [6, 3]
+    assert int(b.frame_pos[0, 0, 0]) == first[0] + 8 + 2 * 16
+    assert int(b.frame_pos[1, 0, 0]) == first[1] + 8 + 16 and b.num_frames == [6, 3]
     assert (lay.per_frame, lay.slow_side) == (1, 4)
     with torch.no_grad():
-        e, prefix, _ = m.video_embeddings(b["frames"], b["mel"], b["frame_mask"], b["times"])
+        e, prefix, _ = m.video_embeddings(b)
         out = m(b)
     assert prefix.shape[:2] == (2, 8 + 32)          # fusion + both slow steps; row 1's prompt keeps one step
     assert out["evi_logits"].shape[1] == 6
@@ -420,17 +422,14 @@ def test_query_aware_frame_tokens_depend_on_the_question(model):
     a, b = sample(0), sample(1)
     b.query = "what colour is the shape?"
     ba, bb = col([(a, c)]), col([(b, c)])
-    args = ("frames", "mel", "frame_mask", "times")
     with torch.no_grad():
-        ea = model.video_embeddings(*(ba[k] for k in args), ba["query_ids"], ba["query_mask"])[0]
-        eb = model.video_embeddings(*(bb[k] for k in args), bb["query_ids"], bb["query_mask"])[0]
+        ea, eb = model.video_embeddings(ba)[0], model.video_embeddings(bb)[0]
     assert torch.equal(ea, eb)                       # zero-initialised: a no-op until trained
     torch.nn.init.normal_(model.connector.match_proj.weight)
     try:
         with torch.no_grad():
-            ea = model.video_embeddings(*(ba[k] for k in args), ba["query_ids"], ba["query_mask"])[0]
-            eb = model.video_embeddings(*(bb[k] for k in args), bb["query_ids"], bb["query_mask"])[0]
-            none = model.video_embeddings(*(ba[k] for k in args))[0]
+            ea, eb = model.video_embeddings(ba)[0], model.video_embeddings(bb)[0]
+            none = model.video_embeddings(replace(ba, query_ids=None))[0]
         assert not torch.allclose(ea, eb) and not torch.allclose(ea, none)
         out = model(ba)
         (losses.lm(out, ba) + losses.grounding_bce(out, ba)).backward()
@@ -458,10 +457,10 @@ def test_llm_budget_keeps_long_videos_in_a_fixed_context():
     m = DamoModel(cfg, train_tokenizer(TEXTS, 300)).eval()
     col = Collator(DamoProcessor(m.tokenizer, video_tokens=cfg.bridge_tokens, frame_tokens=1, fps=1.0, layout=cfg.layout, llm_frames=4))
     short, long_ = col([(sample(0), clip(4, 0))]), col([(sample(0), clip(10, 1))])
-    assert short["input_ids"].shape == long_["input_ids"].shape                  # 4 frame tokens each
+    assert short.input_ids.shape == long_.input_ids.shape                  # 4 frame tokens each
     # 10 frames in groups of 3 -> 4 tokens; the span 1-3 s holds frames 1 and 2: 2 of group 0's 3 frames,
     # and the tokens after it decay as 2^-distance
-    assert long_["num_frames"] == [4] and long_["evi_targets"][0].tolist() == pytest.approx([2 / 3, 1 / 2, 1 / 4, 1 / 8])
+    assert long_.num_frames == [4] and long_.evi_targets[0].tolist() == pytest.approx([2 / 3, 1 / 2, 1 / 4, 1 / 8])
     with torch.no_grad():
         out = m(long_)
     assert out["evi_logits"].shape == (2, 4)
@@ -476,3 +475,19 @@ def test_max_len_is_a_model_setting(model):
     assert proc.config.max_len == 20
     with pytest.raises(ValueError, match="max_len 20"):
         Collator(proc)([(sample(0), clip(6, 0))])
+
+
+def test_batch_rows_equal_collating_those_rows_alone(model):
+    """``Batch.rows`` keeps every field consistent: per row, per ``<evi>``, consistency pairs."""
+    import random
+    from dataclasses import fields
+    col = Collator.for_model(model)
+    items = [(sample(i, "dense_caption", ((0.0, 2.0), (3.0, 5.0))), clip(6, i)) for i in range(3)]
+    whole = col(items, random.Random(0)).rows(2)
+    alone = col(items[:2], random.Random(0))
+    assert len(alone.evi_batch) and len(alone.cons_pairs)
+    for f in fields(Batch):
+        a, b = getattr(whole, f.name), getattr(alone, f.name)
+        assert (torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b), f.name
+    moved = alone.to("meta")
+    assert moved.input_ids.is_meta and moved.num_frames == alone.num_frames and moved.group == alone.group

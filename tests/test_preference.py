@@ -235,11 +235,11 @@ def test_chosen_and_rejected_samples_collate_with_matching_evidence():
                        times=torch.arange(20) + 0.5, duration=20.0)
     b = col([(c, clip), (r, clip)], random.Random(0))
     evi = tok.convert_tokens_to_ids(EVI)
-    assert int((b["input_ids"][0] == evi).sum()) == 6 and int((b["input_ids"][1] == evi).sum()) == 8
+    assert int((b.input_ids[0] == evi).sum()) == 6 and int((b.input_ids[1] == evi).sum()) == 8
     # the rejected row's answer-stage <evi> for the added event points at the added span
     k = p["events"][0]
-    rows = (b["evi_batch"] == 1).nonzero().flatten()
-    added = b["evi_targets"][rows[4 + k]]
+    rows = (b.evi_batch == 1).nonzero().flatten()
+    added = b.evi_targets[rows[4 + k]]
     a, e = r.spans[k]
     assert (added == 1).sum() > 0 and all(a <= t + 0.5 <= e or added[t] < 1 for t in range(20))
 

@@ -157,14 +157,14 @@ def test_box_tokens_in_the_answer_with_soft_targets():
     torch.manual_seed(0)
     m = DamoModel(cfg, train_tokenizer(TEXTS, 300))
     b = Collator.for_model(m)([(stvg_sample(), clip(4, 0))])
-    text = m.tokenizer.decode(b["input_ids"][0])
+    text = m.tokenizer.decode(b.input_ids[0])
     # first box (at 1 s) then last box (at 2 s), whatever the order of the JSON keys
     assert "from<x_0><y_0><x_1><y_1> to<x_2><y_0><x_3><y_1>" in text.replace(" <", "<")
-    names = [m.tokenizer.convert_ids_to_tokens(r) for r in b["coord_ids"].tolist()]
+    names = [m.tokenizer.convert_ids_to_tokens(r) for r in b.coord_ids.tolist()]
     assert [n[0] for n in names] == ["<x_0>", "<y_0>", "<x_1>", "<y_1>", "<x_2>", "<y_0>", "<x_3>", "<y_1>"]
     # 0.3 = anchor 1.2: 0.8 on <y_1>, 0.2 on <y_2>; the last box's 0.25 sits on <y_1> exactly
-    assert b["coord_w"][3].tolist() == pytest.approx([0.8, 0.2])
-    assert b["coord_w"][7].tolist() == pytest.approx([1.0, 0.0])
+    assert b.coord_w[3].tolist() == pytest.approx([0.8, 0.2])
+    assert b.coord_w[7].tolist() == pytest.approx([1.0, 0.0])
     out = m(b)
     assert out["logits"].shape[-1] == len(m.tokenizer)
 

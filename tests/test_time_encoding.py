@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 
 from damo.data.collate import Collator
-from damo.model.processing import DamoProcessor, response_text, text_spans
+from damo.model.processing import DamoProcessor, response_text, stack_clips, text_spans
 from damo.model import tokenizer as tk
 from damo.model.modeling_damo import DamoConfig, DamoModel
 from damo.model.tokenizer import train_tokenizer
@@ -49,11 +50,11 @@ def test_timestamp_collate_points_frame_positions_at_the_placeholders():
     m = build("timestamp")
     b = Collator.for_model(m)([(sample(0), clip(4, 0)), (sample(1), clip(6, 1))])
     video = m.tokenizer.convert_tokens_to_ids(tk.VIDEO)
-    for row, n in enumerate(b["num_frames"]):
-        pos = b["frame_pos"][row, :n, 0]
-        assert (b["input_ids"][row, pos] == video).all()
+    for row, n in enumerate(b.num_frames):
+        pos = b.frame_pos[row, :n, 0]
+        assert (b.input_ids[row, pos] == video).all()
         # the tokens between two frames' placeholders spell the second frame's time
-        assert m.tokenizer.decode(b["input_ids"][row, pos[0] + 1:pos[1]]).strip() == "1.5s:"
+        assert m.tokenizer.decode(b.input_ids[row, pos[0] + 1:pos[1]]).strip() == "1.5s:"
     out = m(b)
     assert out["evi_logits"].shape == (4, 6)
     r = m.answer([clip(6, 0)], ["when does the red square appear?"], 6)[0]
@@ -64,11 +65,10 @@ def test_timestamp_collate_points_frame_positions_at_the_placeholders():
 def test_frame_embeddings_carry_time_only_where_they_should(enc, depends):
     m = build(enc)
     c = clip(4, 0)
-    args = (c.frames.permute(0, 3, 1, 2).float()[None] / 255, c.mel.float()[None], torch.ones(1, 4, dtype=torch.bool))
-    dur = torch.tensor([4.0])
+    x = replace(stack_clips([c]), duration=torch.tensor([4.0]))
     with torch.no_grad():
-        a = m.video_embeddings(*args, c.times[None], duration=dur)[0]
-        b = m.video_embeddings(*args, c.times.flip(0)[None], duration=dur)[0]
+        a = m.video_embeddings(x)[0]
+        b = m.video_embeddings(replace(x, times=x.times.flip(1)))[0]
     assert (not torch.allclose(a, b)) == depends
     assert hasattr(m.connector, "time_proj") == (enc == "sinusoid")
 
@@ -82,9 +82,7 @@ def test_lape_adds_time_tokens_to_vocabulary_and_head(lape):
 
 def test_lape_positional_embedding_trains_the_time_token_rows(lape):
     c = clip(6, 0)
-    frames = c.frames.permute(0, 3, 1, 2).float()[None] / 255
-    e = lape.video_embeddings(frames, c.mel.float()[None], torch.ones(1, 6, dtype=torch.bool), c.times[None],
-                              duration=torch.tensor([6.0]))[0]
+    e = lape.video_embeddings(replace(stack_clips([c]), duration=torch.tensor([6.0])))[0]
     e.sum().backward()
     g = lape.llm.get_input_embeddings().weight.grad
     try:
@@ -99,36 +97,36 @@ def test_lape_response_tokens_and_soft_targets(lape):
     assert response_text("grounding", "red", [[1.5, 3.0]], [], response="coupled", duration=6.0, time_bins=BINS) == \
         "red in <t_2> - <t_3> seconds."
     b = Collator.for_model(lape)([(sample(0, spans=((1.5, 3.0),)), clip(6, 0))])
-    toks = lape.tokenizer.convert_ids_to_tokens(b["input_ids"][0, b["coord_pos"][:, 1]].tolist())
+    toks = lape.tokenizer.convert_ids_to_tokens(b.input_ids[0, b.coord_pos[:, 1]].tolist())
     assert toks == ["<t_2>", "<t_3>"]
     # 1.5 s of 6 s sits halfway between anchors 1 and 2; 3.0 s is anchor 3 exactly
-    anchors = [lape.tokenizer.convert_ids_to_tokens(r) for r in b["coord_ids"].tolist()]
+    anchors = [lape.tokenizer.convert_ids_to_tokens(r) for r in b.coord_ids.tolist()]
     assert anchors == [["<t_1>", "<t_2>"], ["<t_3>", "<t_4>"]]
-    assert b["coord_w"].tolist() == [[0.5, 0.5], [1.0, 0.0]]
+    assert b.coord_w.tolist() == [[0.5, 0.5], [1.0, 0.0]]
 
 
 def test_lm_loss_uses_soft_targets_on_time_tokens(lape):
     b = Collator.for_model(lape)([(sample(0, spans=((1.5, 3.0),)), clip(6, 0))])
     torch.manual_seed(1)
-    L, V = b["input_ids"].shape[1], len(lape.tokenizer)
+    L, V = b.input_ids.shape[1], len(lape.tokenizer)
     logits = torch.randn(1, L, V)
     got = losses.lm({"logits": logits}, b)
     # by hand: -log p(label) at ordinary response tokens, -(w . log p of the two anchors) at time tokens
-    timed = {int(p) for p in b["coord_pos"][:, 1]}
+    timed = {int(p) for p in b.coord_pos[:, 1]}
     terms = []
     for p in range(1, L):
-        lab = int(b["labels"][0, p])
+        lab = int(b.labels[0, p])
         if lab == -100:
             continue
         logp = logits[0, p - 1].log_softmax(-1)
         if p in timed:
             k = sorted(timed).index(p)
-            terms.append(-(b["coord_w"][k] * logp[b["coord_ids"][k]]).sum())
+            terms.append(-(b.coord_w[k] * logp[b.coord_ids[k]]).sum())
         else:
             terms.append(-logp[lab])
     assert got.item() == pytest.approx(torch.stack(terms).mean().item(), rel=1e-5)
     # without LAPE the same batch is plain cross-entropy on the hard labels
-    plain = {k: v for k, v in b.items() if k != "coord_pos"}
+    plain = replace(b, coord_pos=None)
     assert losses.lm({"logits": logits}, plain).item() != pytest.approx(got.item())
 
 
@@ -170,7 +168,7 @@ def test_time_encodings_round_trip_through_save_and_load(enc, tmp_path):
     m2 = DamoModel.load(tmp_path)
     assert m2.cfg.time_encoding == enc and m2.processor.coord_axes == m.processor.coord_axes
     b2 = Collator.for_model(m2)([(sample(0, spans=((1.5, 3.0),)), clip(6, 0))])
-    assert torch.equal(b["input_ids"], b2["input_ids"])
+    assert torch.equal(b.input_ids, b2.input_ids)
     with torch.no_grad():
         assert torch.allclose(m(b)["logits"], m2(b2)["logits"], atol=1e-6)
 
@@ -196,7 +194,7 @@ def test_time_tokens_enter_the_llm_at_their_exact_value(lape):
         hook.remove()
     E = lape.llm.get_input_embeddings().weight.detach()
     t = lape.time_ids
-    (p0, p1) = b["coord_pos"][:, 1].tolist()
+    (p0, p1) = b.coord_pos[:, 1].tolist()
     for emb in seen:                               # the semantic-capture pass and the trained pass
         assert torch.allclose(emb[0, p0], (E[t[1]] + E[t[2]]) / 2)
         assert not torch.allclose(emb[0, p0], E[t[2]])
@@ -247,9 +245,8 @@ def test_frame_tokens_carry_lape_time_and_grid_position(k):
     hook = m.connector.projector.register_forward_hook(lambda mod, args, out: proj.append(out))
     try:
         with torch.no_grad():
-            e = m.video_embeddings(c.frames.permute(0, 3, 1, 2).float()[None] / 255, c.mel.float()[None],
-                                   torch.ones(1, 4, dtype=torch.bool), torch.arange(4.0)[None],
-                                   duration=torch.tensor([4.0]))[0]
+            e = m.video_embeddings(replace(stack_clips([c]), times=torch.arange(4.0)[None],
+                                           duration=torch.tensor([4.0])))[0]
     finally:
         hook.remove()
     E = m.llm.get_input_embeddings().weight

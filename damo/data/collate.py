@@ -8,11 +8,13 @@ into right-padded training batches (generation batches are the processor's own,
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import numpy as np
 import torch
 
 from damo.data.schema import Sample
+from damo.model.batch import Batch
 from damo.model.processing import ClipTensors, DamoProcessor, frame_positions, frame_targets, pad_rows, stack_clips
 
 
@@ -36,12 +38,12 @@ class Collator:
     def for_model(cls, model) -> "Collator":
         return cls(model.processor)
 
-    def __call__(self, items: list[tuple[Sample, ClipTensors | None]], rng: random.Random | None = None) -> dict:
+    def __call__(self, items: list[tuple[Sample, ClipTensors | None]], rng: random.Random | None = None) -> Batch:
         """``items`` pair samples with their clips; a clip of ``None`` makes a text-only batch (no
         video tokens, no evidence targets: a language warm-up for a from-scratch LLM)."""
         proc, cfg = self.processor, self.processor.config
         batch = stack_clips([c for _, c in items])
-        T = batch["frames"].shape[1]
+        T = batch.frames.shape[1]
         lay = proc.layout(T)                               # frames per LLM frame token and tokens each, for the whole batch
         g = lay.group
         Tl = -(-T // g)
@@ -67,29 +69,22 @@ class Collator:
         span_mask = torch.zeros(len(items), T, dtype=torch.bool)
         neg_mask = torch.zeros(len(items), T, dtype=torch.bool)      # all-False rows: no hard negative
         for b, (sp, _, neg) in enumerate(align):
-            n = int(batch["frame_mask"][b].sum())
+            n = int(batch.frame_mask[b].sum())
             span_mask[b, :n] = torch.from_numpy(frame_targets([sp], n, cfg.fps) > 0)
             if neg is not None:
                 neg_mask[b, :n] = torch.from_numpy(frame_targets([neg], n, cfg.fps) > 0)
-        return batch | {
-            "group": g,
-            "num_frames": [int(x) for x in evi_mask.sum(1)],                    # frame tokens per sample (T' <= T)
-            "input_ids": pad_rows([e.ids for e in encs], pad),
-            "attention_mask": pad_rows([[1] * len(e.ids) for e in encs], 0),
-            "labels": pad_rows([e.labels for e in encs], -100), "frame_pos": frame_pos,
-            "evi_batch": torch.tensor(evi_b, dtype=torch.long), "evi_pos": torch.tensor(evi_p, dtype=torch.long),
-            "evi_targets": torch.from_numpy(np.stack(evi_y)).float() if evi_y else torch.zeros(0, Tl),
-            "evi_mask": evi_mask,                                                # (B, T') valid frame tokens
-            "cons_pairs": torch.tensor(pairs, dtype=torch.long).view(-1, 2),
-            "align_span_mask": span_mask, "align_neg_mask": neg_mask,
-            "align_text_ids": pad_rows(texts, pad),
-            "align_text_mask": pad_rows([[True] * len(t) for t in texts], False),
-            "query_ids": pad_rows(queries, pad),
-            "query_mask": pad_rows([[True] * len(q) for q in queries], False),
-            "duration": torch.tensor([float(s.duration) for s, _ in items]),   # (B,) seconds
-            # LAPE coordinate tokens in the responses: [row, position], the two anchor ids around
-            # the exact value and their soft-target weights, each (N, 2)
-            "coord_pos": torch.tensor(coord_pos, dtype=torch.long).view(-1, 2),
-            "coord_ids": torch.tensor(coord_ids, dtype=torch.long).view(-1, 2),
-            "coord_w": torch.tensor(coord_w, dtype=torch.float32).view(-1, 2),
-        }
+        return replace(
+            batch, group=g, num_frames=[int(x) for x in evi_mask.sum(1)],
+            input_ids=pad_rows([e.ids for e in encs], pad),
+            attention_mask=pad_rows([[1] * len(e.ids) for e in encs], 0),
+            labels=pad_rows([e.labels for e in encs], -100), frame_pos=frame_pos,
+            evi_batch=torch.tensor(evi_b, dtype=torch.long), evi_pos=torch.tensor(evi_p, dtype=torch.long),
+            evi_targets=torch.from_numpy(np.stack(evi_y)).float() if evi_y else torch.zeros(0, Tl),
+            evi_mask=evi_mask, cons_pairs=torch.tensor(pairs, dtype=torch.long).view(-1, 2),
+            align_span_mask=span_mask, align_neg_mask=neg_mask, align_text_ids=pad_rows(texts, pad),
+            align_text_mask=pad_rows([[True] * len(t) for t in texts], False),
+            query_ids=pad_rows(queries, pad), query_mask=pad_rows([[True] * len(q) for q in queries], False),
+            duration=torch.tensor([float(s.duration) for s, _ in items]),
+            coord_pos=torch.tensor(coord_pos, dtype=torch.long).view(-1, 2),
+            coord_ids=torch.tensor(coord_ids, dtype=torch.long).view(-1, 2),
+            coord_w=torch.tensor(coord_w, dtype=torch.float32).view(-1, 2))

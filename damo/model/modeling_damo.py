@@ -40,6 +40,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast, Qwen2Config
 
 from damo.model import backbones
+from damo.model.batch import Batch
 from damo.model.coordinates import (anchor_tables, decode_position, frame_time_embedding, grid_position_embedding,
                                     interpolate_anchors, register_propagation)
 from damo.model.encoders import Block
@@ -386,9 +387,9 @@ class DamoModel(nn.Module):
         self.video_id = self.processor.video_id
 
     # ------------------------------------------------------------------ video
-    def video_embeddings(self, frames, mel, frame_mask, times, query_ids=None, query_mask=None, duration=None,
-                         group: int = 1, vision=None, audio=None):
-        """-> frame embeddings ``(B, T', K, C)``, the embeddings in front of the frames (bridged fusion
+    def video_embeddings(self, batch: Batch):
+        """A batch's clips (frames or stored tower outputs, times, ``group``; ``duration`` for LAPE;
+        ``query_ids`` for query-aware tokens) -> frame embeddings ``(B, T', K, C)``, the embeddings in front of the frames (bridged fusion
         tokens, then the packer's slow stream if any: ``(B, F' + G s^2, C)``), fuser frame features
         ``(B, T, K, D)``. ``T' = T`` unless the frame budget caps the frame tokens: then each
         token is the mean of ``group`` consecutive frames (the processor's
@@ -406,16 +407,17 @@ class DamoModel(nn.Module):
         (:meth:`lape`); ``timestamp`` writes the time as text in the prompt
         instead (:meth:`~damo.model.processing.DamoProcessor.prompt`) and ``none`` gives no time at all.
         """
-        fr, fu = self.video(frames, mel, frame_mask, vision, audio)
-        frl, ml = pool_groups(fr, frame_mask, group)                # (B, T', K, D), (B, T')
-        times = pool_groups(times, frame_mask, group)[0]            # (B, T')
+        b, duration = batch, batch.duration
+        fr, fu = self.video(b.frames, b.mel, b.frame_mask, b.vision_features, b.audio_features)
+        frl, ml = pool_groups(fr, b.frame_mask, b.group)            # (B, T', K, D), (B, T')
+        times = pool_groups(b.times, b.frame_mask, b.group)[0]      # (B, T')
         slow = None
         if self.video.at_llm:
             k, side = self.processor.budget.split(frl.shape[1])
             frl, slow = self.video.compressor.pack(frl, ml, k, side)   # (B, T', K, D), (B, G, s*s, D) or None
         qa = None
-        if self.cfg.query_aware and query_ids is not None:
-            qa = F.normalize(self.alignment.text_encoder(query_ids, query_mask), dim=-1)   # (B, d)
+        if self.cfg.query_aware and b.query_ids is not None:
+            qa = F.normalize(self.alignment.text_encoder(b.query_ids, b.query_mask), dim=-1)   # (B, d)
         e = self.llm_tokens(frl, times, duration, qa)               # (B, T', K, C)
         q = self.connector.bridge_fusion(fu)                        # (B, F', C)
         if slow is None:
@@ -455,16 +457,16 @@ class DamoModel(nn.Module):
             pe = pe + grid_position_embedding(side, side, tables)                   # (K, C)
         return pe
 
-    def coordinate_inputs(self, emb: torch.Tensor, batch: dict) -> torch.Tensor:
+    def coordinate_inputs(self, emb: torch.Tensor, batch: Batch) -> torch.Tensor:
         """Coordinate tokens in the text enter the LLM at their exact value (LLaVA-ST code,
         ``token_transfer``): the embedding at each ``coord_pos`` becomes the interpolation of its two
         neighbouring anchors' input embeddings with the soft target's weights (``coord_ids``,
         ``coord_w``), not the closer anchor's alone. ``emb (B, L, C)``."""
-        cp = batch.get("coord_pos")
+        cp = batch.coord_pos
         if cp is None or not len(cp):
             return emb
-        rows = self.llm.get_input_embeddings()(batch["coord_ids"])                  # (N, 2, C)
-        x = (batch["coord_w"][..., None].to(rows.dtype) * rows).sum(1)              # (N, C)
+        rows = self.llm.get_input_embeddings()(batch.coord_ids)                     # (N, 2, C)
+        x = (batch.coord_w[..., None].to(rows.dtype) * rows).sum(1)                 # (N, C)
         return emb.index_put((cp[:, 0], cp[:, 1]), x.to(emb.dtype))
 
     def scatter_video(self, input_ids, frame_emb, fusion_emb, num_frames):
@@ -490,38 +492,36 @@ class DamoModel(nn.Module):
         return h.view(B, T, K, -1).mean(2)
 
     # ---------------------------------------------------------------- forward
-    def forward(self, batch: dict) -> dict:
+    def forward(self, batch: Batch) -> dict:
         """Teacher-forced pass. Returns logits, evidence logits ``(N, T)`` and evidence features.
 
-        A batch without frames (``frames`` of length 0) is text only: just the LLM's logits.
+        A batch without frames is text only: just the LLM's logits. Without ``input_ids`` only the
+        fuser's frame features (the contrastive alignment stage).
         """
-        if batch["frames"].shape[1] == 0:
-            emb = self.coordinate_inputs(self.llm.get_input_embeddings()(batch["input_ids"]), batch)
-            return {"logits": self.llm(inputs_embeds=emb, attention_mask=batch["attention_mask"]).logits}
-        frame_emb, fusion_emb, fr = self.video_embeddings(batch["frames"], batch["mel"], batch["frame_mask"],
-                                                          batch["times"], batch.get("query_ids"), batch.get("query_mask"),
-                                                          batch.get("duration"), batch["group"],
-                                                          batch.get("vision_features"), batch.get("audio_features"))
+        if batch.text_only:
+            emb = self.coordinate_inputs(self.llm.get_input_embeddings()(batch.input_ids), batch)
+            return {"logits": self.llm(inputs_embeds=emb, attention_mask=batch.attention_mask).logits}
+        frame_emb, fusion_emb, fr = self.video_embeddings(batch)
         out = {"frame_features": fr}
-        if "input_ids" not in batch:
+        if batch.input_ids is None:
             return out
-        emb = self.scatter_video(batch["input_ids"], frame_emb, fusion_emb, batch["num_frames"])
+        emb = self.scatter_video(batch.input_ids, frame_emb, fusion_emb, batch.num_frames)
         emb = self.coordinate_inputs(emb, batch)
-        eb, ep = batch["evi_batch"], batch["evi_pos"]               # (N,), (N,) positions of <evi> inputs
+        eb, ep = batch.evi_batch, batch.evi_pos                     # (N,), (N,) positions of <evi> inputs
         ev = self.cfg.evidence
         if ev.semantic_capture and len(eb):
             # Frame states do not depend on later tokens (causal LM), so a first pass gives the states
             # whose ground-truth mean is captured into each <evi> (official: with gradients, layer 6).
             with torch.set_grad_enabled(ev.capture_grad and torch.is_grad_enabled()):
-                h0 = self.llm(inputs_embeds=emb, attention_mask=batch["attention_mask"],
+                h0 = self.llm(inputs_embeds=emb, attention_mask=batch.attention_mask,
                               output_hidden_states=True).hidden_states[ev.capture_layer]
-                hf0 = self.frame_states(h0, batch["frame_pos"])     # (B, T, C)
-            w = capture_weights(batch["evi_targets"])               # (N, T)
+                hf0 = self.frame_states(h0, batch.frame_pos)        # (B, T, C)
+            w = capture_weights(batch.evi_targets)                  # (N, T)
             cap = (w[..., None] * hf0[eb]).sum(1) / w.sum(1, keepdim=True).clamp(min=1e-6)  # (N, C)
             emb = emb.index_put((eb, ep), emb[eb, ep] + cap.to(emb.dtype))
-        res = self.llm(inputs_embeds=emb, attention_mask=batch["attention_mask"], output_hidden_states=True)
+        res = self.llm(inputs_embeds=emb, attention_mask=batch.attention_mask, output_hidden_states=True)
         h = res.hidden_states[-2]                                   # penultimate layer (B, L, C)
-        hf = self.frame_states(h, batch["frame_pos"])               # (B, T, C)
+        hf = self.frame_states(h, batch.frame_pos)                  # (B, T, C)
         out["logits"] = res.logits
         if len(eb):
             q = self.evidence.query(h[eb, ep - 1])                  # state that emitted <evi>: (N, d)
@@ -540,7 +540,7 @@ class DamoModel(nn.Module):
 
     # -------------------------------------------------------------- inference
     @torch.no_grad()
-    def generate(self, batch: dict, max_new_tokens: int = 48) -> list[dict]:
+    def generate(self, batch: Batch, max_new_tokens: int = 48) -> list[dict]:
         """Greedy decoding with evidence grounding for a batch from
         :meth:`~damo.model.processing.DamoProcessor.generation_batch` (left-padded prompts).
 
@@ -555,29 +555,26 @@ class DamoModel(nn.Module):
         """
         self.eval()
         dev = next(self.parameters()).device
-        batch = {k: v.to(dev) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        batch = batch.to(dev)
         proc, ev_cfg = self.processor, self.cfg.evidence
-        g = batch["group"]
+        g = batch.group
         fps = self.cfg.fps / g                                      # frame tokens per second
-        frame_emb, fusion_emb, _ = self.video_embeddings(batch["frames"], batch["mel"], batch["frame_mask"],
-                                                         batch["times"], batch["query_ids"], batch["query_mask"],
-                                                         batch["duration"], g, batch.get("vision_features"),
-                                                         batch.get("audio_features"))
-        attn = batch["attention_mask"]
-        emb = self.scatter_video(batch["input_ids"], frame_emb, fusion_emb, batch["num_frames"])
+        frame_emb, fusion_emb, _ = self.video_embeddings(batch)
+        attn = batch.attention_mask
+        emb = self.scatter_video(batch.input_ids, frame_emb, fusion_emb, batch.num_frames)
         pos = (attn.cumsum(1) - 1).clamp(min=0)                     # left padding: positions start at each prompt
         res = self.llm(inputs_embeds=emb, attention_mask=attn, position_ids=pos, use_cache=True,
                        output_hidden_states=True)
-        hf = self.frame_states(res.hidden_states[-2], batch["frame_pos"])   # (B, T', C)
+        hf = self.frame_states(res.hidden_states[-2], batch.frame_pos)      # (B, T', C)
         f = self.evidence.frame(hf)                                 # (B, T', d)
-        hc = (self.frame_states(res.hidden_states[ev_cfg.capture_layer], batch["frame_pos"])  # captured states
+        hc = (self.frame_states(res.hidden_states[ev_cfg.capture_layer], batch.frame_pos)  # captured states
               if ev_cfg.semantic_capture else None)
         past, h_last, logits = res.cache, res.hidden_states[-2][:, -1], res.logits[:, -1]
         B = attn.shape[0]
         nxt_pos = pos[:, -1:] + 1                                   # (B, 1)
-        n_tok = batch["num_frames"]                                 # frame tokens per row
-        n_frames = batch["frame_mask"].sum(1).tolist()
-        durations = batch["duration"].tolist()
+        n_tok = batch.num_frames                                    # frame tokens per row
+        n_frames = batch.frame_mask.sum(1).tolist()
+        durations = batch.duration.tolist()
         table = self.llm.get_input_embeddings()
         rows = [{"ids": [], "evidence": [], "coords": []} for _ in range(B)]
         stage, done = [1] * B, [False] * B

@@ -22,7 +22,7 @@ import json
 import math
 import random
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -35,6 +35,7 @@ from damo.media import SAMPLE_RATE, Clip
 from damo.media.audio import log_mel, whisper_log_mel_windows
 
 from damo.model import tokenizer as tk
+from damo.model.batch import Batch
 from damo.model.compressors import STP_FAST_SIDE, STP_STRIDE, TokenBudget
 from damo.model.coordinates import (add_box_tokens, add_time_tokens, anchor_pair, box_to_tokens, time_to_token,
                                     timestamp_prompt)
@@ -307,7 +308,7 @@ def pad_rows(rows: list[list], value, left: bool = False) -> torch.Tensor:
     return torch.tensor([[value] * (L - len(r)) + r if left else r + [value] * (L - len(r)) for r in rows])
 
 
-def stack_clips(clips: list[ClipTensors | None]) -> dict:
+def stack_clips(clips: list[ClipTensors | None]) -> Batch:
     """Frames, audio features and times of a batch, zero-padded to its longest clip (``None``
     clips: a text-only batch with zero frames)."""
     B = len(clips)
@@ -330,9 +331,9 @@ def stack_clips(clips: list[ClipTensors | None]) -> dict:
             frames[b, :n], mel[b, :n], times[b, :n], fmask[b, :n] = c.frames, c.mel, c.times, True
             if stored:
                 vis[b, :n], aud[b, :n] = c.vision, c.audio
-    out = {"frames": frames.permute(0, 1, 4, 2, 3).float() / 255.0,        # (B, T, 3, H, W)
-           "mel": mel, "times": times, "frame_mask": fmask}
-    return out | ({"vision_features": vis, "audio_features": aud} if stored else {})
+    return Batch(frames=frames.permute(0, 1, 4, 2, 3).float() / 255.0,    # (B, T, 3, H, W)
+                 mel=mel, times=times, frame_mask=fmask,
+                 vision_features=vis if stored else None, audio_features=aud if stored else None)
 
 
 @dataclass(frozen=True)
@@ -559,12 +560,11 @@ class DamoProcessor:
         return ClipTensors(frames=fr, mel=torch.from_numpy(np.ascontiguousarray(mel, np.float32)),
                            times=torch.from_numpy(clip.times).float(), duration=clip.duration)
 
-    def generation_batch(self, clips: list[ClipTensors], queries: list[str]) -> dict:
+    def generation_batch(self, clips: list[ClipTensors], queries: list[str]) -> Batch:
         """Left-padded prompts for batched generation, with the clips stacked: every row's prompt
         ends at the last position, so one step decodes the next token of every row."""
-        c = self.config
         batch = stack_clips(clips)
-        T = batch["frames"].shape[1]
+        T = batch.frames.shape[1]
         lay = self.layout(T)
         g = lay.group
         q = [self.query_ids(x) for x in queries]
@@ -574,12 +574,12 @@ class DamoProcessor:
         pos = [self.frame_placeholders(p, len(cl.times), lay) for p, cl in zip(prompts, clips)]
         frame_pos, valid = frame_positions(pos, -(-T // g), lay.per_frame, shift)
         pad = self.tokenizer.pad_token_id
-        return batch | {"group": g, "input_ids": pad_rows(prompts, pad, left=True),
-                        "attention_mask": pad_rows([[1] * len(p) for p in prompts], 0, left=True),
-                        "frame_pos": frame_pos, "evi_mask": valid, "num_frames": [int(x) for x in valid.sum(1)],
-                        "query_ids": pad_rows([x or [pad] for x in q], pad),
-                        "query_mask": pad_rows([[True] * len(x) if x else [False] for x in q], False),
-                        "duration": torch.tensor([float(cl.duration) for cl in clips])}
+        return replace(batch, group=g, input_ids=pad_rows(prompts, pad, left=True),
+                       attention_mask=pad_rows([[1] * len(p) for p in prompts], 0, left=True),
+                       frame_pos=frame_pos, evi_mask=valid, num_frames=[int(x) for x in valid.sum(1)],
+                       query_ids=pad_rows([x or [pad] for x in q], pad),
+                       query_mask=pad_rows([[True] * len(x) if x else [False] for x in q], False),
+                       duration=torch.tensor([float(cl.duration) for cl in clips]))
 
     # ------------------------------------------------------------------ training
     def frame_placeholders(self, ids: list[int], num_frames: int, layout: VideoLayout) -> list[int]:

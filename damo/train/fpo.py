@@ -21,7 +21,8 @@ does the same from the pair records (:func:`focus_masks`); ``"sequence"`` scores
 A training step of the FPO stage::
 
     items = pair_batch(rng.sample(pairs, P), clips)        # 2P rows, chosen first
-    batch = collate(items, rng) | focus_masks(batch, pairs, evi_id, level)
+    batch = collate(items, rng)
+    batch = replace(batch, **focus_masks(batch, pairs, evi_id, level))
     out = model(batch)
     loss = fpo(out, batch, settings)                         # + optional supervised terms:
     o, b = chosen_view(out, batch)                           # lm / grounding_bce / consistency
@@ -37,6 +38,7 @@ import torch.nn.functional as F
 
 from damo.data.preference import chosen_sample, rejected_sample
 from damo.data.schema import Sample
+from damo.model.batch import Batch
 from damo.model.processing import ClipTensors, evi_span_index
 
 FOCUS = ("event", "sequence")
@@ -178,20 +180,20 @@ def split_pairs(logp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return logp[:P], logp[P:]
 
 
-def batch_logprob(out: dict, batch: dict, focus: str = "sequence") -> torch.Tensor:
+def batch_logprob(out: dict, batch: Batch, focus: str = "sequence") -> torch.Tensor:
     """:func:`sequence_logprob` of every row of a collated batch from ``DamoModel.forward``: ``(B,)``;
     ``focus="event"`` scores only what :func:`focus_masks` marked (``fpo_tokens``, ``fpo_evi``)."""
     if focus not in FOCUS:
         raise ValueError(f"fpo focus must be one of {FOCUS}, got {focus!r}")
     event = focus == "event"
-    if event and "fpo_tokens" not in batch:
+    if event and batch.fpo_tokens is None:
         raise ValueError("focus 'event' needs the batch's fpo_tokens / fpo_evi (focus_masks)")
-    return sequence_logprob(out["logits"], batch["labels"], out.get("evi_logits"), batch["evi_targets"],
-                            batch["evi_batch"], batch["evi_mask"], batch["fpo_tokens"] if event else None,
-                            batch["fpo_evi"] if event else None)
+    return sequence_logprob(out["logits"], batch.labels, out.get("evi_logits"), batch.evi_targets,
+                            batch.evi_batch, batch.evi_mask, batch.fpo_tokens if event else None,
+                            batch.fpo_evi if event else None)
 
 
-def fpo_result(out: dict, batch: dict, beta: float = 0.1, ref_out: dict | None = None,
+def fpo_result(out: dict, batch: Batch, beta: float = 0.1, ref_out: dict | None = None,
                focus: str = "sequence") -> FPOResult:
     """FPO on a chosen-first preference batch; ``ref_out`` is a frozen reference model's output (DPO mode)."""
     lc, lr = split_pairs(batch_logprob(out, batch, focus))
@@ -202,7 +204,7 @@ def fpo_result(out: dict, batch: dict, beta: float = 0.1, ref_out: dict | None =
     return fpo_loss(lc, lr, beta, rc, rr)
 
 
-def fpo(out: dict, batch: dict, settings: FPOSettings | None = None, ref_out: dict | None = None) -> torch.Tensor:
+def fpo(out: dict, batch: Batch, settings: FPOSettings | None = None, ref_out: dict | None = None) -> torch.Tensor:
     """FPO in the ``(out, batch) -> scalar`` form of :mod:`damo.train.losses`; ``ref_out`` for ``mode: dpo``."""
     st = settings or FPOSettings()
     if (st.mode == "dpo") != (ref_out is not None):
@@ -223,7 +225,7 @@ def _common_prefix(a: list, b: list) -> int:
     return n
 
 
-def focus_masks(batch: dict, pairs: Sequence[dict], evi_id: int, level: str = "event") -> dict[str, torch.Tensor]:
+def focus_masks(batch: Batch, pairs: Sequence[dict], evi_id: int, level: str = "event") -> dict[str, torch.Tensor]:
     """Where each row of a chosen-first preference batch is scored under ``focus: event``.
 
     Temporal pairs: the ``<evi>`` tokens (both stages) of the events one side has and the other
@@ -234,7 +236,7 @@ def focus_masks(batch: dict, pairs: Sequence[dict], evi_id: int, level: str = "e
     Tokens before the first difference have equal log-probs on both sides, so leaving them out
     changes nothing in the reference-free loss. Returns ``fpo_tokens`` ``(B, L)`` and ``fpo_evi`` ``(N,)``.
     """
-    labels, eb = batch["labels"], batch["evi_batch"]
+    labels, eb = batch.labels, batch.evi_batch
     B = labels.shape[0]
     if B != 2 * len(pairs):
         raise ValueError(f"a preference batch of {len(pairs)} pairs has {2 * len(pairs)} rows, got {B}")
@@ -260,7 +262,7 @@ def focus_masks(batch: dict, pairs: Sequence[dict], evi_id: int, level: str = "e
     return {"fpo_tokens": tokens, "fpo_evi": evi}
 
 
-def chosen_view(out: dict, batch: dict) -> tuple[dict, dict]:
+def chosen_view(out: dict, batch: Batch) -> tuple[dict, Batch]:
     """The chosen rows of a chosen-first preference batch and of the model output.
 
     Lets the FPO stage add the supervised objectives of :mod:`damo.train.losses` (``lm``,
@@ -269,27 +271,12 @@ def chosen_view(out: dict, batch: dict) -> tuple[dict, dict]:
     ``<evi>`` rows are ordered by sample (the collator emits them row by row), so the chosen
     ones are a prefix.
     """
-    B = batch["input_ids"].shape[0]
+    B = batch.input_ids.shape[0]
     if B % 2:
         raise ValueError(f"a preference batch has an even number of rows (chosen, then rejected), got {B}")
-    P = B // 2
-    nc = int((batch["evi_batch"] < P).sum())
-    if bool((batch["evi_batch"][:nc] >= P).any()):
-        raise ValueError("evi_batch must be ordered by sample (as the Collator emits it)")
-    per_evi = {"evi_batch", "evi_pos", "evi_targets", "fpo_evi"}
-    b = {}
-    for k, v in batch.items():
-        if k in per_evi:
-            b[k] = v[:nc]
-        elif k == "cons_pairs":
-            b[k] = v[(v < nc).all(1)]
-        elif k in ("coord_pos", "coord_ids", "coord_w"):   # per LAPE coordinate token, rows in order
-            b[k] = v[batch["coord_pos"][:, 0] < P]
-        elif isinstance(v, (torch.Tensor, list)) and len(v) == B:
-            b[k] = v[:P]
-        else:
-            b[k] = v
-    o = {k: (v[:nc] if k in ("evi_logits", "evi_features") else v[:P]) for k, v in out.items()}
+    b = batch.rows(B // 2)
+    nc = len(b.evi_batch)
+    o = {k: (v[:nc] if k in ("evi_logits", "evi_features") else v[:B // 2]) for k, v in out.items()}
     return o, b
 
 

@@ -18,6 +18,7 @@ import math
 import random
 from collections import defaultdict
 from contextlib import nullcontext
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -28,6 +29,7 @@ from damo.config import Stage
 from damo.data.collate import Collator
 from damo.data.dataset import ClipDataset, StepBatches, loader
 from damo.data.schema import Sample
+from damo.model.batch import Batch
 from damo.model.processing import ClipTensors
 from damo.model.modeling_damo import DamoModel
 from damo.train import distributed
@@ -104,7 +106,7 @@ class StageLoss(nn.Module):
             ref.requires_grad_(False)
             self._ref.append(ref)
 
-    def loss(self, name: str, out: dict, batch: dict) -> torch.Tensor:
+    def loss(self, name: str, out: dict, batch: Batch) -> torch.Tensor:
         if name in NEEDS_MODEL:
             return LOSSES[name](out, batch, self.model)
         if name == "fpo":
@@ -115,17 +117,11 @@ class StageLoss(nn.Module):
             return LOSSES[name](out, batch, self.fpo, ref_out)
         return LOSSES[name](out, batch)
 
-    def forward(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        if not self.use_llm:
-            batch = {k: v for k, v in batch.items() if k != "input_ids"}
-        out = self.model(batch)
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.model(batch if self.use_llm else replace(batch, input_ids=None))
         vals = [self.loss(n, out, batch) for n in self.losses]
         total = sum(w * v for w, v in zip(self.losses.values(), vals))
         return total, torch.stack([v.detach().float() for v in vals])
-
-
-def to_device(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 def sample_video(s: Sample) -> str:
@@ -144,7 +140,7 @@ class StepCollate:
     def __init__(self, collator: Collator, seed: int, preference: bool):
         self.collator, self.seed, self.preference = collator, seed, preference
 
-    def __call__(self, items: list[tuple[tuple[int, int], object, ClipTensors | None]]) -> tuple[int, dict]:
+    def __call__(self, items: list[tuple[tuple[int, int], object, ClipTensors | None]]) -> tuple[int, Batch]:
         step, m = items[0][0]
         rng = random.Random(f"{self.seed}:{step}:{m}")
         if not self.preference:
@@ -152,7 +148,7 @@ class StepCollate:
         pairs, clips = [p for _, p, _ in items], [c for _, _, c in items]
         batch = self.collator(list(zip(pair_samples(pairs), clips + clips)), rng)
         proc = self.collator.processor
-        return step, batch | focus_masks(batch, pairs, proc.evi_id, proc.config.evidence_level)
+        return step, replace(batch, **focus_masks(batch, pairs, proc.evi_id, proc.config.evidence_level))
 
 
 def run_stage(model: DamoModel, stage: Stage, samples: list[Sample], clips, seed: int,
@@ -233,7 +229,7 @@ def run_stage(model: DamoModel, stage: Stage, samples: list[Sample], clips, seed
         opt.zero_grad(set_to_none=True)
         logged = torch.zeros(len(stage.losses) + 1)
         for j in range(stage.grad_accum):
-            batch = to_device(next(batches)[1], info.device)
+            batch = next(batches)[1].to(info.device)
             sync = j == stage.grad_accum - 1 or fsdp
             ctx = step_fn.no_sync() if not sync and isinstance(step_fn, nn.parallel.DistributedDataParallel) else nullcontext()
             with ctx:
