@@ -16,7 +16,7 @@ from __future__ import annotations
 import importlib
 import os
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -70,13 +70,25 @@ def find_video(video: str, root: str | Path | None) -> str | None:
     return None
 
 
-def resolve_videos(samples: Sequence[Sample], video_root: str | Path | None = None, on_missing: str = "error",
-                   ) -> tuple[list[Sample], MissingVideos]:
+def sample_video(s: Sample) -> str:
+    return s.video
+
+
+def with_sample_video(s: Sample, video: str) -> Sample:
+    return replace(s, video=video)
+
+
+def resolve_videos(samples: Sequence, video_root: str | Path | None = None, on_missing: str = "error",
+                   video_of: Callable[[object], str] = sample_video,
+                   with_video: Callable[[object, str], object] = with_sample_video,
+                   name_of: Callable[[object], str] = lambda s: s.id) -> tuple[list, MissingVideos]:
     """Samples with ``video`` replaced by the file it names, and what is missing.
 
     ``on_missing="error"`` raises ``FileNotFoundError`` listing the count and the first names
     (before anything is trained or scored); ``"skip"`` drops those samples and returns them in
-    the :class:`MissingVideos` record for the run's report.
+    the :class:`MissingVideos` record for the run's report. Other records than samples (preference
+    pairs) say how to read and set their video and how they are named (``video_of``, ``with_video``,
+    ``name_of``).
     """
     if on_missing not in ON_MISSING:
         raise ValueError(f"on_missing must be one of {ON_MISSING}, got {on_missing!r}")
@@ -85,14 +97,15 @@ def resolve_videos(samples: Sequence[Sample], video_root: str | Path | None = No
     found: dict[str, str | None] = {}
     kept, missing = [], MissingVideos()
     for s in samples:
-        if s.video not in found:
-            found[s.video] = find_video(s.video, video_root)
-            if found[s.video] is None:
-                missing.videos.append(s.video)
-        if found[s.video] is None:
-            missing.samples.append(s.id)
+        v = video_of(s)
+        if v not in found:
+            found[v] = find_video(v, video_root)
+            if found[v] is None:
+                missing.videos.append(v)
+        if found[v] is None:
+            missing.samples.append(name_of(s))
         else:
-            kept.append(s if found[s.video] == s.video else Sample(**{**s.__dict__, "video": found[s.video]}))
+            kept.append(s if found[v] == v else with_video(s, found[v]))
     if missing and on_missing == "error":
         where = f" under {video_root}" if video_root is not None else ""
         raise FileNotFoundError(f"{missing.summary()}{where}; point --video-root at the folder holding them, "

@@ -112,6 +112,15 @@ def validate_pair(pair: dict) -> None:
         _fail(pid, f"'events' must list the perturbed event indices (0..{n - 1}), got {ev!r}")
 
 
+def pair_video(pair: dict) -> str:
+    """The video a preference pair is about (both sides share it)."""
+    return pair["sample"]["video"]
+
+
+def with_pair_video(pair: dict, video: str) -> dict:
+    return pair | {"sample": pair["sample"] | {"video": video}}
+
+
 def chosen_sample(pair: dict) -> Sample:
     """The pair's sample as given: its response is the preferred one."""
     return Sample.from_dict(pair["sample"])

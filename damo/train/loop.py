@@ -27,7 +27,8 @@ from tqdm import tqdm
 
 from damo.config import Stage
 from damo.data.collate import Collator
-from damo.data.dataset import ClipDataset, StepBatches, loader
+from damo.data.dataset import ClipDataset, StepBatches, loader, sample_video
+from damo.data.preference import pair_video
 from damo.data.schema import Sample
 from damo.model.batch import Batch
 from damo.model.processing import ClipTensors
@@ -122,14 +123,6 @@ class StageLoss(nn.Module):
         vals = [self.loss(n, out, batch) for n in self.losses]
         total = sum(w * v for w, v in zip(self.losses.values(), vals))
         return total, torch.stack([v.detach().float() for v in vals])
-
-
-def sample_video(s: Sample) -> str:
-    return s.video
-
-
-def pair_video(p: dict) -> str:
-    return p["sample"]["video"]
 
 
 class StepCollate:

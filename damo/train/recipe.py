@@ -24,7 +24,7 @@ from damo import card as model_card
 from damo.config import Recipe
 from damo.data.collate import turns_of
 from damo.data.dataset import ClipLoader, load_dataset, resolve_videos
-from damo.data.preference import load_pairs
+from damo.data.preference import load_pairs, pair_video, with_pair_video
 from damo.data.features import FeatureLoader, extract
 from damo.data.schema import Sample
 from damo.model import backbones
@@ -75,13 +75,11 @@ def dataset_samples(spec: str, recipe: Recipe, workdir: Path | None, say) -> lis
 def stage_pairs(path: str, recipe: Recipe, say) -> list[dict]:
     """A preference-pair file's records (validated) with their videos found under ``recipe.video_root``;
     pairs of missing videos are an error, or left out with ``on_missing: skip``."""
-    pairs = load_pairs(path)
-    refs = [Sample(id=str(i), video=p["sample"]["video"], duration=1.0, task="grounding", query="", answer="")
-            for i, p in enumerate(pairs)]                          # one per pair, named by position
-    found, missing = resolve_videos(refs, recipe.video_root, recipe.on_missing)
+    found, missing = resolve_videos(load_pairs(path), recipe.video_root, recipe.on_missing, video_of=pair_video,
+                                    with_video=with_pair_video, name_of=lambda p: p["id"])
     if missing:
         say(f"{path}: skipping {missing.summary()}")
-    return [pairs[int(r.id)] | {"sample": pairs[int(r.id)]["sample"] | {"video": r.video}} for r in found]
+    return found
 
 
 def trains_encoders(model: DamoModel, patterns: list[str]) -> bool:
