@@ -38,18 +38,18 @@ def _r5(x: float) -> float:
     return round(float(x), 5)
 
 
+def _parsed(records: Sequence[dict], parser: str) -> tuple[list[tuple[dict, list]], int]:
+    """``(record, spans)`` for the records whose answer parses, and how many did not."""
+    pairs = [(r, parse_spans(r["a"], parser)) for r in records]
+    ok = [(r, sp) for r, sp in pairs if sp is not None]
+    return ok, len(pairs) - len(ok)
+
+
 def _et_recall(records: Sequence[dict], parser: str, multi_gt: bool, names: tuple[str, str]) -> dict:
     """tvg/epm (gt one span) and tem (gt several spans): top-1 span IoU >= thr, mIoU."""
-    n = len(records)
-    failed, ious = 0, []
-    for r in records:
-        spans = parse_spans(r["a"], parser)
-        if spans is None:
-            failed += 1
-            continue
-        gt = r["tgt"] if multi_gt else [r["tgt"]]
-        ious.append(float(_iou32(gt, spans[:1]).max()))
-    return _recall_scores(ious, n, failed, names)
+    ok, failed = _parsed(records, parser)
+    ious = [float(_iou32(r["tgt"] if multi_gt else [r["tgt"]], spans[:1]).max()) for r, spans in ok]
+    return _recall_scores(ious, len(records), failed, names)
 
 
 def _recall_scores(ious: list[float], n: int, failed: int, names: tuple[str, str]) -> dict:
@@ -64,13 +64,10 @@ def _recall_scores(ious: list[float], n: int, failed: int, names: tuple[str, str
 
 
 def _et_tal(records: Sequence[dict], parser: str) -> dict:
-    n, failed = len(records), 0
+    n = len(records)
+    ok, failed = _parsed(records, parser)
     f1 = np.zeros(len(ETBENCH_IOU_THRESHOLDS))
-    for r in records:
-        spans = parse_spans(r["a"], parser)
-        if spans is None:
-            failed += 1
-            continue
+    for r, spans in ok:
         iou = _iou32(r["tgt"], spans)                                      # (G, P)
         for i, t in enumerate(ETBENCH_IOU_THRESHOLDS):
             if iou.max() < t:
@@ -88,12 +85,9 @@ def _et_tal(records: Sequence[dict], parser: str) -> dict:
 
 def _et_evs(records: Sequence[dict], parser: str) -> dict:
     """Per-second F1 on a 1000-s grid; the official averages over parsed answers only."""
-    failed, scores = 0, []
-    for r in records:
-        spans = parse_spans(r["a"], parser)
-        if spans is None:
-            failed += 1
-            continue
+    ok, failed = _parsed(records, parser)
+    scores = []
+    for r, spans in ok:
         gt_map, pred_map = np.zeros(1000), np.zeros(1000)
         for s, e in r["tgt"]:
             gt_map[max(0, round(s)):round(e)] = 1          # Python round: halves go to even

@@ -11,6 +11,7 @@ from damo.media import SAMPLE_RATE
 from .events import FILE_FPS, VideoSpec
 from .render import render_audio, render_frames
 
+
 def write_video(spec: VideoSpec, path: str | Path, size: int = 64) -> Path:
     """Encode a real file: Matroska, H.264 (crf 18, yuv420p, 8 fps, keyframe every 8 frames), PCM s16le 16 kHz.
 
@@ -38,24 +39,30 @@ def write_video(spec: VideoSpec, path: str | Path, size: int = 64) -> Path:
         vs.options = {"crf": "18", "g": str(FILE_FPS), "keyint_min": str(FILE_FPS), "sc_threshold": "0",
                       "bf": "0", "threads": "1"}
         aus = out.add_stream("pcm_s16le", rate=SAMPLE_RATE, layout="mono")
-        for j in range(n_frames):
-            frame = av.VideoFrame.from_ndarray(frames[j], format="rgb24")
-            frame.pts = j
-            frame.time_base = Fraction(1, FILE_FPS)
-            for packet in vs.encode(frame):
-                out.mux(packet)
-        for packet in vs.encode():
-            out.mux(packet)
-        chunk = 4096
-        for a in range(0, pcm.size, chunk):
-            piece = pcm[a:a + chunk]
-            af = av.AudioFrame.from_ndarray(piece[None, :], format="s16", layout="mono")  # (1, n)
-            af.sample_rate = SAMPLE_RATE
-            af.pts = a
-            af.time_base = Fraction(1, SAMPLE_RATE)
-            for packet in aus.encode(af):
-                out.mux(packet)
-        for packet in aus.encode():
-            out.mux(packet)
+        _encode_all(out, vs, (_video_frame(frames[j], j) for j in range(n_frames)))
+        _encode_all(out, aus, (_audio_frame(pcm[a:a + 4096], a) for a in range(0, pcm.size, 4096)))
     tmp.replace(path)
     return path
+
+
+def _encode_all(out, stream, frames) -> None:
+    """Encode every frame into ``stream``, flush the encoder, and write all packets to ``out``."""
+    for frame in frames:
+        out.mux(stream.encode(frame))
+    out.mux(stream.encode())
+
+
+def _video_frame(rgb: np.ndarray, j: int):
+    import av
+
+    frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+    frame.pts, frame.time_base = j, Fraction(1, FILE_FPS)
+    return frame
+
+
+def _audio_frame(pcm: np.ndarray, start: int):
+    import av
+
+    frame = av.AudioFrame.from_ndarray(pcm[None, :], format="s16", layout="mono")   # (1, n)
+    frame.sample_rate, frame.pts, frame.time_base = SAMPLE_RATE, start, Fraction(1, SAMPLE_RATE)
+    return frame
