@@ -32,16 +32,17 @@ def test_the_wheel_installs_and_finds_its_recipes(tmp_path):
     (wheel,) = (tmp_path / "dist").glob("damo-*.whl")
 
     # a fresh environment that borrows this one's packages (torch, transformers, ...) but not damo
+    # (nor a source tree on PYTHONPATH, where pip would find damo already installed)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env_dir = tmp_path / "venv"
     run([sys.executable, "-m", "venv", "--without-pip", env_dir])
     py = env_dir / "bin" / "python"
     site = Path(run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).strip())
     (site / "borrowed.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    run([sys.executable, "-m", "pip", "--python", py, "install", "--no-deps", "--no-index", "-q", wheel])
+    run([sys.executable, "-m", "pip", "--python", py, "install", "--no-deps", "--no-index", "-q", wheel], env=env)
 
     outside = tmp_path / "elsewhere"
     outside.mkdir()
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     assert "--recipe" in run([env_dir / "bin" / "damo", "demo", "--help"], cwd=outside, env=env)
     code = ("import damo, damo.cli as c; from damo.config import find, load_recipe; "
             "r = load_recipe(c.build_parser().parse_args(['demo']).recipe); "
