@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from damo.threads import given_threads, idle_threads
+
 DEFAULT_WORKDIR = Path("runs/demo")
 DEFAULT_RECIPE = "damo_4stage"
 
@@ -26,21 +28,12 @@ def _print(obj) -> None:
     print(json.dumps(obj, indent=2, ensure_ascii=False))
 
 
-def idle_threads(cores: int, load: float) -> int:
-    """Threads worth using when the user names none: the cores the 1-minute load average leaves idle,
-    rounded, between 1 and 8. A second intra-op thread helps only when its core is free: every op
-    waits for its slowest thread, so on a busy core it only adds waiting; the load average tells the
-    two cases apart."""
-    return max(1, min(8, round(cores - load)))
-
-
 def _threads() -> int:
-    """Threads per process: ``$DAMO_THREADS``, else ``$OMP_NUM_THREADS``, else :func:`idle_threads`."""
+    """Threads per process: ``$DAMO_THREADS``, else ``$OMP_NUM_THREADS``, else the cores the 1-minute load
+    average leaves idle (:func:`~damo.threads.idle_threads`)."""
     import os
-    given = os.environ.get("DAMO_THREADS", os.environ.get("OMP_NUM_THREADS"))
-    if given is not None:
-        return max(1, int(given))
-    return idle_threads(os.cpu_count() or 1, os.getloadavg()[0])
+    given = given_threads("DAMO_THREADS", "OMP_NUM_THREADS")
+    return given if given is not None else idle_threads(os.cpu_count() or 1, os.getloadavg()[0])
 
 
 def _setup_threads() -> None:

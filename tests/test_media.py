@@ -38,6 +38,15 @@ def tone(n: int, sr: int, onset: float, freq: float = 440.0) -> np.ndarray:
     return np.where(t >= onset, 0.5 * np.cos(2 * np.pi * freq * (t - onset)), 0.0).astype(np.float32)
 
 
+def mux_grey(out, v, seconds: float) -> None:
+    """Encode the 32x32 grey ramp (frame i has level ``grey(i)``) at 12 fps into stream ``v`` and flush it."""
+    for i in range(int(seconds * RATE)):
+        frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), grey(i), np.uint8), format="rgb24")
+        frame.pts = i
+        out.mux(v.encode(frame))
+    out.mux(v.encode())
+
+
 def write_video(path: Path, seconds: float = 3.0, gop: int = 12, audio: str | None = None,
                 audio_rate: int = 48_000, codec: str = "libx264", garbage_audio: bool = False) -> Path:
     """Write a 32x32 grey-ramp video at 12 fps with an optional tone track (``audio`` = codec name)."""
@@ -51,11 +60,7 @@ def write_video(path: Path, seconds: float = 3.0, gop: int = 12, audio: str | No
     if audio is not None:
         a = out.add_stream(audio, rate=audio_rate)
         a.layout = "mono"
-    for i in range(int(seconds * RATE)):
-        frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), grey(i), np.uint8), format="rgb24")
-        frame.pts = i
-        out.mux(v.encode(frame))
-    out.mux(v.encode())
+    mux_grey(out, v, seconds)
     if a is not None and garbage_audio:
         rng = np.random.default_rng(0)
         for k in range(int(seconds * audio_rate / 1152)):
@@ -229,11 +234,7 @@ def write_shifted_pcm(path: Path, shifts: dict[int, int], frames: int = 20, step
     v.width, v.height, v.pix_fmt = 32, 32, "yuv420p"
     a = out.add_stream("pcm_s16le", rate=SAMPLE_RATE)
     a.layout = "mono"
-    for i in range(2 * RATE):
-        frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), grey(i), np.uint8), format="rgb24")
-        frame.pts = i
-        out.mux(v.encode(frame))
-    out.mux(v.encode())
+    mux_grey(out, v, 2.0)
     noise = np.random.default_rng(0).integers(-8000, 8000, (1, frames * step), dtype=np.int16)
     for k in range(frames):
         frame = av.AudioFrame.from_ndarray(noise[:, k * step:(k + 1) * step], format="s16", layout="mono")
@@ -526,11 +527,7 @@ def test_stereo_is_averaged_to_mono(tmp_path, codec, fmt):
         v.width, v.height, v.pix_fmt = 32, 32, "yuv420p"
         a = out.add_stream(codec, rate=sr)
         a.layout = "stereo"
-        for i in range(2 * RATE):
-            frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), grey(i), np.uint8), format="rgb24")
-            frame.pts = i
-            out.mux(v.encode(frame))
-        out.mux(v.encode())
+        mux_grey(out, v, 2.0)
         x = tone(2 * sr, sr, ONSET) * 1.6  # amplitude 0.8
         both = np.stack([x, -0.5 * x])     # (2, n)
         step = a.codec_context.frame_size or 1024

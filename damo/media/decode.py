@@ -45,6 +45,7 @@ import numpy as np
 
 from damo.media import SAMPLE_RATE, Clip, MediaError, MediaLimits
 from damo.media.audio import AudioTrack, as_float
+from damo.threads import given_threads, idle_threads
 
 MIN_THREADED_PIXELS = 320 * 240
 Mode = Literal["auto", "sequential"]
@@ -57,7 +58,7 @@ class _Mismatch(Exception):
 
 def idle_cores(cores: int, runnable: int) -> int:
     """Cores no other thread wants: ``runnable`` counts every runnable thread on the machine, the caller's too."""
-    return max(1, min(8, cores - runnable + 1))
+    return idle_threads(cores, runnable - 1)
 
 
 def _runnable() -> int:
@@ -76,10 +77,8 @@ def media_threads() -> int:
     thread and cost more than they gain. The instantaneous count of runnable threads, unlike the
     load average, does not count the caller's own past minute of decoding as a busy core.
     """
-    given = os.environ.get("DAMO_THREADS")
-    if given is not None:
-        return max(1, int(given))
-    return idle_cores(os.cpu_count() or 1, _runnable())
+    given = given_threads("DAMO_THREADS")
+    return given if given is not None else idle_cores(os.cpu_count() or 1, _runnable())
 
 
 def _open(path: str | Path) -> av.container.InputContainer:

@@ -1,0 +1,20 @@
+"""Thread counts: what the user set, else the cores other work leaves idle. Standard library only, so
+the command line can decide before numpy or torch load their thread pools."""
+from __future__ import annotations
+
+import os
+
+
+def idle_threads(cores: int, load: float) -> int:
+    """Threads worth using when the user names none: the cores a ``load`` (busy threads besides the
+    caller) leaves idle, rounded, between 1 and 8. A second thread helps only when its core is free:
+    every op waits for its slowest thread, so on a busy core it only adds waiting."""
+    return max(1, min(8, round(cores - load)))
+
+
+def given_threads(*names: str) -> int | None:
+    """The first of these environment variables that is set, as a thread count (at least 1)."""
+    for name in names:
+        if os.environ.get(name) is not None:
+            return max(1, int(os.environ[name]))
+    return None
