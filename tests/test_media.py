@@ -383,6 +383,17 @@ def test_bad_files_raise_media_error_naming_them(tmp_path, pcm16k):
         load_clip(tmp_path / "missing.mp4", cache_dir=tmp_path / "cache")
 
 
+def test_a_file_named_for_another_container_decodes_as_what_it_is(tmp_path):
+    # the extension only names the demuxer tried first; a file it rejects is probed like any other
+    mkv = write_video(tmp_path / "real.mkv", seconds=2.0, audio="aac")
+    mp4 = write_video(tmp_path / "real.mp4", seconds=2.0)
+    for real, liar in ((mkv, tmp_path / "liar.mp4"), (mp4, tmp_path / "liar.webm"), (mp4, tmp_path / "liar.mov")):
+        liar.write_bytes(real.read_bytes())
+        want, got = decode_clip(real), decode_clip(liar)
+        assert np.array_equal(got.frames, want.frames) and np.array_equal(got.times, want.times)
+        assert np.array_equal(got.audio, want.audio) and got.has_audio == want.has_audio
+
+
 def test_bad_arguments_say_what_to_pass(pcm16k):
     with pytest.raises(ValueError, match="fps"):
         decode_clip(pcm16k, fps=0)
