@@ -10,16 +10,20 @@ Two jobs per video. "video only" is the comparable one: ``decode_clip(audio=Fals
 frames alone, as decord does. "with sound" is what the data pipeline asks for: the same frames plus
 the audio track decoded to 16 kHz mono, which decord does not read at all. "libavcodec alone" opens
 the file and decodes exactly the packets ``decode_clip`` sends its decoder, with the same NONREF
-skips, on one thread, and does nothing else: no reader that returns these exact frames through
-libavcodec on one thread can do less, so "decord/alone" is the highest decord/ours ratio any such
-reader could show on that file. The four calls run interleaved, in rotating order, for several rounds after
+skips, on one thread, and does nothing else (no picking, scaling, checks or sound): it is ours
+with all of its own work taken away, so "decord/alone" is as far as trimming ours could go. The four calls run interleaved, in rotating order, for ``--rounds``
+rounds and then on until each has taken ``--min-seconds`` in all (a 2-ms file gets hundreds), after
 one warm-up call each; the table gives medians of wall time and of process CPU time (CPU is
 steadier when other processes share the machine), and the machine's load average after each video.
+Ratios pair calls of the same round (decord's time over ours, then the median over rounds): the
+machine's speed drifts by 20 % and more over seconds, and a pair measured back to back shares the drift.
 decord runs with ``num_threads=1``; ours takes ``--threads`` decoder threads, by default the cores
 idle when each decode starts (``DAMO_THREADS`` unset), and the "thr" column shows the range it
-took. Needs the bench extra: ``pip install decord==0.6.0``.
+took. decord decodes on a thread of its own beside the caller's, so even at ``num_threads=1`` it
+spends more CPU than wall time; ``--cpu N`` runs everything on core N, as when data-loader workers
+keep every core busy. Needs the bench extra: ``pip install decord==0.6.0``.
 
-    python bench/decode.py [--rounds 7] [--fps 1] [--size 64] [--threads N] [--minutes 0] [--videos DIR]
+    python bench/decode.py [--rounds 7] [--min-seconds 3] [--fps 1] [--size 64] [--threads N] [--cpu N] [--minutes 0] [--videos DIR]
 """
 from __future__ import annotations
 
@@ -125,7 +129,7 @@ def timed(fn) -> tuple[float, float, object]:
     return time.perf_counter() - w, time.process_time() - c, out
 
 
-def run(path: Path, fps: float, size: int, rounds: int) -> dict:
+def run(path: Path, fps: float, size: int, rounds: int, min_seconds: float = 0.0) -> dict:
     threads_used: list[int] = []
 
     def ours(audio: bool):
@@ -148,11 +152,13 @@ def run(path: Path, fps: float, size: int, rounds: int) -> dict:
     wall: dict[str, list[float]] = {k: [] for k in jobs}
     cpu: dict[str, list[float]] = {k: [] for k in jobs}
     names = list(jobs)
-    for r in range(rounds):
+    r = 0
+    while r < rounds or min(sum(ws) for ws in wall.values()) < min_seconds:
         for who in names[r % len(names):] + names[:r % len(names)]:
             w, c, _ = timed(jobs[who])
             wall[who].append(w)
             cpu[who].append(c)
+        r += 1
     med = lambda xs: statistics.median(xs) if xs else float("nan")  # noqa: E731
     same, dt = "-", float("nan")
     if stamps is not None and len(stamps) == clip.num_frames:
@@ -166,26 +172,36 @@ def run(path: Path, fps: float, size: int, rounds: int) -> dict:
            "load": os.getloadavg()[0]}
     for k in ("sound", "video", "decord", "floor"):
         row[k + "_w"], row[k + "_c"] = med(wall.get(k, [])), med(cpu.get(k, []))
+        # decord's time over this call's in the same round, then the median over rounds: a pair
+        # runs back to back, so the machine's slow and fast spells cancel out of each ratio
+        for clock, times in (("w", wall), ("c", cpu)):
+            pairs = [d / o for d, o in zip(times.get("decord", []), times[k])] if k in times else []
+            row[f"{k}_r{clock}"] = med(pairs)
     return row
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--min-seconds", type=float, default=3.0,
+                    help="more rounds until every call has run this long in all (short files get many rounds)")
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--fps", type=float, default=1.0)
     ap.add_argument("--threads", type=int, help="our decoder threads (sets DAMO_THREADS; default: the idle cores)")
+    ap.add_argument("--cpu", type=int, help="run everything on this one core (both readers and all their threads)")
     ap.add_argument("--minutes", type=float, default=0.0, help="also generate two long videos of this length")
     ap.add_argument("--videos", type=Path, default=REPO.parent / "shared" / "data" / "videos")
     args = ap.parse_args()
     if args.threads is not None:
         os.environ["DAMO_THREADS"] = str(args.threads)
+    if args.cpu is not None:
+        os.sched_setaffinity(0, {args.cpu})
 
     load0 = os.getloadavg()
     print(f"load average before: {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f} on {os.cpu_count()} cores; "
           f"our decoder threads: {os.environ.get('DAMO_THREADS', 'the idle cores')}; decord: 1", flush=True)
     paths = sorted(args.videos.iterdir())
-    rows = [run(path, args.fps, args.size, args.rounds) for path in paths]
+    rows = [run(path, args.fps, args.size, args.rounds, args.min_seconds) for path in paths]
     if args.minutes > 0:
         with tempfile.TemporaryDirectory() as tmp:
             for keyframe_s in (8.0, 1.0):
@@ -193,7 +209,8 @@ def main() -> None:
                                        keyframe_s)
                 rows.append(run(path, args.fps, args.size, max(1, args.rounds // 3)))
     load1 = os.getloadavg()
-    print("seconds are medians of wall (process CPU); decord/ours divides decord's time by ours, wall (CPU)")
+    print("milliseconds, medians of wall (process CPU); decord/ours: median over rounds of decord's time over ours "
+          "in the same round, wall (CPU)")
     head = (f"{'file':<28} {'frames':>6} {'sound':>5} {'thr':>3} | {'ours, with sound':>17} {'ours, video only':>17} "
             f"{'decord (video)':>15} {'libavcodec alone':>17} | {'decord/ours video':>17} {'decord/ours sound':>17} "
             f"{'decord/alone':>13} | {'same':>5} "
@@ -201,8 +218,8 @@ def main() -> None:
     print(head)
     print("-" * len(head))
     for r in rows:
-        t = lambda k: f"{r[k + '_w']:.3f} ({r[k + '_c']:.3f})"  # noqa: E731
-        ratio = lambda k: f"{r['decord_w'] / r[k + '_w']:.2f} ({r['decord_c'] / r[k + '_c']:.2f})"  # noqa: E731
+        t = lambda k: f"{1e3 * r[k + '_w']:.1f} ({1e3 * r[k + '_c']:.1f})"  # noqa: E731
+        ratio = lambda k: f"{r[k + '_rw']:.2f} ({r[k + '_rc']:.2f})"  # noqa: E731
         print(f"{r['file']:<28} {r['frames']:>6} {str(r['audio']):>5} {r['threads']:>3} | {t('sound'):>17} "
               f"{t('video'):>17} {t('decord'):>15} {t('floor'):>17} | {ratio('video'):>17} {ratio('sound'):>17} "
               f"{ratio('floor'):>13} | {r['same']:>5} "

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from damo.threads import given_threads, idle_threads
+from damo.threads import given_threads, idle_threads, usable_cores
 
 DEFAULT_WORKDIR = Path("runs/demo")
 DEFAULT_RECIPE = "damo_4stage"
@@ -33,7 +33,7 @@ def _threads() -> int:
     average leaves idle (:func:`~damo.threads.idle_threads`)."""
     import os
     given = given_threads("DAMO_THREADS", "OMP_NUM_THREADS")
-    return given if given is not None else idle_threads(os.cpu_count() or 1, os.getloadavg()[0])
+    return given if given is not None else idle_threads(usable_cores(), os.getloadavg()[0])
 
 
 def _setup_threads() -> None:

@@ -5,6 +5,14 @@ from __future__ import annotations
 import os
 
 
+def usable_cores() -> int:
+    """Cores this process may run on: its CPU affinity (taskset, container limits), else all of them."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity call on this platform
+        return os.cpu_count() or 1
+
+
 def idle_threads(cores: int, load: float) -> int:
     """Threads worth using when the user names none: the cores a ``load`` (busy threads besides the
     caller) leaves idle, rounded, between 1 and 8. A second thread helps only when its core is free:

@@ -53,6 +53,17 @@ def test_decoder_threads_follow_damo_threads_else_the_idle_cores(monkeypatch):
     assert idle_cores(64, 1) == 8                 # capped
 
 
+def test_a_process_held_to_one_core_defaults_to_one_thread():
+    # taskset and container CPU limits: the cores counted are those the process may run on
+    base = {k: v for k, v in os.environ.items() if k not in ("DAMO_THREADS", "OMP_NUM_THREADS")}
+    code = ("import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+            "from damo import cli; from damo.media.decode import media_threads; from damo.threads import usable_cores; "
+            "cli._setup_threads(); print(usable_cores(), media_threads(), os.environ['OMP_NUM_THREADS'])")
+    out = subprocess.run([sys.executable, "-c", code], env=base, cwd=str(REPO), capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.split() == ["1", "1", "1"]
+
+
 @pytest.mark.parametrize("name", ["bikes.mp4", "big_buck_bunny_0_30.webm"])
 def test_decoder_threads_change_no_pixel(shared_data, monkeypatch, name):
     clips = []

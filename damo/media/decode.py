@@ -46,7 +46,7 @@ import numpy as np
 
 from damo.media import SAMPLE_RATE, Clip, MediaError, MediaLimits
 from damo.media.audio import AudioTrack, as_float
-from damo.threads import given_threads, idle_threads
+from damo.threads import given_threads, idle_threads, usable_cores
 
 MIN_THREADED_PIXELS = 320 * 240
 Mode = Literal["auto", "sequential"]
@@ -79,7 +79,7 @@ def media_threads() -> int:
     load average, does not count the caller's own past minute of decoding as a busy core.
     """
     given = given_threads("DAMO_THREADS")
-    return given if given is not None else idle_cores(os.cpu_count() or 1, _runnable())
+    return given if given is not None else idle_cores(usable_cores(), _runnable())
 
 
 # Demuxers that check their own header, by file extension: naming one skips format probing

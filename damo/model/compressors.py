@@ -69,6 +69,11 @@ def sample_tokens(T: int, budget: int, k_min: int, k_max: int, tokens_in: int, g
     return int(torch.randint(lo, cap + 1, (), generator=generator))
 
 
+def slow_steps(frame_tokens: int, stride: int) -> int:
+    """Slow-stream steps of the packer: one per ``stride`` frame tokens, the last one possibly short."""
+    return -(-frame_tokens // stride)
+
+
 PLACEMENTS = ("llm", "fuser")          # where the compressor works (CompressorConfig.placement)
 STP_FAST_SIDE, STP_STRIDE = 1, 4      # the packer's defaults: fast side, frames per slow step
 
@@ -112,7 +117,7 @@ class TokenBudget:
     def tokens(self, Tl: int) -> int:
         """Visual tokens the LLM reads for ``Tl`` frame tokens (fast/per-frame + slow)."""
         k, s = self.split(Tl)
-        return Tl * k + -(-Tl // self.stride) * s * s
+        return Tl * k + slow_steps(Tl, self.stride) * s * s
 
 
 def _square_side(L: int) -> int | None:
@@ -408,7 +413,7 @@ class SpatialTemporalPacker(BudgetedCompressor):
         """Fast tokens per frame token ``f^2`` and the slow side ``s`` (see :class:`TokenBudget`)."""
         n = math.isqrt(budget.tokens_in)
         f = min(budget.fast_side, math.isqrt(k), n)
-        steps = -(-Tl // budget.stride)
+        steps = slow_steps(Tl, budget.stride)
         return f * f, min(n, math.isqrt(min(budget.k_max, (budget.budget - Tl * f * f) // steps)))
 
     def spatial(self, pack: PointToRegion, x: torch.Tensor, side: int) -> torch.Tensor:

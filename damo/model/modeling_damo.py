@@ -44,7 +44,7 @@ from damo.model.batch import Batch
 from damo.model.coordinates import (anchor_tables, decode_position, frame_time_embedding, grid_position_embedding,
                                     interpolate_anchors, register_propagation)
 from damo.model.encoders import Block
-from damo.model.compressors import PLACEMENTS, build_compressor
+from damo.model.compressors import PLACEMENTS, build_compressor, slow_steps
 from damo.model.evidence import (DECODERS, EvidenceHead, capture_weights, decode_interval, pool_groups,
                                  salient_frames)
 from damo.model.fuseformer import CrossBlock, TemporalFuseformer, sinusoid
@@ -476,8 +476,8 @@ class DamoModel(nn.Module):
         F_, per_step, stride = self.cfg.bridge_tokens, 0, 1
         if fusion_emb.shape[1] > F_:                                # the packer's slow stream (B, G s^2, C)
             stride = self.video.compressor.stride
-            per_step = (fusion_emb.shape[1] - F_) // -(-frame_emb.shape[1] // stride)
-        parts = [torch.cat([fusion_emb[b, :F_ + -(-n // stride) * per_step], frame_emb[b, :n].flatten(0, 1)])
+            per_step = (fusion_emb.shape[1] - F_) // slow_steps(frame_emb.shape[1], stride)
+        parts = [torch.cat([fusion_emb[b, :F_ + slow_steps(n, stride) * per_step], frame_emb[b, :n].flatten(0, 1)])
                  for b, n in enumerate(num_frames)]
         vid = torch.cat(parts).to(emb.dtype)                        # (sum_b (F' + S_b + T_b K), C)
         mask = (input_ids == self.video_id).unsqueeze(-1)

@@ -36,7 +36,7 @@ from damo.media.audio import log_mel, whisper_log_mel_windows
 
 from damo.model import tokenizer as tk
 from damo.model.batch import Batch
-from damo.model.compressors import STP_FAST_SIDE, STP_STRIDE, TokenBudget
+from damo.model.compressors import STP_FAST_SIDE, STP_STRIDE, TokenBudget, slow_steps
 from damo.model.coordinates import (add_box_tokens, add_time_tokens, anchor_pair, box_to_tokens, time_to_token,
                                     timestamp_prompt)
 from damo.model.evidence import soft_targets
@@ -348,7 +348,7 @@ class VideoLayout:
 
     def slow_tokens(self, frame_tokens: int) -> int:
         """Slow-stream placeholders of a clip with ``frame_tokens`` frame tokens."""
-        return -(-frame_tokens // self.stride) * self.slow_side ** 2
+        return slow_steps(frame_tokens, self.stride) * self.slow_side ** 2
 
 
 def frame_positions(positions: list[list[int]], Tl: int, K: int, shift: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
