@@ -83,8 +83,8 @@ def media_threads() -> int:
 
 
 # Demuxers that check their own header, by file extension: naming one skips format probing
-# (0.1-0.2 ms a file, most of opening a short clip); a file that is not what its name says is
-# rejected by the named demuxer and then probed.
+# (0.1-0.2 ms a file, a third of opening a small clip); a file that is not what its name says is
+# rejected by the named demuxer (or opens with no stream) and is then probed.
 _DEMUXERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".webm": "webm", ".mkv": "matroska"}
 
 
@@ -108,6 +108,9 @@ def _open(path: str | Path) -> av.container.InputContainer:
             container = av.open(str(p), format=hint)
         except av.FFmpegError:
             pass  # named for another container: probe it as any other file
+        if container is not None and not container.streams:
+            container.close()
+            container = None
     try:
         container = container or av.open(str(p))
     except av.FFmpegError as e:
