@@ -10,13 +10,14 @@ Two jobs per video. "video only" is the comparable one: ``decode_clip(audio=Fals
 frames alone, as decord does. "with sound" is what the data pipeline asks for: the same frames plus
 the audio track decoded to 16 kHz mono, which decord does not read at all. "libavcodec alone" opens
 the file and decodes exactly the packets ``decode_clip`` sends its decoder, with the same NONREF
-skips, on one thread, and does nothing else (no picking, scaling, checks or sound): it is ours
-with all of its own work taken away, so "decord/alone" is as far as trimming ours could go. The four calls run interleaved, in rotating order, for ``--rounds``
-rounds and then on until each has taken ``--min-seconds`` in all (a 2-ms file gets hundreds), after
-one warm-up call each; the table gives medians of wall time and of process CPU time (CPU is
+skips, on one thread, and does nothing else (no picking, scaling, checks or sound): it is ours with
+all of its own work taken away, so "decord/alone" is as far as trimming ours could take a
+one-thread decode. The four calls run interleaved, in rotating order, for ``--rounds`` rounds and
+then on until each has taken ``--min-seconds`` in all (a 2-ms file gets hundreds), after one
+warm-up call each; the table gives medians of wall time and of process CPU time (CPU is
 steadier when other processes share the machine), and the machine's load average after each video.
 Ratios pair calls of the same round (decord's time over ours, then the median over rounds): the
-machine's speed drifts by 20 % and more over seconds, and a pair measured back to back shares the drift.
+machine's speed drifts (20 % and more from one run to the next), and a pair run back to back shares it.
 decord runs with ``num_threads=1``; ours takes ``--threads`` decoder threads, by default the cores
 idle when each decode starts (``DAMO_THREADS`` unset), and the "thr" column shows the range it
 took. decord decodes on a thread of its own beside the caller's, so even at ``num_threads=1`` it
@@ -101,8 +102,7 @@ def packet_plan(path: Path, fps: float, size: int) -> list[tuple[int | None, boo
 
 def libavcodec_alone(path: Path, plan: list[tuple[int | None, bool]]):
     """Open, demux and decode exactly the planned packets on one thread, nothing else: no picking,
-    scaling, checks or audio. No reader that returns the same exact frames from libavcodec on one
-    thread does less, so decord / this bounds the ratio any such reader can reach."""
+    scaling, checks or audio (see the module doc)."""
     wanted = dict(plan)
 
     def call():
