@@ -76,12 +76,13 @@ def _frames_to_mono(frames: list[av.AudioFrame]) -> np.ndarray:
     dtype, offset, scale = _SAMPLE_TYPES[first.format.name.rstrip("p")]
     channels = first.layout.nb_channels
     if first.format.is_planar:
-        planes = [np.concatenate([np.frombuffer(f.planes[c], dtype, count=f.samples) for f in frames])
+        per_frame = [(f.planes, f.samples) for f in frames]  # each .planes call builds its tuple anew
+        planes = [np.concatenate([np.frombuffer(ps[c], dtype, count=n) for ps, n in per_frame])
                   for c in range(channels)]
     else:
         packed = np.concatenate([np.frombuffer(f.planes[0], dtype, count=f.samples * channels) for f in frames])
         planes = [packed[c::channels] for c in range(channels)]
-    x = planes[0].astype(np.float32)
+    x = planes[0].astype(np.float32, copy=False)  # a fresh array or a view no other plane shares
     for plane in planes[1:]:
         x += plane
     if channels > 1:
