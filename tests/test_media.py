@@ -528,7 +528,7 @@ def test_display_rotation_decodes_upright(tmp_path, degrees):
     assert corner == f"{'top' if r < rows / 2 else 'bottom'}-{'left' if c < cols / 2 else 'right'}"
 
 
-@pytest.mark.parametrize("codec, fmt", [("pcm_s16le", "s16"), ("flac", "s16"), ("aac", "fltp")])
+@pytest.mark.parametrize("codec, fmt", [("pcm_s16le", "s16"), ("flac", "s16"), ("aac", "fltp"), ("pcm_f32le", "flt")])
 def test_stereo_is_averaged_to_mono(tmp_path, codec, fmt):
     """Left carries the tone, right its negative times 0.5: mono is a quarter-amplitude tone."""
     path = tmp_path / f"stereo_{codec}.mkv"
@@ -544,7 +544,9 @@ def test_stereo_is_averaged_to_mono(tmp_path, codec, fmt):
         step = a.codec_context.frame_size or 1024
         for s in range(0, both.shape[1], step):
             chunk = both[:, s:s + step]
-            data = np.round(chunk * 32767).astype(np.int16).T.reshape(1, -1) if fmt == "s16" else chunk
+            data = np.round(chunk * 32767).astype(np.int16) if fmt == "s16" else chunk
+            if not fmt.endswith("p"):   # packed: the channels interleaved in one plane
+                data = data.T.reshape(1, -1)
             frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(data), format=fmt, layout="stereo")
             frame.sample_rate, frame.pts = sr, s
             out.mux(a.encode(frame))
