@@ -14,16 +14,17 @@ keyframe) at a time so that the decoder only sees what a kept frame needs:
 * inside a GOP, packets after the last one a kept frame needs are dropped, and every frame but the
   one nearest each centre is decoded with ``skip_frame=NONREF``, so a non-reference frame (a B
   frame in H.264) that no window keeps costs nothing;
-* which frames a centre "can pick" is decided from packet timestamps; once decoded, the picks are
-  checked against the timestamps of every packet, and any disagreement (a decoder that dropped
-  a frame, say) re-decodes the file sequentially, so the frames are always those a full decode
-  would pick.
+* which frames a centre "can pick" is decided from packet timestamps; once decoded, the picks of a
+  decode that skipped anything are checked against the timestamps of every packet, and any
+  disagreement (a decoder that dropped a frame, say) re-decodes the file sequentially, so the
+  frames are always those a full decode would pick.
 
-The decoder runs frame threads on the cores idle when decoding starts (:func:`media_threads`);
-threads change no pixel. Kept frames go straight from the decoder's YUV to ``size x size`` RGB
-through one cached swscale context (area averaging when shrinking); no full-size RGB image is
-ever made. The aspect ratio is deliberately not preserved, as square inputs are what the vision encoders take; ``size=None``
-keeps the native resolution. A display matrix (phone videos, the ``rotate`` tag) is honoured:
+The file is opened with the demuxer its extension names (probing only files that demuxer
+rejects). The decoder runs frame threads on the cores idle when decoding starts
+(:func:`media_threads`); threads change no pixel. Kept frames go straight from the decoder's YUV
+to ``size x size`` RGB through one cached swscale context (area averaging when shrinking); no
+full-size RGB image is ever made. The aspect ratio is deliberately not preserved, as square inputs
+are what the vision encoders take; ``size=None`` keeps the native resolution. A display matrix (phone videos, the ``rotate`` tag) is honoured:
 frames come out upright.
 
 Limits (:class:`~damo.media.MediaLimits`) are checked on the header before anything is decoded
