@@ -39,7 +39,10 @@ def _threads() -> int:
 def _setup_threads() -> None:
     """Every command, before numpy or torch load: their thread pools read these once at import."""
     import os
-    n = str(_threads())
+    try:
+        n = str(_threads())
+    except ValueError as e:
+        raise SystemExit(f"damo: {e}") from None
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = n
 

@@ -21,8 +21,14 @@ def idle_threads(cores: int, load: float) -> int:
 
 
 def given_threads(*names: str) -> int | None:
-    """The first of these environment variables that is set, as a thread count (at least 1)."""
+    """The first of these environment variables that is set, as a thread count (at least 1); a value
+    that is not a whole number raises ValueError naming the variable."""
     for name in names:
-        if os.environ.get(name) is not None:
-            return max(1, int(os.environ[name]))
+        value = os.environ.get(name)
+        if value is not None:
+            try:
+                return max(1, int(value))
+            except ValueError:
+                raise ValueError(f"{name}={value!r} is not a number of threads; set a whole number such as "
+                                 f"{name}=1, or unset it to use the idle cores") from None
     return None

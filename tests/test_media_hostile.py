@@ -188,3 +188,12 @@ def test_cache_evicts_least_recently_used_entries_over_the_cap(tmp_path, monkeyp
     names = sorted(p.name.split("_")[1] for p in cache.glob("*.npz"))
     assert names == ["fps1", "fps3"]
     assert load_clip(video, fps=1.0, size=16, cache_dir=cache, audio_dtype="float32").audio.dtype == np.float32
+
+
+@pytest.mark.parametrize("value", ["lots", "-1", "nan", "inf"])
+def test_a_cache_cap_that_is_not_a_size_is_named(monkeypatch, value):
+    monkeypatch.setenv("DAMO_CACHE_MAX_GB", value)
+    with pytest.raises(ValueError, match=f"DAMO_CACHE_MAX_GB='{value}' is not a size in gigabytes"):
+        cache_mod.max_cache_bytes()
+    monkeypatch.setenv("DAMO_CACHE_MAX_GB", "0.5")
+    assert cache_mod.max_cache_bytes() == 500_000_000

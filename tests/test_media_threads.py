@@ -53,6 +53,17 @@ def test_decoder_threads_follow_damo_threads_else_the_idle_cores(monkeypatch):
     assert idle_cores(64, 1) == 8                 # capped
 
 
+def test_a_thread_count_that_is_not_a_number_is_named(monkeypatch):
+    base = {k: v for k, v in os.environ.items() if k not in ("DAMO_THREADS", "OMP_NUM_THREADS")}
+    out = subprocess.run([sys.executable, "-m", "damo.cli", "--help"], env={**base, "DAMO_THREADS": "two"},
+                         cwd=str(REPO), capture_output=True, text=True)
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert "DAMO_THREADS='two' is not a number of threads" in out.stderr
+    monkeypatch.setenv("DAMO_THREADS", "1.5")
+    with pytest.raises(ValueError, match="DAMO_THREADS='1.5'"):
+        media_threads()
+
+
 def test_a_process_held_to_one_core_defaults_to_one_thread():
     # taskset and container CPU limits: the cores counted are those the process may run on
     base = {k: v for k, v in os.environ.items() if k not in ("DAMO_THREADS", "OMP_NUM_THREADS")}

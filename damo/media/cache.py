@@ -17,6 +17,7 @@ or undecodable leaves nothing behind.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import tempfile
 import warnings
@@ -43,8 +44,17 @@ def default_cache_dir() -> Path:
 
 
 def max_cache_bytes() -> int:
-    """The size cap: ``$DAMO_CACHE_MAX_GB`` gigabytes (default 20)."""
-    return int(float(os.environ.get("DAMO_CACHE_MAX_GB", DEFAULT_MAX_GB)) * 1e9)
+    """The size cap: ``$DAMO_CACHE_MAX_GB`` gigabytes (default 20); anything but a number >= 0 is a
+    ValueError naming the variable."""
+    value = os.environ.get("DAMO_CACHE_MAX_GB", str(DEFAULT_MAX_GB))
+    try:
+        gb = float(value)
+    except ValueError:
+        gb = math.nan
+    if not gb >= 0 or math.isinf(gb):
+        raise ValueError(f"DAMO_CACHE_MAX_GB={value!r} is not a size in gigabytes; set a number >= 0 such as "
+                         f"DAMO_CACHE_MAX_GB=20, or unset it for the default {DEFAULT_MAX_GB}")
+    return int(gb * 1e9)
 
 
 def file_digest(path: str | Path) -> str:
