@@ -191,9 +191,16 @@ def test_cache_evicts_least_recently_used_entries_over_the_cap(tmp_path, monkeyp
 
 
 @pytest.mark.parametrize("value", ["lots", "-1", "nan", "inf"])
-def test_a_cache_cap_that_is_not_a_size_is_named(monkeypatch, value):
+def test_a_cache_cap_that_is_not_a_size_is_named(monkeypatch, tmp_path, value):
     monkeypatch.setenv("DAMO_CACHE_MAX_GB", value)
     with pytest.raises(ValueError, match=f"DAMO_CACHE_MAX_GB='{value}' is not a size in gigabytes"):
         cache_mod.max_cache_bytes()
+    decoded = []
+    monkeypatch.setattr(cache_mod._decode, "decode_clip", lambda *a, **k: decoded.append(1))
+    video = tmp_path / "v.mp4"
+    video.write_bytes(b"not decoded")
+    with pytest.raises(ValueError, match="DAMO_CACHE_MAX_GB"):
+        load_clip(video, cache_dir=tmp_path / "cache")
+    assert decoded == [] and not (tmp_path / "cache").exists()
     monkeypatch.setenv("DAMO_CACHE_MAX_GB", "0.5")
     assert cache_mod.max_cache_bytes() == 500_000_000

@@ -157,6 +157,7 @@ def load_clip(path: str | Path, fps: float = 1.0, size: int | None = 64, cache_d
     if not p.is_file():
         raise MediaError(f"{p}: no such file")
     folder = Path(cache_dir or default_cache_dir())
+    cap = max_cache_bytes()  # a bad setting fails here, before any decoding
     entry = folder / f"{cache_key(p, fps, size)}.npz"
     clip = _read(entry, str(p))
     if clip is None:
@@ -168,7 +169,7 @@ def load_clip(path: str | Path, fps: float = 1.0, size: int | None = 64, cache_d
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         try:
             _write(entry, clip, notes)
-            evict(folder, keep=entry)
+            evict(folder, keep=entry, limit=cap)
         except OSError as e:
             _warn_once(folder, "written", e)
     if audio_dtype == "float32":
