@@ -40,7 +40,7 @@ import numpy as np
 
 import damo.media.decode as decode_mod
 from damo.media import decode_clip
-from damo.media.decode import media_threads
+from damo.media.decode import decoder_threads
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -131,10 +131,13 @@ def timed(fn) -> tuple[float, float, object]:
 
 def run(path: Path, fps: float, size: int, rounds: int, min_seconds: float = 0.0) -> dict:
     threads_used: list[int] = []
+    with av.open(str(path)) as container:
+        cc = container.streams.video[0].codec_context
+        width, height = cc.width, cc.height
 
     def ours(audio: bool):
         def call():
-            threads_used.append(media_threads())  # what the decode about to start will take
+            threads_used.append(decoder_threads(width, height))  # what the decode about to start will take
             return decode_clip(path, fps=fps, size=size, audio=audio)
         return call
 

@@ -11,7 +11,7 @@ import pytest
 
 from damo import cli
 from damo.media import decode_clip
-from damo.media.decode import idle_cores, media_threads
+from damo.media.decode import decoder_threads, idle_cores, media_threads
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -45,6 +45,7 @@ def test_thread_default_reaches_torch(env, expected):
 def test_decoder_threads_follow_damo_threads_else_the_idle_cores(monkeypatch):
     monkeypatch.setenv("DAMO_THREADS", "2")
     assert media_threads() == 2
+    assert decoder_threads(640, 360) == 2 and decoder_threads(176, 144) == 1   # small frames: one thread
     monkeypatch.delenv("DAMO_THREADS")
     assert 1 <= media_threads() <= (os.cpu_count() or 1)
     assert idle_cores(2, 1) == 2                  # only the caller runs: both cores

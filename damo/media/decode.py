@@ -83,6 +83,12 @@ def media_threads() -> int:
     return given if given is not None else idle_cores(usable_cores(), _runnable())
 
 
+def decoder_threads(width: int, height: int) -> int:
+    """Decoder threads for frames of this size: one below 320x240, whose frames decode faster than
+    frame threads hand them over, else :func:`media_threads`."""
+    return media_threads() if width * height >= MIN_THREADED_PIXELS else 1
+
+
 # Demuxers that check their own header, by file extension: naming one skips format probing
 # (0.1-0.2 ms a file, a third of opening a small clip); a file that is not what its name says is
 # rejected by the named demuxer (or opens with no stream) and is then probed.
@@ -403,8 +409,7 @@ def _decode(path: Path, fps: float, size: int | None, skip: bool, limits: MediaL
     try:
         stream = container.streams.video[0]
         cc = stream.codec_context
-        # small frames decode faster than decoder threads start
-        threads = media_threads() if (cc.width or 0) * (cc.height or 0) >= MIN_THREADED_PIXELS else 1
+        threads = decoder_threads(cc.width or 0, cc.height or 0)
         stream.thread_count = threads
         if threads > 1:
             stream.thread_type = "AUTO"
