@@ -24,8 +24,8 @@ rejects). The decoder runs frame threads on the cores idle when decoding starts
 (:func:`media_threads`); threads change no pixel. Kept frames go straight from the decoder's YUV
 to ``size x size`` RGB through one cached swscale context (area averaging when shrinking); no
 full-size RGB image is ever made. The aspect ratio is deliberately not preserved, as square inputs
-are what the vision encoders take; ``size=None`` keeps the native resolution. A display matrix (phone videos, the ``rotate`` tag) is honoured:
-frames come out upright.
+are what the vision encoders take; ``size=None`` keeps the native resolution. A display matrix
+(phone videos, the ``rotate`` tag) is honoured: frames come out upright.
 
 Limits (:class:`~damo.media.MediaLimits`) are checked on the header before anything is decoded
 and again on every packet and frame, so a file that lies about its size or length is rejected

@@ -389,9 +389,9 @@ class DamoModel(nn.Module):
     # ------------------------------------------------------------------ video
     def video_embeddings(self, batch: Batch):
         """A batch's clips (frames or stored tower outputs, times, ``group``; ``duration`` for LAPE;
-        ``query_ids`` for query-aware tokens) -> frame embeddings ``(B, T', K, C)``, the embeddings in front of the frames (bridged fusion
-        tokens, then the packer's slow stream if any: ``(B, F' + G s^2, C)``), fuser frame features
-        ``(B, T, K, D)``. ``T' = T`` unless the frame budget caps the frame tokens: then each
+        ``query_ids`` for query-aware tokens) -> frame embeddings ``(B, T', K, C)``, the embeddings in
+        front of the frames (bridged fusion tokens, then the packer's slow stream if any:
+        ``(B, F' + G s^2, C)``), fuser frame features ``(B, T, K, D)``. ``T' = T`` unless the frame budget caps the frame tokens: then each
         token is the mean of ``group`` consecutive frames (the processor's
         :meth:`~damo.model.processing.DamoProcessor.layout`, carried by the batch). With the
         compressor at the LLM, K (and the slow side) follow its budget for T' (:class:`TokenBudget`).
@@ -407,7 +407,7 @@ class DamoModel(nn.Module):
         (:meth:`lape`); ``timestamp`` writes the time as text in the prompt
         instead (:meth:`~damo.model.processing.DamoProcessor.prompt`) and ``none`` gives no time at all.
         """
-        b, duration = batch, batch.duration
+        b = batch
         fr, fu = self.video(b.frames, b.mel, b.frame_mask, b.vision_features, b.audio_features)
         frl, ml = pool_groups(fr, b.frame_mask, b.group)            # (B, T', K, D), (B, T')
         times = pool_groups(b.times, b.frame_mask, b.group)[0]      # (B, T')
@@ -418,12 +418,12 @@ class DamoModel(nn.Module):
         qa = None
         if self.cfg.query_aware and b.query_ids is not None:
             qa = F.normalize(self.alignment.text_encoder(b.query_ids, b.query_mask), dim=-1)   # (B, d)
-        e = self.llm_tokens(frl, times, duration, qa)               # (B, T', K, C)
+        e = self.llm_tokens(frl, times, b.duration, qa)             # (B, T', K, C)
         q = self.connector.bridge_fusion(fu)                        # (B, F', C)
         if slow is None:
             return e, q, fr
         st = pool_groups(times, ml, self.video.compressor.stride)[0]   # each slow step's mean time (B, G)
-        se = self.llm_tokens(slow, st, duration, qa)                # (B, G, s*s, C)
+        se = self.llm_tokens(slow, st, b.duration, qa)              # (B, G, s*s, C)
         return e, torch.cat([q, se.flatten(1, 2)], 1), fr
 
     def llm_tokens(self, x: torch.Tensor, times: torch.Tensor, duration: torch.Tensor | None,
