@@ -40,7 +40,6 @@ import numpy as np
 
 import damo.media.decode as decode_mod
 from damo.media import decode_clip
-from damo.media.decode import decoder_threads
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -131,14 +130,19 @@ def timed(fn) -> tuple[float, float, object]:
 
 def run(path: Path, fps: float, size: int, rounds: int, min_seconds: float = 0.0) -> dict:
     threads_used: list[int] = []
-    with av.open(str(path)) as container:
-        cc = container.streams.video[0].codec_context
-        width, height = cc.width, cc.height
+    rule = decode_mod.decoder_threads
+
+    def recorded(*args) -> int:
+        threads_used.append(rule(*args))
+        return threads_used[-1]
 
     def ours(audio: bool):
         def call():
-            threads_used.append(decoder_threads(width, height))  # what the decode about to start will take
-            return decode_clip(path, fps=fps, size=size, audio=audio)
+            decode_mod.decoder_threads = recorded  # the threads the decode takes, as the decoder chose them
+            try:
+                return decode_clip(path, fps=fps, size=size, audio=audio)
+            finally:
+                decode_mod.decoder_threads = rule
         return call
 
     clip = ours(False)()  # warm-up (and the reference for frame agreement)

@@ -165,7 +165,7 @@ def _counting(monkeypatch) -> dict:
 
 
 def test_skipping_decodes_less_and_keeps_the_frames_a_full_decode_keeps(media_dir, monkeypatch):
-    # with keyint = min-keyint = g, x264 places IDR frames g - 1 frames apart; 2 B frames between P frames
+    # with keyint = min-keyint = g, x264 places IDR frames g - 1 frames apart
     dense = write_video(media_dir / "dense.mp4", seconds=4.0, gop=4)  # keyframe every 3/12 = 0.25 s
     sparse = write_video(media_dir / "sparse.mp4", seconds=4.0, gop=48)  # keyframes at 0 and 47/12 s
     assert probe(dense)["keyframe_interval"] == pytest.approx(0.25, abs=1e-6)
@@ -189,6 +189,91 @@ def test_skipping_decodes_less_and_keeps_the_frames_a_full_decode_keeps(media_di
     seen.update(frames=0, passes=0)
     decode_clip(dense, fps=1.0, size=8)
     assert seen["frames"] <= 24
+
+
+def _nal(ref_idc: int, kind: int, body: bytes = b"\x88\x84") -> bytes:
+    """One NAL unit with a 4-byte length prefix, as H.264 is stored in MP4."""
+    unit = bytes([ref_idc << 5 | kind]) + body
+    return len(unit).to_bytes(4, "big") + unit
+
+
+def test_only_plainly_unreferenced_h264_pictures_are_left_out():
+    unref = decode_mod._unreferenced
+    assert unref(_nal(0, 9) + _nal(0, 6) + _nal(0, 1) + _nal(0, 1), 4)   # AUD, SEI, two slices of a B picture
+    assert not unref(_nal(2, 1), 4)                                      # a reference slice
+    assert not unref(_nal(0, 1) + _nal(2, 1), 4)                         # any reference slice keeps it
+    assert not unref(_nal(3, 5), 4)                                      # IDR
+    assert not unref(_nal(3, 8) + _nal(0, 1), 4)                         # carries a parameter set
+    assert not unref(_nal(0, 6) + _nal(0, 9), 4)                         # no picture at all
+    assert not unref(_nal(0, 1)[:-1], 4)                                 # truncated
+    assert not unref(b"\x00\x00\x00\x00" + _nal(0, 1), 4)              # an empty unit: not what it claims
+    assert unref(_nal(0, 1)[2:], 2)                                      # 2-byte length prefixes
+
+
+class _Recorder:
+    """Stands in for a codec context and records the packets handed to its decoder."""
+
+    def __init__(self, cc):
+        object.__setattr__(self, "cc", cc)
+        object.__setattr__(self, "packets", [])
+
+    def decode(self, packet):
+        self.packets.append(packet)
+        return self.cc.decode(packet)
+
+    def __getattr__(self, name):
+        return getattr(self.cc, name)
+
+    def __setattr__(self, name, value):
+        setattr(self.cc, name, value)
+
+
+def write_panning(path: Path, frames: int = 48) -> Path:
+    """A textured 64x48 picture panning sideways at 12 fps: x264 codes it with B frames, some of them
+    references (its default B pyramid) and some not (the grey ramp it codes as P frames alone)."""
+    rng = np.random.default_rng(0)
+    texture = np.repeat(np.repeat(rng.integers(0, 256, (12, 16 + frames, 3), dtype=np.uint8), 4, 0), 4, 1)
+    out = av.open(str(path), "w")
+    v = out.add_stream("libx264", rate=RATE)
+    v.width, v.height, v.pix_fmt = 64, 48, "yuv420p"
+    for i in range(frames):
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(texture[:, 2 * i:2 * i + 64]), format="rgb24")
+        frame.pts = i
+        out.mux(v.encode(frame))
+    out.mux(v.encode())
+    out.close()
+    return path
+
+
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_unreferenced_b_frames_are_never_sent_and_the_frames_stay_those_of_a_full_decode(
+        media_dir, monkeypatch, threads):
+    path = media_dir / "panning.mp4"
+    if not path.exists():
+        write_panning(path)
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        kinds = {f.pts: int(f.pict_type) for p in container.demux(stream) for f in stream.codec_context.decode(p)}
+    monkeypatch.setenv("DAMO_THREADS", threads)
+    monkeypatch.setattr(decode_mod, "MIN_THREADED_PIXELS", 0)  # frame threads even on 64x48
+    decoders, init = [], decode_mod._Video.__init__
+
+    def recording(self, *args):
+        init(self, *args)
+        self.cc = _Recorder(self.cc)
+        decoders.append(self.cc)
+
+    monkeypatch.setattr(decode_mod._Video, "__init__", recording)
+    full = decode_clip(path, fps=1.0, size=8, mode="sequential")
+    fast = decode_clip(path, fps=1.0, size=8)
+    np.testing.assert_array_equal(fast.frames, full.frames)
+    np.testing.assert_array_equal(fast.times, full.times)
+    every, sent = ([p.pts for p in d.packets if p is not None] for d in decoders)
+    assert len(every) == 48
+    needed = every[:every.index(sent[-1]) + 1]   # packets past the last one a kept frame needs are cut
+    left_out = [pts for pts in needed if pts not in sent]
+    b_frames = [pts for pts in needed if kinds[pts] == int(av.video.frame.PictureType.B)]
+    assert left_out and set(left_out) < set(b_frames)   # some B frames are references: those are sent
 
 
 def test_a_wrong_skip_falls_back_to_a_full_decode(pcm16k, monkeypatch):

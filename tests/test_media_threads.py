@@ -45,7 +45,8 @@ def test_thread_default_reaches_torch(env, expected):
 def test_decoder_threads_follow_damo_threads_else_the_idle_cores(monkeypatch):
     monkeypatch.setenv("DAMO_THREADS", "2")
     assert media_threads() == 2
-    assert decoder_threads(640, 360) == 2 and decoder_threads(176, 144) == 1   # small frames: one thread
+    assert decoder_threads(640, 360, 500) == 2 and decoder_threads(176, 144, 500) == 1   # small frames: one thread
+    assert decoder_threads(176, 144, 5000) == 2                                          # unless they are dense
     monkeypatch.delenv("DAMO_THREADS")
     assert 1 <= media_threads() <= (os.cpu_count() or 1)
     assert idle_cores(2, 1) == 2                  # only the caller runs: both cores
@@ -84,3 +85,21 @@ def test_decoder_threads_change_no_pixel(shared_data, monkeypatch, name):
         clips.append(decode_clip(shared_data / "videos" / name, fps=2.0, size=32, audio=False))
     np.testing.assert_array_equal(clips[0].frames, clips[1].frames)
     np.testing.assert_array_equal(clips[0].times, clips[1].times)
+
+
+def test_the_first_gop_decides_the_threads_and_threads_change_no_pick(shared_data, monkeypatch):
+    """carphone is 176x144 but 4.9 KB a frame: threaded; transparent.webm is 200x200 at 30 bytes: not."""
+    import damo.media.decode as decode_mod
+    seen = []
+    rule = decode_mod.decoder_threads
+    monkeypatch.setattr(decode_mod, "decoder_threads", lambda *a: seen.append(a) or rule(*a))
+    monkeypatch.setenv("DAMO_THREADS", "2")
+    carphone = shared_data / "videos" / "carphone_pristine.mp4"
+    fast = decode_clip(carphone, fps=2.0, size=32, audio=False)
+    decode_clip(shared_data / "videos" / "transparent.webm", fps=2.0, size=32, audio=False)
+    (w, h, dense), (_, _, sparse) = seen
+    assert (w, h) == (176, 144) and dense > 3000 > sparse
+    assert [rule(*a) for a in seen] == [2, 1]
+    full = decode_clip(carphone, fps=2.0, size=32, mode="sequential", audio=False)
+    np.testing.assert_array_equal(fast.frames, full.frames)
+    np.testing.assert_array_equal(fast.times, full.times)

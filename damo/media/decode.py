@@ -13,7 +13,8 @@ keyframe) at a time so that the decoder only sees what a kept frame needs:
   keyframes this is what seeking would save, without the seeks);
 * inside a GOP, packets after the last one a kept frame needs are dropped, and every frame but the
   one nearest each centre is decoded with ``skip_frame=NONREF``, so a non-reference frame (a B
-  frame in H.264) that no window keeps costs nothing;
+  frame in H.264) that no window keeps costs nothing; an H.264 picture that is plainly
+  unreferenced (:func:`_unreferenced`) is not even sent, which keeps frame threads busy;
 * which frames a centre "can pick" is decided from packet timestamps; once decoded, the picks of a
   decode that skipped anything are checked against the timestamps of every packet, and any
   disagreement (a decoder that dropped a frame, say) re-decodes the file sequentially, so the
@@ -21,7 +22,8 @@ keyframe) at a time so that the decoder only sees what a kept frame needs:
 
 The file is opened with the demuxer its extension names (probing only files that demuxer
 rejects). The decoder runs frame threads on the cores idle when decoding starts
-(:func:`media_threads`); threads change no pixel. Kept frames go straight from the decoder's YUV
+(:func:`media_threads`) if frames are large enough to gain from them (:func:`decoder_threads`);
+threads change no pixel. Kept frames go straight from the decoder's YUV
 to ``size x size`` RGB through one cached swscale context (area averaging when shrinking); no
 full-size RGB image is ever made. The aspect ratio is deliberately not preserved, as square inputs
 are what the vision encoders take; ``size=None`` keeps the native resolution. A display matrix
@@ -49,7 +51,8 @@ from damo.media import SAMPLE_RATE, Clip, MediaError, MediaLimits
 from damo.media.audio import AudioTrack, as_float
 from damo.threads import given_threads, idle_threads, usable_cores
 
-MIN_THREADED_PIXELS = 320 * 240
+MIN_THREADED_PIXELS = 400 * 300
+MIN_THREADED_BYTES = 3000
 Mode = Literal["auto", "sequential"]
 AudioDtype = Literal["float32", "int16"]
 
@@ -83,10 +86,13 @@ def media_threads() -> int:
     return given if given is not None else idle_cores(usable_cores(), _runnable())
 
 
-def decoder_threads(width: int, height: int) -> int:
-    """Decoder threads for frames of this size: one below 320x240, whose frames decode faster than
-    frame threads hand them over, else :func:`media_threads`."""
-    return media_threads() if width * height >= MIN_THREADED_PIXELS else 1
+def decoder_threads(width: int, height: int, frame_bytes: float) -> int:
+    """Decoder threads for frames of this size and mean coded size: :func:`media_threads` for frames
+    of at least 400x300 pixels or 3 KB, else one, as a smaller frame decodes in about the time frame
+    threads take to hand it over (``python bench/decode.py --threads-sweep`` measures both)."""
+    if width * height >= MIN_THREADED_PIXELS or frame_bytes >= MIN_THREADED_BYTES:
+        return media_threads()
+    return 1
 
 
 # Demuxers that check their own header, by file extension: naming one skips format probing
@@ -274,6 +280,40 @@ class _Picker:
         return self.frames[:T], self.times[:T]
 
 
+def _avc_length_size(cc: av.codec.context.CodecContext) -> int | None:
+    """Bytes in each NAL unit's length prefix for H.264 stored as in MP4 and Matroska (the ``avcC``
+    record, ISO/IEC 14496-15 5.3.3.1), or None: another codec, or start codes (Annex B)."""
+    extra = cc.extradata if cc.name == "h264" else None
+    if not extra or len(extra) < 7 or extra[0] != 1:
+        return None
+    return (extra[4] & 3) + 1
+
+
+_PASSIVE_NALS = frozenset({6, 9, 12})  # SEI, access unit delimiter, filler: describe only their own picture
+
+
+def _unreferenced(data: bytes, length_size: int) -> bool:
+    """Whether an H.264 access unit holds a non-reference picture and nothing later pictures use.
+
+    Every slice is a non-IDR slice with ``nal_ref_idc`` 0 (H.264 7.4.1: no later picture predicts
+    from it, and it leaves frame numbering alone) and every other NAL unit is one of
+    ``_PASSIVE_NALS``; a parameter set or anything unparsable answers False.
+    """
+    i, end, slices = 0, len(data), 0
+    while i < end:
+        size = int.from_bytes(data[i:i + length_size], "big")
+        if size == 0 or i + length_size + size > end:
+            return False
+        header = data[i + length_size]
+        kind = header & 0x1F
+        if kind == 1 and not header & 0x60:
+            slices += 1
+        elif kind not in _PASSIVE_NALS:
+            return False
+        i += length_size + size
+    return slices > 0
+
+
 def _nearest(order: np.ndarray, centres: np.ndarray) -> np.ndarray:
     """For each centre, the time in ``order`` (sorted, not empty) nearest to it; ties (to 1 us) go to the earlier."""
     after = np.searchsorted(order, centres + 1e-9, side="right")   # first time past each centre
@@ -304,6 +344,8 @@ class _Video:
         self.skipped = False             # some packet was held back, dropped or decoded NONREF
         self.last_t: float | None = None
         self.skip_mode = "DEFAULT"
+        self.nal_length = _avc_length_size(self.cc)
+        self.opened = False
 
     def packet(self, packet: av.Packet) -> None:
         if packet.size == 0:
@@ -329,6 +371,10 @@ class _Video:
 
     def _send(self, packet: av.Packet, skip: bool) -> None:
         self.skipped |= skip
+        if skip and self.nal_length is not None and _unreferenced(bytes(packet), self.nal_length):
+            # an unreferenced picture is left out rather than sent with NONREF: frame threads take
+            # packets in turn, and a skipped packet would leave its thread idle for a frame's time
+            return
         mode = "NONREF" if skip else "DEFAULT"
         if mode != self.skip_mode:
             self.cc.skip_frame = self.skip_mode = mode
@@ -349,8 +395,19 @@ class _Video:
         self.last_t = t
         self.picker.push(t, frame)
 
+    def _open_decoder(self, gop: list[tuple[float | None, av.Packet]]) -> None:
+        """Choose the decoder's threads from the frame size and the first GOP's mean packet size;
+        the decoder opens on its first packet, and threads cannot change after that."""
+        threads = decoder_threads(self.cc.width or 0, self.cc.height or 0, sum(p.size for _, p in gop) / len(gop))
+        self.stream.thread_count = threads
+        if threads > 1:
+            self.stream.thread_type = "AUTO"
+        self.opened = True
+
     def _flush_gop(self, next_key: float) -> None:
         gop, self.gop = self.gop, []
+        if not self.opened:
+            self._open_decoder(gop)
         times = np.array([t if t is not None else math.nan for t, _ in gop])
         known = times[~np.isnan(times)]
         lo, hi = self.prev_max, next_key
@@ -409,10 +466,6 @@ def _decode(path: Path, fps: float, size: int | None, skip: bool, limits: MediaL
     try:
         stream = container.streams.video[0]
         cc = stream.codec_context
-        threads = decoder_threads(cc.width or 0, cc.height or 0)
-        stream.thread_count = threads
-        if threads > 1:
-            stream.thread_type = "AUTO"
         origin = _origin(container)
         declared = _declared_duration(container)
         _check_header(name, limits, cc.width or 0, cc.height or 0, declared, fps, size)
@@ -428,6 +481,9 @@ def _decode(path: Path, fps: float, size: int | None, skip: bool, limits: MediaL
             except MediaError as e:
                 warnings.warn(f"{name}: audio dropped, returning the video without sound: {e}", stacklevel=3)
         streams = [stream] + ([audio.stream] if audio is not None else [])
+        for other in container.streams:
+            if other not in streams:
+                other.discard = av.stream.Discard.all  # the demuxer skips its packets instead of reading them
         try:
             for packet in container.demux(streams):
                 if packet.stream.index == stream.index:
