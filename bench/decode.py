@@ -10,7 +10,7 @@ Two jobs per video. "video only" is the comparable one: ``decode_clip(audio=Fals
 frames alone, as decord does. "with sound" is what the data pipeline asks for: the same frames plus
 the audio track decoded to 16 kHz mono, which decord does not read at all. "libavcodec alone" opens
 the file and decodes exactly the packets ``decode_clip`` sends its decoder, with the same NONREF
-skips, on one thread, and does nothing else (no picking, scaling, checks or sound): it is ours with
+skips and unread streams discarded, on one thread, and does nothing else (no picking, scaling, checks or sound): it is ours with
 all of its own work taken away, so "decord/alone" is as far as trimming ours could take a
 one-thread decode. The four calls run interleaved, in rotating order, for ``--rounds`` rounds and
 then on until each has taken ``--min-seconds`` in all (a 2-ms file gets hundreds), after one
@@ -25,6 +25,7 @@ spends more CPU than wall time; ``--cpu N`` runs everything on core N, as when d
 keep every core busy. Needs the bench extra: ``pip install decord==0.6.0``.
 
     python bench/decode.py [--rounds 7] [--min-seconds 3] [--fps 1] [--size 64] [--threads N] [--cpu N] [--minutes 0] [--videos DIR]
+    python bench/decode.py --threads-sweep    # one against two decoder threads: the evidence for decoder_threads
 """
 from __future__ import annotations
 
@@ -44,23 +45,27 @@ from damo.media import decode_clip
 REPO = Path(__file__).resolve().parents[1]
 
 
-def make_long_video(path: Path, minutes: float, keyframe_s: float, rate: int = 30) -> Path:
-    """A textured scene panning sideways with a moving bar, so every frame differs."""
-    w, h = 640, 360
+def make_video(path: Path, seconds: float, keyframe_s: float, width: int = 640, height: int = 360, crf: int = 28,
+               noise: int = 0, rate: int = 30) -> Path:
+    """A textured scene panning sideways with a moving bar, so every frame differs; ``noise`` adds
+    fresh grain of that amplitude to every frame, which raises the bitrate as a camera's grain does."""
     rng = np.random.default_rng(0)
-    texture = rng.integers(0, 256, (h // 8, (w + 4 * rate * 10) // 8, 3), dtype=np.uint8)
+    texture = rng.integers(0, 256, (height // 8, (width + 4 * rate * 10) // 8, 3), dtype=np.uint8)
     texture = np.repeat(np.repeat(texture, 8, axis=0), 8, axis=1)  # (h, W', 3) blocky texture
     out = av.open(str(path), "w")
     stream = out.add_stream("libx264", rate=rate)
-    stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+    stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
     gop = int(round(keyframe_s * rate))
     stream.codec_context.gop_size = gop
-    stream.options = {"preset": "veryfast", "keyint": str(gop), "min-keyint": str(gop), "scenecut": "0", "crf": "28"}
-    span = texture.shape[1] - w
-    for i in range(int(minutes * 60 * rate)):
+    stream.options = {"preset": "veryfast", "keyint": str(gop), "min-keyint": str(gop), "scenecut": "0",
+                      "crf": str(crf)}
+    span = texture.shape[1] - width
+    for i in range(int(seconds * rate)):
         x = (4 * i) % span
-        img = texture[:, x:x + w].copy()  # (h, w, 3)
-        img[:, (7 * i) % w] = 255
+        img = texture[:, x:x + width].copy()  # (h, w, 3)
+        img[:, (7 * i) % width] = 255
+        if noise:
+            img = np.clip(img + rng.integers(-noise, noise + 1, img.shape), 0, 255).astype(np.uint8)
         frame = av.VideoFrame.from_ndarray(img, format="rgb24")
         frame.pts = i
         out.mux(stream.encode(frame))
@@ -88,7 +93,8 @@ def packet_plan(path: Path, fps: float, size: int) -> list[tuple[int | None, boo
     send = decode_mod._Video._send
 
     def recording(self, packet, skip):
-        sent.append((None if packet is None else packet.pts, skip))
+        if packet is not None and not (skip and self._left_out(packet)):
+            sent.append((packet.pts, skip))
         return send(self, packet, skip)
 
     decode_mod._Video._send = recording
@@ -96,7 +102,7 @@ def packet_plan(path: Path, fps: float, size: int) -> list[tuple[int | None, boo
         decode_clip(path, fps=fps, size=size, audio=False)
     finally:
         decode_mod._Video._send = send
-    return [(pts, skip) for pts, skip in sent if pts is not None]
+    return sent
 
 
 def libavcodec_alone(path: Path, plan: list[tuple[int | None, bool]]):
@@ -108,6 +114,9 @@ def libavcodec_alone(path: Path, plan: list[tuple[int | None, bool]]):
         container = decode_mod._open(path)
         stream = container.streams.video[0]
         stream.thread_count = 1
+        for other in container.streams:
+            if other is not stream:
+                other.discard = av.stream.Discard.all
         cc, mode = stream.codec_context, "DEFAULT"
         for packet in container.demux(stream):
             if packet.size and packet.pts in wanted:
@@ -187,6 +196,32 @@ def run(path: Path, fps: float, size: int, rounds: int, min_seconds: float = 0.0
     return row
 
 
+def thread_sweep(videos: list[Path], fps: float, size: int, min_seconds: float) -> None:
+    """``decode_clip`` at one and at two decoder threads on each video, alternating, and what
+    :func:`~damo.media.decode.decoder_threads` chooses for it (its frame size and the first GOP's
+    mean packet size): the evidence for that rule. Run it on an idle machine."""
+    rule = decode_mod.decoder_threads
+    os.environ["DAMO_THREADS"] = "2"   # the rule's choice with two idle cores
+    print(f"{'file':<28} {'size':>9} {'bytes/frame':>11} | {'1 thread':>9} {'2 threads':>9} {'1/2':>5} | "
+          f"{'rule':>4} {'faster':>6}")
+    for path in videos:
+        seen: list[tuple] = []
+        decode_mod.decoder_threads = lambda *a: seen.append(a) or 1  # noqa: E731
+        decode_clip(path, fps=fps, size=size, audio=False)
+        w, h, frame_bytes = seen[0]
+        times: dict[int, list[float]] = {1: [], 2: []}
+        r = 0
+        while r < 3 or min(map(sum, times.values())) < min_seconds:
+            for n in ((1, 2) if r % 2 else (2, 1)):
+                decode_mod.decoder_threads = lambda *a, n=n: n  # noqa: E731
+                times[n].append(timed(lambda: decode_clip(path, fps=fps, size=size, audio=False))[0])
+            r += 1
+        decode_mod.decoder_threads = rule
+        one, two = (1e3 * statistics.median(times[n]) for n in (1, 2))
+        print(f"{path.name:<28} {f'{w}x{h}':>9} {frame_bytes:>11.0f} | {one:>9.1f} {two:>9.1f} {one / two:>5.2f} | "
+              f"{rule(w, h, frame_bytes):>4} {1 if one < two else 2:>6}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=7)
@@ -198,7 +233,16 @@ def main() -> None:
     ap.add_argument("--cpu", type=int, help="run everything on this one core (both readers and all their threads)")
     ap.add_argument("--minutes", type=float, default=0.0, help="also generate two long videos of this length")
     ap.add_argument("--videos", type=Path, default=REPO.parent / "shared" / "data" / "videos")
+    ap.add_argument("--threads-sweep", action="store_true",
+                    help="instead: one against two decoder threads on the shared videos and generated H.264 "
+                         "files of four sizes and three bitrates, and which the decoder's rule picks")
     args = ap.parse_args()
+    if args.threads_sweep:
+        with tempfile.TemporaryDirectory() as tmp:
+            made = [make_video(Path(tmp) / f"h264_{w}x{h}_crf{crf}.mp4", 5.0, 5.0, w, h, crf, noise=6)
+                    for w, h in ((176, 144), (320, 240), (400, 300), (640, 360)) for crf in (12, 20, 28)]
+            thread_sweep(sorted(args.videos.iterdir()) + made, args.fps, args.size, args.min_seconds)
+        return
     if args.threads is not None:
         os.environ["DAMO_THREADS"] = str(args.threads)
     if args.cpu is not None:
@@ -212,8 +256,8 @@ def main() -> None:
     if args.minutes > 0:
         with tempfile.TemporaryDirectory() as tmp:
             for keyframe_s in (8.0, 1.0):
-                path = make_long_video(Path(tmp) / f"long_{args.minutes:g}min_kf{keyframe_s:g}s.mp4", args.minutes,
-                                       keyframe_s)
+                path = make_video(Path(tmp) / f"long_{args.minutes:g}min_kf{keyframe_s:g}s.mp4", 60 * args.minutes,
+                                  keyframe_s)
                 rows.append(run(path, args.fps, args.size, max(1, args.rounds // 3)))
     load1 = os.getloadavg()
     print("milliseconds, medians of wall (process CPU); decord/ours: median over rounds of decord's time over ours "

@@ -216,10 +216,10 @@ class _Picker:
         self.frames: np.ndarray | None = None
         self.last: tuple[av.VideoFrame, np.ndarray] | None = None  # consecutive windows may share a frame
         self.reformatter = _reformatter()
-        self.decoded = 0
+        self.next_centre = self.centre(0)                    # of window j (inf past the last)
 
     def centre(self, j: int) -> float:
-        return (j + 0.5) / self.fps
+        return (j + 0.5) / self.fps if j < self.n_max else math.inf
 
     def _rgb(self, frame: av.VideoFrame) -> np.ndarray:
         if self.last is not None and self.last[0] is frame:
@@ -257,9 +257,8 @@ class _Picker:
         if frame.width * frame.height > self.limits.max_pixels:
             raise MediaError(f"{self.name}: a {frame.width}x{frame.height} frame exceeds the limit of "
                              f"{self.limits.max_pixels:,} pixels (MediaLimits.max_pixels)")
-        self.decoded += 1
-        while self.j < self.n_max and self.centre(self.j) <= t:
-            c = self.centre(self.j)
+        c = self.next_centre
+        while c <= t:
             # nearest of (previous frame, this frame) to the window centre; ties (to 1 us, so float
             # noise in pts * time_base cannot break them either way) -> the earlier frame
             if self.prev is not None and c - self.prev[0] <= t - c + 1e-6:
@@ -267,6 +266,7 @@ class _Picker:
             else:
                 self._keep(self.j, t, frame)
             self.j += 1
+            c = self.next_centre = self.centre(self.j)
         self.prev = (t, frame)
 
     def finish(self, T: int) -> tuple[np.ndarray, np.ndarray]:
@@ -362,18 +362,22 @@ class _Video:
                                  f"frames at {self.picker.fps:g} fps (MediaLimits.max_frames); lower fps or cut the video")
             self.times.append(t)
             stop = t + (packet.duration or 0) * self.tb
-            self.end = stop if self.end is None else max(self.end, stop)
+            if self.end is None or stop > self.end:
+                self.end = stop
         else:
             self.untimed = True
         if packet.is_keyframe and self.gop:
             self._flush_gop(t if t is not None else math.inf)
         self.gop.append((t, packet))
 
+    def _left_out(self, packet: av.Packet) -> bool:
+        """An unreferenced picture is left out rather than sent with NONREF: frame threads take
+        packets in turn, and a skipped packet would leave its thread idle for a frame's time."""
+        return self.nal_length is not None and _unreferenced(bytes(packet), self.nal_length)
+
     def _send(self, packet: av.Packet, skip: bool) -> None:
         self.skipped |= skip
-        if skip and self.nal_length is not None and _unreferenced(bytes(packet), self.nal_length):
-            # an unreferenced picture is left out rather than sent with NONREF: frame threads take
-            # packets in turn, and a skipped packet would leave its thread idle for a frame's time
+        if skip and self._left_out(packet):
             return
         mode = "NONREF" if skip else "DEFAULT"
         if mode != self.skip_mode:
@@ -383,17 +387,13 @@ class _Video:
         except av.FFmpegError as e:
             raise MediaError(f"{self.name}: video decoding failed ({e.strerror or e})") from None
         for frame in frames:
-            self._frame(frame)
-
-    def _frame(self, frame: av.VideoFrame) -> None:
-        # a frame without pts (rare, raw streams) follows its predecessor by one frame period
-        if frame.pts is not None:
-            t = frame.pts * self.tb - self.origin
-        else:
-            rate = self.stream.average_rate
-            t = (self.last_t if self.last_t is not None else 0.0) + (1.0 / float(rate) if rate else 0.0)
-        self.last_t = t
-        self.picker.push(t, frame)
+            if frame.pts is not None:
+                t = frame.pts * self.tb - self.origin
+            else:  # rare (raw streams): one frame period after its predecessor
+                rate = self.stream.average_rate
+                t = (self.last_t if self.last_t is not None else 0.0) + (1.0 / float(rate) if rate else 0.0)
+            self.last_t = t
+            self.picker.push(t, frame)
 
     def _open_decoder(self, gop: list[tuple[float | None, av.Packet]]) -> None:
         """Choose the decoder's threads from the frame size and the first GOP's mean packet size;
@@ -481,12 +481,13 @@ def _decode(path: Path, fps: float, size: int | None, skip: bool, limits: MediaL
             except MediaError as e:
                 warnings.warn(f"{name}: audio dropped, returning the video without sound: {e}", stacklevel=3)
         streams = [stream] + ([audio.stream] if audio is not None else [])
+        video_index = stream.index
         for other in container.streams:
             if other not in streams:
                 other.discard = av.stream.Discard.all  # the demuxer skips its packets instead of reading them
         try:
             for packet in container.demux(streams):
-                if packet.stream.index == stream.index:
+                if packet.stream_index == video_index:
                     video.packet(packet)
                 elif audio is not None:
                     try:
