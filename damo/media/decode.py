@@ -35,11 +35,13 @@ before it can allocate what it claims.
 """
 from __future__ import annotations
 
+import bisect
 import math
 import os
 import stat
 import threading
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
@@ -314,13 +316,17 @@ def _unreferenced(data: bytes, length_size: int) -> bool:
     return slices > 0
 
 
-def _nearest(order: np.ndarray, centres: np.ndarray) -> np.ndarray:
+def _nearest(order: list[float], centres: Iterable[float]) -> list[float]:
     """For each centre, the time in ``order`` (sorted, not empty) nearest to it; ties (to 1 us) go to the earlier."""
-    after = np.searchsorted(order, centres + 1e-9, side="right")   # first time past each centre
-    before = order[np.maximum(after - 1, 0)]
-    nxt = order[np.minimum(after, order.size - 1)]
-    take_prev = (after > 0) & ((after >= order.size) | (centres - before <= nxt - centres + 1e-6))
-    return np.where(take_prev, before, nxt)
+    picks = []
+    for c in centres:
+        after = bisect.bisect_right(order, c + 1e-9)   # first time past the centre
+        if after == 0 or after == len(order):
+            picks.append(order[min(after, len(order) - 1)])
+        else:
+            before, nxt = order[after - 1], order[after]
+            picks.append(before if c - before <= nxt - c + 1e-6 else nxt)
+    return picks
 
 
 class _Video:
@@ -408,35 +414,33 @@ class _Video:
         gop, self.gop = self.gop, []
         if not self.opened:
             self._open_decoder(gop)
-        times = np.array([t if t is not None else math.nan for t, _ in gop])
-        known = times[~np.isnan(times)]
+        times = [t for t, _ in gop]
+        known = [t for t in times if t is not None]
         lo, hi = self.prev_max, next_key
-        if known.size:
-            self.prev_max = max(self.prev_max, float(known.max()))
+        if known:
+            self.prev_max = max(self.prev_max, max(known))
         fps, n = self.picker.fps, self.picker.n_max
         # windows whose centre c satisfies lo <= c < hi: this GOP may hold their nearest frame
         j0 = max(self.picker.j, math.ceil(lo * fps - 0.5 - 1e-9) if lo > -math.inf else 0)
         j1 = min(n, math.ceil(hi * fps - 0.5 - 1e-9) if hi < math.inf else n)
-        if not self.skip or self.untimed or known.size < len(gop):
-            self._send_all(self.skipped_gop)
+        if not self.skip or self.untimed or len(known) < len(gop):
+            self._send_all(self.skipped_gop + gop)
             self.skipped_gop = []
-            for _, p in gop:
-                self._send(p, False)
             return
         if j0 >= j1:
             self.skipped_gop = gop   # kept: the next GOP's leading frames may refer to it
             self.skipped = True
             return
-        if self.skipped_gop and known.min() < times[0] - 1e-9:
+        if self.skipped_gop and min(known) < times[0] - 1e-9:
             self._send_all(self.skipped_gop)  # open GOP: its leading frames need the one before
         self.skipped_gop = []
         # the frame nearest each centre among this GOP's: a nearer one in another GOP only means this
         # one is decoded in vain, and a skipped neighbour cannot change which decoded frame is nearest
-        wanted = set(_nearest(np.sort(known), (np.arange(j0, j1) + 0.5) / fps).tolist())
+        wanted = set(_nearest(sorted(known), ((j + 0.5) / fps for j in range(j0, j1))))
         last_needed = max(wanted) if wanted else -math.inf
         cut = max(i for i, t in enumerate(times) if t <= last_needed + 1e-9) if wanted else len(gop) - 1
         self.skipped |= cut < len(gop) - 1
-        for i, (t, p) in enumerate(gop[:cut + 1]):
+        for t, p in gop[:cut + 1]:
             self._send(p, t not in wanted)
 
     def _send_all(self, gop: list[tuple[float | None, av.Packet]]) -> None:
@@ -454,8 +458,9 @@ class _Video:
         A decode that skipped nothing saw every frame, as the sequential mode does: nothing to check."""
         if self.untimed or not self.skipped:
             return
-        expected = _nearest(np.unique(np.array(self.times)), (np.arange(times.shape[0]) + 0.5) / self.picker.fps)
-        if np.abs(expected - times).max() > 1e-6:
+        fps = self.picker.fps
+        expected = _nearest(sorted(set(self.times)), ((j + 0.5) / fps for j in range(len(times))))
+        if any(abs(e - t) > 1e-6 for e, t in zip(expected, times.tolist())):
             raise _Mismatch
 
 
