@@ -10,9 +10,9 @@ Two jobs per video. "video only" is the comparable one: ``decode_clip(audio=Fals
 frames alone, as decord does. "with sound" is what the data pipeline asks for: the same frames plus
 the audio track decoded to 16 kHz mono, which decord does not read at all. "libavcodec alone" opens
 the file and decodes exactly the packets ``decode_clip`` sends its decoder, with the same NONREF
-skips and unread streams discarded, on one thread, and does nothing else (no picking, scaling, checks or sound): it is ours with
-all of its own work taken away, so "decord/alone" is as far as trimming ours could take a
-one-thread decode. The four calls run interleaved, in rotating order, for ``--rounds`` rounds and
+skips and unread streams discarded, on one thread, and does nothing else (no picking, scaling,
+checks or sound): it is ours with all of its own work taken away, so "decord/alone" is as far as
+trimming ours could take a one-thread decode. The four calls run interleaved, in rotating order, for ``--rounds`` rounds and
 then on until each has taken ``--min-seconds`` in all (a 2-ms file gets hundreds), after one
 warm-up call each; the table gives medians of wall time and of process CPU time (CPU is
 steadier when other processes share the machine), and the machine's load average after each video.
