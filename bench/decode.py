@@ -202,24 +202,33 @@ def thread_sweep(videos: list[Path], fps: float, size: int, min_seconds: float) 
     mean packet size): the evidence for that rule. Run it on an idle machine."""
     rule = decode_mod.decoder_threads
     os.environ["DAMO_THREADS"] = "2"   # the rule's choice with two idle cores
+    seen: list[tuple[int, int, float]] = []
+    forced = [1]
+
+    def forcing(*args) -> int:
+        seen.append(args)
+        return forced[0]
+
     print(f"{'file':<28} {'size':>9} {'bytes/frame':>11} | {'1 thread':>9} {'2 threads':>9} {'1/2':>5} | "
           f"{'rule':>4} {'faster':>6}")
-    for path in videos:
-        seen: list[tuple] = []
-        decode_mod.decoder_threads = lambda *a: seen.append(a) or 1  # noqa: E731
-        decode_clip(path, fps=fps, size=size, audio=False)
-        w, h, frame_bytes = seen[0]
-        times: dict[int, list[float]] = {1: [], 2: []}
-        r = 0
-        while r < 3 or min(map(sum, times.values())) < min_seconds:
-            for n in ((1, 2) if r % 2 else (2, 1)):
-                decode_mod.decoder_threads = lambda *a, n=n: n  # noqa: E731
-                times[n].append(timed(lambda: decode_clip(path, fps=fps, size=size, audio=False))[0])
-            r += 1
+    decode_mod.decoder_threads = forcing
+    try:
+        for path in videos:
+            seen.clear()
+            decode_clip(path, fps=fps, size=size, audio=False)
+            w, h, frame_bytes = seen[0]
+            times: dict[int, list[float]] = {1: [], 2: []}
+            r = 0
+            while r < 3 or min(map(sum, times.values())) < min_seconds:
+                for n in ((1, 2) if r % 2 else (2, 1)):
+                    forced[0] = n
+                    times[n].append(timed(lambda: decode_clip(path, fps=fps, size=size, audio=False))[0])
+                r += 1
+            one, two = (1e3 * statistics.median(times[n]) for n in (1, 2))
+            print(f"{path.name:<28} {f'{w}x{h}':>9} {frame_bytes:>11.0f} | {one:>9.1f} {two:>9.1f} "
+                  f"{one / two:>5.2f} | {rule(w, h, frame_bytes):>4} {1 if one < two else 2:>6}")
+    finally:
         decode_mod.decoder_threads = rule
-        one, two = (1e3 * statistics.median(times[n]) for n in (1, 2))
-        print(f"{path.name:<28} {f'{w}x{h}':>9} {frame_bytes:>11.0f} | {one:>9.1f} {two:>9.1f} {one / two:>5.2f} | "
-              f"{rule(w, h, frame_bytes):>4} {1 if one < two else 2:>6}")
 
 
 def main() -> None:

@@ -23,11 +23,11 @@ keyframe) at a time so that the decoder only sees what a kept frame needs:
 The file is opened with the demuxer its extension names (probing only files that demuxer
 rejects). The decoder runs frame threads on the cores idle when decoding starts
 (:func:`media_threads`) if frames are large enough to gain from them (:func:`decoder_threads`);
-threads change no pixel. Kept frames go straight from the decoder's YUV
-to ``size x size`` RGB through one cached swscale context (area averaging when shrinking); no
-full-size RGB image is ever made. The aspect ratio is deliberately not preserved, as square inputs
-are what the vision encoders take; ``size=None`` keeps the native resolution. A display matrix
-(phone videos, the ``rotate`` tag) is honoured: frames come out upright.
+threads change no pixel. Kept frames go straight from the decoder's YUV to ``size x size`` RGB
+through one cached swscale context (area averaging when shrinking); no full-size RGB image is ever
+made. The aspect ratio is deliberately not preserved, as square inputs are what the vision encoders
+take; ``size=None`` keeps the native resolution. A display matrix (phone videos, the ``rotate`` tag)
+is honoured: frames come out upright. Streams nobody reads are discarded by the demuxer.
 
 Limits (:class:`~damo.media.MediaLimits`) are checked on the header before anything is decoded
 and again on every packet and frame, so a file that lies about its size or length is rejected
@@ -351,7 +351,7 @@ class _Video:
         self.last_t: float | None = None
         self.skip_mode = "DEFAULT"
         self.nal_length = _avc_length_size(self.cc)
-        self.opened = False
+        self.threads_chosen = False
 
     def packet(self, packet: av.Packet) -> None:
         if packet.size == 0:
@@ -401,19 +401,19 @@ class _Video:
             self.last_t = t
             self.picker.push(t, frame)
 
-    def _open_decoder(self, gop: list[tuple[float | None, av.Packet]]) -> None:
-        """Choose the decoder's threads from the frame size and the first GOP's mean packet size;
-        the decoder opens on its first packet, and threads cannot change after that."""
+    def _choose_threads(self, gop: list[tuple[float | None, av.Packet]]) -> None:
+        """The decoder's threads, from the frame size and the first GOP's mean packet size: the
+        decoder opens on its first packet, and its threads cannot change after that."""
         threads = decoder_threads(self.cc.width or 0, self.cc.height or 0, sum(p.size for _, p in gop) / len(gop))
         self.stream.thread_count = threads
         if threads > 1:
             self.stream.thread_type = "AUTO"
-        self.opened = True
+        self.threads_chosen = True
 
     def _flush_gop(self, next_key: float) -> None:
         gop, self.gop = self.gop, []
-        if not self.opened:
-            self._open_decoder(gop)
+        if not self.threads_chosen:
+            self._choose_threads(gop)
         times = [t for t, _ in gop]
         known = [t for t in times if t is not None]
         lo, hi = self.prev_max, next_key
