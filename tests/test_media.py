@@ -229,8 +229,8 @@ class _Recorder:
 
 
 def write_panning(path: Path, frames: int = 48) -> Path:
-    """A textured 64x48 picture panning sideways at 12 fps: x264 codes it with B frames, some of them
-    references (its default B pyramid) and some not (the grey ramp it codes as P frames alone)."""
+    """A textured 64x48 picture panning sideways at 12 fps, which x264 codes with B frames, some of
+    them references (its default B pyramid) and some not; the grey ramp gets P frames alone."""
     rng = np.random.default_rng(0)
     texture = np.repeat(np.repeat(rng.integers(0, 256, (12, 16 + frames, 3), dtype=np.uint8), 4, 0), 4, 1)
     out = av.open(str(path), "w")

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from damo import cli
+from damo.media import decode as decode_mod
 from damo.media import decode_clip
 from damo.media.decode import decoder_threads, idle_cores, media_threads
 
@@ -89,10 +90,14 @@ def test_decoder_threads_change_no_pixel(shared_data, monkeypatch, name):
 
 def test_the_first_gop_decides_the_threads_and_threads_change_no_pick(shared_data, monkeypatch):
     """carphone is 176x144 but 4.9 KB a frame: threaded; transparent.webm is 200x200 at 30 bytes: not."""
-    import damo.media.decode as decode_mod
     seen = []
     rule = decode_mod.decoder_threads
-    monkeypatch.setattr(decode_mod, "decoder_threads", lambda *a: seen.append(a) or rule(*a))
+
+    def recording(*args):
+        seen.append(args)
+        return rule(*args)
+
+    monkeypatch.setattr(decode_mod, "decoder_threads", recording)
     monkeypatch.setenv("DAMO_THREADS", "2")
     carphone = shared_data / "videos" / "carphone_pristine.mp4"
     fast = decode_clip(carphone, fps=2.0, size=32, audio=False)
