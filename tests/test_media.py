@@ -208,6 +208,9 @@ def test_only_plainly_unreferenced_h264_pictures_are_left_out():
     assert not unref(_nal(0, 1)[:-1], 4)                                 # truncated
     assert not unref(b"\x00\x00\x00\x00" + _nal(0, 1), 4)              # an empty unit: not what it claims
     assert unref(_nal(0, 1)[2:], 2)                                      # 2-byte length prefixes
+    assert unref(memoryview(_nal(0, 9) + _nal(0, 1)), 4)                 # read in place, as from a packet
+    many = _nal(0, 9) * (decode_mod._MAX_NALS - 1)
+    assert unref(many + _nal(0, 1), 4) and not unref(_nal(0, 9) + many + _nal(0, 1), 4)  # no long scans
 
 
 class _Recorder:

@@ -292,17 +292,19 @@ def _avc_length_size(cc: av.codec.context.CodecContext) -> int | None:
 
 
 _PASSIVE_NALS = frozenset({6, 9, 12})  # SEI, access unit delimiter, filler: describe only their own picture
+_MAX_NALS = 64  # an access unit with more NAL units is sent as it is: a hostile one costs no long scan
 
 
-def _unreferenced(data: bytes, length_size: int) -> bool:
+def _unreferenced(data: bytes | memoryview, length_size: int) -> bool:
     """Whether an H.264 access unit holds a non-reference picture and nothing later pictures use.
 
     Every slice is a non-IDR slice with ``nal_ref_idc`` 0 (H.264 7.4.1: no later picture predicts
     from it, and it leaves frame numbering alone) and every other NAL unit is one of
-    ``_PASSIVE_NALS``; a parameter set or anything unparsable answers False.
+    ``_PASSIVE_NALS``; a parameter set, more than ``_MAX_NALS`` units or anything unparsable
+    answers False.
     """
     i, end, slices = 0, len(data), 0
-    while i < end:
+    for _ in range(_MAX_NALS):
         size = int.from_bytes(data[i:i + length_size], "big")
         if size == 0 or i + length_size + size > end:
             return False
@@ -313,7 +315,9 @@ def _unreferenced(data: bytes, length_size: int) -> bool:
         elif kind not in _PASSIVE_NALS:
             return False
         i += length_size + size
-    return slices > 0
+        if i == end:
+            return slices > 0
+    return False
 
 
 def _nearest(order: list[float], centres: Iterable[float]) -> list[float]:
@@ -379,7 +383,7 @@ class _Video:
     def _left_out(self, packet: av.Packet) -> bool:
         """An unreferenced picture is left out rather than sent with NONREF: frame threads take
         packets in turn, and a skipped packet would leave its thread idle for a frame's time."""
-        return self.nal_length is not None and _unreferenced(bytes(packet), self.nal_length)
+        return self.nal_length is not None and _unreferenced(memoryview(packet), self.nal_length)
 
     def _send(self, packet: av.Packet, skip: bool) -> None:
         self.skipped |= skip
