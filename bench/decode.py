@@ -12,12 +12,13 @@ the audio track decoded to 16 kHz mono, which decord does not read at all. "liba
 the file and decodes exactly the packets ``decode_clip`` sends its decoder, with the same NONREF
 skips and unread streams discarded, on one thread, and does nothing else (no picking, scaling,
 checks or sound): it is ours with all of its own work taken away, so "decord/alone" is as far as
-trimming ours could take a one-thread decode. The four calls run interleaved, in rotating order, for ``--rounds`` rounds and
-then on until each has taken ``--min-seconds`` in all (a 2-ms file gets hundreds), after one
-warm-up call each; the table gives medians of wall time and of process CPU time (CPU is
-steadier when other processes share the machine), and the machine's load average after each video.
-Ratios pair calls of the same round (decord's time over ours, then the median over rounds): the
-machine's speed drifts (20 % and more from one run to the next), and a pair run back to back shares it.
+trimming ours could take a one-thread decode. The four calls run interleaved, in rotating order,
+for ``--rounds`` rounds and then on until each has taken ``--min-seconds`` in all (a 2-ms file gets
+hundreds), after one warm-up call each; the table gives medians of wall time and of process CPU
+time (CPU is steadier when other processes share the machine), and the machine's load average
+after each video. Ratios pair calls of the same round (decord's time over ours, then the median
+over rounds): the machine's speed drifts (20 % and more from one run to the next), and a pair run
+back to back shares it.
 decord runs with ``num_threads=1``; ours takes ``--threads`` decoder threads, by default the cores
 idle when each decode starts (``DAMO_THREADS`` unset), and the "thr" column shows the range it
 took. decord decodes on a thread of its own beside the caller's, so even at ``num_threads=1`` it
@@ -35,6 +36,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from unittest.mock import patch
 
 import av
 import numpy as np
@@ -97,11 +99,8 @@ def packet_plan(path: Path, fps: float, size: int) -> list[tuple[int | None, boo
             sent.append((packet.pts, skip))
         return send(self, packet, skip)
 
-    decode_mod._Video._send = recording
-    try:
+    with patch.object(decode_mod._Video, "_send", recording):
         decode_clip(path, fps=fps, size=size, audio=False)
-    finally:
-        decode_mod._Video._send = send
     return sent
 
 
@@ -147,11 +146,8 @@ def run(path: Path, fps: float, size: int, rounds: int, min_seconds: float = 0.0
 
     def ours(audio: bool):
         def call():
-            decode_mod.decoder_threads = recorded  # the threads the decode takes, as the decoder chose them
-            try:
+            with patch.object(decode_mod, "decoder_threads", recorded):  # the threads the decoder chose
                 return decode_clip(path, fps=fps, size=size, audio=audio)
-            finally:
-                decode_mod.decoder_threads = rule
         return call
 
     clip = ours(False)()  # warm-up (and the reference for frame agreement)
@@ -211,8 +207,7 @@ def thread_sweep(videos: list[Path], fps: float, size: int, min_seconds: float) 
 
     print(f"{'file':<28} {'size':>9} {'bytes/frame':>11} | {'1 thread':>9} {'2 threads':>9} {'1/2':>5} | "
           f"{'rule':>4} {'faster':>6}")
-    decode_mod.decoder_threads = forcing
-    try:
+    with patch.object(decode_mod, "decoder_threads", forcing):
         for path in videos:
             seen.clear()
             decode_clip(path, fps=fps, size=size, audio=False)
@@ -227,8 +222,6 @@ def thread_sweep(videos: list[Path], fps: float, size: int, min_seconds: float) 
             one, two = (1e3 * statistics.median(times[n]) for n in (1, 2))
             print(f"{path.name:<28} {f'{w}x{h}':>9} {frame_bytes:>11.0f} | {one:>9.1f} {two:>9.1f} "
                   f"{one / two:>5.2f} | {rule(w, h, frame_bytes):>4} {1 if one < two else 2:>6}")
-    finally:
-        decode_mod.decoder_threads = rule
 
 
 def main() -> None:

@@ -51,7 +51,7 @@ def max_cache_bytes() -> int:
         gb = float(value)
     except ValueError:
         gb = math.nan
-    if not gb >= 0 or math.isinf(gb):
+    if not 0 <= gb < math.inf:
         raise ValueError(f"DAMO_CACHE_MAX_GB={value!r} is not a size in gigabytes; set a number >= 0 such as "
                          f"DAMO_CACHE_MAX_GB=20, or unset it for the default {DEFAULT_MAX_GB}")
     return int(gb * 1e9)

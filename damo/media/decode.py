@@ -97,9 +97,9 @@ def decoder_threads(width: int, height: int, frame_bytes: float) -> int:
     return 1
 
 
-# Demuxers that check their own header, by file extension: naming one skips format probing
-# (0.1-0.2 ms a file, a third of opening a small clip); a file that is not what its name says is
-# rejected by the named demuxer (or opens with no stream) and is then probed.
+# Demuxers that check their own header, by file extension: naming one skips format probing; a
+# file that is not what its name says is rejected by the named demuxer (or opens with no stream)
+# and is then probed.
 _DEMUXERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".webm": "webm", ".mkv": "matroska"}
 
 

@@ -391,10 +391,11 @@ class DamoModel(nn.Module):
         """A batch's clips (frames or stored tower outputs, times, ``group``; ``duration`` for LAPE;
         ``query_ids`` for query-aware tokens) -> frame embeddings ``(B, T', K, C)``, the embeddings in
         front of the frames (bridged fusion tokens, then the packer's slow stream if any:
-        ``(B, F' + G s^2, C)``), fuser frame features ``(B, T, K, D)``. ``T' = T`` unless the frame budget caps the frame tokens: then each
-        token is the mean of ``group`` consecutive frames (the processor's
-        :meth:`~damo.model.processing.DamoProcessor.layout`, carried by the batch). With the
-        compressor at the LLM, K (and the slow side) follow its budget for T' (:class:`TokenBudget`).
+        ``(B, F' + G s^2, C)``), fuser frame features ``(B, T, K, D)``. ``T' = T`` unless the frame
+        budget caps the frame tokens: then each token is the mean of ``group`` consecutive frames
+        (the processor's :meth:`~damo.model.processing.DamoProcessor.layout`, carried by the batch).
+        With the compressor at the LLM, K (and the slow side) follow its budget for T'
+        (:class:`TokenBudget`).
 
         With ``query_aware`` and the question's token ids ``(B, Lq)``, every frame token also
         carries how the frame matches the question in the alignment space of stage 1 (the
