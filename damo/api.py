@@ -31,6 +31,7 @@ from damo.data.dataset import VIDEO_SUFFIXES, ClipLoader
 from damo.data.schema import QuirkReport, clean_spans, round_span
 from damo.media import MediaError
 from damo.model.modeling_damo import DamoModel
+from damo.spans import span_iou
 
 MAX_NEW_TOKENS = 48
 
@@ -189,13 +190,8 @@ def score_truth(g: Grounding, truth: list) -> dict:
     if notes:
         out["truth_fixed"] = notes
     if clean and g.spans:
-        out["iou"] = round(max(_iou(g.spans[0][:2], sp) for sp in clean), 4)
+        out["iou"] = round(float(span_iou([g.spans[0][:2]], clean).max()), 4)
     return out
-
-
-def _iou(p: list[float], q: list[float]) -> float:
-    union = max(p[1], q[1]) - min(p[0], q[0])
-    return max(0.0, min(p[1], q[1]) - max(p[0], q[0])) / union if union > 0 else 0.0
 
 
 def read_batch(source: str | Path, query: str | None = None) -> Iterator[dict]:

@@ -13,6 +13,7 @@ from damo.cli import build_parser
 from damo.data import augment as A
 from damo.data.schema import Sample, load_samples, save_samples
 from damo.data.synthetic import synth_samples
+from damo.spans import merge
 
 
 def kitchen() -> A.VideoCaptions:
@@ -32,7 +33,7 @@ def check_invariants(s: Sample) -> None:
         for a, b in t["spans"]:
             assert 0.0 <= a < b <= s.duration
     if s.task != "dialogue":
-        union = A._union(s.meta["source_spans"], tol=0.0)
+        union = merge(s.meta["source_spans"])
         for a, b in s.spans:
             assert any(u0 <= a and b <= u1 for u0, u1 in union), (s.spans, union)
         checked = s.query if s.meta["qa_type"] in ("when", "count") else s.answer

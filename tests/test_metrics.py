@@ -6,23 +6,8 @@ import pytest
 
 from damo.eval import captions, etbench
 from damo.eval.didemo import didemo_metrics
-from damo.eval.grounding import grounding_metrics, span_iou
+from damo.eval.grounding import grounding_metrics
 from damo.eval.qvhighlights import qvhighlights_metrics
-
-
-# --------------------------------------------------------------------------- span_iou
-
-def test_span_iou_hand_worked():
-    a = np.array([[0.0, 10.0], [2.0, 4.0]])
-    b = np.array([[5.0, 15.0], [20.0, 30.0], [0.0, 10.0]])
-    want = np.array([[5 / 15, 0.0, 1.0],
-                     [0.0, 0.0, 0.2]])
-    np.testing.assert_allclose(span_iou(a, b), want)
-
-
-def test_span_iou_touching_and_empty_are_zero():
-    assert span_iou([[0, 5]], [[5, 9]])[0, 0] == 0.0
-    assert span_iou([[3, 3]], [[3, 3]])[0, 0] == 0.0
 
 
 # --------------------------------------------------------------------------- grounding

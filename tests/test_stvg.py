@@ -10,7 +10,7 @@ from damo.data.schema import Sample
 from damo.data.synthetic import (BACKGROUND, Event, VideoSpec, generate_spec, render_frames, sample_times,
                                  shape_boxes, stvg_samples)
 from damo.eval.stvg import box_iou, stvg_metrics
-from damo.model.processing import time_key
+from damo.spans import time_key
 
 
 def pixel_box(frame: np.ndarray) -> np.ndarray | None:

@@ -78,6 +78,7 @@ import numpy as np
 from damo.data.chat import ChatClient
 from damo.minilm import minilm
 from damo.data.schema import Sample, load_samples
+from damo.spans import hull, merge, overlap, span_iou
 
 QA_TASKS = {"when": "grounding", "what_at": "grounded_qa", "what_between": "grounded_qa", "before": "grounded_qa",
             "after": "grounded_qa", "order": "grounded_qa", "count": "grounded_qa"}
@@ -220,30 +221,6 @@ def parse_count(answer: str) -> int | None:
     return None
 
 
-def _overlap(a: Sequence[float], b: Sequence[float]) -> float:
-    return max(0.0, min(a[1], b[1]) - max(a[0], b[0]))
-
-
-def _iou(a: Sequence[float], b: Sequence[float]) -> float:
-    inter = _overlap(a, b)
-    union = max(a[1], b[1]) - min(a[0], b[0])
-    return inter / union if union > 0 else 0.0
-
-
-def _hull(spans: Sequence[Sequence[float]]) -> list[float]:
-    return [min(s for s, _ in spans), max(e for _, e in spans)]
-
-
-def _union(spans: Sequence[Sequence[float]], tol: float) -> list[list[float]]:
-    merged: list[list[float]] = []
-    for s, e in sorted((float(s), float(e)) for s, e in spans):
-        if merged and s <= merged[-1][1] + tol:
-            merged[-1][1] = max(merged[-1][1], e)
-        else:
-            merged.append([s, e])
-    return merged
-
-
 # ------------------------------------------------------------------------------------- generators
 
 TEMPLATES = {
@@ -297,7 +274,7 @@ class RuleGenerator:
             # what happens in this event's span: every event covering at least half of it (or half of
             # which lies in it) is part of the true answer
             inside = [j for j in order
-                      if _overlap(sp[i], sp[j]) >= 0.5 * min(sp[i][1] - sp[i][0], sp[j][1] - sp[j][0])]
+                      if overlap(sp[i], sp[j]) >= 0.5 * min(sp[i][1] - sp[i][0], sp[j][1] - sp[j][0])]
             add("what_at", tpl("what_at", ts=fmt_span(sp[i])), " ".join(sentence(cap[j]) for j in inside),
                 [sp[i]], inside)
         for a, b in zip(order, order[1:]):
@@ -334,7 +311,7 @@ class RuleGenerator:
     def _separate(a: Sequence[float], b: Sequence[float]) -> bool:
         """``a`` then ``b``: ``b`` starts after ``a`` and they share at most SEPARATION of the shorter."""
         short = min(a[1] - a[0], b[1] - b[0])
-        return b[0] > a[0] and b[1] > a[1] and _overlap(a, b) <= SEPARATION * short
+        return b[0] > a[0] and b[1] > a[1] and overlap(a, b) <= SEPARATION * short
 
 
 @dataclass(frozen=True)
@@ -543,7 +520,7 @@ def validate(cand: dict, vc: VideoCaptions, min_support: float = MIN_SUPPORT) ->
     spans = [[float(s), float(e)] for s, e in cand["spans"]]
     if any(e <= s or s < -SPAN_TOLERANCE or e > vc.duration + SPAN_TOLERANCE for s, e in spans):
         return "span_outside_video"
-    union = _union([vc.spans[i] for i in src], tol=SPAN_TOLERANCE)
+    union = merge([vc.spans[i] for i in src], gap=SPAN_TOLERANCE)
     snapped = []
     for s, e in spans:
         box = next((u for u in union if u[0] - SPAN_TOLERANCE <= s and e <= u[1] + SPAN_TOLERANCE), None)
@@ -625,9 +602,10 @@ def augment(videos: Sequence[VideoCaptions], generator, *, seed: int = 0, min_su
         # those are embedded: most of a rule-generated set never reaches the encoder
         close = []
         for _, ok in kept:
-            hulls = [_hull(c["spans"]) for c in ok]
+            hulls = [hull(c["spans"]) for c in ok]
+            iou = span_iou(hulls, hulls)                                                     # (n, n)
             close.append([(i, j) for i in range(len(ok)) for j in range(i) if ok[i]["qa_type"] == ok[j]["qa_type"]
-                          and _iou(hulls[i], hulls[j]) >= NEAR_DUP_MIN_IOU])
+                          and iou[i, j] >= NEAR_DUP_MIN_IOU])
         need = sorted({(n, k) for n, pairs in enumerate(close) for pair in pairs for k in pair})
         emb = dict(zip(need, embed([kept[n][1][k]["query"] for n, k in need])))
         for n, (vc, ok) in enumerate(kept):
@@ -657,7 +635,7 @@ def augment(videos: Sequence[VideoCaptions], generator, *, seed: int = 0, min_su
             for c in rng.sample(ok, len(ok)):  # one pair per question type, chosen at random
                 pool.setdefault(c["qa_type"], c)
             chosen = sorted(rng.sample(list(pool.values()), min(dialogue_turns, len(pool))),
-                            key=lambda c: (_hull(c["spans"])[0], c["qa_type"]))
+                            key=lambda c: (hull(c["spans"])[0], c["qa_type"]))
             if len(chosen) < 2:
                 continue
             turns = [_turn(c, vc, first=(k == 0)) for k, c in enumerate(chosen)]

@@ -47,6 +47,7 @@ from typing import Iterable, Protocol, Sequence
 
 from damo.data.chat import ChatClient
 from damo.data.schema import Sample, load_samples, read_jsonl, write_jsonl
+from damo.spans import clip, gaps, hull
 
 FACTORS = {"temporal": ("shift", "add", "delete", "merge"), "textual": ("distort", "repeat")}
 SPAN_TASKS = ("grounding", "multi_grounding", "dense_caption", "grounded_qa")
@@ -330,9 +331,8 @@ def _shifted(span: list[float], duration: float, rng: random.Random, min_shift: 
         return None
     sign, room = rng.choice(rooms)
     d = min(d, room)
-    new = [_r(a + sign * d), _r(b + sign * d)]
-    new = [max(0.0, new[0]), min(duration, new[1])]
-    return new if new != [a, b] and new[0] < new[1] else None
+    new = clip([_r(a + sign * d), _r(b + sign * d)], duration)
+    return new if new is not None and new != [a, b] else None
 
 
 def perturb_shift(s: Sample, rng: random.Random, min_shift: float = 1.0) -> tuple[dict, list[int]] | None:
@@ -351,28 +351,17 @@ def perturb_shift(s: Sample, rng: random.Random, min_shift: float = 1.0) -> tupl
     return (_rejected(s, spans), sorted(done)) if done else None
 
 
-def _gaps(spans: list[list[float]], duration: float) -> list[tuple[float, float]]:
-    out, t = [], 0.0
-    for a, b in sorted(spans):
-        if a > t:
-            out.append((t, a))
-        t = max(t, b)
-    if t < duration:
-        out.append((t, duration))
-    return out
-
-
 def perturb_add(s: Sample, rng: random.Random, min_len: float = 1.0) -> tuple[dict, list[int]] | None:
     """Add a false-positive event in a free gap, as long as an existing event (x0.7-1.3) where it fits."""
-    gaps = [g for g in _gaps(s.spans, s.duration) if g[1] - g[0] >= min_len]
-    if not gaps:
+    free = [g for g in gaps(s.spans, s.duration) if g[1] - g[0] >= min_len]
+    if not free:
         return None
-    g0, g1 = rng.choice(gaps)
+    g0, g1 = rng.choice(free)
     like = rng.choice(s.spans)                           # the false positive is as long as a real event
     length = min(g1 - g0, max(min_len, (like[1] - like[0]) * rng.uniform(0.7, 1.3)))
     start = _r(rng.uniform(g0, g1 - length))
-    new = [start, min(_r(start + length), s.duration)]
-    if not new[0] < new[1]:
+    new = clip([start, _r(start + length)], s.duration)
+    if new is None:
         return None
     k = sum(1 for sp in s.spans if sp[0] <= new[0])      # keep events in time order
     spans = [list(x) for x in s.spans]
@@ -401,9 +390,8 @@ def perturb_merge(s: Sample, rng: random.Random) -> tuple[dict, list[int]] | Non
     order = sorted(range(len(s.spans)), key=lambda i: tuple(s.spans[i]))
     j = rng.randrange(len(order) - 1)
     a, b = order[j], order[j + 1]
-    hull = [min(s.spans[a][0], s.spans[b][0]), max(s.spans[a][1], s.spans[b][1])]
     spans = [list(x) for x in s.spans]
-    spans[a] = hull
+    spans[a] = hull([s.spans[a], s.spans[b]])
     del spans[b]
     caps = None
     if _dense(s):

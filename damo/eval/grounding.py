@@ -13,22 +13,9 @@ from typing import Sequence
 import numpy as np
 
 from damo.eval.predictions import PredictionFile, samples_and_predictions
+from damo.spans import span_iou
 
 CONVENTIONS = (">=", ">")
-
-
-def span_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Temporal IoU of every span in ``a`` (N, 2) with every span in ``b`` (M, 2) -> (N, M).
-
-    Union is ``len(a) + len(b) - intersection``; for overlapping spans this equals the
-    ``max(end) - min(start)`` that TimeChat/2D-TAN/moment_detr use, and for disjoint ones
-    the intersection is 0 either way. A pair whose union is 0 (two empty spans) has IoU 0.
-    """
-    a = np.asarray(a, dtype=np.float64).reshape(-1, 2)
-    b = np.asarray(b, dtype=np.float64).reshape(-1, 2)
-    inter = np.clip(np.minimum(a[:, None, 1], b[None, :, 1]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
-    union = (a[:, 1] - a[:, 0])[:, None] + (b[:, 1] - b[:, 0])[None, :] - inter  # (N, M)
-    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
 def _check_convention(convention: str) -> None:

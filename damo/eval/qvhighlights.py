@@ -9,6 +9,7 @@ import numpy as np
 from damo.data.formats._common import require, to_float
 from damo.data.schema import read_jsonl
 from damo.eval.predictions import PredictionFile
+from damo.spans import with_rank_scores
 
 QVH_IOU_THRESHOLDS = tuple(float(f"{t:.2f}") for t in np.linspace(0.5, 0.95, 10))
 QVH_LENGTH_BUCKETS = {"short": (0.0, 10.0), "middle": (10.0, 30.0), "long": (30.0, 150.0), "full": None}
@@ -241,8 +242,7 @@ def score_qvhighlights(gt_path: str | Path, preds: PredictionFile, subset: str, 
         subs = []
         qids = {str(g["qid"]): g["qid"] for g in gt}
         for p in preds.canonical().values():
-            wins = [sp if len(sp) == 3 else [sp[0], sp[1], 1.0 / (k + 1)] for k, sp in enumerate(p.spans)]
-            subs.append({"qid": qids.get(p.id, p.id), "pred_relevant_windows": wins})
+            subs.append({"qid": qids.get(p.id, p.id), "pred_relevant_windows": with_rank_scores(p.spans)})
     else:
         rows = preds.rows()
         if rows is None:

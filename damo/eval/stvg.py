@@ -5,7 +5,7 @@ from typing import Sequence
 
 import numpy as np
 
-from damo.eval.grounding import span_iou
+from damo.spans import span_iou
 
 
 def box_iou(a: Sequence[float], b: Sequence[float]) -> float:

@@ -40,6 +40,7 @@ from damo.model.compressors import STP_FAST_SIDE, STP_STRIDE, TokenBudget, slow_
 from damo.model.coordinates import (add_box_tokens, add_time_tokens, anchor_pair, box_to_tokens, time_to_token,
                                     timestamp_prompt)
 from damo.model.evidence import soft_targets
+from damo.spans import time_key
 
 _COORD_TOKEN = r"<[txy]_\d+>"      # LAPE coordinate tokens: time, width, height
 _SPECIAL = re.compile("(" + "|".join([re.escape(t) for t in tk.SPECIAL_TOKENS] + [_COORD_TOKEN]) + ")")
@@ -152,11 +153,6 @@ def frame_targets(spans: Sequence[Sequence[float]], num_frames: int, fps: float)
         s, e = spans[0]
         y[min(num_frames - 1, int((s + e) / 2 * fps))] = 1.0
     return y
-
-
-def time_key(t: float) -> str:
-    """A frame time as a JSON-safe dictionary key: seconds with up to 3 decimals ("2.5")."""
-    return f"{float(t):.3f}".rstrip("0").rstrip(".")
 
 
 def _join(refs: list[str]) -> str:

@@ -187,9 +187,3 @@ def fmt_time(x: float) -> str:
 def span_text(spans: list[list[float]]) -> str:
     """Spans as the text answer E.T. Bench's parser reads: '12.0 - 15.5 seconds, 20.0 - 22.0 seconds'."""
     return ", ".join(f"{fmt_time(sp[0])} - {fmt_time(sp[1])} seconds" for sp in spans)
-
-
-def with_scores(spans: list[list[float]]) -> list[list[float]]:
-    """Give unscored spans a rank-based score (1, 1/2, 1/3, ...) so best-first order survives a re-sort."""
-    return [[float(sp[0]), float(sp[1]), float(sp[2]) if len(sp) > 2 else 1.0 / (k + 1)]
-            for k, sp in enumerate(spans)]

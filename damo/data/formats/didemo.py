@@ -23,7 +23,10 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
+
 from damo.data.schema import Prediction, QuirkReport, Sample, clean_spans
+from damo.spans import span_iou
 
 from ._common import clean_text, pred_dict, read_durations, read_json, require, to_float, write_json
 
@@ -81,22 +84,17 @@ def load(path: str | Path, report: QuirkReport, durations: str | Path | None = N
     return samples
 
 
-def _iou(a: list[float], b: list[float]) -> float:
-    inter = max(0.0, min(a[1], b[1]) - max(a[0], b[0]))
-    union = max(a[1], b[1]) - min(a[0], b[0])
-    return inter / union if union > 0 else 0.0
-
-
 def rank_candidates(spans: list[list[float]]) -> list[list[int]]:
     """The 21 chunk pairs, best first: each predicted span's best pair, then the rest by IoU with the top-1."""
+    top = [float(x) for x in spans[0][:2]] if spans else [0.0, SEGMENT]
+    iou = span_iou([chunks_to_span(c) for c in CANDIDATES], [sp[:2] for sp in spans] + [top])   # (21, P + 1)
     ranked: list[tuple[int, int]] = []
-    for sp in spans:
-        best = max(CANDIDATES, key=lambda c: _iou(chunks_to_span(c), sp))
+    for j in range(len(spans)):
+        best = CANDIDATES[int(np.argmax(iou[:, j]))]                 # the first of equally good pairs
         if best not in ranked:
             ranked.append(best)
-    top = [float(x) for x in spans[0][:2]] if spans else [0.0, SEGMENT]
-    rest = sorted((c for c in CANDIDATES if c not in ranked), key=lambda c: -_iou(chunks_to_span(c), top))
-    return [list(c) for c in ranked + rest]
+    rest = sorted((k for k, c in enumerate(CANDIDATES) if c not in ranked), key=lambda k: -iou[k, -1])
+    return [list(c) for c in ranked] + [list(CANDIDATES[k]) for k in rest]
 
 
 def write_predictions(preds: dict[str, Prediction] | list[Prediction], samples: list[Sample],

@@ -19,8 +19,9 @@ import math
 from pathlib import Path
 
 from damo.data.schema import Prediction, QuirkReport, Sample, clean_spans, write_jsonl
+from damo.spans import with_rank_scores
 
-from ._common import as_span, clean_text, pred_dict, read_jsonl, require, to_duration, to_float, with_scores
+from ._common import as_span, clean_text, pred_dict, read_jsonl, require, to_duration, to_float
 
 NAME = "qvhighlights"
 CLIP_SECONDS = 2.0  # moment_detr's clip length
@@ -64,7 +65,7 @@ def saliency_from_spans(spans: list[list[float]], duration: float) -> list[float
     """Per-clip scores: the best score among scored windows overlapping each 2-s clip."""
     n = max(1, math.ceil(duration / CLIP_SECONDS))
     scores = [0.0] * n
-    for s, e, score in with_scores(spans):
+    for s, e, score in with_rank_scores(spans):
         for i in range(n):
             lo, hi = i * CLIP_SECONDS, (i + 1) * CLIP_SECONDS
             if min(e, hi) > max(s, lo):
@@ -85,7 +86,7 @@ def write_predictions(preds: dict[str, Prediction] | list[Prediction], samples: 
             "qid": s.meta["qid"],
             "query": s.query,
             "vid": s.meta["vid"],
-            "pred_relevant_windows": with_scores(p.spans),
+            "pred_relevant_windows": with_rank_scores(p.spans),
             "pred_saliency_scores": saliency_from_spans(p.spans, s.duration),
         })
     write_jsonl(path, rows)

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
+from damo.spans import overlap
 
 GENERATOR_VERSION = "1.0"
 
@@ -251,26 +252,22 @@ def _make_unique(rng: np.random.Generator, wish: dict, placed: list[Event]) -> d
     return wish
 
 
-def _overlap(a0: int, a1: int, b0: int, b1: int) -> int:
-    return max(0, min(a1, b1) - max(a0, b0))
-
-
 def _fits(cand: Event, placed: list[Event], overlap_ok: bool) -> bool:
     streams = set(STREAMS[cand.kind])
     for other in placed:
         shared = streams & set(STREAMS[other.kind])
-        ov = _overlap(cand.start, cand.end, other.start, other.end)
+        ov = overlap((cand.start, cand.end), (other.start, other.end))
         if shared and ov and not overlap_ok:
             return False
         # Two occurrences of one descriptor must be separated by at least one second,
         # otherwise they would read as a single longer occurrence.
         for sh, c, s, e in cand.visual_segments():
             for sh2, c2, s2, e2 in other.visual_segments():
-                if (sh, c) == (sh2, c2) and _overlap(s - 1, e + 1, s2, e2):
+                if (sh, c) == (sh2, c2) and overlap((s - 1, e + 1), (s2, e2)):
                     return False
         for snd, s, e in cand.audio_segments():
             for snd2, s2, e2 in other.audio_segments():
-                if snd == snd2 and _overlap(s - 1, e + 1, s2, e2):
+                if snd == snd2 and overlap((s - 1, e + 1), (s2, e2)):
                     return False
     if overlap_ok:
         # At most two concurrent events per stream (shapes get one lane each so none is hidden).
@@ -285,7 +282,7 @@ def _fits(cand: Event, placed: list[Event], overlap_ok: bool) -> bool:
 def _free_lane(cand: Event, placed: list[Event]) -> int | None:
     """A screen half no time-overlapping shape uses, or None if both are taken."""
     used = {o.lane for o in placed if "visual" in STREAMS[o.kind]
-            and _overlap(cand.start, cand.end, o.start, o.end)}
+            and overlap((cand.start, cand.end), (o.start, o.end))}
     return next((lane for lane in (0, 1) if lane not in used), None)
 
 

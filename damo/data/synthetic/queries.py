@@ -7,7 +7,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from damo.data.schema import Sample
-from .events import STREAMS, Event, VideoSpec, _overlap, _rngs
+from damo.spans import overlap
+
+from .events import STREAMS, Event, VideoSpec, _rngs
 
 # A small vocabulary with two or three phrasings per query kind.
 TEMPLATES = {
@@ -132,7 +134,7 @@ def _queries(spec: VideoSpec, rng: np.random.Generator) -> list[dict]:
             answer=f"the {_look(o.key)} flashes with the beep")
     if spec.difficulty != "easy":
         pairs = [(v, a) for v in uv for a in ua
-                 if v.event != a.event and _overlap(v.start, v.end, a.start, a.end) > 0]
+                 if v.event != a.event and overlap((v.start, v.end), (a.start, a.end)) > 0]
         if pairs:
             v, a = _pick(rng, pairs)
             span = (max(v.start, a.start), min(v.end, a.end))
@@ -158,7 +160,7 @@ def _queries(spec: VideoSpec, rng: np.random.Generator) -> list[dict]:
     # shape counts: it is on screen while its beep plays)
     cands = []
     for a in ua:
-        vs = [o for k, os in occ.items() if k[0] == "v" for o in os if _overlap(o.start, o.end, a.start, a.end) > 0]
+        vs = [o for k, os in occ.items() if k[0] == "v" for o in os if overlap((o.start, o.end), (a.start, a.end)) > 0]
         if len(vs) == 1:
             cands.append((a, vs[0]))
     if cands:
@@ -169,7 +171,7 @@ def _queries(spec: VideoSpec, rng: np.random.Generator) -> list[dict]:
     # grounded_qa: the one sound heard while a unique shape is visible
     cands = []
     for v in uv:
-        as_ = [o for k, os in occ.items() if k[0] == "a" for o in os if _overlap(o.start, o.end, v.start, v.end) > 0]
+        as_ = [o for k, os in occ.items() if k[0] == "a" for o in os if overlap((o.start, o.end), (v.start, v.end)) > 0]
         if len(as_) == 1:
             cands.append((v, as_[0]))
     if cands:

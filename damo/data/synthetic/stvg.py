@@ -4,8 +4,9 @@ from __future__ import annotations
 import numpy as np
 
 from damo.data.schema import Sample
-from damo.model.processing import time_key
-from .events import CANVAS, STREAMS, VideoSpec, _check_args, _overlap, _seed_sequence
+from damo.spans import overlap, time_key
+
+from .events import CANVAS, STREAMS, VideoSpec, _check_args, _seed_sequence
 from .queries import _look, _modality, _occurrences, _Occ, _pick, _verb
 from .render import sample_times
 
@@ -81,7 +82,7 @@ def stvg_samples(spec: VideoSpec, video: str | None = None, fps: float = 1.0) ->
         queries.append(("stvg_appear", tpl("stvg_appear", look=_look(o.key)), o, o.start, o.end))
     pairs = []
     for a in ua:
-        vs = [o for k, os in occ.items() if k[0] == "v" for o in os if _overlap(o.start, o.end, a.start, a.end) > 0]
+        vs = [o for k, os in occ.items() if k[0] == "v" for o in os if overlap((o.start, o.end), (a.start, a.end)) > 0]
         if len(vs) == 1 and len(occ[vs[0].key]) == 1 and ev[a.event].kind != "flash":
             pairs.append((vs[0], a))
     if pairs:
