@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from damo.threads import given_threads, idle_threads, usable_cores
+from damo.threads import given_threads, threads, use_threads
 
 DEFAULT_WORKDIR = Path("runs/demo")
 DEFAULT_RECIPE = "damo_4stage"
@@ -28,28 +28,32 @@ def _print(obj) -> None:
     print(json.dumps(obj, indent=2, ensure_ascii=False))
 
 
-def _threads() -> int:
-    """Threads per process: ``$DAMO_THREADS``, else ``$OMP_NUM_THREADS``, else the cores the 1-minute load
-    average leaves idle (:func:`~damo.threads.idle_threads`)."""
-    import os
-    given = given_threads("DAMO_THREADS", "OMP_NUM_THREADS")
-    return given if given is not None else idle_threads(usable_cores(), os.getloadavg()[0])
-
-
 def _setup_threads() -> None:
-    """Every command, before numpy or torch load: their thread pools read these once at import."""
+    """Every command, before numpy or torch load: their thread pools read these once at import. A
+    user's ``OMP_NUM_THREADS`` without ``DAMO_THREADS`` is taken as ``DAMO_THREADS``, so the decoder
+    and each stage's re-check keep it too (:mod:`damo.threads`)."""
     import os
     try:
-        n = str(_threads())
+        given = given_threads("DAMO_THREADS", "OMP_NUM_THREADS")
+        if given is not None:
+            os.environ["DAMO_THREADS"] = str(given)
+        n = str(threads())
     except ValueError as e:
         raise SystemExit(f"damo: {e}") from None
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = n
 
 
-def _setup_torch() -> None:
-    import torch
-    torch.set_num_threads(_threads())
+def _setup_torch() -> int:
+    """torch's threads chosen now (:func:`~damo.threads.use_threads`); returns the count."""
+    return use_threads()
+
+
+def _say_threads(n: int) -> None:
+    import os
+    why = "DAMO_THREADS" if "DAMO_THREADS" in os.environ else "the cores idle now"
+    print(f"training on {n} thread{'s' if n > 1 else ''} ({why}; re-checked at each stage); "
+          f"set DAMO_THREADS to change")
 
 
 def _device(name: str):
@@ -87,7 +91,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from damo.train.recipe import run_recipe
     from damo import card as model_card
 
-    _setup_torch()
+    _say_threads(_setup_torch())
     t0 = time.time()
     started = time.strftime("%Y%m%d-%H%M%S")
     work = Path(args.workdir)
@@ -99,7 +103,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     else:
         print(f"reusing data in {data}")
     recipe.data["train"] = f"synth://{args.difficulty}?n={args.n_train}&seed={recipe.seed}&split=train"
-    model = run_recipe(recipe, work)
+    model = run_recipe(recipe, work, threads_per_stage=True)
     test = load_samples(data / "test.jsonl")
     preds = predict(model, test, ClipLoader(model.processor), batch_size=8)
     write_jsonl(work / "predictions.jsonl", (p.to_dict() for p in preds))
@@ -134,11 +138,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     from damo.config import load_recipe
     from damo.train.recipe import run_recipe
 
-    _setup_torch()
+    _say_threads(_setup_torch())
     recipe = load_recipe(args.recipe, args.set)
     if args.num_workers is not None:
         recipe.num_workers = args.num_workers
-    run_recipe(recipe, args.workdir or Path("runs") / recipe.name, overwrite=args.overwrite)
+    run_recipe(recipe, args.workdir or Path("runs") / recipe.name, overwrite=args.overwrite, threads_per_stage=True)
     return 0
 
 

@@ -1,4 +1,4 @@
-"""The thread default: DAMO_THREADS, else OMP_NUM_THREADS, else the idle cores, for every command."""
+"""The thread default reaches torch and the decoder in every command (the rule itself: test_threads.py)."""
 from __future__ import annotations
 
 import os
@@ -12,7 +12,7 @@ import pytest
 from damo import cli
 from damo.media import decode as decode_mod
 from damo.media import decode_clip
-from damo.media.decode import decoder_threads, idle_cores, media_threads
+from damo.media.decode import decoder_threads, media_threads
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -23,13 +23,6 @@ def test_every_subcommand_sets_threads_before_running(monkeypatch):
     with pytest.raises(SystemExit, match="--gt and --pred"):
         cli.main(["eval", "--task", "charades-sta"])   # the scoring path, which never calls _setup_torch
     assert calls == [1]
-
-
-def test_without_a_setting_the_threads_are_the_idle_cores():
-    assert cli.idle_threads(2, 0.1) == 2          # nothing else running: both cores
-    assert cli.idle_threads(2, 0.9) == 1          # one core busy
-    assert cli.idle_threads(2, 4.5) == 1          # overloaded: never below one
-    assert cli.idle_threads(64, 0.0) == 8         # capped
 
 
 @pytest.mark.parametrize("env, expected", [({"DAMO_THREADS": "1"}, "1 1"), ({"DAMO_THREADS": "2"}, "2 2"),
@@ -50,10 +43,6 @@ def test_decoder_threads_follow_damo_threads_else_the_idle_cores(monkeypatch):
     assert decoder_threads(176, 144, 5000) == 2                                          # unless they are dense
     monkeypatch.delenv("DAMO_THREADS")
     assert 1 <= media_threads() <= (os.cpu_count() or 1)
-    assert idle_cores(2, 1) == 2                  # only the caller runs: both cores
-    assert idle_cores(2, 2) == 1                  # one other thread runs
-    assert idle_cores(2, 7) == 1                  # overloaded: never below one
-    assert idle_cores(64, 1) == 8                 # capped
 
 
 def test_a_thread_count_that_is_not_a_number_is_named(monkeypatch):

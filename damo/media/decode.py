@@ -51,7 +51,7 @@ import numpy as np
 
 from damo.media import SAMPLE_RATE, Clip, MediaError, MediaLimits
 from damo.media.audio import AudioTrack, as_float
-from damo.threads import given_threads, idle_threads, usable_cores
+from damo.threads import threads
 
 MIN_THREADED_PIXELS = 400 * 300
 MIN_THREADED_BYTES = 3000
@@ -63,29 +63,18 @@ class _Mismatch(Exception):
     """Skipping decoded a different frame than a full decode would; the caller re-decodes fully."""
 
 
-def idle_cores(cores: int, runnable: int) -> int:
-    """Cores no other thread wants: ``runnable`` counts every runnable thread on the machine, the caller's too."""
-    return idle_threads(cores, runnable - 1)
-
-
-def _runnable() -> int:
-    """Threads runnable right now (Linux's /proc/loadavg), else the 1-minute load average plus the caller."""
-    try:
-        with open("/proc/loadavg") as f:
-            return int(f.read().split()[3].split("/")[0])
-    except (OSError, IndexError, ValueError):
-        return round(os.getloadavg()[0]) + 1
+MEDIA_SAMPLE_AGE = 10.0     # seconds an idle-core sample serves later files' decoders
 
 
 def media_threads() -> int:
-    """Decoder threads: ``$DAMO_THREADS`` if set, else the cores idle when decoding starts.
+    """Decoder threads: :func:`damo.threads.threads`, the one rule (``$DAMO_THREADS``, else the cores
+    idle now), with an idle sample reused for :data:`MEDIA_SAMPLE_AGE` seconds so that a stream of
+    files does not wait for a fresh sample each.
 
     Frame threads pay only where a core is free: on a busy machine they wait for the slowest
-    thread and cost more than they gain. The instantaneous count of runnable threads, unlike the
-    load average, does not count the caller's own past minute of decoding as a busy core.
+    thread and cost more than they gain.
     """
-    given = given_threads("DAMO_THREADS")
-    return given if given is not None else idle_cores(usable_cores(), _runnable())
+    return threads(max_age=MEDIA_SAMPLE_AGE)
 
 
 def decoder_threads(width: int, height: int, frame_bytes: float) -> int:

@@ -31,6 +31,7 @@ from damo.model import backbones
 from damo.model.modeling_damo import DamoConfig, DamoModel
 from damo.model.processing import response_text
 from damo.model.tokenizer import train_tokenizer
+from damo.threads import use_threads
 from damo.train import distributed
 from damo.train.checkpoint import atomic_write_text, clear_checkpoints
 from damo.train.loop import run_stage
@@ -166,11 +167,12 @@ def recipe_card(recipe: Recipe, upto: int, kinds: dict[str, str], inherited: lis
 
 
 def run_recipe(recipe: Recipe, workdir: str | Path, progress: bool = True, log=print,
-               overwrite: bool = False) -> DamoModel:
+               overwrite: bool = False, threads_per_stage: bool = False) -> DamoModel:
     """Train every stage of ``recipe`` into ``workdir``, resuming whatever a previous run of the same
     recipe left: a finished stage (or the final model) is reused only if the recipe, config and
     data that made it are the same as now; otherwise the run stops and says what changed, unless
-    ``overwrite``, which retrains from the first stage that differs."""
+    ``overwrite``, which retrains from the first stage that differs. ``threads_per_stage``: choose
+    torch's threads again before each stage it trains (:func:`damo.threads.use_threads`)."""
     workdir = Path(workdir)
     info = distributed.init_distributed()
     records = stage_records(recipe)
@@ -226,6 +228,8 @@ def run_recipe(recipe: Recipe, workdir: str | Path, progress: bool = True, log=p
             elif info.main:
                 partial.mkdir(parents=True, exist_ok=True)
                 atomic_write_text(partial / RECORD, json.dumps(record, indent=1))
+            if threads_per_stage:
+                say(f"stage {stage.name}: {use_threads()} threads")
             t0 = time.time()
             data = samples + [x for spec in stage.extra_data for x in datasets[spec]]
             stage_clips = clips
