@@ -291,9 +291,12 @@ class _llm_progress:
             self.bar.close()
 
 
-def load(path: str | Path, cache_dir: str | Path | None = None, device: str = "cpu") -> Grounder:
+def load(path: str | Path, cache_dir: str | Path | None = None, device: str = "cpu",
+         dtype: str | None = None) -> Grounder:
     """Load a saved model folder (``config.json`` + ``model.safetensors`` + ``tokenizer/``) onto
-    ``device`` (``"cpu"``, ``"cuda"``, ``"cuda:1"``, or ``"auto"``: CUDA when there is one)."""
+    ``device`` (``"cpu"``, ``"cuda"``, ``"cuda:1"``, or ``"auto"``: CUDA when there is one).
+    ``dtype`` (``"float32"``, ``"bfloat16"``, ``"float16"``) sets the LLM's and the towers' weights
+    instead of the saved config's (:meth:`DamoModel.load`)."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    return Grounder(DamoModel.load(path).to(device), cache_dir, model_card.read_card(path))
+    return Grounder(DamoModel.load(path, dtype=dtype).to(device), cache_dir, model_card.read_card(path))

@@ -67,6 +67,12 @@ def _device(name: str):
     return torch.device(name)
 
 
+def _dtype_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
+                   help="weights of the LLM and the towers (default: the model's config; its auto is bfloat16 on "
+                        "a GPU that supports it, else float32); DaMO's own modules stay float32 under autocast")
+
+
 def _data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--video-root", metavar="DIR", help="folder the samples' video ids or relative paths resolve "
                    "against (ids try .mp4, .mkv, .webm, ... in turn)")
@@ -194,7 +200,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"skipping {missing.summary()}", file=sys.stderr)
     if not samples:
         raise SystemExit(f"none of the {len(missing.samples)} samples of {args.data} has its video; nothing to evaluate")
-    model = DamoModel.load(args.model).to(_device(args.device))
+    model = DamoModel.load(args.model, dtype=args.dtype).to(_device(args.device))
     if args.features:
         from damo.data.features import FeatureLoader
         clips = FeatureLoader(args.features, model)
@@ -233,7 +239,7 @@ def cmd_ground(args: argparse.Namespace) -> int:
         out, src = Path(args.out).resolve(), Path(args.batch).resolve()
         if out == src or (src.is_dir() and src in out.parents):
             raise SystemExit(f"--out {args.out} would write into the batch's input; choose a file outside {args.batch}")
-        grounder = damo.load(model_dir, device=str(_device(args.device)))
+        grounder = damo.load(model_dir, device=str(_device(args.device)), dtype=args.dtype)
         failures, n = [], 0
         out.parent.mkdir(parents=True, exist_ok=True)
         partial = out.with_name(out.name + ".partial")
@@ -282,7 +288,7 @@ def cmd_ground(args: argparse.Namespace) -> int:
         except ImportError as e:
             raise SystemExit(f"--plot: {e}") from None
     try:
-        g = damo.load(model_dir, device=str(_device(args.device))).explain(args.video, args.query, progress=not args.quiet)
+        g = damo.load(model_dir, device=str(_device(args.device)), dtype=args.dtype).explain(args.video, args.query, progress=not args.quiet)
         result = g.to_dict()
         if truth is not None:
             result.update(score_truth(g, truth))
@@ -374,7 +380,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: serving on {args.host}: anyone who can reach this address can upload files", file=sys.stderr)
     try:
-        run(damo.load(model_dir), Path(args.examples_dir), args.host, args.port, examples=args.examples,
+        run(damo.load(model_dir, dtype=args.dtype), Path(args.examples_dir), args.host, args.port, examples=args.examples,
             max_upload_mb=args.max_upload_mb, max_seconds=args.max_seconds)
     except OSError as e:
         raise SystemExit(f"cannot serve on {args.host}:{args.port} ({e.strerror or e}); try another --port") from None
@@ -480,6 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     e.add_argument("--num-workers", type=int, default=0, help="data-loader processes decoding videos ahead")
     e.add_argument("--features", metavar="DIR", help="read the towers' outputs stored by damo data features")
+    _dtype_option(e)
     e.set_defaults(fn=cmd_eval)
 
     g = sub.add_parser("ground", help="answer a question about a video and say when",
@@ -498,6 +505,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", metavar="FILE", help="write the JSON result (batch: one JSON line per request)")
     g.add_argument("--quiet", action="store_true", help="no progress bars on stderr")
     g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    _dtype_option(g)
     g.set_defaults(fn=cmd_ground)
 
     data = sub.add_parser("data", help="data tools").add_subparsers(dest="data_cmd", required=True)
@@ -565,6 +573,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--examples-dir", default=str(Path.home() / ".cache" / "damo" / "examples"))
     v.add_argument("--max-upload-mb", type=float, default=200.0, help="largest accepted upload")
     v.add_argument("--max-seconds", type=float, default=300.0, help="longest a question may wait for its answer")
+    _dtype_option(v)
     v.set_defaults(fn=cmd_serve)
     return p
 

@@ -143,7 +143,7 @@ def build_vision(cfg: "VisionConfig") -> nn.Module:
     if cfg.kind not in VISION_ENCODERS:
         raise ValueError(f"unknown vision.kind {cfg.kind!r}; valid: hf_vision, {', '.join(VISION_ENCODERS)}")
     return VISION_ENCODERS[cfg.kind](image_size=cfg.image_size, patch=cfg.patch, width=cfg.width,
-                                     layers=cfg.layers, heads=cfg.heads)
+                                     layers=cfg.layers, heads=cfg.heads).to(resolve_dtype(cfg.dtype))
 
 
 class HFVisionEncoder(nn.Module):
@@ -254,7 +254,7 @@ def build_audio(cfg: "AudioConfig") -> nn.Module:
     if cfg.kind not in AUDIO_ENCODERS:
         raise ValueError(f"unknown audio.kind {cfg.kind!r}; valid: hf_whisper, {', '.join(AUDIO_ENCODERS)}")
     return AUDIO_ENCODERS[cfg.kind](n_mels=cfg.n_mels, frames=cfg.frames, patch=cfg.patch, width=cfg.width,
-                                    layers=cfg.layers, heads=cfg.heads)
+                                    layers=cfg.layers, heads=cfg.heads).to(resolve_dtype(cfg.dtype))
 
 
 # ---------------------------------------------------------------- LLM

@@ -231,7 +231,7 @@ def build_llm(cfg: LLMConfig, tok: PreTrainedTokenizerFast, new_tokens: list[int
                         num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads,
                         num_key_value_heads=cfg.kv_heads, max_position_embeddings=8192, tie_word_embeddings=True,
                         pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-        return AutoModelForCausalLM.from_config(c)
+        return AutoModelForCausalLM.from_config(c, dtype=backbones.resolve_dtype(cfg.dtype))
     if cfg.kind == "hf":
         return backbones.build_causal_lm(cfg, tok, new_tokens)
     raise ValueError(f"unknown llm.kind {cfg.kind!r}; valid: tiny_qwen2, hf")
@@ -540,6 +540,21 @@ class DamoModel(nn.Module):
         return F.normalize(al.align_video(v), dim=-1), F.normalize(al.text_encoder(text_ids, text_mask), dim=-1)
 
     # -------------------------------------------------------------- inference
+    def half_dtype(self) -> torch.dtype | None:
+        """The half-precision dtype the backbones' weights are in (the ``dtype`` of the LLM and the
+        towers: bfloat16 or float16), or None when every weight is float32."""
+        halves = {p.dtype for p in self.parameters() if p.dtype in (torch.bfloat16, torch.float16)}
+        if len(halves) > 1:
+            raise ValueError("the model holds both bfloat16 and float16 weights; give the LLM and the towers one dtype")
+        return halves.pop() if halves else None
+
+    def autocast(self) -> torch.autocast:
+        """Mixed precision for backbones in half precision: the modules kept in float32 (fuser,
+        connector, evidence head, LoRA adapters) then compute in the backbones' dtype, as training does
+        under autocast on GPUs, so no matmul meets two dtypes; a no-op when every weight is float32."""
+        half = self.half_dtype()
+        return torch.autocast(next(self.parameters()).device.type, dtype=half or torch.float32, enabled=half is not None)
+
     @torch.no_grad()
     def generate(self, batch: Batch, max_new_tokens: int = 48) -> list[dict]:
         """Greedy decoding with evidence grounding for a batch from
@@ -553,7 +568,13 @@ class DamoModel(nn.Module):
         and fed back as their interpolation (:meth:`coordinate_inputs`):
         seconds for time (``"t"``), [0, 1] for width and height (``"x"``, ``"y"``).
         The processor's :meth:`~damo.model.processing.DamoProcessor.decode` turns a row into text and spans.
+        Backbones in half precision run under :meth:`autocast`.
         """
+        with self.autocast():
+            return self._generate(batch, max_new_tokens)
+
+    def _generate(self, batch: Batch, max_new_tokens: int) -> list[dict]:
+        """:meth:`generate`'s greedy loop."""
         self.eval()
         dev = next(self.parameters()).device
         batch = batch.to(dev)
@@ -716,10 +737,12 @@ class DamoModel(nn.Module):
         (path / "model.safetensors.tmp").replace(path / "model.safetensors")   # last: marks the folder complete
 
     @classmethod
-    def load(cls, path: str | Path, allow_pickle: bool = False) -> "DamoModel":
+    def load(cls, path: str | Path, allow_pickle: bool = False, dtype: str | None = None) -> "DamoModel":
         """Rebuild a saved model exactly. Weights come from ``model.safetensors`` (plus, when the
         folder has a ``base.json``, the pretrained weights it names); a pickled ``model.bin``/``model.pt``
-        is read only with ``allow_pickle=True`` (unpickling can run code)."""
+        is read only with ``allow_pickle=True`` (unpickling can run code). ``dtype`` (``float32``,
+        ``bfloat16``, ``float16``) replaces the saved ``dtype`` of the LLM and the towers; the modules
+        DaMO adds stay float32 and run under :meth:`autocast`."""
         path = Path(path)
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"{path} is not a DaMO model folder (needs config.json and model.safetensors)")
@@ -732,6 +755,9 @@ class DamoModel(nn.Module):
         saved = json.loads((path / "config.json").read_text())
         saved["compressor"].setdefault("placement", "fuser")   # saved before the switch: in front of the fuser
         cfg = DamoConfig.from_dict(saved)
+        if dtype is not None:
+            backbones.resolve_dtype(dtype)                  # validates
+            cfg.vision.dtype = cfg.audio.dtype = cfg.llm.dtype = dtype
         state = {grouped_name(k): v for k, v in backbones.load_state_file(weights, allow_pickle=allow_pickle).items()}
         rows = {k.split("::", 1)[1]: state.pop(k) for k in [k for k in state if k.startswith("token_rows::")]}
         tok = PreTrainedTokenizerFast.from_pretrained(str(path / "tokenizer"))
@@ -769,6 +795,6 @@ class DamoModel(nn.Module):
     save_pretrained = save
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, allow_pickle: bool = False) -> "DamoModel":
+    def from_pretrained(cls, path: str | Path, allow_pickle: bool = False, dtype: str | None = None) -> "DamoModel":
         """Alias of :meth:`load` (transformers naming)."""
-        return cls.load(path, allow_pickle=allow_pickle)
+        return cls.load(path, allow_pickle=allow_pickle, dtype=dtype)

@@ -8,7 +8,8 @@ Step ``k``'s global batch comes from an RNG seeded by ``(seed, k)``, so the data
 the step number: a run resumed from a checkpoint (:mod:`damo.train.checkpoint`) sees the
 same batches as an uninterrupted one, and under torchrun each process takes a disjoint share
 of the same global batch (:mod:`damo.train.distributed`). On CUDA the forward runs under
-bf16 autocast (fp16 with loss scaling where bf16 is unsupported); on CPU in fp32.
+bf16 autocast (fp16 with loss scaling where bf16 is unsupported); on CPU in fp32, or under
+autocast in the backbones' dtype when the config keeps them in half precision.
 """
 from __future__ import annotations
 
@@ -202,7 +203,8 @@ def run_stage(model: DamoModel, stage: Stage, samples: list[Sample], clips, seed
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     collate = Collator.for_model(model)
     cuda = info.device.type == "cuda"
-    amp_dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float16
+    # GPUs train under autocast; on CPU only backbones kept in half precision need it
+    amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if cuda else model.half_dtype()
     scaler = torch.amp.GradScaler("cuda", enabled=cuda and amp_dtype == torch.float16)
     history: dict[str, list[float]] = defaultdict(list)
     start = 0
@@ -226,7 +228,7 @@ def run_stage(model: DamoModel, stage: Stage, samples: list[Sample], clips, seed
             sync = j == stage.grad_accum - 1 or fsdp
             ctx = step_fn.no_sync() if not sync and isinstance(step_fn, nn.parallel.DistributedDataParallel) else nullcontext()
             with ctx:
-                with torch.autocast(info.device.type, dtype=amp_dtype, enabled=cuda):
+                with torch.autocast(info.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                     total, vals = step_fn(batch)
                 scaler.scale(total / stage.grad_accum).backward()
             logged += torch.cat([vals.cpu(), total.detach().float().cpu()[None]]) / stage.grad_accum
