@@ -22,18 +22,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-
-from damo.data.schema import Sample
+from typing import Iterable
 
 CARD = "model_card.json"
 PROCEDURAL_TAG = "damo procedural video"    # container comment of every file DaMO renders from a synth:// spec
 
 
-def dataset_kind(spec: str, samples: list[Sample]) -> str:
-    """``"procedural"`` for a ``synth://`` spec or a dataset whose samples are all procedural, else ``"real"``."""
+def dataset_kind(spec: str, sources: Iterable[str]) -> str:
+    """``"procedural"`` for a ``synth://`` spec or a dataset whose samples' ``source`` are all ``"synthetic"``,
+    else ``"real"``."""
     if spec.startswith("synth://"):
         return "procedural"
-    return "procedural" if samples and all(s.source == "synthetic" for s in samples) else "real"
+    sources = list(sources)
+    return "procedural" if sources and all(s == "synthetic" for s in sources) else "real"
 
 
 def make_card(recipe_name: str, stages: list[str], data: list[dict], vocabulary: dict) -> dict:

@@ -25,25 +25,13 @@ from functools import lru_cache
 import av
 import numpy as np
 
-from damo.media import SAMPLE_RATE, MediaError
-
-INT16_SCALE = 32768.0  # an int16 waveform w stands for w / 32768 in [-1, 1)
+from damo.media.clip import SAMPLE_RATE, MediaError, as_float
 
 # Whisper's input (Radford et al. 2022; transformers' WhisperFeatureExtractor): 25 ms Hann window,
 # 10 ms hop, log10 mel power floored at (max - 8), mapped by (x + 4) / 4, on 30 s inputs
 WHISPER_N_FFT, WHISPER_HOP, WHISPER_CHUNK_S = 400, 160, 30
 WHISPER_CHUNK = WHISPER_CHUNK_S * SAMPLE_RATE          # 480,000 samples per encoder input
 WHISPER_FRAMES = WHISPER_CHUNK // WHISPER_HOP          # 3,000 mel frames per encoder input
-
-
-def as_float(audio: np.ndarray | None) -> np.ndarray:
-    """A waveform as float32 in [-1, 1]: int16 is scaled by 1/32768, float passes through."""
-    if audio is None:
-        return np.zeros(0, np.float32)
-    a = np.asarray(audio)
-    if a.dtype == np.int16:
-        return a.astype(np.float32) / np.float32(INT16_SCALE)
-    return a.astype(np.float32, copy=False)
 
 
 def _segment(x: np.ndarray, start: int, stop: int) -> np.ndarray:
@@ -215,14 +203,6 @@ class AudioTrack:
             warnings.warn(f"{self.name}: {self.bad} audio packets could not be decoded ({self.last_error}); "
                           "their time is filled with silence", stacklevel=3)
         return self.out
-
-
-def fit_length(wave: np.ndarray, n: int) -> np.ndarray:
-    """Cut or zero-pad a waveform to exactly ``n`` samples (float32)."""
-    wave = as_float(wave)
-    if wave.shape[0] >= n:
-        return np.ascontiguousarray(wave[:n])
-    return np.concatenate([wave, np.zeros(n - wave.shape[0], np.float32)])
 
 
 # ---------------------------------------------------------------------------------------------

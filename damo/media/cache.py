@@ -26,9 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from damo.media import Clip, MediaError, MediaLimits
 from damo.media import decode as _decode
-from damo.media.audio import as_float
+from damo.media.clip import Clip, MediaError, MediaLimits, as_float
 
 CACHE_VERSION = 3  # bump when decoding changes what a clip contains (2: int16 audio, rotation, no audio stored;
 #                   3: a lone mistimed audio frame no longer leaves a gap)

@@ -49,8 +49,8 @@ import av
 import av.video.reformatter
 import numpy as np
 
-from damo.media import SAMPLE_RATE, Clip, MediaError, MediaLimits
-from damo.media.audio import AudioTrack, as_float
+from damo.media.audio import AudioTrack
+from damo.media.clip import SAMPLE_RATE, Clip, MediaError, MediaLimits, as_float
 from damo.threads import threads
 
 MIN_THREADED_PIXELS = 400 * 300

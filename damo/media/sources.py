@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from damo.media import Clip, MediaLimits
+from damo.media.clip import Clip, MediaLimits
 from damo.media.cache import load_clip
 
 SCHEMES = {"synth": "damo.data.synthetic:render_clip"}

@@ -36,39 +36,11 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from damo.config import FOCUS, FPOSettings
 from damo.data.preference import chosen_sample, rejected_sample
 from damo.data.schema import Sample
 from damo.model.batch import Batch
 from damo.model.processing import ClipTensors, evi_span_index
-
-FOCUS = ("event", "sequence")
-MODES = ("reference_free", "dpo")
-
-
-@dataclass
-class FPOSettings:
-    """An FPO stage's ``fpo:`` settings. ``beta``: eq. 4's temperature (0.1 in the official code);
-    ``mode``: ``reference_free`` (the paper's and the official form) or ``dpo`` (log-ratios against a
-    frozen copy of the model at the stage start, Rafailov et al. 2023); ``focus``: ``event`` (the
-    official scoring of the perturbed parts only) or ``sequence`` (whole responses)."""
-    beta: float = 0.1
-    mode: str = "reference_free"
-    focus: str = "event"
-
-    def __post_init__(self) -> None:
-        if not self.beta > 0:
-            raise ValueError(f"fpo.beta must be > 0, got {self.beta}")
-        if self.mode not in MODES:
-            raise ValueError(f"fpo.mode must be one of {MODES}, got {self.mode!r}")
-        if self.focus not in FOCUS:
-            raise ValueError(f"fpo.focus must be one of {FOCUS}, got {self.focus!r}")
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "FPOSettings":
-        bad = set(d) - set(cls.__dataclass_fields__)
-        if bad:
-            raise ValueError(f"unknown fpo settings {sorted(bad)}; valid: {sorted(cls.__dataclass_fields__)}")
-        return cls(**{k: float(v) if k == "beta" else v for k, v in d.items()})
 
 
 def interval_logprob(evi_logits: torch.Tensor, targets: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:

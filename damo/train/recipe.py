@@ -181,7 +181,8 @@ def run_recipe(recipe: Recipe, workdir: str | Path, progress: bool = True, log=p
         log(f"reusing trained model {final}")
         if model_card.read_card(final) is None and info.main:      # a model trained before cards existed
             specs = [recipe.data["train"]] + [x for st in recipe.stages for x in st.extra_data]
-            kinds = {x: model_card.dataset_kind(x, [] if x.startswith("synth://") else load_dataset(x)) for x in specs}
+            kinds = {x: model_card.dataset_kind(x, [] if x.startswith("synth://") else (s.source for s in load_dataset(x)))
+                     for x in specs}
             names = {st.name for st in recipe.stages}
             outside = [st.init_from for st in recipe.stages if st.init_from and st.init_from not in names]
             card = model_card.read_card(outside[-1]) if outside else None
@@ -196,7 +197,7 @@ def run_recipe(recipe: Recipe, workdir: str | Path, progress: bool = True, log=p
     specs = [recipe.data["train"]] + [x for st in recipe.stages for x in st.extra_data]
     datasets = {spec: dataset_samples(spec, recipe, workdir if info.main else None, say) for spec in dict.fromkeys(specs)}
     samples = datasets[recipe.data["train"]]
-    kinds = {spec: model_card.dataset_kind(spec, ss) for spec, ss in datasets.items()}
+    kinds = {spec: model_card.dataset_kind(spec, (s.source for s in ss)) for spec, ss in datasets.items()}
     inherited: list[dict] = []      # the data of an init_from model folder outside this recipe
     model = build_model(recipe.model, samples, recipe.seed)
     clips = ClipLoader(model.processor, memory=recipe.clip_memory)   # shared by the stages: same inputs
