@@ -32,6 +32,7 @@ from damo.data.schema import QuirkReport, clean_spans, round_span
 from damo.media import MediaError
 from damo.model.modeling_damo import DamoModel
 from damo.spans import span_iou
+from damo.textio import line_too_long, loads, printable, read_lines
 
 MAX_NEW_TOKENS = 48
 
@@ -42,6 +43,13 @@ def check_query(query: object) -> str:
         raise ValueError(f"the query must be text, got {type(query).__name__}")
     if not query.strip():
         raise ValueError("the query is empty; ask a question about the video, e.g. \"when does the door open?\"")
+    try:
+        query.encode("utf-8")
+    except UnicodeEncodeError as e:
+        # a lone surrogate: "\ud800" in JSON, or bytes that are not UTF-8 on the command line
+        raise ValueError(f"the query is not valid Unicode (character {e.start + 1} is "
+                         f"{query[e.start].encode('utf-8', 'surrogatepass')!r}, half of a pair or an undecodable "
+                         "byte); write the question as UTF-8 text") from None
     return query.strip()
 
 
@@ -138,7 +146,7 @@ class Grounder:
         proc.query_ids(query)               # refuse an over-long question before decoding anything
         if not isinstance(video, (str, Path)) or not str(video):
             raise ValueError(f"video must be a file path or a synth:// URI, got {video!r}")
-        raw = _with_ticker(lambda: self.clips.raw(str(video)), f"decode {Path(str(video)).name}", progress)
+        raw = _with_ticker(lambda: self.clips.raw(str(video)), f"decode {printable(Path(str(video)).name)}", progress)
         cfg = self.model.cfg
         if raw.num_frames > cfg.max_frames:
             raise ValueError(f"{video}: {raw.duration:.0f} s gives {raw.num_frames} frames at {cfg.fps:g} fps, more "
@@ -214,10 +222,11 @@ def read_batch(source: str | Path, query: str | None = None) -> Iterator[dict]:
     if not src.is_file():
         raise ValueError(f"{src}: no such folder or JSONL file; give a folder of videos or a .jsonl of requests")
     with open(src, "rb") as f:
-        for n, raw in enumerate(f, 1):
-            if not raw.strip():
-                continue
-            yield _batch_line(raw, n, src.parent, query)
+        for n, raw in read_lines(f):
+            if raw is None:
+                yield {"line": n, "video": None, "error": line_too_long(n)}
+            elif raw.strip():
+                yield _batch_line(raw, n, src.parent, query)
 
 
 def _batch_line(raw: bytes, n: int, base: Path, query: str | None) -> dict:
@@ -229,9 +238,11 @@ def _batch_line(raw: bytes, n: int, base: Path, query: str | None) -> dict:
         text = raw.decode("utf-8", errors="replace")
         bad_bytes = f"line {n} is not valid UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start}); save the file as UTF-8"
     try:
-        d = json.loads(text)
+        d = loads(text, f"line {n}")
     except json.JSONDecodeError as e:
         return {"line": n, "video": None, "error": f"line {n} is not valid JSON ({e.msg})"}
+    except ValueError as e:
+        return {"line": n, "video": None, "error": str(e)}
     if not isinstance(d, dict):
         return {"line": n, "video": None, "error": f"line {n} must be a JSON object with 'video' and 'query'"}
     video = d.get("video")

@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+from damo.textio import printable
 from damo.threads import given_threads, threads, use_threads
 
 DEFAULT_WORKDIR = Path("runs/demo")
@@ -145,17 +146,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     from damo.train.recipe import run_recipe
 
     _say_threads(_setup_torch())
-    recipe = load_recipe(args.recipe, args.set)
-    if args.num_workers is not None:
-        recipe.num_workers = args.num_workers
-    run_recipe(recipe, args.workdir or Path("runs") / recipe.name, overwrite=args.overwrite, threads_per_stage=True)
+    try:
+        recipe = load_recipe(args.recipe, args.set)
+        if args.num_workers is not None:
+            recipe.num_workers = args.num_workers
+        run_recipe(recipe, args.workdir or Path("runs") / recipe.name, overwrite=args.overwrite, threads_per_stage=True)
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"damo train: {printable(e)}") from None
     return 0
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    import yaml
-
-    from damo.config import find, load_recipe
+    from damo.config import find, load_recipe, read_yaml
     from damo.model.modeling_damo import DamoConfig
     from damo.plan import PlanOptions, format_plan, plan
 
@@ -163,7 +165,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         raise SystemExit("damo plan needs --config (a model YAML) and/or --recipe (its model is used without --config)")
     recipe = load_recipe(args.recipe) if args.recipe else None
     if args.config:
-        cfg = DamoConfig.from_dict(yaml.safe_load(find("configs", args.config).read_text()) or {})
+        cfg = DamoConfig.from_dict(read_yaml(find("configs", args.config)) or {})
     else:
         cfg = recipe.model
     p = plan(cfg, recipe, PlanOptions(gpus=args.gpus, gpu_gb=args.gpu_gb, frames=args.frames,
@@ -248,7 +250,7 @@ def cmd_ground(args: argparse.Namespace) -> int:
                 warned = False
                 for row in grounder.ground_batch(args.batch, query, progress=not args.quiet):
                     if "warning" in row and not warned:     # once per batch; every row carries it
-                        print(f"warning: {row['warning']}", file=sys.stderr)
+                        print(f"warning: {printable(row['warning'])}", file=sys.stderr)
                         warned = True
                     f.write(json.dumps(row, ensure_ascii=False) + "\n")
                     f.flush()  # results appear as they are made; a killed batch keeps them in OUT.partial
@@ -258,7 +260,7 @@ def cmd_ground(args: argparse.Namespace) -> int:
             partial.replace(out)
         except ValueError as e:
             partial.unlink(missing_ok=True)
-            print(f"error: {e}", file=sys.stderr)
+            print(f"error: {printable(e)}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:
             print(f"interrupted after {n} requests; their results are in {partial}", file=sys.stderr)
@@ -269,7 +271,7 @@ def cmd_ground(args: argparse.Namespace) -> int:
                 print(f"{len(failures)} failed:", file=sys.stderr)
                 for r in failures:
                     where = f"line {r['line']}: " if "line" in r else ""
-                    print(f"  {where}{r['video']}: {r['error']}", file=sys.stderr)
+                    print(f"  {where}{printable(r['video'])}: {printable(r['error'])}", file=sys.stderr)
         print(f"results in {out}", file=sys.stderr)
         return 1 if failures else 0
 
@@ -293,10 +295,10 @@ def cmd_ground(args: argparse.Namespace) -> int:
         if truth is not None:
             result.update(score_truth(g, truth))
     except (MediaError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {printable(e)}", file=sys.stderr)
         return 2
     if "warning" in result:
-        print(f"warning: {result['warning']}", file=sys.stderr)
+        print(f"warning: {printable(result['warning'])}", file=sys.stderr)
     for policy, count in result.get("truth_fixed", {}).items():
         print(f"warning: --truth: {count} span(s) {policy.replace('_', ' ')} (video is {g.duration:.2f} s); "
               "fixed as listed in 'truth'", file=sys.stderr)
@@ -312,8 +314,7 @@ def cmd_ground(args: argparse.Namespace) -> int:
 
 def cmd_data_features(args: argparse.Namespace) -> int:
     """Frozen-tower outputs of a dataset's videos, stored once (see damo.data.features)."""
-    import yaml
-
+    from damo.config import read_yaml
     from damo.data.dataset import ClipLoader, load_dataset, resolve_videos
     from damo.data.features import extract
     from damo.model.modeling_damo import DamoConfig, DamoModel, LLMConfig
@@ -324,7 +325,7 @@ def cmd_data_features(args: argparse.Namespace) -> int:
     if src.is_dir():
         model = DamoModel.load(src)
     elif src.is_file():     # a model config: only its towers matter here, so the LLM stays the tiny default
-        cfg = DamoConfig.from_dict(yaml.safe_load(src.read_text()) or {})
+        cfg = DamoConfig.from_dict(read_yaml(src) or {})
         cfg.llm = LLMConfig()
         model = DamoModel(cfg, train_tokenizer(["features"], 300))
     else:
@@ -360,7 +361,10 @@ def cmd_data_convert(args: argparse.Namespace) -> int:
     from damo.data.schema import save_samples
 
     samples, quirks = formats.load(args.format, args.inp, durations=args.durations, **options)
-    kept, missing = resolve_videos(samples, args.video_root, args.on_missing)   # raises before writing anything
+    try:
+        kept, missing = resolve_videos(samples, args.video_root, args.on_missing)   # raises before writing anything
+    except FileNotFoundError as e:
+        raise SystemExit(f"damo data convert: {printable(e)}") from None
     save_samples(args.out, kept)
     _print({"videos": len({s.video for s in kept}), "samples": len(kept), "spans": sum(len(s.spans) for s in kept),
             "quirks": dict(quirks), "missing": {"videos": len(missing.videos), "samples": len(missing.samples),

@@ -6,6 +6,7 @@ weights, for how many steps. One loop (:mod:`damo.train.loop`) runs every stage.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -45,6 +46,42 @@ class FPOSettings:
         return cls(**{k: float(v) if k == "beta" else v for k, v in d.items()})
 
 
+class _NoAliasLoader(yaml.SafeLoader):
+    """YAML without aliases: ``*name`` may repeat a node a billion times in a kilobyte (a recipe of
+    nested aliases expands past gigabytes when its stages are recorded), and recipes never need one."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise ValueError(f"{mark.name}:{mark.line + 1}: YAML aliases (*name) are not accepted in recipes and "
+                             "configs; write the value out")
+        return super().compose_node(parent, index)
+
+
+def read_yaml(text: str | Path) -> Any:
+    """Parse YAML text, or the file at a :class:`~pathlib.Path`, refusing aliases (``ValueError``)."""
+    if isinstance(text, Path):
+        with open(text, encoding="utf-8") as f:
+            return yaml.load(f, Loader=_NoAliasLoader)
+    return yaml.load(text, Loader=_NoAliasLoader)
+
+
+def _whole(stage: str, key: str, value: object, least: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ValueError(f"stage {stage!r}: {key} must be a whole number >= {least}, got {value!r}")
+
+
+def _fraction(stage: str, key: str, value: object, positive: bool) -> float:
+    """``value`` as a float in [0, 1] ((0, 1] when ``positive``); YAML reads ``1e-3`` as text."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        x = math.nan
+    if isinstance(value, bool) or not 0 <= x <= 1 or (positive and x == 0):
+        raise ValueError(f"stage {stage!r}: {key} must be a number in {'(' if positive else '['}0, 1], got {value!r}")
+    return x
+
+
 @dataclass
 class Stage:
     name: str
@@ -66,6 +103,18 @@ class Stage:
     pairs: str | None = None              # FPO stages: a `damo data prefs` JSONL (default: pairs made from the samples)
 
     def __post_init__(self):
+        # every number is checked here, before any model is built: a learning rate above 1 sends
+        # AdamW's weights to infinity in a step, and a step count that is not a number fails late
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"a stage's name must be text, got {self.name!r}")
+        self.lr = _fraction(self.name, "lr", self.lr, positive=True)
+        self.weight_decay = _fraction(self.name, "weight_decay", self.weight_decay, positive=False)
+        for key, least in (("steps", 1), ("batch", 1), ("warmup", 0), ("grad_accum", 1), ("save_every", 0)):
+            _whole(self.name, key, getattr(self, key), least)
+        bad = {k: v for k, v in self.losses.items() if isinstance(v, bool) or not isinstance(v, (int, float))
+               or not math.isfinite(v) or v < 0} if isinstance(self.losses, dict) else self.losses
+        if not isinstance(self.losses, dict) or bad:
+            raise ValueError(f"stage {self.name!r}: losses must map loss names to finite weights >= 0, got {bad!r}")
         # globs written for the flat module layout (fuseformer.*, bridge*) name the same parameters
         self.trainable = [grouped_name(p) for p in self.trainable]
 
@@ -89,7 +138,7 @@ class Recipe:
         d = dict(d)
         model = d.pop("model", {}) or {}
         if isinstance(model, str):  # a model YAML: a path relative to the recipe, or a shipped config's name
-            model = yaml.safe_load(model_path(model, base).read_text()) or {}
+            model = read_yaml(model_path(model, base)) or {}
         stages = d.pop("stages", None)
         if not stages:
             raise ValueError("a recipe needs a non-empty 'stages' list")
@@ -99,10 +148,6 @@ class Recipe:
             if bad:
                 raise ValueError(f"stage {s.get('name', '?')!r}: unknown keys {sorted(bad)}; "
                                  f"valid: {sorted(Stage.__dataclass_fields__)}")
-            s = dict(s)
-            for k in ("lr", "weight_decay"):
-                if k in s:
-                    s[k] = float(s[k])
             out.append(Stage(**s))
             _check_preference_settings(out[-1])
         names = [s.name for s in out]
@@ -165,12 +210,14 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     """Read a recipe (a YAML path, or a shipped recipe's name) and apply ``key=value`` overrides
     (values parsed as YAML)."""
     path = find("recipes", path)
-    d = yaml.safe_load(path.read_text()) or {}
+    d = read_yaml(path) or {}
+    if not isinstance(d, dict):
+        raise ValueError(f"{path}: a recipe is a YAML mapping with 'stages', got {type(d).__name__}")
     if isinstance(d.get("model"), str):
-        d["model"] = yaml.safe_load(model_path(d["model"], path.parent).read_text()) or {}
+        d["model"] = read_yaml(model_path(d["model"], path.parent)) or {}
     for o in overrides or []:
         if "=" not in o:
             raise ValueError(f"override {o!r} must look like key.sub=value")
         k, v = o.split("=", 1)
-        set_dotted(d, k, yaml.safe_load(v))
+        set_dotted(d, k, read_yaml(v))
     return Recipe.from_dict(d, base=path.parent)

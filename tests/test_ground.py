@@ -207,7 +207,7 @@ def test_one_bad_item_never_stops_a_batch(model_dir, video, tmp_path, capsys, mo
     path, _ = video
     (tmp_path / "clip.mkv").write_bytes(path.read_bytes())
     lines = [{"video": "clip.mkv", "query": "when?", "spans": 5},
-             {"video": "clip.mkv", "query": "when " * 100_000},
+             {"video": "clip.mkv", "query": "when " * 1000},
              {"video": "clip.mkv", "query": "when does the beep sound?"}]
     src = tmp_path / "requests.jsonl"
     src.write_text("\n".join(json.dumps(x) for x in lines) + "\n")

@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from damo.textio import line_too_long, loads, read_lines
+
 TASKS = (
     "grounding",        # one query -> one span
     "multi_grounding",  # one query -> several spans
@@ -138,13 +140,21 @@ def round_span(start: float, end: float, duration: float, digits: int = 2,
 
 
 def read_jsonl(path: str | Path) -> Iterator[dict]:
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            line = line.strip()
+    """The records of a UTF-8 JSONL file; a line that is too long, too deeply nested, not UTF-8 or
+    not JSON is a ValueError naming the file and line."""
+    with open(path, "rb") as f:
+        for n, raw in read_lines(f):
+            if raw is None:
+                raise ValueError(f"{path}:{n}: {line_too_long(n)}")
+            try:
+                line = raw.decode("utf-8").strip()
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path}:{n}: not UTF-8 text (bad byte at offset {e.start}); "
+                                 "re-encode the file as UTF-8") from None
             if not line:
                 continue
             try:
-                yield json.loads(line)
+                yield loads(line, f"{path}:{n}")
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}:{n}: not valid JSON ({e.msg})") from None
 

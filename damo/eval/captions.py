@@ -5,14 +5,13 @@ pycocoevalcap (and Java for METEOR and the PTB tokeniser) are imported when a
 """
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from damo.data.formats._common import require
+from damo.data.formats._common import read_json, require
 from damo.eval.predictions import PredictionFile
 
 CAPTION_METRICS = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")
@@ -252,7 +251,7 @@ def _order_preserving_max(s: np.ndarray) -> float:
 def score_dense_captions(gt_path: str | Path, preds: PredictionFile, subset: str, unmatched_caption: str = "random",
                          **_) -> dict:
     """An ActivityNet challenge JSON (``results``) against the gt JSON: densevid_eval's scores plus SODA_c."""
-    gt = json.loads(Path(gt_path).read_text(encoding="utf-8"))
+    gt = read_json(gt_path)
     doc = preds.data
     if not (isinstance(doc, dict) and isinstance(doc.get("results"), dict)):
         raise ValueError("dense-captioning predictions must be an ActivityNet challenge JSON with 'results'")

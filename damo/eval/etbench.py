@@ -7,14 +7,13 @@ dvc/slc captions go through :mod:`damo.eval.captions`.
 """
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from damo.data.formats._common import require
+from damo.data.formats._common import read_json, require
 from damo.data.formats.etbench import (TASK_MAP, check_parser, clock_to_seconds, first_number, parse_captions,
                                        parse_spans)
 from damo.eval.captions import CAPTION_METRICS, CaptionScorer, dense_caption_metrics
@@ -334,7 +333,7 @@ def _et_dvc(records: Sequence[dict], parser: str, sentsim, captioner: CaptionSco
 def score_etbench(gt_path: str | Path, preds: PredictionFile, subset: str, parser: str = "etbench", **_) -> dict:
     """E.T. Bench records with the answer in ``a``, or canonical JSONL (an answer, else the spans as text)."""
     if preds.is_canonical():
-        records = json.loads(Path(gt_path).read_text(encoding="utf-8"))
+        records = read_json(gt_path)
         by_id = preds.canonical()
         for r in records:
             p = by_id.get(str(r["idx"]))
@@ -358,6 +357,6 @@ def score_etbench(gt_path: str | Path, preds: PredictionFile, subset: str, parse
         records = list(kept.values())
         if subset == "all":  # gt records missing from the prediction file are failures
             have = {(r["task"], r["source"], r["idx"]) for r in records}
-            gt = json.loads(Path(gt_path).read_text(encoding="utf-8"))
+            gt = read_json(gt_path)
             records = records + [{**g, "a": ""} for g in gt if (g["task"], g["source"], g["idx"]) not in have]
     return etbench_metrics(records, parser=parser)

@@ -14,6 +14,7 @@ from damo.data import formats
 from damo.data.formats._common import read_text, require, to_float
 from damo.data.formats._common import read_jsonl as read_jsonl_numbered
 from damo.data.schema import Prediction, QuirkReport, Sample
+from damo.textio import JSONTooDeep, loads
 
 SUBSETS = ("all", "predicted")
 DUPLICATES = ("error", "first", "last")
@@ -69,8 +70,8 @@ class PredictionFile:
             return out
 
         try:
-            doc = json.loads(text, object_pairs_hook=pairs)
-        except json.JSONDecodeError:
+            doc = loads(text, str(path), object_pairs_hook=pairs)
+        except (json.JSONDecodeError, JSONTooDeep):
             numbered = list(read_jsonl_numbered(path))     # errors name the line
             return Rows([r for _, r in numbered], [f"{path}:{n}" for n, _ in numbered])
         if isinstance(doc, list):

@@ -6,8 +6,7 @@ from typing import Sequence
 
 import numpy as np
 
-from damo.data.formats._common import require, to_float
-from damo.data.schema import read_jsonl
+from damo.data.formats._common import read_jsonl, require, to_float
 from damo.eval.predictions import PredictionFile
 from damo.spans import with_rank_scores
 
@@ -234,13 +233,35 @@ def qvhighlights_metrics(gt: Sequence[dict], pred: Sequence[dict]) -> dict:
     return {"brief": brief, **dict(sorted(metrics.items()))}
 
 
+def _qid_text(qid: object, where: str) -> str:
+    if isinstance(qid, bool) or not isinstance(qid, (int, str)):
+        raise ValueError(f"{where}: qid must be a number or text, got {qid!r}")
+    return str(qid)
+
+
+def read_gt(path: str | Path) -> list[dict]:
+    """The gt records of ``highlight_*_release.jsonl``; a qid that is not a number or text, or that
+    appears twice (``2579`` and ``"2579"`` are one query), is an error naming the file and lines:
+    the official evaluator would score such a query twice without a word."""
+    out, seen = [], {}
+    for n, rec in read_jsonl(path):
+        where = f"{path}:{n}"
+        qid = _qid_text(require(rec, ("qid",), where)["qid"], where)
+        if qid in seen:
+            raise ValueError(f"{where}: qid {rec['qid']!r} appears again (first at {seen[qid]}); keep one record "
+                             "per query")
+        seen[qid] = where
+        out.append(rec)
+    return out
+
+
 def score_qvhighlights(gt_path: str | Path, preds: PredictionFile, subset: str, **_) -> dict:
     """Submission JSONL (``qid, pred_relevant_windows[, pred_saliency_scores]``) or canonical JSONL,
     whose spans are ranked best first (a missing score takes a rank-decreasing one)."""
-    gt = list(read_jsonl(gt_path))
+    gt = read_gt(gt_path)
+    qids = {str(g["qid"]): g["qid"] for g in gt}   # a prediction's 2579 or "2579" names gt qid 2579
     if preds.is_canonical():
         subs = []
-        qids = {str(g["qid"]): g["qid"] for g in gt}
         for p in preds.canonical().values():
             subs.append({"qid": qids.get(p.id, p.id), "pred_relevant_windows": with_rank_scores(p.spans)})
     else:
@@ -252,13 +273,14 @@ def score_qvhighlights(gt_path: str | Path, preds: PredictionFile, subset: str, 
         seen: dict = {}
         for r, where in zip(rows, rows.where):
             require(r, ("qid", "pred_relevant_windows"), where)
-            sub = {**r, "pred_relevant_windows": preds.spans(r["pred_relevant_windows"], where, (3,))}
+            qid = qids.get(_qid_text(r["qid"], where), r["qid"])
+            sub = {**r, "qid": qid, "pred_relevant_windows": preds.spans(r["pred_relevant_windows"], where, (3,))}
             if "pred_saliency_scores" in r:
                 if not isinstance(r["pred_saliency_scores"], list):
                     raise ValueError(f"{where}: pred_saliency_scores must be a list of numbers")
                 sub["pred_saliency_scores"] = [to_float(x, "saliency score", where) for x in r["pred_saliency_scores"]]
-            if preds.keep(seen, r["qid"], where, "qid"):
-                kept[r["qid"]] = sub
+            if preds.keep(seen, qid, where, "qid"):
+                kept[qid] = sub
         subs = list(kept.values())
     if subset == "predicted":
         have = {d["qid"] for d in subs}

@@ -42,6 +42,7 @@ from damo.model.coordinates import (add_box_tokens, add_time_tokens, anchor_pair
 from damo.model.evidence import soft_targets
 from damo.spans import time_key
 
+MAX_QUERY_BYTES_PER_TOKEN = 32   # a question longer than this per allowed token is refused untokenised
 _COORD_TOKEN = r"<[txy]_\d+>"      # LAPE coordinate tokens: time, width, height
 _SPECIAL = re.compile("(" + "|".join([re.escape(t) for t in tk.SPECIAL_TOKENS] + [_COORD_TOKEN]) + ")")
 _SPAN_TEXT = re.compile(r"(\d+(?:\.\d+)?)\s*-\s*(\d+(?:\.\d+)?)\s*seconds")
@@ -491,10 +492,21 @@ class DamoProcessor:
                 out.extend(tok(" " + piece.strip(), add_special_tokens=False)["input_ids"])
         return out
 
+    def encode_user(self, text: str) -> list[int]:
+        """Tokenise a user's text: the string of a special token in it (``<video>``, ``<eos>``, a
+        time token) is read as plain characters, never as that token, so a question cannot inject
+        placeholders or end its own turn."""
+        return self.tokenizer(" " + text.strip(), add_special_tokens=False, split_special_tokens=True)["input_ids"]
+
     def query_ids(self, query: str) -> list[int]:
         """The question's token ids, refused past ``max_query_tokens`` (attention memory grows with
-        the square of the prompt, so an unbounded question is an unbounded allocation)."""
-        ids = self.encode(query)
+        the square of the prompt, so an unbounded question is an unbounded allocation) and, before
+        tokenising, past ``MAX_QUERY_BYTES_PER_TOKEN`` bytes per allowed token."""
+        size = len(query.encode("utf-8", errors="surrogatepass"))
+        if size > MAX_QUERY_BYTES_PER_TOKEN * self.config.max_query_tokens:
+            raise ValueError(f"the query is {size:,} bytes long, more than this model reads "
+                             f"({self.config.max_query_tokens} tokens); ask a shorter question")
+        ids = self.encode_user(query)
         if len(ids) > self.config.max_query_tokens:
             raise ValueError(f"the query is {len(ids)} tokens long, more than this model's limit of "
                              f"{self.config.max_query_tokens}; ask a shorter question")
@@ -534,7 +546,7 @@ class DamoProcessor:
                     video += self.encode(prefix) + [v] * lay.per_frame
             else:
                 video += [v] * (lay.per_frame * len(first))
-        ask = self.encode(f"{tk.USER} {query}")
+        ask = self.encode(tk.USER) + self.encode_user(query)
         return LAYOUTS[c.layout]([self.tokenizer.bos_token_id], ask, video, self.encode(tk.ASSISTANT))
 
     def response(self, turn: dict, duration: float | None) -> str:
@@ -597,7 +609,7 @@ class DamoProcessor:
         enc = Encoded(ids=ids, labels=[-100] * len(ids), frame_pos=self.frame_placeholders(ids, n, layout))
         for ti, turn in enumerate(turns):
             if ti:
-                q = self.encode(f"{tk.USER} {turn['query']} {tk.ASSISTANT}")
+                q = self.encode(tk.USER) + self.encode_user(turn["query"]) + self.encode(tk.ASSISTANT)
                 enc.ids, enc.labels = enc.ids + q, enc.labels + [-100] * len(q)
             r = self.encode(self.response(turn, duration))
             if ti == len(turns) - 1:

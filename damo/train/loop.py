@@ -145,6 +145,10 @@ class StepCollate:
         return step, replace(batch, **focus_masks(batch, pairs, proc.evi_id, proc.config.evidence_level))
 
 
+class TrainingDiverged(ValueError):
+    """The loss became NaN or infinite: training stops before the broken weights can be saved."""
+
+
 def run_stage(model: DamoModel, stage: Stage, samples: list[Sample], clips, seed: int,
               progress: bool = True, checkpoint_dir: str | Path | None = None, dist_info: DistInfo | None = None,
               parallel: str = "ddp", num_workers: int = 0, pairs: list[dict] | None = None) -> dict[str, float]:
@@ -160,8 +164,6 @@ def run_stage(model: DamoModel, stage: Stage, samples: list[Sample], clips, seed
     unknown = set(stage.losses) - set(LOSSES)
     if unknown:
         raise ValueError(f"stage {stage.name!r}: unknown losses {sorted(unknown)}; valid: {sorted(LOSSES)}")
-    if stage.grad_accum < 1 or stage.save_every < 0:
-        raise ValueError(f"stage {stage.name!r}: grad_accum must be >= 1 and save_every >= 0")
     preference = bool(PREFERENCE & set(stage.losses))
     if preference and not set(stage.losses) <= PREFERENCE:
         raise ValueError(f"stage {stage.name!r} mixes preference losses with plain ones {sorted(stage.losses)}; "
@@ -239,6 +241,11 @@ def run_stage(model: DamoModel, stage: Stage, samples: list[Sample], clips, seed
         scaler.update()
         sched.step()
         logged = distributed.mean_across(logged.to(info.device)).cpu()
+        if not math.isfinite(logged[-1]):
+            # every process sees the same mean, so all stop together; the caller saves nothing
+            raise TrainingDiverged(f"stage {stage.name!r}: the loss is {logged[-1].item()} at step {step + 1} "
+                                   f"({dict(zip(stage.losses, logged.tolist()))}); nothing was saved from this "
+                                   f"stage; lower its lr (now {stage.lr:g}) or check the data")
         for name, v in zip([*stage.losses, "total"], logged.tolist()):
             history[name].append(v)
         if info.main and step % 10 == 0:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from damo.data.schema import Prediction, QuirkReport, Sample, clean_spans
+from damo.textio import MAX_LINE_BYTES, line_too_long, loads
 
 
 def read_text(path: str | Path) -> str:
@@ -30,7 +31,7 @@ def read_text(path: str | Path) -> str:
 def read_json(path: str | Path) -> object:
     text = read_text(path)
     try:
-        return json.loads(text)
+        return loads(text, str(path))
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}:{e.lineno}:{e.colno}: not valid JSON ({e.msg})") from None
 
@@ -40,8 +41,10 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
     for n, line in enumerate(read_text(path).splitlines(), 1):
         if not line.strip():
             continue
+        if len(line) > MAX_LINE_BYTES:
+            raise ValueError(f"{path}:{n}: {line_too_long(n)}")
         try:
-            rec = json.loads(line)
+            rec = loads(line, f"{path}:{n}")
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}:{n}: not valid JSON ({e.msg})") from None
         if not isinstance(rec, dict):
