@@ -208,10 +208,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
         clips = FeatureLoader(args.features, model)
     else:
         clips = ClipLoader(model.processor)
-    preds = predict(model, samples, clips, batch_size=args.batch_size, num_workers=args.num_workers)
+    failed: list[dict] = []
+    preds = predict(model, samples, clips, batch_size=args.batch_size, num_workers=args.num_workers, failures=failed)
     m = grounding_report(samples, preds)
     if missing:
         m["skipped"] = missing.to_dict()
+    if failed:      # scored as misses
+        print(f"{len(failed)} samples could not be read: " + "; ".join(f"{f['id']} ({f['video']}): {f['reason']}"
+                                                                      for f in failed[:5]), file=sys.stderr)
+        m["failed"] = failed
     out = Path(args.out or "runs/eval")
     out.mkdir(parents=True, exist_ok=True)
     write_jsonl(out / "predictions.jsonl", (p.to_dict() for p in preds))

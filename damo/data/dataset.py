@@ -22,8 +22,9 @@ from typing import Callable, Iterator, Sequence
 
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from damo.data.preflight import Unusable
 from damo.data.schema import Sample, load_samples
-from damo.media import Clip, MediaLimits
+from damo.media import Clip, MediaError, MediaLimits
 from damo.media.sources import load_video, scheme_of
 from damo.model.processing import ClipTensors, DamoProcessor
 
@@ -141,12 +142,20 @@ class ClipLoader:
 
 class ClipDataset(Dataset):
     """``records[i]`` with its clip. A record is a :class:`Sample` or anything ``video_of`` maps to a
-    video reference (preference pairs); ``with_clips=False`` yields ``None`` clips (text only).
-    Indices may be ``(index, tag)`` tuples: the tag is passed through (the training step)."""
+    video reference (preference pairs; ``name_of`` gives its name); ``with_clips=False`` yields
+    ``None`` clips (text only). Indices may be ``(index, tag)`` tuples: the tag is passed through
+    (the training step).
+
+    A clip that cannot be made (:class:`~damo.media.MediaError`, or a ``ValueError`` from the
+    processor or from ``check(record, clip)``, e.g. the token length) comes back as an
+    :class:`~damo.data.preflight.Unusable` naming the reason, as do the indices of ``known_bad``
+    (index -> reason) without being read again; the caller decides what replaces them."""
 
     def __init__(self, records: Sequence, clips: Callable[[str], ClipTensors], with_clips: bool = True,
-                 video_of: Callable[[object], str] = lambda r: r.video):
+                 video_of: Callable[[object], str] = lambda r: r.video, name_of: Callable[[object], str] = lambda r: r.id,
+                 check: Callable[[object, ClipTensors], None] | None = None, known_bad: dict[int, str] | None = None):
         self.records, self.clips, self.with_clips, self.video_of = records, clips, with_clips, video_of
+        self.name_of, self.check, self.known_bad = name_of, check, known_bad or {}
 
     def __len__(self) -> int:
         return len(self.records)
@@ -154,7 +163,18 @@ class ClipDataset(Dataset):
     def __getitem__(self, key):
         i, tag = key if isinstance(key, tuple) else (key, None)
         r = self.records[i]
-        return tag, r, self.clips(self.video_of(r)) if self.with_clips else None
+        if not self.with_clips:
+            return tag, r, None
+        video = self.video_of(r)
+        if i in self.known_bad:
+            return tag, r, Unusable(i, self.name_of(r), video, self.known_bad[i])
+        try:
+            clip = self.clips(video)
+            if self.check is not None:
+                self.check(r, clip)
+        except (MediaError, ValueError) as e:
+            return tag, r, Unusable(i, self.name_of(r), video, str(e))
+        return tag, r, clip
 
 
 class StepBatches(Sampler):

@@ -12,6 +12,7 @@ import torch
 from tqdm import tqdm
 
 from damo.data.dataset import ClipDataset, loader
+from damo.data.preflight import Unusable
 from damo.data.schema import Prediction, Sample
 from damo.eval.grounding import grounding_metrics
 from damo.eval.stvg import stvg_metrics
@@ -24,20 +25,27 @@ def _items(batch: list) -> list:
 
 @torch.no_grad()
 def predict(model: DamoModel, samples: list[Sample], clips, batch_size: int = 8, num_workers: int = 0,
-            progress: bool = True, max_new_tokens: int = 48) -> list[Prediction]:
+            progress: bool = True, max_new_tokens: int = 48, failures: list[dict] | None = None) -> list[Prediction]:
     """Answer every sample's query about its video, ``batch_size`` at a time on the model's
     device (left-padded prompts, KV cache); ``num_workers`` loader processes decode ahead.
-    ``clips`` maps a video reference to model inputs (a :class:`~damo.data.dataset.ClipLoader`)."""
+    ``clips`` maps a video reference to model inputs (a :class:`~damo.data.dataset.ClipLoader`).
+    A sample whose video cannot be read gets no prediction (it scores as a miss) and is appended to
+    ``failures`` (``{"id", "video", "reason"}``); the others go on."""
     if batch_size < 1:
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
     preds = []
     bar = tqdm(total=len(samples), desc="predict", disable=not progress, dynamic_ncols=True)
     for items in loader(ClipDataset(samples, clips), _items, num_workers, batch_size=batch_size):
+        bar.update(len(items))
+        if failures is not None:
+            failures += [c.to_dict() for _, _, c in items if isinstance(c, Unusable)]
+        items = [it for it in items if not isinstance(it[2], Unusable)]
+        if not items:
+            continue
         rows = model.answer([c for _, _, c in items], [s.query for _, s, _ in items], max_new_tokens)
         for (_, s, _), r in zip(items, rows):
             preds.append(Prediction(id=s.id, spans=[[round(x, 3) for x in sp] for sp in r["spans"]],
                                     answer=r["answer"], tube=r["tube"]))
-        bar.update(len(items))
     bar.close()
     return preds
 

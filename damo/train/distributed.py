@@ -84,6 +84,15 @@ def mean_across(values: torch.Tensor) -> torch.Tensor:
     return values
 
 
+def gather_dicts(d: dict) -> dict:
+    """The union of every process's ``d`` (picklable keys and values), on every process."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return dict(d)
+    parts: list[dict] = [{} for _ in range(dist.get_world_size())]
+    dist.all_gather_object(parts, d)
+    return {k: v for p in parts for k, v in p.items()}
+
+
 def fsdp_units(model: nn.Module) -> list[nn.Module]:
     """Modules sharded as their own FSDP units: each layer of every ``*layers`` list (HF decoders and encoders)."""
     return [layer for name, m in model.named_modules() if isinstance(m, nn.ModuleList) and name.endswith("layers")

@@ -29,6 +29,7 @@ from tqdm import tqdm
 from damo.config import Stage
 from damo.data.collate import Collator
 from damo.data.dataset import ClipDataset, StepBatches, loader, sample_video
+from damo.data.preflight import Unusable, check_tokens
 from damo.data.preference import pair_video
 from damo.data.schema import Sample
 from damo.model.batch import Batch
@@ -126,23 +127,49 @@ class StageLoss(nn.Module):
         return total, torch.stack([v.detach().float() for v in vals])
 
 
+# draws for one unusable record before the step gives up (a dataset this broken needs the pre-flight)
+MAX_REPLACEMENTS = 16
+
+
 class StepCollate:
     """``(tag, record, clip)`` items of one micro-batch -> a model batch; runs in the loader's
     workers. Preference records become their chosen rows, then their rejected rows, sharing the clip
-    (the FPO batch contract of :mod:`damo.train.fpo`). Returns ``(step, batch)``."""
+    (the FPO batch contract of :mod:`damo.train.fpo`). Returns ``(step, batch, replaced)``.
 
-    def __init__(self, collator: Collator, seed: int, preference: bool):
-        self.collator, self.seed, self.preference = collator, seed, preference
+    A record whose clip could not be made (:class:`~damo.data.preflight.Unusable`) is replaced by
+    one drawn from ``dataset`` with an RNG seeded by the step, the micro-batch and the failed index:
+    the same replacement in every run, resumed or on any number of processes. ``replaced`` lists
+    the unusable records."""
 
-    def __call__(self, items: list[tuple[tuple[int, int], object, ClipTensors | None]]) -> tuple[int, Batch]:
+    def __init__(self, collator: Collator, seed: int, preference: bool, dataset: ClipDataset):
+        self.collator, self.seed, self.preference, self.dataset = collator, seed, preference, dataset
+
+    def usable(self, items: list, step: int, m: int) -> tuple[list, list[Unusable]]:
+        out, replaced = [], []
+        for tag, r, c in items:
+            draw = 0
+            while isinstance(c, Unusable):
+                replaced.append(c)
+                if draw == MAX_REPLACEMENTS:
+                    raise RuntimeError(f"step {step}: {MAX_REPLACEMENTS} records in a row could not be read, the "
+                                       f"last {c.name} ({c.video}): {c.reason}; check the data (on_missing runs a "
+                                       "pre-flight over it)")
+                j = random.Random(f"{self.seed}:{step}:{m}:{c.index}:{draw}").randrange(len(self.dataset))
+                tag, r, c = self.dataset[(j, tag)]
+                draw += 1
+            out.append((tag, r, c))
+        return out, replaced
+
+    def __call__(self, items: list[tuple[tuple[int, int], object, ClipTensors | None]]) -> tuple[int, Batch, list]:
         step, m = items[0][0]
+        items, replaced = self.usable(items, step, m)
         rng = random.Random(f"{self.seed}:{step}:{m}")
         if not self.preference:
-            return step, self.collator([(s, c) for _, s, c in items], rng)
+            return step, self.collator([(s, c) for _, s, c in items], rng), replaced
         pairs, clips = [p for _, p, _ in items], [c for _, _, c in items]
         batch = self.collator(list(zip(pair_samples(pairs), clips + clips)), rng)
         proc = self.collator.processor
-        return step, replace(batch, **focus_masks(batch, pairs, proc.evi_id, proc.config.evidence_level))
+        return step, replace(batch, **focus_masks(batch, pairs, proc.evi_id, proc.config.evidence_level)), replaced
 
 
 class TrainingDiverged(ValueError):
@@ -151,7 +178,8 @@ class TrainingDiverged(ValueError):
 
 def run_stage(model: DamoModel, stage: Stage, samples: list[Sample], clips, seed: int,
               progress: bool = True, checkpoint_dir: str | Path | None = None, dist_info: DistInfo | None = None,
-              parallel: str = "ddp", num_workers: int = 0, pairs: list[dict] | None = None) -> dict[str, float]:
+              parallel: str = "ddp", num_workers: int = 0, pairs: list[dict] | None = None,
+              bad_samples: list[dict] | None = None) -> dict[str, float]:
     """Train ``model`` in place for one stage; ``clips`` maps a video reference to its
     :class:`~damo.model.processing.ClipTensors` (a :class:`~damo.data.dataset.ClipLoader`), called
     in ``num_workers`` loader processes. A preference stage trains on ``pairs`` (validated records,
@@ -159,6 +187,9 @@ def run_stage(model: DamoModel, stage: Stage, samples: list[Sample], clips, seed
 
     ``checkpoint_dir``: where periodic checkpoints go (every ``stage.save_every`` steps); if it
     holds one, training resumes from it. Under torchrun pass ``dist_info`` (and ``parallel``).
+    Records whose clip cannot be made are replaced (:class:`StepCollate`), printed, kept in the
+    checkpoints (a resumed run does not read them again) and, from every process, appended to
+    ``bad_samples`` (``{"id", "video", "reason"}`` each).
     Returns each loss averaged over the last 10% of steps, and as ``NAME_start`` over the first 10%.
     """
     unknown = set(stage.losses) - set(LOSSES)
@@ -209,24 +240,34 @@ def run_stage(model: DamoModel, stage: Stage, samples: list[Sample], clips, seed
     amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if cuda else model.half_dtype()
     scaler = torch.amp.GradScaler("cuda", enabled=cuda and amp_dtype == torch.float16)
     history: dict[str, list[float]] = defaultdict(list)
+    bad: dict[int, dict] = {}          # index in ``data`` -> {"id", "video", "reason"}, this process's
     start = 0
     last = latest_checkpoint(checkpoint_dir) if checkpoint_dir else None
     if last is not None:
         state = load_checkpoint(last, work, opt, sched)
         start = state["step"]
         history.update(state["extra"]["history"])
+        bad.update({int(k): v for k, v in state["extra"].get("bad", {}).items()})
     work.train()
     bar = tqdm(range(start, stage.steps), desc=stage.name, disable=not progress or not info.main,
                dynamic_ncols=True, initial=start, total=stage.steps)
-    dataset = ClipDataset(data, clips, with_clips=not stage.text_only, video_of=pair_video if preference else sample_video)
+    dataset = ClipDataset(data, clips, with_clips=not stage.text_only, video_of=pair_video if preference else sample_video,
+                          name_of=(lambda p: p["id"]) if preference else (lambda s: s.id),
+                          check=None if preference else (lambda s, c: check_tokens(collate.processor, s, c.times)),
+                          known_bad={i: b["reason"] for i, b in bad.items()})
     mine = range(info.rank * stage.grad_accum, (info.rank + 1) * stage.grad_accum)
     steps = StepBatches(len(data), stage.batch, stage.steps, start, seed, parts, mine, micro_batches)
-    batches = iter(loader(dataset, StepCollate(collate, seed, preference), num_workers, steps))
+    batches = iter(loader(dataset, StepCollate(collate, seed, preference, dataset), num_workers, steps))
     for step in bar:
         opt.zero_grad(set_to_none=True)
         logged = torch.zeros(len(stage.losses) + 1)
         for j in range(stage.grad_accum):
-            batch = next(batches)[1].to(info.device)
+            _, batch, replaced = next(batches)
+            for u in replaced:
+                if u.index not in bad:
+                    bad[u.index] = u.to_dict()
+                    bar.write(f"stage {stage.name}, step {step}: replaced sample {u.name} ({u.video}): {u.reason}")
+            batch = batch.to(info.device)
             sync = j == stage.grad_accum - 1 or fsdp
             ctx = step_fn.no_sync() if not sync and isinstance(step_fn, nn.parallel.DistributedDataParallel) else nullcontext()
             with ctx:
@@ -251,8 +292,8 @@ def run_stage(model: DamoModel, stage: Stage, samples: list[Sample], clips, seed
         if info.main and step % 10 == 0:
             bar.set_postfix({k: f"{v[-1]:.3f}" for k, v in history.items()})
         if checkpoint_dir and stage.save_every and (step + 1) % stage.save_every == 0 and step + 1 < stage.steps:
-            save_checkpoint(checkpoint_dir, step + 1, work, opt, sched, extra={"history": dict(history)},
-                            write=info.main)
+            save_checkpoint(checkpoint_dir, step + 1, work, opt, sched, write=info.main,
+                            extra={"history": dict(history), "bad": distributed.gather_dicts(bad)})
             distributed.barrier()
     if fsdp:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
@@ -260,6 +301,8 @@ def run_stage(model: DamoModel, stage: Stage, samples: list[Sample], clips, seed
         full = get_model_state_dict(work, options=StateDictOptions(full_state_dict=True))
         model.load_state_dict({k: v.cpu() for k, v in full.items()}, strict=False)
     model.cpu().eval()
+    if bad_samples is not None:
+        bad_samples += [b for _, b in sorted(distributed.gather_dicts(bad).items())]
     tail = max(1, stage.steps // 10)
     out = {k: sum(v[-tail:]) / len(v[-tail:]) for k, v in history.items()}
     return out | {f"{k}_start": sum(v[:tail]) / len(v[:tail]) for k, v in history.items()}

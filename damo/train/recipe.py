@@ -4,6 +4,11 @@ Each finished stage is saved to ``WORKDIR/stages/NAME`` and the final model to
 ``WORKDIR/model``; a rerun reuses finished stages instead of training them again, and a
 stage's ``init_from`` loads a named earlier stage (or any model folder) explicitly.
 
+Bad samples: after the videos are found, a pre-flight (:mod:`damo.data.preflight`) probes every
+video and measures every sample's tokens; what fails stops the run (``on_missing: error``) or is left
+out (``skip``); samples that fail only while training are replaced. Both go to
+``WORKDIR/bad_samples.json``.
+
 Crash safety: a stage with ``save_every`` writes checkpoints to ``WORKDIR/checkpoints/NAME``;
 rerunning the same command after a crash or a kill resumes from the last one and reaches the
 same weights as an uninterrupted run. Under ``torchrun`` the same call trains on every process
@@ -26,6 +31,7 @@ from damo.data.collate import turns_of
 from damo.data.dataset import ClipLoader, load_dataset, resolve_videos
 from damo.data.preference import load_pairs, pair_video, with_pair_video
 from damo.data.features import FeatureLoader, extract
+from damo.data.preflight import BadSampleError, preflight
 from damo.data.schema import Sample
 from damo.model import backbones
 from damo.model.modeling_damo import DamoConfig, DamoModel
@@ -200,6 +206,16 @@ def run_recipe(recipe: Recipe, workdir: str | Path, progress: bool = True, log=p
     kinds = {spec: model_card.dataset_kind(spec, (s.source for s in ss)) for spec, ss in datasets.items()}
     inherited: list[dict] = []      # the data of an init_from model folder outside this recipe
     model = build_model(recipe.model, samples, recipe.seed)
+    report = {"preflight": {}, "stages": {}}        # WORKDIR/bad_samples.json
+    for spec in datasets:
+        datasets[spec], bad = preflight(datasets[spec], model.processor)
+        if bad and recipe.on_missing == "error":
+            raise BadSampleError(f"{spec}: {bad.summary()}; fix or remove them, or set on_missing: skip to leave "
+                                 "them out (they are listed in bad_samples.json)")
+        if bad:
+            say(f"{spec}: skipping {bad.summary()}")
+            report["preflight"][spec] = bad.rows
+    samples = datasets[recipe.data["train"]]
     clips = ClipLoader(model.processor, memory=recipe.clip_memory)   # shared by the stages: same inputs
     done: dict[str, Path] = {}
     for i, stage in enumerate(recipe.stages):
@@ -237,11 +253,19 @@ def run_recipe(recipe: Recipe, workdir: str | Path, progress: bool = True, log=p
             if recipe.features and not stage.text_only and not trains_encoders(model, stage.trainable):
                 stage_clips = stage_features(model, data, clips, recipe.features, info, say)
             pairs = stage_pairs(stage.pairs, recipe, say) if stage.pairs else None
+            replaced: list[dict] = []
             stats = run_stage(model, stage, data, stage_clips, recipe.seed + i, progress, checkpoint_dir=partial,
-                              dist_info=info, parallel=recipe.parallel, num_workers=recipe.num_workers, pairs=pairs)
+                              dist_info=info, parallel=recipe.parallel, num_workers=recipe.num_workers, pairs=pairs,
+                              bad_samples=replaced)
+            if replaced:
+                say(f"stage {stage.name}: replaced {len(replaced)} samples that could not be read "
+                    f"({', '.join(r['id'] for r in replaced[:5])}{', ...' if len(replaced) > 5 else ''})")
+                report["stages"][stage.name] = replaced
             stats["wall_s"] = round(time.time() - t0, 1)
             say(f"stage {stage.name}: " + ", ".join(f"{k}={v:.3f}" for k, v in stats.items()))
             if info.main:
+                if report["preflight"] or report["stages"]:
+                    atomic_write_text(workdir / "bad_samples.json", json.dumps(report, indent=2))
                 model.save(ckpt)
                 atomic_write_text(ckpt / "stats.json", json.dumps(stats, indent=2))
                 atomic_write_text(ckpt / RECORD, json.dumps(record, indent=1))
