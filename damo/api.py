@@ -20,7 +20,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 import torch
@@ -31,6 +31,10 @@ from damo.data.dataset import VIDEO_SUFFIXES, ClipLoader
 from damo.data.schema import QuirkReport, clean_spans, round_span
 from damo.media import MediaError
 from damo.model.modeling_damo import DamoModel
+from damo.model.presets import checkpoint_type
+
+if TYPE_CHECKING:
+    from damo.model.vlm import VideoLLM
 from damo.spans import span_iou
 from damo.textio import line_too_long, loads, printable, read_lines
 
@@ -118,9 +122,11 @@ class Grounding:
 class Grounder:
     """A trained model plus the clip pipeline it was trained with."""
 
-    def __init__(self, model: DamoModel, cache_dir: str | Path | None = None, card: dict | None = None):
+    def __init__(self, model: DamoModel | VideoLLM, cache_dir: str | Path | None = None, card: dict | None = None,
+                 max_new_tokens: int = MAX_NEW_TOKENS):
         self.model = model
         self.card = card        # model_card.json of the model's folder (None: unknown)
+        self.max_new_tokens = max_new_tokens
         self.clips = ClipLoader(model.processor, cache_dir)
         self._lock = threading.Lock()   # one inference at a time: the model is shared by server threads
 
@@ -154,8 +160,8 @@ class Grounder:
                              f"{cfg.max_frames / cfg.fps:.0f} s")
         clip = proc.video_inputs(raw)
         raw.audio = np.zeros(0, raw.audio.dtype)   # the features hold what the model needs; an hour's sound is 115 MB
-        with self._lock, _llm_progress(self.model, progress):
-            r = self.model.answer([clip], [query], MAX_NEW_TOKENS)[0]
+        with self._lock, _llm_progress(self.model, progress, self.max_new_tokens):
+            r = self.model.answer([clip], [query], self.max_new_tokens)[0]
         return Grounding(video=str(video), query=query, answer=r["answer"],
                          spans=[list(map(float, sp)) for sp in r["spans"]],
                          evidence=[list(map(float, sp)) for sp in r["evidence"]], duration=float(clip.duration),
@@ -283,12 +289,12 @@ def _with_ticker(fn, desc: str, progress: bool):
 class _llm_progress:
     """Count the LLM's forward passes (prefill + one per generated token) on a tqdm bar."""
 
-    def __init__(self, model: DamoModel, progress: bool):
-        self.model, self.progress = model, progress
+    def __init__(self, model: DamoModel | VideoLLM, progress: bool, max_new_tokens: int):
+        self.model, self.progress, self.max_new_tokens = model, progress, max_new_tokens
 
     def __enter__(self) -> "_llm_progress":
         if self.progress:
-            self.bar = tqdm(desc="answer", total=MAX_NEW_TOKENS + 1, unit="step", file=sys.stderr, dynamic_ncols=True)
+            self.bar = tqdm(desc="answer", total=self.max_new_tokens + 1, unit="step", file=sys.stderr, dynamic_ncols=True)
             self.hook = self.model.llm.register_forward_hook(self._step)
         return self
 
@@ -303,11 +309,17 @@ class _llm_progress:
 
 
 def load(path: str | Path, cache_dir: str | Path | None = None, device: str = "cpu",
-         dtype: str | None = None) -> Grounder:
+         dtype: str | None = None, preset: str | None = None) -> Grounder:
     """Load a saved model folder (``config.json`` + ``model.safetensors`` + ``tokenizer/``) onto
     ``device`` (``"cpu"``, ``"cuda"``, ``"cuda:1"``, or ``"auto"``: CUDA when there is one).
     ``dtype`` (``"float32"``, ``"bfloat16"``, ``"float16"``) sets the LLM's and the towers' weights
-    instead of the saved config's (:meth:`DamoModel.load`)."""
+    instead of the saved config's (:meth:`DamoModel.load`). A Qwen2.5-VL, Qwen3-VL or Qwen2.5-Omni
+    checkpoint (a folder, or a hub id with ``preset``) runs under ``preset`` (:mod:`damo.model.presets`;
+    default: its family's base model), in ``dtype`` or else bf16 on a GPU that supports it."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    if preset is not None or checkpoint_type(path) is not None:
+        from damo.model.vlm import VideoLLM
+        vlm = VideoLLM.from_pretrained(str(path), preset, dtype or "auto").to(device)
+        return Grounder(vlm, cache_dir, vlm.card(), vlm.preset.max_new_tokens)
     return Grounder(DamoModel.load(path, dtype=dtype).to(device), cache_dir, model_card.read_card(path))

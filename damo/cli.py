@@ -74,6 +74,14 @@ def _dtype_option(p: argparse.ArgumentParser) -> None:
                         "a GPU that supports it, else float32); DaMO's own modules stay float32 under autocast")
 
 
+def _preset_option(p: argparse.ArgumentParser) -> None:
+    from damo.model.presets import PRESETS
+    p.add_argument("--preset", choices=list(PRESETS),
+                   help="run --model (a Qwen2.5-VL, Qwen3-VL or Qwen2.5-Omni folder, or a hub id) with a published "
+                        "checkpoint's prompt, frames, pixels, generation and answer parser (docs/backbones.md); "
+                        "default for such a folder: its family's base model")
+
+
 def _data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--video-root", metavar="DIR", help="folder the samples' video ids or relative paths resolve "
                    "against (ids try .mp4, .mkv, .webm, ... in turn)")
@@ -195,6 +203,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from damo.data.schema import load_samples, write_jsonl
     from damo.eval.evaluate import grounding_report, predict
     from damo.model.modeling_damo import DamoModel
+    from damo.model.presets import checkpoint_type
 
     _setup_torch()
     samples, missing = resolve_videos(load_samples(args.data), args.video_root, args.on_missing)
@@ -202,14 +211,27 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"skipping {missing.summary()}", file=sys.stderr)
     if not samples:
         raise SystemExit(f"none of the {len(missing.samples)} samples of {args.data} has its video; nothing to evaluate")
-    model = DamoModel.load(args.model, dtype=args.dtype).to(_device(args.device))
+    extra = {}
+    if args.preset or checkpoint_type(args.model):
+        from damo.model.vlm import VideoLLM
+        if args.features:
+            raise SystemExit("--features holds the stored outputs of DaMO's towers; a whole VLM reads its own frames: "
+                             "drop --features")
+        try:
+            model = VideoLLM.from_pretrained(args.model, args.preset, args.dtype or "auto").to(_device(args.device))
+        except ValueError as e:
+            raise SystemExit(f"error: {e}") from None
+        extra["max_new_tokens"] = model.preset.max_new_tokens
+    else:
+        model = DamoModel.load(args.model, dtype=args.dtype).to(_device(args.device))
     if args.features:
         from damo.data.features import FeatureLoader
         clips = FeatureLoader(args.features, model)
     else:
         clips = ClipLoader(model.processor)
     failed: list[dict] = []
-    preds = predict(model, samples, clips, batch_size=args.batch_size, num_workers=args.num_workers, failures=failed)
+    preds = predict(model, samples, clips, batch_size=args.batch_size, num_workers=args.num_workers, failures=failed,
+                    **extra)
     m = grounding_report(samples, preds)
     if missing:
         m["skipped"] = missing.to_dict()
@@ -232,8 +254,10 @@ def cmd_ground(args: argparse.Namespace) -> int:
     from damo.media import MediaError
 
     _setup_torch()
+    from damo.model.presets import checkpoint_type
+
     model_dir = Path(args.model)
-    if not (model_dir / "model.safetensors").is_file():
+    if not args.preset and not checkpoint_type(model_dir) and not (model_dir / "model.safetensors").is_file():
         raise SystemExit(f"no trained model in {model_dir}; run `damo demo` first or pass --model DIR")
     if args.batch:
         if args.video or args.query:
@@ -246,7 +270,10 @@ def cmd_ground(args: argparse.Namespace) -> int:
         out, src = Path(args.out).resolve(), Path(args.batch).resolve()
         if out == src or (src.is_dir() and src in out.parents):
             raise SystemExit(f"--out {args.out} would write into the batch's input; choose a file outside {args.batch}")
-        grounder = damo.load(model_dir, device=str(_device(args.device)), dtype=args.dtype)
+        try:
+            grounder = damo.load(args.model, device=str(_device(args.device)), dtype=args.dtype, preset=args.preset)
+        except ValueError as e:
+            raise SystemExit(f"error: {e}") from None
         failures, n = [], 0
         out.parent.mkdir(parents=True, exist_ok=True)
         partial = out.with_name(out.name + ".partial")
@@ -295,7 +322,8 @@ def cmd_ground(args: argparse.Namespace) -> int:
         except ImportError as e:
             raise SystemExit(f"--plot: {e}") from None
     try:
-        g = damo.load(model_dir, device=str(_device(args.device)), dtype=args.dtype).explain(args.video, args.query, progress=not args.quiet)
+        g = damo.load(args.model, device=str(_device(args.device)), dtype=args.dtype,
+                      preset=args.preset).explain(args.video, args.query, progress=not args.quiet)
         result = g.to_dict()
         if truth is not None:
             result.update(score_truth(g, truth))
@@ -495,6 +523,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     e.add_argument("--num-workers", type=int, default=0, help="data-loader processes decoding videos ahead")
     e.add_argument("--features", metavar="DIR", help="read the towers' outputs stored by damo data features")
+    _preset_option(e)
     _dtype_option(e)
     e.set_defaults(fn=cmd_eval)
 
@@ -515,6 +544,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--quiet", action="store_true", help="no progress bars on stderr")
     g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     _dtype_option(g)
+    _preset_option(g)
     g.set_defaults(fn=cmd_ground)
 
     data = sub.add_parser("data", help="data tools").add_subparsers(dest="data_cmd", required=True)

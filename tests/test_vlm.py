@@ -1,0 +1,171 @@
+"""Whole VLMs as DaMO models: tiny random stand-ins of Qwen2.5-VL, Qwen3-VL and the Qwen2.5-Omni thinker,
+built from their real transformers classes, saved, loaded back, and run on real videos."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from transformers.models.qwen2_5_omni.processing_qwen2_5_omni import Qwen2_5OmniProcessor
+from transformers.models.qwen3_vl.processing_qwen3_vl import Qwen3VLProcessor
+from transformers.video_utils import VideoMetadata
+
+import vlm_tiny
+from damo.cli import main
+from damo.media.decode import decode_clip
+from damo.model.presets import get_preset
+from damo.model.vlm import FAMILIES, VideoLLM, VLMProcessor, audio_tokens, chunk_bounds
+
+NAMES = ["qwen2.5-vl", "qwen3-vl", "qwen2.5-omni"]
+QUERY = "when does the man open the door?"
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("vlms")
+    return {name: vlm_tiny.save(name, root / name) for name in NAMES}
+
+
+def small(vlm: VideoLLM) -> VideoLLM:
+    """The same model with a small frame and pixel budget (1 fps, at most 6 frames of 4-16 tokens)."""
+    p = vlm.processor
+    f = p.spec.factor
+    preset = dataclasses.replace(p.preset, video={"fps": 1.0, "max_frames": 6, "min_pixels": 4 * f * f,
+                                                  "max_pixels": 16 * f * f})
+    return VideoLLM(vlm.model, VLMProcessor(p.tokenizer, vlm.model.config, preset, p.features))
+
+
+@pytest.fixture(scope="module")
+def clips(shared_data):
+    """Two real clips of different lengths and shapes, one with sound (chaplin) and one without (carphone)."""
+    return [decode_clip(shared_data / "videos" / name, fps=1.0, size=None) for name in ("chaplin.mp4",
+                                                                                        "carphone_pristine.mp4")]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_batched_logits_equal_transformers_forward_on_each_clip(folders, clips, name):
+    vlm = small(VideoLLM.from_pretrained(str(folders[name]), dtype="float32"))
+    reference = FAMILIES[vlm.model.config.model_type].model.from_pretrained(folders[name]).eval()
+    inputs = [vlm.processor.video_inputs(c) for c in clips]
+    queries = [QUERY, "when is the phone call?"]
+    batch = vlm.inputs(inputs, queries)
+    assert batch["video_grid_thw"][0].tolist() != batch["video_grid_thw"][1].tolist()
+    with torch.no_grad():
+        logits = vlm(batch)
+        for b, (c, q) in enumerate(zip(inputs, queries)):
+            alone = vlm.processor.batch([c], [q])
+            ref = reference(**alone).logits[0]
+            n = ref.shape[0]
+            assert batch["attention_mask"][b].sum() == n
+            torch.testing.assert_close(logits[b, -n:], ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_batched_greedy_answers_equal_model_generate_alone(folders, clips, name):
+    vlm = small(VideoLLM.from_pretrained(str(folders[name]), dtype="float32"))
+    reference = FAMILIES[vlm.model.config.model_type].model.from_pretrained(folders[name]).eval()
+    inputs = [vlm.processor.video_inputs(c) for c in clips]
+    queries = [QUERY, "when is the phone call?"]
+    ours = vlm.generate(inputs, queries, max_new_tokens=8)
+    eos = reference.generation_config.eos_token_id
+    for row, c, q in zip(ours, inputs, queries):
+        alone = vlm.processor.batch([c], [q])
+        with torch.no_grad():
+            out = reference.generate(**alone, max_new_tokens=8, do_sample=False)[0, alone["input_ids"].shape[1]:]
+        new = out.tolist()
+        assert row == new[:new.index(eos)] if eos in new else row == new
+    assert any(ours)
+
+
+def test_qwen3_timestamps_and_tokens_equal_transformers_processor(folders, clips):
+    vlm = small(VideoLLM.from_pretrained(str(folders["qwen3-vl"]), dtype="float32"))
+    proc, clip = vlm.processor, vlm.processor.video_inputs(clips[0])
+    ids, types = FAMILIES["qwen3_vl"].block(proc, clip)
+    # transformers' own placeholder text, from frame indices on a 1 kHz timeline (ms-exact frame times)
+    ref = SimpleNamespace(video_processor=SimpleNamespace(merge_size=2, temporal_patch_size=2),
+                          video_token="<|video_pad|>", vision_start_token="<|vision_start|>",
+                          vision_end_token="<|vision_end|>")
+    ref._calculate_timestamps = lambda *a: Qwen3VLProcessor._calculate_timestamps(ref, *a)
+    meta = VideoMetadata(total_num_frames=100000, fps=1000.0, frames_indices=np.round(clip.video.times * 1000).astype(int))
+    text = Qwen3VLProcessor.replace_video_token(ref, {"video_grid_thw": torch.tensor([clip.video.grid_thw]),
+                                                      "video_metadata": [meta]}, 0)
+    assert ids == proc.tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert text.count(" seconds>") == clip.video.grid_thw[0] == 3      # one timestamp per temporal patch
+    assert sum(t == 2 for t in types) == clip.video.tokens(2)
+
+
+def test_omni_interleaving_equals_transformers_processor(folders, clips):
+    vlm = small(VideoLLM.from_pretrained(str(folders["qwen2.5-omni"]), dtype="float32"))
+    proc, clip = vlm.processor, vlm.processor.video_inputs(clips[0])
+    ids, types = FAMILIES["qwen2_5_omni_thinker"].block(proc, clip)
+    ref = SimpleNamespace(video_processor=SimpleNamespace(merge_size=2), audio_bos_token="<|audio_bos|>",
+                          audio_eos_token="<|audio_eos|>", video_token="<|video_pad|>", audio_token="<|AUDIO|>")
+    ref.get_chunked_index = lambda *a: Qwen2_5OmniProcessor.get_chunked_index(ref, *a)
+    text = Qwen2_5OmniProcessor.replace_video_with_audio_token(
+        ref, {"video_grid_thw": [np.array(clip.video.grid_thw)], "video_second_per_grid": [clip.video.second_per_grid]},
+        0, {"num_audio_tokens": [audio_tokens(clip.feature_frames)]}, 0, position_id_per_seconds=25,
+        seconds_per_chunk=2.0)
+    assert ids == proc.tokenizer("<|vision_start|>" + text + "<|vision_end|>", add_special_tokens=False)["input_ids"]
+    # 9.64 s of sound: 964 mel frames of 10 ms, 241 audio tokens; each 2 s chunk's video tokens come first
+    assert clip.feature_frames == 964 and sum(t == 3 for t in types) == audio_tokens(964) == 241
+    assert types.index(3) > types.index(2)
+
+
+def test_chunks_cut_at_each_multiple():
+    assert chunk_bounds([0, 0, 25, 25, 50, 50, 75], 50) == [(0, 4), (4, 7)]
+    assert chunk_bounds(list(range(120)), 50) == [(0, 50), (50, 100), (100, 120)]
+    # a jump over two multiples opens one run per multiple while the value repeats
+    assert chunk_bounds([0, 120, 120, 120], 50) == [(0, 1), (1, 2), (2, 4)]
+
+
+def test_qwen25_time_rides_on_the_positions(folders, clips):
+    vlm = small(VideoLLM.from_pretrained(str(folders["qwen2.5-vl"]), dtype="float32"))
+    c = vlm.processor.video_inputs(clips[0])
+    batch = vlm.processor.batch([c], [QUERY])
+    assert batch["second_per_grid_ts"].tolist() == pytest.approx([2 * clips[0].duration / len(c.video.times)])
+    pos, _ = vlm.model.model.get_rope_index(batch["input_ids"], batch["mm_token_type_ids"],
+                                            video_grid_thw=batch["video_grid_thw"],
+                                            second_per_grid_ts=batch["second_per_grid_ts"])
+    video = batch["mm_token_type_ids"][0] == 2
+    t = pos[0, 0][video].unique()
+    # 6 of the 10 frames span 9.64 s: 3.21 s per temporal patch, at the tiny config's 2 rotary steps a second
+    assert t.diff().tolist() == [6, 6]
+
+
+@pytest.mark.parametrize("name,preset", [("qwen2.5-vl", "time-r1"), ("qwen3-vl", "timelens"),
+                                         ("qwen2.5-omni", None)])
+def test_damo_ground_runs_the_checkpoint_under_its_preset(folders, shared_data, capsys, name, preset):
+    video = shared_data / "videos" / "chaplin.mp4"
+    args = ["ground", str(video), QUERY, "--model", str(folders[name]), "--quiet", "--device", "cpu"]
+    assert main(args + (["--preset", preset] if preset else [])) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["duration"] == pytest.approx(9.64, abs=0.05)
+    assert out["model"]["preset"] == (preset or "qwen2.5-omni")
+    assert isinstance(out["answer"], str) and isinstance(out["spans"], list)
+
+
+def test_damo_eval_scores_a_checkpoint_in_batches(folders, shared_data, tmp_path, capsys):
+    data = tmp_path / "test.jsonl"
+    rows = [{"id": "a", "video": str(shared_data / "videos" / "chaplin.mp4"), "duration": 9.64, "task": "grounding",
+             "query": QUERY, "spans": [[1.0, 4.0]]},
+            {"id": "b", "video": str(shared_data / "videos" / "bikes.mp4"), "duration": 10.0, "task": "grounding",
+             "query": "when does the bike pass?", "spans": [[2.0, 6.0]]}]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["eval", "--data", str(data), "--model", str(folders["qwen3-vl"]), "--preset", "qwen3-vl",
+                 "--batch-size", "2", "--device", "cpu", "--out", str(tmp_path / "out")]) == 0
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["overall"]["n"] == 2
+    preds = [json.loads(line) for line in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()]
+    assert sorted(p["id"] for p in preds) == ["a", "b"]
+
+
+def test_a_preset_of_another_family_is_one_clear_line(folders, shared_data, capsys):
+    video = shared_data / "videos" / "chaplin.mp4"
+    assert main(["ground", str(video), QUERY, "--model", str(folders["qwen3-vl"]), "--preset", "time-r1",
+                 "--quiet", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"error: preset 'time-r1' runs qwen2_5_vl checkpoints but {folders['qwen3-vl']} is qwen3_vl; "
+                   "choose a preset of its family, e.g. --preset qwen3-vl")
