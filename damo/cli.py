@@ -89,6 +89,15 @@ def _data_options(p: argparse.ArgumentParser) -> None:
                    help="a sample whose video is missing: stop before any work (error) or leave it out and list it (skip)")
 
 
+def _benchmark_list() -> str:
+    """``damo eval --help``'s list of the benchmarks and the options each takes, from the registry."""
+    from damo.eval import BENCHMARKS
+
+    rows = [f"  {b.name:<22}{' '.join(o.cli for o in b.options) or '(none)'}\n"
+            f"  {'':<22}{b.evaluator}" for b in BENCHMARKS.values()]
+    return "benchmarks (--task NAME), the options each takes and the evaluator it matches:\n" + "\n".join(rows)
+
+
 # The demo's table: README's rows, each a group of damo.eval.evaluate.grounding_report.
 DEMO_ROWS = (("overall", "overall"), ("modality/visual", "visual only"), ("modality/audio", "audio only"),
              ("kind/flash", "audio-visual: flash with the beep"), ("kind/composite", "audio-visual: composite"),
@@ -189,10 +198,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.task:
         if not (args.gt and args.pred):
             raise SystemExit("damo eval --task needs --gt and --pred (or use --data and --model to run our model)")
+        from damo.eval import BENCHMARKS
+        from damo.eval.benchmark import options_of
         from damo.eval.score import score
-        m = score(args.task, args.gt, args.pred, durations=args.durations, subset=args.subset,
-                  convention=args.convention, parser=args.parser, clip_gt=args.clip_gt,
-                  unmatched_caption=args.unmatched_caption, duplicates=args.duplicates)
+        given = {k: getattr(args, k) for k in options_of(list(BENCHMARKS.values())) if getattr(args, k) is not None}
+        try:
+            m = score(args.task, args.gt, args.pred, args.subset, args.duplicates, **given)
+        except (ValueError, FileNotFoundError) as err:
+            raise SystemExit(f"damo eval: {err}") from None
         if args.out:
             Path(args.out).write_text(json.dumps(m, indent=2))
         _print(m)
@@ -498,23 +511,27 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     pl.set_defaults(fn=cmd_plan)
 
-    from damo.eval.score import SCORERS
-    e = sub.add_parser("eval", help="score predictions, or run a model and score it")
-    e.add_argument("--task", choices=list(SCORERS), help="the benchmark whose official evaluator to reproduce")
+    from damo.eval import BENCHMARKS
+    from damo.eval.benchmark import options_of
+    from damo.eval.predictions import DUPLICATES, SUBSETS
+    e = sub.add_parser("eval", help="score predictions, or run a model and score it",
+                       epilog=_benchmark_list(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    e.add_argument("--task", choices=list(BENCHMARKS), help="the benchmark whose official evaluator to reproduce "
+                                                            "(listed below with the options each takes)")
     e.add_argument("--gt")
     e.add_argument("--pred")
-    e.add_argument("--durations")
-    e.add_argument("--subset", default="all", choices=["all", "predicted"])
-    e.add_argument("--convention", choices=[">=", ">"])
-    e.add_argument("--parser", default="etbench", choices=["etbench", "strict"],
-                   help="E.T. Bench answer parsing: the official script's (default) or the corrected one")
-    e.add_argument("--clip-gt", action="store_true",
-                   help="Charades-STA: clip gt ends to the CSV lengths (default: raw spans, as TimeChat/E.T. Bench)")
-    e.add_argument("--unmatched-caption", default="random", choices=["random", "abc123"],
-                   help="dense captions: reference for a caption matching no gt segment: random letters "
-                        "(densevid_eval, TimeChat; default) or PDVC evaluate2018's 'abc123!@#'")
-    e.add_argument("--duplicates", default="error", choices=["error", "first", "last"],
+    e.add_argument("--subset", default="all", choices=SUBSETS,
+                   help="score every gt sample (default; one without a prediction is a miss) or the predicted ones")
+    e.add_argument("--duplicates", default="error", choices=DUPLICATES,
                    help="a prediction id seen twice: an error (default), or keep its first or last prediction")
+    taken = e.add_argument_group("benchmark options (each benchmark takes only its own)")
+    for o in options_of(list(BENCHMARKS.values())).values():
+        users = ", ".join(b.name for b in BENCHMARKS.values() if o in b.options)
+        default = f" (default: {o.default})" if o.choices else ""
+        if o.flag:
+            taken.add_argument(o.cli, action="store_true", default=None, help=f"{users}: {o.help}")
+        else:
+            taken.add_argument(o.cli, choices=o.choices or None, help=f"{users}: {o.help}{default}")
     e.add_argument("--data", help="canonical JSONL to run --model on")
     e.add_argument("--model")
     e.add_argument("--out")

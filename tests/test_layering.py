@@ -106,6 +106,16 @@ def test_the_cycle_finder_finds_a_cycle():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
+def test_the_evaluators_import_nothing_private_from_data():
+    for name, path in MODULES.items():
+        if not name.startswith("damo.eval"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("damo.data"):
+                names = node.module.split(".") + [a.name for a in node.names]
+                assert not [n for n in names if n.startswith("_")], f"{name} imports {names} from data/"
+
+
 def test_span_arithmetic_is_the_bottom_layer():
     assert closure("damo.spans") == {"damo.spans"}
     assert not {m for m in closure("damo.data.synthetic.stvg") if m.startswith("damo.model")}

@@ -36,7 +36,7 @@ def test_score_rejects_unknown_task(tmp_path):
 def _first_past_end(shared_data):
     """The first Charades-STA test query whose txt span ends after the video's CSV length."""
     d = shared_data / "charades_sta"
-    from damo.data.formats._common import read_durations
+    from damo.data.formats.common import read_durations
     lengths = read_durations(d / "Charades_v1_test.csv")
     for n, line in enumerate((d / "charades_sta_test.txt").read_text().splitlines()):
         vid, s, e = line.split("##")[0].split()

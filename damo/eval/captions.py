@@ -1,4 +1,6 @@
-"""Dense video captioning (ActivityNet Captions, YouCook2): densevid_eval's scores and SODA_c.
+"""Dense video captioning: densevid_eval's scores and SODA_c, the metrics of the ActivityNet Captions and
+YouCook2 benchmarks (:mod:`damo.eval.activitynet_captions`, :mod:`damo.eval.youcook2`) and of E.T. Bench's
+dvc/slc tasks.
 
 pycocoevalcap (and Java for METEOR and the PTB tokeniser) are imported when a
 :class:`CaptionScorer` is made.
@@ -11,11 +13,15 @@ from typing import Sequence
 
 import numpy as np
 
-from damo.data.formats._common import read_json, require
+from damo.data.formats.common import read_json, require
+from damo.eval.benchmark import Option
 from damo.eval.predictions import PredictionFile
 
 CAPTION_METRICS = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")
 UNMATCHED_CAPTIONS = ("random", "abc123")
+UNMATCHED_CAPTION = Option("unmatched_caption", "reference for a caption matching no gt segment: random letters "
+                                                "(densevid_eval, TimeChat) or PDVC evaluate2018's 'abc123!@#'",
+                           UNMATCHED_CAPTIONS, "random")
 PDVC_UNMATCHED = "abc123!@#"   # PDVC evaluate2018.py's reference for a caption that overlaps no gt segment
 
 
@@ -248,8 +254,7 @@ def _order_preserving_max(s: np.ndarray) -> float:
     return float(prev[-1])
 
 
-def score_dense_captions(gt_path: str | Path, preds: PredictionFile, subset: str, unmatched_caption: str = "random",
-                         **_) -> dict:
+def score_dense_captions(gt_path: str | Path, preds: PredictionFile, subset: str, unmatched_caption: str) -> dict:
     """An ActivityNet challenge JSON (``results``) against the gt JSON: densevid_eval's scores plus SODA_c."""
     gt = read_json(gt_path)
     doc = preds.data

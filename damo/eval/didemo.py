@@ -1,4 +1,6 @@
-"""DiDeMo: Rank@1, Rank@5 and mIoU over 5-s segments, as LocalizingMoments computes them."""
+"""DiDeMo: Rank@1, Rank@5 and mIoU over 5-s segments, as LocalizingMoments computes them.
+
+Predictions: canonical JSONL (seconds) or the evaluator's own positional list of ranked segment pairs."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,9 +8,9 @@ from typing import Sequence
 
 import numpy as np
 
-from damo.eval.predictions import PredictionFile, samples_and_predictions
-
-SEGMENT_SECONDS = 5
+from damo.data.formats import didemo as reader
+from damo.eval.benchmark import DURATIONS, Benchmark, samples_and_predictions
+from damo.eval.predictions import PredictionFile
 
 
 def didemo_metrics(gt: Sequence[Sequence[Sequence[int]]], pred: Sequence[Sequence[Sequence[int]]]) -> dict[str, float]:
@@ -45,11 +47,15 @@ def didemo_metrics(gt: Sequence[Sequence[Sequence[int]]], pred: Sequence[Sequenc
             "mIoU": float(np.mean(ious))}
 
 
-def score_didemo(gt_path: str | Path, preds: PredictionFile, subset: str, durations=None, **_) -> dict:
+def score(gt_path: str | Path, preds: PredictionFile, subset: str, durations: str | Path | None) -> dict:
     """DiDeMo metrics of canonical (seconds) or official (segment) predictions."""
-    samples, by_id = samples_and_predictions("didemo", gt_path, preds, subset, durations)
+    samples, by_id = samples_and_predictions(reader, gt_path, preds, subset, durations)
     # canonical spans are seconds: segment k covers [5k, 5k + 5)
-    to_idx = lambda sp: [round(sp[0] / SEGMENT_SECONDS), round(sp[1] / SEGMENT_SECONDS) - 1]  # noqa: E731
+    to_idx = lambda sp: [round(sp[0] / reader.SEGMENT), round(sp[1] / reader.SEGMENT) - 1]  # noqa: E731
     gt = [s.meta["times"] for s in samples]
     pred = [[to_idx(sp) for sp in by_id[s.id].spans] if s.id in by_id else [] for s in samples]
     return {"n": len(samples), **didemo_metrics(gt, pred)}
+
+
+BENCHMARK = Benchmark(name="didemo", evaluator="LocalizingMoments utils/eval.py", reader=reader, scorer=score,
+                      options=(DURATIONS,))

@@ -2,7 +2,7 @@
 
 Answers are free text read by the benchmark's own parser (``parser="etbench"``, its quirks kept)
 or a corrected one (``strict``): :func:`parse_spans` and :func:`parse_captions`, which live with the
-format (``damo.data.formats.etbench``). SentSim embeds with the packaged all-MiniLM-L6-v2, and
+format (``damo.data.formats.etbench``, whose prediction reader uses them too). SentSim embeds with the packaged all-MiniLM-L6-v2, and
 dvc/slc captions go through :mod:`damo.eval.captions`.
 """
 from __future__ import annotations
@@ -13,15 +13,19 @@ from typing import Sequence
 
 import numpy as np
 
-from damo.data.formats._common import read_json, require
-from damo.data.formats.etbench import (TASK_MAP, check_parser, clock_to_seconds, first_number, parse_captions,
-                                       parse_spans)
+from damo.data.formats import etbench as reader
+from damo.data.formats.common import read_json, require
+from damo.data.formats.etbench import (PARSERS, TASK_MAP, check_parser, clock_to_seconds, first_number,
+                                       parse_captions, parse_spans)
+from damo.eval.benchmark import Benchmark, Option
 from damo.eval.captions import CAPTION_METRICS, CaptionScorer, dense_caption_metrics
 from damo.eval.predictions import PredictionFile
 from damo.minilm import minilm
 
 ETBENCH_TASKS = tuple(TASK_MAP)        # in the order of the official table
 ETBENCH_IOU_THRESHOLDS = (0.1, 0.3, 0.5, 0.7)
+PARSER = Option("parser", "answer parsing: E.T. Bench compute_metrics.py's, quirks kept, or a corrected one",
+                PARSERS, "etbench")
 
 
 def _iou32(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]]) -> np.ndarray:
@@ -330,7 +334,7 @@ def _et_dvc(records: Sequence[dict], parser: str, sentsim, captioner: CaptionSco
     return out
 
 
-def score_etbench(gt_path: str | Path, preds: PredictionFile, subset: str, parser: str = "etbench", **_) -> dict:
+def score(gt_path: str | Path, preds: PredictionFile, subset: str, parser: str) -> dict:
     """E.T. Bench records with the answer in ``a``, or canonical JSONL (an answer, else the spans as text)."""
     if preds.is_canonical():
         records = read_json(gt_path)
@@ -360,3 +364,7 @@ def score_etbench(gt_path: str | Path, preds: PredictionFile, subset: str, parse
             gt = read_json(gt_path)
             records = records + [{**g, "a": ""} for g in gt if (g["task"], g["source"], g["idx"]) not in have]
     return etbench_metrics(records, parser=parser)
+
+
+BENCHMARK = Benchmark(name="etbench", evaluator="E.T. Bench compute_metrics.py", reader=reader, scorer=score,
+                      options=(PARSER,), parsers=(parse_spans, parse_captions))

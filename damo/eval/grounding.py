@@ -1,9 +1,7 @@
-"""Temporal grounding: Charades-STA and TACoS Recall@k at IoU thresholds and mIoU.
+"""Temporal grounding Recall@k at IoU thresholds and mIoU, the metric of the Charades-STA and TACoS
+benchmarks (:mod:`damo.eval.charades_sta`, :mod:`damo.eval.tacos`) and of ``damo eval --data``.
 
-The metric works on plain lists and numpy arrays; the scorers glue it to the format loaders
-(``damo.data.formats``). Charades-STA gt spans are scored as the benchmark txt holds them
-(TimeChat, VTimeLLM and E.T. Bench do so), even where they end after the video's length in
-``Charades_v1_test.csv``; ``clip_gt=True`` clips them to the known lengths first, as conversion does.
+The metric works on plain lists and numpy arrays; :func:`score_grounding` glues it to a benchmark's reader.
 """
 from __future__ import annotations
 
@@ -12,10 +10,13 @@ from typing import Sequence
 
 import numpy as np
 
-from damo.eval.predictions import PredictionFile, samples_and_predictions
+from damo.eval.benchmark import Option, Reader, samples_and_predictions
+from damo.eval.predictions import PredictionFile
 from damo.spans import span_iou
 
 CONVENTIONS = (">=", ">")
+CONVENTION = Option("convention", "R@IoU counts IoU >= t (TimeChat, E.T. Bench, VTimeLLM) or IoU > t (2D-TAN, "
+                                  "LLaVA-ST)", CONVENTIONS, ">=")
 
 
 def _check_convention(convention: str) -> None:
@@ -76,22 +77,11 @@ def grounding_metrics(gt: Sequence[Sequence[Sequence[float]]], pred: Sequence[Se
     return out
 
 
-def _score(task: str, gt_path: str | Path, preds: PredictionFile, subset: str, durations, convention: str | None,
-           options: dict) -> dict:
-    samples, by_id = samples_and_predictions(task, gt_path, preds, subset, durations, **options)
+def score_grounding(reader: Reader, gt_path: str | Path, preds: PredictionFile, subset: str,
+                    durations: str | Path | None, convention: str, **load_options: object) -> dict:
+    """R1/R5 at IoU 0.3/0.5/0.7 and mIoU of the predictions against the samples ``reader`` loads."""
+    samples, by_id = samples_and_predictions(reader, gt_path, preds, subset, durations, **load_options)
     gt = [s.spans for s in samples]
     pred = [by_id[s.id].spans if s.id in by_id else [] for s in samples]
-    out = grounding_metrics(gt, pred, convention=convention or ">=", topk=(1, 5))
+    out = grounding_metrics(gt, pred, convention=convention, topk=(1, 5))
     return {"n": len(samples), "n_predicted": sum(s.id in by_id for s in samples), **out}
-
-
-def score_charades_sta(gt_path: str | Path, preds: PredictionFile, subset: str, durations=None,
-                       convention: str | None = None, clip_gt: bool = False, **_) -> dict:
-    """Charades-STA R1/R5 at IoU 0.3/0.5/0.7 and mIoU; ``convention`` ``>=`` (default) or ``>``."""
-    return _score("charades-sta", gt_path, preds, subset, durations, convention, {"raw_spans": not clip_gt})
-
-
-def score_tacos(gt_path: str | Path, preds: PredictionFile, subset: str, durations=None,
-                convention: str | None = None, **_) -> dict:
-    """TACoS R1/R5 at IoU 0.3/0.5/0.7 and mIoU; ``convention`` ``>=`` (default) or ``>``."""
-    return _score("tacos", gt_path, preds, subset, durations, convention, {})

@@ -10,10 +10,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from damo.data import formats
-from damo.data.formats._common import read_text, require, to_float
-from damo.data.formats._common import read_jsonl as read_jsonl_numbered
-from damo.data.schema import Prediction, QuirkReport, Sample
+from damo.data.formats.common import read_text, require, to_float
+from damo.data.formats.common import read_jsonl as read_jsonl_numbered
+from damo.data.schema import Prediction, QuirkReport
 from damo.textio import JSONTooDeep, loads
 
 SUBSETS = ("all", "predicted")
@@ -134,16 +133,3 @@ class PredictionFile:
                 out[pid] = Prediction(id=pid, spans=spans, answer=answer, tube=r.get("tube"))
         return out
 
-
-def samples_and_predictions(task: str, gt_path: str | Path, preds: PredictionFile, subset: str,
-                            durations: str | Path | None = None,
-                            **options: object) -> tuple[list[Sample], dict[str, Prediction]]:
-    """The gt samples of annotation format ``task`` to score (all, or with ``subset="predicted"`` only
-    those with a prediction) and the predictions by id, canonical or in the format's own layout."""
-    samples, _ = formats.load(task, gt_path, durations=durations, **options)
-    by_id = preds.canonical() if preds.is_canonical() else formats.get(task).read_predictions(preds.path, samples)
-    if subset == "predicted":
-        samples = [s for s in samples if s.id in by_id]
-        if not samples:
-            raise ValueError("subset='predicted' but no prediction id matches a gt sample id")
-    return samples, by_id

@@ -6,7 +6,9 @@ from typing import Sequence
 
 import numpy as np
 
-from damo.data.formats._common import read_jsonl, require, to_float
+from damo.data.formats import qvhighlights as reader
+from damo.data.formats.common import read_jsonl, require, to_float
+from damo.eval.benchmark import Benchmark
 from damo.eval.predictions import PredictionFile
 from damo.spans import with_rank_scores
 
@@ -255,7 +257,7 @@ def read_gt(path: str | Path) -> list[dict]:
     return out
 
 
-def score_qvhighlights(gt_path: str | Path, preds: PredictionFile, subset: str, **_) -> dict:
+def score(gt_path: str | Path, preds: PredictionFile, subset: str) -> dict:
     """Submission JSONL (``qid, pred_relevant_windows[, pred_saliency_scores]``) or canonical JSONL,
     whose spans are ranked best first (a missing score takes a rank-decreasing one)."""
     gt = read_gt(gt_path)
@@ -286,3 +288,6 @@ def score_qvhighlights(gt_path: str | Path, preds: PredictionFile, subset: str, 
         have = {d["qid"] for d in subs}
         gt = [g for g in gt if g["qid"] in have]
     return qvhighlights_metrics(gt, subs)
+
+
+BENCHMARK = Benchmark(name="qvhighlights", evaluator="moment_detr standalone_eval/eval.py", reader=reader, scorer=score)

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from damo.data.schema import Prediction, QuirkReport, Sample
 
-from ._common import as_span, clean_each, clean_text, pred_dict, read_json, require, to_float, write_json
+from .common import as_span, clean_each, clean_text, pred_dict, read_json, require, to_float, write_json
 
 NAME = "activitynet-captions"
 MODES = ("dense", "grounding")

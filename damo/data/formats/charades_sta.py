@@ -29,7 +29,7 @@ from pathlib import Path
 
 from damo.data.schema import Prediction, QuirkReport, Sample, clean_spans, load_predictions, write_jsonl
 
-from ._common import clean_text, pred_dict, read_durations, read_text, to_float, write_lines
+from .common import clean_text, pred_dict, read_durations, read_text, to_float, write_lines
 
 NAME = "charades-sta"
 CSV_NAMES = ("Charades_v1_train.csv", "Charades_v1_test.csv")

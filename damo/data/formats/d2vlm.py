@@ -36,7 +36,7 @@ from pathlib import Path
 
 from damo.data.schema import TASKS, Prediction, QuirkReport, Sample
 
-from ._common import as_span, clean_each, clean_text, pred_dict, read_json, require, to_duration, write_json
+from .common import as_span, clean_each, clean_text, pred_dict, read_json, require, to_duration, write_json
 
 NAME = "d2vlm"
 EVI, EVI_END, IMAGE = "<evi>", "</evi>", "<image>"

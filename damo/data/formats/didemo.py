@@ -8,7 +8,7 @@ Sample ids: ``str(annotation_id)``. Task ``grounding``; ``spans`` are the distin
 most agreed first (ties in annotator order), so ``spans[0]`` is the consensus moment; ``meta["times"]``
 keeps every annotator's raw pair (the official evaluator averages over the best three annotators).
 
-Durations: the annotation has none. With ``durations=`` (CSV or JSON, see ``_common.read_durations``)
+Durations: the annotation has none. With ``durations=`` (CSV or JSON, see ``common.read_durations``)
 each video's real length is used, and the last chunk's end is clipped to it (``end_past_duration``,
 as the dataset README prescribes for videos shorter than 30 s). Without it the duration is
 ``5 * num_segments`` when the record has ``num_segments``, else 30 s, counted as ``duration_assumed``.
@@ -28,7 +28,7 @@ import numpy as np
 from damo.data.schema import Prediction, QuirkReport, Sample, clean_spans
 from damo.spans import span_iou
 
-from ._common import clean_text, pred_dict, read_durations, read_json, require, to_float, write_json
+from .common import clean_text, pred_dict, read_durations, read_json, require, to_float, write_json
 
 NAME = "didemo"
 SEGMENT = 5.0

@@ -37,7 +37,7 @@ from pathlib import Path
 
 from damo.data.schema import Prediction, QuirkReport, Sample, clean_spans
 
-from ._common import as_span, clean_each, clean_text, pred_dict, read_json, require, span_text, to_duration, write_json
+from .common import as_span, clean_each, clean_text, pred_dict, read_json, require, span_text, to_duration, write_json
 
 NAME = "etbench"
 TASK_MAP = {

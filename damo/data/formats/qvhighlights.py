@@ -21,7 +21,7 @@ from pathlib import Path
 from damo.data.schema import Prediction, QuirkReport, Sample, clean_spans, write_jsonl
 from damo.spans import with_rank_scores
 
-from ._common import as_span, clean_text, pred_dict, read_jsonl, require, to_duration, to_float
+from .common import as_span, clean_text, pred_dict, read_jsonl, require, to_duration, to_float
 
 NAME = "qvhighlights"
 CLIP_SECONDS = 2.0  # moment_detr's clip length

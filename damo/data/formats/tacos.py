@@ -16,7 +16,7 @@ from pathlib import Path
 
 from damo.data.schema import Prediction, QuirkReport, Sample, clean_spans, load_predictions, write_jsonl
 
-from ._common import as_span, clean_text, pred_dict, read_json, require, to_float
+from .common import as_span, clean_text, pred_dict, read_json, require, to_float
 
 NAME = "tacos"
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from damo.data.schema import QuirkReport, Sample
 
 from . import activitynet
-from ._common import read_json, require
+from .common import read_json, require
 
 NAME = "youcook2"
 write_predictions = activitynet.write_predictions

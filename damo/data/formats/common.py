@@ -1,4 +1,5 @@
-"""Helpers shared by the format modules: strict file reading, text policies, number formatting.
+"""Helpers shared by the format modules and the evaluators that read peers' files: strict file
+reading, text policies, number formatting.
 
 Every reader names the offending file (and line or record) and says what to do, so a bad
 annotation file fails where it enters the system instead of deep inside training.
