@@ -176,17 +176,29 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_plan(args: argparse.Namespace) -> int:
     from damo.config import find, load_recipe, read_yaml
     from damo.model.modeling_damo import DamoConfig
-    from damo.plan import PlanOptions, format_plan, plan
+    from damo.model.vlm import VLMConfig
+    from damo.plan import PlanOptions, format_plan, plan, plan_vlm
 
     if not args.config and not args.recipe:
         raise SystemExit("damo plan needs --config (a model YAML) and/or --recipe (its model is used without --config)")
     recipe = load_recipe(args.recipe) if args.recipe else None
+    opts = PlanOptions(gpus=args.gpus, gpu_gb=args.gpu_gb, frames=args.frames, text_tokens=args.text_tokens,
+                       micro_batch=args.micro_batch)
     if args.config:
-        cfg = DamoConfig.from_dict(read_yaml(find("configs", args.config)) or {})
+        path = find("configs", args.config)
+        raw = read_yaml(path) or {}
+        if "vlm" in raw:
+            if recipe or args.frames:
+                raise SystemExit(f"{path} is a whole VLM: damo plan takes no --recipe or --frames for it (every "
+                                 "parameter trains; frames follow its preset)")
+            try:
+                p = plan_vlm(VLMConfig.from_dict(raw["vlm"], str(path)), opts)
+            except ValueError as e:
+                raise SystemExit(str(e)) from None
+        else:
+            p = plan(DamoConfig.from_dict(raw), recipe, opts)
     else:
-        cfg = recipe.model
-    p = plan(cfg, recipe, PlanOptions(gpus=args.gpus, gpu_gb=args.gpu_gb, frames=args.frames,
-                                      text_tokens=args.text_tokens, micro_batch=args.micro_batch))
+        p = plan(recipe.model, recipe, opts)
     if args.parallel:
         for e in p["stages"].values():
             e["memory_gb"], e["fits"] = ({args.parallel: e[k][args.parallel]} for k in ("memory_gb", "fits"))

@@ -45,6 +45,9 @@ from damo.model import backbones
 from damo.model import tokenizer as tk
 from damo.model.batch import Batch
 from damo.model.modeling_damo import DamoConfig, DamoModel
+from damo.model.presets import get_preset
+from damo.model.vlm import VLMConfig
+from damo.model.vlm_video import VideoSpec
 from damo.model.processing import ClipTensors
 from damo.train.loop import StageLoss, set_trainable
 from damo.train.losses import NEEDS_LLM, PREFERENCE
@@ -239,6 +242,33 @@ def plan(cfg: DamoConfig, recipe: Recipe | None = None, opts: PlanOptions | None
     return out
 
 
+def plan_vlm(cfg: VLMConfig, opts: PlanOptions | None = None) -> dict:
+    """:func:`plan` for a whole VLM (:class:`damo.model.vlm.VLMConfig`), every parameter training: its
+    parameters per module (``visual``: vision tower and merger, ``language_model``, ``lm_head``) and the
+    per-GPU memory of weights, gradients and AdamW states. Activations are not estimated: the VLMs'
+    rotary-position and vision code reads values, which meta tensors do not have. ``tokens`` is the
+    most the LLM reads for one clip under the preset (its visual token budget) plus ``text_tokens``."""
+    opts = opts or PlanOptions()
+    with torch.device("meta"):
+        model = cfg.build()
+    counts: dict[str, dict[str, int]] = {}
+    for name, p in model.named_parameters():
+        c = counts.setdefault(name.removeprefix("model.").split(".")[0], {"total": 0, "trainable": 0})
+        c["total"] += p.numel()
+        c["trainable"] += p.numel() if p.requires_grad else 0
+    total = sum(c["total"] for c in counts.values())
+    trainable = sum(c["trainable"] for c in counts.values())
+    spec = VideoSpec(patch=model.config.vision_config.patch_size, **get_preset(cfg.preset).video)
+    visual = spec.total_pixels // spec.factor ** 2
+    mem = memory_gb(total, trainable, 0, opts.gpus, opts.micro_batch, largest_unit(model))
+    return {"config": {"frames": spec.max_frames, "text_tokens": opts.text_tokens, "gpus": opts.gpus,
+                       "gpu_gb": opts.gpu_gb, "micro_batch": opts.micro_batch, "preset": cfg.preset,
+                       "visual_tokens_max": visual},
+            "stages": {"all": {"modules": counts, "total": total, "trainable": trainable,
+                               "tokens": visual + opts.text_tokens, "activation_gb": None, "memory_gb": mem,
+                               "fits": {k: v <= opts.gpu_gb for k, v in mem.items()}}}}
+
+
 def format_plan(p: dict, name: str = "") -> str:
     """The plan as a readable table per stage."""
     c = p["config"]
@@ -246,7 +276,9 @@ def format_plan(p: dict, name: str = "") -> str:
              f"{c['gpus']} x {c['gpu_gb']:g} GB"]
     for st, e in p["stages"].items():
         lines.append(f"\nstage {st}: {e['total'] / 1e9:.3f} B parameters, {e['trainable'] / 1e6:.1f} M trainable, "
-                     f"{e['tokens']} LLM tokens, activations {e['activation_gb']:.2f} GB per clip")
+                     f"{e['tokens']} LLM tokens, " + (f"activations {e['activation_gb']:.2f} GB per clip"
+                                                       if e["activation_gb"] is not None else
+                                                       "activations not estimated (weights, gradients, AdamW only)"))
         lines.append(f"  {'module':<16}{'total':>16}{'trainable':>16}")
         for m, v in e["modules"].items():
             lines.append(f"  {m:<16}{v['total']:>16,}{v['trainable']:>16,}")

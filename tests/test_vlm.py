@@ -169,3 +169,25 @@ def test_a_preset_of_another_family_is_one_clear_line(folders, shared_data, caps
     err = capsys.readouterr().err.strip()
     assert err == (f"error: preset 'time-r1' runs qwen2_5_vl checkpoints but {folders['qwen3-vl']} is qwen3_vl; "
                    "choose a preset of its family, e.g. --preset qwen3-vl")
+
+
+@pytest.mark.parametrize("config,total", [("qwen2.5-vl-7b", 8_292_166_656), ("qwen3-vl-8b", 8_767_123_696)])
+def test_plan_counts_the_published_models(capsys, config, total):
+    assert main(["plan", "--config", config, "--json"]) == 0
+    stage = json.loads(capsys.readouterr().out)["stages"]["all"]
+    assert stage["total"] == total == sum(m["total"] for m in stage["modules"].values())
+    assert set(stage["modules"]) == {"visual", "language_model", "lm_head"}
+
+
+def test_plan_refuses_a_preset_of_another_family(tmp_path, capsys):
+    from damo.config import find, read_yaml
+    import yaml
+
+    raw = read_yaml(find("configs", "qwen3-vl-8b"))
+    raw["vlm"]["preset"] = "time-r1"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(raw))
+    with pytest.raises(SystemExit) as e:
+        main(["plan", "--config", str(bad)])
+    assert str(e.value) == (f"{bad}: preset 'time-r1' runs qwen2_5_vl checkpoints, but vlm.config is qwen3_vl; "
+                            "set vlm.preset: qwen3-vl")

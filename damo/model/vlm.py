@@ -218,6 +218,37 @@ FAMILIES: dict[str, Family] = {
 
 # ---------------------------------------------------------------- the model
 @dataclass
+class VLMConfig:
+    """A model config naming a whole VLM (a YAML whose top-level key is ``vlm``): the checkpoint, the
+    preset it runs under, the weights' dtype, and its transformers config written out in full so that
+    ``damo plan`` builds it with nothing fetched (``damo/resources/configs/qwen2.5-vl-7b.yaml``)."""
+    name_or_path: str
+    preset: str
+    config: dict
+    dtype: str = "auto"
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "the config") -> "VLMConfig":
+        fields = set(cls.__dataclass_fields__)
+        if set(d) - fields or not {"name_or_path", "preset", "config"} <= set(d):
+            raise ValueError(f"{where}: vlm takes {', '.join(sorted(fields))} (name_or_path, preset and config "
+                             f"required); got {', '.join(sorted(d))}")
+        cfg = cls(**d)
+        kind, preset = cfg.config.get("model_type"), get_preset(cfg.preset)
+        if kind not in FAMILIES:
+            raise ValueError(f"{where}: vlm.config.model_type must be one of {', '.join(FAMILIES)}, got {kind!r}")
+        if preset.family != kind:
+            raise ValueError(f"{where}: preset {cfg.preset!r} runs {preset.family} checkpoints, but vlm.config is "
+                             f"{kind}; set vlm.preset: {DEFAULT_PRESET[kind]}")
+        return cfg
+
+    def build(self) -> nn.Module:
+        """The VLM with random weights from ``config`` (on the current default device: meta for ``damo plan``)."""
+        family = FAMILIES[self.config["model_type"]]
+        return family.model(family.model.config_class.from_dict(self.config))
+
+
+@dataclass
 class VLMEvidence:
     threshold: float = 0.6
 
