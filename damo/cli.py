@@ -247,8 +247,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         except ValueError as e:
             raise SystemExit(f"error: {e}") from None
         extra["max_new_tokens"] = model.preset.max_new_tokens
+        convention = model.preset.convention
     else:
         model = DamoModel.load(args.model, dtype=args.dtype).to(_device(args.device))
+        convention = ">="
     if args.features:
         from damo.data.features import FeatureLoader
         clips = FeatureLoader(args.features, model)
@@ -257,7 +259,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     failed: list[dict] = []
     preds = predict(model, samples, clips, batch_size=args.batch_size, num_workers=args.num_workers, failures=failed,
                     **extra)
-    m = grounding_report(samples, preds)
+    m = grounding_report(samples, preds, convention)
     if missing:
         m["skipped"] = missing.to_dict()
     if failed:      # scored as misses

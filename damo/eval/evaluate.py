@@ -50,8 +50,9 @@ def predict(model: DamoModel, samples: list[Sample], clips, batch_size: int = 8,
     return preds
 
 
-def grounding_report(samples: list[Sample], preds: list[Prediction]) -> dict:
-    """Metrics overall (task ``grounding``), and by task, modality and query kind."""
+def grounding_report(samples: list[Sample], preds: list[Prediction], convention: str = ">=") -> dict:
+    """Metrics overall (task ``grounding``), and by task, modality and query kind; R@t counts IoU >= t,
+    or IoU > t with ``convention=">"``."""
     by = {p.id: p for p in preds}
     groups: dict[str, list[Sample]] = defaultdict(list)
     for s in samples:
@@ -64,7 +65,8 @@ def grounding_report(samples: list[Sample], preds: list[Prediction]) -> dict:
             groups[f"kind/{s.meta.get('kind', 'unknown')}"].append(s)
     out = {}
     for name, ss in sorted(groups.items()):
-        m = grounding_metrics([s.spans for s in ss], [by[s.id].spans if s.id in by else [] for s in ss])
+        m = grounding_metrics([s.spans for s in ss], [by[s.id].spans if s.id in by else [] for s in ss],
+                              convention=convention)
         out[name] = {k: round(v, 4) for k, v in m.items()} | {"n": len(ss)}
     st = [s for s in samples if s.task == "stvg" and s.meta.get("boxes")]
     if st:      # LLaVA-ST's STVG metrics; a prediction without a tube scores 0 (sIoU) and by its span (tIoU)

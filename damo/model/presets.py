@@ -104,9 +104,16 @@ class Preset:
     source: str                # repository, files and commit every setting above comes from
     generation: dict = field(default_factory=lambda: {"do_sample": False})   # model.generate arguments
     answer_prefix: str = ""    # text the authors append after the assistant turn opens
+    unit: float = 0.0          # > 0: spans rounded to multiples of this many seconds, as the authors' evaluation does
+    convention: str = ">="     # R@t counts IoU >= t, or IoU > t (">"), as the authors' scorer does
 
     def spans(self, answer: str) -> Spans:
-        return PARSERS[self.parser](answer)
+        """The answer's spans as the authors' evaluation reads them (rounding with Python's ``round``:
+        halves to even, as theirs)."""
+        found = PARSERS[self.parser](answer)
+        if not self.unit:
+            return found
+        return [[round(s / self.unit) * self.unit, round(e / self.unit) * self.unit] for s, e in found]
 
 
 def _timelens_video(tokens_side: int) -> dict:
@@ -118,8 +125,8 @@ def _timelens_video(tokens_side: int) -> dict:
 
 _TIMELENS = ("TencentARC/TimeLens@5d90c067246ddb11db3203adbb0085bdc48d9e5e: scripts/eval_timelens_bench.sh "
              "(fps 2, min_tokens 64, total_tokens 14336), evaluation/utils.py (GROUNDER_PROMPT, video before text, "
-             "no system turn), evaluation/eval_dataloader.py (greedy, max_new_tokens 512), timelens/utils.py "
-             "(extract_time), evaluation/compute_metrics.py (first pair scored)")
+             "no system turn), evaluation/eval_dataloader.py (greedy, max_new_tokens 512, spans rounded to whole "
+             "seconds: UNIT 1.0), timelens/utils.py (extract_time), evaluation/compute_metrics.py (first pair scored)")
 # qwen-vl-utils' defaults where the authors set nothing (QwenLM/Qwen3-VL@96588727e44c78b25ba03ea03b8e12f7e64fd0da,
 # qwen-vl-utils/src/qwen_vl_utils/vision_process.py: FPS 2, FPS_MIN_FRAMES 4, FPS_MAX_FRAMES 768, 128-768 tokens a frame)
 _R1_VIDEO = {"fps": 2.0, "min_pixels": 16 * 28 * 28, "total_pixels": 3584 * 28 * 28, "max_pixels": 768 * 28 * 28}
@@ -127,22 +134,24 @@ _R1_VIDEO = {"fps": 2.0, "min_pixels": 16 * 28 * 28, "total_pixels": 3584 * 28 *
 PRESETS: dict[str, Preset] = {p.name: p for p in [
     Preset(name="qwen2.5-vl", checkpoint="Qwen/Qwen2.5-VL-7B-Instruct", family="qwen2_5_vl", prompt=TIMELENS_PROMPT,
            system=QWEN25_SYSTEM, video_first=True, video=_timelens_video(28), max_new_tokens=512, parser="timelens",
+           unit=1.0,
            source="the base model as TimeLens evaluates it (README table row Qwen2.5-VL-7B-Instruct); " + _TIMELENS),
     Preset(name="qwen3-vl", checkpoint="Qwen/Qwen3-VL-8B-Instruct", family="qwen3_vl", prompt=TIMELENS_PROMPT,
            system=None, video_first=True, video=_timelens_video(32), max_new_tokens=512,
-           parser="timelens",
+           parser="timelens", unit=1.0,
            source="the base model as TimeLens evaluates it (README table row Qwen3-VL-8B-Instruct); " + _TIMELENS),
     Preset(name="timelens", checkpoint="TencentARC/TimeLens-8B", family="qwen3_vl", prompt=TIMELENS_PROMPT,
            system=None, video_first=True, video=_timelens_video(32), max_new_tokens=512, parser="timelens",
-           source=_TIMELENS),
+           unit=1.0, source=_TIMELENS),
     Preset(name="time-r1", checkpoint="Boshenxx/Time-R1-7B", family="qwen2_5_vl", prompt=TIME_R1_PROMPT,
            system=QWEN25_SYSTEM, video_first=True, video=_R1_VIDEO, max_new_tokens=1024, parser="last_pair",
-           answer_prefix="<think>\n</think>\n",
+           answer_prefix="<think>\n</think>\n", convention=">",
            source="xiaomi-research/time-r1@7f2b5944a0c35993da80634a459d5a48a3a5431e: scripts/test.sh "
                   "(--use_r1_thinking_prompt --use_nothink, max_new_tokens 1024), src/vllm_inference/data/config.py "
                   "(DEFAULT_TG_PROMPT r1), src/vllm_inference/data/__init__.py (system turn, video before text, "
                   "min_pixels 16x28x28, total_pixels 3584x28x28, the empty thought after the assistant turn), "
-                  "src/vllm_inference/vllm_infer.py (temperature 0), evaluate.py (extract_answer)"),
+                  "src/vllm_inference/vllm_infer.py (temperature 0), evaluate.py (extract_answer), "
+                  "src/vllm_inference/eval_all.py (R@t counts IoU > t)"),
     Preset(name="videochat-r1", checkpoint="OpenGVLab/VideoChat-R1_7B", family="qwen2_5_vl",
            prompt=VIDEOCHAT_R1_PROMPT, system=QWEN25_SYSTEM, video_first=False, video=_R1_VIDEO, max_new_tokens=2048,
            parser="last_pair", generation={},
