@@ -27,7 +27,7 @@ def write(path: Path, obj) -> Path:
 
 def test_registry_names_and_unknown_format():
     assert sorted(F.FORMATS) == sorted(["charades-sta", "qvhighlights", "activitynet-captions", "youcook2",
-                                        "didemo", "tacos", "etbench", "d2vlm"])
+                                        "didemo", "tacos", "etbench", "d2vlm", "timelens"])
     with pytest.raises(ValueError, match="valid formats: charades-sta, qvhighlights"):
         F.load("charades", "x.txt")
 

@@ -19,7 +19,7 @@ from types import ModuleType
 
 from damo.data.schema import QuirkReport, Sample, save_samples
 
-from . import activitynet, charades_sta, d2vlm, didemo, etbench, qvhighlights, tacos, youcook2
+from . import activitynet, charades_sta, d2vlm, didemo, etbench, qvhighlights, tacos, timelens, youcook2
 
 FORMATS: dict[str, ModuleType] = {
     "charades-sta": charades_sta,
@@ -30,6 +30,7 @@ FORMATS: dict[str, ModuleType] = {
     "tacos": tacos,
     "etbench": etbench,
     "d2vlm": d2vlm,
+    "timelens": timelens,
 }
 
 USES_DURATIONS = {"charades-sta", "didemo"}  # the formats whose files carry no video durations
