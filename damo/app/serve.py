@@ -26,6 +26,14 @@ Hostile input:
   refused. Media responses carry ``X-Content-Type-Options: nosniff``, ``Content-Disposition`` with a
   server-made file name and a sandboxing Content-Security-Policy; the page has a strict one.
 - ``Range`` and ``Content-Length`` accept at most 15 digits; a malformed ``Range`` is ignored.
+- Every request gets an answer: a body that is not JSON or is nested too deep is a 400, an error
+  this server did not foresee a 500. An upload cut off, reset or stalled past ``socket_timeout`` is
+  deleted (400 or 408).
+- An upload is checked in a child process (:mod:`damo.app.uploads`) limited to
+  ``upload_memory_mb`` of address space and ``upload_seconds``: it is probed and its clip decoded
+  into the media cache there, so a hostile file costs the server neither its memory nor its
+  grounding worker, which later reads the cached clip.
+- At most ``max_jobs`` questions wait or run; one more gets 503 with ``Retry-After``.
 - One grounding runs at a time. A request waits at most ``max_seconds`` for its answer, and its
   job is stopped too: a check before every forward pass of the model's parts (vision, audio,
   LLM: one per generated token) ends a job past its deadline, so decoding the video is the only
@@ -38,10 +46,12 @@ from __future__ import annotations
 import base64
 import ipaddress
 import json
+import os
 import re
 import secrets
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -58,9 +68,11 @@ from urllib.parse import unquote, urlsplit
 import numpy as np
 
 from damo.api import Grounder, check_query
+from damo.app.uploads import container_type
 from damo.card import PROCEDURAL_TAG
-from damo.media import MediaError, probe
+from damo.media import MediaError
 from damo.media.cache import cache_key, default_cache_dir
+from damo.textio import loads
 
 STATIC = Path(__file__).resolve().parent / "static"
 PAGES = {"/": ("index.html", "text/html; charset=utf-8"), "/static/app.js": ("app.js", "text/javascript"),
@@ -70,18 +82,7 @@ _LENGTH = re.compile(r"^[0-9]{1,15}$")
 PAGE_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; media-src 'self'; "
             "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 MEDIA_CSP = "default-src 'none'; sandbox"
-# FFmpeg demuxer name -> (content type, file suffix). Matroska holding only WebM codecs is served as WebM.
-CONTAINERS = {
-    "mov,mp4,m4a,3gp,3g2,mj2": ("video/mp4", ".mp4"),
-    "matroska,webm": ("video/x-matroska", ".mkv"),
-    "avi": ("video/x-msvideo", ".avi"),
-    "ogg": ("video/ogg", ".ogv"),
-    "mpeg": ("video/mpeg", ".mpg"),
-    "mpegts": ("video/mp2t", ".ts"),
-    "flv": ("video/x-flv", ".flv"),
-    "asf": ("video/x-ms-asf", ".asf"),
-}
-WEBM_CODECS = {"vp8", "vp9", "av1", "opus", "vorbis"}
+RETRY_AFTER_S = 5       # what a 503 for a full job queue asks the client to wait
 
 
 @dataclass
@@ -97,23 +98,6 @@ class Video:
 
 class JobStopped(Exception):
     """Raised inside a grounding job that passed its deadline (or whose server is closing)."""
-
-
-def container_type(path: Path) -> tuple[str, str]:
-    """(content type, suffix) of a media file from the container its demuxer reports, never its name.
-
-    Raises ``ValueError`` for containers this demo does not serve (images, raw streams, ...).
-    """
-    import av
-
-    with av.open(str(path)) as c:
-        fmt = c.format.name
-        codecs = {st.codec_context.name for st in c.streams if st.type in ("video", "audio")}
-    if fmt not in CONTAINERS:
-        raise ValueError(f"its container ({fmt}) is not one this demo serves; upload MP4, WebM, Matroska, AVI or Ogg")
-    if fmt == "matroska,webm" and codecs <= WEBM_CODECS:
-        return "video/webm", ".webm"
-    return CONTAINERS[fmt]
 
 
 def _is_ip(name: str) -> bool:
@@ -186,15 +170,18 @@ class DemoServer(ThreadingHTTPServer):
 
     def __init__(self, grounder: Grounder, examples: list[Video], host: str = "127.0.0.1", port: int = 7860,
                  max_upload_mb: float = 200.0, max_seconds: float = 300.0, socket_timeout: float = 30.0,
-                 max_uploads: int = 20):
-        if max_upload_mb <= 0 or max_seconds <= 0 or max_uploads < 1:
-            raise ValueError("max_upload_mb and max_seconds must be positive and max_uploads at least 1")
+                 max_uploads: int = 20, max_jobs: int = 8, upload_memory_mb: int = 1024, upload_seconds: float = 120.0):
+        if min(max_upload_mb, max_seconds, upload_memory_mb, upload_seconds) <= 0 or min(max_uploads, max_jobs) < 1:
+            raise ValueError("max_upload_mb, max_seconds, upload_memory_mb and upload_seconds must be positive, "
+                             "max_uploads and max_jobs at least 1")
         self.grounder = grounder
         self.videos: OrderedDict[str, Video] = OrderedDict((v.id, v) for v in examples)
         self.examples = [v.id for v in examples]
         self.max_upload = int(max_upload_mb * 1024 * 1024)
         self.max_seconds, self.socket_timeout, self.max_uploads = max_seconds, socket_timeout, max_uploads
+        self.max_jobs, self.upload_memory_mb, self.upload_seconds = max_jobs, upload_memory_mb, upload_seconds
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="ground")
+        self.jobs = 0                                 # grounding jobs queued or running
         self.lock = threading.Lock()
         self.closing = False
         self.stopped_jobs = 0                         # jobs ended by their deadline or by shutdown
@@ -224,6 +211,45 @@ class DemoServer(ThreadingHTTPServer):
             raise
         finally:
             del self._deadlines[me]
+
+    def submit(self, fn, *args):
+        """Queue a grounding job, or refuse it (503) when ``max_jobs`` are already queued or running."""
+        with self.lock:
+            if self.jobs >= self.max_jobs:
+                raise ClientError(HTTPStatus.SERVICE_UNAVAILABLE, f"the server is busy ({self.jobs} questions "
+                                  "waiting); try again in a few seconds", {"Retry-After": str(RETRY_AFTER_S)})
+            self.jobs += 1
+        future = self.pool.submit(self.run_job, time.monotonic() + self.max_seconds, fn, *args)
+        future.add_done_callback(self._job_done)
+        return future
+
+    def _job_done(self, _) -> None:
+        with self.lock:
+            self.jobs -= 1
+
+    def check_upload(self, path: Path) -> dict:
+        """Probe an upload and decode its clip into the grounder's cache in a child process limited to
+        ``upload_memory_mb`` of address space and ``upload_seconds``; ValueError says why it is refused."""
+        c = self.grounder.clips.processor.config
+        folder = Path(self.grounder.clips.cache_dir or default_cache_dir())
+        root = str(Path(__file__).resolve().parents[2])    # the child imports this same damo
+        # two malloc arenas: glibc's default of 8 per core reserves address space the limit would count
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
+               "MALLOC_ARENA_MAX": "2"}
+        cmd = [sys.executable, "-m", "damo.app.uploads", str(path), str(c.fps), str(c.image_size), str(c.max_frames),
+               str(folder), str(self.upload_memory_mb)]
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=self.upload_seconds, env=env)
+        except subprocess.TimeoutExpired:
+            raise ValueError(f"decoding it took longer than {self.upload_seconds:g} s") from None
+        lines = out.stdout.strip().splitlines()
+        if out.returncode != 0 or not lines:
+            raise ValueError(f"it could not be decoded within {self.upload_memory_mb} MB of memory")
+        result = json.loads(lines[-1])
+        if "error" in result:
+            raise ValueError(result["error"].split(": ", 1)[-1] if result["error"].startswith(str(path))
+                             else result["error"])
+        return result
 
     # ---------------------------------------------------------------- hosts
     def host_allowed(self, value: str) -> bool:
@@ -282,9 +308,9 @@ class DemoServer(ThreadingHTTPServer):
 
 
 class ClientError(Exception):
-    def __init__(self, status: HTTPStatus, message: str):
+    def __init__(self, status: HTTPStatus, message: str, headers: dict | None = None):
         super().__init__(message)
-        self.status = status
+        self.status, self.headers = status, headers or {}
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -318,8 +344,12 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Cross-Origin-Resource-Policy", "same-origin")
         self.send_header("Referrer-Policy", "no-referrer")
 
-    def _error(self, status: HTTPStatus, message: str) -> None:
-        self._json({"error": message}, status)
+    def _error(self, status: HTTPStatus, message: str, headers: dict | None = None) -> None:
+        try:
+            self._send(status, json.dumps({"error": message}, ensure_ascii=False).encode(),
+                       "application/json; charset=utf-8", headers)
+        except OSError:
+            self.close_connection = True     # the client is gone (reset, or stalled past the timeout)
 
     # ----------------------------------------------------------------- checks
     def _check_host(self) -> None:
@@ -376,7 +406,11 @@ class Handler(BaseHTTPRequestHandler):
                 raise ClientError(HTTPStatus.NOT_FOUND, f"no endpoint at {path}")
         except ClientError as e:
             self.close_connection = True   # an unread body must not be parsed as the next request
-            self._error(e.status, str(e))
+            self._error(e.status, str(e), e.headers)
+        except Exception as e:             # every request gets an answer, even one that found a bug
+            self.close_connection = True
+            self.log_message("error on %s: %s: %s", path, type(e).__name__, e)
+            self._error(HTTPStatus.INTERNAL_SERVER_ERROR, "the server failed on this request; see its log")
 
     def _length(self, limit: int) -> int:
         n = self.headers.get("Content-Length")
@@ -397,33 +431,42 @@ class Handler(BaseHTTPRequestHandler):
         name = Path(unquote(self.headers.get("X-Filename", "upload"))).name[:200] or "upload"
         vid = "upload-" + secrets.token_hex(8)
         path = self.server.upload_dir / vid
+        try:                                 # nothing of a refused or broken upload is kept
+            self._receive(path, n)
+            try:
+                info = self.server.check_upload(path)
+            except ValueError as e:
+                raise ClientError(HTTPStatus.UNPROCESSABLE_ENTITY, f"{name}: {e}") from None
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        path = path.rename(path.with_suffix(info["suffix"]))     # the suffix of what the decoder found
+        self.server.add_upload(Video(id=vid, name=name, path=path, duration=float(info["duration"]),
+                                     ctype=info["ctype"], cache_entry=self.server.cache_entry(path)))
+        self._json({"id": vid, "name": name, "duration": round(info["duration"], 3), "url": f"/media/{vid}"})
+
+    def _receive(self, path: Path, n: int) -> None:
+        """Write the ``n``-byte body to ``path``; a body cut short, reset or stalled past
+        ``socket_timeout`` is a ClientError (400 or 408)."""
         left = n
         with open(path, "wb") as f:
             while left:
-                chunk = self.rfile.read(min(left, 1 << 20))
+                try:
+                    chunk = self.rfile.read(min(left, 1 << 20))
+                except OSError:        # reset, or stalled past the timeout (TimeoutError is an OSError)
+                    raise ClientError(HTTPStatus.REQUEST_TIMEOUT, "the upload stopped before the declared "
+                                      "length (connection reset or stalled)") from None
                 if not chunk:
-                    path.unlink(missing_ok=True)
                     raise ClientError(HTTPStatus.BAD_REQUEST, "the upload stopped before the declared length")
                 f.write(chunk)
                 left -= len(chunk)
-        try:
-            info = probe(path)
-            ctype, suffix = container_type(path)
-        except (MediaError, ValueError) as e:
-            path.unlink(missing_ok=True)
-            raise ClientError(HTTPStatus.UNPROCESSABLE_ENTITY,
-                              f"{name}: {str(e).split(': ', 1)[-1]}") from None
-        path = path.rename(path.with_suffix(suffix))     # the suffix of what the decoder found
-        self.server.add_upload(Video(id=vid, name=name, path=path, duration=float(info["duration"]), ctype=ctype,
-                                     cache_entry=self.server.cache_entry(path)))
-        self._json({"id": vid, "name": name, "duration": round(info["duration"], 3), "url": f"/media/{vid}"})
 
     def _ground(self) -> None:
         n = self._length(64 * 1024)
         try:
-            req = json.loads(self.rfile.read(n).decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise ClientError(HTTPStatus.BAD_REQUEST, 'send JSON like {"video": "example-0", "query": "when ...?"}')
+            req = loads(self.rfile.read(n).decode("utf-8"), "the request")
+        except ValueError:     # not UTF-8, not JSON, or nested too deep
+            raise ClientError(HTTPStatus.BAD_REQUEST, 'send JSON like {"video": "example-0", "query": "when ...?"}') from None
         if not isinstance(req, dict):
             raise ClientError(HTTPStatus.BAD_REQUEST, 'send JSON like {"video": "example-0", "query": "when ...?"}')
         video = self.server.videos.get(str(req.get("video")))
@@ -433,8 +476,7 @@ class Handler(BaseHTTPRequestHandler):
             query = check_query(req.get("query"))
         except ValueError as e:
             raise ClientError(HTTPStatus.BAD_REQUEST, str(e)) from None
-        deadline = time.monotonic() + self.server.max_seconds
-        future = self.server.pool.submit(self.server.run_job, deadline, self._work, video, query)
+        future = self.server.submit(self._work, video, query)
         try:
             result = future.result(timeout=self.server.max_seconds)
         except (FutureTimeout, JobStopped):

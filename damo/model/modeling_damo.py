@@ -47,10 +47,12 @@ from damo.model.encoders import Block
 from damo.model.compressors import PLACEMENTS, build_compressor, slow_steps
 from damo.model.evidence import (DECODERS, EvidenceHead, capture_weights, decode_interval, pool_groups,
                                  salient_frames)
+from damo.model.fields import check_fields
 from damo.model.fuseformer import CrossBlock, TemporalFuseformer, sinusoid
 from damo.model.processing import DamoProcessor, ProcessorConfig
 from damo.model.residual import GlobalResidual
 from damo.model import tokenizer as tk
+from damo.textio import loads
 
 
 @dataclass
@@ -191,6 +193,8 @@ class DamoConfig:
         kw = {}
         for k, v in d.items():
             if k in subs:
+                if not isinstance(v, dict):
+                    raise ValueError(f"model.{k} must be a mapping of its settings, got {v!r}")
                 bad = set(v) - set(subs[k].__dataclass_fields__)
                 if bad:
                     raise ValueError(f"unknown keys {sorted(bad)} in model.{k}; valid: {sorted(subs[k].__dataclass_fields__)}")
@@ -198,6 +202,9 @@ class DamoConfig:
             else:
                 kw[k] = v
         cfg = cls(**kw)
+        check_fields(cfg, "model")
+        for k in subs:
+            check_fields(getattr(cfg, k), f"model.{k}")
         if cfg.compressor.placement not in PLACEMENTS:
             raise ValueError(f"model.compressor.placement must be one of {PLACEMENTS}, got {cfg.compressor.placement!r}")
         if cfg.evidence.decode not in DECODERS:
@@ -752,9 +759,15 @@ class DamoModel(nn.Module):
             if not pickled:
                 raise FileNotFoundError(f"{path} is not a DaMO model folder (needs config.json and model.safetensors)")
             weights = pickled[0]
-        saved = json.loads((path / "config.json").read_text())
-        saved["compressor"].setdefault("placement", "fuser")   # saved before the switch: in front of the fuser
-        cfg = DamoConfig.from_dict(saved)
+        try:
+            saved = loads((path / "config.json").read_text(encoding="utf-8"), "config.json")
+            if not isinstance(saved, dict) or not isinstance(saved.get("compressor"), dict):
+                raise ValueError("not a DaMO model config (an object with 'compressor', 'llm', ...)")
+            saved["compressor"].setdefault("placement", "fuser")   # saved before the switch: in front of the fuser
+            cfg = DamoConfig.from_dict(saved)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path / 'config.json'}: {e}; it does not describe a model DaMO can build "
+                             "(save the model again, or restore the file)") from None
         if dtype is not None:
             backbones.resolve_dtype(dtype)                  # validates
             cfg.vision.dtype = cfg.audio.dtype = cfg.llm.dtype = dtype
@@ -768,6 +781,8 @@ class DamoModel(nn.Module):
             sub = getattr(build, part)
             sub.pretrained, sub.config, sub.submodule = False, hf_cfg, None
             sub.family = backbones.FAMILY_OF_MODEL_TYPE.get(hf_cfg["model_type"], hf_cfg["model_type"])
+        if not ref:
+            cls._check_shapes(path, build, tok, state)
         model = cls(build, tok)
         model.cfg = cfg
         if (path / "processor_config.json").is_file():
@@ -790,6 +805,32 @@ class DamoModel(nn.Module):
                     sd[k][ids] = v.to(sd[k].dtype)
         model.llm.tie_weights()
         return model.eval()
+
+    @classmethod
+    def _check_shapes(cls, path: Path, build: DamoConfig, tok: PreTrainedTokenizerFast, state: dict) -> None:
+        """Refuse a config that disagrees with the weights before any memory is given to it: the
+        model is built on the meta device (shapes, no storage) and every tensor of the file must be
+        one of its parameters with the same shape (an edited ``hidden: 1000000`` would otherwise
+        allocate terabytes before the weights were read)."""
+        with torch.device("meta"):
+            meta = cls(build, tok).state_dict(keep_vars=True)
+        expected = {k: tuple(v.shape) for k, v in meta.items()}
+        present = {id(meta[k]) for k in state if k in meta}                  # a tied alias is present with its twin
+        missing = [k for k, v in meta.items() if k not in state and id(v) not in present]
+        unexpected = sorted(set(state) - set(meta))
+        wrong = [(k, tuple(v.shape), expected[k]) for k, v in state.items() if k in expected
+                 and tuple(v.shape) != expected[k]]
+        if wrong:
+            more = f" (and {len(wrong) - 1} more)" if len(wrong) > 1 else ""
+            what = f"{wrong[0][0]} is {list(wrong[0][1])} in the weights but {list(wrong[0][2])} by the config{more}"
+        elif missing or unexpected:
+            what = (f"the config has {len(meta)} tensors, {len(missing)} of them not in the weights (e.g. "
+                    f"{missing[:2]}), and the weights {len(unexpected)} tensors the config has no place for "
+                    f"(e.g. {unexpected[:2]})")
+        else:
+            return
+        raise ValueError(f"{path / 'config.json'} does not match {path / 'model.safetensors'}: {what}; "
+                         "the config was edited or belongs to another model")
 
     # transformers-style names for the same folder format
     save_pretrained = save

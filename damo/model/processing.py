@@ -40,7 +40,9 @@ from damo.model.compressors import STP_FAST_SIDE, STP_STRIDE, TokenBudget, slow_
 from damo.model.coordinates import (add_box_tokens, add_time_tokens, anchor_pair, box_to_tokens, time_to_token,
                                     timestamp_prompt)
 from damo.model.evidence import soft_targets
+from damo.model.fields import check_fields
 from damo.spans import time_key
+from damo.textio import loads
 
 MAX_QUERY_BYTES_PER_TOKEN = 32   # a question longer than this per allowed token is refused untokenised
 _COORD_TOKEN = r"<[txy]_\d+>"      # LAPE coordinate tokens: time, width, height
@@ -411,6 +413,7 @@ class ProcessorConfig:
     max_frames: int = 4096         # a longer video is refused before it is decoded (DamoConfig.max_frames)
 
     def __post_init__(self) -> None:
+        check_fields(self, "processor")
         check_choice("layout", self.layout, LAYOUTS)
         check_choice("response", self.response, RESPONSES)
         check_choice("evidence.level", self.evidence_level, EVIDENCE_LEVELS)
@@ -472,7 +475,20 @@ class DamoProcessor:
 
     @classmethod
     def from_pretrained(cls, path: str | Path, tokenizer: PreTrainedTokenizerFast) -> "DamoProcessor":
-        return cls(tokenizer, ProcessorConfig(**json.loads((Path(path) / "processor_config.json").read_text())))
+        """The processor saved in ``path``; a file with unknown keys or values of the wrong type is a
+        ValueError naming it and the key."""
+        file = Path(path) / "processor_config.json"
+        try:
+            saved = loads(file.read_text(encoding="utf-8"), "processor_config.json")
+            if not isinstance(saved, dict):
+                raise ValueError("not an object of processor settings")
+            unknown = sorted(set(saved) - set(ProcessorConfig.__dataclass_fields__))
+            if unknown:
+                raise ValueError(f"unknown keys {unknown}")
+            config = ProcessorConfig(**saved)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ValueError(f"{file}: {e}; save the model again or restore the file") from None
+        return cls(tokenizer, config)
 
     # ------------------------------------------------------------------ text
     def encode(self, text: str) -> list[int]:
