@@ -380,6 +380,9 @@ class DamoModel(nn.Module):
         if self.processor.coord_axes:     # LLaVA-ST's Neighboring Token Propagation of the anchors' rows
             register_propagation(self.llm, self.processor.coord_axes)
         self.trained: set[str] = set()     # parameter names any stage trained (damo.train.loop.set_trainable)
+        # every training forward runs every part, the semantic-capture pass and the evidence head even for
+        # a batch without <evi>, so FSDP ranks issue the same collectives whatever their data (forward)
+        self.fixed_graph = False
         w = self.llm.get_input_embeddings().weight
         # on the meta device (damo.plan) there are no values to measure: any gain has the same shape
         rms = 1.0 if w.is_meta else float(w.detach().float().pow(2).mean().sqrt())
@@ -504,7 +507,10 @@ class DamoModel(nn.Module):
         """Teacher-forced pass. Returns logits, evidence logits ``(N, T)`` and evidence features.
 
         A batch without frames is text only: just the LLM's logits. Without ``input_ids`` only the
-        fuser's frame features (the contrastive alignment stage).
+        fuser's frame features (the contrastive alignment stage). With :attr:`fixed_graph` a batch
+        without ``<evi>`` still runs the semantic-capture pass and the evidence head, and ``zero``
+        (a 0 that depends on them) is returned for the loss: under FSDP every rank then gathers and
+        reduces the same parameters whichever rank holds evidence tokens.
         """
         if batch.text_only:
             emb = self.coordinate_inputs(self.llm.get_input_embeddings()(batch.input_ids), batch)
@@ -517,7 +523,8 @@ class DamoModel(nn.Module):
         emb = self.coordinate_inputs(emb, batch)
         eb, ep = batch.evi_batch, batch.evi_pos                     # (N,), (N,) positions of <evi> inputs
         ev = self.cfg.evidence
-        if ev.semantic_capture and len(eb):
+        idle = self.fixed_graph and not len(eb)                     # run the evidence parts for nothing
+        if ev.semantic_capture and (len(eb) or idle):
             # Frame states do not depend on later tokens (causal LM), so a first pass gives the states
             # whose ground-truth mean is captured into each <evi> (official: with gradients, layer 6).
             with torch.set_grad_enabled(ev.capture_grad and torch.is_grad_enabled()):
@@ -531,6 +538,9 @@ class DamoModel(nn.Module):
         h = res.hidden_states[-2]                                   # penultimate layer (B, L, C)
         hf = self.frame_states(h, batch.frame_pos)                  # (B, T, C)
         out["logits"] = res.logits
+        if idle:
+            parts = [self.evidence.query(h[:1, 0]), self.evidence.frame(hf[:1, :1])]
+            out["zero"] = sum(x.float().sum() for x in parts + ([hf0] if ev.semantic_capture else [])) * 0.0
         if len(eb):
             q = self.evidence.query(h[eb, ep - 1])                  # state that emitted <evi>: (N, d)
             f = self.evidence.frame(hf)[eb]                         # (N, T, d)

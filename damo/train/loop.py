@@ -123,7 +123,7 @@ class StageLoss(nn.Module):
     def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.model(batch if self.use_llm else replace(batch, input_ids=None))
         vals = [self.loss(n, out, batch) for n in self.losses]
-        total = sum(w * v for w, v in zip(self.losses.values(), vals))
+        total = sum(w * v for w, v in zip(self.losses.values(), vals)) + out.get("zero", 0.0)
         return total, torch.stack([v.detach().float() for v in vals])
 
 
@@ -222,6 +222,7 @@ def run_stage(model: DamoModel, stage: Stage, samples: list[Sample], clips, seed
     fsdp = parallel == "fsdp" and info.world > 1
     # FSDP shards in place, so it trains a copy whose full weights are copied back at the end
     work = copy.deepcopy(model) if fsdp else model
+    work.fixed_graph = fsdp                                 # the same collectives on every rank (DamoModel.forward)
     work.to(info.device)
     step_fn, whole = distributed.wrap(StageLoss(work, stage.losses, use_llm, FPOSettings.from_dict(stage.fpo)),
                                       parallel, info)
