@@ -75,6 +75,18 @@ def summary(card: dict | None) -> dict:
     return dict(card) if card is not None else {"trained_on": "unknown"}
 
 
+def headline(card: dict | None) -> str:
+    """The card in one line: what the model was trained on, by which recipe, and the held-out R@0.5
+    it reached when it was evaluated (``damo ground`` prints this; ``--json`` gives the whole card)."""
+    if card is None or card.get("trained_on", "unknown") == "unknown":
+        return "no model card: what this model was trained on is unknown"
+    line = f"trained on {card['trained_on']} data by recipe {card['recipe']} ({len(card['stages'])} stages)"
+    overall = card.get("metrics", {}).get("overall")
+    if overall:
+        line += f"; held-out test R@0.5 {overall['R1@0.5']:.3f} (n={overall['n']})"
+    return line
+
+
 def is_procedural_video(video: str | Path) -> bool:
     """A ``synth://`` URI, or a file DaMO rendered from one (tagged in its container metadata)."""
     if str(video).startswith("synth://"):

@@ -57,6 +57,18 @@ def _say_threads(n: int) -> None:
           f"set DAMO_THREADS to change")
 
 
+def _grounding_lines(result: dict) -> str:
+    """A grounding for the terminal: the answer, the spans (best first) and the model card's one line."""
+    from damo.card import headline
+
+    spans = ", ".join(f"{s['start']:.1f}-{s['end']:.1f} s ({s['score']:.2f})" for s in result["spans"]) or "none"
+    lines = [f"answer: {result['answer']}", f"spans:  {spans}"]
+    if "truth" in result:
+        truth = ", ".join(f"{s:.1f}-{e:.1f} s" for s, e in result["truth"])
+        lines.append(f"truth:  {truth}" + (f" (IoU of the first span {result['iou']:.3f})" if "iou" in result else ""))
+    return "\n".join(lines + [f"model:  {headline(result['model'])}"])
+
+
 def _device(name: str):
     """``auto``: the first CUDA device if there is one, else the CPU."""
     import torch
@@ -151,8 +163,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     for label, m in rows.items():
         print(f"  {label:36s} n={m['n']:4d}  R@0.3={m['R1@0.3']:.3f}  R@0.5={m['R1@0.5']:.3f}  "
               f"R@0.7={m['R1@0.7']:.3f}  mIoU={m['mIoU']:.3f}")
-    print(f"\nexample: {g.query!r} (truth {g.spans})")
-    _print(example)
+    print(f"\nexample: {g.video}: {g.query!r} (truth {g.spans})")
+    print(_grounding_lines(example))
     print(f"\nwall {report['wall_s']} s; report in {work / 'report.json'} (this run's copy: {kept}); "
           f"model in {work / 'model'} (what it knows: {work / 'model' / model_card.CARD})")
     return 0
@@ -368,7 +380,10 @@ def cmd_ground(args: argparse.Namespace) -> int:
         print(f"timeline written to {args.plot}", file=sys.stderr)
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    _print(result)
+    if args.json:
+        _print(result)
+    else:
+        print(_grounding_lines(result))
     return 0
 
 
@@ -572,6 +587,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ground every video of a folder (with --query) or every {video, query} line of a JSONL")
     g.add_argument("--query", dest="query_opt", metavar="Q", help="the question for every video of a --batch folder")
     g.add_argument("--out", metavar="FILE", help="write the JSON result (batch: one JSON line per request)")
+    g.add_argument("--json", "--verbose", dest="json", action="store_true",
+                   help="print the whole JSON result, the model's card included, instead of the answer, the spans "
+                        "and the card's one line")
     g.add_argument("--quiet", action="store_true", help="no progress bars on stderr")
     g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     _dtype_option(g)

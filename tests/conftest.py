@@ -16,6 +16,17 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("DAMO_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """A run that selects a browser test stops before running anything when the browser is missing."""
+    import helpers
+
+    missing = [p for p in (helpers.CHROMIUM, helpers.CHROMEDRIVER) if not Path(p).is_file()]
+    if missing and any(item.get_closest_marker("browser") for item in session.items):
+        pytest.exit(f"the web demo's browser tests need {' and '.join(missing)}: install Debian's chromium and "
+                    "chromium-driver (scripts/setup does so when run as root; else sudo apt-get install chromium "
+                    "chromium-driver), or leave those tests out with -m 'not browser'", returncode=1)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():

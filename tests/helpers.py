@@ -6,6 +6,10 @@ import torch
 from damo.model.modeling_damo import DamoConfig
 from damo.model.processing import ClipTensors
 
+# Debian's headless browser and its driver, for the web demo's browser tests (marked `browser`);
+# scripts/setup installs them where it can
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+
 # A recipe's `model` section: the smallest model that trains end to end in a few seconds.
 TINY_MODEL = {"vision": {"width": 32, "layers": 1}, "audio": {"width": 32},
               "fuser": {"width": 32, "blocks": 1, "visual_queries": 4, "audio_queries": 2, "fusion_tokens": 4},

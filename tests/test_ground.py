@@ -114,7 +114,7 @@ def test_cli_ground_plot_and_truth(model_dir, video, tmp_path, capsys, monkeypat
     path, spec = video
     png = tmp_path / "timeline.png"
     rc = main(["ground", str(path), "when does the green triangle appear?", "--model", str(model_dir),
-               "--plot", str(png), "--truth", "1-5,12-40,9-6", "--out", str(tmp_path / "r.json")])
+               "--plot", str(png), "--truth", "1-5,12-40,9-6", "--out", str(tmp_path / "r.json"), "--json"])
     out = capsys.readouterr()
     assert rc == 0
     r = json.loads(out.out)

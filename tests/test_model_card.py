@@ -57,10 +57,30 @@ def test_a_card_says_what_data_was_real():
     assert mixed["trained_on"] == "procedural and real" and "vocabulary" not in mixed
 
 
+def test_ground_prints_the_answer_the_spans_and_the_cards_one_line(workdir, tmp_path, capsys):
+    model = tmp_path / "model"
+    shutil.copytree(workdir / "model", model)
+    model_card.add_metrics(model, {"overall": {"n": 10, "R1@0.5": 0.5, "mIoU": 0.4}, "visual only": {"n": 4}})
+    video = synthetic.write_video(synthetic.generate_spec("easy", 0, "test", 0), tmp_path / "p.mkv")
+    out = tmp_path / "r.json"
+    assert main(["ground", str(video), "when does the beep sound?", "--model", str(model), "--quiet",
+                 "--out", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    full = json.loads(out.read_text())          # the file keeps the whole result, card included
+    assert full["model"]["metrics"]["visual only"] == {"n": 4}
+    assert [x.split(":")[0] for x in lines] == ["answer", "spans", "model"]
+    assert lines[0] == f"answer: {full['answer']}"
+    assert lines[2] == ("model:  trained on procedural data by recipe tiny (2 stages); "
+                        "held-out test R@0.5 0.500 (n=10)")
+    first = full["spans"][0] if full["spans"] else None
+    assert (f"{first['start']:.1f}-{first['end']:.1f} s" in lines[1]) if first else lines[1] == "spans:  none"
+
+
 def test_grounding_a_real_video_warns_once_and_the_json_carries_the_card(workdir, shared_data, tmp_path, capsys):
     video = shared_data / "videos" / "charades_0F7LW.mp4"
     out = tmp_path / "r.json"
-    assert main(["ground", str(video), QUERY, "--model", str(workdir / "model"), "--quiet", "--out", str(out)]) == 0
+    assert main(["ground", str(video), QUERY, "--model", str(workdir / "model"), "--quiet", "--out", str(out),
+                 "--json"]) == 0
     captured = capsys.readouterr()
     warnings = [line for line in captured.err.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and "trained only on procedural videos" in warnings[0]
@@ -97,11 +117,14 @@ def test_a_model_without_a_card_is_unknown_and_silent(workdir, shared_data, tmp_
     bare = tmp_path / "bare"
     shutil.copytree(workdir / "model", bare)
     (bare / model_card.CARD).unlink()
-    assert main(["ground", str(shared_data / "videos" / "bikes.mp4"), QUERY, "--model", str(bare), "--quiet"]) == 0
+    assert main(["ground", str(shared_data / "videos" / "bikes.mp4"), QUERY, "--model", str(bare), "--quiet",
+                 "--json"]) == 0
     captured = capsys.readouterr()
     assert "warning" not in captured.err
     r = json.loads(captured.out)
     assert r["model"] == {"trained_on": "unknown"} and "warning" not in r
+    assert main(["ground", str(shared_data / "videos" / "bikes.mp4"), QUERY, "--model", str(bare), "--quiet"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "model:  " + model_card.headline(None)
 
 
 def test_rerun_writes_the_card_of_a_model_trained_before_cards(workdir, tmp_path):
@@ -115,6 +138,7 @@ def test_rerun_writes_the_card_of_a_model_trained_before_cards(workdir, tmp_path
     assert model_card.read_card(old / "model") == model_card.read_card(workdir / "model")
 
 
+@pytest.mark.browser
 def test_web_demo_warns_on_a_real_upload_not_on_its_examples(shared_data, tmp_path):
     model_dir = build_scripted_model(tmp_path / "model")
     model_card.write_card(model_dir, model_card.make_card("demo", ["temporal"], [{"spec": SPEC, "kind": "procedural"}],

@@ -187,11 +187,11 @@ def test_name_with_leading_dash_and_spaces(grounder, model_dir, clip_mkv, tmp_pa
     name = "-weird name (v2).mkv"
     Path(name).write_bytes(clip_mkv.read_bytes())
     check_grounded(grounder.ground(name, Q), 13.0)
-    assert main(["ground", "--model", str(model_dir), "--quiet", "--", name, Q]) == 0
+    assert main(["ground", "--model", str(model_dir), "--quiet", "--json", "--", name, Q]) == 0
     check_grounded(json.loads(capsys.readouterr().out), 13.0)
     # a dash name without spaces looks like an option: "--" is needed, and argparse says so without it
     Path("-clip.mkv").write_bytes(clip_mkv.read_bytes())
-    assert main(["ground", "--model", str(model_dir), "--quiet", "--", "-clip.mkv", Q]) == 0
+    assert main(["ground", "--model", str(model_dir), "--quiet", "--json", "--", "-clip.mkv", Q]) == 0
     check_grounded(json.loads(capsys.readouterr().out), 13.0)
     with pytest.raises(SystemExit) as e:
         main(["ground", "--model", str(model_dir), "-clip.mkv", Q])
@@ -234,7 +234,7 @@ def test_batch_non_utf8_query_is_a_recorded_failure(model_dir, clip_mkv, tmp_pat
 
 
 def test_truth_past_duration_and_reversed_through_cli(model_dir, clip_mkv, capsys):
-    assert main(["ground", str(clip_mkv), Q, "--model", str(model_dir), "--quiet",
+    assert main(["ground", str(clip_mkv), Q, "--model", str(model_dir), "--quiet", "--json",
                  "--truth", "11-30,8-2,14-20"]) == 0
     r = json.loads(capsys.readouterr().out)
     # 11-30 clipped to 13 s, 8-2 swapped, 14-20 starts after the end and is dropped

@@ -9,6 +9,8 @@ import http.client
 import json
 import os
 import shutil
+import subprocess
+import sys
 import threading
 import urllib.error
 import urllib.request
@@ -18,9 +20,10 @@ import pytest
 
 import damo
 from damo.app.serve import DemoServer, make_examples
+from helpers import CHROMEDRIVER, CHROMIUM
 from test_ground import build_scripted_model
 
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+REPO = Path(__file__).resolve().parents[1]
 Q = "when does the beep sound?"
 
 
@@ -119,10 +122,8 @@ def test_media_supports_ranges_and_only_known_ids(server):
 
 
 def chromium_driver(tmp_path: Path):
-    """A headless Chromium under selenium, or a failure that says what to install."""
-    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not Path(p).is_file()]
-    if missing:
-        pytest.fail(f"the browser test needs {', '.join(missing)}: apt-get install -y chromium chromium-driver")
+    """A headless Chromium under selenium (a run without the browser stops before any test: conftest.py),
+    or a failure that says what to install."""
     try:
         from selenium import webdriver
         from selenium.webdriver.chrome.service import Service
@@ -139,6 +140,21 @@ def chromium_driver(tmp_path: Path):
     return webdriver.Chrome(options=opts, service=Service(executable_path=CHROMEDRIVER))
 
 
+def test_a_missing_browser_stops_the_run_before_any_test():
+    tests = ["tests/test_serve.py::test_page_in_headless_chromium",
+             "tests/test_threads.py::test_the_rule_rounds_the_idle_cores_and_stays_within_the_usable_ones"]
+    code = ("import sys, pytest; sys.path.insert(0, 'tests'); import helpers; helpers.CHROMIUM = '/nowhere/chromium'; "
+            f"sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', *sys.argv[1:], *{tests!r}]))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=str(REPO), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1
+    assert "browser tests need /nowhere/chromium" in out.stdout and "apt-get install chromium chromium-driver" in out.stdout
+    assert "passed" not in out.stdout and "failed" not in out.stdout        # nothing ran
+    rest = subprocess.run([sys.executable, "-c", code, "-m", "not browser"], cwd=str(REPO), capture_output=True,
+                          text=True, timeout=300)
+    assert rest.returncode == 0 and "1 passed, 1 deselected" in rest.stdout
+
+
+@pytest.mark.browser
 def test_page_in_headless_chromium(server, clip_mkv, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
