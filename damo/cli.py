@@ -7,6 +7,7 @@
     damo ground VIDEO "QUERY" [--model DIR]
     damo data synth   --n N --seed S --out DIR [--difficulty standard] [--stvg]
     damo data convert --format F --in PATH [--durations CSV] --out OUT.jsonl
+    damo data render  --config C | --model DIR --data FILE [--index N] [--json]
 
 Heavy imports happen inside each subcommand so ``damo --help`` stays fast.
 """
@@ -447,6 +448,42 @@ def cmd_data_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_render(args: argparse.Namespace) -> int:
+    """``damo data render``: one sample as a model sees and learns it (prompt, frame times, targets, response)."""
+    from damo.data.dataset import ClipLoader, load_dataset, resolve_videos
+    from damo.data.inspect import config_processor, format_render, render_sample, sample_times
+    from damo.model.modeling_damo import DamoModel
+
+    if bool(args.config) == bool(args.model):
+        raise SystemExit("damo data render needs one of --config (a model config) or --model (a saved model folder)")
+    try:
+        samples = load_dataset(args.data)
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"--data {args.data}: {e}") from None
+    if not 0 <= args.index < len(samples):
+        raise SystemExit(f"--index {args.index}: {args.data} holds {len(samples)} samples (0 .. {len(samples) - 1})")
+    sample = samples[args.index]
+    try:
+        if args.model:
+            processor, note = DamoModel.load(args.model).processor, "the model's own"
+        else:
+            processor, note = config_processor(args.config, samples)
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(str(e)) from None
+    found, _ = resolve_videos([sample], args.video_root, "skip")
+    if found:      # the decoded frames' own times
+        times = ClipLoader(processor).raw(found[0].video).times.tolist()
+    else:
+        times = sample_times(processor, sample.duration)
+        note += f"; video {sample.video} not found, frame times from the duration"
+    try:
+        r = render_sample(processor, sample, times)
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
+    print(json.dumps(r, ensure_ascii=False) if args.json else format_render(r, note))
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """The web demo: examples, uploads, answers, timeline and a player that jumps to each span."""
     import damo
@@ -623,6 +660,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", required=True)
     _data_options(c)
     c.set_defaults(fn=cmd_data_convert)
+    r = data.add_parser("render", help="one sample as a model sees and learns it: prompt, frame times, targets, response")
+    r.add_argument("--config", help="a model config (path or shipped name, e.g. paper-d2vlm)")
+    r.add_argument("--model", help="a saved model folder (its own tokenizer and processor)")
+    r.add_argument("--data", required=True, help="canonical JSONL or synth:// spec")
+    r.add_argument("--index", type=int, default=0, help="which sample (0-based)")
+    r.add_argument("--json", action="store_true", help="one JSON object instead of text")
+    r.add_argument("--video-root", metavar="DIR", help="folder the sample's video resolves against (its decoded "
+                   "frame times are shown; without the video, the times follow from the duration)")
+    r.set_defaults(fn=cmd_data_render)
     from damo.data.augment import GENERATORS      # their heavy imports happen inside their commands
     from damo.data.preference import REWRITERS
     a = data.add_parser("augment", help="dense captions -> temporally grounded QA and dialogues (DaMO)",

@@ -24,11 +24,11 @@ MODES = ("reference_free", "dpo")
 class FPOSettings:
     """An FPO stage's ``fpo:`` settings. ``beta``: eq. 4's temperature (0.1 in the official code);
     ``mode``: ``reference_free`` (the paper's and the official form) or ``dpo`` (log-ratios against a
-    frozen copy of the model at the stage start, Rafailov et al. 2023); ``focus``: ``event`` (the
-    official scoring of the perturbed parts only) or ``sequence`` (whole responses)."""
+    frozen copy of the model at the stage start, Rafailov et al. 2023); ``focus``: ``sequence`` (whole
+    responses, the official scoring: damo.train.fpo) or ``event`` (the perturbed parts only, ours)."""
     beta: float = 0.1
     mode: str = "reference_free"
-    focus: str = "event"
+    focus: str = "sequence"
 
     def __post_init__(self) -> None:
         if not self.beta > 0:

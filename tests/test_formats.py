@@ -516,3 +516,40 @@ def test_prediction_ids_must_match_samples(tmp_path):
     with pytest.raises(ValueError, match="match no sample"):
         tacos.write_predictions([Prediction("nope", [[0, 1]])], samples, tmp_path / "p.jsonl")
 
+
+
+# The authors' training layout (nusnlp/d2vlm, d2vlm/train/train.py reads anno['tgt'], anno['src'],
+# anno['conversations'], anno['task'], anno['duration']): flat span lists, E.T. Bench task names.
+D2VLM_FLAT = [
+    {"video": "charades/AO8RW.mp4", "duration": 10.0, "task": "tvg", "source": "charades_sta", "tgt": [3.0, 5.0],
+     "conversations": [{"from": "human", "value": "<image>\nWhen does the person put a book on a shelf?"},
+                       {"from": "gpt", "value": "<evi></evi>The event happens in <evi>."}]},
+    {"video": "yc2/xHr8X2Wpmno.mp4", "task": "dvc", "tgt": [2, 9.5, 11, 20],
+     "conversations": [{"from": "human", "value": "<image>\nLocalize the steps and describe them."},
+                       {"from": "gpt", "value": "<evi> <evi></evi><evi>, crack the eggs. <evi>, whisk them."}]},
+    {"video": "ego/q1.mp4", "duration": 60, "task": "rvq", "src": [10, 14], "tgt": [20, 25],
+     "conversations": [{"from": "human", "value": "<image>\nWhat did I do after <evi>?"},
+                       {"from": "gpt", "value": "<evi></evi>I washed the cup in <evi>."}]},
+    {"video": "ego/q2.mp4", "duration": 60, "task": "rvq", "tgt": [20, 25, 30, 31],
+     "conversations": [{"from": "human", "value": "<image>\nWhat did I do?"},
+                       {"from": "gpt", "value": "<evi></evi>I washed the cup in <evi>."}]},
+]
+
+
+def test_d2vlm_reads_the_authors_flat_tgt_src_records(tmp_path):
+    (tmp_path / "durations.json").write_text(json.dumps({"xHr8X2Wpmno": 30.0}))
+    samples, report = F.load("d2vlm", write(tmp_path / "train.json", D2VLM_FLAT), durations=tmp_path / "durations.json")
+    assert [(s.id, s.task, s.spans, s.duration) for s in samples] == [
+        ("0", "grounding", [[3.0, 5.0]], 10.0), ("1", "dense_caption", [[2.0, 9.5], [11.0, 20.0]], 30.0),
+        ("2", "grounded_qa", [[20.0, 25.0]], 60.0)]
+    assert samples[0].answer == "The event happens in <evi>." and samples[0].query.startswith("When does")
+    assert samples[1].captions == ["crack the eggs.", "whisk them."]
+    # the question's own <evi> (a src span) reaches our model as text; src is kept
+    assert samples[2].query == "What did I do after 10.0 - 14.0 seconds?" and samples[2].meta["src"] == [[10.0, 14.0]]
+    # two spans but one reference in the answer: refused, and counted
+    assert report["question_refs_as_text"] == 1 and report["evi_refs_rejected"] == 1
+
+
+def test_d2vlm_flat_records_without_a_duration_name_the_fix(tmp_path):
+    with pytest.raises(ValueError, match=r"record 1: no duration for video 'yc2/xHr8X2Wpmno.mp4'; pass --durations"):
+        F.load("d2vlm", write(tmp_path / "train.json", D2VLM_FLAT))

@@ -9,6 +9,7 @@ import random
 import pytest
 import torch
 
+from damo.config import load_recipe
 from damo.data.collate import Collator
 from damo.model.processing import ClipTensors, DamoProcessor
 from damo.data.preference import validate_pair
@@ -397,3 +398,26 @@ def test_a_stage_trains_on_given_pairs_without_making_its_own(monkeypatch, tmp_p
     rec.on_missing = "error"
     with pytest.raises(FileNotFoundError, match="video"):
         stage_pairs(rec.stages[0].pairs, rec, said.append)
+
+
+def test_a_pair_differing_in_two_places_is_scored_whole_by_the_authors_focus():
+    """D²VLM's build_fpo_anno.py gives calculate_logps every label token and every <evi> of each side
+    (``sequence``); our ``event`` focus scores a temporal pair on the moved events' <evi> only."""
+    pair = make_pair(3, "dense_caption", "a red square appears; a beep sounds.", [[0.0, 2.0], [3.0, 5.0]],
+                     {"answer": "a red square appears; a beep sounds.", "spans": [[1.0, 3.0], [4.0, 6.0]],
+                      "captions": ["a red square appears", "a beep sounds"]},
+                     "temporal", "shift", captions=["a red square appears", "a beep sounds"],
+                     query="describe the events with their times.")
+    model = tiny_model().eval()
+    col = Collator(DamoProcessor(model.tokenizer, video_tokens=model.cfg.bridge_tokens, frame_tokens=1, fps=1.0,
+                                 layout="video_first"))
+    batch = col(pair_batch([pair], {"v3": clip(6, 3)}.__getitem__), random.Random(0))
+    b = replace(batch, **focus_masks(batch, [pair], model.processor.evi_id))
+    assert b.fpo_evi.tolist() == [1.0] * 8 and not b.fpo_tokens.any()   # both events' <evi>, both stages, no text
+    with torch.no_grad():
+        out = model(b)
+    (ec, er), (sc, sr) = (split_pairs(batch_logprob(out, b, f)) for f in ("event", "sequence"))
+    # the text after each moved <evi> reads other frames (semantic capture): only sequence scores it
+    assert abs(float((sc - sr) - (ec - er))) > 0.01
+    stage = next(s for s in load_recipe("paper-d2vlm").stages if s.name == "fpo")
+    assert FPOSettings.from_dict(stage.fpo).focus == "sequence"

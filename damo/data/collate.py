@@ -70,9 +70,9 @@ class Collator:
         neg_mask = torch.zeros(len(items), T, dtype=torch.bool)      # all-False rows: no hard negative
         for b, (sp, _, neg) in enumerate(align):
             n = int(batch.frame_mask[b].sum())
-            span_mask[b, :n] = torch.from_numpy(frame_targets([sp], n, cfg.fps) > 0)
+            span_mask[b, :n] = torch.from_numpy(frame_targets([sp], n, cfg.fps, cfg.frame_times) > 0)
             if neg is not None:
-                neg_mask[b, :n] = torch.from_numpy(frame_targets([neg], n, cfg.fps) > 0)
+                neg_mask[b, :n] = torch.from_numpy(frame_targets([neg], n, cfg.fps, cfg.frame_times) > 0)
         return replace(
             batch, group=g, num_frames=[int(x) for x in evi_mask.sum(1)],
             input_ids=pad_rows([e.ids for e in encs], pad),

@@ -129,7 +129,8 @@ class ClipLoader:
     def raw(self, video: str) -> Clip:
         """The decoded clip; a file with more frames than the model takes is refused before decoding."""
         c = self.processor.config
-        return load_video(video, c.fps, c.image_size, self.cache_dir, MediaLimits(max_frames=c.max_frames))
+        return load_video(video, c.fps, c.image_size, self.cache_dir, MediaLimits(max_frames=c.max_frames),
+                          self.processor.frame_times.phase)
 
     def __call__(self, video: str) -> ClipTensors:
         if video in self._mem:

@@ -68,9 +68,11 @@ def file_digest(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def cache_key(path: str | Path, fps: float, size: int | None) -> str:
-    """Entry name: content hash + sampling parameters + cache format version."""
-    return f"{file_digest(path)}_fps{float(fps):g}_size{size if size is not None else 'native'}_v{CACHE_VERSION}"
+def cache_key(path: str | Path, fps: float, size: int | None, phase: float = 0.5) -> str:
+    """Entry name: content hash + sampling parameters + cache format version (the phase only when it is
+    not the window centre, so centre-sampled entries keep their names)."""
+    at = "" if phase == 0.5 else f"_phase{float(phase):g}"
+    return f"{file_digest(path)}_fps{float(fps):g}{at}_size{size if size is not None else 'native'}_v{CACHE_VERSION}"
 
 
 def _warn_once(folder: Path, what: str, error: BaseException) -> None:
@@ -144,8 +146,8 @@ def evict(folder: Path, keep: Path | None = None, limit: int | None = None) -> i
 
 
 def load_clip(path: str | Path, fps: float = 1.0, size: int | None = 64, cache_dir: str | Path | None = None,
-              limits: MediaLimits | None = None, audio_dtype: _decode.AudioDtype = "int16") -> Clip:
-    """:func:`~damo.media.decode.decode_clip` through the disk cache.
+              limits: MediaLimits | None = None, audio_dtype: _decode.AudioDtype = "int16", phase: float = 0.5) -> Clip:
+    """:func:`~damo.media.decode.decode_clip` through the disk cache (``phase``: see there).
 
     The audio comes back as the cache keeps it, int16 (``audio_dtype="float32"`` converts); every
     feature function takes either.
@@ -157,12 +159,12 @@ def load_clip(path: str | Path, fps: float = 1.0, size: int | None = 64, cache_d
         raise MediaError(f"{p}: no such file")
     folder = Path(cache_dir or default_cache_dir())
     cap = max_cache_bytes()  # a bad setting fails here, before any decoding
-    entry = folder / f"{cache_key(p, fps, size)}.npz"
+    entry = folder / f"{cache_key(p, fps, size, phase)}.npz"
     clip = _read(entry, str(p))
     if clip is None:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            clip = _decode.decode_clip(p, fps=fps, size=size, limits=limits, audio_dtype="int16")
+            clip = _decode.decode_clip(p, fps=fps, size=size, limits=limits, audio_dtype="int16", phase=phase)
         notes = [str(w.message) for w in caught]
         for w in caught:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)

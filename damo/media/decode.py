@@ -2,8 +2,9 @@
 
 Frame ``i`` stands for the window ``[i/fps, (i+1)/fps)``; we keep the decoded frame whose
 presentation time is nearest the window centre (ties go to the earlier frame) and record that
-frame's true time, the centre-sampling convention of 1-fps video LLMs (TimeChat, DaMO). Times are
-on the file's timeline: ``pts * time_base`` minus the container start time.
+frame's true time, the centre-sampling convention of 1-fps video LLMs (TimeChat, DaMO). Another
+``phase`` samples nearest ``(i + phase)/fps`` instead (0: the window start, ``i/fps``, as D²VLM's
+loader does). Times are on the file's timeline: ``pts * time_base`` minus the container start time.
 
 One pass over the file: video and audio packets are demuxed together, audio is decoded as it
 comes (:class:`~damo.media.audio.AudioTrack`), and video packets are held one GOP (keyframe to
@@ -199,8 +200,10 @@ def _reformatter() -> av.video.reformatter.VideoReformatter:
 class _Picker:
     """Receives decoded frames in presentation order and keeps, per window, the one nearest its centre."""
 
-    def __init__(self, fps: float, n_max: int, exact: bool, size: int | None, name: str, limits: MediaLimits):
+    def __init__(self, fps: float, n_max: int, exact: bool, size: int | None, name: str, limits: MediaLimits,
+                 phase: float = 0.5):
         self.fps, self.n_max, self.exact, self.size, self.name, self.limits = fps, n_max, exact, size, name, limits
+        self.phase = phase                                   # sample point inside a window, in windows
         self.j = 0                                           # next window to fill
         self.prev: tuple[float, av.VideoFrame] | None = None
         self.times = np.zeros(n_max, np.float64)
@@ -210,7 +213,7 @@ class _Picker:
         self.next_centre = self.centre(0)                    # of window j (inf past the last)
 
     def centre(self, j: int) -> float:
-        return (j + 0.5) / self.fps if j < self.n_max else math.inf
+        return (j + self.phase) / self.fps if j < self.n_max else math.inf
 
     def _rgb(self, frame: av.VideoFrame) -> np.ndarray:
         if self.last is not None and self.last[0] is frame:
@@ -412,10 +415,10 @@ class _Video:
         lo, hi = self.prev_max, next_key
         if known:
             self.prev_max = max(self.prev_max, max(known))
-        fps, n = self.picker.fps, self.picker.n_max
+        fps, n, ph = self.picker.fps, self.picker.n_max, self.picker.phase
         # windows whose centre c satisfies lo <= c < hi: this GOP may hold their nearest frame
-        j0 = max(self.picker.j, math.ceil(lo * fps - 0.5 - 1e-9) if lo > -math.inf else 0)
-        j1 = min(n, math.ceil(hi * fps - 0.5 - 1e-9) if hi < math.inf else n)
+        j0 = max(self.picker.j, math.ceil(lo * fps - ph - 1e-9) if lo > -math.inf else 0)
+        j1 = min(n, math.ceil(hi * fps - ph - 1e-9) if hi < math.inf else n)
         if not self.skip or self.untimed or len(known) < len(gop):
             self._send_all(self.skipped_gop + gop)
             self.skipped_gop = []
@@ -429,7 +432,7 @@ class _Video:
         self.skipped_gop = []
         # the frame nearest each centre among this GOP's: a nearer one in another GOP only means this
         # one is decoded in vain, and a skipped neighbour cannot change which decoded frame is nearest
-        wanted = set(_nearest(sorted(known), ((j + 0.5) / fps for j in range(j0, j1))))
+        wanted = set(_nearest(sorted(known), ((j + ph) / fps for j in range(j0, j1))))
         last_needed = max(wanted) if wanted else -math.inf
         cut = max(i for i, t in enumerate(times) if t <= last_needed + 1e-9) if wanted else len(gop) - 1
         self.skipped |= cut < len(gop) - 1
@@ -451,14 +454,14 @@ class _Video:
         A decode that skipped nothing saw every frame, as the sequential mode does: nothing to check."""
         if self.untimed or not self.skipped:
             return
-        fps = self.picker.fps
-        expected = _nearest(sorted(set(self.times)), ((j + 0.5) / fps for j in range(len(times))))
+        fps, ph = self.picker.fps, self.picker.phase
+        expected = _nearest(sorted(set(self.times)), ((j + ph) / fps for j in range(len(times))))
         if any(abs(e - t) > 1e-6 for e, t in zip(expected, times.tolist())):
             raise _Mismatch
 
 
 def _decode(path: Path, fps: float, size: int | None, skip: bool, limits: MediaLimits,
-            audio_dtype: AudioDtype, with_audio: bool) -> Clip:
+            audio_dtype: AudioDtype, with_audio: bool, phase: float) -> Clip:
     name = str(path)
     container = _open(path)
     try:
@@ -468,7 +471,7 @@ def _decode(path: Path, fps: float, size: int | None, skip: bool, limits: MediaL
         declared = _declared_duration(container)
         _check_header(name, limits, cc.width or 0, cc.height or 0, declared, fps, size)
         n_max = num_clip_frames(declared, fps) if declared is not None else limits.max_frames
-        picker = _Picker(fps, n_max, declared is not None, size, name, limits)
+        picker = _Picker(fps, n_max, declared is not None, size, name, limits, phase)
         video = _Video(stream, origin, picker, skip, name, limits)
         audio = None
         if container.streams.audio and with_audio:
@@ -539,14 +542,16 @@ def _decode(path: Path, fps: float, size: int | None, skip: bool, limits: MediaL
 
 
 def decode_clip(path: str | Path, fps: float = 1.0, size: int | None = 64, mode: Mode = "auto",
-                limits: MediaLimits | None = None, audio_dtype: AudioDtype = "float32", audio: bool = True) -> Clip:
+                limits: MediaLimits | None = None, audio_dtype: AudioDtype = "float32", audio: bool = True,
+                phase: float = 0.5) -> Clip:
     """Decode ``path`` into a :class:`Clip` of ``T = ceil(duration * fps)`` frames and its audio.
 
     ``mode="auto"`` decodes only what the kept frames need (see the module doc); "sequential"
     decodes every frame (the reference the skipping is checked against). ``limits`` bound what
     the file may claim (default :class:`MediaLimits`). The audio is ``ceil(duration * 16000)``
     samples of ``audio_dtype`` ("float32" in [-1, 1], or "int16" at half the memory), and empty
-    when the file has no audio track or ``audio=False`` (video only, ``has_audio=False``). Undecodable files raise :class:`MediaError`; an audio track
+    when the file has no audio track or ``audio=False`` (video only, ``has_audio=False``). ``phase`` is where in
+    its window frame ``i`` is sampled: nearest ``(i + phase) / fps`` (0.5 the centre, 0 the start). Undecodable files raise :class:`MediaError`; an audio track
     that cannot be decoded is dropped with a warning (``has_audio=False``), never silently.
     """
     if not fps > 0:
@@ -557,11 +562,13 @@ def decode_clip(path: str | Path, fps: float = 1.0, size: int | None = 64, mode:
         raise ValueError(f"mode must be 'auto' or 'sequential', got {mode!r}")
     if audio_dtype not in ("float32", "int16"):
         raise ValueError(f"audio_dtype must be 'float32' or 'int16', got {audio_dtype!r}")
+    if not 0 <= phase < 1:
+        raise ValueError(f"phase must be in [0, 1) (a point inside the 1/fps window), got {phase}")
     limits = limits or MediaLimits()
     try:
-        return _decode(Path(path), fps, size, mode == "auto", limits, audio_dtype, audio)
+        return _decode(Path(path), fps, size, mode == "auto", limits, audio_dtype, audio, phase)
     except _Mismatch:
-        return _decode(Path(path), fps, size, False, limits, audio_dtype, audio)
+        return _decode(Path(path), fps, size, False, limits, audio_dtype, audio, phase)
 
 
 def _scan(container: av.container.InputContainer, name: str) -> dict:

@@ -45,7 +45,7 @@ from damo.model.coordinates import (anchor_tables, decode_position, frame_time_e
                                     interpolate_anchors, register_propagation)
 from damo.model.encoders import Block
 from damo.model.compressors import PLACEMENTS, build_compressor, slow_steps
-from damo.model.evidence import (DECODERS, EvidenceHead, capture_weights, decode_interval, pool_groups,
+from damo.model.evidence import (DECODERS, EvidenceHead, capture_weights, pool_groups,
                                  salient_frames)
 from damo.model.fields import check_fields
 from damo.model.fuseformer import CrossBlock, TemporalFuseformer, sinusoid
@@ -177,6 +177,8 @@ class DamoConfig:
     llm_frames: int = 64       # at most this many frame tokens reach the LLM: longer videos pool consecutive frames (0: no cap)
     max_len: int = 1024        # tokens per training sequence (prompt with video placeholders + response); longer is an error
     layout: str = "query_both"      # video_first | query_first | query_both: where the question goes (processing.LAYOUTS)
+    frame_times: str = "centre"     # centre | start: frames at window centres or starts, and the spans they cover (processing.FRAME_TIMES)
+    chat: dict | None = None        # the LLM's chat format (processing.ChatFormat: template, stop, system, ...); None: our plain prompt
     response: str = "interleaved"   # coupled | decomposed | interleaved (D²VLM Table 4; processing.RESPONSES)
     query_aware: bool = True   # frame tokens carry their match with the question in the stage-1 alignment space
     time_encoding: str = "sinusoid"  # sinusoid | timestamp | lape | none (processing.TIME_ENCODINGS)
@@ -209,7 +211,8 @@ class DamoConfig:
             raise ValueError(f"model.compressor.placement must be one of {PLACEMENTS}, got {cfg.compressor.placement!r}")
         if cfg.evidence.decode not in DECODERS:
             raise ValueError(f"model.evidence.decode must be one of {DECODERS}, got {cfg.evidence.decode!r}")
-        ProcessorConfig(layout=cfg.layout, response=cfg.response, evidence_level=cfg.evidence.level,
+        ProcessorConfig(layout=cfg.layout, frame_times=cfg.frame_times, chat=cfg.chat, response=cfg.response,
+                        evidence_level=cfg.evidence.level,
                         max_len=cfg.max_len, evidence_targets=cfg.evidence.targets, evidence_alpha=cfg.evidence.alpha,
                         time_encoding=cfg.time_encoding, time_bins=cfg.time_bins, box_bins=cfg.box_bins)  # validates
         return cfg
@@ -597,7 +600,6 @@ class DamoModel(nn.Module):
         batch = batch.to(dev)
         proc, ev_cfg = self.processor, self.cfg.evidence
         g = batch.group
-        fps = self.cfg.fps / g                                      # frame tokens per second
         frame_emb, fusion_emb, _ = self.video_embeddings(batch)
         attn = batch.attention_mask
         emb = self.scatter_video(batch.input_ids, frame_emb, fusion_emb, batch.num_frames)
@@ -621,7 +623,8 @@ class DamoModel(nn.Module):
             nxt = logits.argmax(-1)                                 # (B,)
             toks = nxt.tolist()
             for b, t in enumerate(toks):
-                done[b] = done[b] or t == proc.tokenizer.eos_token_id
+                if not done[b] and proc.is_stop(rows[b]["ids"] + [t]):     # eos, or the chat's stop string
+                    done[b], rows[b]["ids"] = True, proc.strip_stop(rows[b]["ids"] + [t])
             if all(done):
                 break
             e = table(nxt)[:, None]                                 # (B, 1, C)
@@ -644,10 +647,9 @@ class DamoModel(nn.Module):
                 s = s.float().cpu().numpy()                         # (T'_b,)
                 if ev_cfg.level == "frame":      # one frame: its start (first of a pair) or its end
                     lo = hi = int(s.argmax())
-                    span = [lo / fps, min(durations[b], (lo + 1) / fps), float(s[lo])]
                 else:
                     lo, hi = salient_frames(s, ev_cfg.threshold, ev_cfg.decode)
-                    span = decode_interval(s, fps, durations[b], ev_cfg.threshold, ev_cfg.decode)
+                span = proc.run_span(lo, hi, g, durations[b]) + [float(s[lo:hi + 1].mean())]
                 rows[b]["evidence"].append({"stage": stage[b], "scores": np.repeat(s, g)[:int(n_frames[b])],
                                             "span": span})
                 if ev_cfg.semantic_capture:

@@ -51,23 +51,57 @@ _SPAN_TEXT = re.compile(r"(\d+(?:\.\d+)?)\s*-\s*(\d+(?:\.\d+)?)\s*seconds")
 
 
 # ----------------------------------------------------------------------------- strategies
-def _video_first(bos: list[int], ask: list[int], video: list[int], assistant: list[int]) -> list[int]:
-    return bos + video + ask + assistant
+# Where the question goes, in order. ``video_first`` is the LLaVA layout D²VLM and LLaVA-ST use;
+# ``query_first`` lets the causal LLM's frame states attend to the question (as instruction-aware
+# Q-Formers do in InstructBLIP and TimeChat); ``query_both`` also repeats it right before the answer.
+LAYOUTS: dict[str, tuple[str, ...]] = {"video_first": ("video", "query"), "query_first": ("query", "video"),
+                                       "query_both": ("query", "video", "query")}
 
 
-def _query_first(bos: list[int], ask: list[int], video: list[int], assistant: list[int]) -> list[int]:
-    return bos + ask + video + assistant
+@dataclass(frozen=True)
+class FrameTimes:
+    """Where frame ``i`` is sampled in its ``1/fps`` window (``phase``: at ``(i + phase)/fps``), which
+    frames a span covers (``covers``: frame indices, fps, start, end -> mask) and where a run of
+    frames ending at frame ``b`` ends (``last``: at ``(b + last)/fps``)."""
+    phase: float
+    covers: Callable[[np.ndarray, float, float, float], np.ndarray]
+    last: float
 
 
-def _query_both(bos: list[int], ask: list[int], video: list[int], assistant: list[int]) -> list[int]:
-    return bos + ask + video + ask + assistant
+def _centre_covers(i: np.ndarray, fps: float, s: float, e: float) -> np.ndarray:
+    c = (i + 0.5) / fps
+    return (c >= s) & (c < e)
 
 
-# Where the question goes. ``video_first`` is the LLaVA layout D²VLM uses; ``query_first`` lets the
-# causal LLM's frame states attend to the question (as instruction-aware Q-Formers do in
-# InstructBLIP and TimeChat); ``query_both`` also repeats it right before the answer.
-LAYOUTS: dict[str, Callable[[list[int], list[int], list[int], list[int]], list[int]]] = {
-    "video_first": _video_first, "query_first": _query_first, "query_both": _query_both}
+def _index_covers(i: np.ndarray, fps: float, s: float, e: float) -> np.ndarray:
+    return (i >= round(s * fps)) & (i <= round(e * fps))
+
+
+# ``centre``: frames at window centres, a span [s, e) covers the frames whose centre it holds, a run
+# ends where its last window ends (TimeChat's convention, ours). ``start``: D²VLM's official code
+# (d2vlm 756d340): frames at i/fps (d2vlm/utils/io.py, _load_video, frame_idx = arange(0, n, fps_native/fps)),
+# a span [s, e] covers frames round(s)..round(e) inclusive (d2vlm/model/d2vlm_arch.py, forward_evi:
+# ``[round(x) for x in t]`` then ``start <= idx <= end``), and a decoded run [a, b] is written "a - b" in
+# frame indices (d2vlm/utils/tokenization.py, format_intervals), so it ends at frame b's time.
+FRAME_TIMES = {"centre": FrameTimes(0.5, _centre_covers, 1.0), "start": FrameTimes(0.0, _index_covers, 0.0)}
+
+
+@dataclass(frozen=True)
+class ChatFormat:
+    """An LLM's own chat format, as its ``tokenizer_config.json`` publishes it, with the system turn
+    and stop string its authors' prompts use. ``template``: the Jinja chat template (used when the
+    tokenizer carries none, so prompts render offline); ``system``: the system turn's text (None:
+    none); ``stop``: generation ends at any of these strings, and the first one closes every training
+    response (it is learned, as the authors' label masks keep it); ``bos``: the tokenizer puts its bos
+    token in front (Phi-3 and Mistral's sentencepiece tokenizers do; a template that writes
+    ``{{ bos_token }}`` itself needs false); ``bos_token``/``eos_token``: the strings the template
+    writes for ``{{ bos_token }}``/``{{ eos_token }}``."""
+    template: str
+    stop: tuple[str, ...]
+    system: str | None = None
+    bos: bool = False
+    bos_token: str | None = None
+    eos_token: str | None = None
 
 
 @dataclass(frozen=True)
@@ -138,6 +172,16 @@ def check_choice(key: str, value: str, valid: dict) -> None:
         raise ValueError(f"model.{key} must be one of {tuple(valid)}, got {value!r}")
 
 
+def chat_format(fields: dict) -> ChatFormat:
+    """``model.chat`` as a :class:`ChatFormat`, or one line saying what is wrong."""
+    names = set(ChatFormat.__dataclass_fields__)
+    if set(fields) - names or not {"template", "stop"} <= set(fields):
+        raise ValueError(f"model.chat needs template and stop and takes only {sorted(names)}; got {sorted(fields)}")
+    if not fields["stop"]:
+        raise ValueError("model.chat.stop must name at least one stop string (the end-of-turn token, e.g. <|end|>)")
+    return ChatFormat(**{**fields, "stop": tuple(fields["stop"])})
+
+
 # ----------------------------------------------------------------------------- helpers
 def llm_group(num_frames: int, llm_frames: int) -> int:
     """Frames per LLM video token: 1, or ``ceil(T / llm_frames)`` when a video has more frames than
@@ -146,12 +190,13 @@ def llm_group(num_frames: int, llm_frames: int) -> int:
     return 1 if llm_frames <= 0 or num_frames <= llm_frames else -(-num_frames // llm_frames)
 
 
-def frame_targets(spans: Sequence[Sequence[float]], num_frames: int, fps: float) -> np.ndarray:
-    """1 for frames whose window centre (i + 0.5) / fps lies inside any span [s, e)."""
-    c = (np.arange(num_frames) + 0.5) / fps
+def frame_targets(spans: Sequence[Sequence[float]], num_frames: int, fps: float, times: str = "centre") -> np.ndarray:
+    """1 for frames any span covers (:data:`FRAME_TIMES`; ``centre``: the window centre (i + 0.5) / fps
+    lies inside [s, e); ``start``: frames round(s * fps) .. round(e * fps))."""
+    i = np.arange(num_frames)
     y = np.zeros(num_frames, dtype=np.float32)
     for s, e in spans:
-        y[(c >= s) & (c < e)] = 1.0
+        y[FRAME_TIMES[times].covers(i, fps, s, e)] = 1.0
     if num_frames and not y.any() and spans:  # span shorter than a frame window: mark its nearest frame
         s, e = spans[0]
         y[min(num_frames - 1, int((s + e) / 2 * fps))] = 1.0
@@ -221,7 +266,8 @@ def response_text(task: str, answer: str, spans: list, captions: list[str], *, r
     return " ".join([evi] * n + [tk.EVI_END, body])
 
 
-def evidence_targets(spans: list, num_evi: int, num_frames: int, fps: float, level: str = "event") -> list[np.ndarray]:
+def evidence_targets(spans: list, num_evi: int, num_frames: int, fps: float, level: str = "event",
+                     times: str = "centre") -> list[np.ndarray]:
     """Frame targets ``(num_frames,)`` for each of a turn's ``num_evi`` ``<evi>`` tokens, in order.
 
     Event level: the k-th token of each stage grounds the k-th span (D²VLM: ``time_gt`` is shared
@@ -233,11 +279,13 @@ def evidence_targets(spans: list, num_evi: int, num_frames: int, fps: float, lev
         y = np.zeros(num_frames, np.float32)
         if spans and num_frames:
             s, e = spans[evi_span_index(k, len(spans), level)]
-            if level == "frame":
+            if level == "frame" and times == "start":
+                t = round((s if k % 2 == 0 else e) * fps)
+            elif level == "frame":
                 t = s * fps if k % 2 == 0 else math.ceil(e * fps) - 1
                 y[min(num_frames - 1, max(0, int(t)))] = 1.0
             else:
-                y = frame_targets([[s, e]], num_frames, fps)
+                y = frame_targets([[s, e]], num_frames, fps, times)
         out.append(y)
     return out
 
@@ -396,6 +444,8 @@ class ProcessorConfig:
     budget: dict | None = None     # compressor at the LLM: TokenBudget fields; K and the frame cap follow it
     fps: float = 1.0
     layout: str = "query_both"
+    frame_times: str = "centre"    # centre | start: where frames sit in their window (FRAME_TIMES)
+    chat: dict | None = None       # ChatFormat fields: the LLM's chat template; None: our plain layout
     response: str = "interleaved"
     evidence_level: str = "event"
     evidence_targets: str = "soft"  # soft: alpha^-distance outside the span (D²VLM official code) | hard: 0/1
@@ -415,6 +465,9 @@ class ProcessorConfig:
     def __post_init__(self) -> None:
         check_fields(self, "processor")
         check_choice("layout", self.layout, LAYOUTS)
+        check_choice("frame_times", self.frame_times, FRAME_TIMES)
+        if self.chat is not None:
+            chat_format(self.chat)
         check_choice("response", self.response, RESPONSES)
         check_choice("evidence.level", self.evidence_level, EVIDENCE_LEVELS)
         check_choice("evidence.targets", self.evidence_targets, EVIDENCE_TARGETS)
@@ -440,6 +493,10 @@ class DamoProcessor:
         self.tokenizer = tok = tokenizer
         self.config = c = config or ProcessorConfig(**kw)
         self.time = TIME_ENCODINGS[c.time_encoding]
+        self.frame_times = FRAME_TIMES[c.frame_times]
+        self.chat = chat_format(c.chat) if c.chat is not None else None
+        stops = [tok(x, add_special_tokens=False)["input_ids"] for x in self.chat.stop] if self.chat else []
+        self.stop_ids: list[list[int]] = [[tok.eos_token_id]] + [x for x in stops if x]
         self.level = EVIDENCE_LEVELS[c.evidence_level]
         self.format = RESPONSES[c.response]
         self.time_bins = c.time_bins if self.time.tokens else 0
@@ -462,6 +519,7 @@ class DamoProcessor:
                       k_max=cc.k_max, fast_side=o.get("fast_side", STP_FAST_SIDE), stride=o.get("stride", STP_STRIDE))
         return cls(tokenizer, ProcessorConfig(budget=budget if cc.placement == "llm" else None,
             video_tokens=cfg.bridge_tokens, frame_tokens=cfg.fuser.frame_tokens, fps=cfg.fps, layout=cfg.layout,
+            frame_times=cfg.frame_times, chat=cfg.chat,
             response=cfg.response, evidence_level=cfg.evidence.level, evidence_targets=cfg.evidence.targets,
             evidence_alpha=cfg.evidence.alpha, llm_frames=cfg.llm_frames, time_encoding=cfg.time_encoding, time_bins=cfg.time_bins, box_bins=cfg.box_bins,
             image_size=cfg.vision.image_size, audio_features="whisper" if cfg.audio.kind == "hf_whisper" else "log_mel",
@@ -544,26 +602,103 @@ class DamoProcessor:
         """Frames per LLM frame token for a clip (or batch) of ``num_frames`` frames."""
         return self.layout(num_frames).group
 
+    def video_pieces(self, times: Sequence[float] | torch.Tensor | None, layout: VideoLayout | None = None) -> list[str]:
+        """The video's part of a prompt as text pieces (each ``<video>`` one placeholder): the fusion
+        placeholders, then the slow stream's, then each frame token's; with the ``timestamp`` time
+        encoding each frame token's placeholders follow its time as text. Empty without ``times``."""
+        if times is None or not len(times):
+            return []
+        lay = layout or self.layout(len(times))
+        first = [float(t) for t in list(times)[::lay.group]]       # each token's first frame
+        out = [tk.VIDEO] * (self.config.video_tokens + lay.slow_tokens(len(first)))
+        for prefix in (timestamp_prompt(first) if self.time.timestamps else [""] * len(first)):
+            out += ([prefix] if prefix else []) + [tk.VIDEO] * lay.per_frame
+        return out
+
+    def video_ids(self, pieces: list[str]) -> list[int]:
+        return [i for x in pieces for i in ([self.video_id] if x == tk.VIDEO else self.encode(x))]
+
+    def chat_segments(self, queries: list[str], responses: int, video: bool) -> list[tuple[str, str]]:
+        """A conversation of ``queries`` (the first ``responses`` of them answered) rendered by the LLM's
+        chat template (the tokenizer's own, else the one the config carries) with the authors' system
+        turn, as ``(kind, text)`` segments in order: ``template`` text, each ``user`` question, the
+        ``video`` marker (in the first question, placed per ``layout``) and each ``response``'s place.
+        The template renders markers, so a question's text never passes through it."""
+        ch = self.chat
+        asks = [f"\x1equery {k}\x1e" for k in range(len(queries))]
+        answers = [f"\x1eresponse {k}\x1e" for k in range(responses)]
+        parts = {"video": tk.VIDEO, "query": asks[0]}
+        msgs = [{"role": "system", "content": ch.system}] if ch.system is not None else []
+        for i, q in enumerate(asks):
+            first = "\n".join(parts[x] for x in LAYOUTS[self.config.layout] if video or x != "video")
+            msgs.append({"role": "user", "content": first if i == 0 else q})
+            if i < responses:
+                msgs.append({"role": "assistant", "content": answers[i]})
+        named = {k: v for k, v in (("bos_token", ch.bos_token), ("eos_token", ch.eos_token)) if v is not None}
+        text = self.tokenizer.apply_chat_template(msgs, chat_template=self.tokenizer.chat_template or ch.template,
+                                                  add_generation_prompt=responses < len(queries),
+                                                  tokenize=False, **named)
+        kind = {tk.VIDEO: ("video", tk.VIDEO)} | {a: ("user", q) for a, q in zip(asks, queries)} | {
+            a: ("response", a) for a in answers}
+        return [kind.get(x, ("template", x)) for x in re.split("(" + "|".join(map(re.escape, kind)) + ")", text) if x]
+
+    def chat_tokens(self, kind: str, text: str) -> list[int]:
+        """Exactly the tokenizer's ids of a template segment (our special tokens stay single ids), or of
+        a question with any special token's string in it read as plain characters (a question cannot
+        inject placeholders or end its own turn)."""
+        return self.tokenizer(text, add_special_tokens=False, split_special_tokens=kind == "user")["input_ids"]
+
+    def prompt_pieces(self, query: str, times: Sequence[float] | torch.Tensor | None,
+                      layout: VideoLayout | None = None) -> tuple[list[str], list[int]]:
+        """The prompt generation starts from as text pieces and its token ids (see :meth:`prompt`)."""
+        video = self.video_pieces(times, layout)
+        if self.chat is None:
+            parts = {"video": (video, self.video_ids(video)),
+                     "query": ([tk.USER, " " + query.strip()], self.encode(tk.USER) + self.encode_user(query))}
+            order = LAYOUTS[self.config.layout]
+            pieces = [tk.BOS] + [x for part in order for x in parts[part][0]] + [tk.ASSISTANT]
+            ids = [self.tokenizer.bos_token_id] + [i for part in order for i in parts[part][1]]
+            return pieces, ids + self.encode(tk.ASSISTANT)
+        pieces, ids = [], [self.tokenizer.bos_token_id] if self.chat.bos else []
+        for kind, x in self.chat_segments([query], 0, bool(video)):
+            pieces += video if kind == "video" else [x]
+            ids += self.video_ids(video) if kind == "video" else self.chat_tokens(kind, x)
+        return pieces, ids
+
     def prompt(self, query: str, times: Sequence[float] | torch.Tensor | None,
                layout: VideoLayout | None = None) -> list[int]:
         """The prefix generation starts from, for a question about a clip with frame ``times``
         (seconds; ``None``: no video). ``layout`` (default: this clip's alone; a batch uses its
         longest clip's) says how many frames share a frame token and how many placeholders each
-        gets. The fusion placeholders, then the slow stream's, come first; with the ``timestamp``
-        time encoding each frame token's placeholders follow its time as text."""
-        c, v = self.config, self.video_id
-        video: list[int] = []
-        if times is not None and len(times):
-            lay = layout or self.layout(len(times))
-            first = [float(t) for t in list(times)[::lay.group]]   # each token's first frame
-            video = [v] * (c.video_tokens + lay.slow_tokens(len(first)))
-            if self.time.timestamps:
-                for prefix in timestamp_prompt(first):
-                    video += self.encode(prefix) + [v] * lay.per_frame
-            else:
-                video += [v] * (lay.per_frame * len(first))
-        ask = self.encode(tk.USER) + self.encode_user(query)
-        return LAYOUTS[c.layout]([self.tokenizer.bos_token_id], ask, video, self.encode(tk.ASSISTANT))
+        gets. Without ``chat`` the prompt is ``<bos>`` and the question and video in ``layout``'s
+        order, then ``<|assistant|>``; with it, the LLM's chat template around the question (with the
+        authors' system turn) and the video placeholders where the template has ``<video>``."""
+        return self.prompt_pieces(query, times, layout)[1]
+
+    def response_ids(self, text: str, last: bool) -> list[int]:
+        """A response's ids, ended by the stop string (chat) or, for the last turn, the eos token."""
+        if self.chat is None:
+            return self.encode(text) + ([self.tokenizer.eos_token_id] if last else [])
+        return self.tokenizer(text + self.chat.stop[0], add_special_tokens=False)["input_ids"]
+
+    def is_stop(self, ids: list[int]) -> bool:
+        """Whether generated ``ids`` end the answer: they end with the eos token or (chat) a stop string's
+        ids, matched as token sequences as the authors' ``KeywordsStoppingCriteria`` does."""
+        return any(ids[-len(x):] == x for x in self.stop_ids if len(ids) >= len(x))
+
+    def strip_stop(self, ids: list[int]) -> list[int]:
+        """Generated ids without the eos or stop string that ended them."""
+        for x in self.stop_ids:
+            if len(ids) >= len(x) and ids[-len(x):] == x:
+                return ids[:-len(x)]
+        return ids
+
+    def run_span(self, first: int, last: int, group: int, duration: float) -> list[float]:
+        """Seconds ``[start, end]`` of the frame tokens ``first..last`` (each ``group`` frames) under
+        :data:`FRAME_TIMES`: ``centre`` ends at the last window's end, ``start`` at the last frame's time."""
+        fps = self.config.fps
+        end = (last * group + group - 1 + self.frame_times.last) / fps
+        return [first * group / fps, min(duration, end)]
 
     def response(self, turn: dict, duration: float | None) -> str:
         c = self.config
@@ -623,20 +758,18 @@ class DamoProcessor:
         group = layout.group
         ids = self.prompt(turns[0]["query"], times, layout)
         enc = Encoded(ids=ids, labels=[-100] * len(ids), frame_pos=self.frame_placeholders(ids, n, layout))
+        between = self.follow_ups([t["query"] for t in turns], n > 0)
         for ti, turn in enumerate(turns):
             if ti:
-                q = self.encode(tk.USER) + self.encode_user(turn["query"]) + self.encode(tk.ASSISTANT)
-                enc.ids, enc.labels = enc.ids + q, enc.labels + [-100] * len(q)
-            r = self.encode(self.response(turn, duration))
-            if ti == len(turns) - 1:
-                r.append(self.tokenizer.eos_token_id)
+                enc.ids, enc.labels = enc.ids + between[ti - 1], enc.labels + [-100] * len(between[ti - 1])
+            r = self.response_ids(self.response(turn, duration), last=ti == len(turns) - 1)
             off = len(enc.ids)
             enc.ids, enc.labels = enc.ids + r, enc.labels + r
             spans = turn["spans"]
             self._coordinate_targets(enc, r, off, turn, duration, name)
             evis = [off + i for i, t in enumerate(r) if t == self.evi_id] if n else []
             first = len(enc.evi_pos)
-            for p, y in zip(evis, evidence_targets(spans, len(evis), n, c.fps, c.evidence_level)):
+            for p, y in zip(evis, evidence_targets(spans, len(evis), n, c.fps, c.evidence_level, c.frame_times)):
                 enc.evi_pos.append(p)
                 enc.evi_targets.append(EVIDENCE_TARGETS[c.evidence_targets](group_targets(y, group), c.evidence_alpha))
             m = len(spans) * self.level.tokens                     # <evi> tokens per stage
@@ -645,6 +778,23 @@ class DamoProcessor:
             raise ValueError(f"{name} needs {len(enc.ids)} tokens > max_len {c.max_len}; "
                              "lower the fps or use a token-budget compressor")
         return enc
+
+    def follow_ups(self, queries: list[str], video: bool) -> list[list[int]]:
+        """The ids between consecutive responses of a conversation (each follow-up question with its
+        turn markers): ``<|user|> q <|assistant|>`` without ``chat``; with it, what the chat template
+        writes between two answers, less the stop string that already ends the previous answer."""
+        if self.chat is None:
+            return [self.encode(tk.USER) + self.encode_user(q) + self.encode(tk.ASSISTANT) for q in queries[1:]]
+        out: list[list[int]] = []
+        stop, after = self.chat.stop[0], False
+        for kind, x in self.chat_segments(queries, len(queries), video):
+            if kind == "response":
+                out.append([])
+            elif out:
+                cut = x[len(stop):] if after and x.startswith(stop) else x     # right after an answer
+                out[-1] += self.chat_tokens(kind, cut)
+            after = kind == "response"
+        return out[:-1]
 
     def _coordinate_targets(self, enc: Encoded, r: list[int], off: int, turn: dict, duration: float,
                             name: str) -> None:

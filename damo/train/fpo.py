@@ -12,11 +12,13 @@ batch are the chosen responses and the last ``P`` rows the rejected ones, built 
 is teacher-forced with its own (wrong) evidence, so its ``<evi>`` targets are the rejected
 intervals, exactly as eq. 7 scores a dispreferred response.
 
-Focus (:class:`FPOSettings`): the official code scores a pair only where it was perturbed - a
-textual perturbation on the perturbed event's text tokens, a temporal one on the perturbed
-events' ``<evi>`` intervals (d2vlm/model/d2vlm_fpo_arch.py, ``calculate_logps``). ``focus="event"``
-does the same from the pair records (:func:`focus_masks`); ``"sequence"`` scores whole responses
-(every text token and every ``<evi>``), as eq. 7 is written.
+Focus (:class:`FPOSettings`): ``"sequence"`` scores whole responses (every text token and every
+``<evi>``), as eq. 7 is written and as the official code does: ``fpo_anno_gen/build_fpo_anno.py``
+(nusnlp/d2vlm 756d340) hands ``calculate_logps`` (d2vlm/model/d2vlm_fpo_arch.py) every chosen label
+token and every ``<evi>`` on one side and every rejected one on the other (only its LLM-rewritten
+``rvc`` pairs are scored on the rewritten text alone). ``focus="event"`` is ours: a pair is scored only
+where it was perturbed, a textual perturbation on the perturbed event's text tokens, a temporal one on
+the perturbed events' ``<evi>`` intervals (:func:`focus_masks`).
 
 A training step of the FPO stage::
 

@@ -33,7 +33,7 @@ FORMATS: dict[str, ModuleType] = {
     "timelens": timelens,
 }
 
-USES_DURATIONS = {"charades-sta", "didemo"}  # the formats whose files carry no video durations
+USES_DURATIONS = {"charades-sta", "didemo", "d2vlm"}  # the formats whose files may carry no video durations
 
 
 def get(format: str) -> ModuleType:

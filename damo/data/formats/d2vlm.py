@@ -1,5 +1,20 @@
 """D²VLM conversation annotations (Factorized Learning for Temporally Grounded Video-Language
-Models, ICCV 2025, appendix B): a JSON list of
+Models, ICCV 2025, appendix B), in either of two layouts, record by record.
+
+The authors' training files (nusnlp/d2vlm 756d340, ``d2vlm/train/train.py``: ``anno['tgt']``,
+``anno['src']``; E.T. Instruct's layout) hold flat span lists:
+
+``{"video", "duration", "task", "conversations": [...], "tgt": [s1, e1, s2, e2, ...], "src": [...]}``
+
+``tgt`` are the spans the response's ``<evi>`` ground, in order, the same for the grounding stage and
+the answer (``d2vlm_arch.py`` ``forward_evi`` appends ``tgt`` twice); ``src`` are spans the *question*
+refers to with its own ``<evi>`` tokens (their frames' features are added to those tokens). Our model
+grounds only response tokens, so each question ``<evi>`` is written as its span in text ("3.0 - 5.0
+seconds", quirk ``question_refs_as_text``) and ``src`` is kept in ``meta``. The duration comes from the
+record, else from ``--durations`` (keyed by the video's file stem). Task names are E.T. Bench's
+(``tvg``, ``dvc``, ...), kept in ``meta['etbench_task']`` and mapped by :data:`ETBENCH_TASKS`.
+
+The E.T.-style layout with nested ``time_gt`` is a JSON list of
 
 ``{"video", "duration", "time_gt": {"evidence_grounding", "interleaved_response"},
 "conversations": [{"from": "human", "value": "<image>\\n..."}, {"from": "gpt", "value": "<evi> <evi> </evi> ... <evi> ..."}]}``
@@ -36,10 +51,14 @@ from pathlib import Path
 
 from damo.data.schema import TASKS, Prediction, QuirkReport, Sample
 
-from .common import as_span, clean_each, clean_text, pred_dict, read_json, require, to_duration, write_json
+from .common import (as_span, clean_each, clean_text, pred_dict, read_durations, read_json, require, to_duration,
+                     write_json)
 
 NAME = "d2vlm"
 EVI, EVI_END, IMAGE = "<evi>", "</evi>", "<image>"
+# E.T. Bench task names of the authors' files -> canonical tasks (others: grounded_qa)
+ETBENCH_TASKS = {"tvg": "grounding", "epm": "grounding", "tal": "multi_grounding", "evs": "multi_grounding",
+                 "dvc": "dense_caption", "slc": "dense_caption"}
 
 
 def _spans(x: object, where: str) -> tuple[list[list[float]], bool]:
@@ -58,14 +77,71 @@ def _turn(conv: list, role: str, where: str) -> str:
     return values[0]
 
 
+def _flat(rec: dict, n: int, where: str, report: QuirkReport, durations: dict[str, float]) -> Sample | None:
+    """One record of the authors' training layout (flat ``tgt``/``src``, see the module doc)."""
+    require(rec, ("video", "conversations"), where)
+    video = str(rec["video"])
+    if "duration" in rec:
+        duration = to_duration(rec["duration"], where)
+    elif Path(video).stem in durations:
+        duration = durations[Path(video).stem]
+    else:
+        raise ValueError(f"{where}: no duration for video {video!r}; pass --durations (a CSV or JSON of "
+                         "video id -> seconds)")
+    flat = rec.get("tgt") or []
+    if len(flat) % 2:
+        raise ValueError(f"{where}: tgt must list [s1, e1, s2, e2, ...], got an odd count {len(flat)}")
+    raw = [as_span(flat[i:i + 2], f"{where}.tgt") for i in range(0, len(flat), 2)]
+    human = _turn(rec["conversations"], "human", where).replace(IMAGE + "\n", "").replace(IMAGE, "")
+    src = rec.get("src") or []
+    refs = [as_span(src[i:i + 2], f"{where}.src") for i in range(0, len(src), 2)]
+    if human.count(EVI):
+        if human.count(EVI) != len(refs):
+            report["evi_refs_rejected"] += 1
+            return None
+        report["question_refs_as_text"] += 1
+        parts = human.split(EVI)
+        human = "".join(a + f"{s:.1f} - {e:.1f} seconds" for a, (s, e) in zip(parts, refs)) + parts[-1]
+    query = clean_text(human, report, where)
+    if not query:
+        report["empty_query"] += 1
+        return None
+    response = _turn(rec["conversations"], "gpt", where)
+    grounding, sep, answer = response.partition(EVI_END)
+    answer = answer.strip() if sep else response.strip()
+    if (sep and grounding.count(EVI) != len(raw)) or answer.count(EVI) not in (0, len(raw)):
+        report["evi_count_mismatch"] += 1
+        report["evi_refs_rejected"] += 1
+        return None
+    spans = clean_each(raw, duration, report)
+    if None in spans:
+        report["evidence_span_rejected"] += 1
+        return None
+    task = rec["task"] if rec.get("task") in TASKS else ETBENCH_TASKS.get(rec.get("task"), "grounded_qa")
+    if task == "grounding" and len(spans) > 1:
+        task = "multi_grounding"
+    captions = [c.strip().lstrip(",").strip() for c in answer.split(EVI)[1:]] if task == "dense_caption" else []
+    meta = {"response": response, "src": refs, "etbench_task": rec.get("task")}
+    return Sample(id=str(rec["id"]) if "id" in rec else str(n), video=video, duration=duration, task=task,
+                  query=query, answer=answer, spans=spans, captions=captions, source=NAME,  # type: ignore[arg-type]
+                  meta=meta)
+
+
 def load(path: str | Path, report: QuirkReport, durations: str | Path | None = None) -> list[Sample]:
-    """Load a D²VLM conversation annotation JSON list."""
+    """Load a D²VLM annotation JSON list: the authors' flat ``tgt``/``src`` records or E.T.-style
+    ``time_gt`` ones (see the module doc)."""
     data = read_json(path)
     if not isinstance(data, list):
         raise ValueError(f"{path}: expected a JSON list of D²VLM conversation records")
+    lengths = read_durations(durations) if durations is not None else {}
     samples = []
     for n, rec in enumerate(data):
         where = f"{path}: record {n}"
+        if isinstance(rec, dict) and "time_gt" not in rec:
+            s = _flat(rec, n, where, report, lengths)
+            if s is not None:
+                samples.append(s)
+            continue
         require(rec, ("video", "duration", "time_gt", "conversations"), where)
         require(rec["time_gt"], ("evidence_grounding",), f"{where}.time_gt")
         duration = to_duration(rec["duration"], where)

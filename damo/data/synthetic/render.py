@@ -14,20 +14,20 @@ def num_frames(duration: float, fps: float) -> int:
     return max(1, math.ceil(duration * fps - 1e-6))
 
 
-def sample_times(duration: float, fps: float) -> np.ndarray:
+def sample_times(duration: float, fps: float, phase: float = 0.5) -> np.ndarray:
     """When each of the ``T`` frames is shown: the picture of the encoded file (8 fps) nearest the
-    window centre ``(i + 0.5) / fps``, ties to the earlier one, as a decoder returns it.
+    window centre ``(i + 0.5) / fps`` (or ``(i + phase) / fps``), ties to the earlier one, as a decoder returns it.
 
     At fps 1, 2 and 4 every centre is a multiple of 1/8 s, so frame ``i`` is exactly the scene at
     ``(i + 0.5) / fps``; a centre past the last picture (``duration - 1/8``) shows that picture.
     """
-    centres = (np.arange(num_frames(duration, fps), dtype=np.float64) + 0.5) / fps
+    centres = (np.arange(num_frames(duration, fps), dtype=np.float64) + phase) / fps
     picture = np.ceil(centres * FILE_FPS - 0.5 - 1e-9)  # nearest picture index, ties to the earlier
     return np.clip(picture, 0, math.ceil(duration * FILE_FPS) - 1) / FILE_FPS
 
 
-def render(spec: VideoSpec, fps: float, size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """Frames ``(T, size, size, 3)`` uint8 (frame i = the scene at ``(i + 0.5) / fps``) and audio.
+def render(spec: VideoSpec, fps: float, size: int = 64, phase: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """Frames ``(T, size, size, 3)`` uint8 (frame i = the scene at ``(i + phase) / fps``) and audio.
 
     ``T = ceil(duration * fps)``; see :func:`sample_times` for rates whose centres fall between the
     encoded file's pictures. The audio is float32 mono at 16 kHz, ``ceil(duration * 16000)`` samples.
@@ -36,7 +36,7 @@ def render(spec: VideoSpec, fps: float, size: int = 64) -> tuple[np.ndarray, np.
         raise ValueError(f"fps must be > 0, got {fps}")
     if size < 8:
         raise ValueError(f"frame size must be >= 8 pixels, got {size}")
-    return render_frames(spec, sample_times(spec.duration, fps), size), render_audio(spec)
+    return render_frames(spec, sample_times(spec.duration, fps, phase), size), render_audio(spec)
 
 
 def render_frames(spec: VideoSpec, times: np.ndarray, size: int = 64) -> np.ndarray:
@@ -125,10 +125,10 @@ def render_audio(spec: VideoSpec) -> np.ndarray:
     return np.clip(audio, -1.0, 1.0)
 
 
-def render_clip(uri_or_spec: str | VideoSpec, fps: float = 1.0, size: int = 64) -> Clip:
-    """The clip a decoder would return for the encoded video, rendered without any codec."""
+def render_clip(uri_or_spec: str | VideoSpec, fps: float = 1.0, size: int = 64, phase: float = 0.5) -> Clip:
+    """The clip a decoder would return for the encoded video (sampled at ``phase``), rendered without any codec."""
     spec = spec_from_uri(uri_or_spec) if isinstance(uri_or_spec, str) else uri_or_spec
-    frames, audio = render(spec, fps, size)
-    times = sample_times(spec.duration, fps)
+    frames, audio = render(spec, fps, size, phase)
+    times = sample_times(spec.duration, fps, phase)
     return Clip(frames=frames, times=times, audio=audio, duration=float(spec.duration), fps=float(fps),
                 has_audio=True, source=spec.uri)

@@ -1,0 +1,123 @@
+"""What a model sees and learns for one sample (``damo data render``).
+
+A model's processor turns a canonical sample into the prompt, the frame times, the response and
+every target; :func:`render_sample` lays them out for a person to read: the prompt text with its
+special tokens, token counts, the sampled frame times, which frames each evidence token grounds
+(and the soft targets it trains on), the LAPE coordinate tokens' anchors and the response text.
+This is the answer to "which prompt and which time format does this checkpoint expect?".
+
+A processor needs a tokenizer: a saved model brings its own; a model config gets its LLM's
+tokenizer when it is available offline, else (:func:`config_processor`) a stand-in with the LLM's
+vocabulary size, which renders the prompt text exactly (the chat template is in the config) but
+counts one token per word.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+from damo.data.collate import turns_of
+from damo.data.schema import Sample
+from damo.model import tokenizer as tk
+from damo.model.processing import DamoProcessor, frame_targets
+
+_VIDEO_RUN = re.compile(f"(?:{re.escape(tk.VIDEO)})+")
+
+
+def collapse_video(text: str) -> str:
+    """Runs of ``<video>`` placeholders written once with their count: ``[<video> x29]``."""
+    return _VIDEO_RUN.sub(lambda m: f"[{tk.VIDEO} x{len(m.group()) // len(tk.VIDEO)}]", text)
+
+
+def offline(name_or_path: str) -> bool:
+    """Whether an LLM's tokenizer loads without the network: a folder, or a hub id in the local cache."""
+    from huggingface_hub import try_to_load_from_cache
+
+    return Path(name_or_path).is_dir() or isinstance(try_to_load_from_cache(name_or_path, "tokenizer_config.json"), str)
+
+
+def config_processor(config: str | Path, samples: list[Sample]) -> tuple[DamoProcessor, str]:
+    """A model config's processor and a note on its tokenizer: the pretrained LLM's own when it
+    loads offline; the tiny LLM's trained on ``samples``' texts (as a recipe trains it); otherwise
+    a stand-in of the LLM's vocabulary size."""
+    import yaml
+
+    from damo.config import find
+    from damo.model import backbones
+    from damo.model.modeling_damo import DamoConfig
+    from damo.model.tokenizer import train_tokenizer
+    from damo.plan import standin_tokenizer
+    from damo.train.recipe import corpus
+
+    cfg = DamoConfig.from_dict(yaml.safe_load(find("configs", config).read_text()) or {})
+    if cfg.llm.kind != "hf":
+        tok = train_tokenizer(corpus(samples, cfg.response, cfg.evidence.level), cfg.llm.vocab_size)
+        note = "the tiny LLM's tokenizer, trained on this file's texts"
+    elif cfg.llm.pretrained and offline(cfg.llm.name_or_path):
+        tok, note = backbones.load_tokenizer(cfg.llm), f"{cfg.llm.name_or_path}'s own"
+    else:
+        tok = standin_tokenizer(cfg)
+        note = (f"a stand-in ({cfg.llm.name_or_path} is not on this machine): the text is exact, "
+                "token counts are one per word")
+    return DamoProcessor.from_model_config(cfg, tok), note
+
+
+def sample_times(processor: DamoProcessor, duration: float) -> list[float]:
+    """The frame times the model samples from a video of ``duration`` seconds: frame ``i`` at
+    ``(i + phase) / fps`` (the decoder returns the frame nearest each)."""
+    c = processor.config
+    n = max(1, int(np.ceil(duration * c.fps - 1e-6)))
+    return [round((i + processor.frame_times.phase) / c.fps, 6) for i in range(n)]
+
+
+def render_sample(processor: DamoProcessor, sample: Sample, times: list[float]) -> dict:
+    """One sample as the model sees and learns it, sampled at ``times`` (seconds).
+
+    ``prompt``: the generation prompt's text with its special tokens (placeholder runs collapsed,
+    :func:`collapse_video`); ``frame_times``; ``targets``: one value per sampled frame, 1 where the
+    first turn's ground truth covers the frame (what its first evidence token grounds, under the
+    model's frame-time convention); ``evidence``: per ``<evi>`` the LLM frame tokens it grounds
+    (target 1; frames when each token is one frame) and the targets it trains on; ``coordinates``: per LAPE token its two anchors and
+    weights; ``response``: the learned text of every turn, each ended by the stop string (or eos).
+    """
+    c, tok = processor.config, processor.tokenizer
+    turns = turns_of(sample)
+    lay = processor.layout(len(times))
+    pieces, prompt_ids = processor.prompt_pieces(turns[0]["query"], times, lay)
+    enc = processor.encode_turns(turns, np.asarray(times), sample.duration, lay, f"sample {sample.id}")
+    end = processor.chat.stop[0] if processor.chat else tok.eos_token
+    spans = turns[0]["spans"]
+    return {
+        "id": sample.id,
+        "prompt": collapse_video("".join(pieces)),
+        "prompt_tokens": len(prompt_ids),
+        "video_tokens": prompt_ids.count(processor.video_id),
+        "tokens": len(enc.ids),
+        "frame_times": [float(t) for t in times],
+        "frames_per_token": lay.group,
+        "targets": frame_targets(spans, len(times), c.fps, c.frame_times).astype(int).tolist(),
+        "evidence": [{"frames": np.flatnonzero(y >= 1).tolist(), "trained": [round(float(v), 4) for v in y]}
+                     for y in enc.evi_targets],
+        "coordinates": [{"token": tok.convert_ids_to_tokens(enc.ids[p]), "anchors": tok.convert_ids_to_tokens(list(a)),
+                         "weights": [round(float(w), 4) for w in ws]}
+                        for p, a, ws in zip(enc.coord_pos, enc.coord_ids, enc.coord_w)],
+        "response": end.join(processor.response(t, sample.duration) for t in turns) + end,
+        "stop": list(processor.chat.stop) if processor.chat else [tok.eos_token],
+    }
+
+
+def format_render(r: dict, note: str) -> str:
+    """:func:`render_sample`'s dict as text for a terminal."""
+    lines = [f"sample {r['id']}  (tokenizer: {note})", "", "prompt:", r["prompt"], "",
+             f"tokens: {r['prompt_tokens']} in the prompt ({r['video_tokens']} video placeholders), {r['tokens']} "
+             "with the response",
+             f"frame times ({len(r['frame_times'])}, {r['frames_per_token']} per LLM frame token): "
+             + ", ".join(f"{t:g}" for t in r["frame_times"]),
+             "frames the ground truth covers: " + "".join(str(y) for y in r["targets"])]
+    lines += [f"<evi> {k}: frames {e['frames']}, trained on {e['trained']}" for k, e in enumerate(r["evidence"])]
+    lines += [f"{x['token']}: {x['anchors'][0]} x {x['weights'][0]} + {x['anchors'][1]} x {x['weights'][1]}"
+              for x in r["coordinates"]]
+    lines += ["", "response (learned):", r["response"], f"stops at: {', '.join(r['stop'])}"]
+    return "\n".join(lines)

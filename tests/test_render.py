@@ -1,0 +1,142 @@
+"""What a model sees and learns for one sample (``damo data render``), the papers' prompts through
+their LLMs' chat templates, and where frames sit in time (``frame_times``)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from damo.cli import main
+from damo.config import find
+from damo.data.synthetic import render_clip
+from damo.media.decode import decode_clip
+from damo.model.processing import DamoProcessor, ProcessorConfig, frame_targets
+from damo.model.tokenizer import train_tokenizer
+
+QUERY = "a person is putting a book on a shelf"
+PHI3_PROMPT = ("<|system|>\nYou are a helpful AI assistant.<|end|>\n<|user|>\n{video}\n" + QUERY
+               + "<|end|>\n<|assistant|>\n")
+
+
+def chat_of(config: str) -> dict:
+    return yaml.safe_load(find("configs", config).read_text())["chat"]
+
+
+@pytest.fixture
+def charades(tmp_path):
+    """One Charades-STA sample: ground truth [3.0, 5.0] in a 10-s video (its file is not needed)."""
+    path = tmp_path / "charades.jsonl"
+    path.write_text(json.dumps({"id": "AO8RW_0", "video": "AO8RW", "duration": 10.0, "task": "grounding",
+                                "query": QUERY, "answer": "", "spans": [[3.0, 5.0]], "source": "charades_sta"}) + "\n")
+    return path
+
+
+def render(capsys, *args) -> dict:
+    assert main(["data", "render", *args, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_paper_d2vlm_renders_the_official_prompt_frames_and_evidence_targets(charades, capsys):
+    r = render(capsys, "--config", "paper-d2vlm", "--data", str(charades))
+    assert r["frame_times"] == [float(i) for i in range(10)]
+    assert r["targets"] == [0, 0, 0, 1, 1, 1, 0, 0, 0, 0]
+    assert [e["frames"] for e in r["evidence"]] == [[3, 4, 5], [3, 4, 5]]       # grounding stage, then answer
+    # 32 bridge tokens, then one token per frame where the official prompt has <image>
+    assert r["prompt"] == PHI3_PROMPT.format(video="[<video> x42]")
+    assert r["response"].startswith("<evi> </evi>") and r["response"].endswith("<evi>.<|end|>")
+    assert r["stop"] == ["<|end|>"]
+
+
+def test_the_tiny_default_keeps_window_centres_and_its_plain_prompt(charades, capsys):
+    r = render(capsys, "--config", "tiny", "--data", str(charades))
+    assert r["frame_times"] == [i + 0.5 for i in range(10)]
+    assert r["targets"] == [0, 0, 0, 1, 1, 0, 0, 0, 0, 0]
+    assert r["prompt"] == f"<bos><|user|> {QUERY}[<video> x18]<|user|> {QUERY}<|assistant|>"
+    assert r["response"].endswith("<eos>") and r["tokens"] > r["prompt_tokens"] == 40
+
+
+def test_render_refuses_a_sample_index_past_the_file(charades, capsys):
+    with pytest.raises(SystemExit, match=r"--index 3: .* holds 1 samples"):
+        main(["data", "render", "--config", "tiny", "--data", str(charades), "--index", "3"])
+
+
+# ------------------------------------------------------------------ chat templates
+@pytest.fixture(scope="module")
+def tok():
+    return train_tokenizer([QUERY, "what happens next? It happens in", "You are a helpful AI assistant."], 400)
+
+
+@pytest.mark.parametrize("config", ["paper-d2vlm", "paper-llava-st", "paper-damo"])
+def test_a_tokenizer_carrying_the_template_gives_the_same_prompt(tok, config):
+    chat = chat_of(config)
+    plain = DamoProcessor(tok, ProcessorConfig(layout="video_first", video_tokens=2, chat=chat))
+    own = tok.__class__.from_pretrained(None, tokenizer_object=tok.backend_tokenizer, **tok.special_tokens_map)
+    own.chat_template = chat["template"]
+    with_template = DamoProcessor(own, ProcessorConfig(layout="video_first", video_tokens=2, chat=chat))
+    times = [0.0, 1.0, 2.0]
+    assert with_template.prompt_pieces(QUERY, times) == plain.prompt_pieces(QUERY, times)
+    text = "".join(plain.prompt_pieces(QUERY, times)[0])
+    assert text.count("<video>") == 5 and QUERY in text
+
+
+def test_chat_prompt_ids_put_the_video_where_the_template_has_it_and_learn_the_stop(tok):
+    p = DamoProcessor(tok, ProcessorConfig(layout="video_first", video_tokens=2, chat=chat_of("paper-d2vlm")))
+    pieces, ids = p.prompt_pieces(QUERY, [0.0, 1.0, 2.0])
+    assert ids[0] == tok.bos_token_id                                  # Phi-3's tokenizer puts <s> in front
+    assert "".join(pieces) == PHI3_PROMPT.format(video="<video>" * 5)
+    assert ids[1:] == tok("".join(pieces), add_special_tokens=False)["input_ids"]
+    turns = [{"task": "grounding", "query": QUERY, "answer": "", "spans": [[0.0, 1.0]], "captions": []},
+             {"task": "grounding", "query": "what happens next?", "answer": "", "spans": [[1.0, 2.0]], "captions": []}]
+    enc = p.encode_turns(turns, np.array([0.0, 1.0, 2.0]), 3.0, p.layout(3))
+    learned = tok.decode([i for i, y in zip(enc.ids, enc.labels) if y != -100])
+    asked = [i for i, y in zip(enc.ids[len(ids):], enc.labels[len(ids):]) if y == -100]
+    assert learned.count("<|end|>") == 2                                # each answer ends with the stop string
+    # between the answers: the template's next user turn, less the <|end|> the first answer learned
+    assert asked == tok("\n<|user|>\nwhat happens next?<|end|>\n<|assistant|>\n", add_special_tokens=False)["input_ids"]
+    assert len(enc.evi_pos) == 4
+
+
+def test_generation_stops_at_the_stop_string(tok):
+    p = DamoProcessor(tok, ProcessorConfig(chat=chat_of("paper-d2vlm")))
+    end = tok("<|end|>", add_special_tokens=False)["input_ids"]
+    words = tok("It happens", add_special_tokens=False)["input_ids"]
+    assert not p.is_stop(words) and p.is_stop(words + end) and p.is_stop(words + [tok.eos_token_id])
+    assert p.strip_stop(words + end) == words
+    assert DamoProcessor(tok, ProcessorConfig()).is_stop(words + end) is False   # plain prompts stop at eos only
+
+
+def test_a_chat_config_without_a_stop_string_is_refused(tok):
+    with pytest.raises(ValueError, match="model.chat.stop must name at least one stop string"):
+        ProcessorConfig(chat={"template": "{{ messages }}", "stop": []})
+
+
+# ------------------------------------------------------------------ frame times
+def test_start_frame_times_cover_round_s_to_round_e_inclusive():
+    assert frame_targets([[3.0, 5.0]], 10, 1.0, "start").nonzero()[0].tolist() == [3, 4, 5]
+    assert frame_targets([[3.0, 5.0]], 10, 1.0, "centre").nonzero()[0].tolist() == [3, 4]
+    assert frame_targets([[2.6, 4.4]], 10, 1.0, "start").nonzero()[0].tolist() == [3, 4]
+    assert frame_targets([[1.5, 2.0]], 10, 2.0, "start").nonzero()[0].tolist() == [3, 4]
+
+
+def test_a_run_of_frames_ends_at_the_last_frame_or_window(tok):
+    start = DamoProcessor(tok, ProcessorConfig(frame_times="start"))
+    centre = DamoProcessor(tok, ProcessorConfig())
+    assert start.run_span(3, 5, 1, 10.0) == [3.0, 5.0]                  # official "3 - 5"
+    assert centre.run_span(3, 5, 1, 10.0) == [3.0, 6.0]
+    assert start.run_span(1, 2, 2, 10.0) == [2.0, 5.0] and centre.run_span(1, 2, 2, 10.0) == [2.0, 6.0]
+
+
+def test_the_decoder_samples_window_starts_with_phase_zero(shared_data):
+    path = shared_data / "videos" / "charades_0F7LW.mp4"
+    a, b = decode_clip(path, fps=1.0, size=8, phase=0.0), decode_clip(path, fps=1.0, size=8)
+    n = np.arange(a.num_frames)
+    assert a.num_frames == b.num_frames
+    # this file has 6.1 frames per second: each pick is within half a frame interval of its target
+    assert np.abs(a.times - n).max() < 0.082 and np.abs(b.times - (n + 0.5)).max() < 0.082
+    assert np.array_equal(a.times, decode_clip(path, fps=1.0, size=8, phase=0.0, mode="sequential").times)
+
+
+def test_rendered_clips_follow_the_phase_too():
+    assert render_clip("synth://standard/3/train/0", fps=1.0, size=32, phase=0.0).times[:3].tolist() == [0.0, 1.0, 2.0]
