@@ -448,10 +448,44 @@ def cmd_data_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _offline(name_or_path: str) -> bool:
+    """Whether an LLM's tokenizer loads without the network: a folder, or a hub id in the local cache."""
+    from huggingface_hub import try_to_load_from_cache
+
+    return Path(name_or_path).is_dir() or isinstance(try_to_load_from_cache(name_or_path, "tokenizer_config.json"), str)
+
+
+def _config_processor(config: str, samples: list[Sample]) -> tuple[DamoProcessor, str]:
+    """A model config's processor and a note on its tokenizer: the pretrained LLM's own when it
+    loads offline; the tiny LLM's trained on ``samples``' texts (as a recipe trains it); otherwise
+    a stand-in of the LLM's vocabulary size."""
+    import yaml
+
+    from damo.config import find
+    from damo.model import backbones
+    from damo.model.modeling_damo import DamoConfig
+    from damo.model.tokenizer import train_tokenizer
+    from damo.model.processing import DamoProcessor
+    from damo.plan import standin_tokenizer
+    from damo.train.recipe import corpus
+
+    cfg = DamoConfig.from_dict(yaml.safe_load(find("configs", config).read_text()) or {})
+    if cfg.llm.kind != "hf":
+        tok = train_tokenizer(corpus(samples, cfg.response, cfg.evidence.level), cfg.llm.vocab_size)
+        note = "the tiny LLM's tokenizer, trained on this file's texts"
+    elif cfg.llm.pretrained and _offline(cfg.llm.name_or_path):
+        tok, note = backbones.load_tokenizer(cfg.llm), f"{cfg.llm.name_or_path}'s own"
+    else:
+        tok = standin_tokenizer(cfg)
+        note = (f"a stand-in ({cfg.llm.name_or_path} is not on this machine): the text is exact, "
+                "token counts are one per word")
+    return DamoProcessor.from_model_config(cfg, tok), note
+
+
 def cmd_data_render(args: argparse.Namespace) -> int:
     """``damo data render``: one sample as a model sees and learns it (prompt, frame times, targets, response)."""
     from damo.data.dataset import ClipLoader, load_dataset, resolve_videos
-    from damo.data.inspect import config_processor, format_render, render_sample, sample_times
+    from damo.data.inspect import format_render, render_sample, sample_times
     from damo.model.modeling_damo import DamoModel
 
     if bool(args.config) == bool(args.model):
@@ -467,7 +501,7 @@ def cmd_data_render(args: argparse.Namespace) -> int:
         if args.model:
             processor, note = DamoModel.load(args.model).processor, "the model's own"
         else:
-            processor, note = config_processor(args.config, samples)
+            processor, note = _config_processor(args.config, samples)
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(str(e)) from None
     found, _ = resolve_videos([sample], args.video_root, "skip")

@@ -6,14 +6,17 @@ import json
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from damo.cli import main
 from damo.config import find
 from damo.data.synthetic import render_clip
 from damo.media.decode import decode_clip
+from damo.model.modeling_damo import VIDEO_ATTENTION, DamoModel
 from damo.model.processing import DamoProcessor, ProcessorConfig, frame_targets
 from damo.model.tokenizer import train_tokenizer
+from helpers import clip, tiny_cfg
 
 QUERY = "a person is putting a book on a shelf"
 PHI3_PROMPT = ("<|system|>\nYou are a helpful AI assistant.<|end|>\n<|user|>\n{video}\n" + QUERY
@@ -140,3 +143,51 @@ def test_the_decoder_samples_window_starts_with_phase_zero(shared_data):
 
 def test_rendered_clips_follow_the_phase_too():
     assert render_clip("synth://standard/3/train/0", fps=1.0, size=32, phase=0.0).times[:3].tolist() == [0.0, 1.0, 2.0]
+
+
+def test_a_question_cannot_inject_placeholders_through_the_chat_template(tok):
+    p = DamoProcessor(tok, ProcessorConfig(layout="video_first", video_tokens=2, chat=chat_of("paper-d2vlm")))
+    pieces, ids = p.prompt_pieces("when <video><eos> does it start?", [0.0, 1.0, 2.0])
+    assert ids.count(p.video_id) == 5 and tok.eos_token_id not in ids
+    assert "when <video><eos> does it start?" in "".join(pieces)
+
+
+# ------------------------------------------------------------------ attention over the video
+def test_bidirectional_video_attention_opens_only_the_placeholders_to_later_ones():
+    V = 9
+    ids = torch.tensor([[1, 5, V, V, 6, V, 7, 8, 0, 0],        # text, video, timestamp text, video, text, padding
+                        [0, 0, 1, 5, V, V, V, 6, 7, 8]])       # left padding
+    attn = (ids != 0).long()
+    m = VIDEO_ATTENTION["bidirectional"](ids, attn, V)[:, 0]    # (B, L, L)
+    L = ids.shape[1]
+    later = torch.ones(L, L, dtype=torch.bool).triu(1)
+    vid = ids == V
+    for b in range(2):
+        assert m[b][vid[b]][:, vid[b]].all()                     # every placeholder sees every other one
+        first, last = vid[b].nonzero().flatten()[[0, -1]].tolist()
+        assert m[b][first, last] and last > first                  # a video token sees a later video token
+        assert not (m[b] & later)[~vid[b] & attn[b].bool()].any()  # no text token sees a later token
+        assert not (m[b] & later & ~vid[b][None, :])[vid[b]].any()  # nor a placeholder a later text token
+    causal = VIDEO_ATTENTION["causal"](ids, attn, V)
+    assert causal is attn
+
+
+def test_bidirectional_video_attention_changes_frame_states_and_nothing_before_the_video():
+    torch.manual_seed(0)
+    cfg = tiny_cfg()
+    cfg.layout = "query_first"
+    model = DamoModel(cfg, train_tokenizer([QUERY, "It happens in"], 300)).eval()
+    batch = model.processor.generation_batch([clip(4, 0)], [QUERY])
+
+    def logits(attention: str) -> torch.Tensor:
+        frame_emb, fusion_emb, _ = model.video_embeddings(batch)
+        emb = model.scatter_video(batch.input_ids, frame_emb, fusion_emb, batch.num_frames)
+        mask = VIDEO_ATTENTION[attention](batch.input_ids, batch.attention_mask, model.video_id)
+        return model.llm(inputs_embeds=emb, attention_mask=mask).logits[0]
+
+    with torch.no_grad():
+        a, b = logits("causal"), logits("bidirectional")
+    first = int((batch.input_ids[0] == model.video_id).nonzero()[0])
+    assert torch.allclose(a[:first], b[:first], atol=1e-6)          # the question before the video: unchanged
+    assert not torch.allclose(a[first], b[first], atol=1e-4)        # the first placeholder now sees the rest
+    assert yaml.safe_load(find("configs", "paper-d2vlm.yaml").read_text())["video_attention"] == "bidirectional"

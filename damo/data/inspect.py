@@ -6,15 +6,13 @@ special tokens, token counts, the sampled frame times, which frames each evidenc
 (and the soft targets it trains on), the LAPE coordinate tokens' anchors and the response text.
 This is the answer to "which prompt and which time format does this checkpoint expect?".
 
-A processor needs a tokenizer: a saved model brings its own; a model config gets its LLM's
-tokenizer when it is available offline, else (:func:`config_processor`) a stand-in with the LLM's
-vocabulary size, which renders the prompt text exactly (the chat template is in the config) but
-counts one token per word.
+The processor comes with a saved model, or is built from a model config by the ``damo data render``
+command (with the LLM's own tokenizer when it is on this machine, else a stand-in of its vocabulary
+size: the prompt text is exact, as the chat template is in the config, but tokens count one per word).
 """
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import numpy as np
 
@@ -29,39 +27,6 @@ _VIDEO_RUN = re.compile(f"(?:{re.escape(tk.VIDEO)})+")
 def collapse_video(text: str) -> str:
     """Runs of ``<video>`` placeholders written once with their count: ``[<video> x29]``."""
     return _VIDEO_RUN.sub(lambda m: f"[{tk.VIDEO} x{len(m.group()) // len(tk.VIDEO)}]", text)
-
-
-def offline(name_or_path: str) -> bool:
-    """Whether an LLM's tokenizer loads without the network: a folder, or a hub id in the local cache."""
-    from huggingface_hub import try_to_load_from_cache
-
-    return Path(name_or_path).is_dir() or isinstance(try_to_load_from_cache(name_or_path, "tokenizer_config.json"), str)
-
-
-def config_processor(config: str | Path, samples: list[Sample]) -> tuple[DamoProcessor, str]:
-    """A model config's processor and a note on its tokenizer: the pretrained LLM's own when it
-    loads offline; the tiny LLM's trained on ``samples``' texts (as a recipe trains it); otherwise
-    a stand-in of the LLM's vocabulary size."""
-    import yaml
-
-    from damo.config import find
-    from damo.model import backbones
-    from damo.model.modeling_damo import DamoConfig
-    from damo.model.tokenizer import train_tokenizer
-    from damo.plan import standin_tokenizer
-    from damo.train.recipe import corpus
-
-    cfg = DamoConfig.from_dict(yaml.safe_load(find("configs", config).read_text()) or {})
-    if cfg.llm.kind != "hf":
-        tok = train_tokenizer(corpus(samples, cfg.response, cfg.evidence.level), cfg.llm.vocab_size)
-        note = "the tiny LLM's tokenizer, trained on this file's texts"
-    elif cfg.llm.pretrained and offline(cfg.llm.name_or_path):
-        tok, note = backbones.load_tokenizer(cfg.llm), f"{cfg.llm.name_or_path}'s own"
-    else:
-        tok = standin_tokenizer(cfg)
-        note = (f"a stand-in ({cfg.llm.name_or_path} is not on this machine): the text is exact, "
-                "token counts are one per word")
-    return DamoProcessor.from_model_config(cfg, tok), note
 
 
 def sample_times(processor: DamoProcessor, duration: float) -> list[float]:

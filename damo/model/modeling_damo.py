@@ -181,6 +181,7 @@ class DamoConfig:
     chat: dict | None = None        # the LLM's chat format (processing.ChatFormat: template, stop, system, ...); None: our plain prompt
     response: str = "interleaved"   # coupled | decomposed | interleaved (D²VLM Table 4; processing.RESPONSES)
     query_aware: bool = True   # frame tokens carry their match with the question in the stage-1 alignment space
+    video_attention: str = "causal"  # causal | bidirectional: video placeholders attend each other both ways (VIDEO_ATTENTION)
     time_encoding: str = "sinusoid"  # sinusoid | timestamp | lape | none (processing.TIME_ENCODINGS)
     time_bins: int = 32        # lape: time tokens <t_0> .. <t_{n-1}> spread evenly over the video
     box_bins: int = 0          # > 0: LAPE width/height tokens <x_i>, <y_i> for boxes (spatio-temporal grounding answers)
@@ -211,11 +212,36 @@ class DamoConfig:
             raise ValueError(f"model.compressor.placement must be one of {PLACEMENTS}, got {cfg.compressor.placement!r}")
         if cfg.evidence.decode not in DECODERS:
             raise ValueError(f"model.evidence.decode must be one of {DECODERS}, got {cfg.evidence.decode!r}")
+        if cfg.video_attention not in VIDEO_ATTENTION:
+            raise ValueError(f"model.video_attention must be one of {tuple(VIDEO_ATTENTION)}, got {cfg.video_attention!r}")
         ProcessorConfig(layout=cfg.layout, frame_times=cfg.frame_times, chat=cfg.chat, response=cfg.response,
                         evidence_level=cfg.evidence.level,
                         max_len=cfg.max_len, evidence_targets=cfg.evidence.targets, evidence_alpha=cfg.evidence.alpha,
                         time_encoding=cfg.time_encoding, time_bins=cfg.time_bins, box_bins=cfg.box_bins)  # validates
         return cfg
+
+
+def causal_attention(input_ids: torch.Tensor, attention_mask: torch.Tensor, video_id: int) -> torch.Tensor:
+    """The LLM's own causal attention: its 2-D padding mask ``(B, L)`` passes unchanged."""
+    return attention_mask
+
+
+def bidirectional_video(input_ids: torch.Tensor, attention_mask: torch.Tensor, video_id: int) -> torch.Tensor:
+    """``(B, 1, L, L)`` boolean (True: may attend): causal attention over the non-padding tokens, and
+    every video placeholder also attends to every other one, later ones included; no other token sees
+    a later one. D²VLM's stage-3 and FPO scripts run with ``--bi_attention True``, which zeroes the
+    causal mask over the image span (nusnlp/d2vlm 756d340, d2vlm/model/d2vlm_arch.py
+    ``D2VLMMetaModel._update_causal_mask``; scripts/train_stage_3.sh, scripts/train_fpo.sh). A padding
+    row attends to itself only (its output is never read), so no row is empty."""
+    L = input_ids.shape[1]
+    v = input_ids == video_id                                       # (B, L)
+    causal = torch.ones(L, L, dtype=torch.bool, device=input_ids.device).tril()
+    allowed = (causal[None] | (v[:, :, None] & v[:, None, :])) & attention_mask.bool()[:, None, :]
+    return (allowed | torch.eye(L, dtype=torch.bool, device=input_ids.device))[:, None]   # (B, 1, L, L)
+
+
+# How the LLM attends over the prompt's video placeholders: ``model.video_attention``.
+VIDEO_ATTENTION = {"causal": causal_attention, "bidirectional": bidirectional_video}
 
 
 class TextEncoder(nn.Module):
@@ -524,20 +550,21 @@ class DamoModel(nn.Module):
             return out
         emb = self.scatter_video(batch.input_ids, frame_emb, fusion_emb, batch.num_frames)
         emb = self.coordinate_inputs(emb, batch)
+        mask = VIDEO_ATTENTION[self.cfg.video_attention](batch.input_ids, batch.attention_mask, self.video_id)
         eb, ep = batch.evi_batch, batch.evi_pos                     # (N,), (N,) positions of <evi> inputs
         ev = self.cfg.evidence
         idle = self.fixed_graph and not len(eb)                     # run the evidence parts for nothing
         if ev.semantic_capture and (len(eb) or idle):
-            # Frame states do not depend on later tokens (causal LM), so a first pass gives the states
+            # Frame states do not depend on later text tokens (causal LM), so a first pass gives the states
             # whose ground-truth mean is captured into each <evi> (official: with gradients, layer 6).
             with torch.set_grad_enabled(ev.capture_grad and torch.is_grad_enabled()):
-                h0 = self.llm(inputs_embeds=emb, attention_mask=batch.attention_mask,
+                h0 = self.llm(inputs_embeds=emb, attention_mask=mask,
                               output_hidden_states=True).hidden_states[ev.capture_layer]
                 hf0 = self.frame_states(h0, batch.frame_pos)        # (B, T, C)
             w = capture_weights(batch.evi_targets)                  # (N, T)
             cap = (w[..., None] * hf0[eb]).sum(1) / w.sum(1, keepdim=True).clamp(min=1e-6)  # (N, C)
             emb = emb.index_put((eb, ep), emb[eb, ep] + cap.to(emb.dtype))
-        res = self.llm(inputs_embeds=emb, attention_mask=batch.attention_mask, output_hidden_states=True)
+        res = self.llm(inputs_embeds=emb, attention_mask=mask, output_hidden_states=True)
         h = res.hidden_states[-2]                                   # penultimate layer (B, L, C)
         hf = self.frame_states(h, batch.frame_pos)                  # (B, T, C)
         out["logits"] = res.logits
@@ -604,7 +631,8 @@ class DamoModel(nn.Module):
         attn = batch.attention_mask
         emb = self.scatter_video(batch.input_ids, frame_emb, fusion_emb, batch.num_frames)
         pos = (attn.cumsum(1) - 1).clamp(min=0)                     # left padding: positions start at each prompt
-        res = self.llm(inputs_embeds=emb, attention_mask=attn, position_ids=pos, use_cache=True,
+        mask = VIDEO_ATTENTION[self.cfg.video_attention](batch.input_ids, attn, self.video_id)
+        res = self.llm(inputs_embeds=emb, attention_mask=mask, position_ids=pos, use_cache=True,
                        output_hidden_states=True)
         hf = self.frame_states(res.hidden_states[-2], batch.frame_pos)      # (B, T', C)
         f = self.evidence.frame(hf)                                 # (B, T', d)

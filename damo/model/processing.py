@@ -642,11 +642,17 @@ class DamoProcessor:
             a: ("response", a) for a in answers}
         return [kind.get(x, ("template", x)) for x in re.split("(" + "|".join(map(re.escape, kind)) + ")", text) if x]
 
-    def chat_tokens(self, kind: str, text: str) -> list[int]:
-        """Exactly the tokenizer's ids of a template segment (our special tokens stay single ids), or of
-        a question with any special token's string in it read as plain characters (a question cannot
-        inject placeholders or end its own turn)."""
-        return self.tokenizer(text, add_special_tokens=False, split_special_tokens=kind == "user")["input_ids"]
+    def chat_tokens(self, segments: list[tuple[str, str]]) -> list[int]:
+        """The ids of consecutive template and question segments: the tokenizer's ids of their text as
+        one string, as the authors' code tokenises its prompts (our special tokens stay single ids). A
+        question holding a special token's string (``<video>``, ``<|end|>``) is tokenised on its own
+        with that string read as plain characters, so it cannot inject placeholders or end its turn."""
+        tok = self.tokenizer
+        special = [t for t in tok.all_special_tokens + list(tok.get_added_vocab()) if t]
+        if not any(k == "user" and any(t in x for t in special) for k, x in segments):
+            return tok("".join(x for _, x in segments), add_special_tokens=False)["input_ids"]
+        return [i for k, x in segments
+                for i in tok(x, add_special_tokens=False, split_special_tokens=k == "user")["input_ids"]]
 
     def prompt_pieces(self, query: str, times: Sequence[float] | torch.Tensor | None,
                       layout: VideoLayout | None = None) -> tuple[list[str], list[int]]:
@@ -659,11 +665,13 @@ class DamoProcessor:
             pieces = [tk.BOS] + [x for part in order for x in parts[part][0]] + [tk.ASSISTANT]
             ids = [self.tokenizer.bos_token_id] + [i for part in order for i in parts[part][1]]
             return pieces, ids + self.encode(tk.ASSISTANT)
-        pieces, ids = [], [self.tokenizer.bos_token_id] if self.chat.bos else []
-        for kind, x in self.chat_segments([query], 0, bool(video)):
-            pieces += video if kind == "video" else [x]
-            ids += self.video_ids(video) if kind == "video" else self.chat_tokens(kind, x)
-        return pieces, ids
+        segments = self.chat_segments([query], 0, bool(video))
+        cut = next((i for i, (k, _) in enumerate(segments) if k == "video"), len(segments))
+        head, tail = segments[:cut], segments[cut + 1:]      # tokenised apart, as the authors split at <image>
+        ids = ([self.tokenizer.bos_token_id] if self.chat.bos else []) + self.chat_tokens(head)
+        if video:
+            ids += self.video_ids(video) + self.chat_tokens(tail)
+        return [x for _, x in head] + video + [x for _, x in tail], ids
 
     def prompt(self, query: str, times: Sequence[float] | torch.Tensor | None,
                layout: VideoLayout | None = None) -> list[int]:
@@ -785,16 +793,15 @@ class DamoProcessor:
         writes between two answers, less the stop string that already ends the previous answer."""
         if self.chat is None:
             return [self.encode(tk.USER) + self.encode_user(q) + self.encode(tk.ASSISTANT) for q in queries[1:]]
-        out: list[list[int]] = []
+        between: list[list[tuple[str, str]]] = []
         stop, after = self.chat.stop[0], False
         for kind, x in self.chat_segments(queries, len(queries), video):
             if kind == "response":
-                out.append([])
-            elif out:
-                cut = x[len(stop):] if after and x.startswith(stop) else x     # right after an answer
-                out[-1] += self.chat_tokens(kind, cut)
+                between.append([])
+            elif between:
+                between[-1].append((kind, x[len(stop):] if after and x.startswith(stop) else x))   # right after an answer
             after = kind == "response"
-        return out[:-1]
+        return [self.chat_tokens(b) for b in between[:-1]]
 
     def _coordinate_targets(self, enc: Encoded, r: list[int], off: int, turn: dict, duration: float,
                             name: str) -> None:
