@@ -243,16 +243,19 @@ def plan(cfg: DamoConfig, recipe: Recipe | None = None, opts: PlanOptions | None
 
 
 def plan_vlm(cfg: VLMConfig, opts: PlanOptions | None = None) -> dict:
-    """:func:`plan` for a whole VLM (:class:`damo.model.vlm.VLMConfig`), every parameter training: its
-    parameters per module (``visual``: vision tower and merger, ``language_model``, ``lm_head``) and the
-    per-GPU memory of weights, gradients and AdamW states. Activations are not estimated: the VLMs'
+    """:func:`plan` for a whole VLM (:class:`damo.model.vlm.VLMConfig`), training every parameter or, with
+    ``lora``, the adapters (and the evidence heads): its parameters per module (``visual``: vision tower
+    and merger, ``language_model``, ``lm_head``, ``evidence``) and the per-GPU memory of weights,
+    gradients and AdamW states. Activations are not estimated: the VLMs'
     rotary-position and vision code reads values, which meta tensors do not have. ``tokens`` is the
     most the LLM reads for one clip under the preset (its visual token budget) plus ``text_tokens``."""
     opts = opts or PlanOptions()
     with torch.device("meta"):
-        model = cfg.build()
+        model, evidence = cfg.build()
     counts: dict[str, dict[str, int]] = {}
-    for name, p in model.named_parameters():
+    named = list(model.named_parameters()) + [(f"evidence.{n}", p) for n, p in
+                                              (evidence.named_parameters() if evidence else [])]
+    for name, p in named:
         c = counts.setdefault(name.removeprefix("model.").split(".")[0], {"total": 0, "trainable": 0})
         c["total"] += p.numel()
         c["trainable"] += p.numel() if p.requires_grad else 0

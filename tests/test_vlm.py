@@ -35,7 +35,9 @@ def small(vlm: VideoLLM) -> VideoLLM:
     f = p.spec.factor
     preset = dataclasses.replace(p.preset, video={"fps": 1.0, "max_frames": 6, "min_pixels": 4 * f * f,
                                                   "max_pixels": 16 * f * f})
-    return VideoLLM(vlm.model, VLMProcessor(p.tokenizer, vlm.model.config, preset, p.features))
+    out = VideoLLM(vlm.model, VLMProcessor(p.tokenizer, vlm.model.config, preset, p.features), vlm.source)
+    out.lora, out.evidence = vlm.lora, vlm.evidence
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -191,3 +193,63 @@ def test_plan_refuses_a_preset_of_another_family(tmp_path, capsys):
         main(["plan", "--config", str(bad)])
     assert str(e.value) == (f"{bad}: preset 'time-r1' runs qwen2_5_vl checkpoints, but vlm.config is qwen3_vl; "
                             "set vlm.preset: qwen3-vl")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_lora_and_evidence_heads_train_and_only_they_are_saved(folders, clips, tmp_path, capsys, name):
+    torch.manual_seed(0)
+    vlm = small(VideoLLM.from_pretrained(str(folders[name]), dtype="float32"))
+    vlm.add_lora({"r": 4, "alpha": 8})
+    vlm.add_evidence()
+    vlm = small(vlm)
+    inputs = [vlm.processor.video_inputs(c) for c in clips]
+    queries = [QUERY, "when is the phone call?"]
+    answers = ["The event happens in 3 - 7 seconds.", "The event happens in 0 - 2 seconds."]
+    spans = [[[3.0, 7.0]], [[0.0, 2.0]]]
+    before = {k: v.clone() for k, v in vlm.state_dict().items()}
+    opt = torch.optim.AdamW([p for p in vlm.parameters() if p.requires_grad], lr=1e-2)
+    totals = []
+    for _ in range(4):
+        losses = vlm.loss(inputs, queries, answers, spans)
+        total = losses["lm"] + losses["grounding"]
+        opt.zero_grad()
+        total.backward()
+        opt.step()
+        totals.append(total.item())
+    assert totals[-1] < totals[0]
+    changed = {k for k, v in vlm.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed == set(vlm.trainable()) and any(k.startswith("evidence.") for k in changed)
+    assert any("language_model" in k and "lora_B" in k for k in changed)
+    vlm.eval().save(tmp_path / "trained")
+    assert sorted(f.name for f in (tmp_path / "trained").iterdir()) == ["trained.safetensors", "vlm.json"]
+    again = small(VideoLLM.from_pretrained(str(tmp_path / "trained"), dtype="float32")).eval()
+    with torch.no_grad():
+        batch = vlm.inputs(inputs, queries)
+        torch.testing.assert_close(again(batch), vlm(batch), rtol=0, atol=0)
+        ours, theirs = vlm.evidence_spans(inputs, queries), again.evidence_spans(inputs, queries)
+    assert [s for s, _ in ours] == [s for s, _ in theirs]
+    assert all(len(curve) == len(c.video.times) for (_, curve), c in zip(ours, inputs))
+    # the saved folder grounds through the CLI with its evidence span
+    assert main(["ground", clips[0].source, QUERY, "--model", str(tmp_path / "trained"), "--quiet", "--device", "cpu"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert len(out["evidence"]) == 1 and out["model"]["preset"] == vlm.preset.name
+
+
+def test_plan_lists_evidence_heads_and_trains_only_lora_and_heads(tmp_path, capsys):
+    from damo.config import find, read_yaml
+    from damo.model.evidence import EvidenceHead
+    import yaml
+
+    raw = read_yaml(find("configs", "qwen2.5-vl-7b"))
+    raw["vlm"] |= {"lora": {"r": 16}, "evidence": True}
+    path = tmp_path / "lora.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["plan", "--config", str(path), "--json"]) == 0
+    stage = json.loads(capsys.readouterr().out)["stages"]["all"]
+    heads = sum(p.numel() for p in EvidenceHead(3584).parameters())
+    assert stage["modules"]["evidence"] == {"total": heads, "trainable": heads}
+    assert stage["modules"]["visual"]["trainable"] == stage["modules"]["lm_head"]["trainable"] == 0
+    # r-16 LoRA on 28 layers' q, k, v, o (3584 wide; k and v 512) and gate, up, down (18944)
+    lora = 28 * 16 * ((3584 + 3584) * 2 + (3584 + 512) * 2 + (3584 + 18944) * 2 + (18944 + 3584))
+    assert stage["modules"]["language_model"]["trainable"] == lora
+    assert stage["total"] == 8_292_166_656 + lora + heads

@@ -174,9 +174,11 @@ DEFAULT_PRESET = {"qwen2_5_vl": "qwen2.5-vl", "qwen3_vl": "qwen3-vl", "qwen2_5_o
 
 def checkpoint_type(path: str | Path) -> str | None:
     """The model type of a local checkpoint folder of one of the presets' families (``qwen2_5_vl``,
-    ``qwen3_vl``, ``qwen2_5_omni_thinker``), else None (a DaMO model folder, a hub id, no folder)."""
-    cfg = Path(path) / "config.json"
-    kind = json.loads(cfg.read_text()).get("model_type") if cfg.is_file() else None
+    ``qwen3_vl``, ``qwen2_5_omni_thinker``), or of the base of a trained VLM folder (``vlm.json``,
+    :meth:`damo.model.vlm.VideoLLM.save`), else None (a DaMO model folder, a hub id, no folder)."""
+    saved, cfg = Path(path) / "vlm.json", Path(path) / "config.json"
+    kind = (json.loads(saved.read_text())["family"] if saved.is_file() else
+            json.loads(cfg.read_text()).get("model_type") if cfg.is_file() else None)
     return kind if kind in DEFAULT_PRESET else None
 
 

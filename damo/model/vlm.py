@@ -19,17 +19,21 @@ own ``generate``, so a Grounder, ``damo ground`` and ``damo eval`` run it as the
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import (AutoTokenizer, PreTrainedTokenizerBase, Qwen2_5OmniThinkerForConditionalGeneration,
                           Qwen2_5_VLForConditionalGeneration, Qwen3VLForConditionalGeneration, WhisperFeatureExtractor)
 
 from damo.media import Clip
+from damo.model.evidence import EvidenceHead, salient_frames, soft_targets
 from damo.model.backbones import resolve_dtype
 from damo.model.presets import DEFAULT_PRESET, Preset, checkpoint_type, get_preset
 from damo.model.vlm_video import CLIP_MEAN, CLIP_STD, HALF, VideoPixels, VideoSpec, video_pixels
@@ -123,21 +127,27 @@ class VLMProcessor:
         post = self.encode("<|im_end|>\n<|im_start|>assistant\n" + self.preset.answer_prefix)
         return pre + user + post, [0] * len(pre) + types + [0] * len(post)
 
-    def batch(self, clips: list[VLMClip], queries: list[str]) -> dict:
-        """Left-padded model inputs for ``model(**batch)`` and ``model.generate(**batch)``."""
+    def batch(self, clips: list[VLMClip], queries: list[str], answers: list[str] | None = None) -> dict:
+        """Left-padded model inputs for ``model(**batch)`` and ``model.generate(**batch)``; with
+        ``answers``, each prompt is followed by its answer and the end of the turn, and ``labels``
+        (-100 outside the answers) train the model to write them."""
         rows = [self.prompt(c, q) for c, q in zip(clips, queries)]
-        B, L = len(rows), max(len(ids) for ids, _ in rows)
+        replies = [self.encode(a + "<|im_end|>") for a in answers] if answers is not None else [[] for _ in rows]
+        B, L = len(rows), max(len(ids) + len(r) for (ids, _), r in zip(rows, replies))
         ids = torch.full((B, L), self.tokenizer.pad_token_id, dtype=torch.long)
         mask = torch.zeros(B, L, dtype=torch.long)
         types = torch.zeros(B, L, dtype=torch.int)
-        for b, (row, kinds) in enumerate(rows):
-            ids[b, L - len(row):] = torch.tensor(row)
-            mask[b, L - len(row):] = 1
-            types[b, L - len(row):] = torch.tensor(kinds, dtype=torch.int)
+        labels = torch.full((B, L), -100, dtype=torch.long)
+        for b, ((row, kinds), reply) in enumerate(zip(rows, replies)):
+            n = len(row) + len(reply)
+            ids[b, L - n:] = torch.tensor(row + reply)
+            mask[b, L - n:] = 1
+            types[b, L - n:L - len(reply)] = torch.tensor(kinds, dtype=torch.int)
+            labels[b, L - len(reply):] = ids[b, L - len(reply):]
         out = {"input_ids": ids, "attention_mask": mask,
                "pixel_values_videos": torch.cat([c.video.pixel_values for c in clips]),
                "video_grid_thw": torch.tensor([c.video.grid_thw for c in clips])}
-        return out | self.family.extras(clips, types)
+        return out | self.family.extras(clips, types) | ({"labels": labels} if answers is not None else {})
 
 
 def _block_positions(proc: VLMProcessor, clip: VLMClip) -> tuple[list[int], list[int]]:
@@ -217,6 +227,17 @@ FAMILIES: dict[str, Family] = {
 
 
 # ---------------------------------------------------------------- the model
+SAVED, TRAINED = "vlm.json", "trained.safetensors"     # a trained VLM folder: how to rebuild it, what was trained
+
+
+def patch_targets(video: VideoPixels, spans: list[list[float]]) -> np.ndarray:
+    """``(t,)`` share of each temporal patch's time ``[k, k + 1) x second_per_grid`` inside ``spans``."""
+    step = video.second_per_grid
+    lo = np.arange(video.grid_thw[0]) * step
+    inside = sum(np.clip(np.minimum(lo + step, e) - np.maximum(lo, s), 0, None) for s, e in spans)
+    return np.clip(inside / step, 0, 1).astype(np.float32)
+
+
 @dataclass
 class VLMConfig:
     """A model config naming a whole VLM (a YAML whose top-level key is ``vlm``): the checkpoint, the
@@ -226,6 +247,8 @@ class VLMConfig:
     preset: str
     config: dict
     dtype: str = "auto"
+    lora: dict | None = None       # {r, alpha, dropout}: LoRA on the language model's projections, the rest frozen
+    evidence: bool = False         # D²VLM's evidence heads on the LLM's hidden states (trained, with LoRA)
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "the config") -> "VLMConfig":
@@ -242,10 +265,38 @@ class VLMConfig:
                              f"{kind}; set vlm.preset: {DEFAULT_PRESET[kind]}")
         return cfg
 
-    def build(self) -> nn.Module:
-        """The VLM with random weights from ``config`` (on the current default device: meta for ``damo plan``)."""
+    def build(self) -> tuple[nn.Module, EvidenceHead | None]:
+        """The VLM with random weights from ``config`` (on the current default device: meta for ``damo plan``),
+        with its LoRA adapters, and its evidence heads if any."""
         family = FAMILIES[self.config["model_type"]]
-        return family.model(family.model.config_class.from_dict(self.config))
+        model = family.model(family.model.config_class.from_dict(self.config))
+        if self.lora:
+            add_lora(model, self.lora)
+        return model, evidence_head(model) if self.evidence else None
+
+
+LORA_KEYS = {"r", "alpha", "dropout"}
+# the language model's attention and MLP projections (the vision tower's MLP has the same names: left out)
+LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+
+
+def add_lora(model: nn.Module, lora: dict) -> None:
+    """LoRA adapters (peft, in place) on the language model's projections; every other weight frozen."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    if set(lora) - LORA_KEYS:
+        raise ValueError(f"unknown lora keys {sorted(set(lora) - LORA_KEYS)}; valid: {sorted(LORA_KEYS)}")
+    r = int(lora.get("r", 16))
+    inject_adapter_in_model(LoraConfig(r=r, lora_alpha=int(lora.get("alpha", 2 * r)),
+                                       lora_dropout=float(lora.get("dropout", 0.0)), target_modules=LORA_TARGETS),
+                            model)
+    for name, p in model.named_parameters():
+        p.requires_grad = "lora_" in name
+
+
+def evidence_head(model: nn.Module) -> EvidenceHead:
+    """D²VLM's evidence heads (official widths: LayerNorm, C -> C/2 -> C) at the LLM's width ``C``."""
+    return EvidenceHead(model.config.text_config.hidden_size)
 
 
 @dataclass
@@ -262,13 +313,20 @@ class VLMSettings:
 
 
 class VideoLLM(nn.Module):
-    """A transformers VLM with the preset it runs under: ``answer`` as :class:`DamoModel` answers."""
+    """A transformers VLM with the preset it runs under: ``answer`` as :class:`DamoModel` answers.
 
-    def __init__(self, model: nn.Module, processor: VLMProcessor):
+    DaMO's parts attach to it: LoRA on the language model (:meth:`add_lora`) and D²VLM's evidence
+    heads (:meth:`add_evidence`), which score each temporal patch for the question (see
+    :meth:`evidence_logits`); :meth:`loss` trains both; :meth:`save` writes only what trains, and
+    :meth:`from_pretrained` on that folder loads the base checkpoint and puts it back."""
+
+    def __init__(self, model: nn.Module, processor: VLMProcessor, source: str):
         super().__init__()
-        self.model, self.processor = model, processor
+        self.model, self.processor, self.source = model, processor, source
         self.preset = processor.preset
         self.cfg = VLMSettings(fps=processor.spec.fps)
+        self.lora: dict | None = None
+        self.evidence: EvidenceHead | None = None
 
     @property
     def llm(self) -> nn.Module:
@@ -277,8 +335,19 @@ class VideoLLM(nn.Module):
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, preset: str | None = None, dtype: str = "auto") -> "VideoLLM":
-        """Load a checkpoint (hub id or folder) under ``preset`` (default: its family's base-model preset)."""
+        """Load a checkpoint (hub id or folder) under ``preset`` (default: its family's base-model preset),
+        or a folder :meth:`save` wrote (its base checkpoint plus what was trained; its preset by default)."""
         local = Path(name_or_path).is_dir()
+        saved = Path(name_or_path) / SAVED
+        if saved.is_file():
+            spec = json.loads(saved.read_text())
+            vlm = cls.from_pretrained(spec["base"], preset or spec["preset"], dtype)
+            if spec["lora"]:
+                vlm.add_lora(spec["lora"])
+            if spec["evidence"]:
+                vlm.add_evidence()
+            vlm.load_trainable(Path(name_or_path) / TRAINED)
+            return vlm
         kind = checkpoint_type(name_or_path) if local else get_preset(preset).family if preset else None
         if kind is None:
             raise ValueError(f"{name_or_path} is not a folder of a {', '.join(FAMILIES)} checkpoint" if local else
@@ -294,7 +363,93 @@ class VideoLLM(nn.Module):
             feats = WhisperFeatureExtractor.from_pretrained(name_or_path) if family.audio else None
         except OSError as e:
             raise ValueError(f"cannot load {name_or_path}: {str(e).splitlines()[0]}") from None
-        return cls(model, VLMProcessor(tok, model.config, chosen, feats))
+        return cls(model, VLMProcessor(tok, model.config, chosen, feats), name_or_path)
+
+    # ------------------------------------------------------------ DaMO's parts
+    def add_lora(self, lora: dict) -> None:
+        """LoRA on the language model's projections (``{r, alpha, dropout}``); the VLM's own weights freeze."""
+        add_lora(self.model, lora)
+        self.lora = dict(lora)
+
+    def add_evidence(self) -> None:
+        """D²VLM's evidence heads on the LLM's penultimate hidden states (trainable, float32)."""
+        self.evidence = evidence_head(self.model).to(self.model.device)
+
+    def trainable(self) -> dict[str, torch.Tensor]:
+        """What :meth:`save` stores: the LoRA weights and the evidence heads."""
+        return {k: v for k, v in self.state_dict().items() if "lora_" in k or k.startswith("evidence.")}
+
+    def save(self, path: str | Path) -> None:
+        """Write only what DaMO added and trained (``trained.safetensors``) and how to rebuild the rest
+        (``vlm.json``: the base checkpoint, the preset, the LoRA settings, the evidence heads)."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.detach().contiguous().cpu() for k, v in self.trainable().items()}, str(path / TRAINED))
+        (path / SAVED).write_text(json.dumps({"base": self.source, "family": self.model.config.model_type,
+                                              "preset": self.preset.name, "lora": self.lora,
+                                              "evidence": self.evidence is not None}, indent=2))
+
+    def load_trainable(self, path: Path) -> None:
+        state = load_file(str(path))
+        expected = set(self.trainable())
+        if set(state) != expected:
+            raise ValueError(f"{path} does not match its vlm.json: missing {sorted(expected - set(state))[:3]}, "
+                             f"unexpected {sorted(set(state) - expected)[:3]}")
+        self.load_state_dict(state, strict=False)
+
+    def evidence_logits(self, hidden: torch.Tensor, batch: dict, query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each temporal patch's evidence logit for each row's question: the head scores the state at
+        ``query`` (per row: the last prompt token, where the answer starts) against the mean state of
+        each temporal patch's video tokens, both from ``hidden`` ``(B, L, C)`` (penultimate layer).
+        Returns ``(B, t)`` logits and the ``(B, t)`` mask of real patches (clips differ in length)."""
+        grid = batch["video_grid_thw"]
+        B, C = hidden.shape[0], hidden.shape[2]
+        t_max = int(grid[:, 0].max())
+        patches = hidden.new_zeros(B, t_max, C)
+        mask = torch.zeros(B, t_max, dtype=torch.bool, device=hidden.device)
+        for b in range(B):
+            t = int(grid[b, 0])
+            pos = (batch["input_ids"][b] == self.processor.ids["video"]).nonzero().squeeze(1)
+            patches[b, :t] = hidden[b, pos].view(t, -1, C).mean(1)       # (t, C): video tokens are patch-major
+            mask[b, :t] = True
+        h_query = hidden[torch.arange(B, device=hidden.device), query]    # (B, C)
+        logits = self.evidence.logits(h_query[:, None].float(), patches.float())[:, 0]   # (B, t_max)
+        return logits, mask
+
+    def loss(self, clips: list[VLMClip], queries: list[str], answers: list[str],
+             spans: list[list[list[float]]]) -> dict[str, torch.Tensor]:
+        """Training losses of a batch: ``lm`` (the answers' tokens) and, with evidence heads,
+        ``grounding`` (binary cross-entropy of each temporal patch against the share of it inside the
+        ground-truth spans, zeros decayed 2^-distance as D²VLM's official code trains them)."""
+        batch = self.inputs(clips, queries, answers)
+        out = self.model(**batch, output_hidden_states=self.evidence is not None)
+        losses = {"lm": out.loss}
+        if self.evidence is not None:
+            query = (batch["labels"] != -100).int().argmax(1) - 1          # the last prompt token of each row
+            logits, mask = self.evidence_logits(out.hidden_states[-2], batch, query)
+            y = torch.zeros_like(logits)
+            for b, (c, sp) in enumerate(zip(clips, spans)):
+                y[b, :c.video.grid_thw[0]] = torch.from_numpy(soft_targets(patch_targets(c.video, sp), 2.0))
+            losses["grounding"] = F.binary_cross_entropy_with_logits(logits[mask], y[mask])
+        return losses
+
+    @torch.no_grad()
+    def evidence_spans(self, clips: list[VLMClip], queries: list[str]) -> list[tuple[list[float], np.ndarray]]:
+        """Per question: the evidence span ``[start, end, score]`` in seconds (the run of patches scoring
+        >= threshold x max with the highest mean) and the score of every frame fed (its patch's)."""
+        batch = self.inputs(clips, queries)
+        hidden = self.model(**batch, output_hidden_states=True).hidden_states[-2]
+        query = torch.full((len(clips),), batch["input_ids"].shape[1] - 1, device=hidden.device)
+        logits, _ = self.evidence_logits(hidden, batch, query)
+        out = []
+        for b, c in enumerate(clips):
+            t = c.video.grid_thw[0]
+            scores = torch.sigmoid(logits[b, :t]).cpu().numpy()
+            first, last = salient_frames(scores, self.cfg.evidence.threshold)
+            step = c.video.second_per_grid
+            span = [first * step, min(c.duration, (last + 1) * step), float(scores[first:last + 1].mean())]
+            out.append((span, np.repeat(scores, len(c.video.times) // t)))
+        return out
 
     def card(self) -> dict:
         """What this model is, for answers' ``"model"`` field."""
@@ -302,10 +457,11 @@ class VideoLLM(nn.Module):
         return {"trained_on": "real", "preset": p.name, "checkpoint": p.checkpoint,
                 "model_type": self.model.config.model_type, "settings_from": p.source}
 
-    def inputs(self, clips: list[VLMClip], queries: list[str]) -> dict:
-        """The batch on the model's device."""
+    def inputs(self, clips: list[VLMClip], queries: list[str], answers: list[str] | None = None) -> dict:
+        """The batch on the model's device (with ``labels`` when ``answers`` are given)."""
         dev = self.model.device
-        return {k: v.to(dev) if isinstance(v, torch.Tensor) else v for k, v in self.processor.batch(clips, queries).items()}
+        batch = self.processor.batch(clips, queries, answers)
+        return {k: v.to(dev) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
     def forward(self, batch: dict) -> torch.Tensor:
         """Logits ``(B, L, V)`` of the VLM's own forward on a batch from :meth:`inputs`."""
@@ -326,10 +482,12 @@ class VideoLLM(nn.Module):
 
     def answer(self, clips: list[VLMClip], queries: list[str], max_new_tokens: int | None = None) -> list[dict]:
         """Answers with spans parsed by the preset's parser (best first; text answers carry no
-        confidence, so each span's score is 1). No evidence curves: the VLM has no evidence heads."""
+        confidence, so each span's score is 1); with evidence heads, also their span and their score
+        of every frame (``evidence``, ``scores``)."""
+        grounded = self.evidence_spans(clips, queries) if self.evidence is not None else [None] * len(clips)
         out = []
-        for ids in self.generate(clips, queries, max_new_tokens):
+        for ids, ev in zip(self.generate(clips, queries, max_new_tokens), grounded):
             text = self.processor.tokenizer.decode(ids, skip_special_tokens=True)
             out.append({"answer": text, "spans": [[s, e, 1.0] for s, e in self.preset.spans(text)],
-                        "evidence": [], "scores": [], "tube": None})
+                        "evidence": [ev[0]] if ev else [], "scores": [ev[1]] if ev else [], "tube": None})
         return out
