@@ -80,6 +80,8 @@ def headline(card: dict | None) -> str:
     it reached when it was evaluated (``damo ground`` prints this; ``--json`` gives the whole card)."""
     if card is None or card.get("trained_on", "unknown") == "unknown":
         return "no model card: what this model was trained on is unknown"
+    if "preset" in card:        # a published VLM checkpoint (damo.model.vlm.VideoLLM.card)
+        return f"{card['checkpoint']} run as its authors run it: preset {card['preset']}"
     line = f"trained on {card['trained_on']} data by recipe {card['recipe']} ({len(card['stages'])} stages)"
     overall = card.get("metrics", {}).get("overall")
     if overall:

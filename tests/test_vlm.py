@@ -141,12 +141,15 @@ def test_qwen25_time_rides_on_the_positions(folders, clips):
                                          ("qwen2.5-omni", None)])
 def test_damo_ground_runs_the_checkpoint_under_its_preset(folders, shared_data, capsys, name, preset):
     video = shared_data / "videos" / "chaplin.mp4"
-    args = ["ground", str(video), QUERY, "--model", str(folders[name]), "--quiet", "--device", "cpu"]
+    args = ["ground", str(video), QUERY, "--model", str(folders[name]), "--quiet", "--device", "cpu", "--json"]
     assert main(args + (["--preset", preset] if preset else [])) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["duration"] == pytest.approx(9.64, abs=0.05)
     assert out["model"]["preset"] == (preset or "qwen2.5-omni")
     assert isinstance(out["answer"], str) and isinstance(out["spans"], list)
+    assert main(args[:-1] + (["--preset", preset] if preset else [])) == 0     # the short form: the card's line
+    checkpoint = get_preset(preset or "qwen2.5-omni").checkpoint
+    assert f"{checkpoint} run as its authors run it: preset {preset or 'qwen2.5-omni'}" in capsys.readouterr().out
 
 
 def test_damo_eval_scores_a_checkpoint_in_batches(folders, shared_data, tmp_path, capsys):
@@ -230,7 +233,8 @@ def test_lora_and_evidence_heads_train_and_only_they_are_saved(folders, clips, t
     assert [s for s, _ in ours] == [s for s, _ in theirs]
     assert all(len(curve) == len(c.video.times) for (_, curve), c in zip(ours, inputs))
     # the saved folder grounds through the CLI with its evidence span
-    assert main(["ground", clips[0].source, QUERY, "--model", str(tmp_path / "trained"), "--quiet", "--device", "cpu"]) == 0
+    assert main(["ground", clips[0].source, QUERY, "--model", str(tmp_path / "trained"), "--quiet", "--device", "cpu",
+                 "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert len(out["evidence"]) == 1 and out["model"]["preset"] == vlm.preset.name
 
