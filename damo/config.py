@@ -131,6 +131,9 @@ class Recipe:
     on_missing: str = "error"             # error: stop before training if a video is missing; skip: leave it out
     num_workers: int = 0                  # data-loader processes decoding and collating ahead of the model
     clip_memory: bool = False             # keep every clip in memory (small procedural datasets only)
+    # a node-local folder caching decoded clips, keyed by path, size and modification time; None: training
+    # decodes each clip afresh and writes nothing (a dataset of 100K videos is read about once per epoch)
+    media_cache: str | None = None
     features: str | None = None           # folder of frozen-tower outputs: stages with frozen encoders read them
 
     @classmethod

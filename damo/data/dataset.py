@@ -118,19 +118,21 @@ class ClipLoader:
     """A video reference -> :class:`ClipTensors` at the processor's input size.
 
     Files go through the media decoder and its disk cache (keyed by size, so models with different
-    input sizes share a cache folder safely). ``memory=True`` also keeps every clip in this
-    process's memory: only for small procedural datasets, where rendering dominates.
+    input sizes share a cache folder safely; ``cache``: how entries are keyed, or ``off``, see
+    :func:`~damo.media.cache.load_clip`). ``memory=True`` also keeps every clip in this process's
+    memory: only for small procedural datasets, where rendering dominates.
     """
 
-    def __init__(self, processor: DamoProcessor, cache_dir: str | Path | None = None, memory: bool = False):
-        self.processor, self.cache_dir, self.memory = processor, cache_dir, memory
+    def __init__(self, processor: DamoProcessor, cache_dir: str | Path | None = None, memory: bool = False,
+                 cache: str = "content"):
+        self.processor, self.cache_dir, self.memory, self.cache = processor, cache_dir, memory, cache
         self._mem: dict[str, ClipTensors] = {}
 
     def raw(self, video: str) -> Clip:
         """The decoded clip; a file with more frames than the model takes is refused before decoding."""
         c = self.processor.config
         return load_video(video, c.fps, c.image_size, self.cache_dir, MediaLimits(max_frames=c.max_frames),
-                          self.processor.frame_times.phase)
+                          self.processor.frame_times.phase, self.cache)
 
     def __call__(self, video: str) -> ClipTensors:
         if video in self._mem:
@@ -203,13 +205,15 @@ class StepBatches(Sampler):
 
 
 def loader(dataset: Dataset, collate: Callable, num_workers: int = 0, batch_sampler: Sampler | None = None,
-           batch_size: int = 1) -> DataLoader:
-    """A DataLoader over ``dataset``: worker processes decode and collate ahead of the model."""
+           batch_size: int = 1, pin_memory: bool = False) -> DataLoader:
+    """A DataLoader over ``dataset``: worker processes decode and collate ahead of the model.
+    ``pin_memory`` (for a CUDA model): batches arrive page-locked, so their copy to the GPU
+    (``Batch.to(device, non_blocking=True)``) overlaps with compute."""
     if num_workers < 0:
         raise ValueError(f"num_workers must be >= 0, got {num_workers}")
     kw = {"batch_sampler": batch_sampler} if batch_sampler is not None else {"batch_size": batch_size, "shuffle": False}
     return DataLoader(dataset, collate_fn=collate, num_workers=num_workers, persistent_workers=False,
-                      prefetch_factor=2 if num_workers else None, **kw)
+                      prefetch_factor=2 if num_workers else None, pin_memory=pin_memory, **kw)
 
 
 # Dataset specs by URI scheme -> the function listing their samples (imported on first use).

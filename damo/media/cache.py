@@ -68,11 +68,25 @@ def file_digest(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def cache_key(path: str | Path, fps: float, size: int | None, phase: float = 0.5) -> str:
-    """Entry name: content hash + sampling parameters + cache format version (the phase only when it is
-    not the window centre, so centre-sampled entries keep their names)."""
+KEYS = ("content", "stat", "off")
+
+
+def stat_digest(path: str | Path) -> str:
+    """SHA-256 of the file's resolved path, size and modification time: no byte of it is read."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise MediaError(f"{path}: cannot read file ({e.strerror or e})") from None
+    return hashlib.sha256(f"{Path(path).resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()
+
+
+def cache_key(path: str | Path, fps: float, size: int | None, phase: float = 0.5, key: str = "content") -> str:
+    """Entry name: the file's digest (its bytes, ``key="content"``, or its path, size and time,
+    ``"stat"``) + sampling parameters + cache format version (the phase only when it is not the
+    window centre, so centre-sampled entries keep their names)."""
+    digest = file_digest(path) if key == "content" else f"stat-{stat_digest(path)}"
     at = "" if phase == 0.5 else f"_phase{float(phase):g}"
-    return f"{file_digest(path)}_fps{float(fps):g}{at}_size{size if size is not None else 'native'}_v{CACHE_VERSION}"
+    return f"{digest}_fps{float(fps):g}{at}_size{size if size is not None else 'native'}_v{CACHE_VERSION}"
 
 
 def _warn_once(folder: Path, what: str, error: BaseException) -> None:
@@ -146,20 +160,27 @@ def evict(folder: Path, keep: Path | None = None, limit: int | None = None) -> i
 
 
 def load_clip(path: str | Path, fps: float = 1.0, size: int | None = 64, cache_dir: str | Path | None = None,
-              limits: MediaLimits | None = None, audio_dtype: _decode.AudioDtype = "int16", phase: float = 0.5) -> Clip:
+              limits: MediaLimits | None = None, audio_dtype: _decode.AudioDtype = "int16", phase: float = 0.5,
+              key: str = "content") -> Clip:
     """:func:`~damo.media.decode.decode_clip` through the disk cache (``phase``: see there).
 
     The audio comes back as the cache keeps it, int16 (``audio_dtype="float32"`` converts); every
-    feature function takes either.
+    feature function takes either. ``key``: entries named by the file's bytes (``content``), by its
+    path, size and modification time (``stat``: nothing read twice, for a training run's own
+    node-local cache), or no cache at all (``off``: decode, read and write nothing).
     """
     if audio_dtype not in ("float32", "int16"):
         raise ValueError(f"audio_dtype must be 'float32' or 'int16', got {audio_dtype!r}")
+    if key not in KEYS:
+        raise ValueError(f"the media cache key must be one of {KEYS}, got {key!r}")
     p = Path(path)
     if not p.is_file():
         raise MediaError(f"{p}: no such file")
+    if key == "off":
+        return _decode.decode_clip(p, fps=fps, size=size, limits=limits, audio_dtype=audio_dtype, phase=phase)
     folder = Path(cache_dir or default_cache_dir())
     cap = max_cache_bytes()  # a bad setting fails here, before any decoding
-    entry = folder / f"{cache_key(p, fps, size, phase)}.npz"
+    entry = folder / f"{cache_key(p, fps, size, phase, key)}.npz"
     clip = _read(entry, str(p))
     if clip is None:
         with warnings.catch_warnings(record=True) as caught:

@@ -24,11 +24,12 @@ def scheme_of(ref: str) -> str | None:
 
 
 def load_video(ref: str | Path, fps: float, size: int, cache_dir: str | Path | None = None,
-               limits: MediaLimits | None = None, phase: float = 0.5) -> Clip:
-    """The clip of a file path (decoded at ``size`` x ``size`` through the cache, within ``limits``)
-    or of a scheme URI; frame ``i`` is sampled nearest ``(i + phase) / fps``."""
+               limits: MediaLimits | None = None, phase: float = 0.5, cache: str = "content") -> Clip:
+    """The clip of a file path (decoded at ``size`` x ``size`` through the cache keyed as ``cache``
+    says, :func:`~damo.media.cache.load_clip`, within ``limits``) or of a scheme URI; frame ``i`` is
+    sampled nearest ``(i + phase) / fps``."""
     scheme = scheme_of(str(ref))
     if scheme is None:
-        return load_clip(ref, fps, size, cache_dir, limits, phase=phase)
+        return load_clip(ref, fps, size, cache_dir, limits, phase=phase, key=cache)
     module, fn = SCHEMES[scheme].split(":")
     return getattr(importlib.import_module(module), fn)(str(ref), fps, max(size, MIN_RENDER_SIZE), phase)

@@ -23,7 +23,8 @@ def _per(axis: str | None, default=None):
 @dataclass
 class Batch:
     # ---- the clips (damo.model.processing.stack_clips)
-    frames: Tensor = _per("row")             # (B, T, 3, H, W) float in [0, 1]
+    frames: Tensor = _per("row")             # (B, T, 3, H, W) uint8: 4x less than floats through workers and
+    #                                          shared memory; the model scales them to [0, 1] on its device
     mel: Tensor = _per("row")                # (B, T, F, M) audio features per frame window
     times: Tensor = _per("row")              # (B, T) window centres, seconds
     frame_mask: Tensor = _per("row")         # (B, T) bool: real frames
@@ -61,8 +62,13 @@ class Batch:
         """No frames: a language warm-up batch."""
         return self.frames.shape[1] == 0
 
-    def to(self, device) -> "Batch":
-        return replace(self, **{f.name: v.to(device) for f in fields(self)
+    def to(self, device, non_blocking: bool = False) -> "Batch":
+        return replace(self, **{f.name: v.to(device, non_blocking=non_blocking) for f in fields(self)
+                                if isinstance(v := getattr(self, f.name), Tensor)})
+
+    def pin_memory(self) -> "Batch":
+        """Page-locked copies of the tensors (the DataLoader's ``pin_memory`` calls it)."""
+        return replace(self, **{f.name: v.pin_memory() for f in fields(self)
                                 if isinstance(v := getattr(self, f.name), Tensor)})
 
     def rows(self, n: int) -> "Batch":

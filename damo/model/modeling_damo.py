@@ -318,12 +318,12 @@ class VideoEncoder(nn.Module):
 
     @staticmethod
     def _per_frames(tower: nn.Module, x: torch.Tensor, chunk: int = 256) -> torch.Tensor:
-        """A per-frame tower over ``x (B, T, ...)``; without gradients ``chunk`` frames at a time, so an
-        hour of video never holds the activations of all its frames at once. (Not for Whisper, whose
-        windows share 30 s inputs.)"""
+        """A per-frame tower over uint8 frames ``x (B, T, 3, H, W)``, scaled to [0, 1] on the device;
+        without gradients ``chunk`` frames at a time, so an hour of video never holds the activations
+        (nor the float copy) of all its frames at once. (Not for Whisper, whose windows share 30 s inputs.)"""
         if torch.is_grad_enabled() or x.shape[1] <= chunk:
-            return tower(x)
-        return torch.cat([tower(x[:, i:i + chunk]) for i in range(0, x.shape[1], chunk)], 1)
+            return tower(x.float() / 255.0)
+        return torch.cat([tower(x[:, i:i + chunk].float() / 255.0) for i in range(0, x.shape[1], chunk)], 1)
 
 
 class Connector(nn.Module):

@@ -378,7 +378,7 @@ def stack_clips(clips: list[ClipTensors | None]) -> Batch:
             frames[b, :n], mel[b, :n], times[b, :n], fmask[b, :n] = c.frames, c.mel, c.times, True
             if stored:
                 vis[b, :n], aud[b, :n] = c.vision, c.audio
-    return Batch(frames=frames.permute(0, 1, 4, 2, 3).float() / 255.0,    # (B, T, 3, H, W)
+    return Batch(frames=frames.permute(0, 1, 4, 2, 3).contiguous(),      # (B, T, 3, H, W) uint8
                  mel=mel, times=times, frame_mask=fmask,
                  vision_features=vis if stored else None, audio_features=aud if stored else None)
 

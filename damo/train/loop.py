@@ -258,7 +258,8 @@ def run_stage(model: DamoModel, stage: Stage, samples: list[Sample], clips, seed
                           known_bad={i: b["reason"] for i, b in bad.items()})
     mine = range(info.rank * stage.grad_accum, (info.rank + 1) * stage.grad_accum)
     steps = StepBatches(len(data), stage.batch, stage.steps, start, seed, parts, mine, micro_batches)
-    batches = iter(loader(dataset, StepCollate(collate, seed, preference, dataset), num_workers, steps))
+    batches = iter(loader(dataset, StepCollate(collate, seed, preference, dataset), num_workers, steps,
+                          pin_memory=cuda))
     for step in bar:
         opt.zero_grad(set_to_none=True)
         logged = torch.zeros(len(stage.losses) + 1)
@@ -268,7 +269,7 @@ def run_stage(model: DamoModel, stage: Stage, samples: list[Sample], clips, seed
                 if u.index not in bad:
                     bad[u.index] = u.to_dict()
                     bar.write(f"stage {stage.name}, step {step}: replaced sample {u.name} ({u.video}): {u.reason}")
-            batch = batch.to(info.device)
+            batch = batch.to(info.device, non_blocking=True)
             sync = j == stage.grad_accum - 1 or fsdp
             ctx = step_fn.no_sync() if not sync and isinstance(step_fn, nn.parallel.DistributedDataParallel) else nullcontext()
             with ctx:

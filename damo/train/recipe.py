@@ -216,7 +216,8 @@ def run_recipe(recipe: Recipe, workdir: str | Path, progress: bool = True, log=p
             say(f"{spec}: skipping {bad.summary()}")
             report["preflight"][spec] = bad.rows
     samples = datasets[recipe.data["train"]]
-    clips = ClipLoader(model.processor, memory=recipe.clip_memory)   # shared by the stages: same inputs
+    clips = ClipLoader(model.processor, recipe.media_cache, memory=recipe.clip_memory,    # shared by the stages
+                       cache="stat" if recipe.media_cache else "off")
     done: dict[str, Path] = {}
     for i, stage in enumerate(recipe.stages):
         ckpt = workdir / "stages" / stage.name
