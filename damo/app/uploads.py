@@ -49,9 +49,10 @@ def check(path: Path, fps: float, size: int, max_frames: int, cache_dir: Path) -
     ValueError when it is not a video this demo grounds."""
     from damo.media import MediaLimits, load_clip, probe
 
-    info = probe(path)
+    limits = MediaLimits(max_frames=max_frames)
+    info = probe(path, limits)
     ctype, suffix = container_type(path)
-    load_clip(path, fps, size, cache_dir, MediaLimits(max_frames=max_frames))
+    load_clip(path, fps, size, cache_dir, limits)
     return {"duration": info["duration"], "ctype": ctype, "suffix": suffix}
 
 

@@ -11,7 +11,9 @@ decoded clip, never an error. Entries are written to a temporary file and moved 
 ``os.replace``, so a crash never leaves a half-written entry under the final name. A loaded entry's
 modification time is refreshed, and after each write the least recently used entries are deleted
 until the directory holds at most ``$DAMO_CACHE_MAX_GB`` (default 20) gigabytes. Deleting the
-directory (or any entry) at any time is safe. A file rejected by :class:`~damo.media.MediaLimits`
+directory (or any entry) at any time is safe. A file replaced or rewritten between hashing and
+decoding (its device, inode, size or modification time differ afterwards) is returned but not
+cached, so the entry of one file's bytes never holds another file's clip. A file rejected by :class:`~damo.media.MediaLimits`
 or undecodable leaves nothing behind.
 """
 from __future__ import annotations
@@ -180,6 +182,7 @@ def load_clip(path: str | Path, fps: float = 1.0, size: int | None = 64, cache_d
         return _decode.decode_clip(p, fps=fps, size=size, limits=limits, audio_dtype=audio_dtype, phase=phase)
     folder = Path(cache_dir or default_cache_dir())
     cap = max_cache_bytes()  # a bad setting fails here, before any decoding
+    before = _identity(p)
     entry = folder / f"{cache_key(p, fps, size, phase, key)}.npz"
     clip = _read(entry, str(p))
     if clip is None:
@@ -189,11 +192,28 @@ def load_clip(path: str | Path, fps: float = 1.0, size: int | None = 64, cache_d
         notes = [str(w.message) for w in caught]
         for w in caught:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        if _identity(p) != before:
+            # replaced or rewritten between hashing and decoding: the clip may be another file's
+            warnings.warn(f"{p}: the file changed while it was read; its clip is not cached", stacklevel=2)
+            return _as(clip, audio_dtype)
         try:
             _write(entry, clip, notes)
             evict(folder, keep=entry, limit=cap)
         except OSError as e:
             _warn_once(folder, "written", e)
+    return _as(clip, audio_dtype)
+
+
+def _as(clip: Clip, audio_dtype: _decode.AudioDtype) -> Clip:
     if audio_dtype == "float32":
         clip.audio = as_float(clip.audio)
     return clip
+
+
+def _identity(path: Path) -> tuple[int, ...]:
+    """What changes when a file is replaced (``mv``) or rewritten: device, inode, size, modification time."""
+    try:
+        st = path.stat()
+    except OSError as e:
+        raise MediaError(f"{path}: cannot read file ({e.strerror or e})") from None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns

@@ -50,13 +50,17 @@ class MediaLimits:
       limit (68 minutes at 1 fps), so nothing is decoded and cached that could not be grounded;
     * ``max_pixels``: width x height of the coded frames (4096 x 2304 admits 3840 x 2160);
     * ``max_output_bytes``: the sampled frame array ``T x H x W x 3`` (4 GiB; 4096 frames at 384 px
-      are 1.8 GB, at a native 1080p 25 GB).
+      are 1.8 GB, at a native 1080p 25 GB);
+    * ``max_packets``: packets of all streams, as an MP4's sample tables declare them (FFmpeg indexes
+      each while opening the file, some 80 bytes apiece) and as they are read: 1,000,000 is 244 a
+      second for the 68 minutes ``max_frames`` admits (60 fps video with 48 kHz AAC needs 107).
     """
 
     max_duration: float = 4 * 3600.0
     max_frames: int = 4096
     max_pixels: int = 4096 * 2304
     max_output_bytes: int = 4 << 30
+    max_packets: int = 1_000_000
 
 
 def as_float(audio: np.ndarray | None) -> np.ndarray:

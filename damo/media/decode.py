@@ -32,16 +32,21 @@ is honoured: frames come out upright. Streams nobody reads are discarded by the 
 
 Limits (:class:`~damo.media.MediaLimits`) are checked on the header before anything is decoded
 and again on every packet and frame, so a file that lies about its size or length is rejected
-before it can allocate what it claims.
+before it can allocate what it claims: an MP4's sample tables are counted before FFmpeg indexes
+them, decoders refuse frames over ``max_pixels`` unallocated, packets are counted as they are read,
+a GOP is held only up to MAX_HELD_PACKETS, audio is decoded only as far as the video has come
+(:class:`_AudioGate`), and frames whose timestamps run backwards are refused.
 """
 from __future__ import annotations
 
 import bisect
+import errno
 import math
 import os
 import stat
 import threading
 import warnings
+from collections import deque
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
@@ -50,10 +55,16 @@ import av
 import av.video.reformatter
 import numpy as np
 
+from damo.media import isobmff
 from damo.media.audio import AudioTrack
 from damo.media.clip import SAMPLE_RATE, Clip, MediaError, MediaLimits, as_float
 from damo.threads import threads
 
+MAX_UNKEYED = 10_000          # video packets read without a keyframe before the file is refused
+MAX_HELD_PACKETS = 1024       # a GOP is held (to skip what no pick needs) up to this many packets
+MAX_HELD_BYTES = 64 << 20     # or bytes; past either it is decoded as it comes
+AUDIO_LEAD_S = 30.0           # audio is decoded at most this far past the latest video packet
+MAX_HELD_AUDIO = 4096         # audio packets held back for the video to catch up; more drop the audio
 MIN_THREADED_PIXELS = 400 * 300
 MIN_THREADED_BYTES = 3000
 Mode = Literal["auto", "sequential"]
@@ -93,8 +104,29 @@ def decoder_threads(width: int, height: int, frame_bytes: float) -> int:
 _DEMUXERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".webm": "webm", ".mkv": "matroska"}
 
 
-def _open(path: str | Path) -> av.container.InputContainer:
-    """Open a file with a video stream, or raise MediaError naming the file and the problem."""
+def _check_tables(p: Path, size: int, limits: MediaLimits) -> None:
+    """Refuse an MP4/MOV whose sample tables declare more than ``max_packets`` samples, before
+    FFmpeg builds an index entry for each (:mod:`damo.media.isobmff`)."""
+    with open(p, "rb") as f:
+        if not isobmff.looks_like_isobmff(f):
+            return
+        try:
+            n = isobmff.declared_samples(f, size)
+        except ValueError as e:
+            raise MediaError(f"{p}: its MP4 structure holds {e}; not a video this reader accepts") from None
+    if n > limits.max_packets:
+        raise MediaError(f"{p}: its MP4 sample tables declare {n:,} samples, over the limit of "
+                         f"{limits.max_packets:,} (MediaLimits.max_packets)")
+
+
+def _open(path: str | Path, limits: MediaLimits) -> av.container.InputContainer:
+    """Open a file with a video stream, or raise MediaError naming the file and the problem.
+
+    An MP4 whose tables declare more than ``limits.max_packets`` samples is refused before FFmpeg
+    reads it, and the decoders FFmpeg runs while opening (to learn a stream's parameters) refuse a
+    frame larger than ``limits.max_pixels`` before allocating it: an 8192 x 8192 H.264 stream costs
+    59 MB to open instead of 329 MB. A stream whose size only such a decode would tell then reports
+    0 x 0, and our own decoder refuses its frames the same way."""
     p = Path(path)
     try:
         st = p.stat()
@@ -106,18 +138,20 @@ def _open(path: str | Path) -> av.container.InputContainer:
         raise MediaError(f"{p}: not a regular file")
     if st.st_size == 0:
         raise MediaError(f"{p}: file is empty (0 bytes)")
+    _check_tables(p, st.st_size, limits)
+    options = {"max_pixels": str(limits.max_pixels)}
     container = None
     hint = _DEMUXERS.get(p.suffix.lower())
     if hint is not None:
         try:
-            container = av.open(str(p), format=hint)
+            container = av.open(str(p), format=hint, options=options)
         except av.FFmpegError:
             pass  # named for another container: probe it as any other file
         if container is not None and not container.streams:
             container.close()
             container = None
     try:
-        container = container or av.open(str(p))
+        container = container or av.open(str(p), options=options)
     except av.FFmpegError as e:
         raise MediaError(f"{p}: not a readable media file ({e.strerror or e})") from None
     if not container.streams.video and not container.streams.audio:
@@ -251,6 +285,9 @@ class _Picker:
         if frame.width * frame.height > self.limits.max_pixels:
             raise MediaError(f"{self.name}: a {frame.width}x{frame.height} frame exceeds the limit of "
                              f"{self.limits.max_pixels:,} pixels (MediaLimits.max_pixels)")
+        if self.prev is not None and t < self.prev[0] - 1e-3:
+            raise MediaError(f"{self.name}: frame timestamps go backwards ({self.prev[0]:.3f} s, then {t:.3f} s), so "
+                             "no frame can be placed in time; re-encode the file (e.g. ffmpeg -i IN -fps_mode cfr OUT)")
         c = self.next_centre
         while c <= t:
             # nearest of (previous frame, this frame) to the window centre; ties (to 1 us, so float
@@ -348,11 +385,18 @@ class _Video:
         self.skip_mode = "DEFAULT"
         self.nal_length = _avc_length_size(self.cc)
         self.threads_chosen = False
+        self.keyed = False               # a keyframe was seen
+        self.size_unknown = not (self.cc.width and self.cc.height)   # e.g. hidden by max_pixels while opening
+        self.gop_bytes = 0
 
     def packet(self, packet: av.Packet) -> None:
         if packet.size == 0:
             return  # demux's end-of-stream marker: finish() drains the decoder
         self.count += 1
+        self.keyed |= packet.is_keyframe
+        if not self.keyed and self.count > MAX_UNKEYED:
+            raise MediaError(f"{self.name}: none of its first {MAX_UNKEYED:,} video packets is a keyframe, so "
+                             "nothing can be decoded; re-encode the file")
         t = None
         if packet.pts is not None:
             t = packet.pts * self.tb - self.origin
@@ -371,6 +415,20 @@ class _Video:
         if packet.is_keyframe and self.gop:
             self._flush_gop(t if t is not None else math.inf)
         self.gop.append((t, packet))
+        self.gop_bytes += packet.size
+        if len(self.gop) >= MAX_HELD_PACKETS or self.gop_bytes >= MAX_HELD_BYTES:
+            self._send_held()
+
+    def _send_held(self) -> None:
+        """Decode the GOP held so far: one longer than MAX_HELD_PACKETS (or MAX_HELD_BYTES) is
+        decoded as it comes rather than held whole, so a stream without keyframes costs no memory."""
+        if not self.threads_chosen:
+            self._choose_threads(self.gop)
+        known = [t for t, _ in self.gop if t is not None]
+        if known:
+            self.prev_max = max(self.prev_max, max(known))
+        self._send_all(self.skipped_gop + self.gop)
+        self.skipped_gop, self.gop, self.gop_bytes = [], [], 0
 
     def _left_out(self, packet: av.Packet) -> bool:
         """An unreferenced picture is left out rather than sent with NONREF: frame threads take
@@ -387,7 +445,9 @@ class _Video:
         try:
             frames = self.cc.decode(packet)
         except av.FFmpegError as e:
-            raise MediaError(f"{self.name}: video decoding failed ({e.strerror or e})") from None
+            hint = (f"; a frame larger than {self.limits.max_pixels:,} pixels (MediaLimits.max_pixels) is refused "
+                    "this way" if e.errno == errno.EINVAL or self.size_unknown else "")
+            raise MediaError(f"{self.name}: video decoding failed ({e.strerror or e}){hint}") from None
         for frame in frames:
             if frame.pts is not None:
                 t = frame.pts * self.tb - self.origin
@@ -407,7 +467,7 @@ class _Video:
         self.threads_chosen = True
 
     def _flush_gop(self, next_key: float) -> None:
-        gop, self.gop = self.gop, []
+        gop, self.gop, self.gop_bytes = self.gop, [], 0
         if not self.threads_chosen:
             self._choose_threads(gop)
         times = [t for t, _ in gop]
@@ -460,13 +520,74 @@ class _Video:
             raise _Mismatch
 
 
+class _AudioGate:
+    """Sends audio packets to their :class:`AudioTrack` only as far as the video has come.
+
+    Audio more than AUDIO_LEAD_S past the latest video packet is held until the video catches up
+    (demuxers interleave streams within seconds); past the declared duration it is never decoded,
+    and a track still running ahead after MAX_HELD_AUDIO packets is decoded no further (with a
+    warning; what was decoded stays). One video frame followed by ten hours of 192 kHz audio thus
+    costs 30 s of audio and a few thousand held packets, not hours of decoding. A packet past the
+    media limits ends the track (MediaError, which the caller turns into a warning).
+    """
+
+    def __init__(self, track: AudioTrack, origin: float, declared: float | None, video: "_Video"):
+        self.track, self.origin, self.declared, self.video = track, origin, declared, video
+        self.tb = float(track.stream.time_base) if track.stream.time_base else 0.0
+        self.held: deque[tuple[float | None, av.Packet]] = deque()
+        self.stopped = False
+
+    def _lead(self) -> float:
+        return (self.video.end or 0.0) + AUDIO_LEAD_S
+
+    def packet(self, packet: av.Packet) -> None:
+        if self.stopped:
+            return
+        if packet.size == 0:              # end of stream: what the clip can use, then drain the decoder
+            end = max(self.video.end or 0.0, self.declared or 0.0) + 1.0
+            while self.held:
+                t, p = self.held.popleft()
+                if t is None or t <= end:
+                    self.track.packet(p)
+            self.track.packet(packet)
+            return
+        t = packet.pts * self.tb - self.origin if packet.pts is not None else None
+        if t is not None:
+            limits = self.video.limits
+            if t > min(limits.max_duration, self.video.max_frames_t):
+                raise MediaError(f"an audio packet at {t:,.1f} s lies past what the limits admit "
+                                 "(MediaLimits.max_duration, max_frames)")
+            if self.declared is not None and t > self.declared + 1.0:
+                return                    # past the declared end: cut from the clip anyway
+        if self.held or (t is not None and t > self._lead()):
+            self.held.append((t, packet))
+            if len(self.held) > MAX_HELD_AUDIO:
+                warnings.warn(f"{self.track.name}: audio after {self._lead():.1f} s not decoded: it runs more than "
+                              f"{AUDIO_LEAD_S:g} s ahead of the video for {MAX_HELD_AUDIO:,} packets (the video has "
+                              "ended, or the file is not interleaved)", stacklevel=4)
+                self.held.clear()
+                self.stopped = True
+                self.track.stream.discard = av.stream.Discard.all
+            return
+        self.track.packet(packet)
+
+    def release(self) -> None:
+        """Decode the held packets the video has now caught up with."""
+        lead = self._lead()
+        while self.held and (self.held[0][0] is None or self.held[0][0] <= lead):
+            self.track.packet(self.held.popleft()[1])
+
+
 def _decode(path: Path, fps: float, size: int | None, skip: bool, limits: MediaLimits,
             audio_dtype: AudioDtype, with_audio: bool, phase: float) -> Clip:
     name = str(path)
-    container = _open(path)
+    container = _open(path, limits)
     try:
         stream = container.streams.video[0]
         cc = stream.codec_context
+        # the header may understate the frames (an H.264 parameter set can say otherwise): the decoder
+        # itself refuses a larger frame before allocating it
+        cc.options = {"max_pixels": str(limits.max_pixels)}
         origin = _origin(container)
         declared = _declared_duration(container)
         _check_header(name, limits, cc.width or 0, cc.height or 0, declared, fps, size)
@@ -477,24 +598,34 @@ def _decode(path: Path, fps: float, size: int | None, skip: bool, limits: MediaL
         if container.streams.audio and with_audio:
             try:
                 n_samples = math.ceil(declared * SAMPLE_RATE - 1e-6) if declared is not None else None
-                audio = AudioTrack(container.streams.audio[0], origin, n_samples, name,
-                                   max_samples=math.ceil(limits.max_duration * SAMPLE_RATE))
+                horizon = min(limits.max_duration, video.max_frames_t)
+                audio = _AudioGate(AudioTrack(container.streams.audio[0], origin, n_samples, name,
+                                              max_samples=math.ceil(horizon * SAMPLE_RATE)), origin, declared, video)
             except MediaError as e:
                 warnings.warn(f"{name}: audio dropped, returning the video without sound: {e}", stacklevel=3)
-        streams = [stream] + ([audio.stream] if audio is not None else [])
+        streams = [stream] + ([audio.track.stream] if audio is not None else [])
         video_index = stream.index
         for other in container.streams:
             if other not in streams:
                 other.discard = av.stream.Discard.all  # the demuxer skips its packets instead of reading them
+        packets = 0
         try:
             for packet in container.demux(streams):
+                packets += 1
+                if packets > limits.max_packets:
+                    raise MediaError(f"{name}: holds more than {limits.max_packets:,} packets "
+                                     "(MediaLimits.max_packets)")
                 if packet.stream_index == video_index:
                     video.packet(packet)
-                elif audio is not None:
+                if audio is not None:
                     try:
-                        audio.packet(packet)
+                        if packet.stream_index != video_index:
+                            audio.packet(packet)
+                        elif audio.held:
+                            audio.release()
                     except (MediaError, av.FFmpegError, ValueError) as e:
                         warnings.warn(f"{name}: audio dropped, returning the video without sound: {e}", stacklevel=3)
+                        audio.track.stream.discard = av.stream.Discard.all
                         audio = None
         except av.FFmpegError as e:
             if video.count == 0:
@@ -528,7 +659,7 @@ def _decode(path: Path, fps: float, size: int | None, skip: bool, limits: MediaL
     has_audio = False
     if audio is not None:
         try:
-            wave = audio.finish()
+            wave = audio.track.finish()
             has_audio = True
         except MediaError as e:
             warnings.warn(f"{name}: audio dropped, returning the video without sound: {e}", stacklevel=3)
@@ -571,7 +702,7 @@ def decode_clip(path: str | Path, fps: float = 1.0, size: int | None = 64, mode:
         return _decode(Path(path), fps, size, False, limits, audio_dtype, audio, phase)
 
 
-def _scan(container: av.container.InputContainer, name: str) -> dict:
+def _scan(container: av.container.InputContainer, name: str, limits: MediaLimits) -> dict:
     """Demux the video packets once (no decoding): keyframe times, packet count and end time."""
     stream = container.streams.video[0]
     tb = stream.time_base
@@ -583,6 +714,9 @@ def _scan(container: av.container.InputContainer, name: str) -> dict:
             if packet.pts is None:
                 continue  # the flush packet at the end of demuxing
             count += 1
+            if count > limits.max_packets:
+                raise MediaError(f"{name}: holds more than {limits.max_packets:,} video packets "
+                                 "(MediaLimits.max_packets)")
             if packet.is_keyframe:
                 keyframes.append(packet.pts)
             stop = packet.pts + (packet.duration or 0)
@@ -595,13 +729,15 @@ def _scan(container: av.container.InputContainer, name: str) -> dict:
     return {"keyframes": keyframes, "packets": count, "end": None if end is None else float(end * tb)}
 
 
-def probe(path: str | Path) -> dict:
-    """Describe a file without decoding it: duration, fps, size, rotation, audio, keyframe spacing, codecs."""
-    container = _open(path)
+def probe(path: str | Path, limits: MediaLimits | None = None) -> dict:
+    """Describe a file without decoding it: duration, fps, size, rotation, audio, keyframe spacing,
+    codecs; within ``limits`` (default :class:`MediaLimits`) of packets and frame size."""
+    limits = limits or MediaLimits()
+    container = _open(path, limits)
     try:
         v = container.streams.video[0]
         origin = _origin(container)
-        scan = _scan(container, str(path))
+        scan = _scan(container, str(path), limits)
         duration = _declared_duration(container)
         if duration is None:
             if scan["end"] is None or scan["end"] - origin <= 0:
