@@ -117,7 +117,7 @@ def test_eval_and_ground_take_a_dtype_on_cpu(tmp_path, saved, samples, clip_mkv,
     assert backbone_dtypes(DamoModel.load(tmp_path / "tiny", dtype="bfloat16")) == {torch.bfloat16}
     capsys.readouterr()
     assert main(["ground", str(clip_mkv), "when does the red square appear?", "--model", str(tmp_path / "tiny"),
-                 "--device", "cpu", "--dtype", "bfloat16", "--quiet"]) == 0
+                 "--device", "cpu", "--dtype", "bfloat16", "--quiet", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["duration"] == pytest.approx(13.0, abs=0.1)
     assert all(0 <= sp["start"] <= sp["end"] <= out["duration"] for sp in out["spans"])
