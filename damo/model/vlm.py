@@ -35,6 +35,7 @@ from transformers import (AutoTokenizer, PreTrainedTokenizerBase, Qwen2_5OmniThi
 from damo.media import Clip
 from damo.model.evidence import EvidenceHead, salient_frames, soft_targets
 from damo.model.backbones import resolve_dtype
+from damo.model.processing import FRAME_TIMES
 from damo.model.presets import DEFAULT_PRESET, Preset, checkpoint_type, get_preset
 from damo.model.vlm_video import CLIP_MEAN, CLIP_STD, HALF, VideoPixels, VideoSpec, video_pixels
 
@@ -98,6 +99,8 @@ class VLMProcessor:
                               **preset.video)
         self.spec.check()
         self.config = ClipSettings(fps=self.spec.fps)
+        # frame i at i / fps: qwen-vl-utils' first frame is the video's first (its frames spread from 0 to the end)
+        self.frame_times = FRAME_TIMES["start"]
         self.ids = {name: getattr(config, f"{name}_token_id") for name in ("video", "vision_start", "vision_end")}
 
     def encode(self, text: str) -> list[int]:
