@@ -107,7 +107,8 @@ def _benchmark_list() -> str:
     from damo.eval import BENCHMARKS
 
     rows = [f"  {b.name:<22}{' '.join(o.cli for o in b.options) or '(none)'}\n"
-            f"  {'':<22}{b.evaluator}" for b in BENCHMARKS.values()]
+            f"  {'':<22}{b.evaluator}" + "".join(f"\n  {'':<22}--parser {k}: {v}" for k, v in b.parsers.items())
+            for b in BENCHMARKS.values()]
     return "benchmarks (--task NAME), the options each takes and the evaluator it matches:\n" + "\n".join(rows)
 
 

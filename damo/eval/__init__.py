@@ -3,7 +3,7 @@ per benchmark in this package, each holding one :class:`~damo.eval.benchmark.Ben
 scorer, answer parsers and options) named ``BENCHMARK``, and one line here."""
 from __future__ import annotations
 
-from damo.eval import activitynet_captions, charades_sta, didemo, etbench, qvhighlights, tacos, youcook2
+from damo.eval import activitynet_captions, charades_sta, didemo, etbench, qvhighlights, tacos, timelens, youcook2
 from damo.eval.benchmark import Benchmark
 
 BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
@@ -14,4 +14,5 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
     etbench.BENCHMARK,
     didemo.BENCHMARK,
     tacos.BENCHMARK,
+    timelens.BENCHMARK,
 )}

@@ -8,7 +8,7 @@ does not take, naming the ones it does.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
@@ -46,6 +46,8 @@ class Option:
             raise ValueError(f"{self.cli} must be one of {', '.join(self.choices)}, got {value!r}")
 
 
+PARSER = Option("parser", "how answers in free text become spans: one of the benchmark's parsers, listed below with "
+                          "the evaluator each reads answers as (default: the first)")
 DURATIONS = Option("durations", "video lengths for annotations that hold none: a CSV (id/video + length/duration "
                                 "columns, e.g. Charades_v1_test.csv) or a JSON object id -> seconds")
 
@@ -53,14 +55,19 @@ DURATIONS = Option("durations", "video lengths for annotations that hold none: a
 @dataclass(frozen=True)
 class Benchmark:
     """One benchmark: ``scorer(gt_path, preds, subset, **options) -> metrics`` with the keys the official
-    evaluator ``evaluator`` prints; ``reader`` its annotation format; ``parsers`` the functions that read
-    answers in free text, where the benchmark scores text; ``options`` what ``scorer`` takes by keyword."""
+    evaluator ``evaluator`` prints; ``reader`` its annotation format; ``options`` what ``scorer`` takes by
+    keyword. ``parsers`` names the ways ``--parser`` reads answers in free text, each with the evaluator it
+    follows (the first is the default); a benchmark with parsers lists :data:`PARSER` in its options."""
     name: str
     evaluator: str
     reader: Reader
     scorer: Callable[..., dict]
     options: tuple[Option, ...] = ()
-    parsers: tuple[Callable, ...] = ()
+    parsers: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if bool(self.parsers) != (PARSER in self.options):
+            raise ValueError(f"benchmark {self.name!r}: list PARSER in its options exactly when it names parsers")
 
     def score(self, gt_path: str | Path, pred_path: str | Path, subset: str = "all", duplicates: str = "error",
             **options: object) -> dict:
@@ -74,6 +81,11 @@ class Benchmark:
                              f"its options: {valid}")
         for name, value in options.items():
             takes[name].check(value)
+        if self.parsers:
+            options["parser"] = options.get("parser") or next(iter(self.parsers))
+            if options["parser"] not in self.parsers:
+                raise ValueError(f"--task {self.name} reads answers with --parser {' or '.join(self.parsers)}, "
+                                 f"got {options['parser']!r}")
         if subset not in SUBSETS:
             raise ValueError(f"subset must be one of {SUBSETS}, got {subset!r}")
         preds = PredictionFile(pred_path, duplicates)

@@ -10,6 +10,7 @@ from typing import Sequence
 
 import numpy as np
 
+from damo.data.schema import Prediction, Sample
 from damo.eval.benchmark import Option, Reader, samples_and_predictions
 from damo.eval.predictions import PredictionFile
 from damo.spans import span_iou
@@ -85,3 +86,44 @@ def score_grounding(reader: Reader, gt_path: str | Path, preds: PredictionFile, 
     pred = [by_id[s.id].spans if s.id in by_id else [] for s in samples]
     out = grounding_metrics(gt, pred, convention=convention, topk=(1, 5))
     return {"n": len(samples), "n_predicted": sum(s.id in by_id for s in samples), **out}
+
+
+# ---------------------------------------------------------------- TimeChat-style scoring of free-text answers
+# TimeChat's utils/format_tvg.py and its descendants (TimeLens' evaluation/compute_metrics.py, lmms-eval's
+# charades_sta and timelens tasks) store each answer under the key "video>>>query>>>span" in a dict, so a later
+# query with the same key replaces an earlier one, score the first predicted pair against the key's first gt span,
+# and print percentages.
+
+def query_key(sample: Sample) -> tuple:
+    return sample.video, sample.query, tuple(map(tuple, sample.spans))
+
+
+def unique_queries(samples: Sequence[Sample]) -> list[Sample]:
+    """One sample per (video, query, spans) key, in the order keys first appear; a repeated key keeps its
+    last sample, as a dict updated in order does."""
+    return list({query_key(s): s for s in samples}.values())     # a key keeps its first place, takes its last value
+
+
+def answer_text(by_id: dict[str, Prediction], sample_id: str) -> str:
+    """The answer of the prediction for ``sample_id`` ("" when there is none: no time, IoU 0)."""
+    if sample_id not in by_id:
+        return ""
+    answer = by_id[sample_id].answer
+    if answer is None:
+        raise ValueError(f"--parser reads each prediction's 'answer'; the prediction for {sample_id!r} has none")
+    return answer
+
+
+def hull_iou(gt: Sequence[float], pred: Sequence[float]) -> float:
+    """``max(min(ends) - max(starts), 0) / (max(ends) - min(starts))``: a reversed prediction overlaps nothing;
+    a hull of no length gives 0 (lmms-eval's guard; TimeChat's and TimeLens' divide by zero there)."""
+    hull = max(gt[1], pred[1]) - min(gt[0], pred[0])
+    return 0.0 if hull <= 0 else max(min(gt[1], pred[1]) - max(gt[0], pred[0]), 0) / hull
+
+
+def percent_recall(ious: Sequence[float], names: Sequence[str]) -> dict[str, float]:
+    """``names[:3]``: the percentage of IoUs >= 0.3, 0.5, 0.7; ``names[3]``: the mean IoU in percent (0 for none)."""
+    n = len(ious)
+    out = {name: sum(1 for v in ious if v >= t) * 100 / n if n else 0 for name, t in zip(names, (0.3, 0.5, 0.7))}
+    out[names[3]] = sum(ious) * 100 / n if n else 0
+    return out
