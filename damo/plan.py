@@ -126,9 +126,11 @@ def probe_batch(model: DamoModel, stage: Stage, frames: int, text_tokens: int) -
     batch = Collator.for_model(model)([(sample, clip)])
     L = batch.input_ids.shape[1]
     # the contrastive loss branches on whether a clip has a hard negative: kept as values (none here);
-    # a 4-D mask is used as given: transformers' padding checks read values
-    return replace(batch.to("meta"), align_neg_mask=torch.zeros_like(batch.align_neg_mask),
-                   attention_mask=torch.ones(1, 1, L, L, dtype=torch.bool, device="meta"))
+    # a 4-D mask is used as given: transformers' padding checks read values (bidirectional video attention
+    # makes its 4-D mask from the 2-D one)
+    mask = (torch.ones(1, L, dtype=torch.bool, device="meta") if c.video_attention == "bidirectional" else
+            torch.ones(1, 1, L, L, dtype=torch.bool, device="meta"))
+    return replace(batch.to("meta"), align_neg_mask=torch.zeros_like(batch.align_neg_mask), attention_mask=mask)
 
 
 @contextmanager

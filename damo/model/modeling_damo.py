@@ -29,6 +29,7 @@ import fnmatch
 import json
 import math
 import re
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -273,6 +274,11 @@ def build_llm(cfg: LLMConfig, tok: PreTrainedTokenizerFast, new_tokens: list[int
     raise ValueError(f"unknown llm.kind {cfg.kind!r}; valid: tiny_qwen2, hf")
 
 
+def frozen(module: nn.Module) -> bool:
+    """No parameter of ``module`` trains: it then runs without autograd state (and chunked, for towers)."""
+    return not any(p.requires_grad for p in module.parameters())
+
+
 class VideoEncoder(nn.Module):
     """Frames and sound -> fused per-frame grid and fusion tokens (steps 1-4 of the module docstring):
     the vision and audio towers, DaMO's global residual per modality, the temporal convolution,
@@ -302,8 +308,10 @@ class VideoEncoder(nn.Module):
         """-> per-frame fuser features ``(B, T, K, D)`` (placement ``llm``: the fused grid, ``K = Lv``)
         and fusion tokens ``(B, F, D)``. ``vision`` ``(B, T, 1+P, Dv)`` and ``audio`` ``(B, T, 1+A, Da)``
         are stored outputs of the frozen towers (:mod:`damo.data.features`), used instead of running them."""
-        vision = self._per_frames(self.vision, frames) if vision is None else vision.to(frames.device, torch.float32)
-        audio = self.audio(mel, frame_mask) if audio is None else audio.to(mel.device, torch.float32)
+        with torch.no_grad() if frozen(self.vision) else nullcontext():
+            vision = self._real_frames(frames, frame_mask) if vision is None else vision.to(frames.device, torch.float32)
+        with torch.no_grad() if frozen(self.audio) else nullcontext():
+            audio = self.audio(mel, frame_mask) if audio is None else audio.to(mel.device, torch.float32)
         # padded frames are zeroed so that the temporal convolution sees the clip's end exactly
         # as an unpadded clip does (a batch then gives every clip the features it gets alone)
         v = self.residual_v(vision) * frame_mask[:, :, None, None]  # (B, T, Lv, D)
@@ -315,6 +323,15 @@ class VideoEncoder(nn.Module):
         if not self.at_llm:
             v = self.compressor(v, frame_mask)                      # (B, T, K, D) under the token budget
         return self.fuseformer(v, a, frame_mask)
+
+    def _real_frames(self, frames: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+        """The vision tower over a batch's real frames only ``(B, T, 1+P, Dv)``: padding frames get zeros
+        (the residual's output is masked there anyway), so a batch of one long and several short clips
+        costs the tower their frames, not B x T."""
+        if frame_mask.is_meta:                                      # damo.plan: no values to select with
+            return self._per_frames(self.vision, frames)
+        h = self._per_frames(self.vision, frames[frame_mask][None])[0]     # (N real, 1+P, Dv)
+        return h.new_zeros(*frame_mask.shape, *h.shape[1:]).index_put((frame_mask,), h)
 
     @staticmethod
     def _per_frames(tower: nn.Module, x: torch.Tensor, chunk: int = 256) -> torch.Tensor:
