@@ -257,3 +257,20 @@ def test_plan_lists_evidence_heads_and_trains_only_lora_and_heads(tmp_path, caps
     lora = 28 * 16 * ((3584 + 3584) * 2 + (3584 + 512) * 2 + (3584 + 18944) * 2 + (18944 + 3584))
     assert stage["modules"]["language_model"]["trainable"] == lora
     assert stage["total"] == 8_292_166_656 + lora + heads
+
+
+def test_a_whole_omni_checkpoint_runs_its_thinker(folders, clips, tmp_path):
+    whole = small(VideoLLM.from_pretrained(str(vlm_tiny.save_whole_omni(tmp_path / "omni")), dtype="float32"))
+    thinker = small(VideoLLM.from_pretrained(str(folders["qwen2.5-omni"]), dtype="float32"))
+    assert whole.model.config.model_type == "qwen2_5_omni_thinker" and whole.preset.name == "qwen2.5-omni"
+    batch = thinker.inputs([thinker.processor.video_inputs(clips[0])], [QUERY])
+    with torch.no_grad():
+        torch.testing.assert_close(whole(batch), thinker(batch), rtol=0, atol=0)
+
+
+def test_hub_ids_need_a_preset_and_fail_offline_in_one_line():
+    with pytest.raises(ValueError, match="^Org/Missing is no local folder; to load it from the hub name its --preset$"):
+        VideoLLM.from_pretrained("Org/Missing")
+    with pytest.raises(ValueError, match="^cannot load Org/Missing: ") as e:
+        VideoLLM.from_pretrained("Org/Missing", "timelens")
+    assert "\n" not in str(e.value)

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers, decoders
-from transformers import (PreTrainedTokenizerFast, Qwen2_5OmniThinkerConfig, Qwen2_5OmniThinkerForConditionalGeneration,
+from transformers import (PreTrainedTokenizerFast, Qwen2_5OmniConfig, Qwen2_5OmniForConditionalGeneration,
+                          Qwen2_5OmniThinkerConfig, Qwen2_5OmniThinkerForConditionalGeneration,
                           Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen3VLConfig,
                           Qwen3VLForConditionalGeneration, WhisperFeatureExtractor)
 
@@ -90,4 +91,20 @@ def save(name: str, folder: Path, seed: int = 0) -> Path:
     tok.save_pretrained(folder)
     if name == "qwen2.5-omni":
         WhisperFeatureExtractor(feature_size=16).save_pretrained(folder)
+    return folder
+
+
+def save_whole_omni(folder: Path, seed: int = 0) -> Path:
+    """The Qwen2.5-Omni stand-in saved as a whole Omni checkpoint (``qwen2_5_omni``: the thinker's weights
+    under ``thinker.``), as the published Qwen2.5-Omni-7B is; the talker is left out (``enable_audio_output``
+    false), its weights being no part of what DaMO runs."""
+    torch.manual_seed(seed)
+    tok = tokenizer()
+    thinker = qwen2_5_omni(tok)
+    whole = Qwen2_5OmniForConditionalGeneration(Qwen2_5OmniConfig(thinker_config=thinker.config.to_dict(),
+                                                                  enable_audio_output=False))
+    whole.thinker.load_state_dict(thinker.state_dict())
+    whole.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    WhisperFeatureExtractor(feature_size=16).save_pretrained(folder)
     return folder

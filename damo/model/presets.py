@@ -170,16 +170,18 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
 ]}
 # the preset a checkpoint folder gets when none is named: its family's base model
 DEFAULT_PRESET = {"qwen2_5_vl": "qwen2.5-vl", "qwen3_vl": "qwen3-vl", "qwen2_5_omni_thinker": "qwen2.5-omni"}
+# a checkpoint's model type -> the family DaMO runs it as (a whole Qwen2.5-Omni checkpoint runs its thinker)
+FAMILY_OF = {kind: kind for kind in DEFAULT_PRESET} | {"qwen2_5_omni": "qwen2_5_omni_thinker"}
 
 
 def checkpoint_type(path: str | Path) -> str | None:
-    """The model type of a local checkpoint folder of one of the presets' families (``qwen2_5_vl``,
-    ``qwen3_vl``, ``qwen2_5_omni_thinker``), or of the base of a trained VLM folder (``vlm.json``,
-    :meth:`damo.model.vlm.VideoLLM.save`), else None (a DaMO model folder, a hub id, no folder)."""
+    """The family (``qwen2_5_vl``, ``qwen3_vl``, ``qwen2_5_omni_thinker``) of a local checkpoint folder
+    or of the base of a trained VLM folder (``vlm.json``, :meth:`damo.model.vlm.VideoLLM.save`), else
+    None (a DaMO model folder, a hub id, no folder)."""
     saved, cfg = Path(path) / "vlm.json", Path(path) / "config.json"
     kind = (json.loads(saved.read_text())["family"] if saved.is_file() else
             json.loads(cfg.read_text()).get("model_type") if cfg.is_file() else None)
-    return kind if kind in DEFAULT_PRESET else None
+    return FAMILY_OF.get(kind)
 
 
 def get_preset(name: str) -> Preset:

@@ -29,14 +29,15 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import (AutoTokenizer, PreTrainedTokenizerBase, Qwen2_5OmniThinkerForConditionalGeneration,
-                          Qwen2_5_VLForConditionalGeneration, Qwen3VLForConditionalGeneration, WhisperFeatureExtractor)
+from transformers import (AutoConfig, AutoTokenizer, PreTrainedTokenizerBase,
+                          Qwen2_5OmniThinkerForConditionalGeneration, Qwen2_5_VLForConditionalGeneration,
+                          Qwen3VLForConditionalGeneration, WhisperFeatureExtractor)
 
 from damo.media import Clip
 from damo.model.evidence import EvidenceHead, salient_frames, soft_targets
 from damo.model.backbones import resolve_dtype
 from damo.model.processing import FRAME_TIMES
-from damo.model.presets import DEFAULT_PRESET, Preset, checkpoint_type, get_preset
+from damo.model.presets import DEFAULT_PRESET, FAMILY_OF, Preset, get_preset
 from damo.model.vlm_video import CLIP_MEAN, CLIP_STD, HALF, VideoPixels, VideoSpec, video_pixels
 
 VIDEO, AUDIO = 2, 3          # mm_token_type_ids of video and audio placeholders (text 0, image 1)
@@ -229,6 +230,9 @@ FAMILIES: dict[str, Family] = {
 }
 
 
+# a whole Qwen2.5-Omni checkpoint: DaMO runs its thinker (text out), never builds the talker (speech out)
+PARTS = {"qwen2_5_omni": ("thinker_config", r"^thinker\.")}
+
 # ---------------------------------------------------------------- the model
 SAVED, TRAINED = "vlm.json", "trained.safetensors"     # a trained VLM folder: how to rebuild it, what was trained
 
@@ -351,17 +355,27 @@ class VideoLLM(nn.Module):
                 vlm.add_evidence()
             vlm.load_trainable(Path(name_or_path) / TRAINED)
             return vlm
-        kind = checkpoint_type(name_or_path) if local else get_preset(preset).family if preset else None
+        if not local and not preset:
+            raise ValueError(f"{name_or_path} is no local folder; to load it from the hub name its --preset")
+        try:
+            config = AutoConfig.from_pretrained(name_or_path)
+        except OSError as e:
+            raise ValueError(f"cannot load {name_or_path}: {str(e).splitlines()[0]}") from None
+        kind = FAMILY_OF.get(config.model_type)
         if kind is None:
-            raise ValueError(f"{name_or_path} is not a folder of a {', '.join(FAMILIES)} checkpoint" if local else
-                             f"{name_or_path} is no local folder; to load it from the hub name its --preset")
+            raise ValueError(f"{name_or_path} is a {config.model_type} checkpoint; DaMO runs "
+                             f"{', '.join(FAMILY_OF)} checkpoints")
         chosen = get_preset(preset or DEFAULT_PRESET[kind])
         if chosen.family != kind:
             raise ValueError(f"preset {chosen.name!r} runs {chosen.family} checkpoints but {name_or_path} is {kind}; "
                              f"choose a preset of its family, e.g. --preset {DEFAULT_PRESET[kind]}")
         family = FAMILIES[kind]
+        # a whole checkpoint whose part DaMO runs: that part's config, its weights' names without the prefix
+        part, prefix = PARTS.get(config.model_type, (None, None))
         try:
-            model = family.model.from_pretrained(name_or_path, dtype=resolve_dtype(dtype)).eval()
+            model = family.model.from_pretrained(name_or_path, config=getattr(config, part) if part else config,
+                                                 key_mapping={prefix: ""} if prefix else None,
+                                                 dtype=resolve_dtype(dtype)).eval()
             tok = AutoTokenizer.from_pretrained(name_or_path)
             feats = WhisperFeatureExtractor.from_pretrained(name_or_path) if family.audio else None
         except OSError as e:
