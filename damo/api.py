@@ -18,6 +18,7 @@ import re
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout    # the built-in TimeoutError only from Python 3.11
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
@@ -279,7 +280,7 @@ def _with_ticker(fn, desc: str, progress: bool):
             try:
                 out = fut.result(timeout=0.5)
                 break
-            except TimeoutError:
+            except FutureTimeout:
                 bar.refresh()
         bar.set_postfix_str(f"{out.num_frames} frames, {out.duration:.0f} s")
         bar.update(1)

@@ -8,6 +8,7 @@
     damo data synth   --n N --seed S --out DIR [--difficulty standard] [--stvg]
     damo data convert --format F --in PATH [--durations CSV] --out OUT.jsonl
     damo data render  --config C | --model DIR --data FILE [--index N] [--json]
+    damo export --model DIR --out DIR               the LLM (LoRA merged) as a plain transformers folder
 
 Heavy imports happen inside each subcommand so ``damo --help`` stays fast.
 """
@@ -538,6 +539,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """A trained model's LLM, LoRA merged, as a plain transformers folder with our tokenizer."""
+    from damo.model.backbones import export_llm
+    from damo.model.modeling_damo import DamoModel
+
+    try:
+        model = DamoModel.load(args.model)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"damo export: {e}") from None
+    out = export_llm(model.llm, model.tokenizer, args.out)
+    print(f"wrote {out}: AutoModelForCausalLM.from_pretrained and AutoTokenizer.from_pretrained load it")
+    return 0
+
+
 def cmd_data_augment(args: argparse.Namespace) -> int:
     """``damo data augment``: annotations -> grounded QA JSONL; prints the report as JSON."""
     from damo.data.augment import augment, load_videos, make_generator
@@ -561,10 +576,11 @@ def cmd_data_augment(args: argparse.Namespace) -> int:
 
 def cmd_data_prefs(args: argparse.Namespace) -> int:
     """``damo data prefs``: canonical samples -> factorized preference pairs JSONL; prints the report as JSON."""
-    from damo.data.preference import make_pairs, make_rewriter, read_samples, save_pairs
+    from damo.data.dataset import load_dataset
+    from damo.data.preference import make_pairs, make_rewriter, save_pairs
 
     try:
-        samples = read_samples(args.inp)
+        samples = load_dataset(args.inp)
         rewriter = make_rewriter(args.rewriter, samples, url=args.url, model=args.model)
         pairs, report = make_pairs(samples, seed=args.seed, rewriter=rewriter, subfactors=args.subfactors,
                                    min_shift=args.min_shift)
@@ -744,6 +760,11 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--max-seconds", type=float, default=300.0, help="longest a question may wait for its answer")
     _dtype_option(v)
     v.set_defaults(fn=cmd_serve)
+
+    x = sub.add_parser("export", help="write a trained model's LLM (LoRA merged) as a plain transformers folder")
+    x.add_argument("--model", required=True, metavar="DIR", help="trained model folder")
+    x.add_argument("--out", required=True, metavar="DIR", help="folder for the LLM and its tokenizer")
+    x.set_defaults(fn=cmd_export)
     return p
 
 

@@ -30,3 +30,11 @@ def clip(T: int, seed: int) -> ClipTensors:
     g = torch.Generator().manual_seed(seed)
     return ClipTensors(frames=torch.randint(0, 255, (T, 32, 32, 3), generator=g, dtype=torch.uint8),
                        mel=torch.randn(T, 25, 32, generator=g).half(), times=torch.arange(T) + 0.5, duration=float(T))
+
+
+def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    """The two models hold the same parameter and buffer names, each with an equal tensor."""
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys(), sorted(sa.keys() ^ sb.keys())
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k

@@ -2,7 +2,6 @@
 originals, LoRA, merging, save/load round trips and the papers' configs at tiny sizes."""
 from __future__ import annotations
 
-import copy
 import fnmatch
 import math
 from pathlib import Path
@@ -24,6 +23,8 @@ from damo.model import backbones
 from damo.model.modeling_damo import DamoConfig, DamoModel, LLMConfig
 from damo.model.tokenizer import train_tokenizer
 from damo.train.loop import set_trainable
+
+from helpers import assert_same_weights
 
 TEXTS = ["when does the red square appear?", "the high tone plays", "It happens in", "The relevant event happens in",
          "what colour is the shape?", "red", "a low tone"] * 20
@@ -246,31 +247,24 @@ def test_lora_params_match_stage_globs_and_checkpointing_trains(tok):
     assert all(p.grad is not None for k, p in model.named_parameters() if p.requires_grad)
 
 
-def test_merge_lora_keeps_outputs_and_export_loads_in_transformers(tmp_path, tok):
+def test_damo_export_writes_the_lora_merged_llm_that_transformers_loads(tmp_path, tok):
+    from damo.cli import main
+
     model = tiny_hf_model(tok).eval()
     with torch.no_grad():                                       # a trained adapter: B != 0
         for k, p in model.named_parameters():
             if "lora_B" in k:
                 p.normal_(0, 0.5)
-    batch = make_batch(model)
+    model.save_pretrained(tmp_path / "model")
+    assert main(["export", "--model", str(tmp_path / "model"), "--out", str(tmp_path / "export")]) == 0
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path / "export").eval()
+    assert not backbones.is_lora(hf) and backbones.is_lora(model.llm)
+    ids = make_batch(model).input_ids[:, :12].clamp(max=len(tok) - 1)
     with torch.no_grad():
-        before = model(batch)
-    lora_copy = copy.deepcopy(model)
-    exported = backbones.export_llm(lora_copy, tmp_path / "export")
-    hf = AutoModelForCausalLM.from_pretrained(exported).eval()
-    ids = batch.input_ids[:, :12].clamp(max=len(tok) - 1)
-    with torch.no_grad():
-        lora_logits = lora_copy.llm(input_ids=ids).logits
-    torch.testing.assert_close(hf(input_ids=ids).logits, lora_logits, rtol=1e-5, atol=1e-5)
-    assert AutoTokenizer.from_pretrained(exported).convert_tokens_to_ids("<evi>") == model.processor.evi_id
-    backbones.merge_lora(model)
-    assert model.cfg.llm.lora is None and not backbones.is_lora(model.llm)
-    with torch.no_grad():
-        after = model(batch)
-    torch.testing.assert_close(after["logits"], before["logits"], rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(after["evi_logits"], before["evi_logits"], rtol=1e-4, atol=1e-4)
-    with pytest.raises(ValueError, match="no LoRA"):
-        backbones.merge_lora(model)
+        torch.testing.assert_close(hf(input_ids=ids).logits, model.llm(input_ids=ids).logits, rtol=1e-5, atol=1e-5)
+    assert AutoTokenizer.from_pretrained(tmp_path / "export").convert_tokens_to_ids("<evi>") == model.processor.evi_id
+    with pytest.raises(SystemExit, match="is not a DaMO model folder"):
+        main(["export", "--model", str(tmp_path / "nothing"), "--out", str(tmp_path / "x")])
 
 
 @pytest.mark.parametrize("lora", [None, {"r": 4, "alpha": 8}])
@@ -280,10 +274,7 @@ def test_hf_model_save_pretrained_round_trip(tmp_path, tok, lora):
     assert (tmp_path / "m" / "backbones.json").is_file()
     again = DamoModel.from_pretrained(tmp_path / "m")
     assert again.cfg == model.cfg                       # the user's config, not the rebuild's
-    a, b = model.state_dict(), again.state_dict()
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
+    assert_same_weights(model, again)
     batch = make_batch(model, T=3)
     with torch.no_grad():
         torch.testing.assert_close(again(batch)["logits"], model(batch)["logits"], rtol=0, atol=0)

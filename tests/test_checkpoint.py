@@ -18,7 +18,7 @@ from damo.model.modeling_damo import DamoModel
 from damo.train import checkpoint as ck
 from damo.train.recipe import run_recipe
 
-from helpers import TINY_MODEL
+from helpers import TINY_MODEL, assert_same_weights
 
 
 def recipe_dict(steps: int = 40) -> dict:
@@ -77,10 +77,7 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
                               log=lambda *_: None)
     assert any("resuming from step-" in m for m in logs), logs
     assert not (killed / "checkpoints" / "ground").exists(), "finished stage's checkpoints are cleared"
-    a, b = resumed.state_dict(), straight.state_dict()
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
+    assert_same_weights(resumed, straight)
     # the stage's loss history survives the kill too
     sa = (killed / "stages" / "ground" / "stats.json").read_text()
     sb = (tmp_path / "straight" / "stages" / "ground" / "stats.json").read_text()

@@ -115,13 +115,13 @@ from damo.model.tokenizer import train_tokenizer
 from damo.train.loop import run_stage
 
 
-def noise_clip(ref, fps, size):      # a 40-s clip of random frames: as big as a decoded one, made in no time
+def noise_clip(ref, fps, size, phase):    # a 40-s clip of random frames: as big as a decoded one, made in no time
     rng = np.random.default_rng(int(ref.rsplit("/", 1)[1]))
     return Clip(frames=rng.integers(0, 256, (40, size, size, 3), dtype=np.uint8), times=np.arange(40) + 0.5,
                 audio=np.zeros(40 * 16000, np.float32), duration=40.0, fps=1.0, has_audio=False, source=ref)
 
 
-sources.SCHEMES["noise"] = "__main__:noise_clip"
+sources.SCHEMES["noise"] = sources.Scheme(video="__main__:noise_clip")
 n, memory = int(sys.argv[1]), sys.argv[2] == "1"
 samples = [Sample(id=str(i), video=f"noise://{i}", duration=40.0, task="grounding", query="when?", answer="now",
                   spans=[[3.0, 9.0]]) for i in range(n)]

@@ -329,7 +329,7 @@ def test_cli_writes_pairs_and_reports(tmp_path, capsys):
     samples = synth_samples("synth://easy?n=3&seed=0")
     assert pairs == make_pairs(samples, seed=2)[0]
     args = parser.parse_args(["data", "prefs", "--in", str(tmp_path / "missing.jsonl"), "--out", str(out)])
-    with pytest.raises(SystemExit, match="no such file"):
+    with pytest.raises(SystemExit, match="neither a synth:// spec nor an existing JSONL file"):
         args.fn(args)
     args = parser.parse_args(["data", "prefs", "--in", "synth://easy?n=1", "--out", str(out), "--rewriter", "http"])
     with pytest.raises(SystemExit, match="--url"):

@@ -390,8 +390,27 @@ def test_written_file_decodes_to_the_rendered_clip(tmp_path) -> None:
         assert err.mean() < 4.0, err.mean()  # H.264 crf 18 + yuv420p chroma at shape edges
         assert decoded.has_audio and decoded.audio.shape == rendered.audio.shape
         assert np.abs(decoded.audio - rendered.audio).max() <= 1.0 / 32767 + 1e-6  # PCM s16 quantisation
-    with pytest.raises(ValueError, match=".mkv"):
+    with pytest.raises(ValueError, match=r"\.mkv or \.webm files; got 'v.mp4'"):
         write_video(spec, tmp_path / "v.mp4")
+
+
+def test_webm_for_browsers_shows_the_same_timeline(tmp_path) -> None:
+    import av
+
+    from damo.card import is_procedural_video
+    from damo.media.decode import decode_clip
+
+    spec = _av_spec()
+    path = write_video(spec, tmp_path / "v.webm", size=128)
+    with av.open(str(path)) as f:
+        assert [(st.type, st.codec_context.name) for st in f.streams] == [("video", "vp8"), ("audio", "opus")]
+    decoded, rendered = decode_clip(path, fps=1.0, size=64), render_clip(spec, fps=1.0, size=64)
+    assert decoded.duration == pytest.approx(spec.duration, abs=0.05) and is_procedural_video(path)
+    T = rendered.num_frames                     # Opus pads the track a few ms, which can add a last frame
+    assert np.abs(decoded.frames[:T].astype(np.float64) - rendered.frames).mean() < 6.0
+    loud = lambda a: np.abs(a.reshape(-1, 1600)).mean(1) > 0.05             # noqa: E731  which 0.1-s windows sound
+    n = rendered.audio.size // 1600 * 1600
+    assert (loud(decoded.audio[:n]) == loud(rendered.audio[:n])).mean() > 0.95
 
 
 def test_synthesize_writes_splits(tmp_path) -> None:
@@ -424,3 +443,15 @@ def test_synthesize_with_stvg_adds_tubes_on_the_encoded_test_videos(tmp_path) ->
     assert st and all(s.video.endswith(".mkv") and s.meta["boxes"] for s in st)
     assert [s.to_dict() for s in load_samples(tmp_path / "ds" / "train.jsonl")] == \
         [s.to_dict() for s in generate_samples(3, 9, stvg=True)]
+
+
+def test_one_scheme_registry_resolves_synthetic_videos_and_datasets(monkeypatch) -> None:
+    from damo.data.dataset import load_dataset
+    from damo.media import sources
+
+    assert load_dataset("synth://easy?n=3&seed=0") == synth_samples("synth://easy?n=3&seed=0")
+    clip = sources.load_video("synth://easy/0/train/0", fps=1.0, size=64)
+    assert np.array_equal(clip.frames, render_clip("synth://easy/0/train/0", fps=1.0, size=64).frames)
+    monkeypatch.setitem(sources.SCHEMES, "noise", sources.Scheme(video="damo.data.synthetic:render_clip"))
+    with pytest.raises(ValueError, match="the noise:// scheme names videos only"):
+        load_dataset("noise://x")

@@ -4,14 +4,13 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from damo.config import Recipe, load_recipe
 from damo.data.dataset import load_dataset
 from damo.train.loop import make_dialogues, set_trainable
 from damo.train.recipe import run_recipe
 
-from helpers import TINY_MODEL
+from helpers import TINY_MODEL, assert_same_weights
 
 
 
@@ -60,16 +59,14 @@ def test_short_recipe_loss_falls_and_rerun_reuses(tmp_path):
     logs = []
     again = run_recipe(_recipe(30), tmp_path, progress=False, log=logs.append)
     assert any("reusing" in m for m in logs)
-    for (k, a), b in zip(model.state_dict().items(), again.state_dict().values()):
-        assert torch.equal(a, b), k
+    assert_same_weights(model, again)
     assert json.loads((tmp_path / "stages" / "ground" / "stats.json").read_text()) == stats
 
 
 def test_training_is_deterministic(tmp_path):
     a = run_recipe(_recipe(4), tmp_path / "a", progress=False, log=lambda *_: None)
     b = run_recipe(_recipe(4), tmp_path / "b", progress=False, log=lambda *_: None)
-    for (k, x), y in zip(a.state_dict().items(), b.state_dict().values()):
-        assert torch.equal(x, y), k
+    assert_same_weights(a, b)
 
 
 def test_freezing_by_pattern(tmp_path):

@@ -59,17 +59,13 @@ import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor, TimeoutError as FutureTimeout
 from dataclasses import dataclass
-from fractions import Fraction
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-import numpy as np
-
 from damo.api import Grounder, check_query
 from damo.app.uploads import container_type
-from damo.card import PROCEDURAL_TAG
 from damo.media import MediaError
 from damo.media.cache import cache_key, default_cache_dir
 from damo.textio import loads
@@ -108,44 +104,6 @@ def _is_ip(name: str) -> bool:
         return False
 
 
-def write_example(spec, path: Path, size: int = 128) -> Path:
-    """Encode a procedural video as WebM (VP8 + Opus), which every browser plays, at 8 fps."""
-    import av
-
-    from damo.data import synthetic
-    from damo.media import SAMPLE_RATE
-
-    fps = synthetic.FILE_FPS
-    n = int(spec.duration * fps)
-    frames = synthetic.render_frames(spec, np.arange(n) / fps, size)            # (n, size, size, 3)
-    audio = synthetic.render_audio(spec).astype(np.float32)                     # (S,) at 16 kHz
-    tmp = path.with_name(path.name + ".tmp.webm")
-    with av.open(str(tmp), "w", format="webm") as out:
-        out.metadata["comment"] = f"{PROCEDURAL_TAG} {spec.uri}"     # a procedural example, not a real video
-        vs = out.add_stream("libvpx", rate=fps)
-        vs.width = vs.height = size
-        vs.pix_fmt = "yuv420p"
-        vs.options = {"crf": "10", "b:v": "1M", "threads": "1"}
-        aus = out.add_stream("libopus", rate=48000, layout="mono")
-        for j in range(n):
-            f = av.VideoFrame.from_ndarray(frames[j], format="rgb24")
-            f.pts, f.time_base = j, Fraction(1, fps)
-            for p in vs.encode(f):
-                out.mux(p)
-        for p in vs.encode():
-            out.mux(p)
-        src = av.AudioFrame.from_ndarray(audio[None], format="flt", layout="mono")
-        src.sample_rate, src.pts, src.time_base = SAMPLE_RATE, 0, Fraction(1, SAMPLE_RATE)
-        resampler = av.AudioResampler(format="s16", layout="mono", rate=48000)
-        for frame in resampler.resample(src) + resampler.resample(None):
-            for p in aus.encode(frame):
-                out.mux(p)
-        for p in aus.encode():
-            out.mux(p)
-    tmp.replace(path)
-    return path
-
-
 def make_examples(folder: Path, count: int = 3, seed: int = 0) -> list[Video]:
     """Generated example videos (test split, so never seen in training) with their own queries."""
     from damo.data import synthetic
@@ -156,7 +114,7 @@ def make_examples(folder: Path, count: int = 3, seed: int = 0) -> list[Video]:
         spec = synthetic.generate_spec("standard", seed, "test", i)
         path = folder / f"example_{seed}_{i}.webm"
         if not path.is_file():
-            write_example(spec, path)
+            synthetic.write_video(spec, path, size=128)    # WebM (VP8 + Opus): every browser plays it
         queries = tuple(dict.fromkeys(s.query for s in synthetic.video_samples(spec)))
         out.append(Video(id=f"example-{i}", name=f"example {i + 1} ({spec.duration} s)", path=path,
                          duration=float(spec.duration), queries=queries, ctype=container_type(path)[0]))

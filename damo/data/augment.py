@@ -82,7 +82,6 @@ from damo.spans import hull, merge, overlap, span_iou
 
 QA_TASKS = {"when": "grounding", "what_at": "grounded_qa", "what_between": "grounded_qa", "before": "grounded_qa",
             "after": "grounded_qa", "order": "grounded_qa", "count": "grounded_qa"}
-QA_TYPES = tuple(QA_TASKS)
 RULE_VERSION = "rule_v1"          # bump when the templates below change what is generated
 PROMPT_VERSION = "grounded_qa_v1"  # whole-video prompt: the HTTP generator's default
 EVENT_PROMPT_VERSION = "grounded_qa_event_v1"  # one event at a time, reply prefixed: the local default

@@ -13,7 +13,6 @@
 """
 from __future__ import annotations
 
-import importlib
 import os
 import random
 from dataclasses import dataclass, field, replace
@@ -25,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from damo.data.preflight import Unusable
 from damo.data.schema import Sample, load_samples
 from damo.media import Clip, MediaError, MediaLimits
-from damo.media.sources import load_video, scheme_of
+from damo.media.sources import load_video, scheme_function, scheme_of
 from damo.model.processing import ClipTensors, DamoProcessor
 
 # Tried in order when a sample names a video by id (``0F7LW`` -> ``0F7LW.mp4``).
@@ -216,16 +215,11 @@ def loader(dataset: Dataset, collate: Callable, num_workers: int = 0, batch_samp
                       prefetch_factor=2 if num_workers else None, pin_memory=pin_memory, **kw)
 
 
-# Dataset specs by URI scheme -> the function listing their samples (imported on first use).
-DATASET_SCHEMES = {"synth": "damo.data.synthetic:synth_samples"}
-
-
 def load_dataset(spec: str) -> list[Sample]:
-    """A dataset spec: ``synth://DIFFICULTY?n=..&seed=..&split=..`` or a canonical JSONL path."""
-    head, sep, _ = spec.partition("://")
-    if sep and head in DATASET_SCHEMES:
-        module, fn = DATASET_SCHEMES[head].split(":")
-        return getattr(importlib.import_module(module), fn)(spec)
+    """A dataset spec: a URI of a registered scheme (:data:`damo.media.sources.SCHEMES`, e.g.
+    ``synth://DIFFICULTY?n=..&seed=..&split=..``) or a canonical JSONL path."""
+    if scheme_of(spec):
+        return scheme_function(spec, "dataset")(spec)
     if not Path(spec).is_file():
         raise FileNotFoundError(f"dataset {spec!r} is neither a synth:// spec nor an existing JSONL file")
     return load_samples(spec)

@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Iterable, Protocol, Sequence
 
 from damo.data.chat import ChatClient
-from damo.data.schema import Sample, load_samples, read_jsonl, write_jsonl
+from damo.data.schema import Sample, read_jsonl, write_jsonl
 from damo.spans import clip, gaps, hull
 
 FACTORS = {"temporal": ("shift", "add", "delete", "merge"), "textual": ("distort", "repeat")}
@@ -508,19 +508,7 @@ def save_pairs(path: str | Path, pairs: Iterable[dict]) -> int:
     return write_jsonl(path, pairs)
 
 
-# ------------------------------------------------------------------------------------ command line
-
-def read_samples(spec: str) -> list[Sample]:
-    """Canonical samples from a JSONL path or a ``synth://`` spec."""
-    if spec.startswith("synth://"):
-        from damo.data.synthetic import synth_samples
-        return synth_samples(spec)
-    if not Path(spec).is_file():
-        raise FileNotFoundError(f"--in {spec!r}: no such file; give canonical samples JSONL or a synth:// spec")
-    return load_samples(spec)
-
-
 __all__ = ["FACTORS", "SPAN_TASKS", "validate_pair", "chosen_sample", "rejected_sample", "load_pairs", "save_pairs",
            "KEY_WORDS", "RuleRewriter", "HTTPRewriter", "clean_reply", "make_rewriter", "REWRITERS",
            "perturb_shift", "perturb_add", "perturb_delete", "perturb_merge", "perturb_distort", "perturb_repeat",
-           "sample_rng", "make_pair", "make_pairs", "read_samples"]
+           "sample_rng", "make_pair", "make_pairs"]

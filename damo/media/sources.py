@@ -1,18 +1,29 @@
-"""Where a video reference leads: a file through the decoder and its disk cache, or a URI scheme.
+"""Where a reference leads: a video file through the decoder and its disk cache, or a URI scheme.
 
-Schemes map to the function that renders them, named as ``module:function`` and imported only
-when a reference of that scheme arrives, so a real file never passes through a procedural
-generator. ``synth://`` renders DaMO's procedural clips (:mod:`damo.data.synthetic`) without a codec.
+:data:`SCHEMES` is the one registry of URI schemes: each names, as ``module:function`` imported only
+when a reference of that scheme arrives, the function rendering one of its videos and the function
+listing the samples of one of its dataset specs, so a real file never passes through a procedural
+generator. ``synth://`` is DaMO's procedural data (:mod:`damo.data.synthetic`): videos
+``synth://standard/0/test/3`` rendered without a codec, datasets ``synth://standard?n=100&seed=0``.
 """
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from damo.media.clip import Clip, MediaLimits
 from damo.media.cache import load_clip
 
-SCHEMES = {"synth": "damo.data.synthetic:render_clip"}
+
+@dataclass(frozen=True)
+class Scheme:
+    video: str                   # module:function, (uri, fps, size, phase) -> Clip
+    dataset: str | None = None   # module:function, (spec) -> list of canonical samples; None: videos only
+
+
+SCHEMES = {"synth": Scheme(video="damo.data.synthetic:render_clip", dataset="damo.data.synthetic:synth_samples")}
 # procedural clips are drawn at least this large and area-resized to smaller towers (anti-aliasing)
 MIN_RENDER_SIZE = 64
 
@@ -23,13 +34,20 @@ def scheme_of(ref: str) -> str | None:
     return head if sep and head in SCHEMES else None
 
 
+def scheme_function(ref: str, part: str) -> Callable:
+    """The ``part`` (``"video"`` or ``"dataset"``) function of the registered scheme of ``ref``."""
+    target = getattr(SCHEMES[scheme_of(ref)], part)
+    if target is None:
+        raise ValueError(f"{ref!r}: the {scheme_of(ref)}:// scheme names videos only, not datasets")
+    module, fn = target.split(":")
+    return getattr(importlib.import_module(module), fn)
+
+
 def load_video(ref: str | Path, fps: float, size: int, cache_dir: str | Path | None = None,
                limits: MediaLimits | None = None, phase: float = 0.5, cache: str = "content") -> Clip:
     """The clip of a file path (decoded at ``size`` x ``size`` through the cache keyed as ``cache``
     says, :func:`~damo.media.cache.load_clip`, within ``limits``) or of a scheme URI; frame ``i`` is
     sampled nearest ``(i + phase) / fps``."""
-    scheme = scheme_of(str(ref))
-    if scheme is None:
+    if scheme_of(str(ref)) is None:
         return load_clip(ref, fps, size, cache_dir, limits, phase=phase, key=cache)
-    module, fn = SCHEMES[scheme].split(":")
-    return getattr(importlib.import_module(module), fn)(str(ref), fps, max(size, MIN_RENDER_SIZE), phase)
+    return scheme_function(str(ref), "video")(str(ref), fps, max(size, MIN_RENDER_SIZE), phase)

@@ -39,7 +39,7 @@ from damo.model import tokenizer as tk
 from damo.model.encoders import AUDIO_ENCODERS, VISION_ENCODERS
 
 if TYPE_CHECKING:
-    from damo.model.modeling_damo import AudioConfig, DamoModel, LLMConfig, VisionConfig
+    from damo.model.modeling_damo import AudioConfig, LLMConfig, VisionConfig
 
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".ckpt"}
 
@@ -394,35 +394,9 @@ def is_token_wrapper(module: nn.Module) -> bool:
     return isinstance(module, TrainableTokensWrapper)
 
 
-def merge_lora(model: "DamoModel") -> "DamoModel":
-    """Fold the LLM's LoRA weights into its base weights, in place (same outputs, no adapter).
-
-    Afterwards ``model.cfg.llm.lora`` is None, so the model saves and reloads as a plain LLM.
-    """
-    if not is_lora(model.llm):
-        raise ValueError("the model's LLM has no LoRA adapter to merge")
-    model.llm = model.llm.merge_and_unload()
-    model.cfg.llm.lora = None
-    return model
-
-
-def hf_configs(model: "DamoModel") -> dict[str, dict]:
-    """The full transformers configs of the model's HF backbones (what :meth:`DamoModel.load` rebuilds from)."""
-    out = {}
-    if model.cfg.llm.kind == "hf":
-        llm = model.llm.get_base_model() if is_lora(model.llm) else model.llm
-        out["llm"] = llm.config.to_dict()
-    if model.cfg.vision.kind == "hf_vision":
-        out["vision"] = model.video.vision.model.config.to_dict()
-    if model.cfg.audio.kind == "hf_whisper":
-        out["audio"] = model.video.audio.encoder.config.to_dict()
-    for d in out.values():   # runtime-only fields that from_dict must not see
-        d.pop("quantization_config", None)
-    return out
-
-
-def export_llm(model: "DamoModel", path: str | Path) -> Path:
-    """Write the LLM (LoRA merged into a copy, special tokens included) as a plain HF folder.
+def export_llm(llm: nn.Module, tokenizer: PreTrainedTokenizerFast, path: str | Path) -> Path:
+    """Write a model's LLM (LoRA merged into a copy) with its tokenizer (our special tokens included) as a
+    plain HF folder (``damo export``).
 
     ``AutoModelForCausalLM.from_pretrained(path)`` and ``AutoTokenizer.from_pretrained(path)``
     load it with no damo code: the LLM half of a trained model, for HF tooling.
@@ -430,9 +404,8 @@ def export_llm(model: "DamoModel", path: str | Path) -> Path:
     import copy
 
     path = Path(path)
-    llm = model.llm
     if is_lora(llm):
         llm = copy.deepcopy(llm).merge_and_unload()
     llm.save_pretrained(path)
-    model.tokenizer.save_pretrained(path)
+    tokenizer.save_pretrained(path)
     return path

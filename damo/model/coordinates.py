@@ -104,26 +104,11 @@ def anchor_pair(rel: float, n: int) -> tuple[int, float]:
     return lo, u - lo
 
 
-def soft_targets(rel: torch.Tensor, n: int) -> torch.Tensor:
-    """Two-anchor soft labels ``(..., n)`` for relative positions ``rel (...)`` in [0, 1].
-
-    The anchors around ``u = rel (n - 1)`` get ``1 - frac(u)`` and ``frac(u)``; each row sums to 1.
-    """
-    _check_bins(n)
-    u = rel.float().clamp(0, 1) * (n - 1)
-    lo = u.floor().long().clamp(max=n - 2)
-    w = u - lo                                                                 # weight of lo + 1
-    y = torch.zeros(*rel.shape, n, device=rel.device)
-    y.scatter_(-1, lo.unsqueeze(-1), (1 - w).unsqueeze(-1))
-    y.scatter_add_(-1, (lo + 1).unsqueeze(-1), w.unsqueeze(-1))
-    return y
-
-
 def decode_position(logits: torch.Tensor) -> torch.Tensor:
     """Relative position in [0, 1] from logits ``(..., n)`` over the anchors -> ``(...)``.
 
     Expected position over the most probable anchor and its more probable neighbour,
-    with their probabilities renormalised (the inverse of :func:`soft_targets`).
+    with their probabilities renormalised (the inverse of two-anchor soft targets, :func:`anchor_pair`).
     """
     n = logits.shape[-1]
     _check_bins(n)
@@ -144,19 +129,6 @@ def _relative(t: torch.Tensor, duration: torch.Tensor | float) -> torch.Tensor:
     if not d.is_meta and (d <= 0).any():          # meta tensors (damo plan) carry no values
         raise ValueError(f"video duration must be > 0 seconds, got {d.tolist()}")
     return t.float() / d
-
-
-def soft_time_targets(t: torch.Tensor, duration: torch.Tensor | float, n: int) -> torch.Tensor:
-    """Soft labels ``(..., n)`` over ``<t_0> .. <t_{n-1}>`` for times ``t (...)`` in seconds.
-
-    ``duration`` is a float or broadcastable to ``t``. Times outside the video clamp to its ends.
-    """
-    return soft_targets(_relative(t, duration), n)
-
-
-def decode_time(logits: torch.Tensor, duration: torch.Tensor | float) -> torch.Tensor:
-    """Seconds from logits ``(..., n)`` over the time tokens; ``duration`` broadcastable to ``(...)``."""
-    return decode_position(logits) * torch.as_tensor(duration, dtype=torch.float32)
 
 
 def time_to_token(t: float, duration: float, n: int) -> str:
@@ -278,21 +250,6 @@ def box_to_tokens(box: Sequence[float], n: int) -> list[str]:
         raise ValueError(f"box corners are swapped: {list(box)}; write [x0, y0, x1, y1] with x0 <= x1, y0 <= y1")
     idx = [round(v * (n - 1)) for v in (x0, y0, x1, y1)]
     return [f"<x_{idx[0]}>", f"<y_{idx[1]}>", f"<x_{idx[2]}>", f"<y_{idx[3]}>"]
-
-
-def tokens_to_box(tokens: Sequence[str], n: int) -> list[float]:
-    """Inverse of :func:`box_to_tokens`: four tokens ``<x_i> <y_j> <x_k> <y_l>`` -> box in [0, 1]."""
-    _check_bins(n)
-    axes = ("x", "y", "x", "y")
-    if len(tokens) != 4:
-        raise ValueError(f"a box is four coordinate tokens <x_i> <y_j> <x_k> <y_l>, got {list(tokens)}")
-    out = []
-    for t, a in zip(tokens, axes):
-        body = t[len(f"<{a}_"):-1] if t.startswith(f"<{a}_") and t.endswith(">") else ""
-        if not body.isdigit() or int(body) >= n:
-            raise ValueError(f"expected a <{a}_i> token with i < {n}, got {t!r}")
-        out.append(int(body) / (n - 1))
-    return out
 
 
 def timestamp_prompt(times: Sequence[float], decimals: int = 1) -> list[str]:

@@ -747,6 +747,19 @@ class DamoModel(nn.Module):
         w = [m.token_adapter.get_base_layer().weight if backbones.is_token_wrapper(m) else m.weight for m in mods]
         return list(dict.fromkeys(ptr[x.data_ptr()] for x in w))
 
+    def hf_configs(self) -> dict[str, dict]:
+        """The full transformers configs of the HF backbones (what :meth:`load` rebuilds them from)."""
+        out = {}
+        if self.cfg.llm.kind == "hf":
+            out["llm"] = (self.llm.get_base_model() if backbones.is_lora(self.llm) else self.llm).config.to_dict()
+        if self.cfg.vision.kind == "hf_vision":
+            out["vision"] = self.video.vision.model.config.to_dict()
+        if self.cfg.audio.kind == "hf_whisper":
+            out["audio"] = self.video.audio.encoder.config.to_dict()
+        for d in out.values():   # runtime-only fields that from_dict must not see
+            d.pop("quantization_config", None)
+        return out
+
     def save(self, path: str | Path) -> None:
         """``config.json`` + ``model.safetensors`` + ``tokenizer/`` + ``processor_config.json`` (+ ``backbones.json``),
         written atomically per file.
@@ -765,7 +778,7 @@ class DamoModel(nn.Module):
         path.mkdir(parents=True, exist_ok=True)
         self.tokenizer.save_pretrained(str(path / "tokenizer"))
         self.processor.save_pretrained(path)
-        hf = backbones.hf_configs(self)
+        hf = self.hf_configs()
         base = self.pretrained_keys()
         rows = {}
         if base:

@@ -104,11 +104,3 @@ def read_predictions(path: str | Path, samples: list[Sample] | None = None) -> d
         pred_dict(out, samples)  # refuses qids that no sample has
     return out
 
-
-def read_saliency(path: str | Path) -> dict[str, list[float]]:
-    """``pred_saliency_scores`` per qid, for highlight-detection metrics."""
-    out = {}
-    for n, rec in read_jsonl(path):
-        require(rec, ("qid", "pred_saliency_scores"), f"{path}:{n}")
-        out[str(rec["qid"])] = [to_float(x, "saliency score", f"{path}:{n}") for x in rec["pred_saliency_scores"]]
-    return out
