@@ -2,7 +2,8 @@
 
 For each case a fresh ``python -m damo.cli ground FILE QUESTION --model M --quiet`` runs under
 ``/usr/bin/time -v`` (peak resident memory of the whole process, model and imports included), with
-its own empty media cache. The model is a tiny untrained one with the default config's widths
+its own empty media cache; ``decode s`` is ``load_clip`` alone in a process without the model (the
+part a hostile file controls: the rest is starting Python, torch and the model). The model is a tiny untrained one with the default config's widths
 (its answers mean nothing; the decoding path is what is measured). Cases (each built in a
 temporary folder by ``tests/hostile_media.py``):
 
@@ -73,12 +74,22 @@ def ground(video: Path, model: Path, cache: Path) -> dict:
             "cached": len(list(cache.glob("*.npz")))}
 
 
+def decode_only(video: Path, cache: Path) -> float:
+    """Seconds ``load_clip`` takes in a process that imports only the media package (no model)."""
+    code = ("import sys, time\nfrom damo.media import MediaError, load_clip\nt = time.monotonic()\n"
+            "try:\n    load_clip(sys.argv[1], 1.0, 32, sys.argv[2])\nexcept MediaError:\n    pass\n"
+            "print(time.monotonic() - t)\n")
+    out = subprocess.run([sys.executable, "-W", "ignore", "-c", code, str(video), str(cache)], capture_output=True,
+                         text=True, env={"PYTHONPATH": str(REPO), "DAMO_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    return float(out.stdout.strip().splitlines()[-1])
+
+
 def web(files: dict[str, Path], model: Path, folder: Path) -> dict[str, dict]:
     script = ("import sys, damo\nfrom pathlib import Path\nfrom damo.app.serve import DemoServer, make_examples\n"
               "srv = DemoServer(damo.load(sys.argv[1], cache_dir=sys.argv[2]), make_examples(Path(sys.argv[3]), 1),"
               " port=0, max_upload_mb=400)\nprint('port', srv.server_address[1], flush=True)\nsrv.serve_forever()\n")
     proc = subprocess.Popen([sys.executable, "-c", script, str(model), str(folder / "cache"), str(folder / "ex")],
-                            stdout=subprocess.PIPE, text=True, cwd=str(REPO),
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=str(REPO),
                             env={"PYTHONPATH": str(REPO), "DAMO_THREADS": "1", "OMP_NUM_THREADS": "1",
                                  "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"})
     try:
@@ -125,11 +136,13 @@ def main() -> None:
         folder = Path(tmp)
         model = make_model(folder / "model")
         files = build(folder, args.packets, args.audio_hours)
-        print(f"{'case':18s} {'size':>10s} {'exit':>4s} {'wall s':>7s} {'peak MB':>8s} {'cached':>6s}  message")
+        print(f"{'case':18s} {'size':>10s} {'exit':>4s} {'wall s':>7s} {'peak MB':>8s} {'cached':>6s} "
+              f"{'decode s':>8s}  message")
         for name, path in files.items():
             r = ground(path, model, folder / f"cache-{name}")
+            d = decode_only(path, folder / f"decode-{name}")
             print(f"{name:18s} {path.stat().st_size:>10,d} {r['exit']:>4d} {r['wall_s']:>7.1f} {r['peak_mb']:>8d} "
-                  f"{r['cached']:>6d}  {(r['said'] or [''])[0][:110]}", flush=True)
+                  f"{r['cached']:>6d} {d:>8.2f}  {(r['said'] or [''])[0][:100]}", flush=True)
         if not args.skip_web:
             print(f"\n{'upload':18s} {'status':>6s} {'upload s':>8s} {'question':>8s} {'answer s':>8s}")
             for name, r in web(files, model, folder).items():

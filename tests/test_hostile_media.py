@@ -155,3 +155,13 @@ def test_a_file_replaced_while_it_is_read_never_poisons_the_cache(tmp_path, monk
     assert clip.num_frames == 5 and entries(cache) == []
     monkeypatch.undo()
     assert load_clip(kept, size=8, cache_dir=cache).num_frames == 3     # the first file's own clip
+
+
+def test_probe_refuses_a_stream_without_keyframes_early(tmp_path):
+    from damo.media import probe
+
+    path = H.mkv_many_packets(tmp_path / "tiny.mkv", 30_000)
+    with pytest.raises(MediaError, match=r"tiny\.mkv: none of its first 10,000 video packets is a keyframe"):
+        probe(path)
+    with pytest.raises(MediaError, match=r"holds more than 100 video packets \(MediaLimits\.max_packets\)"):
+        probe(H.h264_frames(tmp_path / "v.mkv", 16, frames=120, fps=25), MediaLimits(max_packets=100))

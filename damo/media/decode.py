@@ -362,6 +362,11 @@ def _nearest(order: list[float], centres: Iterable[float]) -> list[float]:
     return picks
 
 
+def _no_keyframe(name: str) -> MediaError:
+    return MediaError(f"{name}: none of its first {MAX_UNKEYED:,} video packets is a keyframe, so nothing can be "
+                      "decoded; re-encode the file")
+
+
 class _Video:
     """Buffers one GOP of video packets at a time and sends the decoder only what the picks need."""
 
@@ -395,8 +400,7 @@ class _Video:
         self.count += 1
         self.keyed |= packet.is_keyframe
         if not self.keyed and self.count > MAX_UNKEYED:
-            raise MediaError(f"{self.name}: none of its first {MAX_UNKEYED:,} video packets is a keyframe, so "
-                             "nothing can be decoded; re-encode the file")
+            raise _no_keyframe(self.name)
         t = None
         if packet.pts is not None:
             t = packet.pts * self.tb - self.origin
@@ -709,6 +713,9 @@ def _scan(container: av.container.InputContainer, name: str, limits: MediaLimits
     keyframes: list[int] = []
     count = 0
     end = None
+    for other in container.streams:
+        if other is not stream:
+            other.discard = av.stream.Discard.all   # the demuxer skips their packets instead of reading them
     try:
         for packet in container.demux(stream):
             if packet.pts is None:
@@ -719,6 +726,8 @@ def _scan(container: av.container.InputContainer, name: str, limits: MediaLimits
                                  "(MediaLimits.max_packets)")
             if packet.is_keyframe:
                 keyframes.append(packet.pts)
+            elif not keyframes and count > MAX_UNKEYED:
+                raise _no_keyframe(name)
             stop = packet.pts + (packet.duration or 0)
             end = stop if end is None else max(end, stop)
     except av.FFmpegError as e:
