@@ -24,6 +24,7 @@ from damo.textio import printable
 from damo.threads import given_threads, threads, use_threads
 
 DEFAULT_WORKDIR = Path("runs/demo")
+DEVICES = ("auto", "cpu", "cuda")
 DEFAULT_RECIPE = "damo_4stage"
 
 
@@ -593,6 +594,8 @@ def cmd_data_prefs(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from damo.data.synthetic.events import DIFFICULTIES
+
     p = argparse.ArgumentParser(prog="damo", description="Temporally grounded video-language models.")
     sub = p.add_subparsers(dest="cmd", required=True)
 
@@ -600,7 +603,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--workdir", default=str(DEFAULT_WORKDIR))
     d.add_argument("--recipe", default=DEFAULT_RECIPE,
                    help="a recipe YAML, or a shipped recipe's name (default: %(default)s)")
-    d.add_argument("--difficulty", default="standard", choices=["easy", "standard", "hard"])
+    d.add_argument("--difficulty", default="standard", choices=DIFFICULTIES)
     d.add_argument("--n-train", type=int, default=1500)
     d.add_argument("--n-test", type=int, default=120)
     d.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe override")
@@ -654,7 +657,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out")
     _data_options(e)
     e.add_argument("--batch-size", type=int, default=8, help="questions answered together (left-padded prompts)")
-    e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    e.add_argument("--device", default="auto", choices=DEVICES)
     e.add_argument("--num-workers", type=int, default=0, help="data-loader processes decoding videos ahead")
     e.add_argument("--features", metavar="DIR", help="read the towers' outputs stored by damo data features")
     _preset_option(e)
@@ -679,7 +682,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print the whole JSON result, the model's card included, instead of the answer, the spans "
                         "and the card's one line")
     g.add_argument("--quiet", action="store_true", help="no progress bars on stderr")
-    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    g.add_argument("--device", default="auto", choices=DEVICES)
     _dtype_option(g)
     _preset_option(g)
     g.set_defaults(fn=cmd_ground)
@@ -688,7 +691,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = data.add_parser("synth", help="procedural audio-visual videos with exact ground truth")
     s.add_argument("--n", type=int, required=True, help="training videos")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--difficulty", default="standard", choices=["easy", "standard", "hard"])
+    s.add_argument("--difficulty", default="standard", choices=DIFFICULTIES)
     s.add_argument("--n-test", type=int, default=None)
     s.add_argument("--stvg", action="store_true", help="add where-and-when questions with box tubes")
     s.add_argument("--out", required=True)
@@ -699,7 +702,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--data", required=True, help="canonical JSONL or synth:// spec")
     f.add_argument("--out", required=True, help="features folder (a subfolder per encoder settings; resumable)")
     f.add_argument("--shard-videos", type=int, default=64, help="videos per safetensors shard")
-    f.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    f.add_argument("--device", default="auto", choices=DEVICES)
     _data_options(f)
     f.set_defaults(fn=cmd_data_features)
     c = data.add_parser("convert", help="public annotation format -> canonical JSONL")
