@@ -109,9 +109,11 @@ def _benchmark_list() -> str:
     from damo.eval import BENCHMARKS
 
     rows = [f"  {b.name:<22}{' '.join(o.cli for o in b.options) or '(none)'}\n"
-            f"  {'':<22}{b.evaluator}" + "".join(f"\n  {'':<22}--parser {k}: {v}" for k, v in b.parsers.items())
+            f"  {'':<22}{b.evaluator}; annotations: --format {b.reader.NAME}"
+            + "".join(f"\n  {'':<22}--parser {k}: {v}" for k, v in b.parsers.items())
             for b in BENCHMARKS.values()]
-    return "benchmarks (--task NAME), the options each takes and the evaluator it matches:\n" + "\n".join(rows)
+    return ("benchmarks (--task NAME), the options each takes, the evaluator it matches and the annotation format "
+            "(damo data convert --format) it reads:\n" + "\n".join(rows))
 
 
 # The demo's table: README's rows, each a group of damo.eval.evaluate.grounding_report.

@@ -26,6 +26,7 @@ def test_help_lists_every_benchmark_with_its_options(capsys):
     for b in BENCHMARKS.values():
         row = next(line for line in listing if line.split() and line.split()[0] == b.name)
         assert row.split()[1:] == ([o.cli for o in b.options] or ["(none)"])
+        assert f"{b.evaluator}; annotations: --format {b.reader.NAME}" in text
     for o in options_of(list(BENCHMARKS.values())).values():
         assert o.cli in text
     assert BENCHMARKS["tacos"].options == BENCHMARKS["charades-sta"].options[1:2]    # --convention only
@@ -55,6 +56,7 @@ def test_two_benchmarks_naming_one_option_must_mean_the_same_one():
 
 class CanonicalReader:
     """A toy benchmark's annotations: canonical sample JSONL, predictions canonical too."""
+    NAME = "canonical"
 
     @staticmethod
     def load(path: str | Path, report: QuirkReport, durations: str | Path | None = None) -> list[Sample]:

@@ -17,7 +17,10 @@ from damo.eval.predictions import SUBSETS, PredictionFile
 
 
 class Reader(Protocol):
-    """An annotation format (a module of :mod:`damo.data.formats`): gt samples and the peer's predictions."""
+    """An annotation format (a module of :mod:`damo.data.formats`, ``damo data convert --format NAME``): gt
+    samples and the peer's predictions."""
+
+    NAME: str
 
     def load(self, path: str | Path, report: QuirkReport, durations: str | Path | None = None,
              **options: object) -> list[Sample]: ...
