@@ -147,9 +147,13 @@ def test_damo_ground_runs_the_checkpoint_under_its_preset(folders, shared_data, 
     assert out["duration"] == pytest.approx(9.64, abs=0.05)
     assert out["model"]["preset"] == (preset or "qwen2.5-omni")
     assert isinstance(out["answer"], str) and isinstance(out["spans"], list)
-    assert main(args[:-1] + (["--preset", preset] if preset else [])) == 0     # the short form: the card's line
-    checkpoint = get_preset(preset or "qwen2.5-omni").checkpoint
-    assert f"{checkpoint} run as its authors run it: preset {preset or 'qwen2.5-omni'}" in capsys.readouterr().out
+
+
+def test_damo_ground_prints_the_checkpoint_and_preset_in_its_short_form(folders, shared_data, capsys):
+    video = shared_data / "videos" / "carphone_pristine.mp4"
+    assert main(["ground", str(video), QUERY, "--model", str(folders["qwen3-vl"]), "--preset", "timelens",
+                 "--quiet", "--device", "cpu"]) == 0
+    assert "TencentARC/TimeLens-8B run as its authors run it: preset timelens" in capsys.readouterr().out
 
 
 def test_damo_eval_scores_a_checkpoint_in_batches(folders, shared_data, tmp_path, capsys):
@@ -199,7 +203,7 @@ def test_plan_refuses_a_preset_of_another_family(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_lora_and_evidence_heads_train_and_only_they_are_saved(folders, clips, tmp_path, capsys, name):
+def test_lora_and_evidence_heads_train_and_only_they_are_saved(folders, clips, tmp_path, name):
     torch.manual_seed(0)
     vlm = small(VideoLLM.from_pretrained(str(folders[name]), dtype="float32"))
     vlm.add_lora({"r": 4, "alpha": 8})
@@ -232,11 +236,20 @@ def test_lora_and_evidence_heads_train_and_only_they_are_saved(folders, clips, t
         ours, theirs = vlm.evidence_spans(inputs, queries), again.evidence_spans(inputs, queries)
     assert [s for s, _ in ours] == [s for s, _ in theirs]
     assert all(len(curve) == len(c.video.times) for (_, curve), c in zip(ours, inputs))
-    # the saved folder grounds through the CLI with its evidence span
-    assert main(["ground", clips[0].source, QUERY, "--model", str(tmp_path / "trained"), "--quiet", "--device", "cpu",
+
+
+def test_a_saved_vlm_folder_grounds_with_its_evidence_span(folders, shared_data, tmp_path, capsys):
+    vlm = VideoLLM.from_pretrained(str(folders["qwen3-vl"]), "timelens", dtype="float32")
+    vlm.add_lora({"r": 2})
+    vlm.add_evidence()
+    vlm.save(tmp_path / "trained")
+    video = shared_data / "videos" / "carphone_pristine.mp4"
+    assert main(["ground", str(video), QUERY, "--model", str(tmp_path / "trained"), "--quiet", "--device", "cpu",
                  "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert len(out["evidence"]) == 1 and out["model"]["preset"] == vlm.preset.name
+    assert out["model"]["preset"] == "timelens" and len(out["evidence"]) == 1
+    start, end, _ = out["evidence"][0]
+    assert 0 <= start < end <= out["duration"]
 
 
 def test_plan_lists_evidence_heads_and_trains_only_lora_and_heads(tmp_path, capsys):
