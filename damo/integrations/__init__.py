@@ -1,0 +1,1 @@
+"""Plugins that run DaMO models inside other tools; each needs its tool's optional extra."""
