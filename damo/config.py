@@ -94,6 +94,7 @@ class Stage:
     text_only: bool = False               # questions and responses without their videos (LLM language warm-up)
     init_from: str | None = None          # a previous stage's name or a model folder; default: continue
     lr: float = 1e-3
+    lrs: dict[str, float] = field(default_factory=dict)   # learning rates of the trainable parameters these globs match (first match; others: lr)
     batch: int = 16
     warmup: int = 20
     weight_decay: float = 0.01
@@ -108,6 +109,9 @@ class Stage:
         if not isinstance(self.name, str) or not self.name:
             raise ValueError(f"a stage's name must be text, got {self.name!r}")
         self.lr = _fraction(self.name, "lr", self.lr, positive=True)
+        if not isinstance(self.lrs, dict):
+            raise ValueError(f"stage {self.name!r}: lrs must map trainable globs to learning rates, got {self.lrs!r}")
+        self.lrs = {grouped_name(g): _fraction(self.name, f"lrs[{g!r}]", v, positive=True) for g, v in self.lrs.items()}
         self.weight_decay = _fraction(self.name, "weight_decay", self.weight_decay, positive=False)
         for key, least in (("steps", 1), ("batch", 1), ("warmup", 0), ("grad_accum", 1), ("save_every", 0)):
             _whole(self.name, key, getattr(self, key), least)

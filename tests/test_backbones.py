@@ -298,7 +298,7 @@ TINY_FUSER = {"width": 32, "blocks": 1, "heads": 2, "visual_queries": 4, "audio_
 @pytest.mark.parametrize("name,family,vision,lora", [
     ("paper-damo", "mistral", "clip", (32, 64)),
     ("paper-d2vlm", "phi3", "clip", (128, 256)),
-    ("paper-llava-st", "qwen2", "siglip", (256, 128)),
+    ("paper-llava-st", "qwen2", "siglip", (128, 256)),         # the released scripts (the paper: r 256, alpha 128)
 ])
 def test_paper_configs_build_with_tiny_sizes(tok, name, family, vision, lora):
     d = yaml.safe_load(find("configs", f"{name}.yaml").read_text())

@@ -19,6 +19,7 @@ from damo.model.tokenizer import train_tokenizer
 from damo.plan import PlanOptions, build_meta, memory_gb, module_counts, plan
 from damo.train.loop import run_stage, set_trainable
 from damo.train.recipe import build_model
+from helpers import TINY_MODEL
 
 PAPERS = ["damo", "d2vlm", "llava-st"]
 LLM_CLASSES = {"mistral": MistralConfig, "phi3": Phi3Config, "qwen2": Qwen2Config}
@@ -50,7 +51,8 @@ def test_each_tower_has_the_size_of_its_transformers_class(meta_models, name):
     # the LLM: the transformers class from the same config, plus LoRA and the added token rows
     llm_cfg = LLM_CLASSES[d["llm"]["family"]](**d["llm"]["config"])
     base = model.llm.get_base_model()
-    frozen = sum(p.numel() for n, p in base.named_parameters() if "lora_" not in n and "trainable_tokens" not in n)
+    frozen = sum(p.numel() for n, p in base.named_parameters()
+                 if "lora_" not in n and "trainable_tokens" not in n and "modules_to_save" not in n)
     added = (len(model.tokenizer) - llm_cfg.vocab_size) * llm_cfg.hidden_size * 2     # untied: embedding + head
     assert frozen == meta_count(lambda c: AutoModelForCausalLM.from_config(c), llm_cfg) + added
     assert model.llm.peft_config["default"].r == d["llm"]["lora"]["r"]
@@ -78,6 +80,40 @@ def test_damo_temporal_stage_trains_lora_r32_new_modules_and_token_rows(meta_mod
     counts = module_counts(model)
     assert counts["video.vision"]["trainable"] == counts["video.audio"]["trainable"] == 0
     assert counts["llm"]["trainable"] == lora + rows
+
+
+def test_d2vlm_trains_attention_lora_and_the_whole_embeddings_as_its_authors(meta_models):
+    """d2vlm/train/train.py: LoRA r=128 on Phi-3's qkv_proj and o_proj only (get_target_modules,
+    'attention'), and every embed_tokens / lm_head parameter trained whole."""
+    model = meta_models["d2vlm"]
+    stage = next(s for s in load_recipe("paper-d2vlm").stages if s.name == "instruct")
+    set_trainable(model, stage.trainable)
+    c = paper_config("d2vlm")["llm"]["config"]
+    h, layers = c["hidden_size"], c["num_hidden_layers"]
+    lora = layers * 128 * ((h + 3 * h) + (h + h))           # qkv_proj h -> 3h, o_proj h -> h (32 kv heads)
+    whole = 2 * len(model.tokenizer) * h                      # untied embeddings and head
+    assert module_counts(model)["llm"]["trainable"] == lora + whole
+    assert not any(n.startswith("llm.") and "mlp" in n and p.requires_grad for n, p in model.named_parameters())
+
+
+def test_llava_st_schedule_follows_the_released_scripts():
+    from damo.train.loop import param_groups
+
+    cfg = paper_config("llava-st")
+    assert (cfg["llm"]["lora"]["r"], cfg["llm"]["lora"]["alpha"]) == (128, 256)
+    stages = {s.name: s for s in load_recipe("paper-llava-st").stages}
+    assert stages["content"].lr == 1e-4
+    tiny = DamoModel(DamoConfig.from_dict(TINY_MODEL), train_tokenizer(["when?"] * 4, 300))
+    s = stages["coordinate"]
+    s.trainable = ["video.fuseformer.*", "connector.projector.*", "llm.*"]
+    set_trainable(tiny, s.trainable)
+    groups = {g["lr"]: sum(p.numel() for p in g["params"]) for g in param_groups(tiny, s)}
+    assert set(groups) == {2e-4, 2e-5}
+    assert groups[2e-5] == sum(p.numel() for m in (tiny.video.fuseformer, tiny.connector.projector)
+                               for p in m.parameters())
+    s.lrs = {"video.fusefromer.*": 1e-5}
+    with pytest.raises(ValueError, match=r"lrs globs \['video.fusefromer.\*'\] match no trainable parameter"):
+        param_groups(tiny, s)
 
 
 def test_lape_tokens_train_in_embeddings_and_output_head(meta_models):
@@ -208,6 +244,7 @@ def tiny_stand_in(name: str, tok_len: int) -> dict:
     if "capture_layer" in d["evidence"]:   # an intermediate layer of the 2-layer stand-in (official: 6 of 32)
         d["evidence"]["capture_layer"] = 1
     d |= {"bridge_tokens": 2, "align_dim": 8, "llm_frames": 8, "time_bins": min(d.get("time_bins", 32), 8),
+          "uniform_frames": min(d.get("uniform_frames", 0), 6),
           "box_bins": min(d.get("box_bins", 0), 4)}
     return d
 
@@ -232,8 +269,12 @@ def test_tiny_stand_in_trains_every_stage_and_changes_exactly_what_the_recipe_na
         assert not any(k.startswith(("video.vision.", "video.audio.")) for k in moved)   # the frozen towers
         assert moved, stage.name
         if "llm.*lora_*" in stage.trainable:
-            assert any("lora_B" in k for k in moved) and any("trainable_tokens" in k for k in moved)
+            assert any("lora_B" in k for k in moved)
+        if "llm.*trainable_tokens*" in stage.trainable:
             assert any("lm_head" in k and "trainable_tokens" in k for k in moved)
+        if "llm.*modules_to_save*" in stage.trainable:     # D²VLM: the whole embeddings and head
+            assert {"embed_tokens", "lm_head"} <= {x for k in moved if "modules_to_save" in k
+                                                   for x in ("embed_tokens", "lm_head") if x in k}
 
 
 def test_llava_st_feeds_the_packers_slow_and_fast_streams_to_the_llm():

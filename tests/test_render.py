@@ -13,7 +13,7 @@ from damo.cli import main
 from damo.config import find
 from damo.data.synthetic import render_clip
 from damo.media.decode import decode_clip
-from damo.model.modeling_damo import VIDEO_ATTENTION, DamoModel
+from damo.model.modeling_damo import VIDEO_ATTENTION, DamoConfig, DamoModel
 from damo.model.processing import DamoProcessor, ProcessorConfig, frame_targets
 from damo.model.tokenizer import train_tokenizer
 from helpers import clip, tiny_cfg
@@ -48,6 +48,7 @@ def test_paper_d2vlm_renders_the_official_prompt_frames_and_evidence_targets(cha
     assert [e["frames"] for e in r["evidence"]] == [[3, 4, 5], [3, 4, 5]]       # grounding stage, then answer
     # 32 bridge tokens, then one token per frame where the official prompt has <image>
     assert r["prompt"] == PHI3_PROMPT.format(video="[<video> x42]")
+    assert r["video"] == [{"part": "bridge", "tokens": 32}, {"part": "frames", "tokens": 10}]
     assert r["response"].startswith("<evi> </evi>") and r["response"].endswith("<evi>.<|end|>")
     assert r["stop"] == ["<|end|>"]
 
@@ -191,3 +192,73 @@ def test_bidirectional_video_attention_changes_frame_states_and_nothing_before_t
     assert torch.allclose(a[:first], b[:first], atol=1e-6)          # the question before the video: unchanged
     assert not torch.allclose(a[first], b[first], atol=1e-4)        # the first placeholder now sees the rest
     assert yaml.safe_load(find("configs", "paper-d2vlm.yaml").read_text())["video_attention"] == "bidirectional"
+
+
+# ------------------------------------------------------------------ generation settings
+def test_next_tokens_greedy_penalised_and_sampled():
+    from damo.model.processing import Generation, next_tokens
+
+    logits = torch.tensor([[0.0, 3.0, 2.9, -1.0], [0.0, 3.0, 2.9, -1.0]])
+    greedy, penal = Generation(), Generation(repetition_penalty=1.2)
+    assert next_tokens(logits, [[], []], [greedy, greedy]).tolist() == [1, 1]
+    # token 1 was said already: 3.0 / 1.2 = 2.5 < 2.9
+    assert next_tokens(logits, [[1], [1]], [greedy, penal]).tolist() == [1, 2]
+    hot = Generation(do_sample=True, temperature=5.0)
+    draws = [next_tokens(logits, [[], []], [hot, hot], torch.Generator().manual_seed(s)).tolist() for s in range(20)]
+    assert len({d[0] for d in draws}) > 1                                     # sampling varies with the seed
+    assert draws == [next_tokens(logits, [[], []], [hot, hot], torch.Generator().manual_seed(s)).tolist()
+                     for s in range(20)]                                       # and repeats with it
+    narrow = Generation(do_sample=True, temperature=5.0, top_p=0.3)          # only the top token is left
+    assert {next_tokens(logits, [[]], [narrow], torch.Generator().manual_seed(s)).item() for s in range(20)} == {1}
+
+
+def test_generation_settings_per_task_are_saved_with_the_model(tmp_path):
+    from damo.model.processing import generation_of
+
+    d2 = yaml.safe_load(find("configs", "paper-d2vlm.yaml").read_text())["generation"]
+    g = generation_of(d2)
+    assert (g.do_sample, g.temperature, g.repetition_penalty) == (True, 0.2, 1.0)
+    assert g.for_task("rvq").repetition_penalty == 1.2 and g.for_task("tvg").repetition_penalty == 1.0
+    cfg = tiny_cfg()
+    cfg.generation = d2
+    model = DamoModel(cfg, train_tokenizer([QUERY], 300))
+    model.save(tmp_path / "m")
+    back = DamoModel.load(tmp_path / "m")
+    assert back.processor.generation == g and back.cfg.generation == d2
+    with pytest.raises(ValueError, match=r"model.generation takes .* got \['temprature'\]"):
+        generation_of({"tasks": {"rar": {"temprature": 0.2}}})
+
+
+def test_paper_llava_st_renders_100_uniform_frames_fast_before_slow_and_braced_spans(charades, capsys):
+    r = render(capsys, "--config", "paper-llava-st", "--data", str(charades))
+    t = np.array(r["frame_times"])
+    assert len(t) == 100 and t[0] == 0 and 9.99 < t[-1] < 10 and np.allclose(np.diff(t), t[1])
+    # 64 bridge tokens, the fast stream (100 frames x 3 x 3), then the slow one (20 steps x 9 x 9)
+    assert "<|im_start|>user\n[<video> x2584]\n" + QUERY in r["prompt"]
+    assert r["video"] == [{"part": "bridge", "tokens": 64}, {"part": "frames", "tokens": 900},
+                          {"part": "slow", "tokens": 1620}]
+    assert r["response"] == "It happens in {<t_30><t_50>}.<|im_end|>"
+    assert [c["token"] for c in r["coordinates"]] == ["<t_30>", "<t_50>"]
+
+
+def test_fast_first_puts_the_frame_placeholders_before_the_slow_stream():
+    cfg = yaml.safe_load(find("configs", "paper-llava-st.yaml").read_text())
+    tok = train_tokenizer([QUERY], 300)
+    procs = {o: DamoProcessor.from_model_config(DamoConfig.from_dict(cfg | {"stream_order": o}), tok)
+             for o in ("slow_first", "fast_first")}
+    for order, p in procs.items():
+        lay = p.layout(100)
+        ids = p.prompt(QUERY, [i / 10 for i in range(100)], lay)
+        video = [i for i, x in enumerate(ids) if x == p.video_id]
+        frames = p.frame_placeholders(ids, 100, lay)
+        assert len(frames) == 900 and len(video) == 64 + 900 + 1620
+        start = 64 if order == "fast_first" else 64 + 1620
+        assert frames == video[start:start + 900]
+
+
+def test_braced_spans_read_back_from_text():
+    from damo.model.processing import span_text, text_spans
+
+    assert span_text([3.0, 5.0], 10.0, 100, "braces") == "{<t_30><t_50>}"
+    assert span_text([3.0, 5.0], style="braces") == "{3.0, 5.0}"
+    assert text_spans("It happens in { 3.0 5.0 } and in 6.0 - 7.5 seconds.", 10.0) == [[3.0, 5.0, 1.0], [6.0, 7.5, 1.0]]

@@ -68,11 +68,12 @@ class Collator:
         queries = [proc.encode(turns_of(s)[0]["query"]) or [pad] for s, _ in items]
         span_mask = torch.zeros(len(items), T, dtype=torch.bool)
         neg_mask = torch.zeros(len(items), T, dtype=torch.bool)      # all-False rows: no hard negative
-        for b, (sp, _, neg) in enumerate(align):
+        for b, ((s, _), (sp, _, neg)) in enumerate(zip(items, align)):
             n = int(batch.frame_mask[b].sum())
-            span_mask[b, :n] = torch.from_numpy(frame_targets([sp], n, cfg.fps, cfg.frame_times) > 0)
+            fps = proc.sampling(float(s.duration))[0]              # this clip's frames per second
+            span_mask[b, :n] = torch.from_numpy(frame_targets([sp], n, fps, cfg.frame_times) > 0)
             if neg is not None:
-                neg_mask[b, :n] = torch.from_numpy(frame_targets([neg], n, cfg.fps, cfg.frame_times) > 0)
+                neg_mask[b, :n] = torch.from_numpy(frame_targets([neg], n, fps, cfg.frame_times) > 0)
         return replace(
             batch, group=g, num_frames=[int(x) for x in evi_mask.sum(1)],
             input_ids=pad_rows([e.ids for e in encs], pad),

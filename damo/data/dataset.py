@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from damo.data.preflight import Unusable
 from damo.data.schema import Sample, load_samples
 from damo.media import Clip, MediaError, MediaLimits
-from damo.media.sources import load_video, scheme_function, scheme_of
+from damo.media.sources import load_video, scheme_function, scheme_of, video_duration
 from damo.model.processing import ClipTensors, DamoProcessor
 
 # Tried in order when a sample names a video by id (``0F7LW`` -> ``0F7LW.mp4``).
@@ -130,8 +130,9 @@ class ClipLoader:
     def raw(self, video: str) -> Clip:
         """The decoded clip; a file with more frames than the model takes is refused before decoding."""
         c = self.processor.config
-        return load_video(video, c.fps, c.image_size, self.cache_dir, MediaLimits(max_frames=c.max_frames),
-                          self.processor.frame_times.phase, self.cache)
+        fps, phase = self.processor.sampling(video_duration(video) if c.uniform_frames else 0.0)
+        return load_video(video, fps, c.image_size, self.cache_dir, MediaLimits(max_frames=c.max_frames), phase,
+                          self.cache)
 
     def __call__(self, video: str) -> ClipTensors:
         if video in self._mem:

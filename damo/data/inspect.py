@@ -19,7 +19,7 @@ import numpy as np
 from damo.data.collate import turns_of
 from damo.data.schema import Sample
 from damo.model import tokenizer as tk
-from damo.model.processing import DamoProcessor, frame_targets
+from damo.model.processing import STREAM_ORDERS, DamoProcessor, VideoLayout, frame_targets
 
 _VIDEO_RUN = re.compile(f"(?:{re.escape(tk.VIDEO)})+")
 
@@ -31,17 +31,27 @@ def collapse_video(text: str) -> str:
 
 def sample_times(processor: DamoProcessor, duration: float) -> list[float]:
     """The frame times the model samples from a video of ``duration`` seconds: frame ``i`` at
-    ``(i + phase) / fps`` (the decoder returns the frame nearest each)."""
-    c = processor.config
-    n = max(1, int(np.ceil(duration * c.fps - 1e-6)))
-    return [round((i + processor.frame_times.phase) / c.fps, 6) for i in range(n)]
+    ``(i + phase) / fps`` (:meth:`~damo.model.processing.DamoProcessor.sampling`; the decoder returns
+    the frame nearest each)."""
+    fps, phase = processor.sampling(duration)
+    n = max(1, int(np.ceil(duration * fps - 1e-6)))
+    return [round((i + phase) / fps, 6) for i in range(n)]
+
+
+def video_parts(processor: DamoProcessor, num_frames: int, layout: VideoLayout) -> list[dict]:
+    """The video's placeholders in prompt order: the bridge's fusion tokens, the frame tokens (the
+    packer's fast stream) and the packer's slow stream, in ``stream_order``, with their counts."""
+    n = -(-num_frames // layout.group)
+    fast, slow = [{"part": "frames", "tokens": n * layout.per_frame}], [{"part": "slow", "tokens": layout.slow_tokens(n)}]
+    parts = [{"part": "bridge", "tokens": processor.config.video_tokens}] + STREAM_ORDERS[processor.config.stream_order](fast, slow)
+    return [x for x in parts if x["tokens"]]
 
 
 def render_sample(processor: DamoProcessor, sample: Sample, times: list[float]) -> dict:
     """One sample as the model sees and learns it, sampled at ``times`` (seconds).
 
     ``prompt``: the generation prompt's text with its special tokens (placeholder runs collapsed,
-    :func:`collapse_video`); ``frame_times``; ``targets``: one value per sampled frame, 1 where the
+    :func:`collapse_video`); ``video``: its placeholders part by part (:func:`video_parts`); ``frame_times``; ``targets``: one value per sampled frame, 1 where the
     first turn's ground truth covers the frame (what its first evidence token grounds, under the
     model's frame-time convention); ``evidence``: per ``<evi>`` the LLM frame tokens it grounds
     (target 1; frames when each token is one frame) and the targets it trains on; ``coordinates``: per LAPE token its two anchors and
@@ -59,10 +69,12 @@ def render_sample(processor: DamoProcessor, sample: Sample, times: list[float]) 
         "prompt": collapse_video("".join(pieces)),
         "prompt_tokens": len(prompt_ids),
         "video_tokens": prompt_ids.count(processor.video_id),
+        "video": video_parts(processor, len(times), lay),
         "tokens": len(enc.ids),
         "frame_times": [float(t) for t in times],
         "frames_per_token": lay.group,
-        "targets": frame_targets(spans, len(times), c.fps, c.frame_times).astype(int).tolist(),
+        "targets": frame_targets(spans, len(times), processor.sampling(sample.duration)[0],
+                                 c.frame_times).astype(int).tolist(),
         "evidence": [{"frames": np.flatnonzero(y >= 1).tolist(), "trained": [round(float(v), 4) for v in y]}
                      for y in enc.evi_targets],
         "coordinates": [{"token": tok.convert_ids_to_tokens(enc.ids[p]), "anchors": tok.convert_ids_to_tokens(list(a)),
@@ -76,8 +88,8 @@ def render_sample(processor: DamoProcessor, sample: Sample, times: list[float]) 
 def format_render(r: dict, note: str) -> str:
     """:func:`render_sample`'s dict as text for a terminal."""
     lines = [f"sample {r['id']}  (tokenizer: {note})", "", "prompt:", r["prompt"], "",
-             f"tokens: {r['prompt_tokens']} in the prompt ({r['video_tokens']} video placeholders), {r['tokens']} "
-             "with the response",
+             f"tokens: {r['prompt_tokens']} in the prompt ({r['video_tokens']} video placeholders: "
+             + ", ".join(f"{x['part']} {x['tokens']}" for x in r["video"]) + f"), {r['tokens']} with the response",
              f"frame times ({len(r['frame_times'])}, {r['frames_per_token']} per LLM frame token): "
              + ", ".join(f"{t:g}" for t in r["frame_times"]),
              "frames the ground truth covers: " + "".join(str(y) for y in r["targets"])]

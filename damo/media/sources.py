@@ -15,15 +15,18 @@ from typing import Callable
 
 from damo.media.clip import Clip, MediaLimits
 from damo.media.cache import load_clip
+from damo.media.decode import probe
 
 
 @dataclass(frozen=True)
 class Scheme:
     video: str                   # module:function, (uri, fps, size, phase) -> Clip
     dataset: str | None = None   # module:function, (spec) -> list of canonical samples; None: videos only
+    spec: str | None = None      # module:function, (uri) -> its video's spec (with ``duration``), nothing rendered
 
 
-SCHEMES = {"synth": Scheme(video="damo.data.synthetic:render_clip", dataset="damo.data.synthetic:synth_samples")}
+SCHEMES = {"synth": Scheme(video="damo.data.synthetic:render_clip", dataset="damo.data.synthetic:synth_samples",
+                           spec="damo.data.synthetic:spec_from_uri")}
 # procedural clips are drawn at least this large and area-resized to smaller towers (anti-aliasing)
 MIN_RENDER_SIZE = 64
 
@@ -51,3 +54,11 @@ def load_video(ref: str | Path, fps: float, size: int, cache_dir: str | Path | N
     if scheme_of(str(ref)) is None:
         return load_clip(ref, fps, size, cache_dir, limits, phase=phase, key=cache)
     return scheme_function(str(ref), "video")(str(ref), fps, max(size, MIN_RENDER_SIZE), phase)
+
+
+def video_duration(ref: str | Path) -> float:
+    """Seconds of a file (from its header or packets, nothing decoded) or of a scheme URI (its spec):
+    what uniform sampling needs before it decodes."""
+    if scheme_of(str(ref)) is None:
+        return float(probe(ref)["duration"])
+    return float(scheme_function(str(ref), "spec")(str(ref)).duration)

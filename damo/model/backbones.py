@@ -50,7 +50,12 @@ LORA_TARGETS = {
     "qwen2": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
     "phi3": ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"],
 }
-LORA_KEYS = {"r", "alpha", "dropout", "targets"}
+LORA_KEYS = {"r", "alpha", "dropout", "targets", "embeddings"}
+# What trains of the embeddings and output head with LoRA (``llm.lora.embeddings``): ``rows``, our added
+# tokens' rows only (peft trainable tokens, glob ``llm.*trainable_tokens*``); ``full``, both matrices
+# whole (peft ``modules_to_save``, glob ``llm.*modules_to_save*``), as D²VLM's train.py does (every
+# parameter named ``embed_tokens`` or ``lm_head`` set trainable; nusnlp/d2vlm 756d340, train())
+LORA_EMBEDDINGS = ("rows", "full")
 
 
 @dataclass(frozen=True)
@@ -364,6 +369,7 @@ def apply_lora(llm: nn.Module, lora: dict, family: str, trainable_tokens: list[i
     ``<evi>`` and LAPE coordinate tokens, new to a pretrained vocabulary: frozen at their initial
     values the LLM could never learn to read or emit them). peft keeps them as ``trainable_tokens``
     deltas (glob ``llm.*trainable_tokens*``) in the input embeddings and, when untied, the output head.
+    With ``lora.embeddings: full`` both matrices train whole instead (:data:`LORA_EMBEDDINGS`).
     """
     from peft import LoraConfig, get_peft_model
 
@@ -374,8 +380,15 @@ def apply_lora(llm: nn.Module, lora: dict, family: str, trainable_tokens: list[i
     if not targets:
         raise ValueError(f"no default LoRA targets for LLM family {family!r}; set llm.lora.targets "
                          f"(module names such as q_proj, v_proj)")
+    if lora.get("embeddings", "rows") not in LORA_EMBEDDINGS:
+        raise ValueError(f"llm.lora.embeddings must be one of {LORA_EMBEDDINGS}, got {lora['embeddings']!r}")
     r = int(lora.get("r", 16))
     extra = {"trainable_token_indices": token_row_targets(llm, trainable_tokens)} if trainable_tokens else {}
+    if lora.get("embeddings") == "full":
+        names = {m: n.rsplit(".", 1)[-1] for n, m in llm.named_modules()}
+        emb, head = llm.get_input_embeddings(), llm.get_output_embeddings()
+        extra = {"modules_to_save": [names[emb]] + ([names[head]] if head is not None and head.weight is not emb.weight
+                                                     else [])}
     return get_peft_model(llm, LoraConfig(r=r, lora_alpha=int(lora.get("alpha", 2 * r)),
                                           lora_dropout=float(lora.get("dropout", 0.0)), target_modules=list(targets),
                                           **extra))

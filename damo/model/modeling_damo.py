@@ -50,7 +50,7 @@ from damo.model.evidence import (DECODERS, EvidenceHead, capture_weights, pool_g
                                  salient_frames)
 from damo.model.fields import check_fields
 from damo.model.fuseformer import CrossBlock, TemporalFuseformer, sinusoid
-from damo.model.processing import DamoProcessor, ProcessorConfig
+from damo.model.processing import STREAM_ORDERS, DamoProcessor, ProcessorConfig, next_tokens
 from damo.model.residual import GlobalResidual
 from damo.model import tokenizer as tk
 from damo.textio import loads
@@ -180,9 +180,14 @@ class DamoConfig:
     layout: str = "query_both"      # video_first | query_first | query_both: where the question goes (processing.LAYOUTS)
     frame_times: str = "centre"     # centre | start: frames at window centres or starts, and the spans they cover (processing.FRAME_TIMES)
     chat: dict | None = None        # the LLM's chat format (processing.ChatFormat: template, stop, system, ...); None: our plain prompt
+    generation: dict | None = None  # how answers are decoded (processing.Generation: do_sample, temperature, top_p, repetition_penalty, tasks); None: greedy
     response: str = "interleaved"   # coupled | decomposed | interleaved (D²VLM Table 4; processing.RESPONSES)
     query_aware: bool = True   # frame tokens carry their match with the question in the stage-1 alignment space
     video_attention: str = "causal"  # causal | bidirectional: video placeholders attend each other both ways (VIDEO_ATTENTION)
+    coordinate_decode: str = "interpolate"  # interpolate (two anchors) | argmax (the chosen anchor): a generated LAPE token's value
+    time_text: str = "seconds"      # seconds | braces: a span in a text answer, "3.0 - 5.0 seconds" or "{<t_3><t_5>}" (processing.TIME_TEXTS)
+    stream_order: str = "slow_first"  # slow_first | fast_first: the packer's streams in the prompt (processing.STREAM_ORDERS)
+    uniform_frames: int = 0         # 0: frames at fps; N >= 2: exactly N frames, uniformly from the first picture to the last
     time_encoding: str = "sinusoid"  # sinusoid | timestamp | lape | none (processing.TIME_ENCODINGS)
     time_bins: int = 32        # lape: time tokens <t_0> .. <t_{n-1}> spread evenly over the video
     box_bins: int = 0          # > 0: LAPE width/height tokens <x_i>, <y_i> for boxes (spatio-temporal grounding answers)
@@ -213,9 +218,13 @@ class DamoConfig:
             raise ValueError(f"model.compressor.placement must be one of {PLACEMENTS}, got {cfg.compressor.placement!r}")
         if cfg.evidence.decode not in DECODERS:
             raise ValueError(f"model.evidence.decode must be one of {DECODERS}, got {cfg.evidence.decode!r}")
+        if cfg.coordinate_decode not in ("interpolate", "argmax"):
+            raise ValueError(f"model.coordinate_decode must be interpolate or argmax, got {cfg.coordinate_decode!r}")
         if cfg.video_attention not in VIDEO_ATTENTION:
             raise ValueError(f"model.video_attention must be one of {tuple(VIDEO_ATTENTION)}, got {cfg.video_attention!r}")
-        ProcessorConfig(layout=cfg.layout, frame_times=cfg.frame_times, chat=cfg.chat, response=cfg.response,
+        ProcessorConfig(layout=cfg.layout, frame_times=cfg.frame_times, chat=cfg.chat, generation=cfg.generation,
+                        time_text=cfg.time_text, stream_order=cfg.stream_order, uniform_frames=cfg.uniform_frames,
+                        response=cfg.response,
                         evidence_level=cfg.evidence.level,
                         max_len=cfg.max_len, evidence_targets=cfg.evidence.targets, evidence_alpha=cfg.evidence.alpha,
                         time_encoding=cfg.time_encoding, time_bins=cfg.time_bins, box_bins=cfg.box_bins)  # validates
@@ -233,7 +242,10 @@ def bidirectional_video(input_ids: torch.Tensor, attention_mask: torch.Tensor, v
     a later one. D²VLM's stage-3 and FPO scripts run with ``--bi_attention True``, which zeroes the
     causal mask over the image span (nusnlp/d2vlm 756d340, d2vlm/model/d2vlm_arch.py
     ``D2VLMMetaModel._update_causal_mask``; scripts/train_stage_3.sh, scripts/train_fpo.sh). A padding
-    row attends to itself only (its output is never read), so no row is empty."""
+    row attends to itself only (its output is never read), so no row is empty. A mask already 4-D (one
+    prepared by the caller, as ``damo plan`` does on the meta device) passes as given."""
+    if attention_mask.dim() == 4:
+        return attention_mask
     L = input_ids.shape[1]
     v = input_ids == video_id                                       # (B, L)
     causal = torch.ones(L, L, dtype=torch.bool, device=input_ids.device).tril()
@@ -527,14 +539,17 @@ class DamoModel(nn.Module):
         return emb.index_put((cp[:, 0], cp[:, 1]), x.to(emb.dtype))
 
     def scatter_video(self, input_ids, frame_emb, fusion_emb, num_frames):
-        """Replace ``<video>`` placeholders by [fusion (+ slow stream); frames] per sample -> inputs_embeds
-        ``(B, L, C)``. A row of ``n`` frame tokens keeps the slow steps that hold its frames."""
+        """Replace ``<video>`` placeholders by [fusion; the packer's slow stream; frames] per sample (the
+        two streams in ``stream_order``) -> inputs_embeds ``(B, L, C)``. A row of ``n`` frame tokens keeps
+        the slow steps that hold its frames."""
         emb = self.llm.get_input_embeddings()(input_ids)
         F_, per_step, stride = self.cfg.bridge_tokens, 0, 1
         if fusion_emb.shape[1] > F_:                                # the packer's slow stream (B, G s^2, C)
             stride = self.video.compressor.stride
             per_step = (fusion_emb.shape[1] - F_) // slow_steps(frame_emb.shape[1], stride)
-        parts = [torch.cat([fusion_emb[b, :F_ + slow_steps(n, stride) * per_step], frame_emb[b, :n].flatten(0, 1)])
+        order = STREAM_ORDERS[self.cfg.stream_order]
+        parts = [torch.cat([fusion_emb[b, :F_]] + order([frame_emb[b, :n].flatten(0, 1)],
+                                                        [fusion_emb[b, F_:F_ + slow_steps(n, stride) * per_step]]))
                  for b, n in enumerate(num_frames)]
         vid = torch.cat(parts).to(emb.dtype)                        # (sum_b (F' + S_b + T_b K), C)
         mask = (input_ids == self.video_id).unsqueeze(-1)
@@ -620,9 +635,12 @@ class DamoModel(nn.Module):
         return torch.autocast(next(self.parameters()).device.type, dtype=half or torch.float32, enabled=half is not None)
 
     @torch.no_grad()
-    def generate(self, batch: Batch, max_new_tokens: int = 48) -> list[dict]:
-        """Greedy decoding with evidence grounding for a batch from
-        :meth:`~damo.model.processing.DamoProcessor.generation_batch` (left-padded prompts).
+    def generate(self, batch: Batch, max_new_tokens: int = 48, tasks: list[str | None] | None = None,
+                 seed: int = 0) -> list[dict]:
+        """Decoding with evidence grounding for a batch from
+        :meth:`~damo.model.processing.DamoProcessor.generation_batch` (left-padded prompts): greedy, or
+        as the model's ``generation`` settings say for each row's task (``tasks``; sampling draws from
+        a generator seeded with ``seed``, so a call is reproducible).
 
         Runs on the model's device with the KV cache; every row gets what it would get alone.
         Returns per row: generated ``ids``; per ``<evi>`` its stage (1 grounding, 2 answer), frame
@@ -635,10 +653,10 @@ class DamoModel(nn.Module):
         Backbones in half precision run under :meth:`autocast`.
         """
         with self.autocast():
-            return self._generate(batch, max_new_tokens)
+            return self._generate(batch, max_new_tokens, tasks, seed)
 
-    def _generate(self, batch: Batch, max_new_tokens: int) -> list[dict]:
-        """:meth:`generate`'s greedy loop."""
+    def _generate(self, batch: Batch, max_new_tokens: int, tasks: list[str | None] | None, seed: int) -> list[dict]:
+        """:meth:`generate`'s loop."""
         self.eval()
         dev = next(self.parameters()).device
         batch = batch.to(dev)
@@ -664,9 +682,17 @@ class DamoModel(nn.Module):
         table = self.llm.get_input_embeddings()
         rows = [{"ids": [], "evidence": [], "coords": []} for _ in range(B)]
         stage, done = [1] * B, [False] * B
+        settings = [proc.generation.for_task(t) for t in (tasks or [None] * B)]
+        rng = torch.Generator(dev).manual_seed(seed)
+        skip = {proc.video_id, proc.evi_id, proc.tokenizer.pad_token_id}    # never penalised as repeats
+        seen = [[i for i, a in zip(r, m) if a and i not in skip] for r, m in
+                zip(batch.input_ids.tolist(), batch.attention_mask.tolist())]
         for _ in range(max_new_tokens):
-            nxt = logits.argmax(-1)                                 # (B,)
+            nxt = next_tokens(logits, seen, settings, rng)          # (B,)
             toks = nxt.tolist()
+            for b, t in enumerate(toks):
+                if t not in skip:
+                    seen[b].append(t)
             for b, t in enumerate(toks):
                 if not done[b] and proc.is_stop(rows[b]["ids"] + [t]):     # eos, or the chat's stop string
                     done[b], rows[b]["ids"] = True, proc.strip_stop(rows[b]["ids"] + [t])
@@ -678,11 +704,14 @@ class DamoModel(nn.Module):
                     continue
                 rows[b]["ids"].append(t)
                 axis = proc.axis_of.get(t)
-                if axis is not None:     # read from two anchors, fed back as their interpolation
-                    anchors = table(torch.as_tensor(proc.coord_axes[axis], device=dev))      # (n, C)
-                    rel = decode_position(logits[b, proc.coord_axes[axis]])
-                    e[b, 0] = interpolate_anchors(anchors, rel)
-                    v = float(rel)
+                if axis is not None:
+                    ids = proc.coord_axes[axis]
+                    if self.cfg.coordinate_decode == "argmax":    # the chosen anchor: its value, its own embedding
+                        v = ids.index(t) / (len(ids) - 1)
+                    else:                # read from two anchors, fed back as their interpolation
+                        rel = decode_position(logits[b, ids])
+                        e[b, 0] = interpolate_anchors(table(torch.as_tensor(ids, device=dev)), rel)
+                        v = float(rel)
                     rows[b]["coords"].append((axis, v * durations[b] if axis == "t" else v))
                 if t == proc.evi_end_id:
                     stage[b] = 2
@@ -706,10 +735,11 @@ class DamoModel(nn.Module):
             past, h_last, logits = res.cache, res.hidden_states[-2][:, -1], res.logits[:, -1]
         return rows
 
-    def answer(self, clips: list, queries: list[str], max_new_tokens: int = 48) -> list[dict]:
+    def answer(self, clips: list, queries: list[str], max_new_tokens: int = 48,
+               tasks: list[str | None] | None = None) -> list[dict]:
         """Answer one question per clip (:class:`~damo.model.processing.ClipTensors`) in batches:
-        the processor's prompts, :meth:`generate`, and the processor's decoding into
-        ``{"answer", "spans", "evidence", "scores", "tube"}`` per row."""
+        the processor's prompts, :meth:`generate` (with each question's task for the generation
+        settings), and the processor's decoding into ``{"answer", "spans", "evidence", "scores", "tube"}``."""
         # clips whose video layout differs (frame grouping, tokens per frame under the budget) go in
         # separate batches, so every clip is laid out as it would be alone
         by_group: dict = {}
@@ -718,7 +748,7 @@ class DamoModel(nn.Module):
         rows: list[dict] = [{}] * len(clips)
         for idx in by_group.values():
             batch = self.processor.generation_batch([clips[i] for i in idx], [queries[i] for i in idx])
-            for i, r in zip(idx, self.generate(batch, max_new_tokens)):
+            for i, r in zip(idx, self.generate(batch, max_new_tokens, [tasks[i] for i in idx] if tasks else None)):
                 rows[i] = r
         return [self.processor.decode(r["ids"], r["evidence"], r["coords"], c.duration, c.times.tolist())
                 for r, c in zip(rows, clips)]
@@ -735,7 +765,7 @@ class DamoModel(nn.Module):
         keys = {k for k in self.state_dict() if k.startswith(tuple(parts))}
         if self.cfg.llm.kind == "hf" and self.cfg.llm.pretrained:
             keys |= {k for k in self.state_dict() if k.startswith("llm.") and "lora_" not in k
-                     and "trainable_tokens" not in k}
+                     and "trainable_tokens" not in k and "modules_to_save" not in k}
         return keys - self.trained
 
     def token_row_keys(self) -> list[str]:

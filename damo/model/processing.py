@@ -47,7 +47,9 @@ from damo.textio import loads
 MAX_QUERY_BYTES_PER_TOKEN = 32   # a question longer than this per allowed token is refused untokenised
 _COORD_TOKEN = r"<[txy]_\d+>"      # LAPE coordinate tokens: time, width, height
 _SPECIAL = re.compile("(" + "|".join([re.escape(t) for t in tk.SPECIAL_TOKENS] + [_COORD_TOKEN]) + ")")
-_SPAN_TEXT = re.compile(r"(\d+(?:\.\d+)?)\s*-\s*(\d+(?:\.\d+)?)\s*seconds")
+_NUM = r"(\d+(?:\.\d+)?)"
+# "3.0 - 5.0 seconds" or LLaVA-ST's "{3.0, 5.0}" (what a "{<t_a><t_b>}" answer renders to)
+_SPAN_TEXT = re.compile(rf"{_NUM}\s*-\s*{_NUM}\s*seconds|\{{\s*{_NUM}[\s,]+{_NUM}\s*\}}")
 
 
 # ----------------------------------------------------------------------------- strategies
@@ -154,7 +156,9 @@ TIME_ENCODINGS = {"sinusoid": TimeEncoding(sinusoid=True), "timestamp": TimeEnco
 def _tiny_log_mel(clip: Clip, n_mels: int, mel_frames: int) -> np.ndarray:
     hop = int(round(SAMPLE_RATE / clip.fps / mel_frames))
     win = 1 << (hop.bit_length() - 1)   # power-of-two FFT <= hop (512 for a 40 ms hop): fast, barely any gap
-    return log_mel(clip.audio, SAMPLE_RATE, clip.fps, clip.num_frames, n_mels=n_mels, hop=hop, win=win)[:, :mel_frames]
+    mel = log_mel(clip.audio, SAMPLE_RATE, clip.fps, clip.num_frames, n_mels=n_mels, hop=hop, win=win)[:, :mel_frames]
+    # a window that is not a whole number of hops (frames sampled uniformly, at any rate) may hold one fewer
+    return np.pad(mel, ((0, 0), (0, mel_frames - mel.shape[1]), (0, 0)), mode="edge")
 
 
 def _whisper_log_mel(clip: Clip, n_mels: int, mel_frames: int) -> np.ndarray:
@@ -165,6 +169,80 @@ def _whisper_log_mel(clip: Clip, n_mels: int, mel_frames: int) -> np.ndarray:
 # Per-frame audio features ``(T, mel_frames, n_mels)`` for each audio encoder family.
 AUDIO_FEATURES: dict[str, Callable[[Clip, int, int], np.ndarray]] = {"log_mel": _tiny_log_mel,
                                                                      "whisper": _whisper_log_mel}
+
+
+@dataclass(frozen=True)
+class Generation:
+    """How the next token is chosen (transformers' ``generate`` settings, each with its meaning there):
+    greedy by default; ``do_sample`` draws from the softmax at ``temperature``, kept to the smallest
+    set of tokens reaching ``top_p`` of the mass; ``repetition_penalty`` > 1 divides the positive
+    (multiplies the negative) logits of every token already in the prompt or answer, except the video
+    placeholders and ``<evi>`` (D²VLM's ``RepetitionPenaltyLogitsProcessor``, d2vlm/utils/inference.py).
+    ``tasks``: per task, fields that differ (the sample's own task name: E.T. Bench's ``rar`` ... when
+    the sample keeps it in ``meta['task']``, else the canonical task)."""
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    tasks: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not (self.temperature > 0 and 0 < self.top_p <= 1 and self.repetition_penalty > 0):
+            raise ValueError(f"model.generation needs temperature > 0, 0 < top_p <= 1 and repetition_penalty > 0; "
+                             f"got {self.temperature}, {self.top_p}, {self.repetition_penalty}")
+
+    def for_task(self, task: str | None) -> "Generation":
+        """The settings of one task: these, with the task's own fields over them."""
+        return replace(self, tasks={}, **self.tasks.get(task, {})) if task in self.tasks else replace(self, tasks={})
+
+
+def generation_of(fields: dict | None) -> Generation:
+    """``model.generation`` as :class:`Generation`, or one line saying what is wrong."""
+    fields = fields or {}
+    names = set(Generation.__dataclass_fields__)
+    bad = (set(fields) - names) | ({k for t in fields.get("tasks", {}).values() for k in t} - (names - {"tasks"}))
+    if bad:
+        raise ValueError(f"model.generation takes {sorted(names)} (per task, the same but tasks); got {sorted(bad)}")
+    g = Generation(**fields)
+    for t in g.tasks:
+        g.for_task(t)                                           # checks each task's values
+    return g
+
+
+def next_tokens(logits: torch.Tensor, history: list[list[int]], settings: list[Generation],
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """The next token of each row from its logits ``(B, V)``, under that row's :class:`Generation`;
+    ``history``: each row's ids the repetition penalty counts (prompt text and answer so far)."""
+    out = []
+    for x, seen, g in zip(logits.float(), history, settings):
+        if g.repetition_penalty != 1.0 and seen:
+            i = torch.as_tensor(sorted(set(seen)), device=x.device)
+            v = x[i]
+            x = x.index_put((i,), torch.where(v < 0, v * g.repetition_penalty, v / g.repetition_penalty))
+        if not g.do_sample:
+            out.append(x.argmax())
+            continue
+        p = torch.softmax(x / g.temperature, -1)
+        if g.top_p < 1:
+            ps, order = p.sort(descending=True)
+            drop = ps.cumsum(0) - ps > g.top_p                     # tokens past the top_p mass
+            p = p.index_put((order[drop],), torch.zeros(int(drop.sum()), device=p.device))
+        out.append(torch.multinomial(p / p.sum(), 1, generator=generator)[0])
+    return torch.stack(out)
+
+
+def _slow_first(fast: list, slow: list) -> list:
+    return slow + fast
+
+
+def _fast_first(fast: list, slow: list) -> list:
+    return fast + slow
+
+
+# The packer's two streams in the prompt (after the fusion tokens): ours puts the slow stream first;
+# LLaVA-ST writes the fast tokens, then the slow ones (llava/train/train.py preprocess_multimodal:
+# VID_START + fast + VID_END + SLOW_VID_START + slow + SLOW_VID_END). Works on tokens or embeddings.
+STREAM_ORDERS: dict[str, Callable[[list, list], list]] = {"slow_first": _slow_first, "fast_first": _fast_first}
 
 
 def check_choice(key: str, value: str, valid: dict) -> None:
@@ -207,16 +285,29 @@ def _join(refs: list[str]) -> str:
     return refs[0] if len(refs) == 1 else ", ".join(refs[:-1]) + " and " + refs[-1]
 
 
-def span_text(span: Sequence[float], duration: float | None = None, time_bins: int = 0) -> str:
-    """A span as text, the way coupled models write timestamps: ``"3.0 - 5.0 seconds"``.
+def span_text(span: Sequence[float], duration: float | None = None, time_bins: int = 0, style: str = "seconds") -> str:
+    """A span as text, the way coupled models write timestamps (:data:`TIME_TEXTS`): ``"3.0 - 5.0
+    seconds"``, or in LLaVA-ST's braces ``"{3.0, 5.0}"``.
 
     With ``time_bins`` (LAPE, LLaVA-ST section 3.2) each bound is its closest time token instead:
-    ``"<t_3> - <t_5> seconds"``; the model reads the exact value back from the two nearest bins.
+    ``"<t_3> - <t_5> seconds"``, ``"{<t_3><t_5>}"``; the model reads the value back from the anchors.
     """
     if time_bins:
-        a, b = (time_to_token(t, duration, time_bins) for t in span[:2])
-        return f"{a} - {b} seconds"
-    return f"{span[0]:.1f} - {span[1]:.1f} seconds"
+        return TIME_TEXTS[style](*(time_to_token(t, duration, time_bins) for t in span[:2]), "")
+    return TIME_TEXTS[style](f"{span[0]:.1f}", f"{span[1]:.1f}", ", ")
+
+
+def _seconds_text(a: str, b: str, sep: str) -> str:
+    return f"{a} - {b} seconds"
+
+
+def _braces_text(a: str, b: str, sep: str) -> str:
+    return "{" + a + sep + b + "}"
+
+
+# How a span is written in a text answer: ours, or LLaVA-ST's braces around two time tokens (its
+# inference/src/utils.py format_span_in_text writes "{<TEMP-OUTPUT...><TEMP-OUTPUT...>}" from "{s, e}").
+TIME_TEXTS: dict[str, Callable[[str, str, str], str]] = {"seconds": _seconds_text, "braces": _braces_text}
 
 
 def box_text(boxes: list, box_bins: int) -> str:
@@ -229,10 +320,11 @@ def box_text(boxes: list, box_bins: int) -> str:
 
 def response_text(task: str, answer: str, spans: list, captions: list[str], *, response: str = "interleaved",
                   level: str = "event", duration: float | None = None, time_bins: int = 0,
-                  boxes: list | None = None, box_bins: int = 0) -> str:
+                  boxes: list | None = None, box_bins: int = 0, time_text: str = "seconds") -> str:
     """The target response for one turn (see :data:`RESPONSES` and :data:`EVIDENCE_LEVELS`).
 
-    ``time_bins`` writes text timestamps as LAPE time tokens (:func:`span_text`); ``boxes`` (a
+    ``time_bins`` writes text timestamps as LAPE time tokens, ``time_text`` in which form
+    (:func:`span_text`); ``boxes`` (a
     spatio-temporal grounding tube's boxes in time order) with ``box_bins`` ends the answer with
     the tube's boxes as LAPE width/height tokens (:func:`box_text`).
     """
@@ -241,7 +333,7 @@ def response_text(task: str, answer: str, spans: list, captions: list[str], *, r
     fmt = RESPONSES[response]
     n = len(spans)
     evi = " ".join([tk.EVI] * EVIDENCE_LEVELS[level].tokens)
-    refs = [evi] * n if fmt.evidence_refs else [span_text(sp, duration, time_bins) for sp in spans]
+    refs = [evi] * n if fmt.evidence_refs else [span_text(sp, duration, time_bins, time_text) for sp in spans]
     ans = answer.strip().rstrip(".")
     written = ans.count(tk.EVI)
     if written and written != n:
@@ -307,11 +399,11 @@ def group_targets(y: np.ndarray, g: int) -> np.ndarray:
 
 
 def text_spans(answer: str, duration: float) -> list[list[float]]:
-    """Spans written as text ("3.0 - 5.0 seconds"), in order of appearance, clipped to the video,
-    each with score 1 (text timestamps carry no confidence); reversed pairs are swapped."""
+    """Spans written as text ("3.0 - 5.0 seconds" or "{3.0, 5.0}"), in order of appearance, clipped to
+    the video, each with score 1 (text timestamps carry no confidence); reversed pairs are swapped."""
     out = []
-    for a, b in _SPAN_TEXT.findall(answer):
-        s, e = sorted((min(float(a), duration), min(float(b), duration)))
+    for a, b, c, d in _SPAN_TEXT.findall(answer):
+        s, e = sorted((min(float(a or c), duration), min(float(b or d), duration)))
         out.append([s, e, 1.0])
     return out
 
@@ -446,6 +538,10 @@ class ProcessorConfig:
     layout: str = "query_both"
     frame_times: str = "centre"    # centre | start: where frames sit in their window (FRAME_TIMES)
     chat: dict | None = None       # ChatFormat fields: the LLM's chat template; None: our plain layout
+    generation: dict | None = None  # Generation fields: how answers are decoded; None: greedy
+    time_text: str = "seconds"     # seconds | braces: how a text answer writes a span (TIME_TEXTS)
+    stream_order: str = "slow_first"  # slow_first | fast_first: the packer's streams in the prompt (STREAM_ORDERS)
+    uniform_frames: int = 0        # 0: frames at fps; N > 1: exactly N frames spread from the first picture to the last
     response: str = "interleaved"
     evidence_level: str = "event"
     evidence_targets: str = "soft"  # soft: alpha^-distance outside the span (D²VLM official code) | hard: 0/1
@@ -468,6 +564,11 @@ class ProcessorConfig:
         check_choice("frame_times", self.frame_times, FRAME_TIMES)
         if self.chat is not None:
             chat_format(self.chat)
+        generation_of(self.generation)
+        check_choice("time_text", self.time_text, TIME_TEXTS)
+        check_choice("stream_order", self.stream_order, STREAM_ORDERS)
+        if self.uniform_frames == 1 or self.uniform_frames < 0:
+            raise ValueError(f"model.uniform_frames must be 0 (frames at fps) or >= 2, got {self.uniform_frames}")
         check_choice("response", self.response, RESPONSES)
         check_choice("evidence.level", self.evidence_level, EVIDENCE_LEVELS)
         check_choice("evidence.targets", self.evidence_targets, EVIDENCE_TARGETS)
@@ -495,6 +596,7 @@ class DamoProcessor:
         self.time = TIME_ENCODINGS[c.time_encoding]
         self.frame_times = FRAME_TIMES[c.frame_times]
         self.chat = chat_format(c.chat) if c.chat is not None else None
+        self.generation = generation_of(c.generation)
         stops = [tok(x, add_special_tokens=False)["input_ids"] for x in self.chat.stop] if self.chat else []
         self.stop_ids: list[list[int]] = [[tok.eos_token_id]] + [x for x in stops if x]
         self.level = EVIDENCE_LEVELS[c.evidence_level]
@@ -519,7 +621,8 @@ class DamoProcessor:
                       k_max=cc.k_max, fast_side=o.get("fast_side", STP_FAST_SIDE), stride=o.get("stride", STP_STRIDE))
         return cls(tokenizer, ProcessorConfig(budget=budget if cc.placement == "llm" else None,
             video_tokens=cfg.bridge_tokens, frame_tokens=cfg.fuser.frame_tokens, fps=cfg.fps, layout=cfg.layout,
-            frame_times=cfg.frame_times, chat=cfg.chat,
+            frame_times=cfg.frame_times, chat=cfg.chat, generation=cfg.generation, time_text=cfg.time_text,
+            stream_order=cfg.stream_order, uniform_frames=cfg.uniform_frames,
             response=cfg.response, evidence_level=cfg.evidence.level, evidence_targets=cfg.evidence.targets,
             evidence_alpha=cfg.evidence.alpha, llm_frames=cfg.llm_frames, time_encoding=cfg.time_encoding, time_bins=cfg.time_bins, box_bins=cfg.box_bins,
             image_size=cfg.vision.image_size, audio_features="whisper" if cfg.audio.kind == "hf_whisper" else "log_mel",
@@ -610,10 +713,11 @@ class DamoProcessor:
             return []
         lay = layout or self.layout(len(times))
         first = [float(t) for t in list(times)[::lay.group]]       # each token's first frame
-        out = [tk.VIDEO] * (self.config.video_tokens + lay.slow_tokens(len(first)))
+        frames: list[str] = []
         for prefix in (timestamp_prompt(first) if self.time.timestamps else [""] * len(first)):
-            out += ([prefix] if prefix else []) + [tk.VIDEO] * lay.per_frame
-        return out
+            frames += ([prefix] if prefix else []) + [tk.VIDEO] * lay.per_frame
+        slow = [tk.VIDEO] * lay.slow_tokens(len(first))
+        return [tk.VIDEO] * self.config.video_tokens + STREAM_ORDERS[self.config.stream_order](frames, slow)
 
     def video_ids(self, pieces: list[str]) -> list[int]:
         return [i for x in pieces for i in ([self.video_id] if x == tk.VIDEO else self.encode(x))]
@@ -701,10 +805,21 @@ class DamoProcessor:
                 return ids[:-len(x)]
         return ids
 
+    def sampling(self, duration: float) -> tuple[float, float]:
+        """``(fps, phase)`` a video of ``duration`` seconds is sampled at (frame i nearest ``(i + phase) /
+        fps``): the config's fps and :data:`FRAME_TIMES` phase; with ``uniform_frames`` N, frame i nearest
+        ``i (duration - 1 ms) / (N - 1)``, so exactly N frames run from the first picture to the last, as
+        LLaVA-ST samples (llava/utils.py ``process_video_with_decord``: frame indices
+        ``round(i (F - 1) / (N - 1))``, N = 100)."""
+        c = self.config
+        if not c.uniform_frames:
+            return c.fps, self.frame_times.phase
+        return (c.uniform_frames - 1) / max(duration - 1e-3, 1e-3), 0.0
+
     def run_span(self, first: int, last: int, group: int, duration: float) -> list[float]:
         """Seconds ``[start, end]`` of the frame tokens ``first..last`` (each ``group`` frames) under
         :data:`FRAME_TIMES`: ``centre`` ends at the last window's end, ``start`` at the last frame's time."""
-        fps = self.config.fps
+        fps = self.sampling(duration)[0]
         end = (last * group + group - 1 + self.frame_times.last) / fps
         return [first * group / fps, min(duration, end)]
 
@@ -712,7 +827,7 @@ class DamoProcessor:
         c = self.config
         return response_text(turn["task"], turn["answer"], turn["spans"], turn["captions"], response=c.response,
                              level=c.evidence_level, duration=duration, time_bins=self.time_bins,
-                             boxes=turn.get("boxes"), box_bins=c.box_bins)
+                             boxes=turn.get("boxes"), box_bins=c.box_bins, time_text=c.time_text)
 
     # ------------------------------------------------------------------ video
     def video_inputs(self, clip: Clip) -> ClipTensors:
@@ -750,9 +865,11 @@ class DamoProcessor:
 
     # ------------------------------------------------------------------ training
     def frame_placeholders(self, ids: list[int], num_frames: int, layout: VideoLayout) -> list[int]:
-        """Positions of the frame tokens' placeholders in a prompt (after the fusion and slow ones)."""
-        skip = self.config.video_tokens + layout.slow_tokens(-(-num_frames // layout.group))
-        return [i for i, t in enumerate(ids) if t == self.video_id][skip:]
+        """Positions of the frame tokens' placeholders in a prompt (after the fusion ones, and the slow
+        stream's when it comes first)."""
+        n = -(-num_frames // layout.group)
+        skip = self.config.video_tokens + (layout.slow_tokens(n) if self.config.stream_order == "slow_first" else 0)
+        return [i for i, t in enumerate(ids) if t == self.video_id][skip:skip + n * layout.per_frame]
 
     def encode_turns(self, turns: list[dict], times: torch.Tensor | None, duration: float, layout: VideoLayout,
                      name: str = "sample") -> Encoded:
@@ -777,7 +894,8 @@ class DamoProcessor:
             self._coordinate_targets(enc, r, off, turn, duration, name)
             evis = [off + i for i, t in enumerate(r) if t == self.evi_id] if n else []
             first = len(enc.evi_pos)
-            for p, y in zip(evis, evidence_targets(spans, len(evis), n, c.fps, c.evidence_level, c.frame_times)):
+            fps = self.sampling(duration)[0]
+            for p, y in zip(evis, evidence_targets(spans, len(evis), n, fps, c.evidence_level, c.frame_times)):
                 enc.evi_pos.append(p)
                 enc.evi_targets.append(EVIDENCE_TARGETS[c.evidence_targets](group_targets(y, group), c.evidence_alpha))
             m = len(spans) * self.level.tokens                     # <evi> tokens per stage

@@ -55,7 +55,7 @@ def set_trainable(model: DamoModel, patterns: list[str]) -> int:
         hint = sorted({".".join(n.split(".")[:1 if n.startswith(("llm.", "evidence.")) else 2]) for n in names})
         raise ValueError(f"trainable patterns {unmatched} match no parameter of this model; fix or remove them "
                          f"(parameters belong to {hint}; LoRA weights match 'llm.*lora_*', new token rows "
-                         f"'llm.*trainable_tokens*')")
+                         f"'llm.*trainable_tokens*', whole embeddings under lora.embeddings full 'llm.*modules_to_save*')")
     n = 0
     for name, p in model.named_parameters():
         p.requires_grad = any(fnmatch.fnmatch(name, pat) for pat in patterns)
@@ -63,6 +63,22 @@ def set_trainable(model: DamoModel, patterns: list[str]) -> int:
             n += p.numel()
             model.trained.add(name)
     return n
+
+
+def param_groups(model: nn.Module, stage: Stage) -> list[dict]:
+    """The optimizer's parameter groups: each trainable parameter at the learning rate of the first
+    ``stage.lrs`` glob its name matches, else ``stage.lr`` (LLaVA-ST's scripts train the resampler at
+    2e-5 beside LoRA at 2e-4: ``--mm_vision_resampler_lr``, scripts/train/train_stage2.sh). A glob that
+    matches no trainable parameter is an error (a typo would leave a rate unused without a word)."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    unused = [g for g in stage.lrs if not any(fnmatch.fnmatch(n, g) for n, _ in named)]
+    if unused:
+        raise ValueError(f"stage {stage.name!r}: lrs globs {unused} match no trainable parameter; "
+                         "name parameters the stage's trainable globs train")
+    by_lr: dict[float, list[nn.Parameter]] = defaultdict(list)
+    for n, p in named:
+        by_lr[next((lr for g, lr in stage.lrs.items() if fnmatch.fnmatch(n, g)), stage.lr)].append(p)
+    return [{"params": ps, "lr": lr} for lr, ps in by_lr.items()]
 
 
 def make_dialogues(samples: list[Sample], max_turns: int, rng: random.Random) -> list[Sample]:
@@ -227,7 +243,7 @@ def run_stage(model: DamoModel, stage: Stage, samples: list[Sample], clips, seed
     step_fn, whole = distributed.wrap(StageLoss(work, stage.losses, use_llm, FPOSettings.from_dict(stage.fpo)),
                                       parallel, info)
     params = [p for p in work.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=stage.lr, weight_decay=stage.weight_decay)
+    opt = torch.optim.AdamW(param_groups(work, stage), lr=stage.lr, weight_decay=stage.weight_decay)
 
     def lr_at(step: int) -> float:
         if step < stage.warmup:
