@@ -42,8 +42,9 @@ def predict(model: DamoModel, samples: list[Sample], clips, batch_size: int = 8,
         items = [it for it in items if not isinstance(it[2], Unusable)]
         if not items:
             continue
-        rows = model.answer([c for _, _, c in items], [s.query for _, s, _ in items], max_new_tokens,
-                            [str(s.meta.get("task", s.task)) for _, s, _ in items])
+        # a DaMO model takes each sample's task for its generation settings (a whole VLM's preset has its own)
+        tasks = {"tasks": [str(s.meta.get("task", s.task)) for _, s, _ in items]} if isinstance(model, DamoModel) else {}
+        rows = model.answer([c for _, _, c in items], [s.query for _, s, _ in items], max_new_tokens, **tasks)
         for (_, s, _), r in zip(items, rows):
             preds.append(Prediction(id=s.id, spans=[[round(x, 3) for x in sp] for sp in r["spans"]],
                                     answer=r["answer"], tube=r["tube"]))

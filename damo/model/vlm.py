@@ -66,6 +66,7 @@ class ClipSettings:
     fps: float
     max_frames: int = DECODE_FRAMES
     image_size: None = None
+    uniform_frames: int = 0          # frames at fps, never a fixed count (ClipLoader)
 
 
 def audio_tokens(mel_frames: int) -> int:
@@ -103,6 +104,10 @@ class VLMProcessor:
         # frame i at i / fps: qwen-vl-utils' first frame is the video's first (its frames spread from 0 to the end)
         self.frame_times = FRAME_TIMES["start"]
         self.ids = {name: getattr(config, f"{name}_token_id") for name in ("video", "vision_start", "vision_end")}
+
+    def sampling(self, duration: float) -> tuple[float, float]:
+        """``(fps, phase)`` the clip loader decodes at, whatever the duration (the ClipLoader contract)."""
+        return self.config.fps, self.frame_times.phase
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
