@@ -14,7 +14,7 @@ from damo.config import find
 from damo.data.synthetic import render_clip
 from damo.media.decode import decode_clip
 from damo.model.modeling_damo import VIDEO_ATTENTION, DamoConfig, DamoModel
-from damo.model.processing import DamoProcessor, ProcessorConfig, frame_targets
+from damo.model.processing import DamoProcessor, ProcessorConfig, frame_targets, generation_of
 from damo.model.tokenizer import train_tokenizer
 from helpers import clip, tiny_cfg
 
@@ -262,3 +262,24 @@ def test_braced_spans_read_back_from_text():
     assert span_text([3.0, 5.0], 10.0, 100, "braces") == "{<t_30><t_50>}"
     assert span_text([3.0, 5.0], style="braces") == "{3.0, 5.0}"
     assert text_spans("It happens in { 3.0 5.0 } and in 6.0 - 7.5 seconds.", 10.0) == [[3.0, 5.0, 1.0], [6.0, 7.5, 1.0]]
+
+
+def test_argmax_decoding_reads_the_chosen_anchor_and_sampling_repeats_with_its_seed(monkeypatch):
+    import damo.model.modeling_damo as md
+
+    torch.manual_seed(0)
+    cfg = tiny_cfg()
+    cfg.time_encoding, cfg.time_bins, cfg.response = "lape", 11, "coupled"
+    model = DamoModel(cfg, train_tokenizer([QUERY, "It happens in"], 300)).eval()
+    batch = model.processor.generation_batch([clip(4, 0)], [QUERY])
+    t3, eos = model.processor.coord_axes["t"][3], model.tokenizer.eos_token_id
+    forced = iter([t3, eos])
+    monkeypatch.setattr(md, "next_tokens", lambda logits, seen, settings, rng: torch.tensor([next(forced)]))
+    model.cfg.coordinate_decode = "argmax"
+    row = model.generate(batch, max_new_tokens=4)[0]
+    assert row["ids"] == [t3] and row["coords"] == [("t", pytest.approx(0.3 * float(batch.duration[0])))]
+    monkeypatch.undo()
+    model.cfg.generation = {"do_sample": True, "temperature": 2.0}
+    model.processor.generation = generation_of(model.cfg.generation)
+    runs = [model.generate(batch, max_new_tokens=6, seed=s)[0]["ids"] for s in (0, 0, 1, 2, 3)]
+    assert runs[0] == runs[1] and len({tuple(r) for r in runs}) > 1
