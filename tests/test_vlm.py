@@ -281,6 +281,15 @@ def test_a_whole_omni_checkpoint_runs_its_thinker(folders, clips, tmp_path):
         torch.testing.assert_close(whole(batch), thinker(batch), rtol=0, atol=0)
 
 
+def test_a_preset_on_a_damo_model_folder_is_one_line(tmp_path, shared_data, capsys):
+    (tmp_path / "config.json").write_text('{"vision": {}, "llm": {}}')
+    video = shared_data / "videos" / "carphone_pristine.mp4"
+    assert main(["ground", str(video), QUERY, "--model", str(tmp_path), "--preset", "timelens", "--quiet"]) == 2
+    assert capsys.readouterr().err.strip() == (f"error: {tmp_path} holds no qwen2_5_vl, qwen3_vl, "
+                                               "qwen2_5_omni_thinker, qwen2_5_omni checkpoint (see its config.json); "
+                                               "--preset runs only those")
+
+
 def test_hub_ids_need_a_preset_and_fail_offline_in_one_line():
     with pytest.raises(ValueError, match="^Org/Missing is no local folder; to load it from the hub name its --preset$"):
         VideoLLM.from_pretrained("Org/Missing")

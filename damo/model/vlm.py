@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import (AutoConfig, AutoTokenizer, PreTrainedTokenizerBase,
+from transformers import (AutoConfig, AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase,
                           Qwen2_5OmniThinkerForConditionalGeneration, Qwen2_5_VLForConditionalGeneration,
                           Qwen3VLForConditionalGeneration, WhisperFeatureExtractor)
 
@@ -37,7 +37,7 @@ from damo.media import Clip
 from damo.model.evidence import EvidenceHead, salient_frames, soft_targets
 from damo.model.backbones import resolve_dtype
 from damo.model.processing import FRAME_TIMES
-from damo.model.presets import DEFAULT_PRESET, FAMILY_OF, Preset, get_preset
+from damo.model.presets import DEFAULT_PRESET, FAMILY_OF, Preset, checkpoint_type, get_preset
 from damo.model.vlm_video import CLIP_MEAN, CLIP_STD, HALF, VideoPixels, VideoSpec, video_pixels
 
 VIDEO, AUDIO = 2, 3          # mm_token_type_ids of video and audio placeholders (text 0, image 1)
@@ -91,7 +91,7 @@ def chunk_bounds(values: list[float], size: float) -> list[tuple[int, int]]:
 class VLMProcessor:
     """Everything the VLM reads and writes: clip -> pixels (+ audio), prompt ids, batches, answers."""
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, config, preset: Preset,
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, config: PretrainedConfig, preset: Preset,
                  features: WhisperFeatureExtractor | None = None):
         self.tokenizer, self.hf, self.preset, self.features = tokenizer, config, preset, features
         self.family = FAMILIES[config.model_type]
@@ -313,7 +313,7 @@ def evidence_head(model: nn.Module) -> EvidenceHead:
 
 @dataclass
 class VLMEvidence:
-    threshold: float = 0.6
+    threshold: float = 0.6     # evidence spans keep patches scoring >= threshold x max (D²VLM appendix C.4)
 
 
 @dataclass
@@ -362,6 +362,9 @@ class VideoLLM(nn.Module):
             return vlm
         if not local and not preset:
             raise ValueError(f"{name_or_path} is no local folder; to load it from the hub name its --preset")
+        if local and checkpoint_type(name_or_path) is None:
+            raise ValueError(f"{name_or_path} holds no {', '.join(FAMILY_OF)} checkpoint (see its config.json); "
+                             "--preset runs only those")
         try:
             config = AutoConfig.from_pretrained(name_or_path)
         except OSError as e:
