@@ -283,3 +283,15 @@ def test_argmax_decoding_reads_the_chosen_anchor_and_sampling_repeats_with_its_s
     model.processor.generation = generation_of(model.cfg.generation)
     runs = [model.generate(batch, max_new_tokens=6, seed=s)[0]["ids"] for s in (0, 0, 1, 2, 3)]
     assert runs[0] == runs[1] and len({tuple(r) for r in runs}) > 1
+
+
+def test_render_reads_a_real_videos_own_frame_times(tmp_path, capsys, shared_data, monkeypatch):
+    monkeypatch.setenv("DAMO_CACHE", str(tmp_path / "cache"))
+    path = tmp_path / "charades.jsonl"
+    path.write_text(json.dumps({"id": "0F7LW_0", "video": "charades_0F7LW", "duration": 30.65, "task": "grounding",
+                                "query": QUERY, "answer": "", "spans": [[3.0, 5.0]]}) + "\n")
+    r = render(capsys, "--config", "paper-d2vlm", "--data", str(path), "--video-root", str(shared_data / "videos"))
+    t = np.array(r["frame_times"])
+    # frames at i s, each the picture nearest (6.1 pictures per second in this file)
+    assert len(t) == 31 and np.abs(t - np.arange(31)).max() < 0.082
+    assert r["targets"][:7] == [0, 0, 0, 1, 1, 1, 0]
