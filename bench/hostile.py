@@ -84,6 +84,16 @@ def decode_only(video: Path, cache: Path) -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
+def open_peak(video: Path, max_pixels: int | None) -> float:
+    """Peak resident MB of a process that only opens ``video`` with PyAV (FFmpeg may decode a frame to
+    learn the stream's parameters), with or without the decoders' ``max_pixels`` option."""
+    options = {"max_pixels": str(max_pixels)} if max_pixels else {}
+    code = (f"import av, sys\nav.open(sys.argv[1], options={options!r}).close()\n"
+            "print([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1])\n")
+    out = subprocess.run([sys.executable, "-c", code, str(video)], capture_output=True, text=True, check=True)
+    return int(out.stdout.strip()) / 1024
+
+
 def web(files: dict[str, Path], model: Path, folder: Path) -> dict[str, dict]:
     script = ("import sys, damo\nfrom pathlib import Path\nfrom damo.app.serve import DemoServer, make_examples\n"
               "srv = DemoServer(damo.load(sys.argv[1], cache_dir=sys.argv[2]), make_examples(Path(sys.argv[3]), 1),"
@@ -143,6 +153,10 @@ def main() -> None:
             d = decode_only(path, folder / f"decode-{name}")
             print(f"{name:18s} {path.stat().st_size:>10,d} {r['exit']:>4d} {r['wall_s']:>7.1f} {r['peak_mb']:>8d} "
                   f"{r['cached']:>6d} {d:>8.2f}  {(r['said'] or [''])[0][:100]}", flush=True)
+        from damo.media import MediaLimits
+        limit = MediaLimits().max_pixels
+        print(f"\nopening h264-8192 alone: peak {open_peak(files['h264-8192'], None):.0f} MB without the decoders' "
+              f"max_pixels, {open_peak(files['h264-8192'], limit):.0f} MB with max_pixels={limit:,}")
         if not args.skip_web:
             print(f"\n{'upload':18s} {'status':>6s} {'upload s':>8s} {'question':>8s} {'answer s':>8s}")
             for name, r in web(files, model, folder).items():

@@ -125,7 +125,7 @@ def _open(path: str | Path, limits: MediaLimits) -> av.container.InputContainer:
     An MP4 whose tables declare more than ``limits.max_packets`` samples is refused before FFmpeg
     reads it, and the decoders FFmpeg runs while opening (to learn a stream's parameters) refuse a
     frame larger than ``limits.max_pixels`` before allocating it: an 8192 x 8192 H.264 stream costs
-    59 MB to open instead of 329 MB. A stream whose size only such a decode would tell then reports
+    57 MB to open instead of 321 MB (``python bench/hostile.py``). A stream whose size only such a decode would tell then reports
     0 x 0, and our own decoder refuses its frames the same way."""
     p = Path(path)
     try:

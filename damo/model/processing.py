@@ -245,6 +245,15 @@ def _fast_first(fast: list, slow: list) -> list:
 STREAM_ORDERS: dict[str, Callable[[list, list], list]] = {"slow_first": _slow_first, "fast_first": _fast_first}
 
 
+def check_query_size(query: str, max_tokens: int) -> None:
+    """Refuse, before the tokenizer sees it, a question of more than ``MAX_QUERY_BYTES_PER_TOKEN``
+    bytes per token the model reads (a 55 MB question makes a Rust tokenizer abort the process)."""
+    size = len(query.encode("utf-8", errors="surrogatepass"))
+    if size > MAX_QUERY_BYTES_PER_TOKEN * max_tokens:
+        raise ValueError(f"the query is {size:,} bytes long, more than this model reads ({max_tokens} tokens); "
+                         "ask a shorter question")
+
+
 def check_choice(key: str, value: str, valid: dict) -> None:
     if value not in valid:
         raise ValueError(f"model.{key} must be one of {tuple(valid)}, got {value!r}")
@@ -678,11 +687,8 @@ class DamoProcessor:
     def query_ids(self, query: str) -> list[int]:
         """The question's token ids, refused past ``max_query_tokens`` (attention memory grows with
         the square of the prompt, so an unbounded question is an unbounded allocation) and, before
-        tokenising, past ``MAX_QUERY_BYTES_PER_TOKEN`` bytes per allowed token."""
-        size = len(query.encode("utf-8", errors="surrogatepass"))
-        if size > MAX_QUERY_BYTES_PER_TOKEN * self.config.max_query_tokens:
-            raise ValueError(f"the query is {size:,} bytes long, more than this model reads "
-                             f"({self.config.max_query_tokens} tokens); ask a shorter question")
+        tokenising, past :func:`check_query_size`."""
+        check_query_size(query, self.config.max_query_tokens)
         ids = self.encode_user(query)
         if len(ids) > self.config.max_query_tokens:
             raise ValueError(f"the query is {len(ids)} tokens long, more than this model's limit of "

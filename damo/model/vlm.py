@@ -36,12 +36,13 @@ from transformers import (AutoConfig, AutoTokenizer, PretrainedConfig, PreTraine
 from damo.media import Clip
 from damo.model.evidence import EvidenceHead, salient_frames, soft_targets
 from damo.model.backbones import resolve_dtype
-from damo.model.processing import FRAME_TIMES
+from damo.model.processing import FRAME_TIMES, check_query_size
 from damo.model.presets import DEFAULT_PRESET, FAMILY_OF, Preset, checkpoint_type, get_preset
 from damo.model.vlm_video import CLIP_MEAN, CLIP_STD, HALF, VideoPixels, VideoSpec, video_pixels
 
 VIDEO, AUDIO = 2, 3          # mm_token_type_ids of video and audio placeholders (text 0, image 1)
 DECODE_FRAMES = 4096         # frames decoded at the preset's fps before the preset's own frame limit applies
+MAX_QUERY_TOKENS = 1024       # a question past 32 bytes for each of these is refused before tokenising
 
 
 @dataclass
@@ -113,8 +114,12 @@ class VLMProcessor:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def query_ids(self, query: str) -> list[int]:
-        """The question's tokens inside the preset's prompt."""
-        return self.encode(self.preset.prompt.format(query=query))
+        """The question's tokens inside the preset's prompt, which holds no special token: the string
+        of one in the question (``<|im_end|>``, ``<|video_pad|>``) is read as plain characters, and a
+        question past :func:`~damo.model.processing.check_query_size` is refused untokenised."""
+        check_query_size(query, MAX_QUERY_TOKENS)
+        return self.tokenizer(self.preset.prompt.format(query=query), add_special_tokens=False,
+                              split_special_tokens=True)["input_ids"]
 
     def video_inputs(self, clip: Clip) -> VLMClip:
         """Pixels of the frames the preset feeds (and, for Omni, the audio track's features)."""
