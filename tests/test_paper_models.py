@@ -94,6 +94,7 @@ def test_d2vlm_trains_attention_lora_and_the_whole_embeddings_as_its_authors(met
     whole = 2 * len(model.tokenizer) * h                      # untied embeddings and head
     assert module_counts(model)["llm"]["trainable"] == lora + whole
     assert not any(n.startswith("llm.") and "mlp" in n and p.requires_grad for n, p in model.named_parameters())
+    assert (stage.lr, stage.lrs) == (2e-5, {"llm.*lora_*": 5e-5})       # --learning_rate, --lora_lr
 
 
 def test_llava_st_schedule_follows_the_released_scripts():
