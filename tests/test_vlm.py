@@ -156,14 +156,16 @@ def test_damo_ground_prints_the_checkpoint_and_preset_in_its_short_form(folders,
     assert "TencentARC/TimeLens-8B run as its authors run it: preset timelens" in capsys.readouterr().out
 
 
-def test_damo_eval_scores_a_checkpoint_in_batches(folders, shared_data, tmp_path, capsys):
+@pytest.mark.parametrize("name,preset", [("qwen2.5-vl", "qwen2.5-vl"), ("qwen3-vl", "qwen3-vl"),
+                                         ("qwen2.5-omni", "qwen2.5-omni")])
+def test_damo_eval_scores_a_checkpoint_in_batches(folders, shared_data, tmp_path, capsys, name, preset):
     data = tmp_path / "test.jsonl"
     rows = [{"id": "a", "video": str(shared_data / "videos" / "chaplin.mp4"), "duration": 9.64, "task": "grounding",
              "query": QUERY, "spans": [[1.0, 4.0]]},
             {"id": "b", "video": str(shared_data / "videos" / "bikes.mp4"), "duration": 10.0, "task": "grounding",
              "query": "when does the bike pass?", "spans": [[2.0, 6.0]]}]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    assert main(["eval", "--data", str(data), "--model", str(folders["qwen3-vl"]), "--preset", "qwen3-vl",
+    assert main(["eval", "--data", str(data), "--model", str(folders[name]), "--preset", preset,
                  "--batch-size", "2", "--device", "cpu", "--out", str(tmp_path / "out")]) == 0
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["overall"]["n"] == 2
@@ -296,3 +298,18 @@ def test_hub_ids_need_a_preset_and_fail_offline_in_one_line():
     with pytest.raises(ValueError, match="^cannot load Org/Missing: ") as e:
         VideoLLM.from_pretrained("Org/Missing", "timelens")
     assert "\n" not in str(e.value)
+
+
+def test_prompts_follow_each_presets_order_system_turn_and_prefix(folders, clips):
+    base = VideoLLM.from_pretrained(str(folders["qwen2.5-vl"]), dtype="float32")
+    tok = base.processor.tokenizer
+    for name in ("videochat-r1", "time-r1"):
+        p = small(VideoLLM.from_pretrained(str(folders["qwen2.5-vl"]), name, dtype="float32")).processor
+        ids, types = p.prompt(p.video_inputs(clips[1]), QUERY)
+        text = tok.decode(ids)
+        video = text.index("<|vision_start|>")
+        question = text.index(QUERY)
+        assert text.startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n")
+        assert (question < video) == (name == "videochat-r1")       # VideoChat-R1 puts its text before the video
+        assert text.endswith("<|im_start|>assistant\n" + ("<think>\n</think>\n" if name == "time-r1" else ""))
+        assert len(ids) == len(types) and types.count(2) == text.count("<|video_pad|>")
