@@ -92,15 +92,30 @@ def mkv_many_packets(path: Path, n: int, codec: str = "mpeg4", keyframes: bool =
     return path
 
 
+FLAC_BLOCK = 4608   # samples per FLAC packet the builders write
+LAYOUTS = {1: "mono", 2: "stereo", 8: "7.1"}
+
+
+def flac_block(rate: int, channels: int) -> bytes:
+    """One FLAC packet of FLAC_BLOCK silent samples at ``rate`` Hz in ``channels`` channels."""
+    return _flac(rate, channels)[0]
+
+
+def _flac(rate: int, channels: int) -> tuple[bytes, bytes]:
+    """The packet of :func:`flac_block` and the codec's extradata."""
+    enc = av.CodecContext.create("flac", "w")
+    enc.sample_rate, enc.layout, enc.format = rate, LAYOUTS[channels], "s16"
+    frame = av.AudioFrame.from_ndarray(np.zeros((1, FLAC_BLOCK * channels), np.int16), format="s16",
+                                       layout=enc.layout)
+    frame.sample_rate, frame.pts = rate, 0
+    coded = [bytes(p) for p in enc.encode(frame)] + [bytes(p) for p in enc.encode(None)]
+    return coded[0], bytes(enc.extradata)
+
+
 def one_frame_then_audio(path: Path, seconds: float, rate: int = 192_000, channels: int = 8) -> Path:
     """One 16x16 MJPEG frame at t = 0, then ``seconds`` of silent FLAC at ``rate`` Hz in ``channels``
     channels (one encoded block muxed again and again), in a Matroska file without a duration."""
-    enc = av.CodecContext.create("flac", "w")
-    enc.sample_rate, enc.layout, enc.format = rate, {1: "mono", 2: "stereo", 8: "7.1"}[channels], "s16"
-    block = 4608
-    frame = av.AudioFrame.from_ndarray(np.zeros((1, block * channels), np.int16), format="s16", layout=enc.layout)
-    frame.sample_rate, frame.pts = rate, 0
-    coded = [bytes(p) for p in enc.encode(frame)] + [bytes(p) for p in enc.encode(None)]
+    block, extradata = _flac(rate, channels)
     jpeg = av.CodecContext.create("mjpeg", "w")
     jpeg.width = jpeg.height = 16
     jpeg.pix_fmt, jpeg.time_base = "yuvj420p", Fraction(1, 1)
@@ -113,15 +128,15 @@ def one_frame_then_audio(path: Path, seconds: float, rate: int = 192_000, channe
         v.width = v.height = 16
         v.pix_fmt = "yuvj420p"
         a = out.add_stream("flac", rate=rate)
-        a.layout = enc.layout
-        a.codec_context.extradata = enc.extradata
+        a.layout = LAYOUTS[channels]
+        a.codec_context.extradata = extradata
         p = av.Packet(image[0])
         p.stream, p.time_base, p.pts, p.dts, p.duration = v, Fraction(1, 1000), 0, 0, 1000
         out.mux(p)
-        for k in range(int(seconds * rate / block)):
-            p = av.Packet(coded[0])
+        for k in range(int(seconds * rate / FLAC_BLOCK)):
+            p = av.Packet(block)
             p.stream, p.time_base = a, Fraction(1, rate)
-            p.pts = p.dts = k * block
+            p.pts = p.dts = k * FLAC_BLOCK
             out.mux(p)
         out.close()
     return path

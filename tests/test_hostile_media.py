@@ -165,3 +165,15 @@ def test_probe_refuses_a_stream_without_keyframes_early(tmp_path):
         probe(path)
     with pytest.raises(MediaError, match=r"holds more than 100 video packets \(MediaLimits\.max_packets\)"):
         probe(H.h264_frames(tmp_path / "v.mkv", 16, frames=120, fps=25), MediaLimits(max_packets=100))
+
+
+def test_held_audio_is_bounded_in_bytes_too(tmp_path, monkeypatch):
+    path = H.one_frame_then_audio(tmp_path / "audio.mkv", seconds=120)
+    monkeypatch.setattr(decode_mod, "MAX_HELD_AUDIO_BYTES", 20_000)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        clip = decode_clip(path, size=8)
+    held = [str(w.message) for w in caught if "not decoded" in str(w.message)]
+    assert clip.has_audio and len(held) == 1
+    count = int(held[0].split(" ahead of the video for ")[1].split(" packets")[0].replace(",", ""))
+    assert count < decode_mod.MAX_HELD_AUDIO and count * len(H.flac_block(192_000, 8)) > 20_000

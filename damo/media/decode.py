@@ -64,7 +64,8 @@ MAX_UNKEYED = 10_000          # video packets read without a keyframe before the
 MAX_HELD_PACKETS = 1024       # a GOP is held (to skip what no pick needs) up to this many packets
 MAX_HELD_BYTES = 64 << 20     # or bytes; past either it is decoded as it comes
 AUDIO_LEAD_S = 30.0           # audio is decoded at most this far past the latest video packet
-MAX_HELD_AUDIO = 4096         # audio packets held back for the video to catch up; more drop the audio
+MAX_HELD_AUDIO = 4096         # audio packets held back for the video to catch up; more stop the audio
+MAX_HELD_AUDIO_BYTES = 64 << 20   # or bytes
 MIN_THREADED_PIXELS = 400 * 300
 MIN_THREADED_BYTES = 3000
 Mode = Literal["auto", "sequential"]
@@ -529,16 +530,18 @@ class _AudioGate:
 
     Audio more than AUDIO_LEAD_S past the latest video packet is held until the video catches up
     (demuxers interleave streams within seconds); past the declared duration it is never decoded,
-    and a track still running ahead after MAX_HELD_AUDIO packets is decoded no further (with a
-    warning; what was decoded stays). One video frame followed by ten hours of 192 kHz audio thus
-    costs 30 s of audio and a few thousand held packets, not hours of decoding. A packet past the
-    media limits ends the track (MediaError, which the caller turns into a warning).
+    and a track still running ahead after MAX_HELD_AUDIO packets (or MAX_HELD_AUDIO_BYTES) is
+    decoded no further (with a warning; what was decoded stays). One video frame followed by ten
+    hours of 192 kHz audio thus costs 30 s of audio and a few thousand held packets, not hours of
+    decoding. A packet past the media limits ends the track (MediaError, which the caller turns
+    into a warning).
     """
 
     def __init__(self, track: AudioTrack, origin: float, declared: float | None, video: "_Video"):
         self.track, self.origin, self.declared, self.video = track, origin, declared, video
         self.tb = float(track.stream.time_base) if track.stream.time_base else 0.0
         self.held: deque[tuple[float | None, av.Packet]] = deque()
+        self.held_bytes = 0
         self.stopped = False
 
     def _lead(self) -> float:
@@ -565,9 +568,10 @@ class _AudioGate:
                 return                    # past the declared end: cut from the clip anyway
         if self.held or (t is not None and t > self._lead()):
             self.held.append((t, packet))
-            if len(self.held) > MAX_HELD_AUDIO:
+            self.held_bytes += packet.size
+            if len(self.held) > MAX_HELD_AUDIO or self.held_bytes > MAX_HELD_AUDIO_BYTES:
                 warnings.warn(f"{self.track.name}: audio after {self._lead():.1f} s not decoded: it runs more than "
-                              f"{AUDIO_LEAD_S:g} s ahead of the video for {MAX_HELD_AUDIO:,} packets (the video has "
+                              f"{AUDIO_LEAD_S:g} s ahead of the video for {len(self.held):,} packets (the video has "
                               "ended, or the file is not interleaved)", stacklevel=4)
                 self.held.clear()
                 self.stopped = True
@@ -579,7 +583,9 @@ class _AudioGate:
         """Decode the held packets the video has now caught up with."""
         lead = self._lead()
         while self.held and (self.held[0][0] is None or self.held[0][0] <= lead):
-            self.track.packet(self.held.popleft()[1])
+            packet = self.held.popleft()[1]
+            self.held_bytes -= packet.size
+            self.track.packet(packet)
 
 
 def _decode(path: Path, fps: float, size: int | None, skip: bool, limits: MediaLimits,
