@@ -13,7 +13,7 @@ from damo.data.collate import Collator
 from damo.model.batch import Batch
 from damo.model.processing import DamoProcessor, frame_targets, response_text
 from damo.model.encoders import TinyAudioEncoder, TinyViT
-from damo.model.evidence import decode_interval, salient_frames
+from damo.model.evidence import salient_frames
 from damo.model.fuseformer import TemporalFuseformer
 from damo.model.modeling_damo import DamoModel
 from damo.model.residual import GlobalResidual
@@ -89,12 +89,13 @@ def test_salient_run_and_interval_decoding():
     # threshold 0.6 x 0.95 = 0.57 keeps frames 1-3 (mean 0.75, sum 2.25) and frame 5 (0.95)
     assert salient_frames(s, 0.6) == (5, 5)                  # official find_and_merge: highest mean
     assert salient_frames(s, 0.6, "sum") == (1, 3)           # highest sum: the longer run wins
-    start, end, score = decode_interval(s, fps=1.0, duration=6.5, threshold=0.6, rank="sum")
-    assert (start, end) == (1.0, 4.0) and score == pytest.approx((0.7 + 0.9 + 0.65) / 3)
+    tok = train_tokenizer(["a b"], 300)
+    proc = DamoProcessor(tok)
+    assert proc.run_span(*salient_frames(s, 0.6, "sum"), 1, 6.5) == [1.0, 4.0]     # frames 1-3: their windows
     # a high threshold keeps only the peak; the end is clipped to the duration
-    assert decode_interval(s, 1.0, 5.5, threshold=0.99)[:2] == [5.0, 5.5]
+    assert proc.run_span(*salient_frames(s, 0.99), 1, 5.5) == [5.0, 5.5]
     # at 2 fps a frame covers half a second
-    assert decode_interval(s, 2.0, 10.0, 0.6, rank="sum")[:2] == [0.5, 2.0]
+    assert DamoProcessor(tok, fps=2.0).run_span(*salient_frames(s, 0.6, "sum"), 1, 10.0) == [0.5, 2.0]
     with pytest.raises(ValueError, match="decode"):
         salient_frames(s, 0.6, "max")
 

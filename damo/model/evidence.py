@@ -96,13 +96,6 @@ def salient_frames(scores: np.ndarray, threshold: float = 0.6, rank: str = "mean
     return (best[0][0], best[-1][1]) if rank == "mean" else best[0]   # "sum": ties go to the earliest run
 
 
-def decode_interval(scores: np.ndarray, fps: float, duration: float, threshold: float = 0.6,
-                    rank: str = "mean") -> list[float]:
-    """Frame scores ``(T,)`` -> ``[start, end, score]`` in seconds (score = mean over the run)."""
-    a, b = salient_frames(scores, threshold, rank)
-    return [a / fps, min(duration, (b + 1) / fps), float(scores[a:b + 1].mean())]
-
-
 def capture_weights(targets: torch.Tensor) -> torch.Tensor:
     """Which frame tokens' states semantic capture averages for each ``<evi>``: ``(N, T)`` targets ->
     0/1 weights on the tokens at the row's highest target, i.e. the ground-truth span's frames for
