@@ -20,7 +20,7 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLIm
 from damo.media.decode import decode_clip
 from damo.model.presets import get_preset
 from damo.model.vlm import FAMILIES
-from damo.model.vlm_video import VideoSpec, pick_frames, pixel_bounds, video_pixels
+from damo.model.vlm_video import VideoSpec, frame_count, pick_frames, pixel_bounds, video_pixels
 
 PATCH = {"qwen2_5_vl": 14, "qwen3_vl": 16, "qwen2_5_omni_thinker": 14}
 
@@ -57,7 +57,7 @@ def main() -> None:
         except Exception as e:      # a shared file that does not decode is reported, not benchmarked
             print(f"{path.name:<28} skipped: {e}")
             continue
-        frames = clip.frames[pick_frames(clip.num_frames, spec)]
+        frames = clip.frames[pick_frames(clip.num_frames, frame_count(clip.duration, spec))]
         ours_t, peer_t = [], []
         for _ in range(args.rounds):
             t0 = time.perf_counter()

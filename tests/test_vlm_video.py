@@ -39,7 +39,7 @@ def reference(frames: np.ndarray, spec: VideoSpec) -> tuple[torch.Tensor, tuple[
 def test_pixels_and_grid_equal_the_pil_image_processor(shared_data, name, spec):
     clip = decode_clip(shared_data / "videos" / name, fps=spec.fps, size=None, audio=False)
     ours = video_pixels(clip.frames, clip.times, clip.duration, spec)
-    frames = clip.frames[pick_frames(clip.num_frames, spec)]
+    frames = clip.frames[pick_frames(clip.num_frames, frame_count(clip.duration, spec))]
     ref, grid = reference(frames, spec)
     assert ours.grid_thw == grid
     assert ours.pixel_values.shape == ref.shape
@@ -57,10 +57,12 @@ def test_smart_resize_is_qwens_rule():
 
 def test_frame_limits_and_budget():
     spec = VideoSpec(fps=2.0, min_frames=4, max_frames=768)
-    assert frame_count(1, spec) == 4               # too short: frames repeated up to min_frames
-    assert frame_count(9, spec) == 8               # even: two frames per temporal patch
+    assert frame_count(0.5, spec) == 4             # too short: at least min_frames
+    assert frame_count(4.9, spec) == 8             # 9.8 frames at 2 fps, down to whole temporal patches
+    assert frame_count(30.65, spec) == 60          # 61.3 frames: 60, as qwen-vl-utils takes for this clip
     assert frame_count(5000, spec) == 768
-    assert list(pick_frames(3, spec)) == [0, 1, 1, 2]
+    assert list(pick_frames(3, 4)) == [0, 1, 1, 2]                # fewer decoded than fed: a frame repeats
+    assert list(pick_frames(62, 60)[[0, 1, -1]]) == [0, 1, 61]     # first to last
     # a long clip shares the total budget: 768 frames of at most 128000 * 0.9 * 784 * 2 / 768 pixels each
     lo, hi = pixel_bounds(768, spec)
     assert (lo, hi) == (128 * 784, int(128000 * 28 * 28 * 0.9 / 768 * 2))
@@ -72,7 +74,7 @@ def test_frame_limits_and_budget():
 def test_times_follow_the_frames_fed(shared_data):
     clip = decode_clip(shared_data / "videos" / "charades_0F7LW.mp4", fps=1.0, size=64, audio=False)
     v = video_pixels(clip.frames, clip.times, clip.duration, QWEN25)
-    idx = pick_frames(clip.num_frames, QWEN25)
+    idx = pick_frames(clip.num_frames, frame_count(clip.duration, QWEN25))
     np.testing.assert_allclose(v.times, clip.times[idx])
     assert v.patch_times() == pytest.approx([(clip.times[idx][i] + clip.times[idx][i + 1]) / 2
                                              for i in range(0, len(idx), 2)])

@@ -12,7 +12,8 @@ The sizing rule is qwen-vl-utils' (``qwen_vl_utils/vision_process.py``, QwenLM/Q
 96588727e44c78b25ba03ea03b8e12f7e64fd0da, ``smart_nframes`` and ``fetch_video``), the video path
 the Qwen models and the leaders' checkpoints built on them are run with:
 
-- frames: ``fps`` per second, at least ``min_frames`` and at most ``max_frames``, an even number;
+- frames: ``duration x fps``, at least ``min_frames`` and at most ``max_frames``, an even number, spread
+  evenly from the first decoded frame to the last;
 - pixels per frame: ``smart_resize`` within ``[min_pixels, max_pixels]``, where ``max_pixels`` is
   also capped by the clip's budget ``total_pixels / frames x 2`` (never below 1.05 x ``min_pixels``);
 - bicubic resize, scale to [0, 1], normalise with the model's mean and std.
@@ -79,12 +80,13 @@ def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixe
     return h, w
 
 
-def frame_count(available: int, spec: VideoSpec) -> int:
-    """Frames fed to the model out of ``available`` decoded at ``spec.fps``: within the frame limits,
-    even (two frames make a temporal patch), and never fewer than one temporal patch."""
+def frame_count(duration: float, spec: VideoSpec) -> int:
+    """Frames fed for a clip of ``duration`` seconds (qwen-vl-utils ``smart_nframes``): ``duration x fps``
+    within the frame limits (the lower one rounded up, the upper one down, to whole temporal patches),
+    rounded down to whole temporal patches (two frames each)."""
     t = spec.temporal_patch
     lo, hi = math.ceil(spec.min_frames / t) * t, max(t, spec.max_frames // t * t)
-    return max(t, min(max(available, lo), hi) // t * t)
+    return max(t, int(min(max(duration * spec.fps, lo), hi)) // t * t)
 
 
 def pixel_bounds(frames: int, spec: VideoSpec) -> tuple[int, int]:
@@ -100,10 +102,9 @@ def frame_size(height: int, width: int, frames: int, spec: VideoSpec) -> tuple[i
     return smart_resize(height, width, spec.factor, lo, hi)
 
 
-def pick_frames(available: int, spec: VideoSpec) -> np.ndarray:
-    """Indices of the frames fed, spread evenly over the ``available`` decoded ones (a frame is
-    repeated when a clip is shorter than ``min_frames`` frames)."""
-    n = frame_count(available, spec)
+def pick_frames(available: int, n: int) -> np.ndarray:
+    """Indices of ``n`` frames spread evenly over the ``available`` decoded ones, first to last (a frame
+    repeats when fewer were decoded, as for a clip shorter than ``min_frames / fps``)."""
     return np.linspace(0, available - 1, n).round().astype(np.int64)
 
 
@@ -163,7 +164,7 @@ class VideoPixels:
 
 def video_pixels(frames: np.ndarray, times: np.ndarray, duration: float, spec: VideoSpec) -> VideoPixels:
     """Decoded frames ``(T, H, W, 3)`` uint8 at ``spec.fps`` with their times -> the model's pixels."""
-    idx = pick_frames(frames.shape[0], spec)
+    idx = pick_frames(frames.shape[0], frame_count(duration, spec))
     h, w = frame_size(frames.shape[1], frames.shape[2], len(idx), spec)
     rows, grid = patchify(normalise(frames[idx], (h, w), spec), spec)
     return VideoPixels(torch.from_numpy(rows), grid, np.asarray(times, np.float64)[idx], float(duration))
