@@ -528,14 +528,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import damo
     from damo.app.serve import run
 
+    from damo.model.presets import checkpoint_type
+
     _setup_torch()
     model_dir = Path(args.model)
-    if not (model_dir / "model.safetensors").is_file():
+    if not args.preset and not checkpoint_type(model_dir) and not (model_dir / "model.safetensors").is_file():
         raise SystemExit(f"no trained model in {model_dir}; run `damo demo` first or pass --model DIR")
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: serving on {args.host}: anyone who can reach this address can upload files", file=sys.stderr)
     try:
-        run(damo.load(model_dir, dtype=args.dtype), Path(args.examples_dir), args.host, args.port, examples=args.examples,
+        grounder = damo.load(args.model, dtype=args.dtype, preset=args.preset)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+    try:
+        run(grounder, Path(args.examples_dir), args.host, args.port, examples=args.examples,
             max_upload_mb=args.max_upload_mb, max_seconds=args.max_seconds)
     except OSError as e:
         raise SystemExit(f"cannot serve on {args.host}:{args.port} ({e.strerror or e}); try another --port") from None
@@ -764,6 +770,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--max-upload-mb", type=float, default=200.0, help="largest accepted upload")
     v.add_argument("--max-seconds", type=float, default=300.0, help="longest a question may wait for its answer")
     _dtype_option(v)
+    _preset_option(v)
     v.set_defaults(fn=cmd_serve)
 
     x = sub.add_parser("export", help="write a trained model's LLM (LoRA merged) as a plain transformers folder")

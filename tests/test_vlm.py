@@ -313,3 +313,10 @@ def test_prompts_follow_each_presets_order_system_turn_and_prefix(folders, clips
         assert (question < video) == (name == "videochat-r1")       # VideoChat-R1 puts its text before the video
         assert text.endswith("<|im_start|>assistant\n" + ("<think>\n</think>\n" if name == "time-r1" else ""))
         assert len(ids) == len(types) and types.count(2) == text.count("<|video_pad|>")
+
+
+def test_serve_takes_a_preset(tmp_path):
+    (tmp_path / "config.json").write_text('{"vision": {}, "llm": {}}')
+    with pytest.raises(SystemExit) as e:
+        main(["serve", "--model", str(tmp_path), "--preset", "timelens"])
+    assert str(e.value).startswith(f"error: {tmp_path} holds no qwen2_5_vl, qwen3_vl")
