@@ -60,11 +60,13 @@ def main(argv: list[str]) -> int:
     path, fps, size, max_frames, cache_dir, memory_mb = argv
     limit = int(memory_mb) << 20
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    import av
+
     from damo.media import MediaError
 
     try:
         out = check(Path(path), float(fps), int(size), int(max_frames), Path(cache_dir))
-    except (MediaError, ValueError) as e:
+    except (MediaError, ValueError, av.FFmpegError) as e:
         out = {"error": str(e)}
     except MemoryError:
         out = {"error": f"decoding it needs more than {memory_mb} MB"}
