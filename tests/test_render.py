@@ -3,6 +3,7 @@ their LLMs' chat templates, and where frames sit in time (``frame_times``)."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from damo.media.decode import decode_clip
 from damo.model.modeling_damo import VIDEO_ATTENTION, DamoConfig, DamoModel
 from damo.model.processing import DamoProcessor, ProcessorConfig, frame_targets, generation_of
 from damo.model.tokenizer import train_tokenizer
-from helpers import clip, tiny_cfg
+from helpers import TINY_MODEL, clip, tiny_cfg
 
 QUERY = "a person is putting a book on a shelf"
 PHI3_PROMPT = ("<|system|>\nYou are a helpful AI assistant.<|end|>\n<|user|>\n{video}\n" + QUERY
@@ -295,3 +296,23 @@ def test_render_reads_a_real_videos_own_frame_times(tmp_path, capsys, shared_dat
     # frames at i s, each the picture nearest (6.1 pictures per second in this file)
     assert len(t) == 31 and np.abs(t - np.arange(31)).max() < 0.082
     assert r["targets"][:7] == [0, 0, 0, 1, 1, 1, 0]
+
+
+def test_lape_on_the_grid_before_the_packer_packs_in_the_llm_width():
+    torch.manual_seed(0)
+    cfg = DamoConfig.from_dict(TINY_MODEL | {
+        "llm": TINY_MODEL["llm"] | {"hidden": 48}, "time_encoding": "lape", "time_bins": 8, "response": "coupled", "query_aware": False, "lape_at": "grid",
+        "compressor": {"kind": "stp", "placement": "llm", "budget": 40, "k_min": 1, "k_max": 4,
+                       "options": {"heads": 2, "fast_side": 1, "stride": 2}}})
+    model = DamoModel(cfg, train_tokenizer([QUERY], 300)).eval()
+    C = model.llm.config.hidden_size
+    assert C != cfg.fuser.width and model.video.compressor.stream.shape == (2, C)
+    cl = clip(4, 0)
+    batch = model.processor.generation_batch([cl], [QUERY])
+    later = model.processor.generation_batch([replace(cl, times=cl.times + 1.5)], [QUERY])
+    with torch.no_grad():
+        e, q, _ = model.video_embeddings(batch)
+        e2, q2, _ = model.video_embeddings(later)
+    assert e.shape[-1] == C and not torch.allclose(e, e2)      # the frames' times reach the packed tokens
+    with pytest.raises(ValueError, match="lape_at grid .* needs time_encoding lape"):
+        DamoConfig.from_dict({"lape_at": "grid"})

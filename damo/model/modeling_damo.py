@@ -185,6 +185,7 @@ class DamoConfig:
     query_aware: bool = True   # frame tokens carry their match with the question in the stage-1 alignment space
     video_attention: str = "causal"  # causal | bidirectional: video placeholders attend each other both ways (VIDEO_ATTENTION)
     coordinate_decode: str = "interpolate"  # interpolate (two anchors) | argmax (the chosen anchor): a generated LAPE token's value
+    lape_at: str = "tokens"         # tokens: LAPE on the tokens the LLM reads | grid: on each frame's grid before the packer (LLaVA-ST)
     time_text: str = "seconds"      # seconds | braces: a span in a text answer, "3.0 - 5.0 seconds" or "{<t_3><t_5>}" (processing.TIME_TEXTS)
     stream_order: str = "slow_first"  # slow_first | fast_first: the packer's streams in the prompt (processing.STREAM_ORDERS)
     uniform_frames: int = 0         # 0: frames at fps; N >= 2: exactly N frames, uniformly from the first picture to the last
@@ -218,6 +219,12 @@ class DamoConfig:
             raise ValueError(f"model.compressor.placement must be one of {PLACEMENTS}, got {cfg.compressor.placement!r}")
         if cfg.evidence.decode not in DECODERS:
             raise ValueError(f"model.evidence.decode must be one of {DECODERS}, got {cfg.evidence.decode!r}")
+        if cfg.lape_at not in ("tokens", "grid"):
+            raise ValueError(f"model.lape_at must be tokens or grid, got {cfg.lape_at!r}")
+        if cfg.lape_at == "grid" and not (cfg.time_encoding == "lape" and cfg.compressor.placement == "llm"
+                                          and not cfg.query_aware):
+            raise ValueError("model.lape_at grid adds LAPE to the frames' grids before a compressor at the LLM: it needs "
+                             "time_encoding lape, compressor.placement llm and query_aware false")
         if cfg.coordinate_decode not in ("interpolate", "argmax"):
             raise ValueError(f"model.coordinate_decode must be interpolate or argmax, got {cfg.coordinate_decode!r}")
         if cfg.video_attention not in VIDEO_ATTENTION:
@@ -309,11 +316,17 @@ class VideoEncoder(nn.Module):
         if self.at_llm and fc.frame_tokens != 1:
             raise ValueError("with compressor.placement llm the compressor sets the tokens per frame: "
                              f"set fuser.frame_tokens to 1 (got {fc.frame_tokens})")
-        self.compressor = build_compressor(cc.kind, D, tokens_in=fc.visual_tokens, budget=cc.budget, k_min=cc.k_min,
-                                           k_max=cc.k_max, seed=cc.seed, **cc.options)
+        self.compressor = self.make_compressor(cfg, D)
         self.fuseformer = TemporalFuseformer(D, fc.blocks, fc.heads, fc.visual_queries, fc.audio_queries,
                                              fc.fusion_tokens, fc.frame_tokens, cfg.max_frames, fc.window,
                                              grid=self.at_llm)
+
+    @staticmethod
+    def make_compressor(cfg: DamoConfig, width: int) -> nn.Module:
+        """The config's compressor for tokens ``width`` wide (the fuser's; the LLM's under ``lape_at: grid``)."""
+        cc = cfg.compressor
+        return build_compressor(cc.kind, width, tokens_in=cfg.fuser.visual_tokens, budget=cc.budget, k_min=cc.k_min,
+                                k_max=cc.k_max, seed=cc.seed, **cc.options)
 
     def forward(self, frames: torch.Tensor, mel: torch.Tensor, frame_mask: torch.Tensor,
                 vision: torch.Tensor | None = None, audio: torch.Tensor | None = None):
@@ -446,6 +459,8 @@ class DamoModel(nn.Module):
         rms = 1.0 if w.is_meta else float(w.detach().float().pow(2).mean().sqrt())
         C = self.llm.config.hidden_size
         self.connector = Connector(cfg, C, rms, time_map=self.processor.time.sinusoid)
+        if cfg.lape_at == "grid":          # the packer works on projected grids, in the LLM's width (LLaVA-ST)
+            self.video.compressor = self.video.make_compressor(cfg, C)
         self.evidence = EvidenceHead(C, cfg.evidence.dim, cfg.evidence.hidden, cfg.evidence.norm)
         n_layers = self.llm.config.get_text_config().num_hidden_layers
         if not -(n_layers + 1) <= cfg.evidence.capture_layer <= n_layers:
@@ -473,7 +488,10 @@ class DamoModel(nn.Module):
 
         Time reaches the frame tokens per ``time_encoding``: ``sinusoid`` adds a learned map of a
         sinusoid of the seconds before the projector; ``lape`` adds LLaVA-ST's LAPE after it
-        (:meth:`lape`); ``timestamp`` writes the time as text in the prompt
+        (:meth:`lape`), or with ``lape_at: grid`` to each frame's projected grid before the packer, which
+        then packs in the LLM's width, as LLaVA-ST's code does (appletea233/LLaVA-ST bacf6d6,
+        llava/model/llava_arch.py ``encode_images``: mm_projector, LAPE, vision_resampler); ``timestamp``
+        writes the time as text in the prompt
         instead (:meth:`~damo.model.processing.DamoProcessor.prompt`) and ``none`` gives no time at all.
         """
         b = batch
@@ -481,18 +499,21 @@ class DamoModel(nn.Module):
         frl, ml = pool_groups(fr, b.frame_mask, b.group)            # (B, T', K, D), (B, T')
         times = pool_groups(b.times, b.frame_mask, b.group)[0]      # (B, T')
         slow = None
+        grid = self.cfg.lape_at == "grid"
         if self.video.at_llm:
             k, side = self.processor.budget.split(frl.shape[1])
-            frl, slow = self.video.compressor.pack(frl, ml, k, side)   # (B, T', K, D), (B, G, s*s, D) or None
+            if grid:   # LLaVA-ST: projector, then LAPE on every frame's grid, then the packer (in the LLM's width)
+                frl = self.connector.projector(frl) + self.lape(times, b.duration, frl.shape[2])   # (B, T', L, C)
+            frl, slow = self.video.compressor.pack(frl, ml, k, side)   # (B, T', K, D or C), (B, G, s*s, D or C) or None
         qa = None
         if self.cfg.query_aware and b.query_ids is not None:
             qa = F.normalize(self.alignment.text_encoder(b.query_ids, b.query_mask), dim=-1)   # (B, d)
-        e = self.llm_tokens(frl, times, b.duration, qa)             # (B, T', K, C)
+        e = frl if grid else self.llm_tokens(frl, times, b.duration, qa)   # (B, T', K, C)
         q = self.connector.bridge_fusion(fu)                        # (B, F', C)
         if slow is None:
             return e, q, fr
         st = pool_groups(times, ml, self.video.compressor.stride)[0]   # each slow step's mean time (B, G)
-        se = self.llm_tokens(slow, st, b.duration, qa)              # (B, G, s*s, C)
+        se = slow if grid else self.llm_tokens(slow, st, b.duration, qa)   # (B, G, s*s, C)
         return e, torch.cat([q, se.flatten(1, 2)], 1), fr
 
     def llm_tokens(self, x: torch.Tensor, times: torch.Tensor, duration: torch.Tensor | None,
