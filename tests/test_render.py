@@ -316,3 +316,14 @@ def test_lape_on_the_grid_before_the_packer_packs_in_the_llm_width():
     assert e.shape[-1] == C and not torch.allclose(e, e2)      # the frames' times reach the packed tokens
     with pytest.raises(ValueError, match="lape_at grid .* needs time_encoding lape"):
         DamoConfig.from_dict({"lape_at": "grid"})
+
+
+def test_render_reads_a_saved_models_own_processor(tmp_path, charades, capsys):
+    cfg = tiny_cfg()
+    cfg.frame_times = "start"
+    DamoModel(cfg, train_tokenizer([QUERY, "It happens in"], 300)).save(tmp_path / "m")
+    r = render(capsys, "--model", str(tmp_path / "m"), "--data", str(charades))
+    assert r["frame_times"][:3] == [0.0, 1.0, 2.0] and r["targets"] == [0, 0, 0, 1, 1, 1, 0, 0, 0, 0]
+    assert r["prompt"].startswith("<bos>") and r["response"].endswith("<eos>")
+    with pytest.raises(SystemExit, match="needs one of --config .* or --model"):
+        main(["data", "render", "--config", "tiny", "--model", str(tmp_path / "m"), "--data", str(charades)])
