@@ -185,6 +185,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         recipe = load_recipe(args.recipe, args.set)
         if args.num_workers is not None:
             recipe.num_workers = args.num_workers
+        if args.init:
+            recipe.init = args.init
         run_recipe(recipe, args.workdir or Path("runs") / recipe.name, overwrite=args.overwrite, threads_per_stage=True)
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"damo train: {printable(e)}") from None
@@ -622,6 +624,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--workdir")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe override")
     t.add_argument("--num-workers", type=int, help="data-loader processes decoding videos ahead (recipe: num_workers)")
+    t.add_argument("--init", metavar="DIR", help="start from this saved model and run only the recipe's stages it "
+                                                 "was not trained through (recipe: init)")
     t.add_argument("--overwrite", action="store_true",
                    help="retrain finished stages whose recipe, config or data changed (default: stop and say what changed)")
     t.set_defaults(fn=cmd_train)

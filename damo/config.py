@@ -38,6 +38,11 @@ class FPOSettings:
         if self.focus not in FOCUS:
             raise ValueError(f"fpo.focus must be one of {FOCUS}, got {self.focus!r}")
 
+    @property
+    def reference(self) -> bool:
+        """Whether the loss compares with a frozen copy of the model (``dpo`` mode)."""
+        return self.mode == "dpo"
+
     @classmethod
     def from_dict(cls, d: dict) -> "FPOSettings":
         bad = set(d) - set(cls.__dataclass_fields__)
@@ -102,6 +107,7 @@ class Stage:
     save_every: int = 0                   # write a resumable checkpoint every N steps (0: only at the stage end)
     fpo: dict = field(default_factory=dict)   # FPO settings: beta, mode (reference_free | dpo), focus (event | sequence)
     pairs: str | None = None              # FPO stages: a `damo data prefs` JSONL (default: pairs made from the samples)
+    grpo: dict = field(default_factory=dict)  # GRPO settings (damo.train.grpo.GRPOSettings): group, rewards, ...
 
     def __post_init__(self):
         # every number is checked here, before any model is built: a learning rate above 1 sends
@@ -139,6 +145,7 @@ class Recipe:
     # decodes each clip afresh and writes nothing (a dataset of 100K videos is read about once per epoch)
     media_cache: str | None = None
     features: str | None = None           # folder of frozen-tower outputs: stages with frozen encoders read them
+    init: str | None = None               # a saved model to start from (damo train --init): see damo.train.recipe
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], base: Path | None = None) -> "Recipe":
@@ -156,7 +163,7 @@ class Recipe:
                 raise ValueError(f"stage {s.get('name', '?')!r}: unknown keys {sorted(bad)}; "
                                  f"valid: {sorted(Stage.__dataclass_fields__)}")
             out.append(Stage(**s))
-            _check_preference_settings(out[-1])
+            _check_loss_settings(out[-1])
         names = [s.name for s in out]
         if len(set(names)) != len(names):
             raise ValueError(f"stage names must be unique, got {names}")
@@ -167,9 +174,13 @@ class Recipe:
         return cls(stages=out, model=DamoConfig.from_dict(model), **d)
 
 
-def _check_preference_settings(stage: Stage) -> None:
+def _check_loss_settings(stage: Stage) -> None:
+    """Settings of a loss the stage does not use are a mistake (the grpo settings themselves are
+    parsed with the stage's losses when the recipe runs, :func:`damo.train.losses.stage_settings`)."""
     if (stage.fpo or stage.pairs) and "fpo" not in stage.losses:
         raise ValueError(f"stage {stage.name!r}: 'fpo' settings and 'pairs' belong to a stage with the fpo loss")
+    if stage.grpo and "grpo" not in stage.losses:
+        raise ValueError(f"stage {stage.name!r}: 'grpo' settings belong to a stage with the grpo loss")
     FPOSettings.from_dict(stage.fpo)
 
 

@@ -24,7 +24,11 @@ Memory per GPU (bytes; ``P`` all parameters, ``P_t`` trainable, ``A`` activation
   FSDP (full sharding) divides weights, gradients and moments by the GPU count and adds the
   largest unit gathered at once (twice, for prefetch);
 - activations ``micro_batch x A`` at bf16 (half the fp32 bytes the meta run records), plus a
-  fixed allowance for the CUDA context and allocator fragmentation (``OVERHEAD_GB``).
+  fixed allowance for the CUDA context and allocator fragmentation (``OVERHEAD_GB``);
+- a preference stage's clip is two rows (chosen and rejected); a GRPO stage's prompt is ``group``
+  rows teacher-forced at once, plus the KV cache of sampling them (bf16, every layer, prompt +
+  ``max_new_tokens`` positions); a loss with a frozen reference (FPO ``dpo``, GRPO ``beta > 0``)
+  adds that copy's weights in bf16 (``2 P``), unsharded.
 
 This is an estimate for planning (the order of magnitude and what dominates), not a measurement.
 """
@@ -50,7 +54,7 @@ from damo.model.vlm import VLMConfig
 from damo.model.vlm_video import VideoSpec
 from damo.model.processing import ClipTensors
 from damo.train.loop import StageLoss, set_trainable
-from damo.train.losses import NEEDS_LLM, PREFERENCE
+from damo.train.losses import stage_losses, stage_settings
 
 GB = 1024 ** 3
 OVERHEAD_GB = 2.0          # CUDA context, NCCL buffers, allocator fragmentation
@@ -156,9 +160,8 @@ def saved_bytes(model: DamoModel, stage: Stage, batch: Batch, checkpointing: boo
     running the backward to check it goes through."""
     _checkpointing(model, checkpointing)
     acc = [0]
-    use_llm = bool(NEEDS_LLM & set(stage.losses))
     with _count_saved(acc), torch.device("meta"):      # tensors the losses create go to meta too
-        total, _ = StageLoss(model, stage.losses, use_llm)(batch)
+        total = StageLoss(model, stage)(batch)[0]
     total.backward()
     model.zero_grad(set_to_none=True)
     return acc[0]
@@ -184,6 +187,14 @@ def activation_bytes(model: DamoModel, stage: Stage, frames: int, text_tokens: i
     return {"bytes": kept, "tokens": L}
 
 
+def kv_cache_bytes(model: DamoModel, rows: int, positions: int) -> int:
+    """bf16 keys and values of every LLM layer for ``rows`` sequences of ``positions`` tokens."""
+    llm = model.llm.get_base_model() if backbones.is_lora(model.llm) else model.llm
+    c = llm.config
+    head_dim = c.hidden_size // c.num_attention_heads
+    return 2 * 2 * c.num_hidden_layers * rows * positions * c.num_key_value_heads * head_dim
+
+
 def largest_unit(model: DamoModel) -> int:
     """Parameters of the largest FSDP unit gathered whole at once: a layer of any ``*layers`` list
     (:func:`damo.train.distributed.fsdp_units`), or the root with everything outside those layers."""
@@ -193,9 +204,10 @@ def largest_unit(model: DamoModel) -> int:
     return max(sizes + [sum(p.numel() for p in model.parameters()) - sum(sizes)])
 
 
-def memory_gb(total: int, trainable: int, act_fp32: int, gpus: int, micro_batch: int, unit: int) -> dict[str, float]:
+def memory_gb(total: int, trainable: int, act_fp32: int, gpus: int, micro_batch: int, unit: int,
+              reference: bool = False) -> dict[str, float]:
     """Per-GPU memory (GB) under DDP and FSDP; see the module docstring for the model."""
-    weights = 2 * (total - trainable) + 4 * trainable
+    weights = 2 * (total - trainable) + 4 * trainable + (2 * total if reference else 0)
     grads, adam = 4 * trainable, 8 * trainable
     act = micro_batch * act_fp32 / 2                   # bf16 autocast
     ddp = weights + grads + adam + 4 * trainable + act
@@ -231,13 +243,19 @@ def plan(cfg: DamoConfig, recipe: Recipe | None = None, opts: PlanOptions | None
         total = sum(c["total"] for c in counts.values())
         trainable = sum(c["trainable"] for c in counts.values())
         entry = {"modules": counts, "total": total, "trainable": trainable}
-        if PREFERENCE & set(st.losses):   # a preference pair is a chosen and a rejected row of the same clip
+        kind = stage_losses(st.name, st.losses)[0]
+        settings = [x for x in stage_settings(st).values() if x is not None]
+        if kind == "samples":
+            act = activation_bytes(model, st, frames, opts.text_tokens)
+        else:   # a preference pair: chosen and rejected rows of one clip; a GRPO prompt: its group's rows
             probe = Stage(name=st.name, losses={"lm": 1.0}, steps=1, trainable=st.trainable, tasks=st.tasks)
             act = activation_bytes(model, probe, frames, opts.text_tokens)
-            act["bytes"] *= 2
-        else:
-            act = activation_bytes(model, st, frames, opts.text_tokens)
-        mem = memory_gb(total, trainable, act["bytes"], opts.gpus, opts.micro_batch, unit)
+            rows = 2 if kind == "pairs" else settings[0].group
+            act["bytes"] *= rows
+            if kind == "rollouts":       # the sampling KV cache, in the fp32-equivalent bytes act counts
+                act["bytes"] += 2 * kv_cache_bytes(model, rows, act["tokens"] + settings[0].max_new_tokens)
+        mem = memory_gb(total, trainable, act["bytes"], opts.gpus, opts.micro_batch, unit,
+                        reference=any(x.reference for x in settings))
         entry |= {"tokens": act["tokens"], "activation_gb": round(act["bytes"] / 2 / GB, 2), "memory_gb": mem,
                   "fits": {k: v <= opts.gpu_gb for k, v in mem.items()}}
         out["stages"][st.name] = entry

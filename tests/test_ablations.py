@@ -112,10 +112,10 @@ def test_coupled_model_answers_with_text_spans():
     c = clip(6, 0)
     batch = col([(s, c)])
     opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
-    from damo.train.losses import lm
+    from damo.train.losses import LossInputs, lm
     for _ in range(400):                # memorise one answer
         opt.zero_grad()
-        loss = lm(m(batch), batch)
+        loss = lm(LossInputs(m(batch), batch))
         if loss.item() < 0.01:
             break
         loss.backward()

@@ -43,8 +43,10 @@ def test_stored_features_give_the_same_losses_and_answers(setup, tmp_path):
         a, b = col(items, random.Random(0)), col(items_f, random.Random(0))
         oa, ob = model(a), model(b)
         for name in ("lm", "grounding_bce", "consistency"):
-            assert float(losses.LOSSES[name](oa, a)) == pytest.approx(float(losses.LOSSES[name](ob, b)), abs=1e-5)
-        assert float(losses.contrastive(oa, a, model)) == pytest.approx(float(losses.contrastive(ob, b, model)), abs=1e-5)
+            assert float(losses.LOSSES[name].fn(losses.LossInputs(oa, a))) == pytest.approx(
+                float(losses.LOSSES[name].fn(losses.LossInputs(ob, b))), abs=1e-5)
+        assert float(losses.contrastive(losses.LossInputs(oa, a, model))) == pytest.approx(
+            float(losses.contrastive(losses.LossInputs(ob, b, model))), abs=1e-5)
     q = [s.query for s in samples[:4]]
     assert model.answer([c for _, c in items[:4]], q, 8) == model.answer([c for _, c in items_f[:4]], q, 8)
 

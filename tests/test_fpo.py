@@ -16,7 +16,8 @@ from damo.data.preference import validate_pair
 from damo.model.modeling_damo import DamoModel
 from damo.model.tokenizer import train_tokenizer
 from damo.train import losses
-from damo.train.fpo import (FPOSettings, batch_logprob, chosen_view, focus_masks, fpo, fpo_loss, fpo_result,
+from damo.train.losses import LossInputs, fpo
+from damo.train.fpo import (FPOSettings, batch_logprob, chosen_view, focus_masks, fpo_loss, fpo_result,
                             interval_logprob, pair_batch, sequence_logprob, split_pairs, token_logprob)
 from helpers import clip, tiny_cfg
 
@@ -215,8 +216,8 @@ def test_fpo_steps_on_a_tiny_model_widen_the_preference_margin():
     assert b.labels.shape[0] == 3 and len(b.evi_batch) == len(chosen_only.evi_batch)
     assert torch.equal(b.cons_pairs, chosen_only.cons_pairs)
     for name in ("lm", "grounding_bce", "consistency"):
-        assert float(losses.LOSSES[name](o, b)) == pytest.approx(float(losses.LOSSES[name](o2, chosen_only)),
-                                                                 rel=1e-4)
+        fn = losses.LOSSES[name].fn
+        assert float(fn(LossInputs(o, b))) == pytest.approx(float(fn(LossInputs(o2, chosen_only))), rel=1e-4)
 
     before = margin()
     g0 = grounding()
@@ -224,7 +225,7 @@ def test_fpo_steps_on_a_tiny_model_widen_the_preference_margin():
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     model.train()
     for _ in range(4):
-        loss = fpo(model(batch), batch, FPOSettings(focus="sequence"))
+        loss = fpo(LossInputs(model(batch), batch, settings=FPOSettings(focus="sequence")))
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -265,7 +266,7 @@ def test_fpo_on_synthesized_pairs_of_rendered_synthetic_videos():
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     model.train()
     for _ in range(3):
-        loss = fpo(model(batch), batch, FPOSettings(focus="sequence"))
+        loss = fpo(LossInputs(model(batch), batch, settings=FPOSettings(focus="sequence")))
         opt.zero_grad()
         loss.backward()
         opt.step()

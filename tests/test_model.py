@@ -107,8 +107,8 @@ def test_grounding_bce_and_consistency_by_hand():
                   evi_targets=torch.tensor([[0.0, 1.0, 1.0]]), cons_pairs=torch.tensor([[0, 1]]))
     # padded third frame excluded: mean(-log(1 - s(0)), -log(s(2)))
     want = (math.log(2) + math.log(1 + math.exp(-2))) / 2
-    assert float(losses.grounding_bce(out, batch)) == pytest.approx(want, rel=1e-6)
-    assert float(losses.consistency(out, batch)) == pytest.approx((0.5 + 1.0) / 2)
+    assert float(losses.grounding_bce(losses.LossInputs(out, batch))) == pytest.approx(want, rel=1e-6)
+    assert float(losses.consistency(losses.LossInputs(out, batch))) == pytest.approx((0.5 + 1.0) / 2)
 
 
 def test_lm_loss_ignores_prompt_tokens():
@@ -116,7 +116,7 @@ def test_lm_loss_ignores_prompt_tokens():
     logits[0, 1, 2] = 5.0   # position 1 predicts token at position 2
     batch = Batch(labels=torch.tensor([[-100, -100, 2]]))
     want = -math.log(math.exp(5) / (math.exp(5) + 3))
-    assert float(losses.lm({"logits": logits}, batch)) == pytest.approx(want, rel=1e-6)
+    assert float(losses.lm(losses.LossInputs({"logits": logits}, batch))) == pytest.approx(want, rel=1e-6)
 
 
 def test_response_format_follows_grounding_then_answering():
@@ -160,7 +160,7 @@ def test_forward_grounds_every_evidence_token(model):
     out = model(b)
     assert out["evi_logits"].shape == (4, 6)
     assert out["logits"].shape[:2] == b.input_ids.shape
-    total = losses.lm(out, b) + losses.grounding_bce(out, b) + losses.consistency(out, b)
+    total = sum(f(losses.LossInputs(out, b)) for f in (losses.lm, losses.grounding_bce, losses.consistency))
     total.backward()
     assert model.video.vision.patchify.weight.grad is not None and model.evidence.query[0].weight.grad is not None
     model.zero_grad()
@@ -235,7 +235,7 @@ def test_contrastive_uses_a_hard_negative_from_the_same_video(model):
     assert sum(pos) == 2 and sum(neg) == 2 and not any(p and n for p, n in zip(pos, neg))
     assert not b.align_neg_mask[1].any()          # a one-span sample has no negative
     out = model(replace(b, input_ids=None))
-    loss = losses.contrastive(out, b, model)
+    loss = losses.contrastive(losses.LossInputs(out, b, model))
     assert torch.isfinite(loss) and loss > 0
 
 
@@ -433,7 +433,7 @@ def test_query_aware_frame_tokens_depend_on_the_question(model):
             none = model.video_embeddings(replace(ba, query_ids=None))[0]
         assert not torch.allclose(ea, eb) and not torch.allclose(ea, none)
         out = model(ba)
-        (losses.lm(out, ba) + losses.grounding_bce(out, ba)).backward()
+        (losses.lm(losses.LossInputs(out, ba)) + losses.grounding_bce(losses.LossInputs(out, ba))).backward()
         assert model.alignment.text_encoder.emb.weight.grad.abs().sum() > 0     # the question's embedding is trained
     finally:
         torch.nn.init.zeros_(model.connector.match_proj.weight)

@@ -263,11 +263,15 @@ def test_tiny_stand_in_trains_every_stage_and_changes_exactly_what_the_recipe_na
     for i, stage in enumerate(recipe.stages):
         stage.steps, stage.batch, stage.grad_accum, stage.warmup, stage.save_every = 2, 2, 1, 1, 0
         before = {k: v.clone() for k, v in model.named_parameters()}
-        run_stage(model, stage, samples, clips, i, progress=False)
+        stats = run_stage(model, stage, samples, clips, i, progress=False)
         named = {k for k in before if any(fnmatch.fnmatch(k, p) for p in stage.trainable)}
         moved = {k for k, v in model.named_parameters() if not torch.equal(before[k], v)}
         assert moved <= named, f"{stage.name}: {sorted(moved - named)[:5]} changed but the recipe does not train them"
         assert not any(k.startswith(("video.vision.", "video.audio.")) for k in moved)   # the frozen towers
+        if "grpo" in stage.losses and stats["zero_variance"] == 1.0:
+            # an untrained stand-in writes no span: every sampled group scores 0, so no gradient moves anything
+            assert not moved, stage.name
+            continue
         assert moved, stage.name
         if "llm.*lora_*" in stage.trainable:
             assert any("lora_B" in k for k in moved)

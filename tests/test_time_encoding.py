@@ -110,7 +110,7 @@ def test_lm_loss_uses_soft_targets_on_time_tokens(lape):
     torch.manual_seed(1)
     L, V = b.input_ids.shape[1], len(lape.tokenizer)
     logits = torch.randn(1, L, V)
-    got = losses.lm({"logits": logits}, b)
+    got = losses.lm(losses.LossInputs({"logits": logits}, b))
     # by hand: -log p(label) at ordinary response tokens, -(w . log p of the two anchors) at time tokens
     timed = {int(p) for p in b.coord_pos[:, 1]}
     terms = []
@@ -127,7 +127,7 @@ def test_lm_loss_uses_soft_targets_on_time_tokens(lape):
     assert got.item() == pytest.approx(torch.stack(terms).mean().item(), rel=1e-5)
     # without LAPE the same batch is plain cross-entropy on the hard labels
     plain = replace(b, coord_pos=None)
-    assert losses.lm({"logits": logits}, plain).item() != pytest.approx(got.item())
+    assert losses.lm(losses.LossInputs({"logits": logits}, plain)).item() != pytest.approx(got.item())
 
 
 def test_lape_answers_render_decoded_seconds(lape):

@@ -92,7 +92,7 @@ def test_fpo_stage_trains_on_preference_pairs(tmp_path):
 def test_preference_losses_cannot_mix_with_plain_ones(tmp_path):
     r = _recipe(1)
     r.stages[1].losses = {"fpo": 1.0, "lm": 1.0}
-    with pytest.raises(ValueError, match="mixes preference losses"):
+    with pytest.raises(ValueError, match=r"mixes losses that train on different batches \{'samples': \['lm'\], 'pairs': \['fpo'\]\}"):
         run_recipe(r, tmp_path, progress=False, log=lambda *_: None)
 
 

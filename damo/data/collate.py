@@ -15,7 +15,8 @@ import torch
 
 from damo.data.schema import Sample
 from damo.model.batch import Batch
-from damo.model.processing import ClipTensors, DamoProcessor, frame_positions, frame_targets, pad_rows, stack_clips
+from damo.model.processing import (ClipTensors, DamoProcessor, Encoded, VideoLayout, frame_positions, frame_targets,
+                                   pad_rows, stack_clips)
 
 
 def turns_of(s: Sample) -> list[dict]:
@@ -41,14 +42,30 @@ class Collator:
     def __call__(self, items: list[tuple[Sample, ClipTensors | None]], rng: random.Random | None = None) -> Batch:
         """``items`` pair samples with their clips; a clip of ``None`` makes a text-only batch (no
         video tokens, no evidence targets: a language warm-up for a from-scratch LLM)."""
-        proc, cfg = self.processor, self.processor.config
+        proc = self.processor
         batch = stack_clips([c for _, c in items])
-        T = batch.frames.shape[1]
-        lay = proc.layout(T)                               # frames per LLM frame token and tokens each, for the whole batch
-        g = lay.group
-        Tl = -(-T // g)
+        lay = proc.layout(batch.frames.shape[1])           # frames per LLM frame token and tokens each, for the whole batch
         encs = [proc.encode_turns(turns_of(s), None if c is None else c.times, float(s.duration), lay, f"sample {s.id}")
                 for s, c in items]
+        return self._pad(items, encs, batch, lay, rng)
+
+    def completions(self, items: list[tuple[Sample, ClipTensors]], completions: list[list[int]],
+                    evidence: list[list[dict]]) -> Batch:
+        """A batch of sampled responses: each sample's prompt followed by its generated token ids,
+        trained on the generated tokens; each generated ``<evi>`` targets the frames it grounded when
+        sampled (``evidence``, as :meth:`DamoModel.generate` returns it at a temperature)."""
+        proc = self.processor
+        batch = stack_clips([c for _, c in items])
+        lay = proc.layout(batch.frames.shape[1])
+        encs = [proc.encode_completion(s.query, c.times, lay, ids, [e["run"] for e in ev])
+                for (s, c), ids, ev in zip(items, completions, evidence)]
+        return self._pad(items, encs, batch, lay)
+
+    def _pad(self, items: list[tuple[Sample, ClipTensors | None]], encs: list[Encoded], batch: Batch,
+             lay: VideoLayout, rng: random.Random | None = None) -> Batch:
+        proc, cfg = self.processor, self.processor.config
+        T, g = batch.frames.shape[1], lay.group
+        Tl = -(-T // g)
         frame_pos, evi_mask = frame_positions([e.frame_pos for e in encs], Tl, lay.per_frame, [0] * len(encs))
         evi_b, evi_p, evi_y, pairs, coord_pos, coord_ids, coord_w = [], [], [], [], [], [], []
         for b, e in enumerate(encs):

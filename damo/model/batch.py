@@ -3,7 +3,8 @@
 B clips padded to T frames; T' frame tokens after grouping (``group`` frames each); L prompt (and
 response) tokens; N ``<evi>`` tokens over the whole batch; M LAPE coordinate tokens in the responses.
 The processor's ``generation_batch`` fills the clip and prompt fields; the training
-:class:`~damo.data.collate.Collator` fills the targets too; FPO adds its focus masks. Each field
+:class:`~damo.data.collate.Collator` fills the targets too; FPO adds its focus masks, GRPO its
+advantages. Each field
 says along which axis it is indexed (``per``: ``row``, ``evi``, ``coord`` or ``pair``, none for
 settings of the whole batch), so taking some rows (:meth:`Batch.rows`) keeps every field consistent.
 """
@@ -56,6 +57,11 @@ class Batch:
     # ---- FPO with focus: event (damo.train.fpo.focus_masks)
     fpo_tokens: Tensor | None = _per("row")  # (B, L) bool: tokens scored
     fpo_evi: Tensor | None = _per("evi")     # (N,) <evi> scored
+    # ---- GRPO rollouts (damo.train.grpo.Rollouts)
+    advantages: Tensor | None = _per("row")  # (B,) each completion's group-relative advantage
+    old_logp: Tensor | None = _per("row")    # (B, L - 1) token log-probs under the sampling policy
+    evi_actions: Tensor | None = _per("evi") # (N, T') the frames each sampled <evi> drew (0/1)
+    rollout_tokens: float | None = _per(None)  # completion tokens of the step's rollouts per micro-batch (dapo)
 
     @property
     def text_only(self) -> bool:

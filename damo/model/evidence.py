@@ -103,3 +103,16 @@ def capture_weights(targets: torch.Tensor) -> torch.Tensor:
     tokens, those most covered by the span."""
     top = targets.amax(1, keepdim=True)
     return ((targets >= top) & (top > 0)).to(targets.dtype)
+
+
+def sample_frames(logits: torch.Tensor, temperature: float = 1.0,
+                  generator: torch.Generator | None = None) -> tuple[np.ndarray, tuple[int, int] | None]:
+    """An ``<evi>`` token's frames drawn as a policy: each frame token independently with probability
+    ``sigmoid(logit / temperature)`` (``logits (T,)``), the product of Bernoullis whose log-probability
+    is D²VLM's eq. 6 (:func:`damo.train.fpo.interval_logprob` with the draw as target). Returns the
+    0/1 draw ``(T,)`` and its longest run ``(first, last)`` (the earliest on ties), the span the token
+    grounds; ``None`` when no frame was drawn."""
+    p = torch.sigmoid(logits.detach().float() / temperature)
+    z = torch.bernoulli(p, generator=generator).cpu().numpy()
+    runs = _runs(z > 0)
+    return z, max(runs, key=lambda r: r[1] - r[0]) if runs else None

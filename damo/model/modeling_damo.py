@@ -46,11 +46,11 @@ from damo.model.coordinates import (anchor_tables, decode_position, frame_time_e
                                     interpolate_anchors, register_propagation)
 from damo.model.encoders import Block
 from damo.model.compressors import PLACEMENTS, build_compressor, slow_steps
-from damo.model.evidence import (DECODERS, EvidenceHead, capture_weights, pool_groups,
+from damo.model.evidence import (DECODERS, EvidenceHead, capture_weights, pool_groups, sample_frames,
                                  salient_frames)
 from damo.model.fields import check_fields
 from damo.model.fuseformer import CrossBlock, TemporalFuseformer, sinusoid
-from damo.model.processing import STREAM_ORDERS, DamoProcessor, ProcessorConfig, next_tokens
+from damo.model.processing import STREAM_ORDERS, DamoProcessor, Generation, ProcessorConfig, next_tokens
 from damo.model.residual import GlobalResidual
 from damo.model import tokenizer as tk
 from damo.textio import loads
@@ -657,11 +657,18 @@ class DamoModel(nn.Module):
 
     @torch.no_grad()
     def generate(self, batch: Batch, max_new_tokens: int = 48, tasks: list[str | None] | None = None,
-                 seed: int = 0) -> list[dict]:
+                 seed: int = 0, policy: Generation | None = None) -> list[dict]:
         """Decoding with evidence grounding for a batch from
         :meth:`~damo.model.processing.DamoProcessor.generation_batch` (left-padded prompts): greedy, or
         as the model's ``generation`` settings say for each row's task (``tasks``; sampling draws from
         a generator seeded with ``seed``, so a call is reproducible).
+
+        ``policy`` samples every row under those settings as a policy whose draws alone make the
+        answer (a ``grpo`` stage's rollouts): a LAPE coordinate token is its anchor's value, fed back
+        as that anchor's embedding, and each ``<evi>`` draws its frames at the policy's temperature
+        (:func:`~damo.model.evidence.sample_frames`) and grounds their longest run (``frames``, the 0/1
+        draw, and ``run``, that run's first and last frame token or ``None``, join its entry); a video
+        placeholder is never drawn.
 
         Runs on the model's device with the KV cache; every row gets what it would get alone.
         Returns per row: generated ``ids``; per ``<evi>`` its stage (1 grounding, 2 answer), frame
@@ -674,9 +681,10 @@ class DamoModel(nn.Module):
         Backbones in half precision run under :meth:`autocast`.
         """
         with self.autocast():
-            return self._generate(batch, max_new_tokens, tasks, seed)
+            return self._generate(batch, max_new_tokens, tasks, seed, policy)
 
-    def _generate(self, batch: Batch, max_new_tokens: int, tasks: list[str | None] | None, seed: int) -> list[dict]:
+    def _generate(self, batch: Batch, max_new_tokens: int, tasks: list[str | None] | None, seed: int,
+                  policy: Generation | None) -> list[dict]:
         """:meth:`generate`'s loop."""
         self.eval()
         dev = next(self.parameters()).device
@@ -703,12 +711,14 @@ class DamoModel(nn.Module):
         table = self.llm.get_input_embeddings()
         rows = [{"ids": [], "evidence": [], "coords": []} for _ in range(B)]
         stage, done = [1] * B, [False] * B
-        settings = [proc.generation.for_task(t) for t in (tasks or [None] * B)]
+        settings = [policy] * B if policy else [proc.generation.for_task(t) for t in (tasks or [None] * B)]
         rng = torch.Generator(dev).manual_seed(seed)
         skip = {proc.video_id, proc.evi_id, proc.tokenizer.pad_token_id}    # never penalised as repeats
         seen = [[i for i, a in zip(r, m) if a and i not in skip] for r, m in
                 zip(batch.input_ids.tolist(), batch.attention_mask.tolist())]
         for _ in range(max_new_tokens):
+            if policy:
+                logits[:, proc.video_id] = float("-inf")
             nxt = next_tokens(logits, seen, settings, rng)          # (B,)
             toks = nxt.tolist()
             for b, t in enumerate(toks):
@@ -727,7 +737,7 @@ class DamoModel(nn.Module):
                 axis = proc.axis_of.get(t)
                 if axis is not None:
                     ids = proc.coord_axes[axis]
-                    if self.cfg.coordinate_decode == "argmax":    # the chosen anchor: its value, its own embedding
+                    if self.cfg.coordinate_decode == "argmax" or policy:    # the chosen anchor: its value, its own embedding
                         v = ids.index(t) / (len(ids) - 1)
                     else:                # read from two anchors, fed back as their interpolation
                         rel = decode_position(logits[b, ids])
@@ -738,8 +748,17 @@ class DamoModel(nn.Module):
                     stage[b] = 2
                 if t != proc.evi_id:
                     continue
-                s = torch.sigmoid(self.evidence.query(h_last[b]) @ f[b, :n_tok[b]].T * self.evidence.scale)
-                s = s.float().cpu().numpy()                         # (T'_b,)
+                x = self.evidence.query(h_last[b]) @ f[b, :n_tok[b]].T * self.evidence.scale    # (T'_b,) logits
+                s = torch.sigmoid(x).float().cpu().numpy()
+                if policy:                       # the frames are drawn, and the longest run of them grounded
+                    z, run = sample_frames(x, policy.temperature, rng)
+                    lo, hi = run or (0, -1)
+                    span = proc.run_span(lo, hi, g, durations[b]) + [float(s[lo:hi + 1].mean())] if run else [0.0] * 3
+                    rows[b]["evidence"].append({"stage": stage[b], "scores": np.repeat(s, g)[:int(n_frames[b])],
+                                                "span": span, "frames": z, "run": run})
+                    if ev_cfg.semantic_capture and run:
+                        e[b] = e[b] + hc[b, lo:hi + 1].mean(0, keepdim=True)
+                    continue
                 if ev_cfg.level == "frame":      # one frame: its start (first of a pair) or its end
                     lo = hi = int(s.argmax())
                 else:

@@ -927,6 +927,24 @@ class DamoProcessor:
             after = kind == "response"
         return [self.chat_tokens(b) for b in between[:-1]]
 
+    def encode_completion(self, query: str, times: torch.Tensor, layout: VideoLayout, completion: list[int],
+                          runs: list[tuple[int, int] | None]) -> Encoded:
+        """A sampled response as a training sequence: the prompt, then the generated ids, trained on
+        the latter; the ``k``-th generated ``<evi>`` targets the frame tokens ``runs[k]`` (first, last)
+        it grounded when sampled, none for ``None`` (so semantic capture pools the same frames)."""
+        ids = self.prompt(query, times, layout)
+        enc = Encoded(ids=ids + completion, labels=[-100] * len(ids) + completion,
+                      frame_pos=self.frame_placeholders(ids, len(times), layout))
+        n = -(-len(times) // layout.group)
+        evis = [len(ids) + i for i, t in enumerate(completion) if t == self.evi_id]
+        for p, run in zip(evis, runs):
+            y = np.zeros(n, dtype=np.float32)
+            if run:
+                y[run[0]:run[1] + 1] = 1.0
+            enc.evi_pos.append(p)
+            enc.evi_targets.append(y)
+        return enc
+
     def _coordinate_targets(self, enc: Encoded, r: list[int], off: int, turn: dict, duration: float,
                             name: str) -> None:
         """LAPE coordinate tokens: soft targets on the two anchors around the exact value (span

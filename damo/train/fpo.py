@@ -26,9 +26,9 @@ A training step of the FPO stage::
     batch = collate(items, rng)
     batch = replace(batch, **focus_masks(batch, pairs, evi_id, level))
     out = model(batch)
-    loss = fpo(out, batch, settings)                         # + optional supervised terms:
+    loss = fpo_result(out, batch, beta, focus=focus).loss    # + optional supervised terms:
     o, b = chosen_view(out, batch)                           # lm / grounding_bce / consistency
-    loss = loss + losses.lm(o, b) + ...                      # on the chosen rows only
+    loss = loss + losses.lm(LossInputs(o, b)) + ...          # on the chosen rows only
 """
 from __future__ import annotations
 
@@ -178,14 +178,6 @@ def fpo_result(out: dict, batch: Batch, beta: float = 0.1, ref_out: dict | None 
     return fpo_loss(lc, lr, beta, rc, rr)
 
 
-def fpo(out: dict, batch: Batch, settings: FPOSettings | None = None, ref_out: dict | None = None) -> torch.Tensor:
-    """FPO in the ``(out, batch) -> scalar`` form of :mod:`damo.train.losses`; ``ref_out`` for ``mode: dpo``."""
-    st = settings or FPOSettings()
-    if (st.mode == "dpo") != (ref_out is not None):
-        raise ValueError(f"fpo mode {st.mode!r} {'needs' if st.mode == 'dpo' else 'takes no'} reference model output")
-    return fpo_result(out, batch, st.beta, ref_out, st.focus).loss
-
-
 def _changed(own: list, other: list) -> set[int]:
     """Indices of ``own``'s spans that ``other`` does not have (the perturbed events of one side)."""
     theirs = {(float(a), float(b)) for a, b in other}
@@ -277,5 +269,5 @@ def pair_batch(pairs: Sequence[dict], clip_of: Callable[[str], ClipTensors]) -> 
 
 
 __all__ = ["FPOSettings", "interval_logprob", "token_logprob", "sequence_logprob", "FPOResult", "fpo_loss",
-           "split_pairs", "batch_logprob", "fpo_result", "fpo", "focus_masks", "chosen_view", "pair_samples",
+           "split_pairs", "batch_logprob", "fpo_result", "focus_masks", "chosen_view", "pair_samples",
            "pair_batch"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import json
 import math
 import random
 from collections import defaultdict
@@ -36,10 +37,11 @@ from damo.model.batch import Batch
 from damo.model.processing import ClipTensors
 from damo.model.modeling_damo import DamoModel
 from damo.train import distributed
-from damo.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from damo.train.checkpoint import atomic_write_text, latest_checkpoint, load_checkpoint, save_checkpoint
 from damo.train.distributed import DistInfo, micro_batches
-from damo.train.fpo import FPOSettings, focus_masks, pair_samples
-from damo.train.losses import LOSSES, NEEDS_LLM, NEEDS_MODEL, PREFERENCE
+from damo.train.fpo import focus_masks, pair_samples
+from damo.train.grpo import GRPOSettings, Rollouts, rollout_batches
+from damo.train.losses import LOSSES, LossInputs, stage_losses, stage_settings
 
 
 def set_trainable(model: DamoModel, patterns: list[str]) -> int:
@@ -112,35 +114,33 @@ class StageLoss(nn.Module):
     """The model plus a stage's weighted losses, so one ``forward`` holds every use of a parameter
     (what DDP and FSDP need to see: the contrastive loss calls model heads outside ``DamoModel.forward``).
 
-    FPO in ``dpo`` mode scores each batch with a frozen copy of the model taken when the stage
-    starts (held outside the module tree, so no optimizer or wrapper sees it)."""
+    Every loss is called the same way (:class:`~damo.train.losses.LossInputs`). When a loss's
+    settings ask for a reference (FPO in ``dpo`` mode, GRPO with ``beta > 0``), each batch is also
+    scored by a frozen copy of the model taken when the stage starts (held outside the module tree,
+    so no optimizer or wrapper sees it). ``forward`` returns the weighted total, each loss's value
+    and the numbers the losses logged."""
 
-    def __init__(self, model: DamoModel, losses: dict[str, float], use_llm: bool, fpo: FPOSettings | None = None):
+    def __init__(self, model: DamoModel, stage: Stage):
         super().__init__()
-        self.model, self.losses, self.use_llm = model, losses, use_llm
-        self.fpo = fpo or FPOSettings()
+        self.model, self.losses = model, stage.losses
+        self.use_llm = stage_losses(stage.name, stage.losses)[1]
+        self.settings = stage_settings(stage)
         self._ref = []
-        if "fpo" in losses and self.fpo.mode == "dpo":
+        if any(st is not None and st.reference for st in self.settings.values()):
             ref = copy.deepcopy(model).eval()
             ref.requires_grad_(False)
             self._ref.append(ref)
 
-    def loss(self, name: str, out: dict, batch: Batch) -> torch.Tensor:
-        if name in NEEDS_MODEL:
-            return LOSSES[name](out, batch, self.model)
-        if name == "fpo":
-            ref_out = None
-            if self._ref:
-                with torch.no_grad():
-                    ref_out = self._ref[0](batch)
-            return LOSSES[name](out, batch, self.fpo, ref_out)
-        return LOSSES[name](out, batch)
-
-    def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
         out = self.model(batch if self.use_llm else replace(batch, input_ids=None))
-        vals = [self.loss(n, out, batch) for n in self.losses]
+        ref_out = None
+        if self._ref:
+            with torch.no_grad():
+                ref_out = self._ref[0](batch)
+        log: dict[str, float] = {}
+        vals = [LOSSES[n].fn(LossInputs(out, batch, self.model, ref_out, self.settings[n], log)) for n in self.losses]
         total = sum(w * v for w, v in zip(self.losses.values(), vals)) + out.get("zero", 0.0)
-        return total, torch.stack([v.detach().float() for v in vals])
+        return total, torch.stack([v.detach().float() for v in vals]), log
 
 
 # draws for one unusable record before the step gives up (a dataset this broken needs the pre-flight)
@@ -150,15 +150,17 @@ MAX_REPLACEMENTS = 16
 class StepCollate:
     """``(tag, record, clip)`` items of one micro-batch -> a model batch; runs in the loader's
     workers. Preference records become their chosen rows, then their rejected rows, sharing the clip
-    (the FPO batch contract of :mod:`damo.train.fpo`). Returns ``(step, batch, replaced)``.
+    (the FPO batch contract of :mod:`damo.train.fpo`); a rollout stage gets the prompts' samples and
+    clips, from which :class:`~damo.train.grpo.Rollouts` samples in the main process. Returns
+    ``(step, batch, replaced)``.
 
     A record whose clip could not be made (:class:`~damo.data.preflight.Unusable`) is replaced by
     one drawn from ``dataset`` with an RNG seeded by the step, the micro-batch and the failed index:
     the same replacement in every run, resumed or on any number of processes. ``replaced`` lists
     the unusable records."""
 
-    def __init__(self, collator: Collator, seed: int, preference: bool, dataset: ClipDataset):
-        self.collator, self.seed, self.preference, self.dataset = collator, seed, preference, dataset
+    def __init__(self, collator: Collator, seed: int, kind: str, dataset: ClipDataset):
+        self.collator, self.seed, self.kind, self.dataset = collator, seed, kind, dataset
 
     def usable(self, items: list, step: int, m: int) -> tuple[list, list[Unusable]]:
         out, replaced = [], []
@@ -176,11 +178,13 @@ class StepCollate:
             out.append((tag, r, c))
         return out, replaced
 
-    def __call__(self, items: list[tuple[tuple[int, int], object, ClipTensors | None]]) -> tuple[int, Batch, list]:
+    def __call__(self, items: list[tuple[tuple[int, int], object, ClipTensors | None]]) -> tuple[int, Batch | list, list]:
         step, m = items[0][0]
         items, replaced = self.usable(items, step, m)
         rng = random.Random(f"{self.seed}:{step}:{m}")
-        if not self.preference:
+        if self.kind == "rollouts":
+            return step, [(s, c) for _, s, c in items], replaced
+        if self.kind == "samples":
             return step, self.collator([(s, c) for _, s, c in items], rng), replaced
         pairs, clips = [p for _, p, _ in items], [c for _, _, c in items]
         batch = self.collator(list(zip(pair_samples(pairs), clips + clips)), rng)
@@ -195,7 +199,7 @@ class TrainingDiverged(ValueError):
 def run_stage(model: DamoModel, stage: Stage, samples: list[Sample], clips, seed: int,
               progress: bool = True, checkpoint_dir: str | Path | None = None, dist_info: DistInfo | None = None,
               parallel: str = "ddp", num_workers: int = 0, pairs: list[dict] | None = None,
-              bad_samples: list[dict] | None = None) -> dict[str, float]:
+              bad_samples: list[dict] | None = None, history_file: str | Path | None = None) -> dict[str, float]:
     """Train ``model`` in place for one stage; ``clips`` maps a video reference to its
     :class:`~damo.model.processing.ClipTensors` (a :class:`~damo.data.dataset.ClipLoader`), called
     in ``num_workers`` loader processes. A preference stage trains on ``pairs`` (validated records,
@@ -206,16 +210,12 @@ def run_stage(model: DamoModel, stage: Stage, samples: list[Sample], clips, seed
     Records whose clip cannot be made are replaced (:class:`StepCollate`), printed, kept in the
     checkpoints (a resumed run does not read them again) and, from every process, appended to
     ``bad_samples`` (``{"id", "video", "reason"}`` each).
-    Returns each loss averaged over the last 10% of steps, and as ``NAME_start`` over the first 10%.
+    Returns each loss (and each number the losses and the batch source log, e.g. a GRPO stage's
+    rewards) averaged over the last 10% of steps, and as ``NAME_start`` over the first 10%;
+    ``history_file`` receives every step's values (JSON, name -> list).
     """
-    unknown = set(stage.losses) - set(LOSSES)
-    if unknown:
-        raise ValueError(f"stage {stage.name!r}: unknown losses {sorted(unknown)}; valid: {sorted(LOSSES)}")
-    preference = bool(PREFERENCE & set(stage.losses))
-    if preference and not set(stage.losses) <= PREFERENCE:
-        raise ValueError(f"stage {stage.name!r} mixes preference losses with plain ones {sorted(stage.losses)}; "
-                         f"on preference batches use only {sorted(PREFERENCE)} (plain losses would train the "
-                         "rejected responses)")
+    kind = stage_losses(stage.name, stage.losses)[0]
+    preference = kind == "pairs"
     if stage.text_only and (set(stage.losses) != {"lm"} or stage.dialogue):
         raise ValueError(f"stage {stage.name!r} is text_only: its only loss is lm (no video, no evidence), "
                          f"got {sorted(stage.losses)}{' with dialogue' if stage.dialogue else ''}")
@@ -233,15 +233,16 @@ def run_stage(model: DamoModel, stage: Stage, samples: list[Sample], clips, seed
         if not data:
             raise ValueError(f"stage {stage.name!r}: no preference pair could be made from its samples")
     set_trainable(model, stage.trainable)
-    use_llm = bool(NEEDS_LLM & set(stage.losses))
     parts = info.world * stage.grad_accum                   # micro-batches per optimizer step, all processes
     fsdp = parallel == "fsdp" and info.world > 1
+    if fsdp and kind == "rollouts":
+        raise ValueError(f"stage {stage.name!r} samples from the policy, which needs whole weights: set "
+                         "recipe.parallel to ddp for it")
     # FSDP shards in place, so it trains a copy whose full weights are copied back at the end
     work = copy.deepcopy(model) if fsdp else model
     work.fixed_graph = fsdp                                 # the same collectives on every rank (DamoModel.forward)
     work.to(info.device)
-    step_fn, whole = distributed.wrap(StageLoss(work, stage.losses, use_llm, FPOSettings.from_dict(stage.fpo)),
-                                      parallel, info)
+    step_fn, whole = distributed.wrap(StageLoss(work, stage), parallel, info)
     params = [p for p in work.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(param_groups(work, stage), lr=stage.lr, weight_decay=stage.weight_decay)
 
@@ -274,13 +275,19 @@ def run_stage(model: DamoModel, stage: Stage, samples: list[Sample], clips, seed
                           known_bad={i: b["reason"] for i, b in bad.items()})
     mine = range(info.rank * stage.grad_accum, (info.rank + 1) * stage.grad_accum)
     steps = StepBatches(len(data), stage.batch, stage.steps, start, seed, parts, mine, micro_batches)
-    batches = iter(loader(dataset, StepCollate(collate, seed, preference, dataset), num_workers, steps,
+    batches = iter(loader(dataset, StepCollate(collate, seed, kind, dataset), num_workers, steps,
                           pin_memory=cuda))
+    if kind == "rollouts":    # sampled from the policy being trained, step by step
+        rollouts = Rollouts(work, GRPOSettings.from_dict(stage.grpo), seed + 1_000 * info.rank)
+        source = rollout_batches(rollouts, batches, stage.grad_accum)
+    else:
+        source = ((b, {}, replaced) for _, b, replaced in batches)
     for step in bar:
         opt.zero_grad(set_to_none=True)
         logged = torch.zeros(len(stage.losses) + 1)
+        extra: dict[str, float] = defaultdict(float)
         for j in range(stage.grad_accum):
-            _, batch, replaced = next(batches)
+            batch, data_log, replaced = next(source)
             for u in replaced:
                 if u.index not in bad:
                     bad[u.index] = u.to_dict()
@@ -290,22 +297,26 @@ def run_stage(model: DamoModel, stage: Stage, samples: list[Sample], clips, seed
             ctx = step_fn.no_sync() if not sync and isinstance(step_fn, nn.parallel.DistributedDataParallel) else nullcontext()
             with ctx:
                 with torch.autocast(info.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                    total, vals = step_fn(batch)
+                    total, vals, loss_log = step_fn(batch)
                 scaler.scale(total / stage.grad_accum).backward()
             logged += torch.cat([vals.cpu(), total.detach().float().cpu()[None]]) / stage.grad_accum
+            for k, v in (data_log | loss_log).items():
+                extra[k] += v / stage.grad_accum
         distributed.average_grads(whole)
         scaler.unscale_(opt)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         scaler.step(opt)
         scaler.update()
         sched.step()
+        logged = torch.cat([logged, torch.tensor([extra[k] for k in sorted(extra)])])
         logged = distributed.mean_across(logged.to(info.device)).cpu()
-        if not math.isfinite(logged[-1]):
+        names = [*stage.losses, "total", *sorted(extra)]
+        if not math.isfinite(logged[len(stage.losses)]):
             # every process sees the same mean, so all stop together; the caller saves nothing
-            raise TrainingDiverged(f"stage {stage.name!r}: the loss is {logged[-1].item()} at step {step + 1} "
-                                   f"({dict(zip(stage.losses, logged.tolist()))}); nothing was saved from this "
+            raise TrainingDiverged(f"stage {stage.name!r}: the loss is {logged[len(stage.losses)].item()} at step "
+                                   f"{step + 1} ({dict(zip(names, logged.tolist()))}); nothing was saved from this "
                                    f"stage; lower its lr (now {stage.lr:g}) or check the data")
-        for name, v in zip([*stage.losses, "total"], logged.tolist()):
+        for name, v in zip(names, logged.tolist()):
             history[name].append(v)
         if info.main and step % 10 == 0:
             bar.set_postfix({k: f"{v[-1]:.3f}" for k, v in history.items()})
@@ -319,6 +330,8 @@ def run_stage(model: DamoModel, stage: Stage, samples: list[Sample], clips, seed
         full = get_model_state_dict(work, options=StateDictOptions(full_state_dict=True))
         model.load_state_dict({k: v.cpu() for k, v in full.items()}, strict=False)
     model.cpu().eval()
+    if history_file and info.main:
+        atomic_write_text(history_file, json.dumps(history))
     if bad_samples is not None:
         bad_samples += [b for _, b in sorted(distributed.gather_dicts(bad).items())]
     tail = max(1, stage.steps // 10)

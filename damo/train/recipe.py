@@ -19,8 +19,9 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
+import shutil
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -41,6 +42,7 @@ from damo.threads import use_threads
 from damo.train import distributed
 from damo.train.checkpoint import atomic_write_text, clear_checkpoints
 from damo.train.loop import run_stage
+from damo.train.losses import stage_losses, stage_settings
 
 
 def corpus(samples: list[Sample], response: str = "interleaved", level: str = "event") -> list[str]:
@@ -128,8 +130,11 @@ def stage_records(recipe: Recipe) -> list[dict]:
               "data": {k: data_identity(v) for k, v in sorted(recipe.data.items()) if k == "train"}}
     out, prev = [], None
     for i, st in enumerate(recipe.stages):
-        rec = common | {"stage": asdict(st) | {"extra_data": [data_identity(x) for x in st.extra_data],
-                                               "pairs": st.pairs and data_identity(st.pairs)},
+        stage = asdict(st)
+        if not stage["grpo"]:      # records of stages without GRPO settings stay as they were before them
+            del stage["grpo"]
+        rec = common | {"stage": stage | {"extra_data": [data_identity(x) for x in st.extra_data],
+                                          "pairs": st.pairs and data_identity(st.pairs)},
                         "index": i, "previous": prev}
         prev = hashlib.sha256(json.dumps(rec, sort_keys=True).encode()).hexdigest()
         out.append(rec | {"key": prev})
@@ -172,6 +177,31 @@ def recipe_card(recipe: Recipe, upto: int, kinds: dict[str, str], inherited: lis
     return model_card.make_card(recipe.name, [st.name for st in recipe.stages[:upto + 1]], data, vocabulary())
 
 
+def from_init(recipe: Recipe, log) -> Recipe:
+    """The recipe that continues the saved model ``recipe.init``: its leading stages that model was
+    already trained through (by name, from its card) are left out, the first remaining stage starts
+    from it, and the model config is the saved one. So ``damo train --recipe damo_grpo --init
+    runs/demo/model`` runs only the GRPO stage after the demo's four."""
+    src = Path(recipe.init)
+    if not (src / "model.safetensors").is_file():
+        raise FileNotFoundError(f"--init {recipe.init}: no model.safetensors there; give a model folder "
+                                "(damo train writes one to WORKDIR/model)")
+    card = model_card.read_card(src)
+    trained = card["stages"] if card else []
+    k = 0
+    while k < len(recipe.stages) and k < len(trained) and recipe.stages[k].name == trained[k]:
+        k += 1
+    if k == len(recipe.stages):
+        raise ValueError(f"--init {recipe.init} was already trained through every stage of recipe {recipe.name!r} "
+                         f"({', '.join(trained)}); nothing is left to run")
+    stages = [replace(st) for st in recipe.stages[k:]]
+    stages[0].init_from = stages[0].init_from or str(src)
+    if k:
+        log(f"--init {src}: trained through {', '.join(trained[:k])}; running {', '.join(st.name for st in stages)}")
+    cfg = DamoConfig.from_dict(json.loads((src / "config.json").read_text()))
+    return replace(recipe, stages=stages, model=cfg, init=None)
+
+
 def run_recipe(recipe: Recipe, workdir: str | Path, progress: bool = True, log=print,
                overwrite: bool = False, threads_per_stage: bool = False) -> DamoModel:
     """Train every stage of ``recipe`` into ``workdir``, resuming whatever a previous run of the same
@@ -181,6 +211,8 @@ def run_recipe(recipe: Recipe, workdir: str | Path, progress: bool = True, log=p
     torch's threads again before each stage it trains (:func:`damo.threads.use_threads`)."""
     workdir = Path(workdir)
     info = distributed.init_distributed()
+    if recipe.init:
+        recipe = from_init(recipe, log if info.main else (lambda *_: None))
     records = stage_records(recipe)
     final = workdir / "model"
     if (final / "model.safetensors").is_file() and check_reuse(final, records[-1], overwrite):
@@ -199,13 +231,17 @@ def run_recipe(recipe: Recipe, workdir: str | Path, progress: bool = True, log=p
         raise ValueError("recipe.data needs a 'train' dataset (synth://... or a JSONL path)")
     if recipe.parallel not in distributed.PARALLEL:
         raise ValueError(f"recipe.parallel must be one of {distributed.PARALLEL}, got {recipe.parallel!r}")
+    for st in recipe.stages:          # unknown losses, mixed batch kinds, bad settings: before any work
+        stage_losses(st.name, st.losses)
+        stage_settings(st)
     say = log if info.main else (lambda *_: None)
     specs = [recipe.data["train"]] + [x for st in recipe.stages for x in st.extra_data]
     datasets = {spec: dataset_samples(spec, recipe, workdir if info.main else None, say) for spec in dict.fromkeys(specs)}
     samples = datasets[recipe.data["train"]]
     kinds = {spec: model_card.dataset_kind(spec, (s.source for s in ss)) for spec, ss in datasets.items()}
     inherited: list[dict] = []      # the data of an init_from model folder outside this recipe
-    model = build_model(recipe.model, samples, recipe.seed)
+    first = recipe.stages[0].init_from         # a model folder: its tokenizer and processor, not fresh ones
+    model = DamoModel.load(first) if first else build_model(recipe.model, samples, recipe.seed)
     report = {"preflight": {}, "stages": {}}        # WORKDIR/bad_samples.json
     for spec in datasets:
         datasets[spec], bad = preflight(datasets[spec], model.processor)
@@ -257,7 +293,7 @@ def run_recipe(recipe: Recipe, workdir: str | Path, progress: bool = True, log=p
             replaced: list[dict] = []
             stats = run_stage(model, stage, data, stage_clips, recipe.seed + i, progress, checkpoint_dir=partial,
                               dist_info=info, parallel=recipe.parallel, num_workers=recipe.num_workers, pairs=pairs,
-                              bad_samples=replaced)
+                              bad_samples=replaced, history_file=partial / "history.json")
             if replaced:
                 say(f"stage {stage.name}: replaced {len(replaced)} samples that could not be read "
                     f"({', '.join(r['id'] for r in replaced[:5])}{', ...' if len(replaced) > 5 else ''})")
@@ -269,6 +305,7 @@ def run_recipe(recipe: Recipe, workdir: str | Path, progress: bool = True, log=p
                     atomic_write_text(workdir / "bad_samples.json", json.dumps(report, indent=2))
                 model.save(ckpt)
                 atomic_write_text(ckpt / "stats.json", json.dumps(stats, indent=2))
+                shutil.copyfile(partial / "history.json", ckpt / "history.json")
                 atomic_write_text(ckpt / RECORD, json.dumps(record, indent=1))
                 model_card.write_card(ckpt, recipe_card(recipe, i, kinds, inherited))
                 clear_checkpoints(partial)
