@@ -92,6 +92,21 @@ def table(results: list[dict], split: str) -> str:
     return "\n".join(lines)
 
 
+def curves(workdir: str, seeds: list[int]) -> str:
+    """The GRPO stage's reward, IoU reward and zero-variance share per quarter of its steps, per seed."""
+    lines = ["| seed | reward (quarters) | IoU reward (quarters) | zero-variance groups (quarters) |", "|---|---|---|---|"]
+    for seed in seeds:
+        path = Path(workdir) / "grpo" / f"seed-{seed}" / "stages" / "grpo" / "history.json"
+        if not path.is_file():
+            continue
+        h = json.loads(path.read_text())
+        q = max(1, len(h["reward"]) // 4)
+        cells = [" / ".join(f"{sum(h[k][i * q:(i + 1) * q]) / q:.3f}" for i in range(4))
+                 for k in ("reward", "reward_iou", "zero_variance")]
+        lines.append(f"| {seed} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("workdir")
@@ -117,6 +132,8 @@ def main() -> None:
     print(table(results, "val"))
     print()
     print(table(results, "test"))
+    print()
+    print(curves(a.workdir, a.seeds))
 
 
 if __name__ == "__main__":
