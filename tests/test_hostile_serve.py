@@ -128,3 +128,10 @@ def test_questions_are_answered_while_an_upload_is_checked(server, clip_mkv, mon
     t.join(60)
     assert status == 200 and r["answer"] == "red"
     assert result["upload"][0] == 200
+
+
+def test_an_upload_for_a_native_size_model_is_checked_at_native_size(server, clip_mkv, monkeypatch):
+    """Whole VLMs read frames at their own size (``image_size`` None): the check decodes them so."""
+    monkeypatch.setattr(server.grounder.clips.processor.config, "image_size", None)
+    status, r = call(server, "/api/upload", clip_mkv.read_bytes(), {"X-Filename": "c.mkv"})
+    assert status == 200 and r["duration"] == pytest.approx(13.0, abs=0.1)

@@ -216,11 +216,11 @@ def test_sigterm_removes_uploads_and_their_cache_entries(model_dir, tmp_path, cl
         if not ready.wait(300) or not found:
             pytest.fail(f"the server did not start (exit {proc.poll()})")
         srv = SimpleNamespace(server_address=(found[0].group(1), int(found[0].group(2))))
-        before = set(cache.glob("*.npz"))
         status, v = call(srv, "/api/upload", clip_mkv.read_bytes(), {"X-Filename": "c.mkv"})
         assert status == 200
+        before = set(cache.glob("*.npz"))
         assert call(srv, "/api/ground", json.dumps({"video": v["id"], "query": Q}).encode())[0] == 200
-        added = set(cache.glob("*.npz")) - before      # decoded once, when the upload was checked
+        added = set(cache.glob("*.npz")) - before
         assert len(added) == 1 and len(list(tmp.glob("damo-uploads-*/*"))) == 1
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=120) == 0

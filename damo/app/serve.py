@@ -30,9 +30,9 @@ Hostile input:
   this server did not foresee a 500. An upload cut off, reset or stalled past ``socket_timeout`` is
   deleted (400 or 408).
 - An upload is checked in a child process (:mod:`damo.app.uploads`) limited to
-  ``upload_memory_mb`` of address space and ``upload_seconds``: it is probed and its clip decoded
-  into the media cache there, so a hostile file costs the server neither its memory nor its
-  grounding worker, which later reads the cached clip.
+  ``upload_memory_mb`` of address space and ``upload_seconds``: it is probed and decoded whole
+  there, so a hostile file costs the server neither its memory nor its grounding worker, which
+  only ever decodes uploads that passed.
 - At most ``max_jobs`` questions wait or run; one more gets 503 with ``Retry-After``.
 - One grounding runs at a time. A request waits at most ``max_seconds`` for its answer, and its
   job is stopped too: a check before every forward pass of the model's parts (vision, audio,
@@ -186,16 +186,16 @@ class DemoServer(ThreadingHTTPServer):
             self.jobs -= 1
 
     def check_upload(self, path: Path) -> dict:
-        """Probe an upload and decode its clip into the grounder's cache in a child process limited to
-        ``upload_memory_mb`` of address space and ``upload_seconds``; ValueError says why it is refused."""
+        """Probe an upload and decode it whole at the model's frame rate and size in a child process
+        limited to ``upload_memory_mb`` of address space and ``upload_seconds``; ValueError says why
+        it is refused."""
         c = self.grounder.clips.processor.config
-        folder = Path(self.grounder.clips.cache_dir or default_cache_dir())
         root = str(Path(__file__).resolve().parents[2])    # the child imports this same damo
         # two malloc arenas: glibc's default of 8 per core reserves address space the limit would count
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
                "MALLOC_ARENA_MAX": "2"}
-        cmd = [sys.executable, "-m", "damo.app.uploads", str(path), str(c.fps), str(c.image_size), str(c.max_frames),
-               str(folder), str(self.upload_memory_mb)]
+        cmd = [sys.executable, "-m", "damo.app.uploads", str(path), str(c.fps),
+               "native" if c.image_size is None else str(c.image_size), str(c.max_frames), str(self.upload_memory_mb)]
         try:
             out = subprocess.run(cmd, capture_output=True, text=True, timeout=self.upload_seconds, env=env)
         except subprocess.TimeoutExpired:

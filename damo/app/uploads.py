@@ -1,10 +1,12 @@
-"""Checking an upload in a child process: its container, its length, and its clip decoded into the
-media cache, under a limit on memory (``RLIMIT_AS``) set before anything is imported and a limit on
-time the server enforces. A hostile file can then cost the server neither gigabytes nor its one
-grounding worker: the server grounds uploads from the cache the child filled.
+"""Checking an upload in a child process: its container, its length, and a whole decode at the
+model's frame rate and size under the media limits, with a limit on memory (``RLIMIT_AS``) set
+before anything is imported and a limit on time the server enforces. A hostile file can then cost
+the server neither gigabytes nor its one grounding worker: only an upload that decoded here is
+ever decoded by the server.
 
-Run as ``python -m damo.app.uploads PATH FPS SIZE MAX_FRAMES CACHE_DIR MEMORY_MB``; prints one JSON
-line, ``{"duration", "ctype", "suffix"}`` or ``{"error"}``. Imports numpy and PyAV only.
+Run as ``python -m damo.app.uploads PATH FPS SIZE MAX_FRAMES MEMORY_MB`` (``SIZE`` ``native`` for
+frames at their own size); prints one JSON line, ``{"duration", "ctype", "suffix"}`` or
+``{"error"}``. Imports numpy and PyAV only.
 """
 from __future__ import annotations
 
@@ -44,20 +46,20 @@ def container_type(path: Path) -> tuple[str, str]:
     return CONTAINERS[fmt]
 
 
-def check(path: Path, fps: float, size: int, max_frames: int, cache_dir: Path) -> dict:
-    """The upload's length and content type, its clip decoded into ``cache_dir``; MediaError or
-    ValueError when it is not a video this demo grounds."""
-    from damo.media import MediaLimits, load_clip, probe
+def check(path: Path, fps: float, size: int | None, max_frames: int) -> dict:
+    """The upload's length and content type once it decoded whole at ``fps`` and ``size`` (None:
+    native) within the media limits; MediaError or ValueError when it is not a video this demo grounds."""
+    from damo.media import MediaLimits, decode_clip, probe
 
     limits = MediaLimits(max_frames=max_frames)
     info = probe(path, limits)
     ctype, suffix = container_type(path)
-    load_clip(path, fps, size, cache_dir, limits)
+    decode_clip(path, fps, size, limits=limits, audio_dtype="int16")
     return {"duration": info["duration"], "ctype": ctype, "suffix": suffix}
 
 
 def main(argv: list[str]) -> int:
-    path, fps, size, max_frames, cache_dir, memory_mb = argv
+    path, fps, size, max_frames, memory_mb = argv
     limit = int(memory_mb) << 20
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     import av
@@ -65,7 +67,7 @@ def main(argv: list[str]) -> int:
     from damo.media import MediaError
 
     try:
-        out = check(Path(path), float(fps), int(size), int(max_frames), Path(cache_dir))
+        out = check(Path(path), float(fps), None if size == "native" else int(size), int(max_frames))
     except (MediaError, ValueError, av.FFmpegError) as e:
         out = {"error": str(e)}
     except MemoryError:
