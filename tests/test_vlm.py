@@ -320,3 +320,16 @@ def test_serve_takes_a_preset(tmp_path):
     with pytest.raises(SystemExit) as e:
         main(["serve", "--model", str(tmp_path), "--preset", "timelens"])
     assert str(e.value).startswith(f"error: {tmp_path} holds no qwen2_5_vl, qwen3_vl")
+
+
+def test_a_bf16_model_trains_float32_adapters_and_heads(folders, clips):
+    vlm = small(VideoLLM.from_pretrained(str(folders["qwen3-vl"]), dtype="bfloat16"))
+    vlm.add_lora({"r": 2})
+    vlm.add_evidence()
+    assert {p.dtype for p in vlm.parameters() if p.requires_grad} == {torch.float32}
+    assert vlm.model.lm_head.weight.dtype == torch.bfloat16
+    c = vlm.processor.video_inputs(clips[1])
+    losses = vlm.loss([c], [QUERY], ["The event happens in 1 - 2 seconds."], [[[1.0, 2.0]]])
+    (losses["lm"] + losses["grounding"]).backward()
+    grads = [p.grad for p in vlm.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads) and any(g.abs().sum() > 0 for g in grads)

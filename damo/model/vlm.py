@@ -298,7 +298,9 @@ LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_p
 
 
 def add_lora(model: nn.Module, lora: dict) -> None:
-    """LoRA adapters (peft, in place) on the language model's projections; every other weight frozen."""
+    """LoRA adapters (peft, in place) on the language model's projections, kept in float32 whatever the
+    model's dtype (peft casts their inputs and outputs), as DaMO keeps every trained weight; every
+    other weight frozen."""
     from peft import LoraConfig, inject_adapter_in_model
 
     if set(lora) - LORA_KEYS:
@@ -309,6 +311,8 @@ def add_lora(model: nn.Module, lora: dict) -> None:
                             model)
     for name, p in model.named_parameters():
         p.requires_grad = "lora_" in name
+        if p.requires_grad:
+            p.data = p.data.float()
 
 
 def evidence_head(model: nn.Module) -> EvidenceHead:
