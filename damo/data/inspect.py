@@ -42,8 +42,10 @@ def video_parts(processor: DamoProcessor, num_frames: int, layout: VideoLayout) 
     """The video's placeholders in prompt order: the bridge's fusion tokens, the frame tokens (the
     packer's fast stream) and the packer's slow stream, in ``stream_order``, with their counts."""
     n = -(-num_frames // layout.group)
-    fast, slow = [{"part": "frames", "tokens": n * layout.per_frame}], [{"part": "slow", "tokens": layout.slow_tokens(n)}]
-    parts = [{"part": "bridge", "tokens": processor.config.video_tokens}] + STREAM_ORDERS[processor.config.stream_order](fast, slow)
+    fast = [{"part": "frames", "tokens": n * layout.per_frame}]
+    slow = [{"part": "slow", "tokens": layout.slow_tokens(n)}]
+    order = STREAM_ORDERS[processor.config.stream_order]
+    parts = [{"part": "bridge", "tokens": processor.config.video_tokens}] + order(fast, slow)
     return [x for x in parts if x["tokens"]]
 
 
@@ -51,18 +53,21 @@ def render_sample(processor: DamoProcessor, sample: Sample, times: list[float]) 
     """One sample as the model sees and learns it, sampled at ``times`` (seconds).
 
     ``prompt``: the generation prompt's text with its special tokens (placeholder runs collapsed,
-    :func:`collapse_video`); ``video``: its placeholders part by part (:func:`video_parts`); ``frame_times``; ``targets``: one value per sampled frame, 1 where the
-    first turn's ground truth covers the frame (what its first evidence token grounds, under the
-    model's frame-time convention); ``evidence``: per ``<evi>`` the LLM frame tokens it grounds
-    (target 1; frames when each token is one frame) and the targets it trains on; ``coordinates``: per LAPE token its two anchors and
-    weights; ``response``: the learned text of every turn, each ended by the stop string (or eos).
+    :func:`collapse_video`); ``video``: its placeholders part by part (:func:`video_parts`);
+    ``frame_times``; ``targets``: one value per sampled frame, 1 where the first turn's ground truth
+    covers the frame (what its first evidence token grounds, under the model's frame-time
+    convention); ``evidence``: per ``<evi>`` the LLM frame tokens it grounds (target 1; frames when
+    each token is one frame) and the targets it trains on; ``coordinates``: per LAPE token its two
+    anchors and weights; ``response``: the learned text of every turn, each ended by the stop string
+    (chat) or, the last one, by eos.
     """
     c, tok = processor.config, processor.tokenizer
     turns = turns_of(sample)
     lay = processor.layout(len(times))
     pieces, prompt_ids = processor.prompt_pieces(turns[0]["query"], times, lay)
     enc = processor.encode_turns(turns, np.asarray(times), sample.duration, lay, f"sample {sample.id}")
-    end = processor.chat.stop[0] if processor.chat else tok.eos_token
+    n = len(turns)
+    ends = [processor.chat.stop[0]] * n if processor.chat else [" "] * (n - 1) + [tok.eos_token]
     spans = turns[0]["spans"]
     return {
         "id": sample.id,
@@ -77,10 +82,10 @@ def render_sample(processor: DamoProcessor, sample: Sample, times: list[float]) 
                                  c.frame_times).astype(int).tolist(),
         "evidence": [{"frames": np.flatnonzero(y >= 1).tolist(), "trained": [round(float(v), 4) for v in y]}
                      for y in enc.evi_targets],
-        "coordinates": [{"token": tok.convert_ids_to_tokens(enc.ids[p]), "anchors": tok.convert_ids_to_tokens(list(a)),
-                         "weights": [round(float(w), 4) for w in ws]}
+        "coordinates": [{"token": tok.convert_ids_to_tokens(enc.ids[p]),
+                         "anchors": tok.convert_ids_to_tokens(list(a)), "weights": [round(float(w), 4) for w in ws]}
                         for p, a, ws in zip(enc.coord_pos, enc.coord_ids, enc.coord_w)],
-        "response": end.join(processor.response(t, sample.duration) for t in turns) + end,
+        "response": "".join(processor.response(t, sample.duration) + e for t, e in zip(turns, ends)),
         "stop": list(processor.chat.stop) if processor.chat else [tok.eos_token],
     }
 

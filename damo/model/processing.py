@@ -711,7 +711,8 @@ class DamoProcessor:
         """Frames per LLM frame token for a clip (or batch) of ``num_frames`` frames."""
         return self.layout(num_frames).group
 
-    def video_pieces(self, times: Sequence[float] | torch.Tensor | None, layout: VideoLayout | None = None) -> list[str]:
+    def video_pieces(self, times: Sequence[float] | torch.Tensor | None,
+                     layout: VideoLayout | None = None) -> list[str]:
         """The video's part of a prompt as text pieces (each ``<video>`` one placeholder): the fusion
         placeholders, then the slow stream's, then each frame token's; with the ``timestamp`` time
         encoding each frame token's placeholders follow its time as text. Empty without ``times``."""
@@ -923,7 +924,8 @@ class DamoProcessor:
             if kind == "response":
                 between.append([])
             elif between:
-                between[-1].append((kind, x[len(stop):] if after and x.startswith(stop) else x))   # right after an answer
+                # right after an answer, its stop string: learned with the answer already
+                between[-1].append((kind, x[len(stop):] if after and x.startswith(stop) else x))
             after = kind == "response"
         return [self.chat_tokens(b) for b in between[:-1]]
 
