@@ -3,6 +3,7 @@ learning rates that blow up, a loss that turns NaN. Each fails before any model 
 first non-finite loss, with nothing saved."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -71,12 +72,12 @@ def test_training_stops_at_the_first_non_finite_loss_saving_nothing(tmp_path, mo
     calls = []
     lm = loop.LOSSES["lm"]
 
-    def lm_then_nan(out, batch):
+    def lm_then_nan(x):
         calls.append(1)
-        value = lm(out, batch)
+        value = lm.fn(x)
         return value * math.nan if len(calls) == 2 else value
 
-    monkeypatch.setitem(loop.LOSSES, "lm", lm_then_nan)
+    monkeypatch.setitem(loop.LOSSES, "lm", dataclasses.replace(lm, fn=lm_then_nan))
     r = Recipe.from_dict({"model": TINY_MODEL, "data": {"train": "synth://easy?n=4&seed=0"},
                           "stages": [STAGE | {"steps": 4, "save_every": 1}]})
     with pytest.raises(loop.TrainingDiverged, match=r"stage 'ground': the loss is nan at step 2 .*lower its lr"):
