@@ -309,18 +309,43 @@ class _llm_progress:
             self.bar.close()
 
 
+def vlm_source(model: str | Path, preset: str | None, dtype: str | None) -> tuple[str, str | None, str] | None:
+    """``(checkpoint, preset, dtype)`` when ``model`` names a whole VLM: a checkpoint folder of the presets'
+    families, anything with a ``preset`` (a hub id), or a model config whose top key is ``vlm`` (a YAML
+    path or a shipped name such as ``qwen3-vl-8b``: its checkpoint, preset and dtype, the arguments
+    taking precedence). None for anything else (a DaMO model folder). ``dtype`` defaults to ``auto``."""
+    p = Path(model)
+    if (p.is_file() and p.suffix in (".yaml", ".yml")) or (not p.exists() and len(p.parts) == 1):  # a config, a shipped name
+        from damo.config import find, read_yaml
+        from damo.model.vlm import VLMConfig
+
+        try:
+            path = find("configs", model)
+        except FileNotFoundError:
+            path = None
+        raw = read_yaml(path) if path else None
+        if isinstance(raw, dict) and "vlm" in raw:
+            cfg = VLMConfig.from_dict(raw["vlm"], str(path))
+            return cfg.name_or_path, preset or cfg.preset, dtype or cfg.dtype
+    if preset is not None or checkpoint_type(model) is not None:
+        return str(model), preset, dtype or "auto"
+    return None
+
+
 def load(path: str | Path, cache_dir: str | Path | None = None, device: str = "cpu",
          dtype: str | None = None, preset: str | None = None) -> Grounder:
     """Load a saved model folder (``config.json`` + ``model.safetensors`` + ``tokenizer/``) onto
     ``device`` (``"cpu"``, ``"cuda"``, ``"cuda:1"``, or ``"auto"``: CUDA when there is one).
     ``dtype`` (``"float32"``, ``"bfloat16"``, ``"float16"``) sets the LLM's and the towers' weights
     instead of the saved config's (:meth:`DamoModel.load`). A Qwen2.5-VL, Qwen3-VL or Qwen2.5-Omni
-    checkpoint (a folder, or a hub id with ``preset``) runs under ``preset`` (:mod:`damo.model.presets`;
-    default: its family's base model), in ``dtype`` or else bf16 on a GPU that supports it."""
+    checkpoint (a folder, a hub id with ``preset``, or a ``vlm:`` model config: :func:`vlm_source`) runs
+    under ``preset`` (:mod:`damo.model.presets`; default: its family's base model), in ``dtype`` or else
+    bf16 on a GPU that supports it."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    if preset is not None or checkpoint_type(path) is not None:
+    source = vlm_source(path, preset, dtype)
+    if source is not None:
         from damo.model.vlm import VideoLLM
-        vlm = VideoLLM.from_pretrained(str(path), preset, dtype or "auto").to(device)
+        vlm = VideoLLM.from_pretrained(*source).to(device)
         return Grounder(vlm, cache_dir, vlm.card(), vlm.preset.max_new_tokens)
     return Grounder(DamoModel.load(path, dtype=dtype).to(device), cache_dir, model_card.read_card(path))

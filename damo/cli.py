@@ -247,8 +247,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from damo.data.dataset import ClipLoader, resolve_videos
     from damo.data.schema import load_samples, write_jsonl
     from damo.eval.evaluate import grounding_report, predict
+    from damo.api import vlm_source
     from damo.model.modeling_damo import DamoModel
-    from damo.model.presets import checkpoint_type
 
     _setup_torch()
     samples, missing = resolve_videos(load_samples(args.data), args.video_root, args.on_missing)
@@ -257,13 +257,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if not samples:
         raise SystemExit(f"none of the {len(missing.samples)} samples of {args.data} has its video; nothing to evaluate")
     extra = {}
-    if args.preset or checkpoint_type(args.model):
+    try:
+        source = vlm_source(args.model, args.preset, args.dtype)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+    if source is not None:
         from damo.model.vlm import VideoLLM
         if args.features:
             raise SystemExit("--features holds the stored outputs of DaMO's towers; a whole VLM reads its own frames: "
                              "drop --features")
         try:
-            model = VideoLLM.from_pretrained(args.model, args.preset, args.dtype or "auto").to(_device(args.device))
+            model = VideoLLM.from_pretrained(*source).to(_device(args.device))
         except ValueError as e:
             raise SystemExit(f"error: {e}") from None
         extra["max_new_tokens"] = model.preset.max_new_tokens
@@ -297,14 +301,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_ground(args: argparse.Namespace) -> int:
     """One video (JSON on stdout, optional timeline picture) or a batch (JSONL, one line per request)."""
     import damo
-    from damo.api import parse_spans, score_truth
+    from damo.api import parse_spans, score_truth, vlm_source
     from damo.media import MediaError
 
     _setup_torch()
-    from damo.model.presets import checkpoint_type
-
     model_dir = Path(args.model)
-    if not args.preset and not checkpoint_type(model_dir) and not (model_dir / "model.safetensors").is_file():
+    try:
+        whole_vlm = vlm_source(args.model, args.preset, args.dtype) is not None
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+    if not whole_vlm and not (model_dir / "model.safetensors").is_file():
         raise SystemExit(f"no trained model in {model_dir}; run `damo demo` first or pass --model DIR")
     if args.batch:
         if args.video or args.query:
@@ -530,11 +536,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import damo
     from damo.app.serve import run
 
-    from damo.model.presets import checkpoint_type
+    from damo.api import vlm_source
 
     _setup_torch()
     model_dir = Path(args.model)
-    if not args.preset and not checkpoint_type(model_dir) and not (model_dir / "model.safetensors").is_file():
+    try:
+        whole_vlm = vlm_source(args.model, args.preset, args.dtype) is not None
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+    if not whole_vlm and not (model_dir / "model.safetensors").is_file():
         raise SystemExit(f"no trained model in {model_dir}; run `damo demo` first or pass --model DIR")
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: serving on {args.host}: anyone who can reach this address can upload files", file=sys.stderr)

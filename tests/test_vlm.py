@@ -333,3 +333,17 @@ def test_a_bf16_model_trains_float32_adapters_and_heads(folders, clips):
     (losses["lm"] + losses["grounding"]).backward()
     grads = [p.grad for p in vlm.parameters() if p.requires_grad]
     assert all(g is not None and torch.isfinite(g).all() for g in grads) and any(g.abs().sum() > 0 for g in grads)
+
+
+def test_a_vlm_config_names_the_checkpoint_and_preset_to_run(folders, shared_data, tmp_path, capsys):
+    from damo.api import vlm_source
+
+    assert vlm_source("qwen3-vl-8b", None, None) == ("Qwen/Qwen3-VL-8B-Instruct", "qwen3-vl", "auto")
+    assert vlm_source("qwen2.5-vl-7b", "time-r1", "float32") == ("Qwen/Qwen2.5-VL-7B-Instruct", "time-r1", "float32")
+    assert vlm_source("tiny", None, None) is None and vlm_source(tmp_path / "missing", None, None) is None
+    config = tmp_path / "my-vlm.yaml"
+    config.write_text(f"vlm: {{name_or_path: {folders['qwen3-vl']}, preset: timelens, dtype: float32, "
+                      "config: {model_type: qwen3_vl}}\n")
+    video = shared_data / "videos" / "carphone_pristine.mp4"
+    assert main(["ground", str(video), QUERY, "--model", str(config), "--quiet", "--device", "cpu", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["model"]["preset"] == "timelens"
