@@ -74,6 +74,28 @@ def mp4_sample_table_bomb(path: Path, samples: int = 50_000_000) -> Path:
     return path
 
 
+def fragmented_mp4_bomb(path: Path, samples: int = 50_000_000) -> Path:
+    """A fragmented MP4 (``moof`` after an empty ``moov``) of three 16x16 H.264 frames whose ``trun``
+    then claims ``samples`` samples (FFmpeg allocates its index for them before reading one)."""
+    with av.open(str(path), "w", format="mp4", options={"movflags": "frag_keyframe+empty_moov"}) as out:
+        s = out.add_stream("libx264", rate=1)
+        s.width = s.height = 16
+        s.pix_fmt = "yuv420p"
+        s.options = {"threads": "1"}
+        for i in range(3):
+            frame = av.VideoFrame.from_ndarray(np.zeros((16, 16, 3), np.uint8), format="rgb24")
+            frame.pts, frame.time_base = i, Fraction(1, 1)
+            for p in s.encode(frame):
+                out.mux(p)
+        for p in s.encode():
+            out.mux(p)
+    data = bytearray(path.read_bytes())
+    trun, _ = _find(data, [b"moof", b"traf", b"trun"])
+    struct.pack_into(">I", data, trun + 12, samples)                          # version/flags, then sample_count
+    path.write_bytes(bytes(data))
+    return path
+
+
 def mkv_many_packets(path: Path, n: int, codec: str = "mpeg4", keyframes: bool = False) -> Path:
     """A Matroska file of ``n`` one-byte packets 1 ms apart, none flagged a keyframe unless
     ``keyframes`` (MPEG-4 part 2 keeps the flags as written; an intra-only codec's are all set)."""

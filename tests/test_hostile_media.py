@@ -38,6 +38,14 @@ def test_mp4_sample_table_bomb_is_refused_before_ffmpeg_reads_it(tmp_path, monke
     assert opened == [] and entries(tmp_path / "cache") == []
 
 
+def test_a_fragment_claiming_millions_of_samples_is_refused_too(tmp_path):
+    path = H.fragmented_mp4_bomb(tmp_path / "frag.mp4")
+    assert path.stat().st_size < 2000
+    with pytest.raises(MediaError, match=r"frag\.mp4: its MP4 sample tables declare 50,000,00\d samples"):
+        decode_clip(path)
+    assert decode_clip(H.fragmented_mp4_bomb(tmp_path / "ok.mp4", samples=3), size=8).num_frames == 3
+
+
 def test_sample_tables_within_the_limit_still_open(tmp_path):
     """The same file claiming 1,000 samples is no longer refused by the count (FFmpeg then finds the
     sizes wrong): the count, not the structure, is what refuses the bomb."""
