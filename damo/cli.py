@@ -244,13 +244,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return 0
     if not (args.data and args.model):
         raise SystemExit("damo eval needs either --task/--gt/--pred (score predictions) or --data/--model (run our model)")
+    import shutil
+
     from damo.data.dataset import ClipLoader, resolve_videos
     from damo.data.schema import load_samples, write_jsonl
-    from damo.eval.evaluate import grounding_report, predict
+    from damo.eval.evaluate import grounding_report, predict_resumable
     from damo.api import vlm_source
     from damo.model.modeling_damo import DamoModel
+    from damo.ranks import RankFailed, device_for, init_distributed
 
     _setup_torch()
+    info = init_distributed()
+    device = _device(device_for(args.device, info))
     samples, missing = resolve_videos(load_samples(args.data), args.video_root, args.on_missing)
     if missing:
         print(f"skipping {missing.summary()}", file=sys.stderr)
@@ -267,22 +272,32 @@ def cmd_eval(args: argparse.Namespace) -> int:
             raise SystemExit("--features holds the stored outputs of DaMO's towers; a whole VLM reads its own frames: "
                              "drop --features")
         try:
-            model = VideoLLM.from_pretrained(*source).to(_device(args.device))
+            model = VideoLLM.from_pretrained(*source).to(device)
         except ValueError as e:
             raise SystemExit(f"error: {e}") from None
         extra["max_new_tokens"] = model.preset.max_new_tokens
         convention = model.preset.convention
     else:
-        model = DamoModel.load(args.model, dtype=args.dtype).to(_device(args.device))
+        model = DamoModel.load(args.model, dtype=args.dtype).to(device)
         convention = ">="
     if args.features:
         from damo.data.features import FeatureLoader
         clips = FeatureLoader(args.features, model)
     else:
         clips = ClipLoader(model.processor)
-    failed: list[dict] = []
-    preds = predict(model, samples, clips, batch_size=args.batch_size, num_workers=args.num_workers, failures=failed,
-                    **extra)
+    out = Path(args.out or "runs/eval")
+    job = {"data": str(Path(args.data).resolve()), "model": str(args.model), "preset": args.preset,
+           "dtype": args.dtype, "features": args.features, "video_root": args.video_root}
+    try:
+        preds, failed, run = predict_resumable(model, samples, clips, out / "parts", job, info,
+                                               batch_size=args.batch_size, num_workers=args.num_workers, **extra)
+    except RankFailed as e:
+        raise SystemExit(f"damo eval: {e}; finished predictions stay in {out / 'parts'}: run the same command "
+                         "again to resume") from None
+    except ValueError as e:
+        raise SystemExit(f"damo eval: {e}") from None
+    if not info.main:
+        return 0
     m = grounding_report(samples, preds, convention)
     if missing:
         m["skipped"] = missing.to_dict()
@@ -290,10 +305,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"{len(failed)} samples could not be read: " + "; ".join(f"{f['id']} ({f['video']}): {f['reason']}"
                                                                       for f in failed[:5]), file=sys.stderr)
         m["failed"] = failed
-    out = Path(args.out or "runs/eval")
-    out.mkdir(parents=True, exist_ok=True)
+    m["run"] = run
     write_jsonl(out / "predictions.jsonl", (p.to_dict() for p in preds))
     (out / "metrics.json").write_text(json.dumps(m, indent=2))
+    shutil.rmtree(out / "parts")
     _print(m)
     return 0
 
@@ -409,7 +424,10 @@ def cmd_data_features(args: argparse.Namespace) -> int:
     from damo.model.modeling_damo import DamoConfig, DamoModel, LLMConfig
     from damo.model.tokenizer import train_tokenizer
 
+    from damo.ranks import RankFailed, device_for, init_distributed
+
     _setup_torch()
+    info = init_distributed()
     src = Path(args.model)
     if src.is_dir():
         model = DamoModel.load(src)
@@ -419,12 +437,18 @@ def cmd_data_features(args: argparse.Namespace) -> int:
         model = DamoModel(cfg, train_tokenizer(["features"], 300))
     else:
         raise SystemExit(f"--model {src}: neither a model folder nor a model config file")
-    model = model.to(_device(args.device))
+    model = model.to(_device(device_for(args.device, info)))
     samples, missing = resolve_videos(load_dataset(args.data), args.video_root, args.on_missing)
-    if missing:
+    if missing and info.main:
         print(f"skipping {missing.summary()}", file=sys.stderr)
-    _print(extract(model, [s.video for s in samples], ClipLoader(model.processor), args.out,
-                   shard_videos=args.shard_videos))
+    try:
+        report = extract(model, [s.video for s in samples], ClipLoader(model.processor), args.out,
+                         shard_videos=args.shard_videos, info=info)
+    except RankFailed as e:
+        raise SystemExit(f"damo data features: {e}; finished shards stay in {args.out}: run the same command again "
+                         "to resume") from None
+    if info.main:
+        _print(report)
     return 0
 
 
@@ -576,8 +600,11 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_data_augment(args: argparse.Namespace) -> int:
     """``damo data augment``: annotations -> grounded QA JSONL; prints the report as JSON."""
-    from damo.data.augment import augment, load_videos, make_generator
+    import shutil
+
+    from damo.data.augment import augment_resumable, load_videos, make_generator
     from damo.data.schema import save_samples
+    from damo.ranks import RankFailed, init_distributed
 
     if args.limit is not None and args.limit < 1:
         raise SystemExit(f"--limit must be a positive number of videos, got {args.limit}")
@@ -588,8 +615,21 @@ def cmd_data_augment(args: argparse.Namespace) -> int:
         raise SystemExit(str(e)) from None
     if args.limit is not None:
         videos = videos[:args.limit]
-    samples, report = augment(videos, gen, seed=args.seed)
+    info = init_distributed()
+    parts = Path(f"{args.out}.parts")
+    job = {"in": str(Path(args.inp).resolve()), "format": args.format, "generator": args.generator, "seed": args.seed,
+           "url": args.url, "model": args.model, "limit": args.limit}
+    try:
+        samples, report = augment_resumable(videos, gen, parts, job, info, seed=args.seed)
+    except RankFailed as e:
+        raise SystemExit(f"damo data augment: {e}; finished videos stay in {parts}: run the same command again to "
+                         "resume") from None
+    except ValueError as e:
+        raise SystemExit(f"damo data augment: {e}") from None
+    if not info.main:
+        return 0
     save_samples(args.out, samples)
+    shutil.rmtree(parts)
     report["out"] = str(args.out)
     _print(report)
     return 0

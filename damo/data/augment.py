@@ -78,6 +78,7 @@ import numpy as np
 from damo.data.chat import ChatClient
 from damo.minilm import minilm
 from damo.data.schema import Sample, load_samples
+from damo.ranks import ONE, DistInfo, Parts, run_share, share
 from damo.spans import hull, merge, overlap, span_iou
 
 QA_TASKS = {"when": "grounding", "what_at": "grounded_qa", "what_between": "grounded_qa", "before": "grounded_qa",
@@ -646,22 +647,80 @@ def augment(videos: Sequence[VideoCaptions], generator, *, seed: int = 0, min_su
                 meta={"qa_type": "dialogue", "generator": generator.name, "prompt_version": generator.prompt_version,
                       "source_id": vc.id, "turns": turns,
                       "source_captions": [c for t in turns for c in t["source_captions"]]}))
-    n_rej = sum(reasons.values())
-    report = {
-        "generator": generator.name, "prompt_version": generator.prompt_version, "videos": len(videos),
+    counts = {"videos": len(videos), "candidates": n_cand, "rejections": reasons, "dialogues": n_dialogues,
+              "samples": len(samples), "by_type": by_type}
+    return samples, _report(generator.name, generator.prompt_version, counts)
+
+
+def _report(generator: str, prompt_version: str, counts: dict) -> dict:
+    """:func:`augment`'s report from its counts (``by_type[t]`` counts ``candidates``, ``accepted`` and
+    ``rejected:REASON``)."""
+    n_cand, n_rej = counts["candidates"], sum(counts["rejections"].values())
+    return {
+        "generator": generator, "prompt_version": prompt_version, "videos": counts["videos"],
         "candidates": n_cand, "accepted": n_cand - n_rej, "rejected": n_rej,
         "rejection_rate": round(n_rej / n_cand, 4) if n_cand else 0.0,
-        "rejections": dict(sorted(reasons.items())), "dialogues": n_dialogues, "samples": len(samples),
+        "rejections": dict(sorted(counts["rejections"].items())), "dialogues": counts["dialogues"],
+        "samples": counts["samples"],
         "by_type": {t: {"candidates": c["candidates"], "accepted": c["accepted"],
                         "rejection_rate": round(1 - c["accepted"] / c["candidates"], 4) if c["candidates"] else 0.0,
                         "rejections": {k.split(":", 1)[1]: v for k, v in sorted(c.items()) if k.startswith("rejected:")}}
-                    for t, c in sorted(by_type.items())},
+                    for t, c in sorted(counts["by_type"].items())},
     }
-    return samples, report
+
+
+def merge_reports(reports: Sequence[dict]) -> dict:
+    """One report for the videos of several :func:`augment` reports (of one generator)."""
+    counts: dict = {"videos": 0, "candidates": 0, "rejections": Counter(), "dialogues": 0, "samples": 0,
+                    "by_type": defaultdict(Counter)}
+    for r in reports:
+        for k in ("videos", "candidates", "dialogues", "samples"):
+            counts[k] += r[k]
+        counts["rejections"].update(r["rejections"])
+        for t, c in r["by_type"].items():
+            counts["by_type"][t].update({"candidates": c["candidates"], "accepted": c["accepted"],
+                                         **{f"rejected:{k}": v for k, v in c["rejections"].items()}})
+    return _report(reports[0]["generator"], reports[0]["prompt_version"], counts)
+
+
+CHUNK_VIDEOS = 16
+
+
+def augment_resumable(videos: Sequence[VideoCaptions], generator, parts: Path, job: dict, info: DistInfo = ONE,
+                      seed: int = 0) -> tuple[list[Sample], dict]:
+    """:func:`augment` that survives a kill and spreads over torchrun's ranks (:mod:`damo.ranks`).
+
+    The videos are cut into chunks of :data:`CHUNK_VIDEOS` in order (questions are generated, checked and
+    deduplicated per video, near-duplicates embedded per chunk), so every run cuts them alike; each rank augments
+    its share of the chunks not yet in ``parts`` (a :class:`~damo.ranks.Parts` folder of the ``job``) and appends
+    each finished one there. Returns, on rank 0, the samples in video order and the merged report with
+    ``world_size``, ``videos_per_rank`` and ``resumed`` (videos); other ranks get empty results."""
+    store = Parts(parts, job, info)
+    done = {r["chunk"] for r in store.rows}
+    chunks = [(k, videos[i:i + CHUNK_VIDEOS]) for k, i in enumerate(range(0, len(videos), CHUNK_VIDEOS))]
+    todo = [(k, vs) for k, vs in chunks if k not in done]
+
+    def work() -> int:
+        mine = share(todo, info)
+        with store.writer() as add:
+            for k, vs in mine:
+                samples, report = augment(vs, generator, seed=seed)
+                add([{"chunk": k, "samples": [s.to_dict() for s in samples], "report": report}])
+        return sum(len(vs) for _, vs in mine)
+
+    per_rank = run_share(info, work)
+    if not info.main:
+        return [], {}
+    rows = sorted(store.read(), key=lambda r: r["chunk"])
+    samples = [Sample.from_dict(d) for r in rows for d in r["samples"]]
+    reports = [r["report"] for r in rows] or [augment([], generator, seed=seed)[1]]
+    return samples, merge_reports(reports) | {
+        "world_size": info.world, "videos_per_rank": per_rank,
+        "resumed": sum(len(vs) for k, vs in chunks if k in done)}
 
 
 # ------------------------------------------------------------------------------------- command line
 
 __all__ = ["VideoCaptions", "videos_from_samples", "load_videos", "RuleGenerator", "HTTPGenerator",
            "LocalLMGenerator", "GENERATORS", "make_generator", "validate", "augment", "content_words", "support",
-           "load_prompt", "parse_candidates"]
+           "load_prompt", "parse_candidates", "merge_reports", "augment_resumable"]

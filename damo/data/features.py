@@ -6,7 +6,8 @@ runs the towers once over a dataset and writes them as sharded safetensors to ``
 ``KEY`` digests the encoder settings (tower configs, input size, fps, audio features and the
 towers' weights), so features of different encoders never mix:
 
-- ``index.json``: those settings in full and, per video reference, its shard;
+- ``index.json``: those settings in full and, per video reference, its shard (``shard-NNNNN.json`` lists a
+  shard's videos until the index takes them in);
 - ``shard-NNNNN.safetensors``: per video ``KEY.vision`` ``(T, 1+P, Dv)``, ``KEY.audio``
   ``(T, 1+A, Da)`` (both in the towers' dtype) and ``KEY.times`` ``(T,)`` seconds.
 
@@ -30,6 +31,7 @@ from tqdm import tqdm
 
 from damo.model.modeling_damo import DamoModel
 from damo.model.processing import ClipTensors
+from damo.ranks import ONE, DistInfo, barrier, run_share, share
 
 INDEX = "index.json"
 
@@ -59,57 +61,71 @@ def settings_dir(root: str | Path, model: DamoModel) -> tuple[Path, dict]:
     return Path(root) / key, settings
 
 
-def _write_json(path: Path, obj: dict) -> None:
+def _write_json(path: Path, obj: dict | list) -> None:
     tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
     tmp.write_text(json.dumps(obj, indent=1))
     tmp.replace(path)
 
 
+def _stored(out: Path, settings: dict) -> dict:
+    """The index, with the shards finished since it was last written (each one's ``.json`` beside it) folded in."""
+    index_path = out / INDEX
+    index = json.loads(index_path.read_text()) if index_path.is_file() else {"settings": settings, "videos": {}}
+    for part in sorted(out.glob("shard-*.json")):
+        index["videos"].update(dict.fromkeys(json.loads(part.read_text()), part.with_suffix(".safetensors").name))
+    return index
+
+
 @torch.no_grad()
 def extract(model: DamoModel, videos: Iterable[str], clips: Callable[[str], ClipTensors], out: str | Path,
-            shard_videos: int = 64, progress: bool = True) -> dict:
+            shard_videos: int = 64, progress: bool = True, info: DistInfo = ONE) -> dict:
     """Run the model's frozen towers over ``videos`` into ``out/KEY`` (resuming what is there).
 
-    Returns ``{"folder", "videos", "written", "reused", "shards"}``.
+    The videos not stored yet are cut into shards of ``shard_videos`` in order; under torchrun rank ``r`` of ``w``
+    computes shards ``r, r + w, ...`` (:mod:`damo.ranks`), so the folder ends as one process leaves it. Each shard
+    is written with a ``.json`` list of its videos, folded into ``index.json`` once every rank is done.
+    Returns ``{"folder", "videos", "written", "reused", "shards", "world_size", "videos_per_rank"}``.
     """
     out, settings = settings_dir(out, model)
     out.mkdir(parents=True, exist_ok=True)
-    index_path = out / INDEX
-    index = json.loads(index_path.read_text()) if index_path.is_file() else {"settings": settings, "videos": {}}
+    index = _stored(out, settings)
     todo = [v for v in dict.fromkeys(videos) if v not in index["videos"]]
-    reused = len(index["videos"])
+    first = 1 + max((int(n[6:11]) for n in index["videos"].values()), default=-1)   # after any shard of a killed run
+    groups = [(f"shard-{first + g:05d}", todo[i:i + shard_videos]) for g, i in enumerate(range(0, len(todo), shard_videos))]
     dev = next(model.parameters()).device
     model.eval()
-    pending: dict[str, torch.Tensor] = {}
-    names: list[str] = []
-    shards = {s for s in index["videos"].values()}
+    barrier()                   # every rank has planned from the same folder before any writes to it
 
-    def flush() -> None:
-        name = f"shard-{len(shards):05d}.safetensors"
-        tmp = out / f"{name}.tmp-{os.getpid()}"
-        save_file(pending, str(tmp))
-        tmp.replace(out / name)                  # the shard first, then the index that names it
-        shards.add(name)
-        index["videos"].update({v: name for v in names})
-        _write_json(index_path, index)
-        pending.clear()
-        names.clear()
+    def work() -> int:
+        mine = share(groups, info)
+        bar = tqdm(total=sum(len(vs) for _, vs in mine), desc="features", disable=not (progress and info.main),
+                   dynamic_ncols=True)
+        for name, vs in mine:
+            tensors: dict[str, torch.Tensor] = {}
+            for v in vs:
+                c = clips(v)
+                frames = c.frames.permute(0, 3, 1, 2).float().div(255.0)[None].to(dev)     # (1, T, 3, H, W)
+                k = video_key(v)
+                tensors[f"{k}.vision"] = model.video.vision(frames)[0].contiguous().cpu()          # (T, 1+P, Dv)
+                tensors[f"{k}.audio"] = model.video.audio(c.mel.float()[None].to(dev))[0].contiguous().cpu()
+                tensors[f"{k}.times"] = c.times.contiguous()
+                tensors[f"{k}.duration"] = torch.tensor([c.duration], dtype=torch.float64)
+                bar.update()
+            tmp = out / f"{name}.safetensors.tmp-{os.getpid()}"
+            save_file(tensors, str(tmp))
+            tmp.replace(out / f"{name}.safetensors")          # the shard first, then the list that names it
+            _write_json(out / f"{name}.json", vs)
+        bar.close()
+        return sum(len(vs) for _, vs in mine)
 
-    for v in tqdm(todo, desc="features", disable=not progress, dynamic_ncols=True):
-        c = clips(v)
-        frames = c.frames.permute(0, 3, 1, 2).float().div(255.0)[None].to(dev)     # (1, T, 3, H, W)
-        k = video_key(v)
-        pending[f"{k}.vision"] = model.video.vision(frames)[0].contiguous().cpu()          # (T, 1+P, Dv)
-        pending[f"{k}.audio"] = model.video.audio(c.mel.float()[None].to(dev))[0].contiguous().cpu()   # (T, 1+A, Da)
-        pending[f"{k}.times"] = c.times.contiguous()
-        pending[f"{k}.duration"] = torch.tensor([c.duration], dtype=torch.float64)
-        names.append(v)
-        if len(names) == shard_videos:
-            flush()
-    if names:
-        flush()
-    return {"folder": str(out), "videos": len(index["videos"]), "written": len(todo), "reused": reused,
-            "shards": len(shards)}
+    per_rank = run_share(info, work)
+    if info.main:           # every rank has finished writing: fold their shards' lists into the index
+        _write_json(out / INDEX, _stored(out, settings))
+        for part in out.glob("shard-*.json"):
+            part.unlink()
+    return {"folder": str(out), "videos": len(index["videos"]) + len(todo), "written": len(todo),
+            "reused": len(index["videos"]), "shards": len(set(index["videos"].values())) + len(groups),
+            "world_size": info.world, "videos_per_rank": per_rank}
 
 
 class FeatureLoader:

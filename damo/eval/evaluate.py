@@ -7,6 +7,8 @@ audio-visual, from ``meta['modality']``) and per query kind (``meta['kind']``).
 from __future__ import annotations
 
 from collections import defaultdict
+from pathlib import Path
+from typing import Callable
 
 import torch
 from tqdm import tqdm
@@ -17,6 +19,7 @@ from damo.data.schema import Prediction, Sample
 from damo.eval.grounding import grounding_metrics
 from damo.eval.stvg import stvg_metrics
 from damo.model.modeling_damo import DamoModel
+from damo.ranks import ONE, DistInfo, Parts, run_share, share
 
 
 def _items(batch: list) -> list:
@@ -25,31 +28,68 @@ def _items(batch: list) -> list:
 
 @torch.no_grad()
 def predict(model: DamoModel, samples: list[Sample], clips, batch_size: int = 8, num_workers: int = 0,
-            progress: bool = True, max_new_tokens: int = 48, failures: list[dict] | None = None) -> list[Prediction]:
+            progress: bool = True, max_new_tokens: int = 48, failures: list[dict] | None = None,
+            on_batch: Callable[[list[Prediction], list[dict]], None] | None = None) -> list[Prediction]:
     """Answer every sample's query about its video, ``batch_size`` at a time on the model's
     device (left-padded prompts, KV cache); ``num_workers`` loader processes decode ahead.
     ``clips`` maps a video reference to model inputs (a :class:`~damo.data.dataset.ClipLoader`).
     A sample whose video cannot be read gets no prediction (it scores as a miss) and is appended to
-    ``failures`` (``{"id", "video", "reason"}``); the others go on."""
+    ``failures`` (``{"id", "video", "reason"}``); the others go on. ``on_batch`` receives each batch's
+    predictions and failures as soon as they are known."""
     if batch_size < 1:
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
     preds = []
     bar = tqdm(total=len(samples), desc="predict", disable=not progress, dynamic_ncols=True)
     for items in loader(ClipDataset(samples, clips), _items, num_workers, batch_size=batch_size):
         bar.update(len(items))
+        bad = [c.to_dict() for _, _, c in items if isinstance(c, Unusable)]
         if failures is not None:
-            failures += [c.to_dict() for _, _, c in items if isinstance(c, Unusable)]
+            failures += bad
         items = [it for it in items if not isinstance(it[2], Unusable)]
-        if not items:
-            continue
         # a DaMO model takes each sample's task for its generation settings (a whole VLM's preset has its own)
         tasks = {"tasks": [str(s.meta.get("task", s.task)) for _, s, _ in items]} if isinstance(model, DamoModel) else {}
-        rows = model.answer([c for _, _, c in items], [s.query for _, s, _ in items], max_new_tokens, **tasks)
-        for (_, s, _), r in zip(items, rows):
-            preds.append(Prediction(id=s.id, spans=[[round(x, 3) for x in sp] for sp in r["spans"]],
-                                    answer=r["answer"], tube=r["tube"]))
+        rows = model.answer([c for _, _, c in items], [s.query for _, s, _ in items], max_new_tokens,
+                            **tasks) if items else []
+        new = [Prediction(id=s.id, spans=[[round(x, 3) for x in sp] for sp in r["spans"]], answer=r["answer"],
+                          tube=r["tube"]) for (_, s, _), r in zip(items, rows)]
+        preds += new
+        if on_batch is not None:
+            on_batch(new, bad)
     bar.close()
     return preds
+
+
+def _row_id(row: dict) -> str:
+    """The sample a part-file row is about: a prediction, or ``{"failed": {"id", "video", "reason"}}``."""
+    return row["failed"]["id"] if "failed" in row else row["id"]
+
+
+def predict_resumable(model: DamoModel, samples: list[Sample], clips, parts: Path, job: dict, info: DistInfo = ONE,
+                      progress: bool = True, **options) -> tuple[list[Prediction], list[dict], dict]:
+    """:func:`predict` that survives a kill and spreads over torchrun's ranks (:mod:`damo.ranks`).
+
+    Each rank answers its share of the samples not yet in ``parts`` (a :class:`~damo.ranks.Parts` folder of the
+    ``job``) and appends every finished batch there. Returns, on rank 0, the predictions and the failures in
+    sample order, as one process gives them, and ``{"world_size", "samples_per_rank", "resumed"}``; other ranks
+    get empty results."""
+    store = Parts(parts, job, info)
+    done = {_row_id(r) for r in store.rows}
+    todo = [s for s in samples if s.id not in done]
+
+    def work() -> int:
+        mine = share(todo, info)
+        with store.writer() as add:
+            predict(model, mine, clips, progress=progress and info.main, **options,
+                    on_batch=lambda preds, bad: add([p.to_dict() for p in preds] + [{"failed": x} for x in bad]))
+        return len(mine)
+
+    per_rank = run_share(info, work)
+    if not info.main:
+        return [], [], {}
+    rows = {_row_id(r): r["failed"] if "failed" in r else Prediction.from_dict(r) for r in store.read()}
+    ordered = [rows[s.id] for s in samples if s.id in rows]
+    return ([r for r in ordered if isinstance(r, Prediction)], [r for r in ordered if isinstance(r, dict)],
+            {"world_size": info.world, "samples_per_rank": per_rank, "resumed": len(samples) - len(todo)})
 
 
 def grounding_report(samples: list[Sample], preds: list[Prediction], convention: str = ">=") -> dict:

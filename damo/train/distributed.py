@@ -17,48 +17,16 @@ processes equals a 1-process run with ``grad_accum`` N times larger (up to float
 """
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
 from typing import Sequence, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from damo.ranks import DistInfo, barrier, gather_dicts, init_distributed  # noqa: F401  (the training loop's names for them)
+
 T = TypeVar("T")
 PARALLEL = ("ddp", "fsdp")
-
-
-@dataclass(frozen=True)
-class DistInfo:
-    rank: int
-    world: int
-    local_rank: int
-    device: torch.device
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed() -> DistInfo:
-    """Join the process group torchrun describes in the environment (a no-op for one process)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    cuda = torch.cuda.is_available()
-    device = torch.device("cuda", local) if cuda else torch.device("cpu")
-    if world > 1 and not dist.is_initialized():
-        if cuda:
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if cuda else "gloo")
-    if dist.is_initialized():
-        return DistInfo(dist.get_rank(), dist.get_world_size(), local, device)
-    return DistInfo(0, 1, 0, device)
-
-
-def barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
 
 
 def micro_batches(items: Sequence[T], parts: int) -> list[list[T]]:
@@ -82,15 +50,6 @@ def mean_across(values: torch.Tensor) -> torch.Tensor:
         dist.all_reduce(values)
         values /= dist.get_world_size()
     return values
-
-
-def gather_dicts(d: dict) -> dict:
-    """The union of every process's ``d`` (picklable keys and values), on every process."""
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return dict(d)
-    parts: list[dict] = [{} for _ in range(dist.get_world_size())]
-    dist.all_gather_object(parts, d)
-    return {k: v for p in parts for k, v in p.items()}
 
 
 def fsdp_units(model: nn.Module) -> list[nn.Module]:
