@@ -687,9 +687,11 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--gpus", type=int, default=8)
     pl.add_argument("--gpu-gb", type=float, default=80.0, help="memory per GPU")
     pl.add_argument("--parallel", choices=["ddp", "fsdp"], help="report only this mode (default: both)")
-    pl.add_argument("--frames", type=int, help="frames per clip (default: the config's llm_frames)")
+    pl.add_argument("--frames", type=int, help="sampled frames per clip, all seen by the towers (default: 180, "
+                    "3 minutes at 1 fps, or the config's llm_frames if more)")
     pl.add_argument("--text-tokens", type=int, default=256, help="question + answer tokens per clip")
-    pl.add_argument("--micro-batch", type=int, default=1, help="clips per GPU per forward")
+    pl.add_argument("--micro-batch", type=int, help="clips per GPU per forward (default: each stage's batch over "
+                    "gpus x grad_accum)")
     pl.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     pl.set_defaults(fn=cmd_plan)
 

@@ -9,32 +9,48 @@ vocabulary size plus our added tokens takes the place of the real one. For each 
    matches nothing fails here, before any GPU time is spent) and counts total and trainable
    parameters per top-level module;
 2. runs one forward and backward of the stage's losses on meta tensors for one clip of
-   ``frames`` frames and a question + answer of ``text_tokens`` tokens, through the real
-   processor, collator and model, recording the bytes autograd saves for the backward pass
+   ``frames`` frames (all of which the towers see; the LLM reads at most ``llm_frames`` frame tokens)
+   and a question + answer of ``text_tokens`` tokens, through the real processor, collator and
+   model, recording the bytes autograd saves for the backward pass
    (``torch.autograd.graph.saved_tensors_hooks``). This is done with the LLM's gradient
    checkpointing on and off: the difference is what its decoder layers save, of which a
    checkpointed run keeps only each layer's input plus one layer's worth while it recomputes.
 
-Memory per GPU (bytes; ``P`` all parameters, ``P_t`` trainable, ``A`` activations of one clip):
+Memory per GPU (bytes; ``P`` all parameters, ``P_t`` trainable, ``A`` activations of one clip,
+``m`` the micro-batch, ``L`` tokens per clip, ``V`` the vocabulary, ``C`` the LLM width):
 
+- the micro-batch is the stage's: its global ``batch`` split over ``gpus x grad_accum``
+  micro-batches (the largest of them), unless ``micro_batch`` is given;
 - weights: frozen parameters in bf16 (``dtype: auto`` on GPU), trainable ones in fp32 (LoRA and
   new modules stay fp32; the forward runs under bf16 autocast): ``2 (P - P_t) + 4 P_t``;
 - gradients ``4 P_t`` and AdamW's two moments ``8 P_t`` (fp32);
 - DDP replicates all of it and adds its gradient buckets (``4 P_t``);
   FSDP (full sharding) divides weights, gradients and moments by the GPU count and adds the
   largest unit gathered at once (twice, for prefetch);
-- activations ``micro_batch x A`` at bf16 (half the fp32 bytes the meta run records), plus a
-  fixed allowance for the CUDA context and allocator fragmentation (``OVERHEAD_GB``);
+- activations ``m x A`` at bf16 (half the fp32 bytes the meta run records);
 - a preference stage's clip is two rows (chosen and rejected); a GRPO stage's prompt is ``group``
   rows teacher-forced at once, plus the KV cache of sampling them (bf16, every layer, prompt +
   ``max_new_tokens`` positions); a loss with a frozen reference (FPO ``dpo``, GRPO ``beta > 0``)
-  adds that copy's weights in bf16 (``2 P``), unsharded.
+  adds that copy's weights in bf16 (``2 P``), unsharded;
+- logits where a stage reads the LLM: ``m L V x 14`` bytes, the bf16 logits, their fp32 copy, the
+  fp32 log-softmax the loss keeps and its fp32 gradient (:func:`damo.train.losses.lm`), alive together
+  in the backward;
+- peft's trainable token rows merge into a full ``V x C`` bf16 copy of the embeddings and of an untied
+  head in every forward: ``2 V C`` bytes per wrapped matrix;
+- FSDP's transient peaks, as :func:`damo.train.loop.run_stage` runs it: each unit reaches the GPU
+  whole while it is sharded (``load``: the shards plus the largest unit), and the stage's end gathers
+  the weights into the CPU model one tensor at a time (``end``: the shards plus the largest tensor,
+  in fp32); the per-GPU figure is the largest of the steady state and these. Host memory per node:
+  every process builds the model on the CPU and FSDP trains a copy of it (``host_gb_per_node``,
+  8 processes per node);
+- plus a fixed allowance for the CUDA context and allocator fragmentation (``OVERHEAD_GB``).
 
 This is an estimate for planning (the order of magnitude and what dominates), not a measurement.
 """
 from __future__ import annotations
 
 import copy
+import math
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
@@ -58,6 +74,9 @@ from damo.train.losses import stage_losses, stage_settings
 
 GB = 1024 ** 3
 OVERHEAD_GB = 2.0          # CUDA context, NCCL buffers, allocator fragmentation
+DEFAULT_FRAMES = 180       # sampled frames of a clip the towers see: 3 minutes at 1 fps (ActivityNet-length videos)
+GPUS_PER_NODE = 8
+LOGIT_BYTES = 2 + 4 + 4 + 4   # bf16 logits, fp32 copy, fp32 log-softmax, its fp32 gradient
 PARALLEL_MODES = ("ddp", "fsdp")
 
 
@@ -205,35 +224,66 @@ def largest_unit(model: DamoModel) -> int:
 
 
 def memory_gb(total: int, trainable: int, act_fp32: int, gpus: int, micro_batch: int, unit: int,
-              reference: bool = False) -> dict[str, float]:
-    """Per-GPU memory (GB) under DDP and FSDP; see the module docstring for the model."""
+              reference: bool = False, logits: int = 0, token_rows: int = 0, tensor: int = 0) -> dict[str, float]:
+    """Per-GPU memory (GB) under DDP and FSDP (the largest of FSDP's steady state, ``fsdp_steady``,
+    and its ``fsdp_load`` and ``fsdp_end`` peaks); ``reference``: a frozen copy of the model is held;
+    ``logits``: logit values of one clip (``L x V``); ``token_rows``: values of the matrices peft's
+    trainable tokens copy (``V x C`` each); ``tensor``: values of the largest parameter. See the module
+    docstring for the model."""
     weights = 2 * (total - trainable) + 4 * trainable + (2 * total if reference else 0)
     grads, adam = 4 * trainable, 8 * trainable
-    act = micro_batch * act_fp32 / 2                   # bf16 autocast
+    act = micro_batch * (act_fp32 / 2 + logits * LOGIT_BYTES) + 2 * token_rows     # bf16 autocast
     ddp = weights + grads + adam + 4 * trainable + act
-    fsdp = (weights + grads + adam) / gpus + 2 * 2 * unit + act
-    return {"ddp": round(ddp / GB + OVERHEAD_GB, 1), "fsdp": round(fsdp / GB + OVERHEAD_GB, 1)}
+    shards = (weights + grads + adam) / gpus
+    steady = shards + 2 * 2 * unit + act
+    load, end = shards + 2 * unit, shards + 4 * tensor
+    out = {"ddp": ddp, "fsdp": max(steady, load, end), "fsdp_steady": steady, "fsdp_load": load, "fsdp_end": end}
+    return {k: round(v / GB + OVERHEAD_GB, 1) for k, v in out.items()}
+
+
+def host_gb_per_node(total: int, trainable: int, gpus: int) -> dict[str, float]:
+    """Host memory per node (GB): each process holds the model on the CPU (bf16 frozen, fp32
+    trainable); under FSDP the loop's working copy doubles it."""
+    weights = 2 * (total - trainable) + 4 * trainable
+    ranks = min(gpus, GPUS_PER_NODE)
+    return {"ddp": round(ranks * weights / GB, 1), "fsdp": round(2 * ranks * weights / GB, 1)}
+
+
+def stage_micro_batch(stage: Stage, gpus: int) -> int:
+    """Clips per GPU per forward: the largest of the ``gpus x grad_accum`` micro-batches the stage's
+    global batch splits into (:func:`damo.train.distributed.micro_batches`)."""
+    return max(1, math.ceil(stage.batch / (gpus * stage.grad_accum)))
+
+
+def token_row_values(model: DamoModel) -> int:
+    """Values of the full matrices peft's trainable tokens merge in every forward (``V x C`` each)."""
+    return sum(m.token_adapter.get_base_layer().weight.numel() for m in model.llm.modules()
+               if backbones.is_token_wrapper(m))
 
 
 @dataclass
 class PlanOptions:
     gpus: int = 8
     gpu_gb: float = 80.0
-    frames: int | None = None          # default: the config's llm_frames
+    frames: int | None = None          # frames the towers see per clip (default: DEFAULT_FRAMES, at least llm_frames)
     text_tokens: int = 256
-    micro_batch: int = 1
+    micro_batch: int | None = None     # clips per GPU per forward (default: each stage's, from its batch)
 
 
 def plan(cfg: DamoConfig, recipe: Recipe | None = None, opts: PlanOptions | None = None) -> dict:
-    """Per stage: ``modules`` ``{name: {total, trainable}}``, ``total``, ``trainable``, ``activation_gb``
-    (one clip, bf16), ``memory_gb`` ``{ddp, fsdp}`` per GPU and ``fits`` per mode (``<= gpu_gb``).
+    """Per stage: ``modules`` ``{name: {total, trainable}}``, ``total``, ``trainable``, ``micro_batch``,
+    ``activation_gb`` (one clip, bf16), ``logits_gb`` (one clip), ``memory_gb`` ``{ddp, fsdp, fsdp_steady,
+    fsdp_load, fsdp_end}`` per GPU, ``host_gb_per_node`` and ``fits`` per mode (``<= gpu_gb``).
     Without a recipe there is one stage, ``all``, training every parameter."""
     opts = opts or PlanOptions()
-    if opts.gpus < 1 or opts.micro_batch < 1 or opts.text_tokens < 8:
+    if opts.gpus < 1 or (opts.micro_batch is not None and opts.micro_batch < 1) or opts.text_tokens < 8:
         raise ValueError("gpus and micro_batch must be >= 1 and text_tokens >= 8")
-    frames = opts.frames or cfg.llm_frames or 64
+    frames = opts.frames or max(DEFAULT_FRAMES, cfg.llm_frames)
     model = build_meta(cfg)
     unit = largest_unit(model)
+    vocab = model.llm.get_output_embeddings().weight.shape[0]
+    token_rows = token_row_values(model)
+    tensor = max(p.numel() for p in model.parameters())
     stages = recipe.stages if recipe else [Stage(name="all", losses={"lm": 1.0}, steps=1)]
     out = {"config": {"frames": frames, "text_tokens": opts.text_tokens, "gpus": opts.gpus, "gpu_gb": opts.gpu_gb,
                       "micro_batch": opts.micro_batch}, "stages": {}}
@@ -243,7 +293,7 @@ def plan(cfg: DamoConfig, recipe: Recipe | None = None, opts: PlanOptions | None
         total = sum(c["total"] for c in counts.values())
         trainable = sum(c["trainable"] for c in counts.values())
         entry = {"modules": counts, "total": total, "trainable": trainable}
-        kind = stage_losses(st.name, st.losses)[0]
+        kind, reads_llm = stage_losses(st.name, st.losses)
         settings = [x for x in stage_settings(st).values() if x is not None]
         if kind == "samples":
             act = activation_bytes(model, st, frames, opts.text_tokens)
@@ -254,10 +304,15 @@ def plan(cfg: DamoConfig, recipe: Recipe | None = None, opts: PlanOptions | None
             act["bytes"] *= rows
             if kind == "rollouts":       # the sampling KV cache, in the fp32-equivalent bytes act counts
                 act["bytes"] += 2 * kv_cache_bytes(model, rows, act["tokens"] + settings[0].max_new_tokens)
-        mem = memory_gb(total, trainable, act["bytes"], opts.gpus, opts.micro_batch, unit,
-                        reference=any(x.reference for x in settings))
-        entry |= {"tokens": act["tokens"], "activation_gb": round(act["bytes"] / 2 / GB, 2), "memory_gb": mem,
-                  "fits": {k: v <= opts.gpu_gb for k, v in mem.items()}}
+        micro = opts.micro_batch or (stage_micro_batch(st, opts.gpus) if recipe else 1)
+        logits = act["tokens"] * vocab * (1 if kind == "samples" else rows) if reads_llm else 0
+        mem = memory_gb(total, trainable, act["bytes"], opts.gpus, micro, unit,
+                        reference=any(x.reference for x in settings), logits=logits, token_rows=token_rows,
+                        tensor=tensor)
+        entry |= {"tokens": act["tokens"], "micro_batch": micro, "activation_gb": round(act["bytes"] / 2 / GB, 2),
+                  "logits_gb": round(logits * LOGIT_BYTES / GB, 2), "memory_gb": mem,
+                  "host_gb_per_node": host_gb_per_node(total, trainable, opts.gpus),
+                  "fits": {k: mem[k] <= opts.gpu_gb for k in PARALLEL_MODES}}
         out["stages"][st.name] = entry
     return out
 
@@ -283,11 +338,12 @@ def plan_vlm(cfg: VLMConfig, opts: PlanOptions | None = None) -> dict:
     trainable = sum(c["trainable"] for c in counts.values())
     spec = VideoSpec(patch=model.config.vision_config.patch_size, **get_preset(cfg.preset).video)
     visual = spec.total_pixels // spec.factor ** 2
-    mem = memory_gb(total, trainable, 0, opts.gpus, opts.micro_batch, largest_unit(model))
+    micro = opts.micro_batch or 1
+    mem = memory_gb(total, trainable, 0, opts.gpus, micro, largest_unit(model))
     return {"config": {"frames": spec.max_frames, "text_tokens": opts.text_tokens, "gpus": opts.gpus,
                        "gpu_gb": opts.gpu_gb, "micro_batch": opts.micro_batch, "preset": cfg.preset,
                        "visual_tokens_max": visual},
-            "stages": {"all": {"modules": counts, "total": total, "trainable": trainable,
+            "stages": {"all": {"modules": counts, "total": total, "trainable": trainable, "micro_batch": micro,
                                "tokens": visual + opts.text_tokens, "activation_gb": None, "memory_gb": mem,
                                "fits": {k: v <= opts.gpu_gb for k, v in mem.items()}}}}
 
@@ -295,17 +351,26 @@ def plan_vlm(cfg: VLMConfig, opts: PlanOptions | None = None) -> dict:
 def format_plan(p: dict, name: str = "") -> str:
     """The plan as a readable table per stage."""
     c = p["config"]
-    lines = [f"{name}: {c['frames']} frames, {c['text_tokens']} text tokens, micro-batch {c['micro_batch']}, "
+    micro = "micro-batch from each stage's batch" if c["micro_batch"] is None else f"micro-batch {c['micro_batch']}"
+    lines = [f"{name}: {c['frames']} frames seen by the towers, {c['text_tokens']} text tokens, {micro}, "
              f"{c['gpus']} x {c['gpu_gb']:g} GB"]
     for st, e in p["stages"].items():
         lines.append(f"\nstage {st}: {e['total'] / 1e9:.3f} B parameters, {e['trainable'] / 1e6:.1f} M trainable, "
-                     f"{e['tokens']} LLM tokens, " + (f"activations {e['activation_gb']:.2f} GB per clip"
-                                                       if e["activation_gb"] is not None else
-                                                       "activations not estimated (weights, gradients, AdamW only)"))
+                     f"{e['tokens']} LLM tokens, micro-batch {e['micro_batch']}, "
+                     + (f"activations {e['activation_gb']:.2f} GB and logits {e['logits_gb']:.2f} GB per clip"
+                        if e["activation_gb"] is not None else
+                        "activations not estimated (weights, gradients, AdamW only)"))
         lines.append(f"  {'module':<16}{'total':>16}{'trainable':>16}")
         for m, v in e["modules"].items():
             lines.append(f"  {m:<16}{v['total']:>16,}{v['trainable']:>16,}")
+        mem = e["memory_gb"]
         for mode in PARALLEL_MODES:
             ok = "fits" if e["fits"][mode] else "DOES NOT FIT"
-            lines.append(f"  memory per GPU, {mode}: {e['memory_gb'][mode]:.1f} GB ({ok})")
+            peaks = (f" = max(steady {mem['fsdp_steady']:.1f}, sharding {mem['fsdp_load']:.1f}, "
+                     f"gathering at the stage's end {mem['fsdp_end']:.1f})" if mode == "fsdp" and "fsdp_load" in mem
+                     else "")
+            lines.append(f"  memory per GPU, {mode}: {mem[mode]:.1f} GB{peaks} ({ok})")
+        if "host_gb_per_node" in e:
+            h = e["host_gb_per_node"]
+            lines.append(f"  host memory per node: ddp {h['ddp']:.1f} GB, fsdp {h['fsdp']:.1f} GB")
     return "\n".join(lines)

@@ -66,7 +66,9 @@ def wrap(module: nn.Module, parallel: str, info: DistInfo) -> tuple[nn.Module, l
     contrastive temperature).
     ``ddp``: ``find_unused_parameters`` because stages freeze and skip parts of the model
     (e.g. no ``<evi>`` in a micro-batch leaves the evidence head without gradients).
-    ``fsdp``: shards in place (FSDP2); call on a module that is not needed unsharded later.
+    ``fsdp``: shards in place (FSDP2); call on a module that is not needed unsharded later. The
+    module may lie on the CPU: ``fully_shard`` moves each unit to the device as it shards it, so no
+    GPU ever holds the whole model; the 0-dim parameters it leaves whole are moved here.
     """
     if parallel not in PARALLEL:
         raise ValueError(f"parallel must be one of {PARALLEL}, got {parallel!r}")
@@ -83,6 +85,8 @@ def wrap(module: nn.Module, parallel: str, info: DistInfo) -> tuple[nn.Module, l
     for unit in fsdp_units(module):
         fully_shard(unit)
     fully_shard(module, ignored_params=scalars)
+    for p in scalars:
+        p.data = p.data.to(info.device)
     return module, [p for p in scalars if p.requires_grad]
 
 

@@ -134,9 +134,9 @@ class StageLoss(nn.Module):
     def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
         out = self.model(batch if self.use_llm else replace(batch, input_ids=None))
         ref_out = None
-        if self._ref:
+        if self._ref:     # taken on the CPU under FSDP (the model is sharded where it lies): it follows the batch
             with torch.no_grad():
-                ref_out = self._ref[0](batch)
+                ref_out = self._ref[0].to(batch.input_ids.device)(batch)
         log: dict[str, float] = {}
         vals = [LOSSES[n].fn(LossInputs(out, batch, self.model, ref_out, self.settings[n], log)) for n in self.losses]
         total = sum(w * v for w, v in zip(self.losses.values(), vals)) + out.get("zero", 0.0)
@@ -241,7 +241,8 @@ def run_stage(model: DamoModel, stage: Stage, samples: list[Sample], clips, seed
     # FSDP shards in place, so it trains a copy whose full weights are copied back at the end
     work = copy.deepcopy(model) if fsdp else model
     work.fixed_graph = fsdp                                 # the same collectives on every rank (DamoModel.forward)
-    work.to(info.device)
+    if not fsdp:        # FSDP moves one unit at a time to the GPU as it shards it (distributed.wrap)
+        work.to(info.device)
     step_fn, whole = distributed.wrap(StageLoss(work, stage), parallel, info)
     params = [p for p in work.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(param_groups(work, stage), lr=stage.lr, weight_decay=stage.weight_decay)
@@ -324,11 +325,13 @@ def run_stage(model: DamoModel, stage: Stage, samples: list[Sample], clips, seed
             save_checkpoint(checkpoint_dir, step + 1, work, opt, sched, write=info.main,
                             extra={"history": dict(history), "bad": distributed.gather_dicts(bad)})
             distributed.barrier()
-    if fsdp:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    if fsdp:            # gathered one tensor at a time into the CPU model: a GPU never holds the whole model
+        from torch.distributed.tensor import DTensor
 
-        full = get_model_state_dict(work, options=StateDictOptions(full_state_dict=True))
-        model.load_state_dict({k: v.cpu() for k, v in full.items()}, strict=False)
+        target = model.state_dict()
+        with torch.no_grad():
+            for k, v in work.state_dict().items():
+                target[k].copy_(v.full_tensor() if isinstance(v, DTensor) else v)
     model.cpu().eval()
     if history_file and info.main:
         atomic_write_text(history_file, json.dumps(history))
