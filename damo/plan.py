@@ -265,7 +265,7 @@ def token_row_values(model: DamoModel) -> int:
 class PlanOptions:
     gpus: int = 8
     gpu_gb: float = 80.0
-    frames: int | None = None          # frames the towers see per clip (default: DEFAULT_FRAMES, at least llm_frames)
+    frames: int | None = None          # frames the towers see per clip (default: uniform_frames, else DEFAULT_FRAMES, at least llm_frames)
     text_tokens: int = 256
     micro_batch: int | None = None     # clips per GPU per forward (default: each stage's, from its batch)
 
@@ -278,7 +278,7 @@ def plan(cfg: DamoConfig, recipe: Recipe | None = None, opts: PlanOptions | None
     opts = opts or PlanOptions()
     if opts.gpus < 1 or (opts.micro_batch is not None and opts.micro_batch < 1) or opts.text_tokens < 8:
         raise ValueError("gpus and micro_batch must be >= 1 and text_tokens >= 8")
-    frames = opts.frames or max(DEFAULT_FRAMES, cfg.llm_frames)
+    frames = opts.frames or cfg.uniform_frames or max(DEFAULT_FRAMES, cfg.llm_frames)
     model = build_meta(cfg)
     unit = largest_unit(model)
     vocab = model.llm.get_output_embeddings().weight.shape[0]

@@ -578,6 +578,21 @@ class DamoModel(nn.Module):
             raise ValueError(f"prompt has {int(mask.sum())} {tk.VIDEO} placeholders but the video gives {vid.shape[0]}")
         return emb.masked_scatter(mask, vid)
 
+    def hidden_state_at(self, emb: torch.Tensor, mask: torch.Tensor, index: int) -> torch.Tensor:
+        """``hidden_states[index]`` ``(B, L, C)`` of the LLM on ``emb``, running only the decoder layers that
+        reach it and no output head: D²VLM's capture pass reads layer 6 of Phi-3's 32, so it costs a fifth
+        of the decoder and no logits instead of the whole LLM. transformers' decoders run
+        ``layers[:config.num_hidden_layers]``, so the count is lowered for this call; ``hidden_states[i]``
+        is the input of layer ``i + 1``, which therefore runs too (the last entry is the final norm's)."""
+        dec = self.llm.get_decoder()
+        n = dec.config.num_hidden_layers
+        i = index % (n + 1)
+        dec.config.num_hidden_layers = min(i + 1, n)
+        try:
+            return dec(inputs_embeds=emb, attention_mask=mask, output_hidden_states=True).hidden_states[i]
+        finally:
+            dec.config.num_hidden_layers = n
+
     def frame_states(self, hidden: torch.Tensor, frame_pos: torch.Tensor) -> torch.Tensor:
         """Mean LLM state over each frame's K tokens: hidden ``(B, L, C)``, frame_pos ``(B, T, K)`` -> ``(B, T, C)``."""
         B, T, K = frame_pos.shape
@@ -611,8 +626,7 @@ class DamoModel(nn.Module):
             # Frame states do not depend on later text tokens (causal LM), so a first pass gives the states
             # whose ground-truth mean is captured into each <evi> (official: with gradients, layer 6).
             with torch.set_grad_enabled(ev.capture_grad and torch.is_grad_enabled()):
-                h0 = self.llm(inputs_embeds=emb, attention_mask=mask,
-                              output_hidden_states=True).hidden_states[ev.capture_layer]
+                h0 = self.hidden_state_at(emb, mask, ev.capture_layer)
                 hf0 = self.frame_states(h0, batch.frame_pos)        # (B, T, C)
             w = capture_weights(batch.evi_targets)                  # (N, T)
             cap = (w[..., None] * hf0[eb]).sum(1) / w.sum(1, keepdim=True).clamp(min=1e-6)  # (N, C)

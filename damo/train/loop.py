@@ -143,6 +143,11 @@ class StageLoss(nn.Module):
         return total, torch.stack([v.detach().float() for v in vals]), log
 
 
+def micro_seed(seed: int, step: int, micro: int) -> int:
+    """The torch seed of micro-batch ``micro`` (counted over all processes) of step ``step``."""
+    return random.Random(f"{seed}:{step}:{micro}:torch").getrandbits(63)
+
+
 # draws for one unusable record before the step gives up (a dataset this broken needs the pre-flight)
 MAX_REPLACEMENTS = 16
 
@@ -285,7 +290,7 @@ def run_stage(model: DamoModel, stage: Stage, samples: list[Sample], clips, seed
         source = ((b, {}, replaced) for _, b, replaced in batches)
     for step in bar:
         opt.zero_grad(set_to_none=True)
-        logged = torch.zeros(len(stage.losses) + 1)
+        logged = torch.zeros(len(stage.losses) + 1, device=info.device)    # read once per step: no sync per micro-step
         extra: dict[str, float] = defaultdict(float)
         for j in range(stage.grad_accum):
             batch, data_log, replaced = next(source)
@@ -296,11 +301,14 @@ def run_stage(model: DamoModel, stage: Stage, samples: list[Sample], clips, seed
             batch = batch.to(info.device, non_blocking=True)
             sync = j == stage.grad_accum - 1 or fsdp
             ctx = step_fn.no_sync() if not sync and isinstance(step_fn, nn.parallel.DistributedDataParallel) else nullcontext()
+            # every micro-batch draws its own dropout masks, from (seed, step, its index over all processes): ranks
+            # differ, one process with grad_accum N draws as N processes do, and a resumed run as an uninterrupted one
+            torch.manual_seed(micro_seed(seed, step, mine[j]))
             with ctx:
                 with torch.autocast(info.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                     total, vals, loss_log = step_fn(batch)
                 scaler.scale(total / stage.grad_accum).backward()
-            logged += torch.cat([vals.cpu(), total.detach().float().cpu()[None]]) / stage.grad_accum
+            logged += torch.cat([vals, total.detach().float()[None]]) / stage.grad_accum
             for k, v in (data_log | loss_log).items():
                 extra[k] += v / stage.grad_accum
         distributed.average_grads(whole)
@@ -309,8 +317,8 @@ def run_stage(model: DamoModel, stage: Stage, samples: list[Sample], clips, seed
         scaler.step(opt)
         scaler.update()
         sched.step()
-        logged = torch.cat([logged, torch.tensor([extra[k] for k in sorted(extra)])])
-        logged = distributed.mean_across(logged.to(info.device)).cpu()
+        logged = torch.cat([logged, torch.tensor([extra[k] for k in sorted(extra)], device=info.device)])
+        logged = distributed.mean_across(logged).cpu()
         names = [*stage.losses, "total", *sorted(extra)]
         if not math.isfinite(logged[len(stage.losses)]):
             # every process sees the same mean, so all stop together; the caller saves nothing

@@ -99,11 +99,17 @@ def trains_encoders(model: DamoModel, patterns: list[str]) -> bool:
 
 def stage_features(model: DamoModel, data: list[Sample], clips: ClipLoader, root: str, info, say) -> FeatureLoader:
     """The stored outputs of the model's (frozen) towers for a stage's videos, computed first where
-    missing (rank 0 writes; the others wait)."""
-    if info.main:
-        r = extract(model, [s.video for s in data], clips, root, progress=False)
-        say(f"features: {r['written']} videos computed, {r['reused']} reused in {r['folder']}")
-    distributed.barrier()
+    missing: every process runs the towers on its own device over its share of the shards
+    (:func:`damo.data.features.extract`), instead of rank 0 on the CPU while the others wait."""
+    towers = (model.video.vision, model.video.audio)
+    for t in towers:
+        t.to(info.device)
+    r = extract(model, [s.video for s in data], clips, root, progress=False, info=info)
+    for t in towers:
+        t.cpu()
+    say(f"features: {r['written']} videos computed ({r['videos_per_rank']} per process), {r['reused']} reused "
+        f"in {r['folder']}")
+    distributed.barrier()                   # rank 0 has written the index
     return FeatureLoader(root, model)
 
 
