@@ -23,7 +23,7 @@ def test_worker_batches_hold_uint8_frames():
     model = build_model(DamoConfig.from_dict(TINY_MODEL), samples, 0)
     dataset = ClipDataset(samples, ClipLoader(model.processor))
     steps = StepBatches(len(samples), 4, 1, 0, 0, 1, range(1), micro_batches)
-    step, batch, replaced = next(iter(loader(dataset, StepCollate(Collator(model.processor), 0, False, dataset), 1, steps)))
+    step, batch, replaced = next(iter(loader(dataset, StepCollate(Collator(model.processor), 0, "samples", dataset), 1, steps)))
     B, T = batch.frame_mask.shape
     S = model.cfg.vision.image_size
     assert batch.frames.dtype == torch.uint8 and batch.frames.shape == (B, T, 3, S, S)
