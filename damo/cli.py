@@ -255,7 +255,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     _setup_torch()
     info = init_distributed()
-    device = _device(device_for(args.device, info))
+    device = _device(device_for(args.device))
     samples, missing = resolve_videos(load_samples(args.data), args.video_root, args.on_missing)
     if missing:
         print(f"skipping {missing.summary()}", file=sys.stderr)
@@ -437,7 +437,7 @@ def cmd_data_features(args: argparse.Namespace) -> int:
         model = DamoModel(cfg, train_tokenizer(["features"], 300))
     else:
         raise SystemExit(f"--model {src}: neither a model folder nor a model config file")
-    model = model.to(_device(device_for(args.device, info)))
+    model = model.to(_device(device_for(args.device)))
     samples, missing = resolve_videos(load_dataset(args.data), args.video_root, args.on_missing)
     if missing and info.main:
         print(f"skipping {missing.summary()}", file=sys.stderr)

@@ -72,11 +72,11 @@ def barrier() -> None:
 ONE = DistInfo(0, 1, 0, torch.device("cpu"))     # a job run by one process
 
 
-def device_for(name: str, info: DistInfo) -> str:
-    """The device a command's ``--device`` names for this process: under torchrun with CUDA, ``auto`` and ``cuda``
-    mean this rank's own GPU (``LOCAL_RANK``)."""
-    if info.world > 1 and name in ("auto", "cuda") and info.device.type == "cuda":
-        return str(info.device)
+def device_for(name: str) -> str:
+    """The device a command's ``--device`` names for this process: under ``torchrun`` (or ``accelerate launch``)
+    with CUDA, ``auto`` and ``cuda`` mean this process's own GPU (``LOCAL_RANK``)."""
+    if name in ("auto", "cuda") and "LOCAL_RANK" in os.environ and torch.cuda.is_available():
+        return f"cuda:{os.environ['LOCAL_RANK']}"
     return name
 
 

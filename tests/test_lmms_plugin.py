@@ -163,3 +163,5 @@ def test_bad_model_args_are_one_line(model_dir, docs):
         plugin(model_dir, docs, temperature=0)
     with pytest.raises(ValueError, match="spans must be one of prefix, none, got 'after'"):
         plugin(model_dir, docs, spans="after")
+    with pytest.raises(ValueError, match="batch_size must be a whole number >= 1, got 'auto'"):
+        plugin(model_dir, docs, batch_size="auto")

@@ -19,7 +19,6 @@ read; ``spans=none`` leaves the answer alone). A whole VLM's answer is its own t
 """
 from __future__ import annotations
 
-import os
 from dataclasses import replace
 
 import torch
@@ -31,6 +30,7 @@ from tqdm import tqdm
 
 import damo
 from damo.model.modeling_damo import DamoModel
+from damo.ranks import device_for
 
 SPANS = ("prefix", "none")
 
@@ -50,17 +50,14 @@ class DamoLMM(lmms):
         if unknown:
             raise ValueError(f"--model damo takes no {', '.join(sorted(unknown))}; its model_args: pretrained, "
                              f"preset, dtype, device, batch_size, spans")
-        if device in ("auto", "cuda") and "LOCAL_RANK" in os.environ and torch.cuda.is_available():
-            device = f"cuda:{os.environ['LOCAL_RANK']}"     # one GPU per process under torchrun / accelerate
-        self.grounder = damo.load(pretrained, device=device, dtype=dtype, preset=preset)
+        if not str(batch_size).isdigit() or int(batch_size) < 1:
+            raise ValueError(f"--model damo: batch_size must be a whole number >= 1, got {batch_size!r}")
+        if spans not in (None, *SPANS):
+            raise ValueError(f"--model damo: spans must be one of {', '.join(SPANS)}, got {spans!r}")
+        self.grounder = damo.load(pretrained, device=device_for(device), dtype=dtype, preset=preset)
         self.model = self.grounder.model
         self.batch_size = int(batch_size)
-        if self.batch_size < 1:
-            raise ValueError(f"--model damo: batch_size must be >= 1, got {batch_size}")
-        own = isinstance(self.model, DamoModel)
-        self.spans = spans or ("prefix" if own else "none")
-        if self.spans not in SPANS:
-            raise ValueError(f"--model damo: spans must be one of {', '.join(SPANS)}, got {spans!r}")
+        self.spans = spans or ("prefix" if isinstance(self.model, DamoModel) else "none")
 
     def _video(self, request: Instance) -> str:
         """The one video file the request's task gives for its document."""
