@@ -8,8 +8,8 @@
 2. from each base model, side by side (one thread each, started together): a ``grpo`` stage
    (``--grpo-steps``) and the same stage's data, trainable parts and learning rate with the
    supervised ``lm`` loss instead (``--sft-steps``), both on the single-moment grounding queries.
-   The step counts are chosen so both arms take about the same wall time (a short calibration
-   run of each, side by side); the table reports each arm's measured wall time.
+   Choose the two step counts so both arms take about the same wall time (time a few steps of
+   each side by side first); the table reports each arm's measured wall time.
 3. every model (base, +GRPO, +SFT) is scored on the validation and the held-out test split's
    single-moment grounding queries: R@0.3/0.5/0.7 and mIoU.
 
