@@ -233,6 +233,34 @@ def test_evidence_policy_scores_each_evi_as_its_token_plus_its_drawn_frames():
     assert float(g[0]) < 0
 
 
+def test_lape_rollouts_sample_time_tokens_that_mean_their_anchor():
+    """LAPE time tokens are sampled actions: a sampled <t_i> reads as anchor i's time and enters the LLM as
+    that anchor's embedding, so teacher forcing the rollout gives the sampling pass's log-probs."""
+    from damo.train.grpo import policy_logps
+
+    cfg = tiny_cfg()
+    cfg.response, cfg.time_encoding, cfg.time_bins = "coupled", "lape", 7
+    torch.manual_seed(0)
+    model = DamoModel(cfg, train_tokenizer(TEXTS, 300))
+    t3 = model.processor.coord_axes["t"][3]
+    with torch.no_grad():     # make a time token likely so the rollouts write some
+        w = model.llm.get_output_embeddings().weight
+        w[t3] = 4 * w.mean(0)
+    s = Sample(id="a", video="v0", duration=6.0, task="grounding", query=TEXTS[0], answer="It happens", spans=[[1.0, 3.0]],
+               source="test")
+    st = GRPOSettings(group=4, max_new_tokens=6, iterations=2, drop_zero_variance=False)
+    rollouts = Rollouts(model, st, seed=0)
+    rows = model.generate(model.processor.generation_batch([clip(6, 0)] * 4, [s.query] * 4), 6, seed=0,
+                          policy=rollouts.policy)
+    coords = [(i, v) for r in rows for i, v in zip([x for x in r["ids"] if x in model.processor.axis_of], r["coords"])]
+    assert coords and all(v == ("t", model.processor.coord_axes["t"].index(i) / 6 * 6.0) for i, v in coords)
+    batch, _ = rollouts.batch([(s, clip(6, 0))], step=0, part=0)
+    assert any(int(x) in model.processor.axis_of for x in batch.labels.flatten())
+    model.eval()
+    with torch.no_grad():
+        assert torch.allclose(policy_logps(model(batch), batch), batch.old_logp, atol=1e-5)
+
+
 def test_grpo_stage_runs_in_the_loop_and_logs_rewards():
     from damo.config import Stage
     from damo.train.loop import run_stage
