@@ -25,7 +25,10 @@ Advantages (:func:`group_advantages`): reward minus its group's mean, divided by
 standard deviation (+1e-4) with ``scale_rewards: group``, or not divided with ``none``
 (Dr. GRPO; TimeLens). A group whose rewards are all equal has advantage 0 everywhere and so
 contributes no policy gradient; such groups are dropped from the update
-(``drop_zero_variance``, DAPO's dynamic sampling without the refill) and counted.
+(``drop_zero_variance``, DAPO's dynamic sampling without the refill) and counted. When every group of
+a micro-batch is flat, its first group stays (its advantages are 0), so every process still runs a
+forward and backward (DDP needs them all); that step's policy gradient is zero (the KL term, AdamW's
+momentum and weight decay still act).
 
 Old log-probs: with one policy update per rollout (``iterations: 1``) the sampling policy is the
 current one, so ``logp_old`` is ``logp`` detached (ratio 1, as TRL does); with more, the rollout
