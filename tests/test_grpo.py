@@ -308,3 +308,104 @@ def test_init_runs_only_the_stages_the_saved_model_lacks_then_grpo_on_evidence_t
                    log=lambda *_: None)
     with pytest.raises(FileNotFoundError, match="--init .*nowhere: no model.safetensors there"):
         run_recipe(recipe([rl], init=str(tmp_path / "nowhere")), tmp_path / "x", progress=False, log=lambda *_: None)
+
+
+# ------------------------------------------------------------------ difficulty band and early stopping
+def grounding(i: int, span: list[float]) -> Sample:
+    return Sample(id=f"s{i}", video=f"v{i}", duration=6.0, task="grounding", query=TEXTS[0], answer="It happens",
+                  spans=[span], source="test")
+
+
+def test_difficulty_band_keeps_the_prompts_whose_starting_iou_is_inside_it(monkeypatch):
+    """A model taught to answer 1.0 - 3.0 meets prompts of different ground truths: the band keeps
+    exactly those whose IoU, computed here from the model's own greedy answers, falls inside it,
+    and the stage trains on those alone."""
+    from damo.config import Stage
+    from damo.spans import span_iou
+    from damo.train import grpo
+    from damo.train.loop import run_stage
+
+    model = coupled_model()
+    clips = {f"v{i}": clip(6, i) for i in range(5)}
+    run_stage(model, Stage(name="sft", losses={"lm": 1.0}, steps=30, batch=4, warmup=1, lr=1e-2, trainable=["llm.*"]),
+              [grounding(i, [1.0, 3.0]) for i in range(4)], clips.__getitem__, 0, progress=False)
+    prompts = [grounding(i, sp) for i, sp in enumerate([[1.0, 3.0], [2.0, 4.0], [0.0, 1.5], [4.0, 6.0], [1.5, 3.0]])]
+    proc = model.processor
+    rows = model.generate(proc.generation_batch([clips[s.video] for s in prompts], [s.query for s in prompts]), 16)
+    ious = []
+    for r, s in zip(rows, prompts):
+        spans = proc.decode(r["ids"], r["evidence"], r["coords"], 6.0, clips[s.video].times.tolist())["spans"]
+        ious.append(float(span_iou([spans[0][:2]], [s.spans[0]])[0, 0]) if spans else 0.0)
+    lo, hi = 0.1, 0.9
+    inside = {s.id for s, v in zip(prompts, ious) if lo <= v <= hi}
+    assert 0 < len(inside) < len(prompts), ious          # the band splits these prompts
+    seen: set[str] = set()
+    batch = grpo.Rollouts.batch
+
+    def record(self, items, step, part):
+        seen.update(s.id for s, _ in items)
+        return batch(self, items, step, part)
+
+    monkeypatch.setattr(grpo.Rollouts, "batch", record)
+    stage = Stage(name="rl", losses={"grpo": 1.0}, steps=4, batch=4, warmup=1, lr=1e-3, trainable=["llm.*"],
+                  grpo={"group": 2, "max_new_tokens": 16, "difficulty": [lo, hi]})
+    stats = run_stage(model, stage, prompts, clips.__getitem__, 0, progress=False)
+    assert stats["difficulty_kept"] == len(inside) and stats["difficulty_dropped"] == len(prompts) - len(inside)
+    assert seen == inside
+
+
+def test_a_stage_with_patience_stops_on_a_plateau_and_keeps_its_best_weights(monkeypatch):
+    """Validation rewards scripted as 0.2, 0.6, 0.4, 0.5 (one per evaluation, every 2 steps) with
+    patience 2: the stage stops after its 8th of 20 steps, and its weights are those of step 4."""
+    from damo.config import Stage
+    from damo.train import grpo
+    from damo.train.loop import run_stage
+
+    model = coupled_model()
+    samples = [grounding(i, [1.0, 3.0]) for i in range(3)]
+    clips = {f"v{i}": clip(6, i) for i in range(3)}
+    script, snapshots = iter([0.2, 0.6, 0.4, 0.5, 0.9, 0.9]), []
+    real = grpo.greedy_rewards
+
+    def scripted(m, val, clips_, st):
+        assert [s.id for s in val] == ["s0", "s1"]           # the first `val` validation prompts
+        snapshots.append({k: v.clone() for k, v in m.state_dict().items()})
+        v = next(script)
+        return [r | {"iou": v} for r in real(m, val, clips_, st)]
+
+    monkeypatch.setattr(grpo, "greedy_rewards", scripted)
+    stage = Stage(name="rl", losses={"grpo": 1.0}, steps=20, batch=2, warmup=1, lr=1e-2, trainable=["llm.*"],
+                  grpo={"group": 2, "max_new_tokens": 6, "drop_zero_variance": False, "rewards": {"iou": 1.0},
+                        "eval_every": 2, "patience": 2, "val": 2})
+    stats = run_stage(model, stage, samples, clips.__getitem__, 0, progress=False, val=samples)
+    assert len(snapshots) == 4 and stats["best_step"] == 4 and stats["val_reward_best"] == pytest.approx(0.6)
+    assert not all(torch.equal(v, snapshots[3][k]) for k, v in snapshots[1].items())     # training moved on
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, snapshots[1][k]), k
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"difficulty": [0.8, 0.2]}, r"grpo.difficulty must be \[lo, hi\] with 0 <= lo <= hi <= 1 \(an IoU band\), got \[0.8, 0.2\]"),
+    ({"difficulty": 0.5}, r"grpo.difficulty must be \[lo, hi\]"),
+    ({"eval_every": 5}, r"grpo.eval_every needs grpo.patience"),
+    ({"patience": 3}, r"grpo.patience and grpo.val apply to validation evaluations: set grpo.eval_every too"),
+    ({"eval_every": 5, "patience": 2, "val": 0}, r"grpo.val must be a number of validation prompts >= 1, got 0"),
+])
+def test_malformed_difficulty_and_stopping_settings_fail_in_one_line(settings, message):
+    with pytest.raises(ValueError, match=message):
+        GRPOSettings.from_dict(settings)
+
+
+def test_stopping_without_validation_data_fails_before_any_work(tmp_path, monkeypatch):
+    import damo.train.recipe as recipe
+
+    def no_work(*a, **k):
+        raise AssertionError("data was loaded before the settings were checked")
+
+    monkeypatch.setattr(recipe, "dataset_samples", no_work)
+    d = {"data": {"train": "synth://easy?n=2&seed=0"},
+         "stages": [{"name": "rl", "losses": {"grpo": 1.0}, "steps": 1, "grpo": {"eval_every": 1, "patience": 1}}]}
+    with pytest.raises(ValueError, match=r"stages \['rl'\] evaluate on validation data \(grpo.eval_every\): add "
+                                         r"data.val to the recipe, or remove grpo.eval_every"):
+        recipe.run_recipe(Recipe.from_dict(d), tmp_path, progress=False, log=lambda *_: None)
+    assert not any(tmp_path.iterdir())

@@ -54,6 +54,7 @@ any published RL recipe for evidence tokens, which we know of none.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator, Sequence
 
@@ -62,6 +63,7 @@ import torch
 import torch.nn.functional as F
 
 from damo.data.collate import Collator
+from damo.data.dataset import sample_video
 from damo.data.schema import Sample
 from damo.spans import span_iou
 from damo.model.batch import Batch
@@ -135,7 +137,12 @@ class GRPOSettings:
 
     ``rewards``: reward name -> weight (:data:`REWARDS`), summed before the group normalisation;
     ``iterations``: optimizer steps per rollout batch (TRL's ``num_iterations``);
-    ``epsilon_high``: the upper clip (DAPO's clip-higher), ``None`` for ``epsilon``."""
+    ``epsilon_high``: the upper clip (DAPO's clip-higher), ``None`` for ``epsilon``;
+    ``difficulty``: ``[lo, hi]``, keep only the prompts whose greedy answer from the starting model has
+    an IoU in that band (:func:`difficulty_band`); ``eval_every``, ``patience``: every ``eval_every``
+    steps the mean reward of greedy answers on the validation data (its first ``val`` prompts, all by
+    default), stopping after ``patience`` evaluations without a new best and keeping the best weights
+    (:class:`RewardPlateau`)."""
     group: int = 8
     temperature: float = 1.0
     top_p: float = 1.0
@@ -148,6 +155,10 @@ class GRPOSettings:
     beta: float = 0.0
     loss_type: str = "grpo"
     drop_zero_variance: bool = True
+    difficulty: list[float] | None = None
+    eval_every: int = 0
+    patience: int | None = None
+    val: int | None = None
 
     def __post_init__(self) -> None:
         unknown = set(self.rewards) - set(REWARDS)
@@ -165,6 +176,20 @@ class GRPOSettings:
                              f"{self.top_p}")
         if self.iterations < 1 or self.max_new_tokens < 1 or self.beta < 0 or self.epsilon < 0:
             raise ValueError("grpo.iterations and grpo.max_new_tokens must be >= 1, grpo.beta and grpo.epsilon >= 0")
+        band = self.difficulty
+        if band is not None and not (isinstance(band, (list, tuple)) and len(band) == 2
+                                     and all(isinstance(x, (int, float)) for x in band) and 0 <= band[0] <= band[1] <= 1):
+            raise ValueError(f"grpo.difficulty must be [lo, hi] with 0 <= lo <= hi <= 1 (an IoU band), got {band!r}")
+        if not isinstance(self.eval_every, int) or self.eval_every < 0:
+            raise ValueError(f"grpo.eval_every must be a whole number of steps >= 0 (0: no evaluation), "
+                             f"got {self.eval_every!r}")
+        if self.eval_every and not (isinstance(self.patience, int) and self.patience >= 1):
+            raise ValueError(f"grpo.eval_every needs grpo.patience, the evaluations without a new best reward "
+                             f"before the stage stops (>= 1), got {self.patience!r}")
+        if not self.eval_every and (self.patience is not None or self.val is not None):
+            raise ValueError("grpo.patience and grpo.val apply to validation evaluations: set grpo.eval_every too")
+        if self.val is not None and not (isinstance(self.val, int) and self.val >= 1):
+            raise ValueError(f"grpo.val must be a number of validation prompts >= 1, got {self.val!r}")
 
     @property
     def eps_high(self) -> float:
@@ -285,6 +310,84 @@ def grpo_objective(out: dict, batch: Batch, st: GRPOSettings, ref_out: dict | No
 def rollout_reward(pred: list[list[float]], s: Sample, rewards: dict[str, float]) -> dict[str, float]:
     """Each named reward of one parsed answer (spans best first) against the sample's spans."""
     return {n: REWARDS[n](pred, [list(x) for x in s.spans], float(s.duration)) for n in rewards}
+
+
+def greedy_rewards(model, samples: list[Sample], clips, st: GRPOSettings, batch: int = 16) -> list[dict[str, float]]:
+    """Each named reward of the model's greedy answer (its own decoding settings) to each sample,
+    with ``iou`` always among them; ``clips`` maps a video reference to its clip."""
+    proc, was_training, out = model.processor, model.training, []
+    names = {"iou": 1.0} | st.rewards
+    for i in range(0, len(samples), batch):
+        chunk = samples[i:i + batch]
+        cl = [clips(sample_video(s)) for s in chunk]
+        rows = model.generate(proc.generation_batch(cl, [s.query for s in chunk]), st.max_new_tokens)
+        out += [rollout_reward(proc.decode(r["ids"], r["evidence"], r["coords"], c.duration, c.times.tolist())["spans"],
+                               s, names) for r, c, s in zip(rows, cl, chunk)]
+    model.train(was_training)
+    return out
+
+
+def difficulty_band(model, samples: list[Sample], clips, st: GRPOSettings) -> tuple[list[Sample], dict[str, float]]:
+    """The prompts of a stage whose greedy answer from ``model`` (the starting, SFT model) has an IoU
+    with the ground truth inside ``st.difficulty`` (inclusive), and how many were kept and dropped.
+
+    Training on prompts of middling difficulty follows TimeLens (CVPR 2026), whose RL stage samples
+    harder examples by difficulty, and Time-R1, which filters its samples by difficulty each epoch:
+    a prompt the model always gets right or always wrong gives groups of equal rewards, hence no
+    gradient."""
+    lo, hi = st.difficulty
+    ious = [r["iou"] for r in greedy_rewards(model, samples, clips, st)]
+    kept = [s for s, v in zip(samples, ious) if lo <= v <= hi]
+    if not kept:
+        raise ValueError(f"grpo.difficulty {[lo, hi]} keeps none of the stage's {len(samples)} prompts (the starting "
+                         f"model's IoUs range {min(ious):.2f}..{max(ious):.2f}); widen the band")
+    return kept, {"difficulty_kept": float(len(kept)), "difficulty_dropped": float(len(samples) - len(kept))}
+
+
+class RewardPlateau:
+    """Early stopping on a validation reward plateau, as TimeLens (CVPR 2026) stops its RL stage when
+    the reward plateaus: every ``eval_every`` steps the mean total reward (weighted as the stage's
+    ``rewards``) of greedy answers on the validation prompts; after ``patience`` evaluations without
+    a strictly higher one the stage stops, and :meth:`restore` puts back the trainable weights of the
+    best evaluation."""
+
+    def __init__(self, model, samples: list[Sample], clips, st: GRPOSettings):
+        if not samples:
+            raise ValueError("grpo.eval_every needs validation prompts of the stage's tasks: give the recipe a "
+                             "data.val dataset with some")
+        self.model, self.clips, self.st = model, clips, st
+        self.samples = samples[:st.val] if st.val else samples
+        self.best, self.best_step, self.since = -math.inf, 0, 0
+        self.weights: dict[str, torch.Tensor] = {}
+
+    def due(self, steps_done: int) -> bool:
+        return steps_done % self.st.eval_every == 0
+
+    def evaluate(self, steps_done: int) -> float:
+        """The validation reward after ``steps_done`` steps; remembers the weights when it is the best."""
+        scores = greedy_rewards(self.model, self.samples, self.clips, self.st)
+        reward = float(np.mean([sum(w * r[n] for n, w in self.st.rewards.items()) for r in scores]))
+        if reward > self.best:
+            self.best, self.best_step, self.since = reward, steps_done, 0
+            self.weights = {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
+        else:
+            self.since += 1
+        return reward
+
+    @property
+    def stop(self) -> bool:
+        return self.since >= self.st.patience
+
+    def restore(self) -> dict[str, float]:
+        """Loads the best evaluation's weights into the model; returns ``val_reward_best`` and ``best_step``
+        (nothing when the stage ended before its first evaluation)."""
+        if not self.weights:
+            return {}
+        with torch.no_grad():
+            for n, p in self.model.named_parameters():
+                if n in self.weights:
+                    p.copy_(self.weights[n])
+        return {"val_reward_best": self.best, "best_step": float(self.best_step)}
 
 
 class Rollouts:

@@ -40,7 +40,7 @@ from damo.train import distributed
 from damo.train.checkpoint import atomic_write_text, latest_checkpoint, load_checkpoint, save_checkpoint
 from damo.train.distributed import DistInfo, micro_batches
 from damo.train.fpo import focus_masks, pair_samples
-from damo.train.grpo import GRPOSettings, Rollouts, rollout_batches
+from damo.train.grpo import GRPOSettings, RewardPlateau, Rollouts, difficulty_band, rollout_batches
 from damo.train.losses import LOSSES, LossInputs, stage_losses, stage_settings
 
 
@@ -204,7 +204,8 @@ class TrainingDiverged(ValueError):
 def run_stage(model: DamoModel, stage: Stage, samples: list[Sample], clips, seed: int,
               progress: bool = True, checkpoint_dir: str | Path | None = None, dist_info: DistInfo | None = None,
               parallel: str = "ddp", num_workers: int = 0, pairs: list[dict] | None = None,
-              bad_samples: list[dict] | None = None, history_file: str | Path | None = None) -> dict[str, float]:
+              bad_samples: list[dict] | None = None, history_file: str | Path | None = None,
+              val: list[Sample] | None = None) -> dict[str, float]:
     """Train ``model`` in place for one stage; ``clips`` maps a video reference to its
     :class:`~damo.model.processing.ClipTensors` (a :class:`~damo.data.dataset.ClipLoader`), called
     in ``num_workers`` loader processes. A preference stage trains on ``pairs`` (validated records,
@@ -215,9 +216,13 @@ def run_stage(model: DamoModel, stage: Stage, samples: list[Sample], clips, seed
     Records whose clip cannot be made are replaced (:class:`StepCollate`), printed, kept in the
     checkpoints (a resumed run does not read them again) and, from every process, appended to
     ``bad_samples`` (``{"id", "video", "reason"}`` each).
+    A GRPO stage may first keep only its prompts of a difficulty band
+    (:func:`~damo.train.grpo.difficulty_band`) and may stop early on a plateau of its reward on
+    ``val`` (validation samples), ending with the weights of its best evaluation
+    (:class:`~damo.train.grpo.RewardPlateau`).
     Returns each loss (and each number the losses and the batch source log, e.g. a GRPO stage's
     rewards) averaged over the last 10% of steps, and as ``NAME_start`` over the first 10%;
-    ``history_file`` receives every step's values (JSON, name -> list).
+    ``history_file`` receives every step's values (JSON, name -> list; ``val_reward`` per evaluation).
     """
     kind = stage_losses(stage.name, stage.losses)[0]
     preference = kind == "pairs"
@@ -248,6 +253,21 @@ def run_stage(model: DamoModel, stage: Stage, samples: list[Sample], clips, seed
     work.fixed_graph = fsdp                                 # the same collectives on every rank (DamoModel.forward)
     if not fsdp:        # FSDP moves one unit at a time to the GPU as it shards it (distributed.wrap)
         work.to(info.device)
+    found: dict[str, float] = {}        # a GRPO stage's difficulty band and best evaluation, for its stats
+    plateau = None
+    if kind == "rollouts":
+        grpo = GRPOSettings.from_dict(stage.grpo)
+        try:
+            if grpo.eval_every:
+                plateau = RewardPlateau(work, [s for s in val or [] if stage.tasks is None or s.task in stage.tasks],
+                                        clips, grpo)
+            if grpo.difficulty:
+                data, found = difficulty_band(work, data, clips, grpo)
+        except ValueError as e:
+            raise ValueError(f"stage {stage.name!r}: {e}") from None
+        if found and info.main:
+            tqdm.write(f"stage {stage.name}: difficulty band {grpo.difficulty} keeps {found['difficulty_kept']:.0f} "
+                       f"prompts, drops {found['difficulty_dropped']:.0f}")
     step_fn, whole = distributed.wrap(StageLoss(work, stage), parallel, info)
     params = [p for p in work.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(param_groups(work, stage), lr=stage.lr, weight_decay=stage.weight_decay)
@@ -284,7 +304,7 @@ def run_stage(model: DamoModel, stage: Stage, samples: list[Sample], clips, seed
     batches = iter(loader(dataset, StepCollate(collate, seed, kind, dataset), num_workers, steps,
                           pin_memory=cuda))
     if kind == "rollouts":    # sampled from the policy being trained, step by step
-        rollouts = Rollouts(work, GRPOSettings.from_dict(stage.grpo), seed + 1_000 * info.rank)
+        rollouts = Rollouts(work, grpo, seed + 1_000 * info.rank)
         source = rollout_batches(rollouts, batches, stage.grad_accum)
     else:
         source = ((b, {}, replaced) for _, b, replaced in batches)
@@ -329,10 +349,18 @@ def run_stage(model: DamoModel, stage: Stage, samples: list[Sample], clips, seed
             history[name].append(v)
         if info.main and step % 10 == 0:
             bar.set_postfix({k: f"{v[-1]:.3f}" for k, v in history.items()})
+        if plateau and plateau.due(step + 1):
+            history["val_reward"].append(plateau.evaluate(step + 1))
+            if plateau.stop:
+                bar.write(f"stage {stage.name}: validation reward has not improved for {plateau.st.patience} "
+                          f"evaluations; stopping at step {step + 1}, keeping step {plateau.best_step}")
+                break
         if checkpoint_dir and stage.save_every and (step + 1) % stage.save_every == 0 and step + 1 < stage.steps:
             save_checkpoint(checkpoint_dir, step + 1, work, opt, sched, write=info.main,
                             extra={"history": dict(history), "bad": distributed.gather_dicts(bad)})
             distributed.barrier()
+    if plateau:
+        found |= plateau.restore()
     if fsdp:            # gathered one tensor at a time into the CPU model: a GPU never holds the whole model
         from torch.distributed.tensor import DTensor
 
@@ -347,4 +375,4 @@ def run_stage(model: DamoModel, stage: Stage, samples: list[Sample], clips, seed
         bad_samples += [b for _, b in sorted(distributed.gather_dicts(bad).items())]
     tail = max(1, stage.steps // 10)
     out = {k: sum(v[-tail:]) / len(v[-tail:]) for k, v in history.items()}
-    return out | {f"{k}_start": sum(v[:tail]) / len(v[:tail]) for k, v in history.items()}
+    return out | {f"{k}_start": sum(v[:tail]) / len(v[:tail]) for k, v in history.items()} | found

@@ -139,6 +139,8 @@ def stage_records(recipe: Recipe) -> list[dict]:
         stage = asdict(st)
         if not stage["grpo"]:      # records of stages without GRPO settings stay as they were before them
             del stage["grpo"]
+        elif stage["grpo"].get("eval_every") and "val" in recipe.data:    # its output is chosen on the validation data
+            stage["val_data"] = data_identity(recipe.data["val"])
         rec = common | {"stage": stage | {"extra_data": [data_identity(x) for x in st.extra_data],
                                           "pairs": st.pairs and data_identity(st.pairs)},
                         "index": i, "previous": prev}
@@ -237,9 +239,14 @@ def run_recipe(recipe: Recipe, workdir: str | Path, progress: bool = True, log=p
         raise ValueError("recipe.data needs a 'train' dataset (synth://... or a JSONL path)")
     if recipe.parallel not in distributed.PARALLEL:
         raise ValueError(f"recipe.parallel must be one of {distributed.PARALLEL}, got {recipe.parallel!r}")
+    evaluated = []                    # stages that evaluate on the validation data
     for st in recipe.stages:          # unknown losses, mixed batch kinds, bad settings: before any work
         stage_losses(st.name, st.losses)
-        stage_settings(st)
+        if getattr(stage_settings(st).get("grpo"), "eval_every", 0):
+            evaluated.append(st.name)
+    if evaluated and "val" not in recipe.data:
+        raise ValueError(f"stages {evaluated} evaluate on validation data (grpo.eval_every): add data.val to the "
+                         "recipe, or remove grpo.eval_every")
     say = log if info.main else (lambda *_: None)
     specs = [recipe.data["train"]] + [x for st in recipe.stages for x in st.extra_data]
     datasets = {spec: dataset_samples(spec, recipe, workdir if info.main else None, say) for spec in dict.fromkeys(specs)}
@@ -258,6 +265,7 @@ def run_recipe(recipe: Recipe, workdir: str | Path, progress: bool = True, log=p
             say(f"{spec}: skipping {bad.summary()}")
             report["preflight"][spec] = bad.rows
     samples = datasets[recipe.data["train"]]
+    val = dataset_samples(recipe.data["val"], recipe, None, say) if evaluated else None
     clips = ClipLoader(model.processor, recipe.media_cache, memory=recipe.clip_memory,    # shared by the stages
                        cache="stat" if recipe.media_cache else "off")
     done: dict[str, Path] = {}
@@ -294,12 +302,13 @@ def run_recipe(recipe: Recipe, workdir: str | Path, progress: bool = True, log=p
             data = samples + [x for spec in stage.extra_data for x in datasets[spec]]
             stage_clips = clips
             if recipe.features and not stage.text_only and not trains_encoders(model, stage.trainable):
-                stage_clips = stage_features(model, data, clips, recipe.features, info, say)
+                evaluated_on = val if stage.name in evaluated else []
+                stage_clips = stage_features(model, data + evaluated_on, clips, recipe.features, info, say)
             pairs = stage_pairs(stage.pairs, recipe, say) if stage.pairs else None
             replaced: list[dict] = []
             stats = run_stage(model, stage, data, stage_clips, recipe.seed + i, progress, checkpoint_dir=partial,
                               dist_info=info, parallel=recipe.parallel, num_workers=recipe.num_workers, pairs=pairs,
-                              bad_samples=replaced, history_file=partial / "history.json")
+                              bad_samples=replaced, history_file=partial / "history.json", val=val)
             if replaced:
                 say(f"stage {stage.name}: replaced {len(replaced)} samples that could not be read "
                     f"({', '.join(r['id'] for r in replaced[:5])}{', ...' if len(replaced) > 5 else ''})")
