@@ -3,6 +3,7 @@ videos, worker processes), and the real Charades-STA video through convert -> ev
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -12,6 +13,7 @@ from damo.data.dataset import ClipLoader, find_video, resolve_videos
 from damo.data.schema import Sample, load_samples
 from damo.data.synthetic import synth_samples
 from damo.eval.evaluate import predict
+from damo.model.processing import DamoProcessor
 from damo.train.recipe import run_recipe
 
 from helpers import TINY_MODEL
@@ -27,6 +29,18 @@ def trained(tmp_path_factory):
                     "lr": 3e-3, "warmup": 5}]})
     model = run_recipe(recipe, work, progress=False, log=lambda *_: None)
     return model, work / "model"
+
+
+@pytest.mark.parametrize("frame_times", ["centre", "start"])
+def test_the_loader_names_the_cache_file_it_writes(trained, clip_mkv, tmp_path, frame_times):
+    """The web demo deletes an upload's cache entry by this name: it must be the file the loader wrote,
+    whatever the sampling phase."""
+    model, _ = trained
+    proc = DamoProcessor(model.processor.tokenizer, replace(model.processor.config, frame_times=frame_times))
+    clips = ClipLoader(proc, cache_dir=tmp_path)
+    clips.raw(str(clip_mkv))
+    assert [p.name for p in tmp_path.glob("*.npz")] == [clips.cache_file(str(clip_mkv)).name]
+    assert ClipLoader(proc, cache="off").cache_file(str(clip_mkv)) is None
 
 
 def test_batch_of_8_predicts_exactly_what_batch_of_1_does(trained):

@@ -67,7 +67,6 @@ from urllib.parse import unquote, urlsplit
 from damo.api import Grounder, check_query
 from damo.app.uploads import container_type
 from damo.media import MediaError
-from damo.media.cache import cache_key, default_cache_dir
 from damo.textio import loads
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -244,11 +243,10 @@ class DemoServer(ThreadingHTTPServer):
         if video.cache_entry is not None:
             video.cache_entry.unlink(missing_ok=True)
 
-    def cache_entry(self, path: Path) -> Path:
-        """Where the grounder's clip cache keeps the decoded frames of ``path``."""
-        clips = self.grounder.clips
-        c = clips.processor.config      # the decoder's cache key: the processor's fps and frame size
-        return Path(clips.cache_dir or default_cache_dir()) / f"{cache_key(path, c.fps, c.image_size)}.npz"
+    def cache_entry(self, path: Path) -> Path | None:
+        """Where the grounder's clip cache keeps the decoded frames of ``path`` (the loader's own key:
+        its fps, sampling phase and frame size)."""
+        return self.grounder.clips.cache_file(str(path))
 
     def server_close(self) -> None:
         """Stop serving, end the running job, then delete every upload and its cache entries."""

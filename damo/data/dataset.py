@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from damo.data.preflight import Unusable
 from damo.data.schema import Sample, load_samples
 from damo.media import Clip, MediaError, MediaLimits
+from damo.media.cache import cache_key, default_cache_dir
 from damo.media.sources import load_video, scheme_function, scheme_of, video_duration
 from damo.model.processing import ClipTensors, DamoProcessor
 
@@ -127,12 +128,24 @@ class ClipLoader:
         self.processor, self.cache_dir, self.memory, self.cache = processor, cache_dir, memory, cache
         self._mem: dict[str, ClipTensors] = {}
 
+    def _sampling(self, video: str) -> tuple[float, float]:
+        c = self.processor.config
+        return self.processor.sampling(video_duration(video) if c.uniform_frames else 0.0)
+
     def raw(self, video: str) -> Clip:
         """The decoded clip; a file with more frames than the model takes is refused before decoding."""
         c = self.processor.config
-        fps, phase = self.processor.sampling(video_duration(video) if c.uniform_frames else 0.0)
+        fps, phase = self._sampling(video)
         return load_video(video, fps, c.image_size, self.cache_dir, MediaLimits(max_frames=c.max_frames), phase,
                           self.cache)
+
+    def cache_file(self, video: str) -> Path | None:
+        """The disk-cache entry :meth:`raw` reads and writes for the file ``video`` (None: no cache)."""
+        if self.cache == "off":
+            return None
+        fps, phase = self._sampling(video)
+        name = cache_key(video, fps, self.processor.config.image_size, phase, self.cache)
+        return Path(self.cache_dir or default_cache_dir()) / f"{name}.npz"
 
     def __call__(self, video: str) -> ClipTensors:
         if video in self._mem:
