@@ -42,7 +42,8 @@ import hostile_media as H  # noqa: E402  (the test builders)
 
 
 def make_model(path: Path) -> Path:
-    from damo.model.modeling_damo import DamoConfig, DamoModel
+    from damo.model.configuration_damo import DamoConfig
+    from damo.model.modeling_damo import DamoModel
     from damo.model.tokenizer import train_tokenizer
 
     cfg = DamoConfig()

@@ -141,7 +141,9 @@ def make_model(path: Path, llm_frames: int = 0) -> Path:
     """The default tiny architecture, untrained: the cost of a real run without the training."""
     import torch
 
-    from damo.model.modeling_damo import DamoConfig, DamoModel
+    from damo.model.configuration_damo import DamoConfig
+
+    from damo.model.modeling_damo import DamoModel
     from damo.model.tokenizer import train_tokenizer
 
     torch.manual_seed(0)

@@ -195,7 +195,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from damo.config import find, load_recipe, read_yaml
-    from damo.model.modeling_damo import DamoConfig
+    from damo.model.configuration_damo import DamoConfig
     from damo.model.vlm import VLMConfig
     from damo.plan import PlanOptions, format_plan, plan, plan_vlm
 
@@ -421,7 +421,8 @@ def cmd_data_features(args: argparse.Namespace) -> int:
     from damo.config import read_yaml
     from damo.data.dataset import ClipLoader, load_dataset, resolve_videos
     from damo.data.features import extract
-    from damo.model.modeling_damo import DamoConfig, DamoModel, LLMConfig
+    from damo.model.configuration_damo import DamoConfig, LLMConfig
+    from damo.model.modeling_damo import DamoModel
     from damo.model.tokenizer import train_tokenizer
 
     from damo.ranks import RankFailed, device_for, init_distributed
@@ -500,7 +501,7 @@ def _config_processor(config: str, samples: list[Sample]) -> tuple[DamoProcessor
 
     from damo.config import find
     from damo.model import backbones
-    from damo.model.modeling_damo import DamoConfig
+    from damo.model.configuration_damo import DamoConfig
     from damo.model.tokenizer import train_tokenizer
     from damo.model.processing import DamoProcessor
     from damo.plan import standin_tokenizer

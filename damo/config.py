@@ -14,7 +14,9 @@ from typing import Any
 
 import yaml
 
-from damo.model.modeling_damo import DamoConfig, grouped_name
+from damo.model.configuration_damo import DamoConfig
+
+from damo.model.modeling_damo import grouped_name
 
 FOCUS = ("event", "sequence")
 MODES = ("reference_free", "dpo")

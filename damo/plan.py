@@ -64,7 +64,8 @@ from damo.data.schema import Sample
 from damo.model import backbones
 from damo.model import tokenizer as tk
 from damo.model.batch import Batch
-from damo.model.modeling_damo import DamoConfig, DamoModel
+from damo.model.configuration_damo import DamoConfig
+from damo.model.modeling_damo import DamoModel
 from damo.model.presets import get_preset
 from damo.model.vlm import VLMConfig
 from damo.model.vlm_video import VideoSpec

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from damo.model.modeling_damo import DamoConfig
+from damo.model.configuration_damo import DamoConfig
 from damo.model.processing import ClipTensors
 
 # Debian's headless browser and its driver, for the web demo's browser tests (marked `browser`);

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from damo.data.collate import Collator
-from damo.model.modeling_damo import DamoConfig, DamoModel
+from damo.model.configuration_damo import DamoConfig
+from damo.model.modeling_damo import DamoModel
 from damo.model.processing import DamoProcessor, evidence_targets, pair_frames, response_text, text_spans
 from damo.model.tokenizer import train_tokenizer
 from damo.train.recipe import corpus

@@ -20,7 +20,8 @@ from damo.data.collate import Collator
 from damo.model.processing import ClipTensors, DamoProcessor
 from damo.data.schema import Sample
 from damo.model import backbones
-from damo.model.modeling_damo import DamoConfig, DamoModel, LLMConfig
+from damo.model.configuration_damo import DamoConfig, LLMConfig
+from damo.model.modeling_damo import DamoModel
 from damo.model.tokenizer import train_tokenizer
 from damo.train.loop import set_trainable
 

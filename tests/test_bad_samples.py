@@ -21,7 +21,7 @@ from damo.data import synthetic
 from damo.data.dataset import ClipLoader, load_dataset
 from damo.data.preflight import BadSampleError, preflight
 from damo.data.schema import write_jsonl
-from damo.model.modeling_damo import DamoConfig
+from damo.model.configuration_damo import DamoConfig
 from damo.train.loop import run_stage
 from damo.train.recipe import build_model, run_recipe
 from helpers import TINY_MODEL

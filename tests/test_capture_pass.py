@@ -8,7 +8,7 @@ import torch
 
 from damo.data.collate import Collator
 from damo.data.dataset import ClipLoader, load_dataset
-from damo.model.modeling_damo import DamoConfig
+from damo.model.configuration_damo import DamoConfig
 from damo.train.recipe import build_model
 from test_paper_models import tiny_stand_in
 

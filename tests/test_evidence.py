@@ -10,7 +10,8 @@ import torch
 
 from damo.data import formats
 from damo.model.evidence import EvidenceHead, capture_weights, salient_frames, soft_targets
-from damo.model.modeling_damo import DamoConfig, DamoModel
+from damo.model.configuration_damo import DamoConfig
+from damo.model.modeling_damo import DamoModel
 from damo.model.processing import response_text
 from damo.model.tokenizer import train_tokenizer
 

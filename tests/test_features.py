@@ -13,7 +13,8 @@ from damo.data.collate import Collator
 from damo.data.dataset import ClipLoader
 from damo.data.features import FeatureLoader, extract, settings_dir
 from damo.data.synthetic import synth_samples
-from damo.model.modeling_damo import DamoConfig, DamoModel
+from damo.model.configuration_damo import DamoConfig
+from damo.model.modeling_damo import DamoModel
 from damo.model.tokenizer import train_tokenizer
 from damo.train import losses
 from damo.train.recipe import run_recipe

@@ -20,7 +20,8 @@ from damo.config import load_recipe
 from damo.data.collate import Collator
 from damo.data.dataset import ClipLoader, load_dataset
 from damo.data.schema import write_jsonl
-from damo.model.modeling_damo import DamoConfig, DamoModel
+from damo.model.configuration_damo import DamoConfig
+from damo.model.modeling_damo import DamoModel
 from damo.train.loop import run_stage
 from damo.train.recipe import build_model
 from helpers import tiny_cfg

@@ -124,7 +124,8 @@ from damo.config import Stage
 from damo.data.dataset import ClipLoader
 from damo.data.schema import Sample
 from damo.media import Clip, sources
-from damo.model.modeling_damo import DamoConfig, DamoModel
+from damo.model.configuration_damo import DamoConfig
+from damo.model.modeling_damo import DamoModel
 from damo.model.tokenizer import train_tokenizer
 from damo.train.loop import run_stage
 
@@ -176,7 +177,8 @@ def test_worker_processes_decode_after_the_parent_has(shared_data, tmp_path):
 
     from damo.data.dataset import ClipDataset
     from damo.media import decode_clip
-    from damo.model.modeling_damo import DamoConfig, DamoModel
+    from damo.model.configuration_damo import DamoConfig
+    from damo.model.modeling_damo import DamoModel
     from damo.model.tokenizer import train_tokenizer
 
     videos = [str(shared_data / "videos" / n) for n in ("chaplin.mp4", "bikes.mp4", "charades_0F7LW.mp4")]
@@ -190,7 +192,8 @@ def test_worker_processes_decode_after_the_parent_has(shared_data, tmp_path):
 
 def test_training_through_worker_processes_sees_the_same_batches():
     from damo.config import Stage
-    from damo.model.modeling_damo import DamoConfig, DamoModel
+    from damo.model.configuration_damo import DamoConfig
+    from damo.model.modeling_damo import DamoModel
     from damo.model.tokenizer import train_tokenizer
     from damo.train.loop import run_stage
 

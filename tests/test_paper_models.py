@@ -14,7 +14,8 @@ from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from damo.config import find, load_recipe
 from damo.data.dataset import ClipLoader, load_dataset
-from damo.model.modeling_damo import DamoConfig, DamoModel, LLMConfig
+from damo.model.configuration_damo import DamoConfig, LLMConfig
+from damo.model.modeling_damo import DamoModel
 from damo.model.tokenizer import train_tokenizer
 from damo.plan import PlanOptions, build_meta, memory_gb, module_counts, plan
 from damo.train.loop import run_stage, set_trainable

@@ -14,7 +14,9 @@ from damo.cli import main
 from damo.config import find
 from damo.data.synthetic import render_clip
 from damo.media.decode import decode_clip
-from damo.model.modeling_damo import VIDEO_ATTENTION, DamoConfig, DamoModel
+from damo.model.attention import VIDEO_ATTENTION
+from damo.model.configuration_damo import DamoConfig
+from damo.model.modeling_damo import DamoModel
 from damo.model.processing import DamoProcessor, ProcessorConfig, frame_targets, generation_of
 from damo.model.tokenizer import train_tokenizer
 from helpers import TINY_MODEL, clip, tiny_cfg

@@ -10,7 +10,8 @@ import torch
 from damo.data.collate import Collator
 from damo.model.processing import DamoProcessor, response_text, stack_clips, text_spans
 from damo.model import tokenizer as tk
-from damo.model.modeling_damo import DamoConfig, DamoModel
+from damo.model.configuration_damo import DamoConfig
+from damo.model.modeling_damo import DamoModel
 from damo.model.tokenizer import train_tokenizer
 from damo.train import losses
 

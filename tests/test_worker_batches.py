@@ -11,7 +11,7 @@ from damo.config import Recipe
 from damo.data.collate import Collator
 from damo.data.dataset import ClipDataset, ClipLoader, StepBatches, load_dataset, loader
 from damo.data.schema import write_jsonl
-from damo.model.modeling_damo import DamoConfig
+from damo.model.configuration_damo import DamoConfig
 from damo.train.distributed import micro_batches
 from damo.train.loop import StepCollate
 from damo.train.recipe import build_model, run_recipe

@@ -39,7 +39,7 @@ from damo.model import tokenizer as tk
 from damo.model.encoders import AUDIO_ENCODERS, VISION_ENCODERS
 
 if TYPE_CHECKING:
-    from damo.model.modeling_damo import AudioConfig, LLMConfig, VisionConfig
+    from damo.model.configuration_damo import AudioConfig, LLMConfig, VisionConfig
 
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".ckpt"}
 

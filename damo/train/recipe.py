@@ -35,7 +35,8 @@ from damo.data.features import FeatureLoader, extract
 from damo.data.preflight import BadSampleError, preflight
 from damo.data.schema import Sample
 from damo.model import backbones
-from damo.model.modeling_damo import DamoConfig, DamoModel
+from damo.model.configuration_damo import DamoConfig
+from damo.model.modeling_damo import DamoModel
 from damo.model.processing import response_text
 from damo.model.tokenizer import train_tokenizer
 from damo.threads import use_threads
