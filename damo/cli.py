@@ -55,9 +55,8 @@ def _setup_torch() -> int:
 
 def _say_threads(n: int) -> None:
     import os
-    why = "DAMO_THREADS" if "DAMO_THREADS" in os.environ else "the cores idle now"
-    print(f"training on {n} thread{'s' if n > 1 else ''} ({why}; re-checked at each stage); "
-          f"set DAMO_THREADS to change")
+    why = "DAMO_THREADS" if "DAMO_THREADS" in os.environ else "the cores idle now; re-checked at each stage"
+    print(f"training on {n} thread{'s' if n > 1 else ''} ({why}); set DAMO_THREADS to change")
 
 
 def _grounding_lines(result: dict) -> str:

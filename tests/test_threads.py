@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from damo import cli, threads
 from damo.config import Recipe
@@ -86,7 +87,20 @@ def test_omp_num_threads_counts_as_damo_threads_for_the_whole_command():
     assert out.stdout.split() == ["2", "2", "2"]
 
 
-def test_the_demo_says_its_threads_before_training(tmp_path, monkeypatch, capsys):
+@pytest.fixture
+def command_env(monkeypatch):
+    """A command in this process sets the thread variables and torch's threads: put both back after."""
+    for var in ("DAMO_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        monkeypatch.setenv(var, "1")
+    monkeypatch.delenv("DAMO_THREADS")
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    n = torch.get_num_threads()
+    yield monkeypatch
+    torch.set_num_threads(n)
+
+
+@pytest.mark.parametrize("pinned", [True, False])
+def test_the_demo_says_its_threads_before_training(tmp_path, command_env, capsys, pinned):
     seen = {}
 
     class Stop(Exception):
@@ -96,14 +110,19 @@ def test_the_demo_says_its_threads_before_training(tmp_path, monkeypatch, capsys
         seen.update(kw)
         raise Stop
 
-    monkeypatch.setenv("DAMO_THREADS", "2")
-    monkeypatch.setattr("damo.data.synthetic.synthesize", lambda *a, **k: None)
-    monkeypatch.setattr("damo.train.recipe.run_recipe", run_recipe)
+    if pinned:
+        command_env.setenv("DAMO_THREADS", "2")
+    command_env.setattr(threads, "sample_idle", lambda window=threads.WINDOW_S: 2.0)   # an idle 2-core machine
+    command_env.setattr(threads, "_last", None)
+    command_env.setattr("damo.data.synthetic.synthesize", lambda *a, **k: None)
+    command_env.setattr("damo.train.recipe.run_recipe", run_recipe)
     with pytest.raises(Stop):
         cli.main(["demo", "--workdir", str(tmp_path)])
     first = capsys.readouterr().out.splitlines()[0]
-    assert first.startswith("training on 2 threads (DAMO_THREADS") and "set DAMO_THREADS to change" in first
-    assert seen["threads_per_stage"] is True
+    n = 2 if pinned else min(2, threads.usable_cores())
+    why = "DAMO_THREADS" if pinned else "the cores idle now; re-checked at each stage"
+    assert first == f"training on {n} thread{'s' if n > 1 else ''} ({why}); set DAMO_THREADS to change"
+    assert torch.get_num_threads() == n and seen["threads_per_stage"] is True
 
 
 def test_each_trained_stage_chooses_its_threads_again(tmp_path, monkeypatch):
