@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from damo.data.schema import Prediction, QuirkReport, Sample, clean_spans
+from damo.data.schema import Prediction, QuirkReport, Sample, clean_spans, write_jsonl
 from damo.textio import MAX_LINE_BYTES, line_too_long, loads
 
 
@@ -191,3 +191,10 @@ def fmt_time(x: float) -> str:
 def span_text(spans: list[list[float]]) -> str:
     """Spans as the text answer E.T. Bench's parser reads: '12.0 - 15.5 seconds, 20.0 - 22.0 seconds'."""
     return ", ".join(f"{fmt_time(sp[0])} - {fmt_time(sp[1])} seconds" for sp in spans)
+
+
+def canonical_predictions(preds: dict[str, Prediction] | list[Prediction], samples: list[Sample],
+                      path: str | Path) -> None:
+    """Canonical prediction JSONL, in sample order."""
+    by_id = pred_dict(preds, samples)
+    write_jsonl(path, (by_id[s.id].to_dict() for s in samples if s.id in by_id))

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from damo.data.schema import Prediction, QuirkReport, Sample, clean_spans, load_predictions, write_jsonl
+from damo.data.schema import Prediction, QuirkReport, Sample, clean_spans, load_predictions
 
-from .common import as_span, clean_text, pred_dict, read_json, require, to_float
+from .common import as_span, canonical_predictions, clean_text, pred_dict, read_json, require, to_float
 
 NAME = "tacos"
 
@@ -53,11 +53,7 @@ def load(path: str | Path, report: QuirkReport, durations: str | Path | None = N
     return samples
 
 
-def write_predictions(preds: dict[str, Prediction] | list[Prediction], samples: list[Sample],
-                      path: str | Path) -> None:
-    """Canonical prediction JSONL, in sample order."""
-    by_id = pred_dict(preds, samples)
-    write_jsonl(path, (by_id[s.id].to_dict() for s in samples if s.id in by_id))
+write_predictions = canonical_predictions   # the canonical JSONL, in sample order
 
 
 def read_predictions(path: str | Path, samples: list[Sample]) -> dict[str, Prediction]:
