@@ -18,7 +18,9 @@ import argparse
 import json
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from damo.textio import printable
 from damo.threads import given_threads, threads, use_threads
@@ -80,6 +82,20 @@ def _device(name: str):
     if name == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is visible to torch; use --device cpu or auto")
     return torch.device(name)
+
+
+@contextmanager
+def _resumable(command: str, kept: str) -> Iterator[None]:
+    """A sharded, resumable job's failure as one line: a failed rank (``kept``: what finished and where it
+    stays; the same command resumes) or a bad value."""
+    from damo.ranks import RankFailed
+
+    try:
+        yield
+    except RankFailed as e:
+        raise SystemExit(f"{command}: {e}; {kept}: run the same command again to resume") from None
+    except ValueError as e:
+        raise SystemExit(f"{command}: {e}") from None
 
 
 def _dtype_option(p: argparse.ArgumentParser) -> None:
@@ -250,7 +266,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from damo.eval.evaluate import grounding_report, predict_resumable
     from damo.api import vlm_source
     from damo.model.modeling_damo import DamoModel
-    from damo.ranks import RankFailed, device_for, init_distributed
+    from damo.ranks import device_for, init_distributed
 
     _setup_torch()
     info = init_distributed()
@@ -287,14 +303,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     out = Path(args.out or "runs/eval")
     job = {"data": str(Path(args.data).resolve()), "model": str(args.model), "preset": args.preset,
            "dtype": args.dtype, "features": args.features, "video_root": args.video_root}
-    try:
+    with _resumable("damo eval", f"finished predictions stay in {out / 'parts'}"):
         preds, failed, run = predict_resumable(model, samples, clips, out / "parts", job, info,
                                                batch_size=args.batch_size, num_workers=args.num_workers, **extra)
-    except RankFailed as e:
-        raise SystemExit(f"damo eval: {e}; finished predictions stay in {out / 'parts'}: run the same command "
-                         "again to resume") from None
-    except ValueError as e:
-        raise SystemExit(f"damo eval: {e}") from None
     if not info.main:
         return 0
     m = grounding_report(samples, preds, convention)
@@ -424,7 +435,7 @@ def cmd_data_features(args: argparse.Namespace) -> int:
     from damo.model.modeling_damo import DamoModel
     from damo.model.tokenizer import train_tokenizer
 
-    from damo.ranks import RankFailed, device_for, init_distributed
+    from damo.ranks import device_for, init_distributed
 
     _setup_torch()
     info = init_distributed()
@@ -441,12 +452,9 @@ def cmd_data_features(args: argparse.Namespace) -> int:
     samples, missing = resolve_videos(load_dataset(args.data), args.video_root, args.on_missing)
     if missing and info.main:
         print(f"skipping {missing.summary()}", file=sys.stderr)
-    try:
+    with _resumable("damo data features", f"finished shards stay in {args.out}"):
         report = extract(model, [s.video for s in samples], ClipLoader(model.processor), args.out,
                          shard_videos=args.shard_videos, info=info)
-    except RankFailed as e:
-        raise SystemExit(f"damo data features: {e}; finished shards stay in {args.out}: run the same command again "
-                         "to resume") from None
     if info.main:
         _print(report)
     return 0
@@ -604,7 +612,7 @@ def cmd_data_augment(args: argparse.Namespace) -> int:
 
     from damo.data.augment import augment_resumable, load_videos, make_generator
     from damo.data.schema import save_samples
-    from damo.ranks import RankFailed, init_distributed
+    from damo.ranks import init_distributed
 
     if args.limit is not None and args.limit < 1:
         raise SystemExit(f"--limit must be a positive number of videos, got {args.limit}")
@@ -619,13 +627,8 @@ def cmd_data_augment(args: argparse.Namespace) -> int:
     parts = Path(f"{args.out}.parts")
     job = {"in": str(Path(args.inp).resolve()), "format": args.format, "generator": args.generator, "seed": args.seed,
            "url": args.url, "model": args.model, "limit": args.limit}
-    try:
+    with _resumable("damo data augment", f"finished videos stay in {parts}"):
         samples, report = augment_resumable(videos, gen, parts, job, info, seed=args.seed)
-    except RankFailed as e:
-        raise SystemExit(f"damo data augment: {e}; finished videos stay in {parts}: run the same command again to "
-                         "resume") from None
-    except ValueError as e:
-        raise SystemExit(f"damo data augment: {e}") from None
     if not info.main:
         return 0
     save_samples(args.out, samples)

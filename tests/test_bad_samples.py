@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import subprocess
-import sys
 from dataclasses import replace
 
 import numpy as np
@@ -24,16 +21,9 @@ from damo.data.schema import write_jsonl
 from damo.model.configuration_damo import DamoConfig
 from damo.train.loop import run_stage
 from damo.train.recipe import build_model, run_recipe
-from helpers import TINY_MODEL
+from helpers import TINY_MODEL, train_on_two_ranks
 
 MAX_LEN = 160
-RUNNER = """
-import sys, torch
-torch.set_num_threads(1)
-from damo.config import load_recipe
-from damo.train.recipe import run_recipe
-run_recipe(load_recipe(sys.argv[1]), sys.argv[2], progress=False)
-"""
 
 
 @pytest.fixture(scope="module")
@@ -114,14 +104,7 @@ def test_a_sample_unreadable_at_run_time_is_replaced_the_same_way_and_not_read_a
 
 
 def test_two_processes_skip_and_replace_bad_samples_and_evaluation_goes_to_the_end(data, tmp_path, capsys):
-    rfile = tmp_path / "recipe.yaml"
-    rfile.write_text(yaml.safe_dump(recipe(data["path"], "skip")))
-    (tmp_path / "runner.py").write_text(RUNNER)
-    env = os.environ | {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          str(tmp_path / "runner.py"), str(rfile), str(tmp_path / "two")],
-                         env=env, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
+    train_on_two_ranks(recipe(data["path"], "skip"), tmp_path, tmp_path / "two")
     report = json.loads((tmp_path / "two" / "bad_samples.json").read_text())
     assert sorted(r["id"] for r in report["preflight"][str(data["path"])]) == ["corrupt-file", "too-long"]
     assert [r["id"] for r in report["stages"]["ground"]] == ["truncated-file"]

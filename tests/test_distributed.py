@@ -1,26 +1,14 @@
 """torchrun with 2 CPU processes (gloo) equals one process with the same global batch."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
-import yaml
 
 from damo.config import Recipe
 from damo.train.distributed import micro_batches
 from damo.train.recipe import build_model, dataset_samples, run_recipe
-from helpers import TINY_MODEL
-
-RUNNER = """
-import sys, torch
-torch.set_num_threads(1)
-from damo.config import load_recipe
-from damo.train.recipe import run_recipe
-run_recipe(load_recipe(sys.argv[1]), sys.argv[2], progress=False)
-"""
+from helpers import TINY_MODEL, train_on_two_ranks
 
 
 def recipe(grad_accum: int, parallel: str = "ddp") -> dict:
@@ -43,14 +31,7 @@ def test_micro_batches_are_disjoint_and_cover_the_batch():
 
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
 def test_two_processes_equal_one_process(tmp_path, parallel):
-    rfile = tmp_path / "recipe.yaml"
-    rfile.write_text(yaml.safe_dump(recipe(1, parallel)))
-    (tmp_path / "runner.py").write_text(RUNNER)
-    env = os.environ | {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          str(tmp_path / "runner.py"), str(rfile), str(tmp_path / "two")],
-                         env=env, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
+    train_on_two_ranks(recipe(1, parallel), tmp_path, tmp_path / "two")
     from damo.model.modeling_damo import DamoModel
 
     two = DamoModel.load(tmp_path / "two" / "model")

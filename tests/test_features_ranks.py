@@ -3,22 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
-import yaml
 
-from helpers import TINY_MODEL
-
-RUNNER = """
-import sys, torch
-torch.set_num_threads(1)
-from damo.config import load_recipe
-from damo.train.recipe import run_recipe
-run_recipe(load_recipe(sys.argv[1]), sys.argv[2], progress=False)
-"""
+from helpers import TINY_MODEL, train_on_two_ranks
 
 
 def recipe(features: str | None) -> dict:
@@ -28,14 +16,7 @@ def recipe(features: str | None) -> dict:
 
 
 def run_two(tmp_path, name: str, features: str | None) -> tuple[dict, str]:
-    rfile = tmp_path / f"{name}.yaml"
-    rfile.write_text(yaml.safe_dump(recipe(features)))
-    (tmp_path / "runner.py").write_text(RUNNER)
-    env = os.environ | {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          str(tmp_path / "runner.py"), str(rfile), str(tmp_path / name)],
-                         env=env, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
+    res = train_on_two_ranks(recipe(features), tmp_path, tmp_path / name)
     return json.loads((tmp_path / name / "stages" / "ground" / "stats.json").read_text()), res.stdout
 
 

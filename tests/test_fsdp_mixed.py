@@ -16,15 +16,7 @@ from damo.config import Recipe
 from damo.data.dataset import load_dataset
 from damo.data.schema import load_samples, write_jsonl
 from damo.train.recipe import build_model, run_recipe
-from helpers import TINY_MODEL
-
-RUNNER = """
-import sys, torch
-torch.set_num_threads(1)
-from damo.config import load_recipe
-from damo.train.recipe import run_recipe
-run_recipe(load_recipe(sys.argv[1]), sys.argv[2], progress=False)
-"""
+from helpers import RUNNER, TINY_MODEL
 
 
 def recipe(data, grad_accum: int) -> dict:

@@ -56,6 +56,17 @@ def test_the_parsers_read_answers_as_lmms_eval_does(answer):
     assert timelens_spans(answer) == [list(sp) for sp in timelens.extract_time(answer)]
 
 
+def charades_numbers(tmp_path, capsys, gt, docs: list[dict], answers: list[str]) -> tuple[list, list]:
+    """Our Charades-STA R@0.3/0.5/0.7, mIoU and sample count of ``answers`` through the lmms parser, and
+    lmms-eval's own aggregation of the same answers about ``docs``."""
+    got = damo_numbers(tmp_path, capsys, "charades-sta", gt,
+                       [{"id": str(i), "spans": [], "answer": a} for i, a in enumerate(answers)], "lmms-charades")
+    want = lmms_numbers(charades, "temporal_grounding_process_results_generation", "temporal_grounding_aggregate",
+                        docs, answers)
+    return [got[k] for k in ("charades_sta_IOU@3", "charades_sta_IOU@5", "charades_sta_IOU@7", "charades_sta_mIOU",
+                             "n")], want
+
+
 def test_charades_lmms_parser_equals_lmms_eval_aggregation(tmp_path, capsys):
     rows = ANSWERS + [ANSWERS[0]]
     lines = [f"V{i % 4} {s} {e}##person number {i} sits." for i, ((s, e), _) in enumerate(ANSWERS)]
@@ -65,13 +76,9 @@ def test_charades_lmms_parser_equals_lmms_eval_aggregation(tmp_path, capsys):
     docs = [{"video": line.split()[0], "caption": line.split("##")[1], "timestamp": [s, e]}
             for line, ((s, e), _) in zip(lines, rows)]
     answers = [a for _, a in rows[:-1]] + ["The event happens in 25 - 30 seconds."]
-    got = damo_numbers(tmp_path, capsys, "charades-sta", gt,
-                       [{"id": str(i), "spans": [], "answer": a} for i, a in enumerate(answers)], "lmms-charades")
-    want = lmms_numbers(charades, "temporal_grounding_process_results_generation", "temporal_grounding_aggregate",
-                        docs, answers)
-    assert [got[k] for k in ("charades_sta_IOU@3", "charades_sta_IOU@5", "charades_sta_IOU@7",
-                             "charades_sta_mIOU")] == want
-    assert got["n"] == len(rows) - 1 and 0 < want[1] < want[0] < 100
+    got, want = charades_numbers(tmp_path, capsys, gt, docs, answers)
+    assert got[:4] == want
+    assert got[4] == len(rows) - 1 and 0 < want[1] < want[0] < 100
 
 
 def test_charades_lmms_parser_on_the_real_test_file(shared_data, tmp_path, capsys):
@@ -83,13 +90,9 @@ def test_charades_lmms_parser_on_the_real_test_file(shared_data, tmp_path, capsy
         s, e = float(s), float(e)
         docs.append({"video": vid, "caption": line.split("##")[1], "timestamp": [s, e]})
         answers.append(ANSWERS[i % len(ANSWERS)][1] if i % 3 else f"The event happens in {s + i % 5} - {e - i % 4} s.")
-    got = damo_numbers(tmp_path, capsys, "charades-sta", gt,
-                       [{"id": str(i), "spans": [], "answer": a} for i, a in enumerate(answers)], "lmms-charades")
-    want = lmms_numbers(charades, "temporal_grounding_process_results_generation", "temporal_grounding_aggregate",
-                        docs, answers)
-    assert [got[k] for k in ("charades_sta_IOU@3", "charades_sta_IOU@5", "charades_sta_IOU@7",
-                             "charades_sta_mIOU")] == want
-    assert got["n"] == 3720
+    got, want = charades_numbers(tmp_path, capsys, gt, docs, answers)
+    assert got[:4] == want
+    assert got[4] == 3720
 
 
 def test_timelens_lmms_parser_equals_lmms_eval_aggregation(tmp_path, capsys):

@@ -2,25 +2,14 @@
 two processes then differ from each other and together equal one process accumulating both."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 
 import torch
-import yaml
 
 from damo.config import Recipe
 from damo.train.loop import micro_seed
 from damo.train.recipe import run_recipe
+from helpers import train_on_two_ranks
 from test_paper_models import tiny_stand_in
-
-RUNNER = """
-import sys, torch
-torch.set_num_threads(1)
-from damo.config import load_recipe
-from damo.train.recipe import run_recipe
-run_recipe(load_recipe(sys.argv[1]), sys.argv[2], progress=False)
-"""
 
 
 def recipe(grad_accum: int) -> dict:
@@ -37,14 +26,7 @@ def test_micro_batch_seeds_differ_by_micro_batch_and_step_only():
 
 
 def test_two_processes_with_dropout_equal_one_process(tmp_path):
-    rfile = tmp_path / "recipe.yaml"
-    rfile.write_text(yaml.safe_dump(recipe(1)))
-    (tmp_path / "runner.py").write_text(RUNNER)
-    env = os.environ | {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          str(tmp_path / "runner.py"), str(rfile), str(tmp_path / "two")],
-                         env=env, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
+    train_on_two_ranks(recipe(1), tmp_path, tmp_path / "two")
     from damo.model.modeling_damo import DamoModel
 
     two = DamoModel.load(tmp_path / "two" / "model").state_dict()

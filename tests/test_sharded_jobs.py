@@ -3,9 +3,6 @@ write what one process writes, resume after a kill with any number of processes,
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,16 +10,10 @@ import pytest
 from damo.cli import main
 from damo.data import augment as A
 from damo.data.schema import Sample, save_samples
+from helpers import torchrun
 from test_ground import build_scripted_model
 
 VIDEOS = ("charades_0F7LW.mp4", "bikes.mp4", "chaplin.mp4", "carphone_pristine.mp4", "big_buck_bunny_0_30.webm")
-
-
-def torchrun(*args: str) -> subprocess.CompletedProcess:
-    env = os.environ | {"OMP_NUM_THREADS": "1", "DAMO_THREADS": "1", "HF_HUB_OFFLINE": "1",
-                        "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           "-m", "damo.cli", *args], env=env, capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +39,7 @@ def read(out: Path) -> tuple[str, dict]:
 
 
 def test_two_processes_write_what_one_writes(job):
-    res = torchrun("eval", "--data", str(job["data"]), "--model", str(job["model"]), "--out",
+    res = torchrun("-m", "damo.cli", "eval", "--data", str(job["data"]), "--model", str(job["model"]), "--out",
                    str(job["root"] / "two"), "--batch-size", "3", "--device", "cpu")
     assert res.returncode == 0, res.stderr[-3000:]
     preds_one, m_one = read(job["one"])
@@ -73,7 +64,7 @@ def test_a_killed_run_resumes_on_another_number_of_processes(job):
     (out / "parts" / "job.json").write_text(json.dumps(
         {"data": str(job["data"].resolve()), "model": str(job["model"]), "preset": None, "dtype": None,
          "features": None, "video_root": None}))
-    res = torchrun("eval", *job_args, "--batch-size", "3", "--device", "cpu")
+    res = torchrun("-m", "damo.cli", "eval", *job_args, "--batch-size", "3", "--device", "cpu")
     assert res.returncode == 0, res.stderr[-3000:]
     preds, m = read(out)
     assert preds == read(job["one"])[0]
@@ -87,7 +78,7 @@ def test_a_failing_rank_is_named(job, tmp_path):
     rows[3]["query"] = "when " * 2000
     data = tmp_path / "bad.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    res = torchrun("eval", "--data", str(data), "--model", str(job["model"]), "--out", str(tmp_path / "out"),
+    res = torchrun("-m", "damo.cli", "eval", "--data", str(data), "--model", str(job["model"]), "--out", str(tmp_path / "out"),
                    "--batch-size", "2", "--device", "cpu")
     assert res.returncode != 0
     said = [line for line in res.stderr.splitlines() if line.startswith("damo eval: rank 1 of 2 failed: ValueError: "
@@ -106,7 +97,7 @@ def test_features_two_processes_write_the_folder_one_writes(job, tmp_path):
                                 if not v.endswith("broken.mp4")))
     args[args.index(str(job["data"]))] = str(readable)
     assert main(args + ["--out", str(tmp_path / "one")]) == 0
-    res = torchrun(*args, "--out", str(tmp_path / "two"))
+    res = torchrun("-m", "damo.cli", *args, "--out", str(tmp_path / "two"))
     assert res.returncode == 0, res.stderr[-3000:]
     report = json.loads(res.stdout[res.stdout.index("{"):])
     assert (report["videos"], report["shards"], report["world_size"], report["videos_per_rank"]) == (5, 3, 2, [3, 2])
@@ -123,7 +114,7 @@ def test_augment_two_processes_and_a_resumed_run_write_what_one_writes(shared_da
     assert main(args + ["--out", str(tmp_path / "one.jsonl")]) == 0
     one = json.loads(capsys.readouterr().out)
     assert (one["world_size"], one["videos_per_rank"], one["resumed"]) == (1, [40], 0)
-    res = torchrun(*args, "--out", str(tmp_path / "two.jsonl"))
+    res = torchrun("-m", "damo.cli", *args, "--out", str(tmp_path / "two.jsonl"))
     assert res.returncode == 0, res.stderr[-3000:]
     two = json.loads(res.stdout[res.stdout.index("{"):])
     assert (tmp_path / "two.jsonl").read_bytes() == (tmp_path / "one.jsonl").read_bytes()

@@ -47,12 +47,17 @@ def clips(shared_data):
                                                                                         "carphone_pristine.mp4")]
 
 
+def ours_and_reference(folder, clips) -> tuple:
+    """The shrunk VLM of a saved folder, transformers' own model of the same folder, both clips as its
+    inputs and a question about each."""
+    vlm = small(VideoLLM.from_pretrained(str(folder), dtype="float32"))
+    reference = FAMILIES[vlm.model.config.model_type].model.from_pretrained(folder).eval()
+    return vlm, reference, [vlm.processor.video_inputs(c) for c in clips], [QUERY, "when is the phone call?"]
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_batched_logits_equal_transformers_forward_on_each_clip(folders, clips, name):
-    vlm = small(VideoLLM.from_pretrained(str(folders[name]), dtype="float32"))
-    reference = FAMILIES[vlm.model.config.model_type].model.from_pretrained(folders[name]).eval()
-    inputs = [vlm.processor.video_inputs(c) for c in clips]
-    queries = [QUERY, "when is the phone call?"]
+    vlm, reference, inputs, queries = ours_and_reference(folders[name], clips)
     batch = vlm.inputs(inputs, queries)
     assert batch["video_grid_thw"][0].tolist() != batch["video_grid_thw"][1].tolist()
     with torch.no_grad():
@@ -67,10 +72,7 @@ def test_batched_logits_equal_transformers_forward_on_each_clip(folders, clips, 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_batched_greedy_answers_equal_model_generate_alone(folders, clips, name):
-    vlm = small(VideoLLM.from_pretrained(str(folders[name]), dtype="float32"))
-    reference = FAMILIES[vlm.model.config.model_type].model.from_pretrained(folders[name]).eval()
-    inputs = [vlm.processor.video_inputs(c) for c in clips]
-    queries = [QUERY, "when is the phone call?"]
+    vlm, reference, inputs, queries = ours_and_reference(folders[name], clips)
     ours = vlm.generate(inputs, queries, max_new_tokens=8)
     eos = reference.generation_config.eos_token_id
     for row, c, q in zip(ours, inputs, queries):
