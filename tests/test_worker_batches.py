@@ -50,3 +50,18 @@ def test_training_writes_no_media_cache_unless_the_recipe_names_one(tmp_path, mo
     entries = list((tmp_path / "node-cache").glob("*.npz"))
     assert len(entries) == 1 and entries[0].name.startswith("stat-")
     assert not (tmp_path / "home-cache").exists()
+
+
+def test_step_batches_see_every_sample_once_per_epoch_and_resume_where_they_stopped():
+    n, batch, steps = 10, 4, 10                     # 40 draws: four epochs of ten samples
+    whole = StepBatches(n, batch, steps, 0, 3, 2, range(2), micro_batches)
+    drawn = [i for mb in whole for i, _ in mb]
+    epochs = [sorted(drawn[e * n:(e + 1) * n]) for e in range(steps * batch // n)]
+    assert epochs == [list(range(n))] * 4          # i.i.d. draws would miss about a third of them in one epoch
+    assert drawn[:n] != drawn[n:2 * n]              # a new order every epoch
+    # resumed at step 6 on one process of two: exactly the micro-batches it would have had
+    resumed = list(StepBatches(n, batch, steps, 6, 3, 2, range(1, 2), micro_batches))
+    assert resumed == [mb for mb in whole if mb[0][1][0] >= 6 and mb[0][1][1] == 1]
+    assert StepBatches(n, batch, steps, 0, 4, 2, range(2), micro_batches).global_batch(0) != whole.global_batch(0)
+    assert StepBatches(3, 8, 2, 0, 0, 1, range(1), micro_batches).global_batch(1) == \
+        StepBatches(3, 8, 2, 0, 0, 1, range(1), micro_batches).permutation(1)    # a batch larger than the dataset

@@ -8,8 +8,8 @@
   demo's procedural clips), so memory stays flat however many videos a dataset holds.
 - :class:`ClipDataset` + :func:`loader` stream ``(record, clip)`` pairs through a
   ``torch.utils.data.DataLoader`` with worker processes; :class:`StepBatches` yields the exact
-  micro-batches of every training step (seeded by the step number, so a resumed run sees the
-  same data).
+  micro-batches of every training step (epoch permutations laid end to end, a pure function of
+  the seed and the step number, so a resumed run sees the same data).
 """
 from __future__ import annotations
 
@@ -196,23 +196,38 @@ class ClipDataset(Dataset):
 class StepBatches(Sampler):
     """Index lists of every micro-batch this process trains on, step by step from ``start``.
 
-    Step ``k``'s global batch is drawn by an RNG seeded with ``(seed, k)``, split into
-    ``parts`` micro-batches (processes x gradient accumulation); this process takes ``mine``.
-    Each index carries its ``(step, micro-batch)`` tag, which seeds the collator's own draws.
+    The global batches walk through the dataset epoch by epoch: epoch ``e`` is a permutation of
+    all ``n`` indices drawn by an RNG seeded with ``(seed, e)``, and step ``k`` takes positions
+    ``k * batch`` to ``(k + 1) * batch - 1`` of the epochs laid end to end, so every sample is seen
+    once per epoch (i.i.d. draws per step would leave about ``e^-epochs`` of them unseen) and a
+    resumed run sees the same data. A global batch is split into ``parts`` micro-batches
+    (processes x gradient accumulation); this process takes ``mine``. Each index carries its
+    ``(step, micro-batch)`` tag, which seeds the collator's own draws.
     """
 
     def __init__(self, n: int, batch: int, steps: int, start: int, seed: int, parts: int, mine: range,
                  split: Callable[[list, int], list[list]]):
-        self.n, self.batch, self.steps, self.start, self.seed = n, batch, steps, start, seed
+        self.n, self.batch, self.steps, self.start, self.seed = n, min(batch, n), steps, start, seed
         self.parts, self.mine, self.split = parts, mine, split
+        self._epoch: tuple[int, list[int]] = (-1, [])
 
     def __len__(self) -> int:
         return (self.steps - self.start) * len(self.mine)
 
+    def permutation(self, epoch: int) -> list[int]:
+        if self._epoch[0] != epoch:
+            order = list(range(self.n))
+            random.Random(f"{self.seed}:epoch:{epoch}").shuffle(order)
+            self._epoch = (epoch, order)
+        return self._epoch[1]
+
+    def global_batch(self, step: int) -> list[int]:
+        """The dataset indices of step ``step``, over all processes."""
+        return [self.permutation(p // self.n)[p % self.n] for p in range(step * self.batch, (step + 1) * self.batch)]
+
     def __iter__(self) -> Iterator[list[tuple[int, tuple[int, int]]]]:
         for step in range(self.start, self.steps):
-            chosen = random.Random(f"{self.seed}:{step}").sample(range(self.n), min(self.batch, self.n))
-            mbs = self.split(chosen, self.parts)
+            mbs = self.split(self.global_batch(step), self.parts)
             for m in self.mine:
                 yield [(i, (step, m)) for i in mbs[m]]
 

@@ -299,7 +299,7 @@ def run_recipe(recipe: Recipe, workdir: str | Path, progress: bool = True, log=p
                 atomic_write_text(partial / RECORD, json.dumps(record, indent=1))
             if threads_per_stage:
                 say(f"stage {stage.name}: {use_threads()} threads")
-            t0 = time.time()
+            t0, cpu0 = time.time(), time.process_time()
             data = samples + [x for spec in stage.extra_data for x in datasets[spec]]
             stage_clips = clips
             if recipe.features and not stage.text_only and not trains_encoders(model, stage.trainable):
@@ -315,6 +315,7 @@ def run_recipe(recipe: Recipe, workdir: str | Path, progress: bool = True, log=p
                     f"({', '.join(r['id'] for r in replaced[:5])}{', ...' if len(replaced) > 5 else ''})")
                 report["stages"][stage.name] = replaced
             stats["wall_s"] = round(time.time() - t0, 1)
+            stats["cpu_s"] = round(time.process_time() - cpu0, 1)     # this process, all its threads
             say(f"stage {stage.name}: " + ", ".join(f"{k}={v:.3f}" for k, v in stats.items()))
             if info.main:
                 if report["preflight"] or report["stages"]:
