@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from damo.model.configuration_damo import DamoConfig
+from damo.model.vlm import VLMConfig
 
 from damo.model.modeling_damo import grouped_name
 
@@ -134,7 +135,7 @@ class Stage:
 @dataclass
 class Recipe:
     stages: list[Stage]
-    model: DamoConfig = field(default_factory=DamoConfig)
+    model: DamoConfig | VLMConfig = field(default_factory=DamoConfig)     # a DaMO model, or a whole VLM (key vlm)
     data: dict[str, str] = field(default_factory=dict)   # split -> dataset spec (synth://... or JSONL path)
     seed: int = 0
     name: str = "recipe"
@@ -150,7 +151,7 @@ class Recipe:
     init: str | None = None               # a saved model to start from (damo train --init): see damo.train.recipe
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], base: Path | None = None) -> "Recipe":
+    def from_dict(cls, d: dict[str, Any], base: Path | None = None, where: str = "the recipe") -> "Recipe":
         d = dict(d)
         model = d.pop("model", {}) or {}
         if isinstance(model, str):  # a model YAML: a path relative to the recipe, or a shipped config's name
@@ -173,7 +174,14 @@ class Recipe:
         bad = set(d) - valid
         if bad:
             raise ValueError(f"unknown recipe keys {sorted(bad)}; valid: model, stages, {', '.join(sorted(valid))}")
-        return cls(stages=out, model=DamoConfig.from_dict(model), **d)
+        if "vlm" in model and isinstance(model["vlm"].get("config"), str):   # a model config's transformers config
+            named = read_yaml(model_path(model["vlm"]["config"], base)) or {}
+            if not isinstance(named, dict) or "vlm" not in named:
+                raise ValueError(f"{where}: model.vlm.config {model['vlm']['config']!r} is no whole-VLM model config; "
+                                 "name one such as qwen2.5-vl-7b, or write the transformers config out")
+            model = {"vlm": model["vlm"] | {"config": named["vlm"]["config"]}}
+        cfg = VLMConfig.from_dict(model["vlm"], f"{where}: model") if "vlm" in model else DamoConfig.from_dict(model)
+        return cls(stages=out, model=cfg, **d)
 
 
 def _check_loss_settings(stage: Stage) -> None:
@@ -240,4 +248,4 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
             raise ValueError(f"override {o!r} must look like key.sub=value")
         k, v = o.split("=", 1)
         set_dotted(d, k, read_yaml(v))
-    return Recipe.from_dict(d, base=path.parent)
+    return Recipe.from_dict(d, base=path.parent, where=str(path))

@@ -142,7 +142,7 @@ def test_a_whole_vlm_answers_in_its_own_words(tmp_path, docs):
     assert got == [g.ground(d["video_path"], r.args[0])["answer"].split("\n\n")[0] for d, r in zip(docs, reqs)]
     # log P of a continuation: one forward per token on the prompt and the tokens before it
     r, vlm = reqs[0], lm.model
-    prompt = vlm.inputs([lm.grounder.clips(docs[0]["video_path"])], [r.args[0]])
+    prompt = vlm.inputs([lm.grounder.clips(docs[0]["video_path"])], [r.args[0]]).inputs
     cont = vlm.processor.encode(" the door opens")
     total, greedy = 0.0, True
     for k, t in enumerate(cont):
@@ -150,7 +150,7 @@ def test_a_whole_vlm_answers_in_its_own_words(tmp_path, docs):
         per_token = {key: torch.cat([v, v.new_zeros(1, k)], 1) for key, v in prompt.items()       # text: type 0
                      if isinstance(v, torch.Tensor) and v.shape == prompt["input_ids"].shape}
         with torch.no_grad():
-            logits = vlm.forward(prompt | per_token | {"input_ids": ids, "attention_mask": torch.ones_like(ids)})[0, -1]
+            logits = vlm.model(**prompt | per_token | {"input_ids": ids, "attention_mask": torch.ones_like(ids)}).logits[0, -1]
         total += float(torch.log_softmax(logits.float(), -1)[t])
         greedy &= int(logits.argmax()) == t
     ll = Instance(request_type="loglikelihood", idx=0, metadata={"task": r.task_name, "doc_id": 0, "repeats": 1},

@@ -80,3 +80,14 @@ def test_checkpoint_type(tmp_path):
     (tmp_path / "config.json").write_text('{"vision": {}, "llm": {}}')    # a DaMO model folder
     assert checkpoint_type(tmp_path) is None
     assert checkpoint_type(tmp_path / "missing") is None
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_the_answers_training_teaches_read_back_as_their_spans(name):
+    p = PRESETS[name]
+    assert p.spans(p.answer([[12.0, 17.0]])) == [[12.0, 17.0]]
+    # TimeLens' parser reads every span of its answer; the R1 parsers take the last pair
+    two = [[1.0, 3.0], [4.0, 8.0]]
+    assert p.spans(p.answer(two)) == (two if p.parser == "timelens" else two[-1:])
+    written = {"timelens": "The event happens in 3.0 - 7.5 seconds.", "last_pair": "<answer>3.00 to 7.50</answer>"}
+    assert p.answer([[3.0, 7.5]]) == ("<think>\n</think>\n" if name == "videochat-r1" else "") + written[p.parser]

@@ -18,6 +18,7 @@ from damo.cli import main
 from damo.media.decode import decode_clip
 from damo.model.presets import get_preset
 from damo.model.vlm import FAMILIES, VideoLLM, VLMProcessor, audio_tokens, chunk_bounds
+from damo.train.losses import LOSSES, LossInputs
 
 NAMES = ["qwen2.5-vl", "qwen3-vl", "qwen2.5-omni"]
 QUERY = "when does the man open the door?"
@@ -59,21 +60,21 @@ def ours_and_reference(folder, clips) -> tuple:
 def test_batched_logits_equal_transformers_forward_on_each_clip(folders, clips, name):
     vlm, reference, inputs, queries = ours_and_reference(folders[name], clips)
     batch = vlm.inputs(inputs, queries)
-    assert batch["video_grid_thw"][0].tolist() != batch["video_grid_thw"][1].tolist()
+    assert batch.inputs["video_grid_thw"][0].tolist() != batch.inputs["video_grid_thw"][1].tolist()
     with torch.no_grad():
-        logits = vlm(batch)
+        logits = vlm(batch)["logits"]
         for b, (c, q) in enumerate(zip(inputs, queries)):
             alone = vlm.processor.batch([c], [q])
             ref = reference(**alone).logits[0]
             n = ref.shape[0]
-            assert batch["attention_mask"][b].sum() == n
+            assert batch.inputs["attention_mask"][b].sum() == n
             torch.testing.assert_close(logits[b, -n:], ref, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_batched_greedy_answers_equal_model_generate_alone(folders, clips, name):
     vlm, reference, inputs, queries = ours_and_reference(folders[name], clips)
-    ours = vlm.generate(inputs, queries, max_new_tokens=8)
+    ours = [r["ids"] for r in vlm.generate(vlm.processor.generation_batch(inputs, queries), max_new_tokens=8)]
     eos = reference.generation_config.eos_token_id
     for row, c, q in zip(ours, inputs, queries):
         alone = vlm.processor.batch([c], [q])
@@ -219,10 +220,12 @@ def test_lora_and_evidence_heads_train_and_only_they_are_saved(folders, clips, t
     spans = [[[3.0, 7.0]], [[0.0, 2.0]]]
     before = {k: v.clone() for k, v in vlm.state_dict().items()}
     opt = torch.optim.AdamW([p for p in vlm.parameters() if p.requires_grad], lr=1e-2)
+    replies = [vlm.processor.response_ids(a, last=True) for a in answers]
+    batch = vlm.processor.training_batch(inputs, queries, replies, spans)
     totals = []
     for _ in range(4):
-        losses = vlm.loss(inputs, queries, answers, spans)
-        total = losses["lm"] + losses["grounding"]
+        x = LossInputs(vlm(batch), batch, vlm)
+        total = LOSSES["lm"].fn(x) + LOSSES["grounding_bce"].fn(x)
         opt.zero_grad()
         total.backward()
         opt.step()
@@ -236,7 +239,7 @@ def test_lora_and_evidence_heads_train_and_only_they_are_saved(folders, clips, t
     again = small(VideoLLM.from_pretrained(str(tmp_path / "trained"), dtype="float32")).eval()
     with torch.no_grad():
         batch = vlm.inputs(inputs, queries)
-        torch.testing.assert_close(again(batch), vlm(batch), rtol=0, atol=0)
+        torch.testing.assert_close(again(batch)["logits"], vlm(batch)["logits"], rtol=0, atol=0)
         ours, theirs = vlm.evidence_spans(inputs, queries), again.evidence_spans(inputs, queries)
     assert [s for s, _ in ours] == [s for s, _ in theirs]
     assert all(len(curve) == len(c.video.times) for (_, curve), c in zip(ours, inputs))
@@ -282,7 +285,7 @@ def test_a_whole_omni_checkpoint_runs_its_thinker(folders, clips, tmp_path):
     assert whole.model.config.model_type == "qwen2_5_omni_thinker" and whole.preset.name == "qwen2.5-omni"
     batch = thinker.inputs([thinker.processor.video_inputs(clips[0])], [QUERY])
     with torch.no_grad():
-        torch.testing.assert_close(whole(batch), thinker(batch), rtol=0, atol=0)
+        torch.testing.assert_close(whole(batch)["logits"], thinker(batch)["logits"], rtol=0, atol=0)
 
 
 def test_a_preset_on_a_damo_model_folder_is_one_line(tmp_path, shared_data, capsys):
@@ -331,8 +334,9 @@ def test_a_bf16_model_trains_float32_adapters_and_heads(folders, clips):
     assert {p.dtype for p in vlm.parameters() if p.requires_grad} == {torch.float32}
     assert vlm.model.lm_head.weight.dtype == torch.bfloat16
     c = vlm.processor.video_inputs(clips[1])
-    losses = vlm.loss([c], [QUERY], ["The event happens in 1 - 2 seconds."], [[[1.0, 2.0]]])
-    (losses["lm"] + losses["grounding"]).backward()
+    batch = vlm.processor.training_batch([c], [QUERY], [vlm.processor.reply_ids([[1.0, 2.0]])], [[[1.0, 2.0]]])
+    x = LossInputs(vlm(batch), batch, vlm)
+    (LOSSES["lm"].fn(x) + LOSSES["grounding_bce"].fn(x)).backward()
     grads = [p.grad for p in vlm.parameters() if p.requires_grad]
     assert all(g is not None and torch.isfinite(g).all() for g in grads) and any(g.abs().sum() > 0 for g in grads)
 

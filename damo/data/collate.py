@@ -17,6 +17,7 @@ from damo.data.schema import Sample
 from damo.model.batch import Batch
 from damo.model.processing import (ClipTensors, DamoProcessor, Encoded, VideoLayout, frame_positions, frame_targets,
                                    pad_rows, stack_clips)
+from damo.model.vlm import VLMBatch, VLMClip, VLMProcessor
 
 
 def turns_of(s: Sample) -> list[dict]:
@@ -36,8 +37,14 @@ class Collator:
         self.processor = processor
 
     @classmethod
-    def for_model(cls, model) -> "Collator":
-        return cls(model.processor)
+    def for_model(cls, model) -> "Collator | VLMCollator":
+        """The collator of the model's processor: this one for a DaMO model, :class:`VLMCollator` for a whole VLM."""
+        return COLLATORS[type(model.processor)](model.processor)
+
+    def check(self, sample: Sample, times: torch.Tensor) -> None:
+        """Raise ``ValueError`` if ``sample`` alone, at frame times ``times``, needs more than ``max_len`` tokens."""
+        proc = self.processor
+        proc.encode_turns(turns_of(sample), times, float(sample.duration), proc.layout(len(times)), f"sample {sample.id}")
 
     def __call__(self, items: list[tuple[Sample, ClipTensors | None]], rng: random.Random | None = None) -> Batch:
         """``items`` pair samples with their clips; a clip of ``None`` makes a text-only batch (no
@@ -106,3 +113,33 @@ class Collator:
             coord_pos=torch.tensor(coord_pos, dtype=torch.long).view(-1, 2),
             coord_ids=torch.tensor(coord_ids, dtype=torch.long).view(-1, 2),
             coord_w=torch.tensor(coord_w, dtype=torch.float32).view(-1, 2))
+
+
+class VLMCollator:
+    """``[(sample, clip)]`` -> a whole VLM's training batch (:class:`~damo.model.vlm.VLMBatch`): each
+    sample's question in the preset's prompt, its spans as the answer the preset writes, and those
+    spans as each temporal patch's evidence target; sampled completions for GRPO the same way."""
+
+    def __init__(self, processor: VLMProcessor):
+        self.processor = processor
+
+    def __call__(self, items: list[tuple[Sample, VLMClip]], rng: random.Random | None = None) -> VLMBatch:
+        proc = self.processor
+        return proc.training_batch([c for _, c in items], [s.query for s, _ in items],
+                                   [proc.reply_ids(s.spans) for s, _ in items], [s.spans for s, _ in items])
+
+    def completions(self, items: list[tuple[Sample, VLMClip]], completions: list[list[int]],
+                    evidence: list[list[dict]]) -> VLMBatch:
+        """A batch of sampled answers (token ids, the end of the turn included), trained on those tokens."""
+        return self.processor.training_batch([c for _, c in items], [s.query for s, _ in items], completions,
+                                             [s.spans for s, _ in items])
+
+    def check(self, sample: Sample, times: torch.Tensor) -> None:
+        """Raise ``ValueError`` for a sample the preset cannot answer: a dialogue, no span, an oversized question."""
+        if sample.task == "dialogue":
+            raise ValueError(f"sample {sample.id}: a whole VLM trains on single questions, not dialogues")
+        self.processor.reply_ids(sample.spans)
+        self.processor.query_ids(sample.query)
+
+
+COLLATORS: dict[type, type] = {DamoProcessor: Collator, VLMProcessor: VLMCollator}

@@ -20,12 +20,13 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
-from damo.data.collate import turns_of
+from damo.data.collate import COLLATORS
 from damo.data.schema import Sample
 from damo.media import MediaError
 from damo.media.decode import num_clip_frames, probe
 from damo.media.sources import scheme_of
 from damo.model.processing import DamoProcessor
+from damo.model.vlm import VLMProcessor
 
 
 class BadSampleError(ValueError):
@@ -57,10 +58,10 @@ class BadSamples:
         return f"{len(self.rows)} samples cannot train: {names}{'; ...' if len(self.rows) > first else ''}"
 
 
-def check_tokens(processor: DamoProcessor, sample: Sample, times: torch.Tensor) -> None:
-    """Raise ``ValueError`` if ``sample`` alone, at frame times ``times``, needs more than ``max_len`` tokens."""
-    processor.encode_turns(turns_of(sample), times, float(sample.duration), processor.layout(len(times)),
-                           f"sample {sample.id}")
+def check_tokens(processor: DamoProcessor | VLMProcessor, sample: Sample, times: torch.Tensor) -> None:
+    """Raise ``ValueError`` if ``sample`` alone, at frame times ``times``, cannot train: more than
+    ``max_len`` tokens, or (a whole VLM) an answer its preset cannot write (:meth:`VLMCollator.check`)."""
+    COLLATORS[type(processor)](processor).check(sample, times)
 
 
 def video_problem(video: str, fps: float, max_frames: int) -> str | None:

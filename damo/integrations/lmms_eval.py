@@ -116,12 +116,12 @@ class DamoLMM(lmms):
             with self.model.autocast():
                 logits = self.model(batch.to(next(self.model.parameters()).device))["logits"]
         else:
-            inputs = self.model.inputs([clip], [context], [continuation])
-            ids = inputs["input_ids"]
+            batch = self.model.inputs([clip], [context], [continuation])
+            ids = batch.inputs["input_ids"]
             cont = self.model.processor.encode(continuation)
-            start = int((inputs["labels"][0] != -100).nonzero()[0])         # the answer's first token
+            start = int((batch.labels[0] != -100).nonzero()[0])             # the answer's first token
             ids = ids[:, :start + len(cont)]
-            logits = self.model.forward(inputs)[:, :start + len(cont)]
+            logits = self.model(batch)["logits"][:, :start + len(cont)]
         n = len(cont)
         logp = F.log_softmax(logits[0, -n - 1:-1].float(), -1)               # the positions predicting cont
         target = ids[0, -n:].to(logp.device)

@@ -46,14 +46,14 @@ def scheme_function(ref: str, part: str) -> Callable:
     return getattr(importlib.import_module(module), fn)
 
 
-def load_video(ref: str | Path, fps: float, size: int, cache_dir: str | Path | None = None,
+def load_video(ref: str | Path, fps: float, size: int | None, cache_dir: str | Path | None = None,
                limits: MediaLimits | None = None, phase: float = 0.5, cache: str = "content") -> Clip:
-    """The clip of a file path (decoded at ``size`` x ``size`` through the cache keyed as ``cache``
-    says, :func:`~damo.media.cache.load_clip`, within ``limits``) or of a scheme URI; frame ``i`` is
-    sampled nearest ``(i + phase) / fps``."""
+    """The clip of a file path (decoded at ``size`` x ``size``, or its own size for ``None``, through the
+    cache keyed as ``cache`` says, :func:`~damo.media.cache.load_clip`, within ``limits``) or of a scheme
+    URI (rendered at ``size``, at least ``MIN_RENDER_SIZE``); frame ``i`` is sampled nearest ``(i + phase) / fps``."""
     if scheme_of(str(ref)) is None:
         return load_clip(ref, fps, size, cache_dir, limits, phase=phase, key=cache)
-    return scheme_function(str(ref), "video")(str(ref), fps, max(size, MIN_RENDER_SIZE), phase)
+    return scheme_function(str(ref), "video")(str(ref), fps, max(size or 0, MIN_RENDER_SIZE), phase)
 
 
 def video_duration(ref: str | Path) -> float:

@@ -86,6 +86,12 @@ VIDEOCHAT_R1_PROMPT = (
 TIMELENS_PROMPT = ("Please find the visual event described by the sentence '{query}', determining its starting and "
                    "ending times. The format should be: 'The event happens in <start time> - <end time> seconds'.")
 
+# TimeLens' supervised answers (TencentARC/TimeLens@5d90c067246ddb11db3203adbb0085bdc48d9e5e,
+# training/data/grounding.py, _format_response); the R1 prompts ask for "start time to end time" to two
+# decimals inside <answer> tags, after a thought that our targets leave empty (Time-R1's --use_nothink prefix)
+TIMELENS_REPLY, TIMELENS_SPAN = "The event happens in {spans}.", "{start:.1f} - {end:.1f} seconds"
+R1_REPLY, R1_SPAN = "<answer>{spans}</answer>", "{start:.2f} to {end:.2f}"
+
 OMNI_SYSTEM = ("You are Qwen, a virtual human developed by the Qwen Team, Alibaba Group, capable of perceiving "
                "auditory and visual inputs, as well as generating text and speech.")
 
@@ -106,6 +112,13 @@ class Preset:
     answer_prefix: str = ""    # text the authors append after the assistant turn opens
     unit: float = 0.0          # > 0: spans rounded to multiples of this many seconds, as the authors' evaluation does
     convention: str = ">="     # R@t counts IoU >= t, or IoU > t (">"), as the authors' scorer does
+    reply: str = TIMELENS_REPLY  # the answer training teaches: {spans} is each span as span_text, comma-separated
+    span_text: str = TIMELENS_SPAN  # one span of the answer ({start}, {end}: seconds)
+
+    def answer(self, spans: Spans) -> str:
+        """The answer training teaches for ``spans``, which :meth:`spans` reads back (the ``last_pair``
+        parser the last span of several)."""
+        return self.reply.format(spans=", ".join(self.span_text.format(start=s, end=e) for s, e, *_ in spans))
 
     def spans(self, answer: str) -> Spans:
         """The answer's spans as the authors' evaluation reads them (rounding with Python's ``round``:
@@ -145,7 +158,7 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
            unit=1.0, source=_TIMELENS),
     Preset(name="time-r1", checkpoint="Boshenxx/Time-R1-7B", family="qwen2_5_vl", prompt=TIME_R1_PROMPT,
            system=QWEN25_SYSTEM, video_first=True, video=_R1_VIDEO, max_new_tokens=1024, parser="last_pair",
-           answer_prefix="<think>\n</think>\n", convention=">",
+           answer_prefix="<think>\n</think>\n", convention=">", reply=R1_REPLY, span_text=R1_SPAN,
            source="xiaomi-research/time-r1@7f2b5944a0c35993da80634a459d5a48a3a5431e: scripts/test.sh "
                   "(--use_r1_thinking_prompt --use_nothink, max_new_tokens 1024), src/vllm_inference/data/config.py "
                   "(DEFAULT_TG_PROMPT r1), src/vllm_inference/data/__init__.py (system turn, video before text, "
@@ -154,7 +167,8 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
                   "src/vllm_inference/eval_all.py (R@t counts IoU > t)"),
     Preset(name="videochat-r1", checkpoint="OpenGVLab/VideoChat-R1_7B", family="qwen2_5_vl",
            prompt=VIDEOCHAT_R1_PROMPT, system=QWEN25_SYSTEM, video_first=False, video=_R1_VIDEO, max_new_tokens=2048,
-           parser="last_pair", generation={},
+           parser="last_pair", generation={}, reply="<think>\n</think>\n" + R1_REPLY,
+           span_text=R1_SPAN,
            source="OpenGVLab/VideoChat-R1@73b2ea9ac83ad5c0bcd893bffd1cbb2e7c167068: src_eval/evaluate_grounding.py "
                   "(text before video, no system turn so the chat template's default, total_pixels 3584x28x28, "
                   "min_pixels 16x28x28, model.generate with the checkpoint's own generation config, max_new_tokens "

@@ -20,13 +20,12 @@ own ``generate``, so a Grounder, ``damo ground`` and ``damo eval`` run it as the
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import (AutoConfig, AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase,
@@ -68,6 +67,36 @@ class ClipSettings:
     max_frames: int = DECODE_FRAMES
     image_size: None = None
     uniform_frames: int = 0          # frames at fps, never a fixed count (ClipLoader)
+
+
+@dataclass
+class VLMBatch:
+    """A batch of a :class:`VideoLLM` in the fields the training loop's losses read
+    (:mod:`damo.train.losses`: ``lm``, ``grounding_bce``, ``grpo``): the VLM's own inputs, the
+    replies' ``labels``, and one evidence query per row (``evi_*``: the query of row ``evi_batch[i]``
+    against that row's temporal patches); a rollout batch adds GRPO's fields."""
+    inputs: dict                                  # the VLM's keyword inputs (VLMProcessor.batch)
+    labels: torch.Tensor | None                   # (B, L) reply tokens, -100 elsewhere; None to generate
+    evi_batch: torch.Tensor                       # (B,) the row of each evidence query: one per row
+    evi_mask: torch.Tensor                        # (B, t) real temporal patches (clips differ in length)
+    evi_targets: torch.Tensor                     # (B, t) each patch's grounding target
+    coord_pos: None = None                        # no LAPE coordinate tokens in these answers
+    advantages: torch.Tensor | None = None        # (B,) GRPO: each completion's group-relative advantage
+    old_logp: torch.Tensor | None = None          # (B, L - 1) log-probs under the sampling policy
+    evi_actions: None = None                      # no evidence draws: the answer's text holds its span
+    rollout_tokens: float | None = None           # completion tokens of the step's rollouts per micro-batch
+
+    def to(self, device, non_blocking: bool = False) -> "VLMBatch":
+        return self._map(lambda v: v.to(device, non_blocking=non_blocking))
+
+    def pin_memory(self) -> "VLMBatch":
+        return self._map(lambda v: v.pin_memory())
+
+    def _map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "VLMBatch":
+        moved = {f: fn(v) for f in ("labels", "evi_batch", "evi_mask", "evi_targets", "advantages", "old_logp")
+                 if isinstance(v := getattr(self, f), torch.Tensor)}
+        return replace(self, inputs={k: fn(v) if isinstance(v, torch.Tensor) else v for k, v in self.inputs.items()},
+                       **moved)
 
 
 def audio_tokens(mel_frames: int) -> int:
@@ -141,12 +170,31 @@ class VLMProcessor:
         post = self.encode("<|im_end|>\n<|im_start|>assistant\n" + self.preset.answer_prefix)
         return pre + user + post, [0] * len(pre) + types + [0] * len(post)
 
-    def batch(self, clips: list[VLMClip], queries: list[str], answers: list[str] | None = None) -> dict:
+    def reply_ids(self, spans: list[list[float]]) -> list[int]:
+        """The answer training teaches for a sample's spans, as the preset writes it, and the end of the turn."""
+        if not spans:
+            raise ValueError(f"the {self.preset.name} preset answers with spans and this sample has none; train a "
+                             "whole VLM on samples with spans (the stage's tasks: [grounding])")
+        return self.response_ids(self.preset.answer(spans), last=True)
+
+    def response_ids(self, text: str, last: bool) -> list[int]:
+        """An answer's ids followed by the end of the turn (every answer of these presets is the last turn)."""
+        return self.encode(text + "<|im_end|>")
+
+    def decode(self, ids: list[int], evidence: list[dict], coords: list, duration: float, times) -> dict:
+        """A generated answer -> ``{"answer", "spans"}`` read by the preset's parser (the rollouts'
+        contract of :meth:`damo.model.processing.DamoProcessor.decode`; these models write no evidence
+        tokens or coordinates)."""
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        return {"answer": text, "spans": self.preset.spans(text)}
+
+    def batch(self, clips: list[VLMClip], queries: list[str], replies: list[list[int]] | None = None) -> dict:
         """Left-padded model inputs for ``model(**batch)`` and ``model.generate(**batch)``; with
-        ``answers``, each prompt is followed by its answer and the end of the turn, and ``labels``
-        (-100 outside the answers) train the model to write them."""
+        ``replies`` (token ids, the end of the turn included), each prompt is followed by its reply,
+        and ``labels`` (-100 outside the replies) train the model to write them."""
         rows = [self.prompt(c, q) for c, q in zip(clips, queries)]
-        replies = [self.encode(a + "<|im_end|>") for a in answers] if answers is not None else [[] for _ in rows]
+        trained = replies is not None
+        replies = replies if trained else [[] for _ in rows]
         B, L = len(rows), max(len(ids) + len(r) for (ids, _), r in zip(rows, replies))
         ids = torch.full((B, L), self.tokenizer.pad_token_id, dtype=torch.long)
         mask = torch.zeros(B, L, dtype=torch.long)
@@ -161,7 +209,28 @@ class VLMProcessor:
         out = {"input_ids": ids, "attention_mask": mask,
                "pixel_values_videos": torch.cat([c.video.pixel_values for c in clips]),
                "video_grid_thw": torch.tensor([c.video.grid_thw for c in clips])}
-        return out | self.family.extras(clips, types) | ({"labels": labels} if answers is not None else {})
+        return out | self.family.extras(clips, types) | ({"labels": labels} if trained else {})
+
+    def training_batch(self, clips: list[VLMClip], queries: list[str], replies: list[list[int]] | None = None,
+                       spans: list[list[list[float]]] | None = None) -> "VLMBatch":
+        """A :class:`VLMBatch`: the inputs of :meth:`batch`, the replies' ``labels``, and one evidence
+        query per row whose targets are each temporal patch's share of the row's ``spans`` (zeros
+        decayed 2^-distance, as D²VLM's official code trains them)."""
+        inputs = self.batch(clips, queries, replies)
+        labels = inputs.pop("labels", None)
+        t = max(c.video.grid_thw[0] for c in clips)
+        mask = torch.zeros(len(clips), t, dtype=torch.bool)
+        targets = torch.zeros(len(clips), t)
+        for b, c in enumerate(clips):
+            n = c.video.grid_thw[0]
+            mask[b, :n] = True
+            if spans is not None:
+                targets[b, :n] = torch.from_numpy(soft_targets(patch_targets(c.video, spans[b]), 2.0))
+        return VLMBatch(inputs, labels, torch.arange(len(clips)), mask, targets)
+
+    def generation_batch(self, clips: list[VLMClip], queries: list[str]) -> "VLMBatch":
+        """Left-padded prompts for batched generation (the rollouts' contract)."""
+        return self.training_batch(clips, queries)
 
 
 def _block_positions(proc: VLMProcessor, clip: VLMClip) -> tuple[list[int], list[int]]:
@@ -259,13 +328,17 @@ def patch_targets(video: VideoPixels, spans: list[list[float]]) -> np.ndarray:
 class VLMConfig:
     """A model config naming a whole VLM (a YAML whose top-level key is ``vlm``): the checkpoint, the
     preset it runs under, the weights' dtype, and its transformers config written out in full so that
-    ``damo plan`` builds it with nothing fetched (``damo/resources/configs/qwen2.5-vl-7b.yaml``)."""
+    ``damo plan`` builds it with nothing fetched (``damo/resources/configs/qwen2.5-vl-7b.yaml``).
+    A recipe trains it with DaMO's parts: ``lora`` adapters on the language model, D²VLM's ``evidence``
+    heads, and ``video`` settings over the preset's (frame rate, frame and pixel budgets) for training
+    and for the saved model."""
     name_or_path: str
     preset: str
     config: dict
     dtype: str = "auto"
-    lora: dict | None = None       # {r, alpha, dropout}: LoRA on the language model's projections, the rest frozen
+    lora: dict | None = None       # {r, alpha, dropout, targets}: LoRA on the language model's projections, the rest frozen
     evidence: bool = False         # D²VLM's evidence heads on the LLM's hidden states (trained, with LoRA)
+    video: dict | None = None      # VideoSpec fields over the preset's video settings
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "the config") -> "VLMConfig":
@@ -274,7 +347,13 @@ class VLMConfig:
             raise ValueError(f"{where}: vlm takes {', '.join(sorted(fields))} (name_or_path, preset and config "
                              f"required); got {', '.join(sorted(d))}")
         cfg = cls(**d)
-        kind, preset = cfg.config.get("model_type"), get_preset(cfg.preset)
+        kind = cfg.config.get("model_type")
+        try:
+            preset = get_preset(cfg.preset)
+            check_lora(cfg.lora)
+            video_spec(preset, cfg.video)
+        except ValueError as e:
+            raise ValueError(f"{where}: vlm: {e}") from None
         if kind not in FAMILIES:
             raise ValueError(f"{where}: vlm.config.model_type must be one of {', '.join(FAMILIES)}, got {kind!r}")
         if preset.family != kind:
@@ -291,24 +370,80 @@ class VLMConfig:
             add_lora(model, self.lora)
         return model, evidence_head(model) if self.evidence else None
 
+    def check(self) -> None:
+        """Build the model's skeleton on the meta device (nothing allocated, no weight read) from the
+        checkpoint folder's config, or else the one written out here, so that LoRA targets matching no
+        module fail before any data or weight is read."""
+        kind = self.config["model_type"]
+        try:
+            hf = (AutoConfig.from_pretrained(self.name_or_path) if Path(self.name_or_path).is_dir()
+                  else FAMILIES[kind].model.config_class.from_dict(self.config))
+        except OSError as e:
+            raise ValueError(f"cannot read name_or_path {self.name_or_path}: {str(e).splitlines()[0]}") from None
+        part = PARTS.get(hf.model_type)
+        with torch.device("meta"):
+            model = FAMILIES[kind].model(getattr(hf, part[0]) if part else hf)
+        if self.lora:
+            add_lora(model, self.lora)
 
-LORA_KEYS = {"r", "alpha", "dropout"}
+    def load(self) -> "VideoLLM":
+        """The checkpoint under its preset (with ``video`` over the preset's settings), with fresh LoRA
+        adapters and evidence heads drawn from the current torch seed."""
+        vlm = VideoLLM.from_pretrained(self.name_or_path, self.preset, self.dtype, self.video)
+        if self.lora:
+            vlm.add_lora(self.lora)
+        if self.evidence:
+            vlm.add_evidence()
+        return vlm
+
+
+LORA_KEYS = {"r", "alpha", "dropout", "targets"}
 # the language model's attention and MLP projections (the vision tower's MLP has the same names: left out)
-LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def check_lora(lora: dict | None) -> None:
+    """``lora`` settings: a mapping of :data:`LORA_KEYS` (``targets``: names of the language model's modules)."""
+    if lora is None:
+        return
+    if not isinstance(lora, dict) or set(lora) - LORA_KEYS:
+        raise ValueError(f"lora takes {', '.join(sorted(LORA_KEYS))}; got {lora!r}")
+    targets = lora.get("targets", LORA_TARGETS)
+    if not isinstance(targets, (list, tuple)) or not targets or not all(isinstance(t, str) for t in targets):
+        raise ValueError(f"lora.targets must be a list of module names such as {list(LORA_TARGETS[:2])}, "
+                         f"got {targets!r}")
+
+
+def video_spec(preset: Preset, video: dict | None) -> Preset:
+    """``preset`` with the ``video`` settings over its own (checked as the processor will use them)."""
+    if not video:
+        return preset
+    keys = set(VideoSpec.__dataclass_fields__) - {"patch", "merge", "temporal_patch", "mean", "std"}
+    if not isinstance(video, dict) or set(video) - keys:
+        raise ValueError(f"video takes {', '.join(sorted(keys))}; got {video!r}")
+    out = replace(preset, video=preset.video | video)
+    VideoSpec(**out.video).check()
+    return out
 
 
 def add_lora(model: nn.Module, lora: dict) -> None:
-    """LoRA adapters (peft, in place) on the language model's projections, kept in float32 whatever the
-    model's dtype (peft casts their inputs and outputs), as DaMO keeps every trained weight; every
-    other weight frozen."""
+    """LoRA adapters (peft, in place) on the language model's modules named by ``targets`` (default
+    :data:`LORA_TARGETS`), kept in float32 whatever the model's dtype (peft casts their inputs and
+    outputs), as DaMO keeps every trained weight; every other weight frozen. A target that names no
+    module of the language model is an error listing the ones it has."""
     from peft import LoraConfig, inject_adapter_in_model
 
-    if set(lora) - LORA_KEYS:
-        raise ValueError(f"unknown lora keys {sorted(set(lora) - LORA_KEYS)}; valid: {sorted(LORA_KEYS)}")
+    check_lora(lora)
+    targets = list(lora.get("targets", LORA_TARGETS))
+    llm = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if ".language_model." in n and isinstance(m, nn.Linear)}
+    unmatched = [t for t in targets if t not in llm]
+    if unmatched:
+        raise ValueError(f"lora.targets {unmatched} match no linear module of the language model; "
+                         f"it has {', '.join(sorted(llm))}")
     r = int(lora.get("r", 16))
+    pattern = rf".*\.language_model\..*\.({'|'.join(targets)})"
     inject_adapter_in_model(LoraConfig(r=r, lora_alpha=int(lora.get("alpha", 2 * r)),
-                                       lora_dropout=float(lora.get("dropout", 0.0)), target_modules=LORA_TARGETS),
-                            model)
+                                       lora_dropout=float(lora.get("dropout", 0.0)), target_modules=pattern), model)
     for name, p in model.named_parameters():
         p.requires_grad = "lora_" in name
         if p.requires_grad:
@@ -338,16 +473,19 @@ class VideoLLM(nn.Module):
 
     DaMO's parts attach to it: LoRA on the language model (:meth:`add_lora`) and D²VLM's evidence
     heads (:meth:`add_evidence`), which score each temporal patch for the question (see
-    :meth:`evidence_logits`); :meth:`loss` trains both; :meth:`save` writes only what trains, and
+    :meth:`evidence_logits`). It trains in DaMO's training loop as a DaMO model does: ``forward`` on a
+    :class:`VLMBatch` returns the ``logits`` (and ``evi_logits``) the loop's losses read, and
+    :meth:`generate` samples rollouts; :meth:`save` writes only what trains, and
     :meth:`from_pretrained` on that folder loads the base checkpoint and puts it back."""
 
-    def __init__(self, model: nn.Module, processor: VLMProcessor, source: str):
+    def __init__(self, model: nn.Module, processor: VLMProcessor, source: str, video: dict | None = None):
         super().__init__()
-        self.model, self.processor, self.source = model, processor, source
+        self.model, self.processor, self.source, self.video = model, processor, source, video
         self.preset = processor.preset
         self.cfg = VLMSettings(fps=processor.spec.fps)
         self.lora: dict | None = None
         self.evidence: EvidenceHead | None = None
+        self.trained: set[str] = set()     # parameter names a training stage trained (damo.train.loop.set_trainable)
 
     @property
     def llm(self) -> nn.Module:
@@ -355,18 +493,21 @@ class VideoLLM(nn.Module):
         return self.model
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str, preset: str | None = None, dtype: str = "auto") -> "VideoLLM":
-        """Load a checkpoint (hub id or folder) under ``preset`` (default: its family's base-model preset),
-        or a folder :meth:`save` wrote (its base checkpoint plus what was trained; its preset by default)."""
+    def from_pretrained(cls, name_or_path: str, preset: str | None = None, dtype: str = "auto",
+                        video: dict | None = None) -> "VideoLLM":
+        """Load a checkpoint (hub id or folder) under ``preset`` (default: its family's base-model preset)
+        with ``video`` settings over the preset's, or a folder :meth:`save` wrote (its base checkpoint
+        plus what was trained; its preset and video settings by default)."""
         local = Path(name_or_path).is_dir()
         saved = Path(name_or_path) / SAVED
         if saved.is_file():
             spec = json.loads(saved.read_text())
-            vlm = cls.from_pretrained(spec["base"], preset or spec["preset"], dtype)
+            vlm = cls.from_pretrained(spec["base"], preset or spec["preset"], dtype, video or spec.get("video"))
             if spec["lora"]:
                 vlm.add_lora(spec["lora"])
             if spec["evidence"]:
                 vlm.add_evidence()
+            vlm.trained = set(spec.get("trained", []))
             vlm.load_trainable(Path(name_or_path) / TRAINED)
             return vlm
         if not local and not preset:
@@ -382,7 +523,7 @@ class VideoLLM(nn.Module):
         if kind is None:
             raise ValueError(f"{name_or_path} is a {config.model_type} checkpoint; DaMO runs "
                              f"{', '.join(FAMILY_OF)} checkpoints")
-        chosen = get_preset(preset or DEFAULT_PRESET[kind])
+        chosen = video_spec(get_preset(preset or DEFAULT_PRESET[kind]), video)
         if chosen.family != kind:
             raise ValueError(f"preset {chosen.name!r} runs {chosen.family} checkpoints but {name_or_path} is {kind}; "
                              f"choose a preset of its family, e.g. --preset {DEFAULT_PRESET[kind]}")
@@ -397,11 +538,11 @@ class VideoLLM(nn.Module):
             feats = WhisperFeatureExtractor.from_pretrained(name_or_path) if family.audio else None
         except OSError as e:
             raise ValueError(f"cannot load {name_or_path}: {str(e).splitlines()[0]}") from None
-        return cls(model, VLMProcessor(tok, model.config, chosen, feats), name_or_path)
+        return cls(model, VLMProcessor(tok, model.config, chosen, feats), name_or_path, video)
 
     # ------------------------------------------------------------ DaMO's parts
     def add_lora(self, lora: dict) -> None:
-        """LoRA on the language model's projections (``{r, alpha, dropout}``); the VLM's own weights freeze."""
+        """LoRA on the language model's projections (``{r, alpha, dropout, targets}``); the VLM's own weights freeze."""
         add_lora(self.model, lora)
         self.lora = dict(lora)
 
@@ -410,18 +551,29 @@ class VideoLLM(nn.Module):
         self.evidence = evidence_head(self.model).to(self.model.device)
 
     def trainable(self) -> dict[str, torch.Tensor]:
-        """What :meth:`save` stores: the LoRA weights and the evidence heads."""
-        return {k: v for k, v in self.state_dict().items() if "lora_" in k or k.startswith("evidence.")}
+        """What :meth:`save` stores: the LoRA weights, the evidence heads, and any other weight a stage trained."""
+        return {k: v for k, v in self.state_dict().items()
+                if "lora_" in k or k.startswith("evidence.") or k in self.trained}
+
+    def half_dtype(self) -> torch.dtype | None:
+        """The VLM's weights' half-precision dtype (the loop trains under autocast in it), or None for float32."""
+        dtype = self.model.get_input_embeddings().weight.dtype
+        return dtype if dtype in (torch.bfloat16, torch.float16) else None
 
     def save(self, path: str | Path) -> None:
         """Write only what DaMO added and trained (``trained.safetensors``) and how to rebuild the rest
-        (``vlm.json``: the base checkpoint, the preset, the LoRA settings, the evidence heads)."""
+        (``vlm.json``: the base checkpoint, the preset and video settings, the LoRA settings, the evidence
+        heads, the names of other trained weights), each file atomically, ``vlm.json`` last."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.detach().contiguous().cpu() for k, v in self.trainable().items()}, str(path / TRAINED))
-        (path / SAVED).write_text(json.dumps({"base": self.source, "family": self.model.config.model_type,
-                                              "preset": self.preset.name, "lora": self.lora,
-                                              "evidence": self.evidence is not None}, indent=2))
+        save_file({k: v.detach().contiguous().cpu() for k, v in self.trainable().items()}, str(path / f"{TRAINED}.tmp"))
+        (path / f"{TRAINED}.tmp").replace(path / TRAINED)
+        others = sorted(k for k in self.trained if "lora_" not in k and not k.startswith("evidence."))
+        (path / f"{SAVED}.tmp").write_text(json.dumps({"base": self.source, "family": self.model.config.model_type,
+                                                       "preset": self.preset.name, "video": self.video,
+                                                       "lora": self.lora, "evidence": self.evidence is not None,
+                                                       "trained": others}, indent=2))
+        (path / f"{SAVED}.tmp").replace(path / SAVED)
 
     def load_trainable(self, path: Path) -> None:
         state = load_file(str(path))
@@ -431,50 +583,38 @@ class VideoLLM(nn.Module):
                              f"unexpected {sorted(set(state) - expected)[:3]}")
         self.load_state_dict(state, strict=False)
 
-    def evidence_logits(self, hidden: torch.Tensor, batch: dict, query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def evidence_logits(self, hidden: torch.Tensor, batch: VLMBatch) -> torch.Tensor:
         """Each temporal patch's evidence logit for each row's question: the head scores the state at
-        ``query`` (per row: the last prompt token, where the answer starts) against the mean state of
-        each temporal patch's video tokens, both from ``hidden`` ``(B, L, C)`` (penultimate layer).
-        Returns ``(B, t)`` logits and the ``(B, t)`` mask of real patches (clips differ in length)."""
-        grid = batch["video_grid_thw"]
+        the row's last prompt token (where the answer starts) against the mean state of each temporal
+        patch's video tokens, both from ``hidden`` ``(B, L, C)`` (penultimate layer). Returns ``(B, t)``
+        (patches past a clip's own, ``~batch.evi_mask``, are zeros)."""
+        ids, grid = batch.inputs["input_ids"], batch.inputs["video_grid_thw"]
         B, C = hidden.shape[0], hidden.shape[2]
-        t_max = int(grid[:, 0].max())
-        patches = hidden.new_zeros(B, t_max, C)
-        mask = torch.zeros(B, t_max, dtype=torch.bool, device=hidden.device)
+        patches = hidden.new_zeros(B, batch.evi_mask.shape[1], C)
         for b in range(B):
             t = int(grid[b, 0])
-            pos = (batch["input_ids"][b] == self.processor.ids["video"]).nonzero().squeeze(1)
+            pos = (ids[b] == self.processor.ids["video"]).nonzero().squeeze(1)
             patches[b, :t] = hidden[b, pos].view(t, -1, C).mean(1)       # (t, C): video tokens are patch-major
-            mask[b, :t] = True
+        if batch.labels is None:                                        # left-padded prompts end at the last position
+            query = torch.full((B,), ids.shape[1] - 1, device=hidden.device)
+        else:                                                           # the token before each row's first label
+            query = (batch.labels != -100).int().argmax(1) - 1
         h_query = hidden[torch.arange(B, device=hidden.device), query]    # (B, C)
-        logits = self.evidence.logits(h_query[:, None].float(), patches.float())[:, 0]   # (B, t_max)
-        return logits, mask
+        return self.evidence.logits(h_query[:, None].float(), patches.float())[:, 0]   # (B, t)
 
-    def loss(self, clips: list[VLMClip], queries: list[str], answers: list[str],
-             spans: list[list[list[float]]]) -> dict[str, torch.Tensor]:
-        """Training losses of a batch: ``lm`` (the answers' tokens) and, with evidence heads,
-        ``grounding`` (binary cross-entropy of each temporal patch against the share of it inside the
-        ground-truth spans, zeros decayed 2^-distance as D²VLM's official code trains them)."""
-        batch = self.inputs(clips, queries, answers)
-        out = self.model(**batch, output_hidden_states=self.evidence is not None)
-        losses = {"lm": out.loss}
-        if self.evidence is not None:
-            query = (batch["labels"] != -100).int().argmax(1) - 1          # the last prompt token of each row
-            logits, mask = self.evidence_logits(out.hidden_states[-2], batch, query)
-            y = torch.zeros_like(logits)
-            for b, (c, sp) in enumerate(zip(clips, spans)):
-                y[b, :c.video.grid_thw[0]] = torch.from_numpy(soft_targets(patch_targets(c.video, sp), 2.0))
-            losses["grounding"] = F.binary_cross_entropy_with_logits(logits[mask], y[mask])
-        return losses
+    def forward(self, batch: VLMBatch) -> dict[str, torch.Tensor]:
+        """The VLM's own forward on a batch: ``logits`` ``(B, L, V)`` and, with evidence heads,
+        ``evi_logits`` ``(B, t)`` (one evidence query per row, :meth:`evidence_logits`)."""
+        out = self.model(**batch.inputs, output_hidden_states=self.evidence is not None)
+        if self.evidence is None:
+            return {"logits": out.logits}
+        return {"logits": out.logits, "evi_logits": self.evidence_logits(out.hidden_states[-2], batch)}
 
     @torch.no_grad()
     def evidence_spans(self, clips: list[VLMClip], queries: list[str]) -> list[tuple[list[float], np.ndarray]]:
         """Per question: the evidence span ``[start, end, score]`` in seconds (the run of patches scoring
         >= threshold x max with the highest mean) and the score of every frame fed (its patch's)."""
-        batch = self.inputs(clips, queries)
-        hidden = self.model(**batch, output_hidden_states=True).hidden_states[-2]
-        query = torch.full((len(clips),), batch["input_ids"].shape[1] - 1, device=hidden.device)
-        logits, _ = self.evidence_logits(hidden, batch, query)
+        logits = self(self.inputs(clips, queries))["evi_logits"]
         out = []
         for b, c in enumerate(clips):
             t = c.video.grid_thw[0]
@@ -491,27 +631,34 @@ class VideoLLM(nn.Module):
         return {"trained_on": "real", "preset": p.name, "checkpoint": p.checkpoint,
                 "model_type": self.model.config.model_type, "settings_from": p.source}
 
-    def inputs(self, clips: list[VLMClip], queries: list[str], answers: list[str] | None = None) -> dict:
+    def inputs(self, clips: list[VLMClip], queries: list[str], answers: list[str] | None = None) -> VLMBatch:
         """The batch on the model's device (with ``labels`` when ``answers`` are given)."""
-        dev = self.model.device
-        batch = self.processor.batch(clips, queries, answers)
-        return {k: v.to(dev) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-
-    def forward(self, batch: dict) -> torch.Tensor:
-        """Logits ``(B, L, V)`` of the VLM's own forward on a batch from :meth:`inputs`."""
-        return self.model(**batch).logits
+        replies = [self.processor.response_ids(a, last=True) for a in answers] if answers is not None else None
+        return self.processor.training_batch(clips, queries, replies).to(self.model.device)
 
     @torch.no_grad()
-    def generate(self, clips: list[VLMClip], queries: list[str], max_new_tokens: int | None = None) -> list[list[int]]:
-        """New token ids per question (up to and without the end of turn), decoded together."""
-        batch = self.inputs(clips, queries)
+    def generate(self, batch: VLMBatch, max_new_tokens: int | None = None, seed: int = 0, policy=None) -> list[dict]:
+        """New token ids per row of a :meth:`VLMProcessor.generation_batch` (up to and without the end of
+        turn), decoded together by the VLM's own ``generate``: as the preset says, or with ``policy``
+        (a :class:`~damo.model.processing.Generation`: a GRPO stage's rollouts) sampling from the whole
+        softmax at its temperature within its ``top_p`` (no top-k: the checkpoint's generation config
+        does not narrow what the policy's log-probs score), drawn from torch's generator seeded with
+        ``seed``. Returns ``{"ids", "evidence": [], "coords": []}`` per row (the contract of
+        :meth:`damo.model.modeling_damo.DamoModel.generate`: these answers hold their span as text)."""
+        self.eval()
+        dev = self.model.device
+        batch = batch.to(dev)
         n = max_new_tokens or self.preset.max_new_tokens
-        out = self.model.generate(**batch, max_new_tokens=n, **self.preset.generation)
+        settings = (self.preset.generation if policy is None else
+                    {"do_sample": True, "temperature": policy.temperature, "top_p": policy.top_p, "top_k": 0})
+        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+            torch.manual_seed(seed)
+            out = self.model.generate(**batch.inputs, max_new_tokens=n, **settings)
         stop = {self.processor.tokenizer.pad_token_id, *np.atleast_1d(self.model.generation_config.eos_token_id)}
         rows = []
-        for seq in out[:, batch["input_ids"].shape[1]:].tolist():
+        for seq in out[:, batch.inputs["input_ids"].shape[1]:].tolist():
             cut = next((i for i, t in enumerate(seq) if t in stop), len(seq))
-            rows.append(seq[:cut])
+            rows.append({"ids": seq[:cut], "evidence": [], "coords": []})
         return rows
 
     def answer(self, clips: list[VLMClip], queries: list[str], max_new_tokens: int | None = None) -> list[dict]:
@@ -519,9 +666,10 @@ class VideoLLM(nn.Module):
         confidence, so each span's score is 1); with evidence heads, also their span and their score
         of every frame (``evidence``, ``scores``)."""
         grounded = self.evidence_spans(clips, queries) if self.evidence is not None else [None] * len(clips)
+        rows = self.generate(self.processor.generation_batch(clips, queries), max_new_tokens)
         out = []
-        for ids, ev in zip(self.generate(clips, queries, max_new_tokens), grounded):
-            text = self.processor.tokenizer.decode(ids, skip_special_tokens=True)
-            out.append({"answer": text, "spans": [[s, e, 1.0] for s, e in self.preset.spans(text)],
+        for row, ev, c in zip(rows, grounded, clips):
+            text = self.processor.decode(row["ids"], row["evidence"], row["coords"], c.duration, c.times)
+            out.append({"answer": text["answer"], "spans": [[s, e, 1.0] for s, e in text["spans"]],
                         "evidence": [ev[0]] if ev else [], "scores": [ev[1]] if ev else [], "tube": None})
         return out

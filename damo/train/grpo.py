@@ -403,7 +403,7 @@ class Rollouts:
     def __init__(self, model, settings: GRPOSettings, seed: int):
         self.model, self.st, self.seed = model, settings, seed
         self.policy = Generation(do_sample=True, temperature=settings.temperature, top_p=settings.top_p)
-        self.collator = Collator(model.processor)
+        self.collator = Collator.for_model(model)
 
     def batch(self, items: list[tuple[Sample, ClipTensors]], step: int, part: int) -> tuple[Batch, dict[str, float]]:
         st, model, proc = self.st, self.model, self.model.processor

@@ -37,6 +37,7 @@ from damo.data.schema import Sample
 from damo.model import backbones
 from damo.model.configuration_damo import DamoConfig
 from damo.model.modeling_damo import DamoModel
+from damo.model.vlm import SAVED, TRAINED, VideoLLM, VLMConfig
 from damo.model.processing import response_text
 from damo.model.tokenizer import train_tokenizer
 from damo.threads import use_threads
@@ -44,6 +45,16 @@ from damo.train import distributed
 from damo.train.checkpoint import atomic_write_text, clear_checkpoints
 from damo.train.loop import run_stage
 from damo.train.losses import stage_losses, stage_settings
+
+
+def is_saved(folder: Path) -> bool:
+    """Whether ``folder`` holds a whole saved model: a DaMO model, or what a whole VLM trained."""
+    return (folder / "model.safetensors").is_file() or ((folder / SAVED).is_file() and (folder / TRAINED).is_file())
+
+
+def load_model(folder: Path) -> DamoModel | VideoLLM:
+    """The model :func:`is_saved` found in ``folder``."""
+    return VideoLLM.from_pretrained(str(folder)) if (folder / SAVED).is_file() else DamoModel.load(folder)
 
 
 def corpus(samples: list[Sample], response: str = "interleaved", level: str = "event") -> list[str]:
@@ -56,10 +67,13 @@ def corpus(samples: list[Sample], response: str = "interleaved", level: str = "e
     return texts
 
 
-def build_model(cfg: DamoConfig, samples: list[Sample], seed: int = 0) -> DamoModel:
+def build_model(cfg: DamoConfig | VLMConfig, samples: list[Sample], seed: int = 0) -> DamoModel | VideoLLM:
     """A fresh model: pretrained LLMs bring their tokenizer (plus our special tokens); the tiny
-    or from-config LLM gets a BPE tokenizer trained on the recipe's texts."""
+    or from-config LLM gets a BPE tokenizer trained on the recipe's texts; a whole VLM is its
+    checkpoint with fresh LoRA adapters and evidence heads."""
     torch.manual_seed(seed)
+    if isinstance(cfg, VLMConfig):
+        return cfg.load()
     if cfg.llm.kind == "hf" and cfg.llm.pretrained:
         tok = backbones.load_tokenizer(cfg.llm)
     else:
@@ -192,7 +206,7 @@ def from_init(recipe: Recipe, log) -> Recipe:
     from it, and the model config is the saved one. So ``damo train --recipe damo_grpo --init
     runs/demo/model`` runs only the GRPO stage after the demo's four."""
     src = Path(recipe.init)
-    if not (src / "model.safetensors").is_file():
+    if not is_saved(src):
         raise FileNotFoundError(f"--init {recipe.init}: no model.safetensors there; give a model folder "
                                 "(damo train writes one to WORKDIR/model)")
     card = model_card.read_card(src)
@@ -207,7 +221,8 @@ def from_init(recipe: Recipe, log) -> Recipe:
     stages[0].init_from = stages[0].init_from or str(src)
     if k:
         log(f"--init {src}: trained through {', '.join(trained[:k])}; running {', '.join(st.name for st in stages)}")
-    cfg = DamoConfig.from_dict(json.loads((src / "config.json").read_text()))
+    # a whole VLM's folder rebuilds itself from its vlm.json (load_model): the recipe keeps its model config
+    cfg = recipe.model if (src / SAVED).is_file() else DamoConfig.from_dict(json.loads((src / "config.json").read_text()))
     return replace(recipe, stages=stages, model=cfg, init=None)
 
 
@@ -224,7 +239,7 @@ def run_recipe(recipe: Recipe, workdir: str | Path, progress: bool = True, log=p
         recipe = from_init(recipe, log if info.main else (lambda *_: None))
     records = stage_records(recipe)
     final = workdir / "model"
-    if (final / "model.safetensors").is_file() and check_reuse(final, records[-1], overwrite):
+    if is_saved(final) and check_reuse(final, records[-1], overwrite):
         log(f"reusing trained model {final}")
         if model_card.read_card(final) is None and info.main:      # a model trained before cards existed
             specs = [recipe.data["train"]] + [x for st in recipe.stages for x in st.extra_data]
@@ -235,7 +250,7 @@ def run_recipe(recipe: Recipe, workdir: str | Path, progress: bool = True, log=p
             card = model_card.read_card(outside[-1]) if outside else None
             inherited = [] if not outside else card["data"] if card else [{"spec": outside[-1], "kind": "unknown"}]
             model_card.write_card(final, recipe_card(recipe, len(recipe.stages) - 1, kinds, inherited))
-        return DamoModel.load(final)
+        return load_model(final)
     if "train" not in recipe.data:
         raise ValueError("recipe.data needs a 'train' dataset (synth://... or a JSONL path)")
     if recipe.parallel not in distributed.PARALLEL:
@@ -245,6 +260,14 @@ def run_recipe(recipe: Recipe, workdir: str | Path, progress: bool = True, log=p
         stage_losses(st.name, st.losses)
         if getattr(stage_settings(st).get("grpo"), "eval_every", 0):
             evaluated.append(st.name)
+    if isinstance(recipe.model, VLMConfig):
+        if recipe.features:
+            raise ValueError("recipe.features stores the outputs of DaMO's frozen towers; a whole VLM runs its own "
+                             "vision tower: remove features from the recipe")
+        try:     # LoRA targets matching no module: before any data or weight is read
+            recipe.model.check()
+        except ValueError as e:
+            raise ValueError(f"recipe {recipe.name}: model: vlm: {e}") from None
     if evaluated and "val" not in recipe.data:
         raise ValueError(f"stages {evaluated} evaluate on validation data (grpo.eval_every): add data.val to the "
                          "recipe, or remove grpo.eval_every")
@@ -255,7 +278,7 @@ def run_recipe(recipe: Recipe, workdir: str | Path, progress: bool = True, log=p
     kinds = {spec: model_card.dataset_kind(spec, (s.source for s in ss)) for spec, ss in datasets.items()}
     inherited: list[dict] = []      # the data of an init_from model folder outside this recipe
     first = recipe.stages[0].init_from         # a model folder: its tokenizer and processor, not fresh ones
-    model = DamoModel.load(first) if first else build_model(recipe.model, samples, recipe.seed)
+    model = load_model(Path(first)) if first else build_model(recipe.model, samples, recipe.seed)
     report = {"preflight": {}, "stages": {}}        # WORKDIR/bad_samples.json
     for spec in datasets:
         datasets[spec], bad = preflight(datasets[spec], model.processor)
@@ -274,17 +297,17 @@ def run_recipe(recipe: Recipe, workdir: str | Path, progress: bool = True, log=p
         ckpt = workdir / "stages" / stage.name
         if stage.init_from:
             src = done.get(stage.init_from, Path(stage.init_from))
-            if not (src / "model.safetensors").is_file():
+            if not is_saved(src):
                 raise FileNotFoundError(f"stage {stage.name!r}: init_from {stage.init_from!r} is neither an "
                                         f"earlier stage nor a model folder")
-            model = DamoModel.load(src)
+            model = load_model(src)
             if stage.init_from not in done:
                 card = model_card.read_card(src)
                 inherited = card["data"] if card else [{"spec": str(src), "kind": "unknown"}]
         record = records[i]
-        if (ckpt / "model.safetensors").is_file() and check_reuse(ckpt, record, overwrite):
+        if is_saved(ckpt) and check_reuse(ckpt, record, overwrite):
             say(f"stage {stage.name}: reusing {ckpt}")
-            model = DamoModel.load(ckpt)
+            model = load_model(ckpt)
             if info.main and model_card.read_card(ckpt) is None:
                 model_card.write_card(ckpt, recipe_card(recipe, i, kinds, inherited))
         else:

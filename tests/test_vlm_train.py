@@ -1,0 +1,106 @@
+"""Training whole VLMs with `damo train`: the shipped Qwen2.5-VL recipe (supervised answers with LoRA and
+evidence heads, then GRPO) on a tiny random stand-in built here, on CPU, in the one training loop."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import vlm_tiny
+from damo.cli import main
+from damo.data.dataset import ClipLoader, load_dataset
+from damo.model.vlm import VideoLLM
+
+RECIPE = "qwen2.5-vl-grounding"
+QUERY = "when does the man open the door?"
+# a small frame and pixel budget (1 fps, at most 6 frames of 4-16 tokens) over the preset's
+VIDEO = "{fps: 1.0, max_frames: 6, min_pixels: 3136, max_pixels: 12544}"
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return vlm_tiny.save("qwen2.5-vl", tmp_path_factory.mktemp("vlm") / "qwen2.5-vl")
+
+
+def settings(folder, sft_steps: int = 6, grpo_steps: int = 2, **extra: str) -> list[str]:
+    """``--set`` overrides running the shipped recipe on the tiny stand-in and procedural clips in seconds."""
+    values = {"model.vlm.name_or_path": str(folder), "model.vlm.config": "{model_type: qwen2_5_vl}",
+              "model.vlm.dtype": "float32", "model.vlm.lora": "{r: 4, alpha: 8}", "model.vlm.video": VIDEO,
+              "data.train": "synth://easy?n=6&seed=0", "video_root": "null", "on_missing": "error",
+              "num_workers": "0", "clip_memory": "true",
+              "stages.0.steps": str(sft_steps), "stages.0.batch": "4", "stages.0.grad_accum": "1",
+              "stages.0.lr": "3.0e-2", "stages.0.warmup": "0", "stages.0.save_every": "0",
+              "stages.1.steps": str(grpo_steps), "stages.1.batch": "2", "stages.1.save_every": "0",
+              "stages.1.grpo.group": "2", "stages.1.grpo.max_new_tokens": "12", "stages.1.lr": "1.0e-3"} | extra
+    return [x for k, v in values.items() for x in ("--set", f"{k}={v}")]
+
+
+def test_damo_train_runs_sft_then_grpo_and_saves_only_what_trained(folder, shared_data, tmp_path, capsys):
+    work = tmp_path / "run"
+    assert main(["train", "--recipe", RECIPE, "--workdir", str(work), *settings(folder)]) == 0
+    sft = json.loads((work / "stages" / "sft" / "history.json").read_text())
+    assert len(sft["lm"]) == 6 and sft["lm"][-1] < sft["lm"][0] and sft["grounding_bce"][-1] < sft["grounding_bce"][0]
+    grpo = json.loads((work / "stages" / "grpo" / "history.json").read_text())
+    assert len(grpo["reward"]) == len(grpo["reward_iou"]) == len(grpo["zero_variance"]) == 2
+    assert all(0 <= r <= 1 for r in grpo["reward_iou"])
+
+    # the saved folders hold the LoRA adapters and the evidence heads, nothing of the checkpoint itself
+    for stage in ("stages/sft", "model"):
+        keys = load_file(str(work / stage / "trained.safetensors")).keys()
+        assert keys and all("lora_" in k or k.startswith("evidence.") for k in keys)
+        assert any(k.startswith("evidence.") for k in keys) and any(".language_model." in k for k in keys)
+        assert not any("visual" in k for k in keys)
+    saved = json.loads((work / "model" / "vlm.json").read_text())
+    assert saved["base"] == str(folder) and saved["preset"] == "qwen2.5-vl" and saved["evidence"]
+
+    # it reloads into the same VLM, whose answers differ from the untrained checkpoint's
+    trained = VideoLLM.from_pretrained(str(work / "model"), dtype="float32").eval()
+    base = VideoLLM.from_pretrained(str(folder), dtype="float32", video=trained.video).eval()
+    sample = next(s for s in load_dataset("synth://easy?n=6&seed=0") if s.task == "grounding")
+    clip = ClipLoader(trained.processor, cache="off")(sample.video)
+    with torch.no_grad():
+        batch = trained.inputs([clip], [sample.query])
+        assert not torch.allclose(trained(batch)["logits"], base(batch)["logits"], atol=1e-3)
+
+    # and grounds a real video under its preset
+    capsys.readouterr()
+    video = shared_data / "videos" / "carphone_pristine.mp4"
+    assert main(["ground", str(video), QUERY, "--model", str(work / "model"), "--preset", "qwen2.5-vl", "--quiet",
+                 "--device", "cpu", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["model"]["preset"] == "qwen2.5-vl" and len(out["evidence"]) == 1
+    start, end, _ = out["evidence"][0]
+    assert 0 <= start < end <= out["duration"]
+
+
+def test_init_runs_only_the_stages_a_saved_vlm_has_not_trained(folder, tmp_path, capsys):
+    first = tmp_path / "first"
+    assert main(["train", "--recipe", RECIPE, "--workdir", str(first), *settings(folder, sft_steps=2)]) == 0
+    capsys.readouterr()
+    again = tmp_path / "again"
+    assert main(["train", "--recipe", RECIPE, "--workdir", str(again), "--init", str(first / "stages" / "sft"),
+                 *settings(folder, sft_steps=2)]) == 0
+    assert f"--init {first / 'stages' / 'sft'}: trained through sft; running grpo" in capsys.readouterr().out
+    assert not (again / "stages" / "sft").exists() and (again / "model" / "trained.safetensors").is_file()
+    start = load_file(str(first / "stages" / "sft" / "trained.safetensors"))
+    end = load_file(str(again / "model" / "trained.safetensors"))
+    assert start.keys() == end.keys()
+    assert any(not torch.equal(start[k], end[k]) for k in start if "lora_" in k)       # GRPO moved the adapters
+    assert all(torch.equal(start[k], end[k]) for k in start if k.startswith("evidence."))   # and only them
+
+
+@pytest.mark.parametrize("setting,line", [
+    ("model.vlm.preset=qwen2.5-vision", "damo train: {recipe}: model: vlm: unknown preset 'qwen2.5-vision'; valid: "),
+    ("model.vlm.lora={r: 4, targets: [q_proj, qkv]}",
+     "damo train: recipe qwen2.5-vl-grounding: model: vlm: lora.targets ['qkv'] match no linear module of the "
+     "language model; it has down_proj, gate_proj, k_proj, o_proj, q_proj, up_proj, v_proj"),
+])
+def test_a_bad_vlm_setting_is_one_line_before_any_work(folder, tmp_path, setting, line):
+    from damo.config import find
+
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--recipe", RECIPE, "--workdir", str(tmp_path / "run"), *settings(folder), "--set", setting])
+    assert str(e.value).startswith(line.format(recipe=find("recipes", RECIPE))) and "\n" not in str(e.value)
+    assert not (tmp_path / "run").exists()
