@@ -29,25 +29,9 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from common import validation_split
+
 EARLY, LATE = ("language", "align", "bridge"), ("temporal", "dialogue")
-
-
-def validation_split(root: Path, n: int, seed: int) -> Path:
-    """The grounding queries of ``n`` encoded validation videos (written once)."""
-    from damo.data.schema import save_samples
-    from damo.data.synthetic import write_video
-    from damo.data.synthetic.events import generate_spec
-    from damo.data.synthetic.queries import video_samples
-
-    path = root / "val" / "val.jsonl"
-    if not path.is_file():
-        samples = []
-        for i in range(n):
-            spec = generate_spec("standard", seed, "val", i)
-            video = str(write_video(spec, root / "val" / "videos" / f"{i:05d}.mkv"))
-            samples += [s for s in video_samples(spec, video) if s.task == "grounding"]
-        save_samples(path, samples)
-    return path
 
 
 def run(cmd: list[str], log: Path) -> None:
