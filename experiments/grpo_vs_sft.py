@@ -1,10 +1,17 @@
 """SFT then GRPO against SFT continued for the same wall time, several seeds, on procedural data.
 
-    python experiments/grpo_vs_sft.py WORKDIR [--seeds 0 1 2] [--grpo-steps 60] [--sft-steps 60]
+    python experiments/grpo_vs_sft.py WORKDIR --select-form [--seeds 0 1 2]
+    python experiments/grpo_vs_sft.py WORKDIR [--form text] [--seeds 0 1 2] [--grpo-steps 60] [--sft-steps 60]
 
+0. ``--select-form``: the output form of the spans, chosen on the validation split. Per seed, the base
+   model of step 1 in each form of :data:`FORMS`, side by side: timestamps written as text, or as
+   LLaVA-ST's LAPE time tokens ``<t_i>`` (LLaVA-ST, section 3). Each is scored on the validation
+   split's single-moment grounding queries only (never the test split); the models land in
+   ``WORKDIR/FORM/base/seed-S``, so ``WORKDIR/FORM`` is the workdir of the run below with ``--form FORM``.
+   Prints the table and writes ``WORKDIR/forms.json``.
 1. base: per seed, the stages of ``damo/resources/recipes/damo_4stage.yaml`` without dialogue at
-   ``--steps`` of their steps with ``response: coupled`` (spans written as text, so they are
-   sampled tokens), as the D2VLM ladder's coupled rung trains it.
+   ``--steps`` of their steps with ``response: coupled`` (spans written in the answer, so they are
+   sampled tokens), as the D2VLM ladder's coupled rung trains it, in the ``--form`` output form.
 2. from each base model, side by side (one thread each, started together): a ``grpo`` stage
    (``--grpo-steps``) and the same stage's data, trainable parts and learning rate with the
    supervised ``lm`` loss instead (``--sft-steps``), both on the single-moment grounding queries.
@@ -23,6 +30,7 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
@@ -35,6 +43,8 @@ from damo.train.recipe import run_recipe
 
 TRAIN = "synth://standard?n=1500&seed=0&split=train"
 METRICS = ("R1@0.3", "R1@0.5", "R1@0.7", "mIoU")
+# the spans' output forms: both are sampled tokens (the D2VLM ladder's coupled rung; bench/tokens.py's coupled grid)
+FORMS = {"text": ["model.response=coupled"], "lape": ["model.response=coupled", "model.time_encoding=lape"]}
 
 
 def arm_stage(arm: str, a: argparse.Namespace) -> Stage:
@@ -52,27 +62,36 @@ def scores(model: DamoModel, split: str, n: int) -> dict:
     return {k: g[k] for k in METRICS} | {"n": g["n"]}
 
 
+def base_model(workdir: Path, seed: int, a: argparse.Namespace, form: str) -> tuple[DamoModel, float]:
+    """The seed's base model in ``form`` and its training wall seconds, trained unless ``workdir`` has it."""
+    base = workdir / "base" / f"seed-{seed}"
+    if (base / "model" / "model.safetensors").is_file():
+        return DamoModel.load(base / "model"), json.loads((base / "train_s.json").read_text())["train_s"]
+    t0 = time.time()
+    model = run_recipe(short_recipe(seed, TRAIN, a, FORMS[form]), base, progress=False, log=lambda *_: None)
+    train_s = round(time.time() - t0, 1)
+    (base / "train_s.json").write_text(json.dumps({"train_s": train_s}))
+    return model, train_s
+
+
 def run_one(job: tuple[str, int, dict]) -> dict:
     arm, seed, args = job
     a = argparse.Namespace(**args)
     torch.set_num_threads(1)
-    base = Path(a.workdir) / "base" / f"seed-{seed}"
     out = Path(a.workdir) / arm / f"seed-{seed}"
     done = out / "result.json"
     if done.is_file():
         return json.loads(done.read_text())
-    t0 = time.time()
-    if arm == "base" and (base / "model" / "model.safetensors").is_file():
-        model = DamoModel.load(base / "model")
-    elif arm == "base":
-        r = short_recipe(seed, TRAIN, a, ["model.response=coupled"])
-        model = run_recipe(r, base, progress=False, log=lambda *_: None)
+    if arm == "base":
+        model, train_s = base_model(Path(a.workdir), seed, a, a.form)
     else:
-        r = Recipe(stages=[arm_stage(arm, a)], model=DamoModel.load(base / "model").cfg,
-                   data={"train": TRAIN}, seed=seed, name=f"base+{arm}", clip_memory=True, init=str(base / "model"))
+        base = Path(a.workdir) / "base" / f"seed-{seed}" / "model"
+        t0 = time.time()
+        r = Recipe(stages=[arm_stage(arm, a)], model=DamoModel.load(base).cfg,
+                   data={"train": TRAIN}, seed=seed, name=f"base+{arm}", clip_memory=True, init=str(base))
         model = run_recipe(r, out, progress=False, log=lambda *_: None)
-    train_s = time.time() - t0
-    res = {"arm": arm, "seed": seed, "train_s": round(train_s, 1),
+        train_s = round(time.time() - t0, 1)
+    res = {"arm": arm, "seed": seed, "train_s": train_s,
            "val": scores(model, "val", a.val), "test": scores(model, "test", a.test)}
     if arm == "grpo":
         res["stats"] = json.loads((out / "stages" / "grpo" / "stats.json").read_text())
@@ -82,9 +101,24 @@ def run_one(job: tuple[str, int, dict]) -> dict:
     return res
 
 
-def table(results: list[dict], split: str) -> str:
+def form_one(job: tuple[str, int, dict]) -> dict:
+    """One seed's base model in one output form, scored on the validation split only."""
+    form, seed, args = job
+    a = argparse.Namespace(**args)
+    torch.set_num_threads(1)
+    done = Path(a.workdir) / form / "base" / f"seed-{seed}" / "val.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    model, train_s = base_model(Path(a.workdir) / form, seed, a, form)
+    res = {"arm": form, "seed": seed, "train_s": train_s, "val": scores(model, "val", a.val)}
+    done.write_text(json.dumps(res, indent=2))
+    print(json.dumps(res), flush=True)
+    return res
+
+
+def table(results: list[dict], split: str, arms: Sequence[str] = ("base", "sft", "grpo")) -> str:
     lines = [f"| arm ({split}) | " + " | ".join(METRICS) + " | training wall s |", "|---" * (len(METRICS) + 2) + "|"]
-    for arm in ("base", "sft", "grpo"):
+    for arm in arms:
         rs = [r for r in results if r["arm"] == arm]
         if rs:
             lines.append(f"| {arm} | " + " | ".join(mean_std([r[split][k] for r in rs]) for k in METRICS)
@@ -110,6 +144,9 @@ def curves(workdir: str, seeds: list[int]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("workdir")
+    ap.add_argument("--select-form", action="store_true",
+                    help="train the base model in each output form and compare them on the validation split")
+    ap.add_argument("--form", choices=sorted(FORMS), default="text", help="the spans' output form of the base model")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--steps", type=float, default=0.3, help="fraction of the 4-stage recipe's steps for the base")
     ap.add_argument("--grpo-steps", type=int, default=60)
@@ -123,6 +160,14 @@ def main() -> None:
     a = ap.parse_args()
     args = vars(a)
     t0 = time.time()
+    if a.select_form:
+        results = []
+        for seed in a.seeds:
+            results += run_parallel(form_one, [(form, seed, args) for form in FORMS], len(FORMS))
+        Path(a.workdir, "forms.json").write_text(json.dumps({"results": results, "args": args,
+                                                            "wall_s": round(time.time() - t0, 1)}, indent=2))
+        print(table(results, "val", list(FORMS)))
+        return
     results = []
     for seed in a.seeds:
         results += run_parallel(run_one, [("base", seed, args)], 1)
