@@ -16,7 +16,7 @@ from damo.model.modeling_damo import DamoModel
 from damo.model.tokenizer import train_tokenizer
 from damo.train.grpo import (AGGREGATIONS, REWARDS, GRPOSettings, Rollouts, format_reward, group_advantages,
                              grpo_loss, iou_reward, iou_v2_reward, span_f1_reward)
-from helpers import TINY_MODEL, clip, tiny_cfg
+from helpers import TINY_MODEL, assert_same_weights, clip, tiny_cfg
 
 
 # ------------------------------------------------------------------ TRL equality
@@ -382,6 +382,66 @@ def test_a_stage_with_patience_stops_on_a_plateau_and_keeps_its_best_weights(mon
     assert not all(torch.equal(v, snapshots[3][k]) for k, v in snapshots[1].items())     # training moved on
     for k, v in model.state_dict().items():
         assert torch.equal(v, snapshots[1][k]), k
+
+
+def test_a_stage_killed_after_an_evaluation_resumes_to_the_same_stop_and_best_weights(tmp_path, monkeypatch):
+    """Validation rewards 0.6, 0.4, 0.5, 0.3, ... at steps 2, 4, 6, 8 with patience 3 and a checkpoint every
+    4 steps: uninterrupted, the stage stops after step 8 keeping step 2's weights. Killed during step 7
+    (after step 6's evaluation), then resumed from step 4's checkpoint, it must remember the best reward,
+    the evaluations since and step 2's weights, which exist only in that checkpoint's early-stopping state."""
+    import copy
+
+    from damo.config import Stage
+    from damo.train import grpo
+    from damo.train.loop import run_stage
+
+    start = coupled_model()
+    samples = [grounding(i, [1.0, 3.0]) for i in range(3)]
+    clips = {f"v{i}": clip(6, i) for i in range(3)}
+    rewards = [0.6, 0.4, 0.5, 0.3] + [0.2] * 6              # the validation reward at steps 2, 4, 6, ...
+    real, batch, evaluations = grpo.greedy_rewards, grpo.Rollouts.batch, []
+
+    def scripted(m, val, clips_, st):
+        v = rewards[len(evaluations)]
+        evaluations.append(v)
+        return [r | {"iou": v} for r in real(m, val, clips_, st)]
+
+    def killed_at_step_7(self, items, step, part):
+        if step == 6:
+            raise KeyboardInterrupt
+        return batch(self, items, step, part)
+
+    monkeypatch.setattr(grpo, "greedy_rewards", scripted)
+    stage = Stage(name="rl", losses={"grpo": 1.0}, steps=20, batch=2, warmup=1, lr=1e-2, trainable=["llm.*"],
+                  save_every=4, grpo={"group": 2, "max_new_tokens": 6, "drop_zero_variance": False,
+                                      "rewards": {"iou": 1.0}, "eval_every": 2, "patience": 3})
+
+    def run(model, folder, **kw) -> tuple[dict, dict]:
+        stats = run_stage(model, stage, samples, clips.__getitem__, 0, progress=False, val=samples,
+                          checkpoint_dir=folder / "checkpoints", history_file=folder / "history.json", **kw)
+        return stats, json.loads((folder / "history.json").read_text())
+
+    straight = copy.deepcopy(start)
+    stats, history = run(straight, tmp_path / "straight")
+    assert stats["best_step"] == 2 and stats["val_reward_best"] == pytest.approx(0.6)
+    assert len(history["grpo"]) == 8 and history["val_reward"] == pytest.approx([0.6, 0.4, 0.5, 0.3])
+
+    monkeypatch.setattr(grpo.Rollouts, "batch", killed_at_step_7)
+    evaluations.clear()
+    with pytest.raises(KeyboardInterrupt):
+        run(copy.deepcopy(start), tmp_path / "killed")
+    assert evaluations == [0.6, 0.4, 0.5]
+    assert (tmp_path / "killed" / "checkpoints" / "latest").read_text() == "step-00000004"
+
+    monkeypatch.setattr(grpo.Rollouts, "batch", batch)
+    del evaluations[2:]                                       # the resumed stage evaluates again from step 6
+    resumed = copy.deepcopy(start)
+    stats_r, history_r = run(resumed, tmp_path / "killed")
+    assert evaluations == [0.6, 0.4, 0.5, 0.3]
+    assert {k: stats_r[k] for k in ("best_step", "val_reward_best")} == {k: stats[k] for k in ("best_step", "val_reward_best")}
+    assert len(history_r["grpo"]) == 8 and history_r["val_reward"] == history["val_reward"]
+    assert_same_weights(resumed, straight)
+    assert not all(torch.equal(v, start.state_dict()[k]) for k, v in resumed.state_dict().items())
 
 
 @pytest.mark.parametrize("settings, message", [

@@ -349,7 +349,9 @@ class RewardPlateau:
     the reward plateaus: every ``eval_every`` steps the mean total reward (weighted as the stage's
     ``rewards``) of greedy answers on the validation prompts; after ``patience`` evaluations without
     a strictly higher one the stage stops, and :meth:`restore` puts back the trainable weights of the
-    best evaluation."""
+    best evaluation. :meth:`state` is what a step checkpoint keeps of it (the best reward, its step,
+    the evaluations since and the best weights), so a resumed stage stops where an uninterrupted one
+    does and keeps the same weights."""
 
     def __init__(self, model, samples: list[Sample], clips, st: GRPOSettings):
         if not samples:
@@ -377,6 +379,15 @@ class RewardPlateau:
     @property
     def stop(self) -> bool:
         return self.since >= self.st.patience
+
+    def state(self) -> dict:
+        """The early stopping's state, for a step checkpoint (JSON values and the best trainable weights)."""
+        return {"best": self.best, "best_step": self.best_step, "since": self.since, "weights": self.weights}
+
+    def load_state(self, state: dict) -> None:
+        """Resume from :meth:`state` as a checkpoint returned it."""
+        self.best, self.best_step, self.since, self.weights = (state["best"], state["best_step"], state["since"],
+                                                               state["weights"])
 
     def restore(self) -> dict[str, float]:
         """Loads the best evaluation's weights into the model; returns ``val_reward_best`` and ``best_step``

@@ -219,7 +219,7 @@ def run_stage(model: DamoModel, stage: Stage, samples: list[Sample], clips, seed
     A GRPO stage may first keep only its prompts of a difficulty band
     (:func:`~damo.train.grpo.difficulty_band`) and may stop early on a plateau of its reward on
     ``val`` (validation samples), ending with the weights of its best evaluation
-    (:class:`~damo.train.grpo.RewardPlateau`).
+    (:class:`~damo.train.grpo.RewardPlateau`, whose state the checkpoints keep).
     Returns each loss (and each number the losses and the batch source log, e.g. a GRPO stage's
     rewards) averaged over the last 10% of steps, and as ``NAME_start`` over the first 10%;
     ``history_file`` receives every step's values (JSON, name -> list; ``val_reward`` per evaluation).
@@ -292,6 +292,8 @@ def run_stage(model: DamoModel, stage: Stage, samples: list[Sample], clips, seed
         start = state["step"]
         history.update(state["extra"]["history"])
         bad.update({int(k): v for k, v in state["extra"].get("bad", {}).items()})
+        if plateau:
+            plateau.load_state(state["extra"]["plateau"])
     work.train()
     bar = tqdm(range(start, stage.steps), desc=stage.name, disable=not progress or not info.main,
                dynamic_ncols=True, initial=start, total=stage.steps)
@@ -357,7 +359,8 @@ def run_stage(model: DamoModel, stage: Stage, samples: list[Sample], clips, seed
                 break
         if checkpoint_dir and stage.save_every and (step + 1) % stage.save_every == 0 and step + 1 < stage.steps:
             save_checkpoint(checkpoint_dir, step + 1, work, opt, sched, write=info.main,
-                            extra={"history": dict(history), "bad": distributed.gather_dicts(bad)})
+                            extra={"history": dict(history), "bad": distributed.gather_dicts(bad),
+                                   "plateau": plateau.state() if plateau else None})
             distributed.barrier()
     if plateau:
         found |= plateau.restore()
