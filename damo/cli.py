@@ -232,6 +232,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
                 raise SystemExit(str(e)) from None
         else:
             p = plan(DamoConfig.from_dict(raw), recipe, opts)
+    elif isinstance(recipe.model, VLMConfig):
+        p = plan_vlm(recipe.model, opts, recipe)
     else:
         p = plan(recipe.model, recipe, opts)
     if args.parallel:

@@ -56,7 +56,8 @@ from dataclasses import dataclass, replace
 
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast
+from torch import nn
+from transformers import PretrainedConfig, PreTrainedTokenizerFast
 
 from damo.config import Recipe, Stage
 from damo.data.collate import Collator
@@ -67,7 +68,7 @@ from damo.model.batch import Batch
 from damo.model.configuration_damo import DamoConfig
 from damo.model.modeling_damo import DamoModel
 from damo.model.presets import get_preset
-from damo.model.vlm import VLMConfig
+from damo.model.vlm import LORA_TARGETS, VLMConfig, video_spec
 from damo.model.vlm_video import VideoSpec
 from damo.model.processing import ClipTensors
 from damo.train.loop import StageLoss, set_trainable
@@ -207,10 +208,8 @@ def activation_bytes(model: DamoModel, stage: Stage, frames: int, text_tokens: i
     return {"bytes": kept, "tokens": L}
 
 
-def kv_cache_bytes(model: DamoModel, rows: int, positions: int) -> int:
-    """bf16 keys and values of every LLM layer for ``rows`` sequences of ``positions`` tokens."""
-    llm = model.llm.get_base_model() if backbones.is_lora(model.llm) else model.llm
-    c = llm.config
+def kv_cache_bytes(c: PretrainedConfig, rows: int, positions: int) -> int:
+    """bf16 keys and values of every layer of the LLM of config ``c`` for ``rows`` sequences of ``positions`` tokens."""
     head_dim = c.hidden_size // c.num_attention_heads
     return 2 * 2 * c.num_hidden_layers * rows * positions * c.num_key_value_heads * head_dim
 
@@ -304,7 +303,8 @@ def plan(cfg: DamoConfig, recipe: Recipe | None = None, opts: PlanOptions | None
             rows = 2 if kind == "pairs" else settings[0].group
             act["bytes"] *= rows
             if kind == "rollouts":       # the sampling KV cache, in the fp32-equivalent bytes act counts
-                act["bytes"] += 2 * kv_cache_bytes(model, rows, act["tokens"] + settings[0].max_new_tokens)
+                llm = model.llm.get_base_model() if backbones.is_lora(model.llm) else model.llm
+                act["bytes"] += 2 * kv_cache_bytes(llm.config, rows, act["tokens"] + settings[0].max_new_tokens)
         micro = opts.micro_batch or (stage_micro_batch(st, opts.gpus) if recipe else 1)
         logits = act["tokens"] * vocab * (1 if kind == "samples" else rows) if reads_llm else 0
         mem = memory_gb(total, trainable, act["bytes"], opts.gpus, micro, unit,
@@ -318,35 +318,105 @@ def plan(cfg: DamoConfig, recipe: Recipe | None = None, opts: PlanOptions | None
     return out
 
 
-def plan_vlm(cfg: VLMConfig, opts: PlanOptions | None = None) -> dict:
-    """:func:`plan` for a whole VLM (:class:`damo.model.vlm.VLMConfig`), training every parameter or, with
-    ``lora``, the adapters (and the evidence heads): its parameters per module (``visual``: vision tower
-    and merger, ``language_model``, ``lm_head``, ``evidence``) and the per-GPU memory of weights,
-    gradients and AdamW states. Activations are not estimated: the VLMs'
-    rotary-position and vision code reads values, which meta tensors do not have. ``tokens`` is the
-    most the LLM reads for one clip under the preset (its visual token budget) plus ``text_tokens``."""
+def layer_activation_bytes(text: PretrainedConfig, lora: dict | None) -> int:
+    """Bytes one decoder layer of a Qwen2.5-VL / Qwen3-VL / Qwen2.5-Omni language model keeps for the
+    backward, per token, training under bf16 autocast with flash attention (or PyTorch's flash
+    kernel), read off the layer's code (transformers 5, peft 0.21) and checked against what autograd
+    saves in a real forward (tests/test_vlm_train.py). ``C`` width, ``I`` MLP width, ``Q``/``K`` the
+    query and key-value widths, ``h`` heads, bytes:
+
+    - the two RMSNorms: their fp32 input and inverse RMS, ``2 (4C + 4)``; Qwen3's per-head query and
+      key norms likewise, ``4 (Q + K) + 4 (h + h_kv)``;
+    - attention: queries, keys, values, output (bf16) and the log-sum-exp per head (fp32),
+      ``2Q + 4K + 2Q + 4h`` (the rotary tables are the model's, shared by every layer);
+    - the MLP's gate, its SiLU and the up projection, ``6I``;
+    - each LoRA adapter its own bf16 copy of its input (peft casts the input to the adapter's fp32,
+      autocast back) and its rank-``r`` middle, ``2 in + 2r``; without LoRA (every weight trains) the
+      projections' shared inputs and the norms' normalised outputs, ``2C + 2C + 2I + 2 x 2C`` (Qwen3
+      also its query and key norms', ``2 (Q + K)``)."""
+    C, I, h, kv = text.hidden_size, text.intermediate_size, text.num_attention_heads, text.num_key_value_heads
+    qwen3 = text.model_type.startswith("qwen3")
+    d = text.head_dim if qwen3 else C // h              # Qwen3 states its head width; the others derive it
+    Q, K = h * d, kv * d
+    out = 2 * (4 * C + 4) + 4 * Q + 4 * K + 4 * h + 6 * I
+    if qwen3:
+        out += 4 * (Q + K) + 4 * (h + kv)
+    if not lora:
+        return out + 8 * C + 2 * I + (2 * (Q + K) if qwen3 else 0)
+    inputs = {"q_proj": C, "k_proj": C, "v_proj": C, "o_proj": Q, "gate_proj": C, "up_proj": C, "down_proj": I}
+    return out + sum(2 * inputs[t] + 2 * int(lora.get("r", 16)) for t in lora.get("targets", LORA_TARGETS))
+
+
+def plan_vlm(cfg: VLMConfig, opts: PlanOptions | None = None, recipe: Recipe | None = None) -> dict:
+    """:func:`plan` for a whole VLM (:class:`damo.model.vlm.VLMConfig`): its parameters per module
+    (``visual``: vision tower and merger, ``language_model``, ``lm_head``, ``evidence``) and the per-GPU
+    memory of weights, gradients and AdamW states. ``tokens`` is the most the LLM reads for one clip
+    under the preset and the config's video settings (its visual token budget) plus ``text_tokens``.
+
+    Without a recipe there is one stage, ``all``, training every parameter or, with ``lora``, the
+    adapters (and the evidence heads), without activations. With a recipe each stage trains its
+    ``trainable`` globs (named as a trained VLM's are: ``model.*lora_*``, ``evidence.*``) and adds the
+    activations of its micro-batch: the language model's (:func:`layer_activation_bytes` per layer
+    and token; with ``gradient_checkpointing`` each layer keeps only its bf16 input, ``2C``, and one
+    layer's worth lives while it is recomputed), the logits at the answer's positions alone (what
+    :meth:`~damo.model.vlm.VideoLLM.forward` computes; an answer of ``text_tokens / 2`` tokens, or
+    ``max_new_tokens`` in GRPO), counted per value as :func:`plan` counts them, and for a GRPO stage
+    its ``group`` rows of prompt + ``max_new_tokens`` plus the sampling KV cache. The vision
+    tower is frozen (its forward keeps nothing for the backward) and left out, as are the evidence heads
+    (a few vectors per temporal patch)."""
     opts = opts or PlanOptions()
     with torch.device("meta"):
         model, evidence = cfg.build()
-    counts: dict[str, dict[str, int]] = {}
-    named = list(model.named_parameters()) + [(f"evidence.{n}", p) for n, p in
-                                              (evidence.named_parameters() if evidence else [])]
-    for name, p in named:
-        c = counts.setdefault(name.removeprefix("model.").split(".")[0], {"total": 0, "trainable": 0})
-        c["total"] += p.numel()
-        c["trainable"] += p.numel() if p.requires_grad else 0
-    total = sum(c["total"] for c in counts.values())
-    trainable = sum(c["trainable"] for c in counts.values())
-    spec = VideoSpec(patch=model.config.vision_config.patch_size, **get_preset(cfg.preset).video)
+    held = nn.ModuleDict({"model": model} | ({"evidence": evidence} if evidence else {}))   # a VideoLLM's names
+    held.trained = set()
+    preset = video_spec(get_preset(cfg.preset), cfg.video)
+    spec = VideoSpec(patch=model.config.vision_config.patch_size, **preset.video)
     visual = spec.total_pixels // spec.factor ** 2
-    micro = opts.micro_batch or 1
-    mem = memory_gb(total, trainable, 0, opts.gpus, micro, largest_unit(model))
-    return {"config": {"frames": spec.max_frames, "text_tokens": opts.text_tokens, "gpus": opts.gpus,
-                       "gpu_gb": opts.gpu_gb, "micro_batch": opts.micro_batch, "preset": cfg.preset,
-                       "visual_tokens_max": visual},
-            "stages": {"all": {"modules": counts, "total": total, "trainable": trainable, "micro_batch": micro,
-                               "tokens": visual + opts.text_tokens, "activation_gb": None, "memory_gb": mem,
-                               "fits": {k: v <= opts.gpu_gb for k, v in mem.items()}}}}
+    text = model.config.text_config
+    unit, tensor = largest_unit(held), max(p.numel() for p in held.parameters())
+    out = {"config": {"frames": spec.max_frames, "text_tokens": opts.text_tokens, "gpus": opts.gpus,
+                      "gpu_gb": opts.gpu_gb, "micro_batch": opts.micro_batch, "preset": cfg.preset,
+                      "visual_tokens_max": visual}, "stages": {}}
+    for st in recipe.stages if recipe else [None]:
+        if st is not None:
+            set_trainable(held, st.trainable)
+        counts: dict[str, dict[str, int]] = {}
+        for name, p in held.named_parameters():
+            c = counts.setdefault(name.removeprefix("model.").removeprefix("model.").split(".")[0],
+                                  {"total": 0, "trainable": 0})
+            c["total"] += p.numel()
+            c["trainable"] += p.numel() if p.requires_grad else 0
+        total = sum(c["total"] for c in counts.values())
+        trainable = sum(c["trainable"] for c in counts.values())
+        tokens = visual + opts.text_tokens
+        entry = {"modules": counts, "total": total, "trainable": trainable}
+        if st is None:
+            micro = opts.micro_batch or 1
+            mem = memory_gb(total, trainable, 0, opts.gpus, micro, unit)
+            out["stages"]["all"] = entry | {"micro_batch": micro, "tokens": tokens, "activation_gb": None,
+                                            "memory_gb": mem, "fits": {k: v <= opts.gpu_gb for k, v in mem.items()}}
+            continue
+        settings = [x for x in stage_settings(st).values() if x is not None]
+        rollouts = stage_losses(st.name, st.losses)[0] == "rollouts"
+        rows = settings[0].group if rollouts else 1
+        tokens += settings[0].max_new_tokens if rollouts else 0
+        layer = layer_activation_bytes(text, cfg.lora)
+        layers = text.num_hidden_layers
+        act = rows * tokens * (layers * 2 * text.hidden_size + layer if cfg.gradient_checkpointing else layers * layer)
+        if rollouts:
+            act += kv_cache_bytes(text, rows, tokens)
+        answer = settings[0].max_new_tokens if rollouts else opts.text_tokens // 2
+        logits = rows * (answer + 1) * model.lm_head.weight.shape[0]     # VideoLLM.forward: the answers' positions only
+        micro = opts.micro_batch or stage_micro_batch(st, opts.gpus)
+        # memory_gb takes the fp32 bytes a meta run records and counts half: these are bf16 already
+        mem = memory_gb(total, trainable, 2 * act, opts.gpus, micro, unit,
+                        reference=any(x.reference for x in settings), logits=logits, tensor=tensor)
+        out["stages"][st.name] = entry | {
+            "tokens": tokens, "micro_batch": micro, "layer_activation_bytes_per_token": layer,
+            "activation_gb": round(act / GB, 2), "logits_gb": round(logits * LOGIT_BYTES / GB, 2), "memory_gb": mem,
+            "host_gb_per_node": host_gb_per_node(total, trainable, opts.gpus),
+            "fits": {k: mem[k] <= opts.gpu_gb for k in PARALLEL_MODES}}
+    return out
 
 
 def format_plan(p: dict, name: str = "") -> str:

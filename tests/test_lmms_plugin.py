@@ -150,7 +150,8 @@ def test_a_whole_vlm_answers_in_its_own_words(tmp_path, docs):
         per_token = {key: torch.cat([v, v.new_zeros(1, k)], 1) for key, v in prompt.items()       # text: type 0
                      if isinstance(v, torch.Tensor) and v.shape == prompt["input_ids"].shape}
         with torch.no_grad():
-            logits = vlm.model(**prompt | per_token | {"input_ids": ids, "attention_mask": torch.ones_like(ids)}).logits[0, -1]
+            inputs = prompt | per_token | {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+            logits = vlm.model(**inputs).logits[0, -1]
         total += float(torch.log_softmax(logits.float(), -1)[t])
         greedy &= int(logits.argmax()) == t
     ll = Instance(request_type="loglikelihood", idx=0, metadata={"task": r.task_name, "doc_id": 0, "repeats": 1},

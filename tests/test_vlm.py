@@ -222,6 +222,11 @@ def test_lora_and_evidence_heads_train_and_only_they_are_saved(folders, clips, t
     opt = torch.optim.AdamW([p for p in vlm.parameters() if p.requires_grad], lr=1e-2)
     replies = [vlm.processor.response_ids(a, last=True) for a in answers]
     batch = vlm.processor.training_batch(inputs, queries, replies, spans)
+    # the forward scores only the replies' positions: the last prompt token's and the replies' own
+    K = max(map(len, replies)) + 1
+    assert batch.labels.shape[1] == K and (batch.labels[:, 1:] != -100).sum() == sum(map(len, replies))
+    with torch.no_grad():
+        torch.testing.assert_close(vlm(batch)["logits"], vlm.model(**batch.inputs).logits[:, -K:])
     totals = []
     for _ in range(4):
         x = LossInputs(vlm(batch), batch, vlm)

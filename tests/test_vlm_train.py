@@ -3,6 +3,7 @@ evidence heads, then GRPO) on a tiny random stand-in built here, on CPU, in the 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -12,8 +13,11 @@ from safetensors.torch import load_file
 import vlm_tiny
 from damo.cli import main
 from damo.config import Recipe
+from damo.data.collate import Collator
 from damo.data.dataset import ClipLoader, load_dataset
+from damo.model.processing import Generation
 from damo.model.vlm import VideoLLM
+from damo.train.grpo import GRPOSettings, grpo_objective, token_logps
 from damo.train.recipe import run_recipe
 from helpers import train_on_two_ranks
 
@@ -97,6 +101,9 @@ def test_init_runs_only_the_stages_a_saved_vlm_has_not_trained(folder, tmp_path,
 
 @pytest.mark.parametrize("setting,line", [
     ("model.vlm.preset=qwen2.5-vision", "damo train: {recipe}: model: vlm: unknown preset 'qwen2.5-vision'; valid: "),
+    ("stages.0.losses={lm: 1.0, contrastive: 1.0}",
+     "damo train: recipe qwen2.5-vl-grounding: a whole VLM trains on single questions with its video, with the losses "
+     "lm, grounding_bce, grpo; remove ['contrastive'] from its stages"),
     ("model.vlm.lora={r: 4, targets: [q_proj, qkv]}",
      "damo train: recipe qwen2.5-vl-grounding: model: vlm: lora.targets ['qkv'] match no linear module of the "
      "language model; it has down_proj, gate_proj, k_proj, o_proj, q_proj, up_proj, v_proj"),
@@ -113,8 +120,8 @@ def test_a_bad_vlm_setting_is_one_line_before_any_work(folder, tmp_path, setting
 def sft_recipe(folder, grad_accum: int) -> dict:
     """The supervised stage alone, on the tiny stand-in."""
     return {"name": "vlm-sft", "seed": 0, "clip_memory": True, "data": {"train": "synth://easy?n=6&seed=0"},
-            "model": {"vlm": {"name_or_path": str(folder), "preset": "qwen2.5-vl", "config": {"model_type": "qwen2_5_vl"},
-                              "dtype": "float32", "lora": {"r": 4, "alpha": 8}, "evidence": True,
+            "model": {"vlm": {"name_or_path": str(folder), "preset": "qwen2.5-vl",
+                              "config": {"model_type": "qwen2_5_vl"}, "dtype": "float32", "lora": {"r": 4, "alpha": 8}, "evidence": True,
                               "video": yaml.safe_load(VIDEO)}},
             "stages": [{"name": "sft", "tasks": ["grounding"], "trainable": ["model.*lora_*", "evidence.*"],
                         "losses": {"lm": 1.0, "grounding_bce": 1.0}, "steps": 3, "batch": 4, "lr": 3.0e-2,
@@ -135,3 +142,117 @@ def test_two_processes_train_the_same_adapters_as_one(folder, tmp_path):
         torch.testing.assert_close(one[k], two[k], rtol=1e-4, atol=1e-5, msg=k)
     lora_b = [k for k in one if "lora_B" in k]      # peft starts them at zero: training moved them, alike in both runs
     assert lora_b and all(one[k].abs().sum() > 0 for k in lora_b)
+
+
+def test_grpo_scores_the_sampled_answers_under_the_distribution_they_were_drawn_from(folder):
+    torch.manual_seed(0)
+    vlm = VideoLLM.from_pretrained(str(folder), dtype="float32", video=yaml.safe_load(VIDEO))
+    vlm.add_lora({"r": 4})
+    samples = [s for s in load_dataset("synth://easy?n=6&seed=0") if s.task == "grounding"][:2] * 3
+    loader = ClipLoader(vlm.processor, cache="off")
+    items = [(s, loader(s.video)) for s in samples]
+    prompts = vlm.processor.generation_batch([c for _, c in items], [s.query for s, _ in items])
+    # transformers' own sampling from the whole softmax at temperature 1, with its scores
+    torch.manual_seed(7)
+    with torch.no_grad():
+        ref = vlm.model.generate(**prompts.inputs, max_new_tokens=10, do_sample=True, temperature=1.0, top_p=1.0,
+                                 top_k=0, output_scores=True, return_dict_in_generate=True)
+    rows = vlm.generate(prompts, 10, seed=7, policy=Generation(do_sample=True))
+    L = prompts.inputs["input_ids"].shape[1]
+    assert [r["ids"] for r in rows] == [s[L:L + len(r["ids"])].tolist() for s, r in zip(ref.sequences, rows)]
+    assert len({tuple(r["ids"]) for r in rows}) > 1
+    # teacher-forced, each sampled token's log-prob is the one it was drawn with
+    stop = vlm.processor.response_ids("", last=True)
+    batch = Collator.for_model(vlm).completions(items, [r["ids"] + stop for r in rows], [[] for _ in rows])
+    vlm.train()
+    logp = token_logps(vlm(batch)["logits"], batch.labels)                       # (B, L - 1)
+    for b, r in enumerate(rows):
+        got = logp[b][batch.labels[b, 1:] != -100][:len(r["ids"])]
+        drawn = torch.stack([torch.log_softmax(ref.scores[i][b], -1)[t] for i, t in enumerate(r["ids"])])
+        torch.testing.assert_close(got, drawn, rtol=1e-4, atol=1e-4)
+    # the clipped objective moves the adapters by the advantages alone
+    st = GRPOSettings(group=3, rewards={"iou": 1.0})
+    grads = []
+    for adv in (torch.zeros(len(rows)), torch.tensor([1.0, -1.0] * 3)):
+        vlm.zero_grad()
+        grpo_objective(vlm(replace(batch, advantages=adv)), replace(batch, advantages=adv), st, None, {}).backward()
+        grads.append(sum(p.grad.abs().sum() for p in vlm.parameters() if p.grad is not None))
+    assert grads[0] == 0 and grads[1] > 0
+
+
+TEXT = {"vocab_size": 320, "hidden_size": 256, "intermediate_size": 1024, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 4096}
+VISION = {"depth": 1, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": 256}
+
+
+def saved_bytes(lm: torch.nn.Module, tokens: int, layers: int) -> int:
+    """Bytes autograd keeps for the backward (each storage once) in a bf16-autocast forward of the first
+    ``layers`` decoder layers of the language model ``lm`` on ``tokens`` tokens."""
+    full, seen = lm.layers, {}
+    lm.layers = full[:layers]
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    x = torch.randn(1, tokens, TEXT["hidden_size"], dtype=torch.bfloat16, requires_grad=True)
+    pos = torch.arange(tokens).view(1, 1, tokens).expand(3, 1, tokens)
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), torch.autocast("cpu", dtype=torch.bfloat16):
+            lm(inputs_embeds=x, position_ids=pos, use_cache=False)
+    finally:
+        lm.layers = full
+    return sum(seen.values())
+
+
+@pytest.mark.parametrize("family,lora", [
+    ("qwen2_5_vl", {"r": 8}), ("qwen2_5_vl", {"r": 4, "targets": ["q_proj", "v_proj"]}), ("qwen2_5_vl", None),
+    ("qwen3_vl", {"r": 8}), ("qwen3_vl", None)])
+def test_the_planned_layer_activations_are_what_autograd_keeps(family, lora):
+    from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen3VLConfig,
+                              Qwen3VLForConditionalGeneration)
+
+    from damo.model.vlm import add_lora
+    from damo.plan import layer_activation_bytes
+
+    torch.manual_seed(0)
+    rope = {"rope_type": "default", "rope_theta": 1e4}
+    model = (Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(
+        text_config=TEXT | {"rope_parameters": rope | {"mrope_section": [8, 12, 12]}}, vision_config=VISION))
+        if family == "qwen2_5_vl" else Qwen3VLForConditionalGeneration(Qwen3VLConfig(
+            text_config=TEXT | {"head_dim": 32, "rope_parameters": rope | {"mrope_section": [4, 6, 6],
+                                                                            "mrope_interleaved": True}},
+            vision_config=VISION | {"num_position_embeddings": 64, "deepstack_visual_indexes": [0]})))
+    model = model.to(torch.bfloat16).train()
+    if lora:
+        add_lora(model, lora)
+    lm = model.model.language_model
+    # one layer's bytes per token: a second layer's, less what does not grow with the tokens
+    second = {n: saved_bytes(lm, n, 2) - saved_bytes(lm, n, 1) for n in (256, 512)}
+    per_token = (second[512] - second[256]) / 256
+    assert layer_activation_bytes(model.config.text_config, lora) == per_token
+
+
+def test_plan_of_the_vlm_recipe_counts_adapters_activations_and_logits(capsys):
+    from damo.config import load_recipe
+    from damo.model.evidence import EvidenceHead
+    from damo.plan import plan_vlm
+
+    assert main(["plan", "--recipe", RECIPE, "--json"]) == 0
+    stages = json.loads(capsys.readouterr().out)["stages"]
+    sft, grpo = stages["sft"], stages["grpo"]
+    # r-64 LoRA on 28 layers' q, k, v, o (3584 wide; k and v 512) and gate, up, down (18944); the heads in sft only
+    lora = 28 * 64 * ((3584 + 3584) * 2 + (3584 + 512) * 2 + (3584 + 18944) * 2 + (18944 + 3584))
+    heads = sum(p.numel() for p in EvidenceHead(3584).parameters())
+    assert sft["trainable"] == lora + heads and grpo["trainable"] == lora
+    assert sft["modules"]["visual"]["trainable"] == sft["modules"]["lm_head"]["trainable"] == 0
+    assert sft["tokens"] == 14336 + 256 and grpo["tokens"] == 14336 + 256 + 48      # TimeLens' visual budget
+    # GRPO teacher-forces its group of 8 completions of each prompt and keeps their sampling cache
+    assert grpo["activation_gb"] > 8 * sft["activation_gb"] > 0
+    # logits at the answers alone: 129 positions of the sft clip, 8 x 49 of the GRPO prompt
+    assert 0 < sft["logits_gb"] < 0.5 and grpo["logits_gb"] / sft["logits_gb"] == pytest.approx(8 * 49 / 129, rel=0.03)
+    assert sft["memory_gb"]["ddp"] < grpo["memory_gb"]["ddp"] and sft["fits"]["ddp"]
+    # gradient checkpointing keeps one bf16 input per layer instead of every layer's activations
+    recipe = load_recipe(RECIPE)
+    full = plan_vlm(replace(recipe.model, gradient_checkpointing=False), None, recipe)["stages"]["sft"]
+    assert full["activation_gb"] > 10 * sft["activation_gb"]

@@ -44,7 +44,8 @@ class Collator:
     def check(self, sample: Sample, times: torch.Tensor) -> None:
         """Raise ``ValueError`` if ``sample`` alone, at frame times ``times``, needs more than ``max_len`` tokens."""
         proc = self.processor
-        proc.encode_turns(turns_of(sample), times, float(sample.duration), proc.layout(len(times)), f"sample {sample.id}")
+        proc.encode_turns(turns_of(sample), times, float(sample.duration), proc.layout(len(times)),
+                          f"sample {sample.id}")
 
     def __call__(self, items: list[tuple[Sample, ClipTensors | None]], rng: random.Random | None = None) -> Batch:
         """``items`` pair samples with their clips; a clip of ``None`` makes a text-only batch (no

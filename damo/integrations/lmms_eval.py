@@ -117,11 +117,10 @@ class DamoLMM(lmms):
                 logits = self.model(batch.to(next(self.model.parameters()).device))["logits"]
         else:
             batch = self.model.inputs([clip], [context], [continuation])
-            ids = batch.inputs["input_ids"]
             cont = self.model.processor.encode(continuation)
-            start = int((batch.labels[0] != -100).nonzero()[0])             # the answer's first token
-            ids = ids[:, :start + len(cont)]
-            logits = self.model(batch)["logits"][:, :start + len(cont)]
+            # logits and labels at the last prompt token and the answer's tokens (the end of the turn left out)
+            ids = batch.labels[:, :len(cont) + 1]
+            logits = self.model(batch)["logits"][:, :len(cont) + 1]
         n = len(cont)
         logp = F.log_softmax(logits[0, -n - 1:-1].float(), -1)               # the positions predicting cont
         target = ids[0, -n:].to(logp.device)

@@ -74,9 +74,14 @@ class VLMBatch:
     """A batch of a :class:`VideoLLM` in the fields the training loop's losses read
     (:mod:`damo.train.losses`: ``lm``, ``grounding_bce``, ``grpo``): the VLM's own inputs, the
     replies' ``labels``, and one evidence query per row (``evi_*``: the query of row ``evi_batch[i]``
-    against that row's temporal patches); a rollout batch adds GRPO's fields."""
+    against that row's temporal patches); a rollout batch adds GRPO's fields.
+
+    Prompts are left-padded, so every reply ends the sequence: ``labels`` keep only the last ``K``
+    positions (the longest reply and the prompt token before it), and the forward computes logits
+    there alone (transformers' ``logits_to_keep``), not over thousands of video tokens."""
     inputs: dict                                  # the VLM's keyword inputs (VLMProcessor.batch)
-    labels: torch.Tensor | None                   # (B, L) reply tokens, -100 elsewhere; None to generate
+    labels: torch.Tensor | None                   # (B, K) the last K tokens: the reply, -100 before it; None: generate
+    query: torch.Tensor                           # (B,) position of each row's last prompt token (the evidence query)
     evi_batch: torch.Tensor                       # (B,) the row of each evidence query: one per row
     evi_mask: torch.Tensor                        # (B, t) real temporal patches (clips differ in length)
     evi_targets: torch.Tensor                     # (B, t) each patch's grounding target
@@ -93,7 +98,7 @@ class VLMBatch:
         return self._map(lambda v: v.pin_memory())
 
     def _map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "VLMBatch":
-        moved = {f: fn(v) for f in ("labels", "evi_batch", "evi_mask", "evi_targets", "advantages", "old_logp")
+        moved = {f: fn(v) for f in ("labels", "query", "evi_batch", "evi_mask", "evi_targets", "advantages", "old_logp")
                  if isinstance(v := getattr(self, f), torch.Tensor)}
         return replace(self, inputs={k: fn(v) if isinstance(v, torch.Tensor) else v for k, v in self.inputs.items()},
                        **moved)
@@ -218,6 +223,10 @@ class VLMProcessor:
         decayed 2^-distance, as D²VLM's official code trains them)."""
         inputs = self.batch(clips, queries, replies)
         labels = inputs.pop("labels", None)
+        L = inputs["input_ids"].shape[1]
+        if replies is not None:
+            labels = labels[:, L - 1 - max(len(r) for r in replies):]
+        query = L - 1 - torch.tensor([len(r) for r in replies] if replies is not None else [0] * len(clips))
         t = max(c.video.grid_thw[0] for c in clips)
         mask = torch.zeros(len(clips), t, dtype=torch.bool)
         targets = torch.zeros(len(clips), t)
@@ -226,7 +235,7 @@ class VLMProcessor:
             mask[b, :n] = True
             if spans is not None:
                 targets[b, :n] = torch.from_numpy(soft_targets(patch_targets(c.video, spans[b]), 2.0))
-        return VLMBatch(inputs, labels, torch.arange(len(clips)), mask, targets)
+        return VLMBatch(inputs, labels, query, torch.arange(len(clips)), mask, targets)
 
     def generation_batch(self, clips: list[VLMClip], queries: list[str]) -> "VLMBatch":
         """Left-padded prompts for batched generation (the rollouts' contract)."""
@@ -299,13 +308,14 @@ class Family:
     block: Callable[[VLMProcessor, VLMClip], tuple[list[int], list[int]]]   # the clip's tokens in the prompt
     extras: Callable[[list[VLMClip], torch.Tensor], dict]                    # inputs beyond ids, mask and pixels
     audio: bool = False
+    keeps_logits: bool = True      # its forward takes logits_to_keep (the Omni thinker's computes them all)
 
 
 FAMILIES: dict[str, Family] = {
     "qwen2_5_vl": Family(Qwen2_5_VLForConditionalGeneration, CLIP_MEAN, CLIP_STD, _block_positions, _extras_positions),
     "qwen3_vl": Family(Qwen3VLForConditionalGeneration, HALF, HALF, _block_timestamps, _extras_timestamps),
     "qwen2_5_omni_thinker": Family(Qwen2_5OmniThinkerForConditionalGeneration, CLIP_MEAN, CLIP_STD, _block_audio,
-                                   _extras_audio, audio=True),
+                                   _extras_audio, audio=True, keeps_logits=False),
 }
 
 
@@ -336,9 +346,10 @@ class VLMConfig:
     preset: str
     config: dict
     dtype: str = "auto"
-    lora: dict | None = None       # {r, alpha, dropout, targets}: LoRA on the language model's projections, the rest frozen
+    lora: dict | None = None       # {r, alpha, dropout, targets}: LoRA on the language model, the rest frozen
     evidence: bool = False         # D²VLM's evidence heads on the LLM's hidden states (trained, with LoRA)
     video: dict | None = None      # VideoSpec fields over the preset's video settings
+    gradient_checkpointing: bool = False   # recompute each layer in the backward instead of keeping its activations
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "the config") -> "VLMConfig":
@@ -394,6 +405,8 @@ class VLMConfig:
             vlm.add_lora(self.lora)
         if self.evidence:
             vlm.add_evidence()
+        if self.gradient_checkpointing:
+            vlm.checkpoint_layers()
         return vlm
 
 
@@ -435,7 +448,8 @@ def add_lora(model: nn.Module, lora: dict) -> None:
 
     check_lora(lora)
     targets = list(lora.get("targets", LORA_TARGETS))
-    llm = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if ".language_model." in n and isinstance(m, nn.Linear)}
+    llm = {n.rsplit(".", 1)[-1] for n, m in model.named_modules()
+           if ".language_model." in n and isinstance(m, nn.Linear)}
     unmatched = [t for t in targets if t not in llm]
     if unmatched:
         raise ValueError(f"lora.targets {unmatched} match no linear module of the language model; "
@@ -486,6 +500,7 @@ class VideoLLM(nn.Module):
         self.lora: dict | None = None
         self.evidence: EvidenceHead | None = None
         self.trained: set[str] = set()     # parameter names a training stage trained (damo.train.loop.set_trainable)
+        self.checkpointing = False
 
     @property
     def llm(self) -> nn.Module:
@@ -508,6 +523,8 @@ class VideoLLM(nn.Module):
             if spec["evidence"]:
                 vlm.add_evidence()
             vlm.trained = set(spec.get("trained", []))
+            if spec.get("gradient_checkpointing"):
+                vlm.checkpoint_layers()
             vlm.load_trainable(Path(name_or_path) / TRAINED)
             return vlm
         if not local and not preset:
@@ -550,6 +567,12 @@ class VideoLLM(nn.Module):
         """D²VLM's evidence heads on the LLM's penultimate hidden states (trainable, float32)."""
         self.evidence = evidence_head(self.model).to(self.model.device)
 
+    def checkpoint_layers(self) -> None:
+        """Gradient checkpointing of the VLM's layers while it trains (transformers' own, non-reentrant:
+        the frozen embeddings' outputs need no gradient for the adapters behind them to get theirs)."""
+        self.model.activation_checkpointing_enable({"use_reentrant": False})
+        self.checkpointing = True
+
     def trainable(self) -> dict[str, torch.Tensor]:
         """What :meth:`save` stores: the LoRA weights, the evidence heads, and any other weight a stage trained."""
         return {k: v for k, v in self.state_dict().items()
@@ -563,7 +586,8 @@ class VideoLLM(nn.Module):
     def save(self, path: str | Path) -> None:
         """Write only what DaMO added and trained (``trained.safetensors``) and how to rebuild the rest
         (``vlm.json``: the base checkpoint, the preset and video settings, the LoRA settings, the evidence
-        heads, the names of other trained weights), each file atomically, ``vlm.json`` last."""
+        heads, the names of other trained weights, gradient checkpointing for further training), each
+        file atomically, ``vlm.json`` last."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         save_file({k: v.detach().contiguous().cpu() for k, v in self.trainable().items()}, str(path / f"{TRAINED}.tmp"))
@@ -572,7 +596,8 @@ class VideoLLM(nn.Module):
         (path / f"{SAVED}.tmp").write_text(json.dumps({"base": self.source, "family": self.model.config.model_type,
                                                        "preset": self.preset.name, "video": self.video,
                                                        "lora": self.lora, "evidence": self.evidence is not None,
-                                                       "trained": others}, indent=2))
+                                                       "trained": others,
+                                                       "gradient_checkpointing": self.checkpointing}, indent=2))
         (path / f"{SAVED}.tmp").replace(path / SAVED)
 
     def load_trainable(self, path: Path) -> None:
@@ -595,20 +620,20 @@ class VideoLLM(nn.Module):
             t = int(grid[b, 0])
             pos = (ids[b] == self.processor.ids["video"]).nonzero().squeeze(1)
             patches[b, :t] = hidden[b, pos].view(t, -1, C).mean(1)       # (t, C): video tokens are patch-major
-        if batch.labels is None:                                        # left-padded prompts end at the last position
-            query = torch.full((B,), ids.shape[1] - 1, device=hidden.device)
-        else:                                                           # the token before each row's first label
-            query = (batch.labels != -100).int().argmax(1) - 1
-        h_query = hidden[torch.arange(B, device=hidden.device), query]    # (B, C)
+        h_query = hidden[torch.arange(B, device=hidden.device), batch.query]    # (B, C)
         return self.evidence.logits(h_query[:, None].float(), patches.float())[:, 0]   # (B, t)
 
     def forward(self, batch: VLMBatch) -> dict[str, torch.Tensor]:
-        """The VLM's own forward on a batch: ``logits`` ``(B, L, V)`` and, with evidence heads,
-        ``evi_logits`` ``(B, t)`` (one evidence query per row, :meth:`evidence_logits`)."""
-        out = self.model(**batch.inputs, output_hidden_states=self.evidence is not None)
+        """The VLM's own forward on a batch: ``logits`` ``(B, K, V)`` at the positions of ``batch.labels``
+        (all ``L`` without labels) and, with evidence heads, ``evi_logits`` ``(B, t)`` (one evidence
+        query per row, :meth:`evidence_logits`)."""
+        keep = 0 if batch.labels is None else batch.labels.shape[1]      # 0: every position
+        out = self.model(**batch.inputs, output_hidden_states=self.evidence is not None,
+                         **({"logits_to_keep": keep} if self.processor.family.keeps_logits else {}))
+        logits = out.logits[:, -keep:] if keep else out.logits
         if self.evidence is None:
-            return {"logits": out.logits}
-        return {"logits": out.logits, "evi_logits": self.evidence_logits(out.hidden_states[-2], batch)}
+            return {"logits": logits}
+        return {"logits": logits, "evi_logits": self.evidence_logits(out.hidden_states[-2], batch)}
 
     @torch.no_grad()
     def evidence_spans(self, clips: list[VLMClip], queries: list[str]) -> list[tuple[list[float], np.ndarray]]:

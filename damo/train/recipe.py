@@ -47,6 +47,10 @@ from damo.train.loop import run_stage
 from damo.train.losses import stage_losses, stage_settings
 
 
+# what a VideoLLM's batches and forward feed (VLMBatch: answers' labels, one evidence query per row, rollouts)
+VLM_LOSSES = ("lm", "grounding_bce", "grpo")
+
+
 def is_saved(folder: Path) -> bool:
     """Whether ``folder`` holds a whole saved model: a DaMO model, or what a whole VLM trained."""
     return (folder / "model.safetensors").is_file() or ((folder / SAVED).is_file() and (folder / TRAINED).is_file())
@@ -222,7 +226,8 @@ def from_init(recipe: Recipe, log) -> Recipe:
     if k:
         log(f"--init {src}: trained through {', '.join(trained[:k])}; running {', '.join(st.name for st in stages)}")
     # a whole VLM's folder rebuilds itself from its vlm.json (load_model): the recipe keeps its model config
-    cfg = recipe.model if (src / SAVED).is_file() else DamoConfig.from_dict(json.loads((src / "config.json").read_text()))
+    cfg = (recipe.model if (src / SAVED).is_file() else
+           DamoConfig.from_dict(json.loads((src / "config.json").read_text())))
     return replace(recipe, stages=stages, model=cfg, init=None)
 
 
@@ -261,6 +266,11 @@ def run_recipe(recipe: Recipe, workdir: str | Path, progress: bool = True, log=p
         if getattr(stage_settings(st).get("grpo"), "eval_every", 0):
             evaluated.append(st.name)
     if isinstance(recipe.model, VLMConfig):
+        unsupported = sorted({n for st in recipe.stages for n in st.losses} - set(VLM_LOSSES))
+        if unsupported or any(st.text_only or st.dialogue for st in recipe.stages):
+            raise ValueError(f"recipe {recipe.name}: a whole VLM trains on single questions with its video, with the "
+                             f"losses {', '.join(VLM_LOSSES)}; remove {unsupported or 'text_only and dialogue'} "
+                             "from its stages")
         if recipe.features:
             raise ValueError("recipe.features stores the outputs of DaMO's frozen towers; a whole VLM runs its own "
                              "vision tower: remove features from the recipe")
