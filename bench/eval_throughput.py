@@ -20,7 +20,7 @@ import torch
 from damo.data.dataset import ClipLoader
 from damo.data.schema import load_samples
 from damo.eval.evaluate import predict
-from damo.model.modeling_damo import DamoModel
+from damo.pipeline import DamoPipeline
 
 
 def main() -> None:
@@ -33,7 +33,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("DAMO_THREADS", "1")))
-    model = DamoModel.load(args.model).to(args.device)
+    model = DamoPipeline.load(args.model).to(args.device)
     samples = [s for s in load_samples(args.data) if s.task == "grounding"][:args.n]
     clips = ClipLoader(model.processor, memory=True)
     for s in samples:

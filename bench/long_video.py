@@ -120,13 +120,14 @@ def child(task: str, video: str, model: str) -> None:
 
         m = grounder.model
         grounder.clips.raw = timed("decode_s", grounder.clips.raw)
-        m.processor.video_inputs = timed("features_s", m.processor.video_inputs)
+        proc = grounder.pipeline.processor
+        proc.video_inputs = timed("features_s", proc.video_inputs)
         calls = []
         hook = m.llm.register_forward_hook(lambda *_: calls.append(time.perf_counter()))
         g = grounder.explain(video, "when does the bar reach the right edge?")
         hook.remove()
         T = len(g.times)
-        phases["llm_video_tokens"] = m.cfg.bridge_tokens + -(-T // m.processor.group(T))
+        phases["llm_video_tokens"] = m.cfg.bridge_tokens + -(-T // proc.group(T))
         phases["model_s"] = time.perf_counter() - t0 - phases["decode_s"] - phases["features_s"]
         phases["llm_prefill_s"] = calls[0] - (t0 + phases["decode_s"] + phases["features_s"]) if calls else 0.0
         phases["generate_s"] = calls[-1] - calls[0] if calls else 0.0

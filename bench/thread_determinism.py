@@ -31,8 +31,9 @@ def main() -> None:
     model = build_model(recipe.model, samples, recipe.seed)
     stage = next(st for st in recipe.stages if st.name == "temporal")
     set_trainable(model, stage.trainable)
-    clips = ClipLoader(model.processor, memory=True)
-    batch = Collator.for_model(model)([(s, clips(s.video)) for s in samples[:16]], random.Random(0))
+    collate = Collator.for_model(model)
+    clips = ClipLoader(collate.processor, memory=True)
+    batch = collate([(s, clips(s.video)) for s in samples[:16]], random.Random(0))
     loss = StageLoss(model, stage.losses, use_llm=True)
     runs: dict[int, list] = {1: [], 2: []}
     for n in (1, 2, 1, 2):

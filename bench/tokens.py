@@ -51,6 +51,7 @@ from damo.eval.evaluate import grounding_report, predict  # noqa: E402
 from damo.eval.stvg import stvg_metrics  # noqa: E402
 from damo.model.modeling_damo import DamoModel  # noqa: E402
 from damo.model.processing import ClipTensors  # noqa: E402
+from damo.pipeline import DamoPipeline  # noqa: E402
 from damo.config import Stage  # noqa: E402
 from damo.train.loop import run_stage  # noqa: E402
 from damo.train.recipe import run_recipe  # noqa: E402
@@ -82,7 +83,7 @@ def llm_rows(budgets: list[int], fuser_tokens: list[int] = ()) -> dict[str, list
 
 def visual_tokens(model, frames: int) -> int:
     """Video tokens the LLM reads for a clip of ``frames`` frames, the bridge's fusion tokens excluded."""
-    lay = model.processor.layout(frames)
+    lay = DamoPipeline(model).processor.layout(frames)
     tl = -(-frames // lay.group)
     return tl * lay.per_frame + lay.slow_tokens(tl)
 
@@ -90,7 +91,7 @@ def visual_tokens(model, frames: int) -> int:
 def llm_tokens(model, seconds: int) -> int:
     """LLM input tokens of the prompt for a ``seconds``-long video at the model's fps (one question)."""
     times = (torch.arange(int(seconds * model.cfg.fps)) + 0.5) / model.cfg.fps
-    return len(model.processor.prompt("when does the red square appear?", times))
+    return len(DamoPipeline(model).processor.prompt("when does the red square appear?", times))
 
 
 def whole_frame_siou(test: list) -> float:
@@ -159,7 +160,7 @@ def run_llm_row(job: tuple[str, list[str], int, dict]) -> dict:
     missing, unexpected = model.load_state_dict(base.state_dict(), strict=False)
     assert not unexpected and all(k.startswith("video.compressor.") for k in missing), (missing, unexpected)
     samples = load_dataset(r.data["train"])
-    clips = ClipLoader(model.processor, memory=True)
+    clips = ClipLoader(DamoPipeline(model).processor, memory=True)
     stats = {}
     for i, st in enumerate(r.stages):
         if st.name not in SHARED:
@@ -192,7 +193,8 @@ def score_row(model, out: Path, row: str, seed: int, a: argparse.Namespace, r, t
     test = [s for s in load_dataset(f"synth://standard?n={a.test}&seed=0&split=test&stvg=1")
             if s.task in ("grounding", "stvg")]
     t0 = time.time()
-    preds = predict(model, test, ClipLoader(model.processor), progress=False)
+    pipe = DamoPipeline(model)
+    preds = predict(pipe, test, ClipLoader(pipe.processor), progress=False)
     latency = (time.time() - t0) / len(test)
     rep = grounding_report(test, preds)
     res = {"row": row, "seed": seed, "LLM tokens 30 s": llm_tokens(model, 30), "LLM tokens 10 min": llm_tokens(model, 600),
@@ -218,7 +220,8 @@ def idle_costs(job: tuple[str, dict]) -> dict:
     training step like the temporal stage's (batch 16, after 2 warm-up steps)."""
     row, args = job
     torch.set_num_threads(args["threads"])
-    model = DamoModel.load(Path(args["workdir"]) / row_dir(row, 0) / "model")
+    pipe = DamoPipeline.load(Path(args["workdir"]) / row_dir(row, 0) / "model")
+    model = pipe.model
     c = model.cfg
     out = {}
     g = torch.Generator().manual_seed(0)
@@ -229,17 +232,17 @@ def idle_costs(job: tuple[str, dict]) -> dict:
                        times=(torch.arange(T) + 0.5) / c.fps, duration=600.0)
     t0 = time.time()
     try:
-        model.eval().answer([clip], ["when does the red square appear?"])
+        pipe.answer([clip], ["when does the red square appear?"])
         out["10 min query s"] = round(time.time() - t0, 2)
     except ValueError:          # the compressor's visual-token budget is below one token per frame
         out["10 min query s"] = "over budget"
     out["10 min peak MB"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-    store = ClipLoader(model.processor, memory=True)
+    store = ClipLoader(pipe.processor, memory=True)
     test = [s for s in load_dataset("synth://standard?n=10&seed=0&split=test") if s.task == "grounding"][:10]
     for s in test:
         store(s.video)
     t0 = time.time()
-    predict(model, test, store, progress=False)
+    predict(pipe, test, store, progress=False)
     out["latency s/query"] = round((time.time() - t0) / len(test), 3)
     data = load_dataset("synth://standard?n=40&seed=0&split=train&stvg=1")
     for s in data:

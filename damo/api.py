@@ -8,8 +8,9 @@ item into a failure record instead of stopping.
 A request walks api -> processor -> media -> model -> processor: the query is checked against
 the processor's limits before anything is decoded, the clip is decoded at the vision tower's
 input size through the media disk cache (deliberately not memoised in memory: a long-lived
-grounder would otherwise keep every video it has seen), and the model's batched
-:meth:`~damo.model.modeling_damo.DamoModel.answer` runs on the model's device.
+grounder would otherwise keep every video it has seen), and the pipeline's batched
+:meth:`~damo.pipeline.DamoPipeline.answer` (the processor's prompt, the model's generation on its
+device, the processor's decoding) answers.
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ from damo.data.schema import QuirkReport, clean_spans, round_span
 from damo.media import MediaError
 from damo.model.modeling_damo import DamoModel
 from damo.model.presets import checkpoint_type
+from damo.pipeline import DamoPipeline
 
 if TYPE_CHECKING:
     from damo.model.vlm import VideoLLM
@@ -121,14 +123,16 @@ class Grounding:
 
 
 class Grounder:
-    """A trained model plus the clip pipeline it was trained with."""
+    """A trained model with its processor (a :class:`~damo.pipeline.DamoPipeline`, or a whole VLM that
+    holds its own) plus the clip pipeline it was trained with. ``model`` is the module that runs."""
 
-    def __init__(self, model: DamoModel | VideoLLM, cache_dir: str | Path | None = None, card: dict | None = None,
+    def __init__(self, pipeline: DamoPipeline | VideoLLM, cache_dir: str | Path | None = None, card: dict | None = None,
                  max_new_tokens: int = MAX_NEW_TOKENS):
-        self.model = model
+        self.pipeline = pipeline
+        self.model: DamoModel | VideoLLM = pipeline.model if isinstance(pipeline, DamoPipeline) else pipeline
         self.card = card        # model_card.json of the model's folder (None: unknown)
         self.max_new_tokens = max_new_tokens
-        self.clips = ClipLoader(model.processor, cache_dir)
+        self.clips = ClipLoader(pipeline.processor, cache_dir)
         self._lock = threading.Lock()   # one inference at a time: the model is shared by server threads
 
     def ground(self, video: str | Path, query: str, progress: bool = False) -> dict:
@@ -149,7 +153,7 @@ class Grounder:
         ``progress`` draws tqdm bars on stderr for decoding and for the model's steps.
         """
         query = check_query(query)
-        proc = self.model.processor
+        proc = self.pipeline.processor
         proc.query_ids(query)               # refuse an over-long question before decoding anything
         if not isinstance(video, (str, Path)) or not str(video):
             raise ValueError(f"video must be a file path or a synth:// URI, got {video!r}")
@@ -162,7 +166,7 @@ class Grounder:
         clip = proc.video_inputs(raw)
         raw.audio = np.zeros(0, raw.audio.dtype)   # the features hold what the model needs; an hour's sound is 115 MB
         with self._lock, _llm_progress(self.model, progress, self.max_new_tokens):
-            r = self.model.answer([clip], [query], self.max_new_tokens)[0]
+            r = self.pipeline.answer([clip], [query], self.max_new_tokens)[0]
         return Grounding(video=str(video), query=query, answer=r["answer"],
                          spans=[list(map(float, sp)) for sp in r["spans"]],
                          evidence=[list(map(float, sp)) for sp in r["evidence"]], duration=float(clip.duration),
@@ -337,7 +341,7 @@ def load(path: str | Path, cache_dir: str | Path | None = None, device: str = "c
     """Load a saved model folder (``config.json`` + ``model.safetensors`` + ``tokenizer/``) onto
     ``device`` (``"cpu"``, ``"cuda"``, ``"cuda:1"``, or ``"auto"``: CUDA when there is one).
     ``dtype`` (``"float32"``, ``"bfloat16"``, ``"float16"``) sets the LLM's and the towers' weights
-    instead of the saved config's (:meth:`DamoModel.load`). A Qwen2.5-VL, Qwen3-VL or Qwen2.5-Omni
+    instead of the saved config's (:meth:`DamoPipeline.load`). A Qwen2.5-VL, Qwen3-VL or Qwen2.5-Omni
     checkpoint (a folder, a hub id with ``preset``, or a ``vlm:`` model config: :func:`vlm_source`) runs
     under ``preset`` (:mod:`damo.model.presets`; default: its family's base model), in ``dtype`` or else
     bf16 on a GPU that supports it."""
@@ -348,4 +352,4 @@ def load(path: str | Path, cache_dir: str | Path | None = None, device: str = "c
         from damo.model.vlm import VideoLLM
         vlm = VideoLLM.from_pretrained(*source).to(device)
         return Grounder(vlm, cache_dir, vlm.card(), vlm.preset.max_new_tokens)
-    return Grounder(DamoModel.load(path, dtype=dtype).to(device), cache_dir, model_card.read_card(path))
+    return Grounder(DamoPipeline.load(path, dtype=dtype).to(device), cache_dir, model_card.read_card(path))

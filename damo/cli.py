@@ -147,6 +147,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from damo.eval.evaluate import grounding_report, predict
     from damo.train.recipe import run_recipe
     from damo import card as model_card
+    from damo.pipeline import DamoPipeline
 
     _say_threads(_setup_torch())
     t0 = time.time()
@@ -160,7 +161,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     else:
         print(f"reusing data in {data}")
     recipe.data["train"] = f"synth://{args.difficulty}?n={args.n_train}&seed={recipe.seed}&split=train"
-    model = run_recipe(recipe, work, threads_per_stage=True)
+    run_recipe(recipe, work, threads_per_stage=True)
+    model = DamoPipeline.load(work / "model")
     test = load_samples(data / "test.jsonl")
     preds = predict(model, test, ClipLoader(model.processor), batch_size=8)
     write_jsonl(work / "predictions.jsonl", (p.to_dict() for p in preds))
@@ -267,7 +269,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from damo.data.schema import load_samples, write_jsonl
     from damo.eval.evaluate import grounding_report, predict_resumable
     from damo.api import vlm_source
-    from damo.model.modeling_damo import DamoModel
+    from damo.pipeline import DamoPipeline
     from damo.ranks import device_for, init_distributed
 
     _setup_torch()
@@ -295,11 +297,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         extra["max_new_tokens"] = model.preset.max_new_tokens
         convention = model.preset.convention
     else:
-        model = DamoModel.load(args.model, dtype=args.dtype).to(device)
+        model = DamoPipeline.load(args.model, dtype=args.dtype).to(device)
         convention = ">="
     if args.features:
         from damo.data.features import FeatureLoader
-        clips = FeatureLoader(args.features, model)
+        clips = FeatureLoader(args.features, model.model)
     else:
         clips = ClipLoader(model.processor)
     out = Path(args.out or "runs/eval")
@@ -436,6 +438,7 @@ def cmd_data_features(args: argparse.Namespace) -> int:
     from damo.model.configuration_damo import DamoConfig, LLMConfig
     from damo.model.modeling_damo import DamoModel
     from damo.model.tokenizer import train_tokenizer
+    from damo.pipeline import DamoPipeline
 
     from damo.ranks import device_for, init_distributed
 
@@ -443,19 +446,19 @@ def cmd_data_features(args: argparse.Namespace) -> int:
     info = init_distributed()
     src = Path(args.model)
     if src.is_dir():
-        model = DamoModel.load(src)
+        pipe = DamoPipeline.load(src)
     elif src.is_file():     # a model config: only its towers matter here, so the LLM stays the tiny default
         cfg = DamoConfig.from_dict(read_yaml(src) or {})
         cfg.llm = LLMConfig()
-        model = DamoModel(cfg, train_tokenizer(["features"], 300))
+        pipe = DamoPipeline(DamoModel(cfg, train_tokenizer(["features"], 300)))
     else:
         raise SystemExit(f"--model {src}: neither a model folder nor a model config file")
-    model = model.to(_device(device_for(args.device)))
+    model = pipe.model.to(_device(device_for(args.device)))
     samples, missing = resolve_videos(load_dataset(args.data), args.video_root, args.on_missing)
     if missing and info.main:
         print(f"skipping {missing.summary()}", file=sys.stderr)
     with _resumable("damo data features", f"finished shards stay in {args.out}"):
-        report = extract(model, [s.video for s in samples], ClipLoader(model.processor), args.out,
+        report = extract(model, [s.video for s in samples], ClipLoader(pipe.processor), args.out,
                          shard_videos=args.shard_videos, info=info)
     if info.main:
         _print(report)
@@ -533,7 +536,7 @@ def cmd_data_render(args: argparse.Namespace) -> int:
     """``damo data render``: one sample as a model sees and learns it (prompt, frame times, targets, response)."""
     from damo.data.dataset import ClipLoader, load_dataset, resolve_videos
     from damo.data.inspect import format_render, render_sample, sample_times
-    from damo.model.modeling_damo import DamoModel
+    from damo.pipeline import DamoPipeline
 
     if bool(args.config) == bool(args.model):
         raise SystemExit("damo data render needs one of --config (a model config) or --model (a saved model folder)")
@@ -546,7 +549,7 @@ def cmd_data_render(args: argparse.Namespace) -> int:
     sample = samples[args.index]
     try:
         if args.model:
-            processor, note = DamoModel.load(args.model).processor, "the model's own"
+            processor, note = DamoPipeline.load(args.model).processor, "the model's own"
         else:
             processor, note = _config_processor(args.config, samples)
     except (ValueError, FileNotFoundError) as e:

@@ -143,12 +143,13 @@ def probe_batch(model: DamoModel, stage: Stage, frames: int, text_tokens: int) -
     clip = ClipTensors(frames=torch.zeros(T, c.vision.image_size, c.vision.image_size, 3, dtype=torch.uint8),
                        mel=torch.zeros(T, c.audio.frames, c.audio.n_mels), times=torch.arange(T) + 0.5,
                        duration=float(T))
-    q = min(text_tokens // 2, model.processor.config.max_query_tokens)
+    collate = Collator.for_model(model)
+    q = min(text_tokens // 2, collate.processor.config.max_query_tokens)
     task = "dense_caption" if stage.tasks == ["dense_caption"] else "grounding"
     words = ["w5"] * (text_tokens - q)
     sample = Sample(id="plan", video="plan", duration=float(T), task=task, query=" ".join(["w4"] * q),
                     answer=" ".join(words), spans=[[T * 0.25, T * 0.5]], captions=[" ".join(words)])
-    batch = Collator.for_model(model)([(sample, clip)])
+    batch = collate([(sample, clip)])
     L = batch.input_ids.shape[1]
     # the contrastive loss branches on whether a clip has a hard negative: kept as values (none here);
     # a 4-D mask is used as given: transformers' padding checks read values (bidirectional video attention

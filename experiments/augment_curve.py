@@ -28,6 +28,7 @@ from damo.data.schema import save_samples
 from damo.data.synthetic import synth_samples
 from damo.eval.evaluate import grounding_report, predict
 from damo.train.recipe import run_recipe
+from damo.pipeline import DamoPipeline, processor_of
 
 
 def train_spec(n: int) -> str:
@@ -72,7 +73,7 @@ def run_one(job: tuple[int, int, str, dict]) -> dict:
     model = run_recipe(recipe(n, seed, aug, a), out, progress=False, log=lambda *_: None)
     train_s = time.time() - t0
     test = [s for s in load_dataset(f"synth://standard?n={a.test}&seed=0&split=test") if s.task == "grounding"]
-    g = grounding_report(test, predict(model, test, ClipLoader(model.processor), progress=False))
+    g = grounding_report(test, predict(DamoPipeline(model), test, ClipLoader(processor_of(model)), progress=False))
     res = {"n": n, "arm": arm, "seed": seed, "train_s": round(train_s, 1), "R@0.5": g["overall"]["R1@0.5"],
            "mIoU": g["overall"]["mIoU"], "n_test": g["overall"]["n"]}
     done.write_text(json.dumps(res, indent=2))

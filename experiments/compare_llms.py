@@ -17,6 +17,7 @@ from damo.config import load_recipe
 from damo.data.dataset import ClipLoader, load_dataset
 from damo.eval.evaluate import grounding_report, predict
 from damo.train.recipe import run_recipe
+from damo.pipeline import DamoPipeline, processor_of
 
 TINY = ["model=tiny",
         "stages.1.trainable=[video.*, connector.*, llm.*, evidence.*]"]
@@ -34,7 +35,7 @@ def main() -> None:
         model = run_recipe(r, Path(a.workdir) / name, progress=False)
         train_s = time.time() - t0
         val = [s for s in load_dataset(r.data["val"]) if s.task == "grounding"][:a.val]
-        preds = predict(model, val, ClipLoader(model.processor), progress=False)
+        preds = predict(DamoPipeline(model), val, ClipLoader(processor_of(model)), progress=False)
         m = grounding_report(val, preds)["overall"]
         rows[name] = {"train_s": round(train_s), "R@0.5": m["R1@0.5"], "mIoU": m["mIoU"],
                       "answers": [(s.query, s.spans, p.answer) for s, p in zip(val[:3], preds[:3])]}

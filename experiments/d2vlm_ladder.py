@@ -32,6 +32,7 @@ from damo.data.dataset import ClipLoader, load_dataset
 from damo.eval.evaluate import grounding_report, predict
 from damo.eval.etbench import etbench_task_metrics
 from damo.train.recipe import run_recipe
+from damo.pipeline import DamoPipeline, processor_of
 
 # rung -> (model overrides, consistency loss on, FPO stage); the last two are Table 6's variants of
 # the full design (run them with --rungs)
@@ -62,7 +63,7 @@ def recipe(rung: str, seed: int, a: argparse.Namespace) -> Recipe:
 def evaluate(model, a: argparse.Namespace) -> dict:
     test = load_dataset(f"synth://standard?n={a.test}&seed=0&split=test")
     test = [s for s in test if s.task in ("grounding", "dense_caption")]
-    preds = predict(model, test, ClipLoader(model.processor), progress=False)
+    preds = predict(DamoPipeline(model), test, ClipLoader(processor_of(model)), progress=False)
     g = grounding_report(test, preds)["overall"]
     by = {p.id: p for p in preds}
     records = [{"video": s.id, "a": by[s.id].answer, "tgt": s.spans, "g": s.captions}

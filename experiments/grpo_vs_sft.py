@@ -40,6 +40,7 @@ from damo.data.dataset import ClipLoader, load_dataset
 from damo.eval.evaluate import grounding_report, predict
 from damo.model.modeling_damo import DamoModel
 from damo.train.recipe import run_recipe
+from damo.pipeline import DamoPipeline, processor_of
 
 TRAIN = "synth://standard?n=1500&seed=0&split=train"
 METRICS = ("R1@0.3", "R1@0.5", "R1@0.7", "mIoU")
@@ -57,7 +58,7 @@ def arm_stage(arm: str, a: argparse.Namespace) -> Stage:
 
 def scores(model: DamoModel, split: str, n: int) -> dict:
     test = [s for s in load_dataset(f"synth://standard?n={n}&seed=0&split={split}") if s.task == "grounding"]
-    preds = predict(model, test, ClipLoader(model.processor), progress=False)
+    preds = predict(DamoPipeline(model), test, ClipLoader(processor_of(model)), progress=False)
     g = grounding_report(test, preds)["overall"]
     return {k: g[k] for k in METRICS} | {"n": g["n"]}
 

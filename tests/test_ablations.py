@@ -11,6 +11,7 @@ from damo.model.modeling_damo import DamoModel
 from damo.model.processing import DamoProcessor, evidence_targets, pair_frames, response_text, text_spans
 from damo.model.tokenizer import train_tokenizer
 from damo.train.recipe import corpus
+from damo.pipeline import DamoPipeline, processor_of
 
 from helpers import clip, tiny_cfg
 from test_model import TEXTS, sample
@@ -89,10 +90,10 @@ def test_pairing_frame_evidence_into_spans():
 
 def test_frame_level_answer_writes_one_span_per_pair(frame_model):
     m = frame_model
-    ids = [m.processor.evi_id, m.processor.evi_id, m.processor.evi_end_id] + m.tokenizer(" red", add_special_tokens=False)["input_ids"] + \
-        [m.processor.evi_id, m.processor.evi_id]
+    ids = [m.evi_id, m.evi_id, m.evi_end_id] + m.tokenizer(" red", add_special_tokens=False)["input_ids"] + \
+        [m.evi_id, m.evi_id]
     ev = [{"stage": 1, "scores": None, "span": [1.0, 4.0, 0.5]}, {"stage": 2, "scores": None, "span": [1.0, 4.0, 0.5]}]
-    assert m.processor.render(ids, ev) == "red 1.0 - 4.0 seconds"
+    assert processor_of(m).render(ids, ev) == "red 1.0 - 4.0 seconds"
 
 
 def test_text_timestamps_are_parsed_and_clipped():
@@ -121,7 +122,7 @@ def test_coupled_model_answers_with_text_spans():
             break
         loss.backward()
         opt.step()
-    r = m.eval().answer([c], [s.query])[0]
+    r = DamoPipeline(m.eval()).answer([c], [s.query])[0]
     assert r["answer"] == "red in 1.0 - 3.0 seconds."
     assert r["spans"] == [[1.0, 3.0, 1.0]] and r["evidence"] == []
 

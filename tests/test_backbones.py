@@ -24,6 +24,7 @@ from damo.model.configuration_damo import DamoConfig, LLMConfig
 from damo.model.modeling_damo import DamoModel
 from damo.model.tokenizer import train_tokenizer
 from damo.train.loop import set_trainable
+from damo.pipeline import processor_of
 
 from helpers import assert_same_weights
 
@@ -72,7 +73,7 @@ def clip_tensors(T: int, size: int, frames: int, mels: int, seed: int = 0) -> Cl
 def make_batch(model: DamoModel, T: int = 4) -> dict:
     c = model.cfg
     col = Collator(DamoProcessor(model.tokenizer, video_tokens=c.bridge_tokens, frame_tokens=c.fuser.frame_tokens, fps=c.fps,
-                                 layout=c.layout, budget=model.processor.config.budget))
+                                 layout=c.layout, budget=processor_of(model).config.budget))
     items = [(Sample(id=str(i), video=f"v{i}", duration=float(T), task="grounding", query="when does the red square appear?",
                      answer="red", spans=[[1.0, 3.0]]), clip_tensors(T, c.vision.image_size, c.audio.frames, c.audio.n_mels, i))
              for i in range(2)]
@@ -263,7 +264,7 @@ def test_damo_export_writes_the_lora_merged_llm_that_transformers_loads(tmp_path
     ids = make_batch(model).input_ids[:, :12].clamp(max=len(tok) - 1)
     with torch.no_grad():
         torch.testing.assert_close(hf(input_ids=ids).logits, model.llm(input_ids=ids).logits, rtol=1e-5, atol=1e-5)
-    assert AutoTokenizer.from_pretrained(tmp_path / "export").convert_tokens_to_ids("<evi>") == model.processor.evi_id
+    assert AutoTokenizer.from_pretrained(tmp_path / "export").convert_tokens_to_ids("<evi>") == model.evi_id
     with pytest.raises(SystemExit, match="is not a DaMO model folder"):
         main(["export", "--model", str(tmp_path / "nothing"), "--out", str(tmp_path / "x")])
 
@@ -352,7 +353,7 @@ def test_smollm2_from_its_wheel_trains_lora_and_new_token_rows_only(tmp_path):
     before = {k: v.clone() for k, v in model.state_dict().items() if k.startswith("llm.")}
     stage = Stage(name="t", losses={"lm": 1.0, "grounding_bce": 10.0}, steps=2, batch=2, warmup=1,
                   trainable=["llm.*lora_*", "llm.*trainable_tokens*", "projector.*", "evidence.*"])
-    stats = run_stage(model, stage, samples, ClipLoader(model.processor), 0, progress=False)
+    stats = run_stage(model, stage, samples, ClipLoader(processor_of(model)), 0, progress=False)
     assert math.isfinite(stats["lm"]) and 0 < stats["lm"] < 20
     after = model.state_dict()
     moved = {k for k in before if not torch.equal(before[k], after[k])}

@@ -21,6 +21,7 @@ from damo.data.schema import write_jsonl
 from damo.model.configuration_damo import DamoConfig
 from damo.train.loop import run_stage
 from damo.train.recipe import build_model, run_recipe
+from damo.pipeline import processor_of
 from helpers import TINY_MODEL, train_on_two_ranks
 
 MAX_LEN = 160
@@ -86,7 +87,7 @@ def test_a_sample_unreadable_at_run_time_is_replaced_the_same_way_and_not_read_a
             return super().__call__(video)
 
     bad: list[dict] = []
-    run_stage(model, stage, samples, Counting(model.processor, memory=True), 0, progress=False,
+    run_stage(model, stage, samples, Counting(processor_of(model), memory=True), 0, progress=False,
               checkpoint_dir=tmp_path / "ckpt", bad_samples=bad)
     assert sorted(b["id"] for b in bad) == ["too-long", "truncated-file"]
     assert "truncated file" in next(b["reason"] for b in bad if b["id"] == "truncated-file")
@@ -95,7 +96,7 @@ def test_a_sample_unreadable_at_run_time_is_replaced_the_same_way_and_not_read_a
     # the resumed run (steps 2 and 3) knows both from the checkpoint: the truncated file is not read again
     reads.clear()
     again: list[dict] = []
-    run_stage(start, stage, samples, Counting(start.processor, memory=True), 0, progress=False,
+    run_stage(start, stage, samples, Counting(processor_of(start), memory=True), 0, progress=False,
               checkpoint_dir=tmp_path / "ckpt", bad_samples=again)
     assert reads and not any(v.endswith("truncated.mkv") for v in reads)
     assert sorted(b["id"] for b in again) == ["too-long", "truncated-file"]
@@ -122,5 +123,5 @@ def test_two_processes_skip_and_replace_bad_samples_and_evaluation_goes_to_the_e
 def test_preflight_keeps_a_clean_dataset_whole():
     samples = load_dataset("synth://easy?n=6&seed=0")
     model = build_model(DamoConfig.from_dict(TINY_MODEL), samples, 0)
-    kept, bad = preflight(samples, model.processor)
+    kept, bad = preflight(samples, processor_of(model))
     assert kept == samples and not bad

@@ -10,6 +10,8 @@ from damo.data.collate import Collator
 from damo.data.dataset import ClipLoader, load_dataset
 from damo.model.configuration_damo import DamoConfig
 from damo.train.recipe import build_model
+from damo.pipeline import processor_of
+
 from test_paper_models import tiny_stand_in
 
 
@@ -30,8 +32,8 @@ def test_capture_pass_stops_at_its_layer_without_the_head():
     model.llm.get_output_embeddings().register_forward_hook(lambda *a: calls.__setitem__("head", calls["head"] + 1))
     for k, layer in enumerate(model.llm.get_decoder().layers):
         layer.register_forward_hook(lambda *a, k=k: calls["layers"].__setitem__(k, calls["layers"][k] + 1))
-    clips = ClipLoader(model.processor, memory=True)
-    batch = Collator(model.processor)([(s, clips(s.video)) for s in samples[:2]], random.Random(0))
+    clips = ClipLoader(processor_of(model), memory=True)
+    batch = Collator(processor_of(model))([(s, clips(s.video)) for s in samples[:2]], random.Random(0))
     assert len(batch.evi_batch) and model.cfg.evidence.capture_layer == 1
     model.train()
     model(batch)

@@ -18,6 +18,7 @@ from damo.model.modeling_damo import DamoModel
 from damo.model.tokenizer import train_tokenizer
 from damo.train import losses
 from damo.train.recipe import run_recipe
+from damo.pipeline import DamoPipeline, processor_of
 
 from helpers import TINY_MODEL
 
@@ -32,7 +33,7 @@ def setup():
 
 def test_stored_features_give_the_same_losses_and_answers(setup, tmp_path):
     model, samples = setup
-    clips = ClipLoader(model.processor)
+    clips = ClipLoader(processor_of(model))
     r = extract(model, [s.video for s in samples], clips, tmp_path, shard_videos=2, progress=False)
     assert r["videos"] == 3 and r["shards"] == 2
     stored = FeatureLoader(tmp_path, model)
@@ -49,13 +50,13 @@ def test_stored_features_give_the_same_losses_and_answers(setup, tmp_path):
         assert float(losses.contrastive(losses.LossInputs(oa, a, model))) == pytest.approx(
             float(losses.contrastive(losses.LossInputs(ob, b, model))), abs=1e-5)
     q = [s.query for s in samples[:4]]
-    assert model.answer([c for _, c in items[:4]], q, 8) == model.answer([c for _, c in items_f[:4]], q, 8)
+    assert DamoPipeline(model).answer([c for _, c in items[:4]], q, 8) == DamoPipeline(model).answer([c for _, c in items_f[:4]], q, 8)
 
 
 def test_a_killed_extraction_resumes_and_other_weights_get_their_own_folder(setup, tmp_path):
     model, samples = setup
     videos = sorted({s.video for s in samples})
-    clips = ClipLoader(model.processor)
+    clips = ClipLoader(processor_of(model))
 
     def dies_on_third(v):
         if v == videos[2]:

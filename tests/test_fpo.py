@@ -14,6 +14,7 @@ from damo.data.collate import Collator
 from damo.model.processing import ClipTensors, DamoProcessor
 from damo.data.preference import validate_pair
 from damo.model.modeling_damo import DamoModel
+from damo.pipeline import processor_of
 from damo.model.tokenizer import train_tokenizer
 from damo.train import losses
 from damo.train.losses import LossInputs, fpo
@@ -254,7 +255,7 @@ def test_fpo_on_synthesized_pairs_of_rendered_synthetic_videos():
     chosen = [first[k] for k in ("shift", "add", "distort", "repeat")]
     model = tiny_model()
     col = Collator(DamoProcessor(model.tokenizer, video_tokens=model.cfg.bridge_tokens, frame_tokens=1, fps=1.0, layout="video_first"))
-    batch = col(pair_batch(chosen, ClipLoader(model.processor)), random.Random(0))
+    batch = col(pair_batch(chosen, ClipLoader(processor_of(model))), random.Random(0))
     assert batch.input_ids.shape[0] == 8
 
     def margin() -> float:
@@ -278,7 +279,7 @@ def focused_batch(model: DamoModel) -> tuple[dict, int]:
     col = Collator(DamoProcessor(model.tokenizer, video_tokens=model.cfg.bridge_tokens, frame_tokens=1, fps=1.0,
                                  layout="video_first"))
     batch = col(pair_batch(PAIRS, {f"v{i}": clip(6, i) for i in range(3)}.__getitem__), random.Random(0))
-    evi = model.processor.evi_id
+    evi = model.evi_id
     return replace(batch, **focus_masks(batch, PAIRS, evi)), evi
 
 
@@ -413,7 +414,7 @@ def test_a_pair_differing_in_two_places_is_scored_whole_by_the_authors_focus():
     col = Collator(DamoProcessor(model.tokenizer, video_tokens=model.cfg.bridge_tokens, frame_tokens=1, fps=1.0,
                                  layout="video_first"))
     batch = col(pair_batch([pair], {"v3": clip(6, 3)}.__getitem__), random.Random(0))
-    b = replace(batch, **focus_masks(batch, [pair], model.processor.evi_id))
+    b = replace(batch, **focus_masks(batch, [pair], model.evi_id))
     assert b.fpo_evi.tolist() == [1.0] * 8 and not b.fpo_tokens.any()   # both events' <evi>, both stages, no text
     with torch.no_grad():
         out = model(b)

@@ -19,6 +19,7 @@ from damo.cli import main
 from damo.data import synthetic
 from damo.model import tokenizer as tk
 from damo.model.modeling_damo import DamoModel
+from damo.pipeline import DamoPipeline
 from helpers import tiny_cfg
 
 TEXTS = ["when does the red square appear?", "the high tone plays", "It happens in", "what colour is the shape?",
@@ -49,7 +50,7 @@ def build_scripted_model(path: Path) -> Path:
         g = model.llm.model.norm.weight
         g.zero_()
         g[:links] = -(2.0 ** torch.arange(links))
-    model.save(path)
+    DamoPipeline(model).save(path)
     return path
 
 

@@ -14,6 +14,7 @@ from damo.config import Recipe
 from damo.data.schema import Sample
 from damo.model.modeling_damo import DamoModel
 from damo.model.tokenizer import train_tokenizer
+from damo.pipeline import processor_of
 from damo.train.grpo import (AGGREGATIONS, REWARDS, GRPOSettings, Rollouts, format_reward, group_advantages,
                              grpo_loss, iou_reward, iou_v2_reward, span_f1_reward)
 from helpers import TINY_MODEL, assert_same_weights, clip, tiny_cfg
@@ -174,7 +175,7 @@ def test_rollouts_score_groups_and_teacher_force_the_sampled_tokens():
                source="test")
     items = [(s, clip(6, 0)), (Sample(**{**s.__dict__, "id": "b", "video": "v1"}), clip(6, 1))]
     st = GRPOSettings(group=3, max_new_tokens=6, iterations=2, drop_zero_variance=False)
-    batch, log = Rollouts(model, st, seed=0).batch(items, step=0, part=0)
+    batch, log = Rollouts(model, processor_of(model), st, seed=0).batch(items, step=0, part=0)
     assert batch.input_ids.shape[0] == 6 and batch.advantages.shape == (6,)
     assert {"reward", "reward_iou", "reward_format", "zero_variance", "completion_len"} <= set(log)
     # the labelled tokens are exactly the sampled ones; old log-probs are the model's on them
@@ -186,7 +187,7 @@ def test_rollouts_score_groups_and_teacher_force_the_sampled_tokens():
     from damo.train.grpo import token_logps
     assert torch.allclose(token_logps(logits, batch.labels), batch.old_logp, atol=1e-5)
     # same step, same seed: the same samples
-    again, _ = Rollouts(model, st, seed=0).batch(items, step=0, part=0)
+    again, _ = Rollouts(model, processor_of(model), st, seed=0).batch(items, step=0, part=0)
     assert torch.equal(again.input_ids, batch.input_ids)
 
 
@@ -212,12 +213,12 @@ def test_evidence_policy_scores_each_evi_as_its_token_plus_its_drawn_frames():
     s = Sample(id="a", video="v0", duration=6.0, task="grounding", query=TEXTS[0], answer="It happens", spans=[[1.0, 3.0]],
                source="test")
     st = GRPOSettings(group=4, max_new_tokens=8, iterations=2, drop_zero_variance=False)
-    evi = model.processor.evi_id
+    evi = model.evi_id
     with torch.no_grad():     # the default response is interleaved; make <evi> likely so draws happen
         w = model.llm.get_output_embeddings().weight
         w[evi] = 3 * w.mean(0)
     for seed in range(20):
-        batch, _ = Rollouts(model, st, seed=seed).batch([(s, clip(6, 0))], step=0, part=0)
+        batch, _ = Rollouts(model, processor_of(model), st, seed=seed).batch([(s, clip(6, 0))], step=0, part=0)
         if len(batch.evi_batch):
             break
     assert len(batch.evi_batch) and batch.evi_actions.shape == batch.evi_targets.shape
@@ -242,20 +243,20 @@ def test_lape_rollouts_sample_time_tokens_that_mean_their_anchor():
     cfg.response, cfg.time_encoding, cfg.time_bins = "coupled", "lape", 7
     torch.manual_seed(0)
     model = DamoModel(cfg, train_tokenizer(TEXTS, 300))
-    t3 = model.processor.coord_axes["t"][3]
+    t3 = model.coord_axes["t"][3]
     with torch.no_grad():     # make a time token likely so the rollouts write some
         w = model.llm.get_output_embeddings().weight
         w[t3] = 4 * w.mean(0)
     s = Sample(id="a", video="v0", duration=6.0, task="grounding", query=TEXTS[0], answer="It happens", spans=[[1.0, 3.0]],
                source="test")
     st = GRPOSettings(group=4, max_new_tokens=6, iterations=2, drop_zero_variance=False)
-    rollouts = Rollouts(model, st, seed=0)
-    rows = model.generate(model.processor.generation_batch([clip(6, 0)] * 4, [s.query] * 4), 6, seed=0,
+    rollouts = Rollouts(model, processor_of(model), st, seed=0)
+    rows = model.generate(processor_of(model).generation_batch([clip(6, 0)] * 4, [s.query] * 4), 6, seed=0,
                           policy=rollouts.policy)
-    coords = [(i, v) for r in rows for i, v in zip([x for x in r["ids"] if x in model.processor.axis_of], r["coords"])]
-    assert coords and all(v == ("t", model.processor.coord_axes["t"].index(i) / 6 * 6.0) for i, v in coords)
+    coords = [(i, v) for r in rows for i, v in zip([x for x in r["ids"] if x in model.axis_of], r["coords"])]
+    assert coords and all(v == ("t", model.coord_axes["t"].index(i) / 6 * 6.0) for i, v in coords)
     batch, _ = rollouts.batch([(s, clip(6, 0))], step=0, part=0)
-    assert any(int(x) in model.processor.axis_of for x in batch.labels.flatten())
+    assert any(int(x) in model.axis_of for x in batch.labels.flatten())
     model.eval()
     with torch.no_grad():
         assert torch.allclose(policy_logps(model(batch), batch), batch.old_logp, atol=1e-5)
@@ -330,7 +331,7 @@ def test_difficulty_band_keeps_the_prompts_whose_starting_iou_is_inside_it(monke
     run_stage(model, Stage(name="sft", losses={"lm": 1.0}, steps=30, batch=4, warmup=1, lr=1e-2, trainable=["llm.*"]),
               [grounding(i, [1.0, 3.0]) for i in range(4)], clips.__getitem__, 0, progress=False)
     prompts = [grounding(i, sp) for i, sp in enumerate([[1.0, 3.0], [2.0, 4.0], [0.0, 1.5], [4.0, 6.0], [1.5, 3.0]])]
-    proc = model.processor
+    proc = processor_of(model)
     rows = model.generate(proc.generation_batch([clips[s.video] for s in prompts], [s.query for s in prompts]), 16)
     ious = []
     for r, s in zip(rows, prompts):
@@ -367,11 +368,11 @@ def test_a_stage_with_patience_stops_on_a_plateau_and_keeps_its_best_weights(mon
     script, snapshots = iter([0.2, 0.6, 0.4, 0.5, 0.9, 0.9]), []
     real = grpo.greedy_rewards
 
-    def scripted(m, val, clips_, st):
+    def scripted(m, proc, val, clips_, st):
         assert [s.id for s in val] == ["s0", "s1"]           # the first `val` validation prompts
         snapshots.append({k: v.clone() for k, v in m.state_dict().items()})
         v = next(script)
-        return [r | {"iou": v} for r in real(m, val, clips_, st)]
+        return [r | {"iou": v} for r in real(m, proc, val, clips_, st)]
 
     monkeypatch.setattr(grpo, "greedy_rewards", scripted)
     stage = Stage(name="rl", losses={"grpo": 1.0}, steps=20, batch=2, warmup=1, lr=1e-2, trainable=["llm.*"],
@@ -401,10 +402,10 @@ def test_a_stage_killed_after_an_evaluation_resumes_to_the_same_stop_and_best_we
     rewards = [0.6, 0.4, 0.5, 0.3] + [0.2] * 6              # the validation reward at steps 2, 4, 6, ...
     real, batch, evaluations = grpo.greedy_rewards, grpo.Rollouts.batch, []
 
-    def scripted(m, val, clips_, st):
+    def scripted(m, proc, val, clips_, st):
         v = rewards[len(evaluations)]
         evaluations.append(v)
-        return [r | {"iou": v} for r in real(m, val, clips_, st)]
+        return [r | {"iou": v} for r in real(m, proc, val, clips_, st)]
 
     def killed_at_step_7(self, items, step, part):
         if step == 6:

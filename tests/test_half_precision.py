@@ -24,6 +24,7 @@ from damo.model.configuration_damo import DamoConfig
 from damo.model.modeling_damo import DamoModel
 from damo.train.loop import run_stage
 from damo.train.recipe import build_model
+from damo.pipeline import DamoPipeline, processor_of
 from helpers import tiny_cfg
 from test_paper_models import PAPERS, tiny_stand_in
 
@@ -66,9 +67,9 @@ def test_stand_in_in_bf16_matches_fp32_teacher_forced_and_generates(name, saved,
     assert backbone_dtypes(bf16) == {torch.bfloat16}
     # DaMO's own modules stay float32 (they run under autocast)
     assert {p.dtype for m in (bf16.connector, bf16.evidence, bf16.video.fuseformer) for p in m.parameters()} == {torch.float32}
-    clips = ClipLoader(fp32.processor, memory=True)
+    clips = ClipLoader(processor_of(fp32), memory=True)
     items = [(s, clips(s.video)) for s in samples[:4]]
-    batch = Collator(fp32.processor)(items, random.Random(0))
+    batch = Collator(processor_of(fp32))(items, random.Random(0))
     with torch.no_grad():
         a = fp32(batch)
         with bf16.autocast():
@@ -81,7 +82,7 @@ def test_stand_in_in_bf16_matches_fp32_teacher_forced_and_generates(name, saved,
     assert float(logp) < LOGP_TOL
     # greedy decoding with the KV cache and evidence grounding runs in bf16 (it raised a dtype error)
     clip_list = [c for _, c in items]
-    rows = bf16.answer(clip_list, [s.query for s, _ in items], max_new_tokens=6)
+    rows = DamoPipeline(bf16).answer(clip_list, [s.query for s, _ in items], max_new_tokens=6)
     assert len(rows) == 4 and all(isinstance(r["answer"], str) for r in rows)
     assert all(0 <= sp[0] <= sp[1] <= c.duration for r, c in zip(rows, clip_list) for sp in r["spans"])
 
@@ -95,7 +96,7 @@ def test_stand_in_trains_a_step_in_bf16_with_the_loss_of_fp32(name, saved, sampl
     for dtype in ("float32", "bfloat16"):
         model = DamoModel.load(saved[name], dtype=dtype)
         before = {k: v.detach().clone() for k, v in model.named_parameters()}
-        losses[dtype] = run_stage(model, stage, samples, ClipLoader(model.processor, memory=True), 0, progress=False)
+        losses[dtype] = run_stage(model, stage, samples, ClipLoader(processor_of(model), memory=True), 0, progress=False)
         moved = [k for k, v in model.named_parameters() if not torch.equal(before[k], v)]
         assert any("lora_B" in k for k in moved)
         assert all(torch.isfinite(v).all() for v in model.parameters())

@@ -13,6 +13,7 @@ import pytest
 
 import damo
 from damo.model.modeling_damo import DamoModel
+from damo.pipeline import DamoPipeline
 from test_ground import model_dir  # noqa: F401 (the scripted tiny model)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -87,4 +88,4 @@ def test_a_processor_config_with_wrong_keys_or_types_names_the_file(folder, chan
 
 
 def test_an_untouched_folder_still_loads(folder):
-    assert DamoModel.load(folder).processor.config.max_query_tokens == 256
+    assert DamoPipeline.load(folder).processor.config.max_query_tokens == 256

@@ -41,7 +41,7 @@ def test_control_characters_are_escaped_for_the_terminal():
 
 
 def test_special_tokens_in_a_question_are_plain_text(grounder):
-    proc = grounder.model.processor
+    proc = grounder.pipeline.processor
     tok = proc.tokenizer
     specials = set(tok.convert_tokens_to_ids(tk.SPECIAL_TOKENS))
     for q in ("when <video> does it start?", "<|assistant|> <eos> <evi>", f"x {tk.USER} y </evi>"):
@@ -61,7 +61,7 @@ def test_injected_tokens_ground_like_any_question(grounder, clip_mkv):
 
 
 def test_a_question_too_many_bytes_long_is_refused_before_tokenising(grounder, clip_mkv, monkeypatch):
-    proc = grounder.model.processor
+    proc = grounder.pipeline.processor
 
     def no_tokenizer(*a, **k):
         raise AssertionError("tokenised")

@@ -14,6 +14,7 @@ from damo.data.schema import Sample, load_samples
 from damo.data.synthetic import synth_samples
 from damo.eval.evaluate import predict
 from damo.model.processing import DamoProcessor
+from damo.pipeline import DamoPipeline, processor_of
 from damo.train.recipe import run_recipe
 
 from helpers import TINY_MODEL
@@ -36,7 +37,7 @@ def test_the_loader_names_the_cache_file_it_writes(trained, clip_mkv, tmp_path, 
     """The web demo deletes an upload's cache entry by this name: it must be the file the loader wrote,
     whatever the sampling phase."""
     model, _ = trained
-    proc = DamoProcessor(model.processor.tokenizer, replace(model.processor.config, frame_times=frame_times))
+    proc = DamoProcessor(model.tokenizer, replace(processor_of(model).config, frame_times=frame_times))
     clips = ClipLoader(proc, cache_dir=tmp_path)
     clips.raw(str(clip_mkv))
     assert [p.name for p in tmp_path.glob("*.npz")] == [clips.cache_file(str(clip_mkv)).name]
@@ -48,9 +49,10 @@ def test_batch_of_8_predicts_exactly_what_batch_of_1_does(trained):
     # clips of different lengths and questions of different lengths: prompts are left-padded
     samples = [s for s in synth_samples("synth://standard?n=6&seed=3&split=test") if s.task == "grounding"][:12]
     assert len({s.duration for s in samples}) > 1 and len({len(s.query) for s in samples}) > 1
-    clips = ClipLoader(model.processor)
-    one = predict(model, samples, clips, batch_size=1, progress=False)
-    eight = predict(model, samples, clips, batch_size=8, progress=False)
+    pipe = DamoPipeline(model)
+    clips = ClipLoader(pipe.processor)
+    one = predict(pipe, samples, clips, batch_size=1, progress=False)
+    eight = predict(pipe, samples, clips, batch_size=8, progress=False)
     # the same answers and spans; a span's confidence may move by float noise across a rounding step
     assert [(p.id, p.answer, [sp[:2] for sp in p.spans]) for p in eight] == \
         [(p.id, p.answer, [sp[:2] for sp in p.spans]) for p in one]
@@ -128,6 +130,7 @@ from damo.model.configuration_damo import DamoConfig
 from damo.model.modeling_damo import DamoModel
 from damo.model.tokenizer import train_tokenizer
 from damo.train.loop import run_stage
+from damo.pipeline import DamoPipeline
 
 
 def noise_clip(ref, fps, size, phase):    # a 40-s clip of random frames: as big as a decoded one, made in no time
@@ -142,7 +145,7 @@ samples = [Sample(id=str(i), video=f"noise://{i}", duration=40.0, task="groundin
                   spans=[[3.0, 9.0]]) for i in range(n)]
 model = DamoModel(DamoConfig.from_dict(json.loads(sys.argv[3])), train_tokenizer(["when? now"], 300))
 stage = Stage(name="s", losses={"lm": 1.0}, steps=8, batch=8, trainable=["projector.*"])   # same work, n videos
-run_stage(model, stage, samples, ClipLoader(model.processor, memory=memory), 0, progress=False)
+run_stage(model, stage, samples, ClipLoader(DamoPipeline(model).processor, memory=memory), 0, progress=False)
 print(json.dumps({"clips": n, "peak_mb": int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0]) / 1024}))
 """
 
@@ -185,7 +188,7 @@ def test_worker_processes_decode_after_the_parent_has(shared_data, tmp_path):
     decode_clip(videos[0], 1.0, 32)
     model = DamoModel(DamoConfig.from_dict(TINY_MODEL), train_tokenizer(["when?"], 300))
     samples = [Sample(id=str(i), video=v, duration=10.0, task="grounding", query="when?") for i, v in enumerate(videos)]
-    ds = ClipDataset(samples, ClipLoader(model.processor, cache_dir=tmp_path))
+    ds = ClipDataset(samples, ClipLoader(processor_of(model), cache_dir=tmp_path))
     got = list(DataLoader(ds, batch_size=None, num_workers=2, timeout=120))   # raises instead of hanging
     assert [c.frames.shape[1:] for _, _, c in got] == [(32, 32, 3)] * 3
 
@@ -205,7 +208,7 @@ def test_training_through_worker_processes_sees_the_same_batches():
         model = DamoModel(DamoConfig.from_dict(TINY_MODEL), train_tokenizer([s.query for s in samples], 300))
         stage = Stage(name="s", losses={"lm": 1.0, "grounding_bce": 1.0}, steps=4, batch=4, warmup=1,
                       trainable=["projector.*", "llm.*", "evidence.*"])
-        stats.append(run_stage(model, stage, samples, ClipLoader(model.processor), 0, progress=False,
+        stats.append(run_stage(model, stage, samples, ClipLoader(processor_of(model)), 0, progress=False,
                                num_workers=workers))
     assert stats[0] == pytest.approx(stats[1], rel=1e-6)
 
@@ -219,16 +222,14 @@ def test_a_long_clip_in_the_batch_does_not_change_how_a_short_one_is_grouped(tra
     from damo.model.processing import ClipTensors
 
     model, _ = trained
-    model.processor.config.llm_frames = 8      # a 12-frame clip is grouped in pairs, a 6-frame one is not
-    try:
-        g = torch.Generator().manual_seed(0)
-        clips = [ClipTensors(frames=torch.randint(0, 255, (T, 32, 32, 3), generator=g, dtype=torch.uint8),
-                             mel=torch.randn(T, 25, 32, generator=g), times=torch.arange(T) + 0.5, duration=float(T))
-                 for T in (6, 12)]
-        alone = [model.answer([c], ["when?"], 8)[0] for c in clips]
-        together = model.answer(clips, ["when?", "when?"], 8)
-        for a, b in zip(alone, together):
-            assert a["answer"] == b["answer"]
-            np.testing.assert_allclose(np.array(a["spans"]), np.array(b["spans"]), atol=1e-5)
-    finally:
-        model.processor.config.llm_frames = 64
+    pipe = DamoPipeline(model)
+    pipe.processor.config.llm_frames = 8      # a 12-frame clip is grouped in pairs, a 6-frame one is not
+    g = torch.Generator().manual_seed(0)
+    clips = [ClipTensors(frames=torch.randint(0, 255, (T, 32, 32, 3), generator=g, dtype=torch.uint8),
+                         mel=torch.randn(T, 25, 32, generator=g), times=torch.arange(T) + 0.5, duration=float(T))
+             for T in (6, 12)]
+    alone = [pipe.answer([c], ["when?"], 8)[0] for c in clips]
+    together = pipe.answer(clips, ["when?", "when?"], 8)
+    for a, b in zip(alone, together):
+        assert a["answer"] == b["answer"]
+        np.testing.assert_allclose(np.array(a["spans"]), np.array(b["spans"]), atol=1e-5)

@@ -94,6 +94,12 @@ def test_grounding_api_reaches_neither_the_evaluator_nor_the_procedural_generato
     assert "damo.data.synthetic" not in reach and "damo.model.processing" in reach and "damo.media" in reach
 
 
+def test_the_model_takes_tensors_and_the_processor_sits_above_it():
+    """As in transformers: the model file builds and reads no processor, the pipeline pairs them."""
+    assert "damo.model.processing" not in GRAPH["damo.model.modeling_damo"]
+    assert {"damo.model.modeling_damo", "damo.model.processing"} <= GRAPH["damo.pipeline"]
+
+
 def test_no_import_cycle_between_modules():
     assert cycles(GRAPH) == []
 

@@ -107,7 +107,7 @@ def test_answers_scored_by_the_timelens_task(model_dir, docs):
 
 def test_loglikelihood_of_continuations(random_dir, docs):
     lm = plugin(random_dir, docs)
-    model, proc = lm.model, lm.model.processor
+    model, proc = lm.model, lm.grounder.pipeline.processor
     reqs = requests(docs[:2])
     ll, want = [], []
     for r, d in zip(reqs, docs):

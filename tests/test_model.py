@@ -20,6 +20,7 @@ from damo.model.residual import GlobalResidual
 from damo.model.tokenizer import EVI, train_tokenizer
 from damo.data.schema import Sample
 from damo.train import losses
+from damo.pipeline import DamoPipeline, processor_of
 from helpers import clip, tiny_cfg
 
 TEXTS = ["when does the red square appear?", "the high tone plays", "It happens in", "The relevant event happens in",
@@ -136,7 +137,7 @@ def test_collate_placeholders_labels_and_evidence_targets(model):
     assert (b.input_ids[0] == vid).sum() == 8 + 6 and (b.input_ids[1] == vid).sum() == 8 + 4
     # 2 <evi> for the first sample (grounding + answer), 4 for the second
     assert b.evi_batch.tolist() == [0, 0, 1, 1, 1, 1]
-    assert all(int(b.input_ids[bi, p]) == model.processor.evi_id for bi, p in zip(b.evi_batch, b.evi_pos))
+    assert all(int(b.input_ids[bi, p]) == model.evi_id for bi, p in zip(b.evi_batch, b.evi_pos))
     # soft targets (official D²VLM): 1 on the span's frames, 2^-distance elsewhere
     assert b.evi_targets[0].tolist() == [0.5, 1, 1, 0.5, 0.25, 0.125]
     assert b.evi_targets[3].tolist() == [0.25, 0.5, 1, 1, 0, 0]  # padded frames stay 0
@@ -150,7 +151,7 @@ def test_collate_placeholders_labels_and_evidence_targets(model):
     ids, lab = b.input_ids[0], b.labels[0]
     resp = (lab != -100).nonzero().flatten()
     assert int(ids[resp[-1]]) == model.tokenizer.eos_token_id
-    assert int(ids[resp[0]]) == model.processor.evi_id
+    assert int(ids[resp[0]]) == model.evi_id
     assert b.frame_pos[1].flatten().tolist() == [9, 10, 11, 12, 0, 0]  # padded frames point at 0
 
 
@@ -182,14 +183,14 @@ def test_save_load_round_trip_gives_identical_outputs(model, tmp_path):
         c = m2(b)
     assert torch.equal(a["logits"], c["logits"]) and torch.equal(a["evi_logits"], c["evi_logits"])
     c6 = clip(6, 0)
-    assert model.answer([c6], ["when does the red square appear?"])[0]["spans"] == \
-        m2.answer([c6], ["when does the red square appear?"])[0]["spans"]
+    assert DamoPipeline(model).answer([c6], ["when does the red square appear?"])[0]["spans"] == \
+        DamoPipeline(m2).answer([c6], ["when does the red square appear?"])[0]["spans"]
     with pytest.raises(FileNotFoundError, match="not a DaMO model"):
         DamoModel.load(tmp_path)
 
 
 def test_encode_keeps_special_tokens_single(model):
-    p = model.processor
+    p = processor_of(model)
     ids = p.encode(f"{EVI} </evi> It happens in {EVI}.")
     assert ids[0] == p.evi_id and ids[1] == p.evi_end_id and ids.count(p.evi_id) == 2
 
@@ -276,7 +277,7 @@ def budget_model(kind: str, budget: int, k_max: int = 16, k_min: int = 1, **opti
     ("stp", 24, 6, 1, 3), ("stp", 60, 6, 1, 4), ("stp", 24, 12, 1, 2)])       # 1 fast + one s x s slow step per 4 frames
 def test_the_llm_sees_exactly_the_budgets_visual_tokens(kind, budget, T, per_frame, slow):
     m = budget_model(kind, budget, stride=4) if kind == "stp" else budget_model(kind, budget)
-    lay = m.processor.layout(T)
+    lay = processor_of(m).layout(T)
     assert (lay.group, lay.per_frame, lay.slow_side) == (1, per_frame, slow)
     visual = T * per_frame + -(-T // 4) * slow ** 2 * (kind == "stp")
     assert kind == "identity" or visual <= budget
@@ -295,7 +296,7 @@ def test_the_llm_sees_exactly_the_budgets_visual_tokens(kind, budget, T, per_fra
 
 
 def test_long_videos_trade_tokens_per_frame_then_frames():
-    p = budget_model("pool", 64, k_max=9, k_min=4).processor
+    p = processor_of(budget_model("pool", 64, k_max=9, k_min=4))
     assert [p.layout(T).per_frame for T in (4, 7, 8, 16)] == [9, 9, 4, 4]     # min(64 // T, 9) as a square
     lay = p.layout(40)                                             # at most 64 // 4 = 16 frame tokens
     assert lay.group == 3 and lay.per_frame == 4 and -(-40 // 3) * 4 <= 64
@@ -350,7 +351,7 @@ def test_a_model_saved_before_the_placement_switch_reads_the_same_tokens(model, 
     """Saved configs without ``compressor.placement`` compressed in front of the fuser; they still load so,
     and the old default there (identity, one fused token per frame) equals the new one (pool to 1 at the LLM)."""
     import json
-    model.save(tmp_path / "m")
+    DamoPipeline(model).save(tmp_path / "m")
     cfg = json.loads((tmp_path / "m" / "config.json").read_text())
     cfg["compressor"] = {"kind": "identity", "budget": 4096, "k_min": 1, "k_max": 16, "seed": 0, "options": {}}
     (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
@@ -358,7 +359,7 @@ def test_a_model_saved_before_the_placement_switch_reads_the_same_tokens(model, 
     del proc["budget"]
     (tmp_path / "m" / "processor_config.json").write_text(json.dumps(proc))
     old = DamoModel.load(tmp_path / "m")
-    assert not old.video.at_llm and old.processor.budget is None
+    assert not old.video.at_llm and old.budget is None and DamoPipeline.load(tmp_path / "m").processor.budget is None
     b = Collator.for_model(model)([(sample(0), clip(6, 0))])
     with torch.no_grad():
         assert torch.allclose(old(b)["evi_logits"], model(b)["evi_logits"], atol=1e-4)
@@ -366,7 +367,7 @@ def test_a_model_saved_before_the_placement_switch_reads_the_same_tokens(model, 
 
 def test_stp_slow_stream_sits_in_front_of_the_frames_and_grounds_nothing():
     m = budget_model("stp", 60, stride=4).eval()
-    lay = m.processor.layout(6)                                    # 1 fast token per frame, 2 slow steps of 4 x 4
+    lay = processor_of(m).layout(6)                                    # 1 fast token per frame, 2 slow steps of 4 x 4
     b = Collator.for_model(m)([(sample(0), clip(6, 0)), (sample(1), clip(3, 1))])
     ids = b.input_ids
     first = [row.tolist().index(m.video_id) for row in ids]
@@ -380,11 +381,11 @@ def test_stp_slow_stream_sits_in_front_of_the_frames_and_grounds_nothing():
     assert prefix.shape[:2] == (2, 8 + 32)          # fusion + both slow steps; row 1's prompt keeps one step
     assert out["evi_logits"].shape[1] == 6
     # a batch (left-padded generation) gives every row what it gets alone: 6 and 5 frames share a layout
-    assert m.processor.layout(5) == lay
+    assert processor_of(m).layout(5) == lay
     c0, c1 = clip(6, 0), clip(5, 1)
     q = ["when does the red square appear?", "what colour is the shape?"]
-    both = m.generate(m.processor.generation_batch([c0, c1], q), 6)
-    alone = [m.generate(m.processor.generation_batch([c], [x]), 6)[0] for c, x in zip((c0, c1), q)]
+    both = m.generate(processor_of(m).generation_batch([c0, c1], q), 6)
+    alone = [m.generate(processor_of(m).generation_batch([c], [x]), 6)[0] for c, x in zip((c0, c1), q)]
     assert [r["ids"] for r in both] == [r["ids"] for r in alone] and all(r["ids"] for r in both)
     with torch.no_grad():
         pair = m(Collator.for_model(m)([(sample(0), c0), (sample(1), c1)]))["evi_logits"]
@@ -414,7 +415,7 @@ def test_each_compressor_at_the_llm_trains_and_round_trips(kind, tmp_path):
     again = DamoModel.load(tmp_path / kind)
     with torch.no_grad():
         assert torch.equal(out["evi_logits"], again(b)["evi_logits"])
-    assert again.processor.layout(6) == m.processor.layout(6)
+    assert DamoPipeline.load(tmp_path / kind).processor.layout(6) == processor_of(m).layout(6)
 
 
 def test_query_aware_frame_tokens_depend_on_the_question(model):
@@ -465,7 +466,7 @@ def test_llm_budget_keeps_long_videos_in_a_fixed_context():
     with torch.no_grad():
         out = m(long_)
     assert out["evi_logits"].shape == (2, 4)
-    r = m.answer([clip(10, 1)], ["when does the red square appear?"], 8)[0]
+    r = DamoPipeline(m).answer([clip(10, 1)], ["when does the red square appear?"], 8)[0]
     assert all(0 <= s <= e <= 10.0 for s, e, _ in r["spans"]) and all(len(sc) == 10 for sc in r["scores"])
 
 

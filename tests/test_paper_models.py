@@ -20,6 +20,7 @@ from damo.model.tokenizer import train_tokenizer
 from damo.plan import PlanOptions, build_meta, memory_gb, module_counts, plan
 from damo.train.loop import run_stage, set_trainable
 from damo.train.recipe import build_model
+from damo.pipeline import processor_of
 from helpers import TINY_MODEL
 
 PAPERS = ["damo", "d2vlm", "llava-st"]
@@ -120,11 +121,11 @@ def test_llava_st_schedule_follows_the_released_scripts():
 
 def test_lape_tokens_train_in_embeddings_and_output_head(meta_models):
     model = meta_models["llava-st"]
-    assert len(model.processor.coord_axes["t"]) == 100 and len(model.processor.coord_axes["x"]) == 100
+    assert len(model.coord_axes["t"]) == 100 and len(model.coord_axes["x"]) == 100
     deltas = {n: p for n, p in model.named_parameters() if "trainable_tokens" in n}
     assert any("embed_tokens" in n for n in deltas) and any("lm_head" in n for n in deltas)
     assert all(p.shape[0] == len(model.new_token_ids) for p in deltas.values())
-    assert set(model.processor.axis_of) <= set(model.new_token_ids)
+    assert set(model.axis_of) <= set(model.new_token_ids)
 
 
 def test_plan_runs_a_stage_and_reports_what_does_not_fit():
@@ -286,7 +287,7 @@ def test_tiny_stand_in_trains_every_stage_and_changes_exactly_what_the_recipe_na
     cfg = DamoConfig.from_dict(tiny_stand_in(name, 600))     # resized to the trained tokenizer when built
     assert cfg.llm.family == recipe.model.llm.family and cfg.vision.family == recipe.model.vision.family
     model = build_model(cfg, samples, 0)
-    clips = ClipLoader(model.processor, memory=True)
+    clips = ClipLoader(processor_of(model), memory=True)
     for i, stage in enumerate(recipe.stages):
         stage.steps, stage.batch, stage.grad_accum, stage.warmup, stage.save_every = 2, 2, 1, 1, 0
         before = {k: v.clone() for k, v in model.named_parameters()}
@@ -337,10 +338,10 @@ def test_llava_st_lora_step_changes_exactly_our_token_rows_of_the_untied_head():
     emb, head = model.llm.get_input_embeddings(), model.llm.get_output_embeddings()
     e0, h0 = emb.weight.detach().clone(), head.weight.detach().clone()
     assert e0.data_ptr() != h0.data_ptr() and not torch.equal(e0, h0)            # untied
-    run_stage(model, stage, samples, ClipLoader(model.processor, memory=True), 0, progress=False)
+    run_stage(model, stage, samples, ClipLoader(processor_of(model), memory=True), 0, progress=False)
     ours = set(model.new_token_ids)
     assert changed_rows(h0, head.weight) == ours
-    assert set(model.processor.coord_axes["t"]) <= changed_rows(e0, emb.weight) <= ours
+    assert set(model.coord_axes["t"]) <= changed_rows(e0, emb.weight) <= ours
 
 
 def changed_rows(before: torch.Tensor, after: torch.Tensor) -> set[int]:

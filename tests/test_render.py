@@ -17,8 +17,10 @@ from damo.media.decode import decode_clip
 from damo.model.attention import VIDEO_ATTENTION
 from damo.model.configuration_damo import DamoConfig
 from damo.model.modeling_damo import DamoModel
-from damo.model.processing import DamoProcessor, ProcessorConfig, frame_targets, generation_of
+from damo.model.generation import generation_of, stop_ids, stop_length
+from damo.model.processing import DamoProcessor, ProcessorConfig, frame_targets
 from damo.model.tokenizer import train_tokenizer
+from damo.pipeline import processor_of
 from helpers import TINY_MODEL, clip, tiny_cfg
 
 QUERY = "a person is putting a book on a shelf"
@@ -106,12 +108,12 @@ def test_chat_prompt_ids_put_the_video_where_the_template_has_it_and_learn_the_s
 
 
 def test_generation_stops_at_the_stop_string(tok):
-    p = DamoProcessor(tok, ProcessorConfig(chat=chat_of("paper-d2vlm")))
+    stops = stop_ids(tok, chat_of("paper-d2vlm")["stop"])
     end = tok("<|end|>", add_special_tokens=False)["input_ids"]
     words = tok("It happens", add_special_tokens=False)["input_ids"]
-    assert not p.is_stop(words) and p.is_stop(words + end) and p.is_stop(words + [tok.eos_token_id])
-    assert p.strip_stop(words + end) == words
-    assert DamoProcessor(tok, ProcessorConfig()).is_stop(words + end) is False   # plain prompts stop at eos only
+    assert stop_length(words, stops) == 0 and stop_length(words + end, stops) == len(end)
+    assert stop_length(words + [tok.eos_token_id], stops) == 1
+    assert stop_length(words + end, stop_ids(tok)) == 0   # plain prompts stop at eos only
 
 
 def test_a_chat_config_without_a_stop_string_is_refused(tok):
@@ -181,7 +183,7 @@ def test_bidirectional_video_attention_changes_frame_states_and_nothing_before_t
     cfg = tiny_cfg()
     cfg.layout = "query_first"
     model = DamoModel(cfg, train_tokenizer([QUERY, "It happens in"], 300)).eval()
-    batch = model.processor.generation_batch([clip(4, 0)], [QUERY])
+    batch = processor_of(model).generation_batch([clip(4, 0)], [QUERY])
 
     def logits(attention: str) -> torch.Tensor:
         frame_emb, fusion_emb, _ = model.video_embeddings(batch)
@@ -199,7 +201,7 @@ def test_bidirectional_video_attention_changes_frame_states_and_nothing_before_t
 
 # ------------------------------------------------------------------ generation settings
 def test_next_tokens_greedy_penalised_and_sampled():
-    from damo.model.processing import Generation, next_tokens
+    from damo.model.generation import Generation, next_tokens
 
     logits = torch.tensor([[0.0, 3.0, 2.9, -1.0], [0.0, 3.0, 2.9, -1.0]])
     greedy, penal = Generation(), Generation(repetition_penalty=1.2)
@@ -216,7 +218,7 @@ def test_next_tokens_greedy_penalised_and_sampled():
 
 
 def test_generation_settings_per_task_are_saved_with_the_model(tmp_path):
-    from damo.model.processing import generation_of
+    from damo.model.generation import generation_of
 
     d2 = yaml.safe_load(find("configs", "paper-d2vlm.yaml").read_text())["generation"]
     g = generation_of(d2)
@@ -227,7 +229,7 @@ def test_generation_settings_per_task_are_saved_with_the_model(tmp_path):
     model = DamoModel(cfg, train_tokenizer([QUERY], 300))
     model.save(tmp_path / "m")
     back = DamoModel.load(tmp_path / "m")
-    assert back.processor.generation == g and back.cfg.generation == d2
+    assert back.generation == g and back.cfg.generation == d2
     with pytest.raises(ValueError, match=r"model.generation takes .* got \['temprature'\]"):
         generation_of({"tasks": {"rar": {"temprature": 0.2}}})
 
@@ -274,8 +276,8 @@ def test_argmax_decoding_reads_the_chosen_anchor_and_sampling_repeats_with_its_s
     cfg = tiny_cfg()
     cfg.time_encoding, cfg.time_bins, cfg.response = "lape", 11, "coupled"
     model = DamoModel(cfg, train_tokenizer([QUERY, "It happens in"], 300)).eval()
-    batch = model.processor.generation_batch([clip(4, 0)], [QUERY])
-    t3, eos = model.processor.coord_axes["t"][3], model.tokenizer.eos_token_id
+    batch = processor_of(model).generation_batch([clip(4, 0)], [QUERY])
+    t3, eos = model.coord_axes["t"][3], model.tokenizer.eos_token_id
     forced = iter([t3, eos])
     monkeypatch.setattr(md, "next_tokens", lambda logits, seen, settings, rng: torch.tensor([next(forced)]))
     model.cfg.coordinate_decode = "argmax"
@@ -283,7 +285,7 @@ def test_argmax_decoding_reads_the_chosen_anchor_and_sampling_repeats_with_its_s
     assert row["ids"] == [t3] and row["coords"] == [("t", pytest.approx(0.3 * float(batch.duration[0])))]
     monkeypatch.undo()
     model.cfg.generation = {"do_sample": True, "temperature": 2.0}
-    model.processor.generation = generation_of(model.cfg.generation)
+    model.generation = generation_of(model.cfg.generation)
     runs = [model.generate(batch, max_new_tokens=6, seed=s)[0]["ids"] for s in (0, 0, 1, 2, 3)]
     assert runs[0] == runs[1] and len({tuple(r) for r in runs}) > 1
 
@@ -310,8 +312,8 @@ def test_lape_on_the_grid_before_the_packer_packs_in_the_llm_width():
     C = model.llm.config.hidden_size
     assert C != cfg.fuser.width and model.video.compressor.stream.shape == (2, C)
     cl = clip(4, 0)
-    batch = model.processor.generation_batch([cl], [QUERY])
-    later = model.processor.generation_batch([replace(cl, times=cl.times + 1.5)], [QUERY])
+    batch = processor_of(model).generation_batch([cl], [QUERY])
+    later = processor_of(model).generation_batch([replace(cl, times=cl.times + 1.5)], [QUERY])
     with torch.no_grad():
         e, q, _ = model.video_embeddings(batch)
         e2, q2, _ = model.video_embeddings(later)

@@ -11,6 +11,7 @@ from damo.data.synthetic import (BACKGROUND, Event, VideoSpec, generate_spec, re
                                  shape_boxes, stvg_samples)
 from damo.eval.stvg import box_iou, stvg_metrics
 from damo.spans import time_key
+from damo.pipeline import DamoPipeline
 
 
 def pixel_box(frame: np.ndarray) -> np.ndarray | None:
@@ -211,7 +212,7 @@ def test_generated_box_tokens_become_a_tube():
 
     hook = m.llm.get_output_embeddings().register_forward_hook(forced)
     try:
-        r = m.answer([clip(6, 0)], ["where is the red square?"], 16)[0]
+        r = DamoPipeline(m).answer([clip(6, 0)], ["where is the red square?"], 16)[0]
     finally:
         hook.remove()
     s, e, _ = r["spans"][0]

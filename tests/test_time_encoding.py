@@ -14,6 +14,7 @@ from damo.model.configuration_damo import DamoConfig
 from damo.model.modeling_damo import DamoModel
 from damo.model.tokenizer import train_tokenizer
 from damo.train import losses
+from damo.pipeline import DamoPipeline, processor_of
 
 from helpers import clip, tiny_cfg
 from test_model import TEXTS, sample
@@ -58,7 +59,7 @@ def test_timestamp_collate_points_frame_positions_at_the_placeholders():
         assert m.tokenizer.decode(b.input_ids[row, pos[0] + 1:pos[1]]).strip() == "1.5s:"
     out = m(b)
     assert out["evi_logits"].shape == (4, 6)
-    r = m.answer([clip(6, 0)], ["when does the red square appear?"], 6)[0]
+    r = DamoPipeline(m).answer([clip(6, 0)], ["when does the red square appear?"], 6)[0]
     assert all(0 <= s <= e <= 6.0 for s, e, _ in r["spans"])
 
 
@@ -136,7 +137,7 @@ def test_lape_answers_render_decoded_seconds(lape):
     body = [*lape.tokenizer("red in", add_special_tokens=False)["input_ids"], ids[0],
             *lape.tokenizer(" -", add_special_tokens=False)["input_ids"], ids[1],
             *lape.tokenizer(" seconds.", add_special_tokens=False)["input_ids"]]
-    text = lape.processor.render(body, [], [("t", 1.5), ("t", 3.0)])
+    text = processor_of(lape).render(body, [], [("t", 1.5), ("t", 3.0)])
     assert text_spans(text, 6.0) == [[1.5, 3.0, 1.0]]
 
 
@@ -153,7 +154,7 @@ def test_lape_generation_reads_time_from_two_bins(lape):
     hook = lape.llm.get_output_embeddings().register_forward_hook(fixed)
     try:
         c = clip(6, 0)
-        gen = lape.generate(lape.processor.generation_batch([c], ["when?"]), max_new_tokens=2)[0]
+        gen = lape.generate(processor_of(lape).generation_batch([c], ["when?"]), max_new_tokens=2)[0]
     finally:
         hook.remove()
     assert gen["ids"] == [t4, t4]
@@ -167,7 +168,7 @@ def test_time_encodings_round_trip_through_save_and_load(enc, tmp_path):
     b = Collator.for_model(m)([(sample(0, spans=((1.5, 3.0),)), clip(6, 0))])
     m.save(tmp_path)
     m2 = DamoModel.load(tmp_path)
-    assert m2.cfg.time_encoding == enc and m2.processor.coord_axes == m.processor.coord_axes
+    assert m2.cfg.time_encoding == enc and m2.coord_axes == m.coord_axes
     b2 = Collator.for_model(m2)([(sample(0, spans=((1.5, 3.0),)), clip(6, 0))])
     assert torch.equal(b.input_ids, b2.input_ids)
     with torch.no_grad():
@@ -215,7 +216,7 @@ def test_generated_time_tokens_are_fed_back_between_anchors(lape):
     seen, hook = llm_inputs(lape)
     head = lape.llm.get_output_embeddings().register_forward_hook(fixed)
     try:
-        lape.generate(lape.processor.generation_batch([clip(6, 0)], ["when?"]), max_new_tokens=2)
+        lape.generate(processor_of(lape).generation_batch([clip(6, 0)], ["when?"]), max_new_tokens=2)
     finally:
         hook.remove()
         head.remove()
@@ -286,13 +287,13 @@ def test_tiny_lape_model_with_boxes_trains(tmp_path):
     samples = load_dataset("synth://easy?n=4&seed=0&stvg=1")
     assert any(s.task == "stvg" for s in samples)
     m = grid_model(4).train()
-    coord = sorted(m.processor.axis_of)
+    coord = sorted(m.axis_of)
     before = m.llm.get_input_embeddings().weight[coord].detach().clone()
     stage = Stage(name="ground", losses={"lm": 1.0, "grounding_bce": 1.0}, steps=6, batch=4, lr=3e-3, warmup=1,
                   trainable=["projector.*", "llm.*", "evidence.*"])
-    got = run_stage(m, stage, samples, ClipLoader(m.processor, memory=True), 0, progress=False)
+    got = run_stage(m, stage, samples, ClipLoader(processor_of(m), memory=True), 0, progress=False)
     assert got["lm"] < got["lm_start"]
     after = m.llm.get_input_embeddings().weight[coord].detach()
     assert (after - before).abs().sum(1).gt(0).all()
     m.save(tmp_path)
-    assert DamoModel.load(tmp_path).processor.coord_axes == m.processor.coord_axes
+    assert DamoModel.load(tmp_path).coord_axes == m.coord_axes

@@ -15,7 +15,7 @@ from damo.cli import main
 from damo.config import Recipe
 from damo.data.collate import Collator
 from damo.data.dataset import ClipLoader, load_dataset
-from damo.model.processing import Generation
+from damo.model.generation import Generation
 from damo.model.vlm import VideoLLM
 from damo.train.grpo import GRPOSettings, grpo_objective, token_logps
 from damo.train.recipe import run_recipe

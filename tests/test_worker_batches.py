@@ -15,15 +15,16 @@ from damo.model.configuration_damo import DamoConfig
 from damo.train.distributed import micro_batches
 from damo.train.loop import StepCollate
 from damo.train.recipe import build_model, run_recipe
+from damo.pipeline import processor_of
 from helpers import TINY_MODEL
 
 
 def test_worker_batches_hold_uint8_frames():
     samples = load_dataset("synth://easy?n=4&seed=0")
     model = build_model(DamoConfig.from_dict(TINY_MODEL), samples, 0)
-    dataset = ClipDataset(samples, ClipLoader(model.processor))
+    dataset = ClipDataset(samples, ClipLoader(processor_of(model)))
     steps = StepBatches(len(samples), 4, 1, 0, 0, 1, range(1), micro_batches)
-    step, batch, replaced = next(iter(loader(dataset, StepCollate(Collator(model.processor), 0, "samples", dataset), 1, steps)))
+    step, batch, replaced = next(iter(loader(dataset, StepCollate(Collator(processor_of(model)), 0, "samples", dataset), 1, steps)))
     B, T = batch.frame_mask.shape
     S = model.cfg.vision.image_size
     assert batch.frames.dtype == torch.uint8 and batch.frames.shape == (B, T, 3, S, S)

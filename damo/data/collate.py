@@ -18,6 +18,7 @@ from damo.model.batch import Batch
 from damo.model.processing import (ClipTensors, DamoProcessor, Encoded, VideoLayout, frame_positions, frame_targets,
                                    pad_rows, stack_clips)
 from damo.model.vlm import VLMBatch, VLMClip, VLMProcessor
+from damo.pipeline import processor_of
 
 
 def turns_of(s: Sample) -> list[dict]:
@@ -38,8 +39,14 @@ class Collator:
 
     @classmethod
     def for_model(cls, model) -> "Collator | VLMCollator":
-        """The collator of the model's processor: this one for a DaMO model, :class:`VLMCollator` for a whole VLM."""
-        return COLLATORS[type(model.processor)](model.processor)
+        """The collator of the model's processor (:func:`~damo.pipeline.processor_of`): this one for a DaMO
+        model, :class:`VLMCollator` for a whole VLM."""
+        return cls.for_processor(processor_of(model))
+
+    @staticmethod
+    def for_processor(processor: DamoProcessor | VLMProcessor) -> "Collator | VLMCollator":
+        """The collator of a processor: this one for DaMO's, :class:`VLMCollator` for a whole VLM's."""
+        return COLLATORS[type(processor)](processor)
 
     def check(self, sample: Sample, times: torch.Tensor) -> None:
         """Raise ``ValueError`` if ``sample`` alone, at frame times ``times``, needs more than ``max_len`` tokens."""

@@ -30,7 +30,7 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from damo.model.modeling_damo import DamoModel
-from damo.model.processing import ClipTensors
+from damo.model.processing import ClipTensors, DamoProcessor
 from damo.ranks import ONE, DistInfo, barrier, run_share, share
 
 INDEX = "index.json"
@@ -43,7 +43,7 @@ def video_key(video: str) -> str:
 
 def encoder_settings(model: DamoModel) -> dict:
     """Everything the towers' outputs depend on, with a digest of their weights."""
-    c, p = model.cfg, model.processor.config
+    c, p = model.cfg, DamoProcessor.from_model_config(model.cfg, model.tokenizer).config
     h = hashlib.sha256()
     for name, t in sorted({**model.video.vision.state_dict(prefix="vision."),
                            **model.video.audio.state_dict(prefix="audio.")}.items()):

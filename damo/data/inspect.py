@@ -19,7 +19,8 @@ import numpy as np
 from damo.data.collate import turns_of
 from damo.data.schema import Sample
 from damo.model import tokenizer as tk
-from damo.model.processing import STREAM_ORDERS, DamoProcessor, VideoLayout, frame_targets
+from damo.model.compressors import STREAM_ORDERS
+from damo.model.processing import DamoProcessor, VideoLayout, frame_targets
 
 _VIDEO_RUN = re.compile(f"(?:{re.escape(tk.VIDEO)})+")
 

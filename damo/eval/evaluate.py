@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from tqdm import tqdm
@@ -18,8 +18,11 @@ from damo.data.preflight import Unusable
 from damo.data.schema import Prediction, Sample
 from damo.eval.grounding import grounding_metrics
 from damo.eval.stvg import stvg_metrics
-from damo.model.modeling_damo import DamoModel
+from damo.pipeline import DamoPipeline
 from damo.ranks import ONE, DistInfo, Parts, run_share, share
+
+if TYPE_CHECKING:
+    from damo.model.vlm import VideoLLM
 
 
 def _items(batch: list) -> list:
@@ -27,11 +30,11 @@ def _items(batch: list) -> list:
 
 
 @torch.no_grad()
-def predict(model: DamoModel, samples: list[Sample], clips, batch_size: int = 8, num_workers: int = 0,
+def predict(model: DamoPipeline | VideoLLM, samples: list[Sample], clips, batch_size: int = 8, num_workers: int = 0,
             progress: bool = True, max_new_tokens: int = 48, failures: list[dict] | None = None,
             on_batch: Callable[[list[Prediction], list[dict]], None] | None = None) -> list[Prediction]:
-    """Answer every sample's query about its video, ``batch_size`` at a time on the model's
-    device (left-padded prompts, KV cache); ``num_workers`` loader processes decode ahead.
+    """Answer every sample's query about its video with a DaMO pipeline or a whole VLM, ``batch_size``
+    at a time on the model's device (left-padded prompts, KV cache); ``num_workers`` loader processes decode ahead.
     ``clips`` maps a video reference to model inputs (a :class:`~damo.data.dataset.ClipLoader`).
     A sample whose video cannot be read gets no prediction (it scores as a miss) and is appended to
     ``failures`` (``{"id", "video", "reason"}``); the others go on. ``on_batch`` receives each batch's
@@ -47,7 +50,7 @@ def predict(model: DamoModel, samples: list[Sample], clips, batch_size: int = 8,
             failures += bad
         items = [it for it in items if not isinstance(it[2], Unusable)]
         # a DaMO model takes each sample's task for its generation settings (a whole VLM's preset has its own)
-        tasks = {"tasks": [str(s.meta.get("task", s.task)) for _, s, _ in items]} if isinstance(model, DamoModel) else {}
+        tasks = {"tasks": [str(s.meta.get("task", s.task)) for _, s, _ in items]} if isinstance(model, DamoPipeline) else {}
         rows = model.answer([c for _, _, c in items], [s.query for _, s, _ in items], max_new_tokens,
                             **tasks) if items else []
         new = [Prediction(id=s.id, spans=[[round(x, 3) for x in sp] for sp in r["spans"]], answer=r["answer"],
@@ -64,7 +67,7 @@ def _row_id(row: dict) -> str:
     return row["failed"]["id"] if "failed" in row else row["id"]
 
 
-def predict_resumable(model: DamoModel, samples: list[Sample], clips, parts: Path, job: dict, info: DistInfo = ONE,
+def predict_resumable(model: DamoPipeline | VideoLLM, samples: list[Sample], clips, parts: Path, job: dict, info: DistInfo = ONE,
                       progress: bool = True, **options) -> tuple[list[Prediction], list[dict], dict]:
     """:func:`predict` that survives a kill and spreads over torchrun's ranks (:mod:`damo.ranks`).
 

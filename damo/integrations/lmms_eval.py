@@ -85,7 +85,7 @@ class DamoLMM(lmms):
             contexts = [r.args[0] for r in chunk]
             steps = max(int(r.args[1].get("max_new_tokens", self.grounder.max_new_tokens)) for r in chunk)
             with torch.no_grad():
-                rows = self.model.answer(clips, contexts, steps)
+                rows = self.grounder.pipeline.answer(clips, contexts, steps)
             for r, row in zip(chunk, rows):
                 until = r.args[1].get("until") or []
                 out.append(self._text(row, [until] if isinstance(until, str) else until))
@@ -107,7 +107,7 @@ class DamoLMM(lmms):
         """log P(continuation | video, the model's prompt for ``context``), and whether greedy decoding from
         that prompt would write exactly those tokens."""
         if isinstance(self.model, DamoModel):
-            proc = self.model.processor
+            proc = self.grounder.pipeline.processor
             batch = proc.generation_batch([clip], [context])
             cont = proc.encode(continuation)
             ids = torch.cat([batch.input_ids, torch.tensor([cont])], 1)

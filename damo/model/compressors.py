@@ -521,3 +521,17 @@ def build_compressor(name: str, d: int, **kwargs) -> nn.Module:
     if name not in COMPRESSORS:
         raise ValueError(f"unknown compressor {name!r}; choose one of {sorted(COMPRESSORS)}")
     return COMPRESSORS[name](d, **kwargs)
+
+
+def _slow_first(fast: list, slow: list) -> list:
+    return slow + fast
+
+
+def _fast_first(fast: list, slow: list) -> list:
+    return fast + slow
+
+
+# The packer's two streams in the prompt (after the fusion tokens): ours puts the slow stream first;
+# LLaVA-ST writes the fast tokens, then the slow ones (llava/train/train.py preprocess_multimodal:
+# VID_START + fast + VID_END + SLOW_VID_START + slow + SLOW_VID_END). Works on tokens or embeddings.
+STREAM_ORDERS: dict[str, Callable[[list, list], list]] = {"slow_first": _slow_first, "fast_first": _fast_first}

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from damo.model.attention import VIDEO_ATTENTION
-from damo.model.compressors import PLACEMENTS
+from damo.model.compressors import PLACEMENTS, STP_FAST_SIDE, STP_STRIDE
 from damo.model.evidence import DECODERS
 from damo.model.fields import check_fields
 from damo.model.processing import ProcessorConfig
@@ -148,6 +148,15 @@ class DamoConfig:
     time_encoding: str = "sinusoid"  # sinusoid | timestamp | lape | none (processing.TIME_ENCODINGS)
     time_bins: int = 32        # lape: time tokens <t_0> .. <t_{n-1}> spread evenly over the video
     box_bins: int = 0          # > 0: LAPE width/height tokens <x_i>, <y_i> for boxes (spatio-temporal grounding answers)
+
+    def token_budget(self) -> dict | None:
+        """The :class:`~damo.model.compressors.TokenBudget` fields of a compressor at the LLM, which sets
+        the tokens per frame token and the packer's slow stream; None with the compressor in front of the fuser."""
+        cc = self.compressor
+        if cc.placement != "llm":
+            return None
+        return dict(kind=cc.kind, tokens_in=self.fuser.visual_tokens, budget=cc.budget, k_min=cc.k_min, k_max=cc.k_max,
+                    fast_side=cc.options.get("fast_side", STP_FAST_SIDE), stride=cc.options.get("stride", STP_STRIDE))
 
     @classmethod
     def from_dict(cls, d: dict) -> "DamoConfig":

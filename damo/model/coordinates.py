@@ -81,6 +81,15 @@ def add_box_tokens(tok: PreTrainedTokenizerFast, n: int) -> tuple[list[int], lis
     return _add(tok, xs), _add(tok, ys)
 
 
+def coordinate_axes(tok: PreTrainedTokenizerFast, time_bins: int, box_bins: int) -> dict[str, list[int]]:
+    """LAPE's coordinate tokens (LLaVA-ST eq. 4) added to ``tok`` (idempotent) -> their ids per axis, in
+    anchor order: ``t`` with ``time_bins`` > 0, ``x`` and ``y`` with ``box_bins`` > 0."""
+    axes = {"t": add_time_tokens(tok, time_bins)} if time_bins else {}
+    if box_bins:
+        axes["x"], axes["y"] = add_box_tokens(tok, box_bins)
+    return axes
+
+
 # --------------------------------------------------------------------- anchor arithmetic
 
 def interpolate_anchors(table: torch.Tensor, rel: torch.Tensor) -> torch.Tensor:

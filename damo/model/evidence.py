@@ -80,6 +80,12 @@ def _runs(keep: np.ndarray) -> list[tuple[int, int]]:
 DECODERS = ("mean", "sum")
 
 
+def run_frames(first: int, last: int, group: int, scores: np.ndarray) -> list:
+    """Frame tokens ``first..last`` (``group`` frames each, ``scores`` per token) -> ``[first frame, last
+    frame, mean score]``: what an ``<evi>`` grounds, which the processor turns into seconds."""
+    return [first * group, last * group + group - 1, float(scores[first:last + 1].mean())]
+
+
 def salient_frames(scores: np.ndarray, threshold: float = 0.6, rank: str = "mean") -> tuple[int, int]:
     """The salient run of frames: among the runs of frames scoring >= ``threshold`` x max, the one
     with the highest mean score (``rank="mean"``, D²VLM's official ``find_and_merge``) or summed

@@ -44,15 +44,16 @@ from damo.model import backbones
 from damo.model.attention import VIDEO_ATTENTION
 from damo.model.batch import Batch
 from damo.model.configuration_damo import DamoConfig, LLMConfig
-from damo.model.coordinates import (anchor_tables, decode_position, frame_time_embedding, grid_position_embedding,
-                                    interpolate_anchors, register_propagation)
+from damo.model.coordinates import (anchor_tables, coordinate_axes, decode_position, frame_time_embedding,
+                                    grid_position_embedding, interpolate_anchors, register_propagation)
 from damo.model.encoders import Block
-from damo.model.compressors import build_compressor, slow_steps
-from damo.model.evidence import (EvidenceHead, capture_weights, pool_groups, sample_frames,
+from damo.model.compressors import STREAM_ORDERS, TokenBudget, build_compressor, slow_steps
+from damo.model.evidence import (EvidenceHead, capture_weights, pool_groups, run_frames, sample_frames,
                                  salient_frames)
 from damo.model.fuseformer import CrossBlock, TemporalFuseformer, sinusoid
-from damo.model.processing import STREAM_ORDERS, DamoProcessor, Generation, next_tokens
+from damo.model.generation import Generation, generation_of, next_tokens, stop_ids, stop_length
 from damo.model.residual import GlobalResidual
+from damo.model.time_encodings import TIME_ENCODINGS
 from damo.model import tokenizer as tk
 from damo.textio import loads
 
@@ -237,14 +238,16 @@ class DamoModel(nn.Module):
         super().__init__()
         self.cfg, self.tokenizer = cfg, tokenizer
         self.video = VideoEncoder(cfg)
-        # the processor adds LAPE coordinate tokens (LLaVA-ST eq. 4) before the LLM is sized to the vocabulary
-        self.processor = DamoProcessor.from_model_config(cfg, tokenizer)
-        self.time_ids = self.processor.coord_axes.get("t", [])
+        self.time = TIME_ENCODINGS[cfg.time_encoding]
+        # LAPE coordinate tokens (LLaVA-ST eq. 4) join the vocabulary before the LLM is sized to it
+        self.coord_axes = coordinate_axes(tokenizer, cfg.time_bins if self.time.tokens else 0, cfg.box_bins)
+        self.axis_of = {i: a for a, ids in self.coord_axes.items() for i in ids}     # token id -> axis
+        self.time_ids = self.coord_axes.get("t", [])
         ours = [t for t in tk.SPECIAL_TOKENS if t in tokenizer.get_vocab()]
-        self.new_token_ids = tokenizer.convert_tokens_to_ids(ours) + sorted(self.processor.axis_of)
+        self.new_token_ids = tokenizer.convert_tokens_to_ids(ours) + sorted(self.axis_of)
         self.llm = build_llm(cfg.llm, tokenizer, self.new_token_ids)
-        if self.processor.coord_axes:     # LLaVA-ST's Neighboring Token Propagation of the anchors' rows
-            register_propagation(self.llm, self.processor.coord_axes)
+        if self.coord_axes:     # LLaVA-ST's Neighboring Token Propagation of the anchors' rows
+            register_propagation(self.llm, self.coord_axes)
         self.trained: set[str] = set()     # parameter names any stage trained (damo.train.loop.set_trainable)
         # every training forward runs every part, the semantic-capture pass and the evidence head even for
         # a batch without <evi>, so FSDP ranks issue the same collectives whatever their data (forward)
@@ -253,7 +256,7 @@ class DamoModel(nn.Module):
         # on the meta device (damo.plan) there are no values to measure: any gain has the same shape
         rms = 1.0 if w.is_meta else float(w.detach().float().pow(2).mean().sqrt())
         C = self.llm.config.hidden_size
-        self.connector = Connector(cfg, C, rms, time_map=self.processor.time.sinusoid)
+        self.connector = Connector(cfg, C, rms, time_map=self.time.sinusoid)
         if cfg.lape_at == "grid":          # the packer works on projected grids, in the LLM's width (LLaVA-ST)
             self.video.compressor = self.video.make_compressor(cfg, C)
         self.evidence = EvidenceHead(C, cfg.evidence.dim, cfg.evidence.hidden, cfg.evidence.norm)
@@ -262,7 +265,11 @@ class DamoModel(nn.Module):
             raise ValueError(f"model.evidence.capture_layer {cfg.evidence.capture_layer} is not a hidden-state index "
                              f"of this {n_layers}-layer LLM (0 = embeddings .. {n_layers}, or negative)")
         self.alignment = Alignment(cfg, len(tokenizer))
-        self.video_id = self.processor.video_id
+        self.budget = TokenBudget(**cfg.token_budget()) if self.video.at_llm else None
+        self.generation = generation_of(cfg.generation)        # how answers are decoded (transformers' generation_config)
+        self.stop_ids = stop_ids(tokenizer, cfg.chat["stop"] if cfg.chat else ())    # where they end
+        ids = tokenizer.convert_tokens_to_ids
+        self.video_id, self.evi_id, self.evi_end_id = ids(tk.VIDEO), ids(tk.EVI), ids(tk.EVI_END)
 
     # ------------------------------------------------------------------ video
     def video_embeddings(self, batch: Batch):
@@ -296,7 +303,7 @@ class DamoModel(nn.Module):
         slow = None
         grid = self.cfg.lape_at == "grid"
         if self.video.at_llm:
-            k, side = self.processor.budget.split(frl.shape[1])
+            k, side = self.budget.split(frl.shape[1])
             if grid:   # LLaVA-ST: projector, then LAPE on every frame's grid, then the packer (in the LLM's width)
                 frl = self.connector.projector(frl) + self.lape(times, b.duration, frl.shape[2])   # (B, T', L, C)
             frl, slow = self.video.compressor.pack(frl, ml, k, side)   # (B, T', K, D or C), (B, G, s*s, D or C) or None
@@ -316,9 +323,9 @@ class DamoModel(nn.Module):
         """Tokens ``x (B, N, K, D)`` at ``times (B, N)`` -> LLM embeddings ``(B, N, K, C)``: time, projector,
         match with the question ``qa (B, d)`` (see :meth:`video_embeddings`)."""
         con, vid = self.connector, self.video
-        t = con.time_proj(sinusoid(times, x.shape[-1]))[:, :, None] if self.processor.time.sinusoid else 0
+        t = con.time_proj(sinusoid(times, x.shape[-1]))[:, :, None] if self.time.sinusoid else 0
         e = con.projector(x + t)                                    # (B, N, K, C)
-        if self.processor.coord_axes:          # LAPE; grid terms only where the K tokens are a row-major grid
+        if self.coord_axes:          # LAPE; grid terms only where the K tokens are a row-major grid
             e = e + self.lape(times, duration, x.shape[2] if vid.at_llm and vid.compressor.keeps_grid else 1)
         if qa is not None:
             va = F.normalize(self.alignment.align_video(x), dim=-1)  # (B, N, K, d)
@@ -331,7 +338,7 @@ class DamoModel(nn.Module):
         the time term per frame (the time tokens' mean input/output embedding interpolated at
         ``times / duration``, ``duration (B,)`` seconds) and, with box tokens, the width and height
         terms per token when the K tokens of a frame are a square row-major grid (K = 1: none)."""
-        tables = {a: anchor_tables(self.llm, ids) for a, ids in self.processor.coord_axes.items()}
+        tables = {a: anchor_tables(self.llm, ids) for a, ids in self.coord_axes.items()}
         pe: torch.Tensor | float = 0.0
         if "t" in tables:
             if duration is None:
@@ -467,10 +474,11 @@ class DamoModel(nn.Module):
     @torch.no_grad()
     def generate(self, batch: Batch, max_new_tokens: int = 48, tasks: list[str | None] | None = None,
                  seed: int = 0, policy: Generation | None = None) -> list[dict]:
-        """Decoding with evidence grounding for a batch from
-        :meth:`~damo.model.processing.DamoProcessor.generation_batch` (left-padded prompts): greedy, or
-        as the model's ``generation`` settings say for each row's task (``tasks``; sampling draws from
-        a generator seeded with ``seed``, so a call is reproducible).
+        """Decoding with evidence grounding for a batch of left-padded prompts (the processor's
+        :meth:`~damo.model.processing.DamoProcessor.generation_batch`): greedy, or as the model's
+        ``generation`` settings say for each row's task (``tasks``; sampling draws from a generator
+        seeded with ``seed``, so a call is reproducible). A row ends at the eos token or (with ``chat``)
+        a stop string (:attr:`stop_ids`), which the answer does not keep.
 
         ``policy`` samples every row under those settings as a policy whose draws alone make the
         answer (a ``grpo`` stage's rollouts): a LAPE coordinate token is its anchor's value, fed back
@@ -481,8 +489,9 @@ class DamoModel(nn.Module):
 
         Runs on the model's device with the KV cache; every row gets what it would get alone.
         Returns per row: generated ``ids``; per ``<evi>`` its stage (1 grounding, 2 answer), frame
-        scores ``(T,)`` (a pooled token's score repeated over its frames) and decoded
-        ``[start, end, score]``; ``coords``, ``(axis, value)`` per generated LAPE coordinate token,
+        scores ``(T,)`` (a pooled token's score repeated over its frames) and ``grounded``, the first and
+        last frame of the run it grounds with their mean score (None: a policy drew no frame);
+        ``coords``, ``(axis, value)`` per generated LAPE coordinate token,
         read from the two most probable neighbouring anchors of its axis (LLaVA-ST section 3.2)
         and fed back as their interpolation (:meth:`coordinate_inputs`):
         seconds for time (``"t"``), [0, 1] for width and height (``"x"``, ``"y"``).
@@ -498,7 +507,7 @@ class DamoModel(nn.Module):
         self.eval()
         dev = next(self.parameters()).device
         batch = batch.to(dev)
-        proc, ev_cfg = self.processor, self.cfg.evidence
+        ev_cfg = self.cfg.evidence
         g = batch.group
         frame_emb, fusion_emb, _ = self.video_embeddings(batch)
         attn = batch.attention_mask
@@ -520,22 +529,23 @@ class DamoModel(nn.Module):
         table = self.llm.get_input_embeddings()
         rows = [{"ids": [], "evidence": [], "coords": []} for _ in range(B)]
         stage, done = [1] * B, [False] * B
-        settings = [policy] * B if policy else [proc.generation.for_task(t) for t in (tasks or [None] * B)]
+        settings = [policy] * B if policy else [self.generation.for_task(t) for t in (tasks or [None] * B)]
         rng = torch.Generator(dev).manual_seed(seed)
-        skip = {proc.video_id, proc.evi_id, proc.tokenizer.pad_token_id}    # never penalised as repeats
+        skip = {self.video_id, self.evi_id, self.tokenizer.pad_token_id}    # never penalised as repeats
         seen = [[i for i, a in zip(r, m) if a and i not in skip] for r, m in
                 zip(batch.input_ids.tolist(), batch.attention_mask.tolist())]
         for _ in range(max_new_tokens):
             if policy:
-                logits[:, proc.video_id] = float("-inf")
+                logits[:, self.video_id] = float("-inf")
             nxt = next_tokens(logits, seen, settings, rng)          # (B,)
             toks = nxt.tolist()
             for b, t in enumerate(toks):
                 if t not in skip:
                     seen[b].append(t)
             for b, t in enumerate(toks):
-                if not done[b] and proc.is_stop(rows[b]["ids"] + [t]):     # eos, or the chat's stop string
-                    done[b], rows[b]["ids"] = True, proc.strip_stop(rows[b]["ids"] + [t])
+                n_stop = 0 if done[b] else stop_length(rows[b]["ids"] + [t], self.stop_ids)    # eos, or the chat's stop string
+                if n_stop:
+                    done[b], rows[b]["ids"] = True, (rows[b]["ids"] + [t])[:-n_stop]
             if all(done):
                 break
             e = table(nxt)[:, None]                                 # (B, 1, C)
@@ -543,9 +553,9 @@ class DamoModel(nn.Module):
                 if done[b]:
                     continue
                 rows[b]["ids"].append(t)
-                axis = proc.axis_of.get(t)
+                axis = self.axis_of.get(t)
                 if axis is not None:
-                    ids = proc.coord_axes[axis]
+                    ids = self.coord_axes[axis]
                     if self.cfg.coordinate_decode == "argmax" or policy:    # the chosen anchor: its value, its own embedding
                         v = ids.index(t) / (len(ids) - 1)
                     else:                # read from two anchors, fed back as their interpolation
@@ -553,18 +563,17 @@ class DamoModel(nn.Module):
                         e[b, 0] = interpolate_anchors(table(torch.as_tensor(ids, device=dev)), rel)
                         v = float(rel)
                     rows[b]["coords"].append((axis, v * durations[b] if axis == "t" else v))
-                if t == proc.evi_end_id:
+                if t == self.evi_end_id:
                     stage[b] = 2
-                if t != proc.evi_id:
+                if t != self.evi_id:
                     continue
                 x = self.evidence.query(h_last[b]) @ f[b, :n_tok[b]].T * self.evidence.scale    # (T'_b,) logits
                 s = torch.sigmoid(x).float().cpu().numpy()
                 if policy:                       # the frames are drawn, and the longest run of them grounded
                     z, run = sample_frames(x, policy.temperature, rng)
                     lo, hi = run or (0, -1)
-                    span = proc.run_span(lo, hi, g, durations[b]) + [float(s[lo:hi + 1].mean())] if run else [0.0] * 3
                     rows[b]["evidence"].append({"stage": stage[b], "scores": np.repeat(s, g)[:int(n_frames[b])],
-                                                "span": span, "frames": z, "run": run})
+                                                "grounded": run_frames(lo, hi, g, s) if run else None, "frames": z, "run": run})
                     if ev_cfg.semantic_capture and run:
                         e[b] = e[b] + hc[b, lo:hi + 1].mean(0, keepdim=True)
                     continue
@@ -572,9 +581,8 @@ class DamoModel(nn.Module):
                     lo = hi = int(s.argmax())
                 else:
                     lo, hi = salient_frames(s, ev_cfg.threshold, ev_cfg.decode)
-                span = proc.run_span(lo, hi, g, durations[b]) + [float(s[lo:hi + 1].mean())]
                 rows[b]["evidence"].append({"stage": stage[b], "scores": np.repeat(s, g)[:int(n_frames[b])],
-                                            "span": span})
+                                            "grounded": run_frames(lo, hi, g, s)})
                 if ev_cfg.semantic_capture:
                     e[b] = e[b] + hc[b, lo:hi + 1].mean(0, keepdim=True)
             attn = torch.cat([attn, attn.new_ones(B, 1)], 1)
@@ -583,24 +591,6 @@ class DamoModel(nn.Module):
             nxt_pos = nxt_pos + 1
             past, h_last, logits = res.cache, res.hidden_states[-2][:, -1], res.logits[:, -1]
         return rows
-
-    def answer(self, clips: list, queries: list[str], max_new_tokens: int = 48,
-               tasks: list[str | None] | None = None) -> list[dict]:
-        """Answer one question per clip (:class:`~damo.model.processing.ClipTensors`) in batches:
-        the processor's prompts, :meth:`generate` (with each question's task for the generation
-        settings), and the processor's decoding into ``{"answer", "spans", "evidence", "scores", "tube"}``."""
-        # clips whose video layout differs (frame grouping, tokens per frame under the budget) go in
-        # separate batches, so every clip is laid out as it would be alone
-        by_group: dict = {}
-        for i, c in enumerate(clips):
-            by_group.setdefault(self.processor.layout(len(c.times)), []).append(i)
-        rows: list[dict] = [{}] * len(clips)
-        for idx in by_group.values():
-            batch = self.processor.generation_batch([clips[i] for i in idx], [queries[i] for i in idx])
-            for i, r in zip(idx, self.generate(batch, max_new_tokens, [tasks[i] for i in idx] if tasks else None)):
-                rows[i] = r
-        return [self.processor.decode(r["ids"], r["evidence"], r["coords"], c.duration, c.times.tolist())
-                for r, c in zip(rows, clips)]
 
     # -------------------------------------------------------------- save/load
     def pretrained_keys(self) -> set[str]:
@@ -640,8 +630,8 @@ class DamoModel(nn.Module):
         return out
 
     def save(self, path: str | Path) -> None:
-        """``config.json`` + ``model.safetensors`` + ``tokenizer/`` + ``processor_config.json`` (+ ``backbones.json``),
-        written atomically per file.
+        """``config.json`` + ``model.safetensors`` + ``tokenizer/`` (+ ``backbones.json``), written atomically
+        per file (the processor saves its ``processor_config.json`` beside them: :class:`damo.pipeline.DamoPipeline`).
 
         With pretrained backbones (named by hub id or folder in the config) only what differs from
         them is stored: new modules, LoRA adapters, the LLM's rows of our added tokens, and any
@@ -656,7 +646,6 @@ class DamoModel(nn.Module):
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         self.tokenizer.save_pretrained(str(path / "tokenizer"))
-        self.processor.save_pretrained(path)
         hf = self.hf_configs()
         base = self.pretrained_keys()
         rows = {}
@@ -734,8 +723,6 @@ class DamoModel(nn.Module):
             cls._check_shapes(path, build, tok, state)
         model = cls(build, tok)
         model.cfg = cfg
-        if (path / "processor_config.json").is_file():
-            model.processor = DamoProcessor.from_pretrained(path, tok)
         ptr = {k: v.data_ptr() for k, v in model.state_dict().items()}
         missing, unexpected = model.load_state_dict(state, strict=False)
         loaded = {ptr[k] for k in state if k in ptr}

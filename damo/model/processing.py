@@ -36,11 +36,12 @@ from damo.media.audio import log_mel, whisper_log_mel_windows
 
 from damo.model import tokenizer as tk
 from damo.model.batch import Batch
-from damo.model.compressors import STP_FAST_SIDE, STP_STRIDE, TokenBudget, slow_steps
-from damo.model.coordinates import (add_box_tokens, add_time_tokens, anchor_pair, box_to_tokens, time_to_token,
-                                    timestamp_prompt)
+from damo.model.compressors import STREAM_ORDERS, TokenBudget, slow_steps
+from damo.model.coordinates import anchor_pair, box_to_tokens, coordinate_axes, time_to_token, timestamp_prompt
 from damo.model.evidence import soft_targets
 from damo.model.fields import check_fields
+from damo.model.generation import generation_of
+from damo.model.time_encodings import TIME_ENCODINGS
 from damo.spans import time_key
 from damo.textio import loads
 
@@ -138,21 +139,6 @@ def _hard_targets(y: np.ndarray, alpha: float) -> np.ndarray:
 EVIDENCE_TARGETS: dict[str, Callable[[np.ndarray, float], np.ndarray]] = {"soft": soft_targets, "hard": _hard_targets}
 
 
-@dataclass(frozen=True)
-class TimeEncoding:
-    """How each frame token learns its time. ``sinusoid``: the model adds a learned map of a
-    sinusoid of the seconds; ``timestamps``: Dynamic-VLM's "2.5s: " text before each frame token
-    (section 5.3); ``tokens``: LLaVA-ST's LAPE time tokens (section 3.2), which also write the
-    answer's text timestamps; all false: the frames' order only."""
-    sinusoid: bool = False
-    timestamps: bool = False
-    tokens: bool = False
-
-
-TIME_ENCODINGS = {"sinusoid": TimeEncoding(sinusoid=True), "timestamp": TimeEncoding(timestamps=True),
-                  "lape": TimeEncoding(tokens=True), "none": TimeEncoding()}
-
-
 def _tiny_log_mel(clip: Clip, n_mels: int, mel_frames: int) -> np.ndarray:
     hop = int(round(SAMPLE_RATE / clip.fps / mel_frames))
     win = 1 << (hop.bit_length() - 1)   # power-of-two FFT <= hop (512 for a 40 ms hop): fast, barely any gap
@@ -169,80 +155,6 @@ def _whisper_log_mel(clip: Clip, n_mels: int, mel_frames: int) -> np.ndarray:
 # Per-frame audio features ``(T, mel_frames, n_mels)`` for each audio encoder family.
 AUDIO_FEATURES: dict[str, Callable[[Clip, int, int], np.ndarray]] = {"log_mel": _tiny_log_mel,
                                                                      "whisper": _whisper_log_mel}
-
-
-@dataclass(frozen=True)
-class Generation:
-    """How the next token is chosen (transformers' ``generate`` settings, each with its meaning there):
-    greedy by default; ``do_sample`` draws from the softmax at ``temperature``, kept to the smallest
-    set of tokens reaching ``top_p`` of the mass; ``repetition_penalty`` > 1 divides the positive
-    (multiplies the negative) logits of every token already in the prompt or answer, except the video
-    placeholders and ``<evi>`` (D²VLM's ``RepetitionPenaltyLogitsProcessor``, d2vlm/utils/inference.py).
-    ``tasks``: per task, fields that differ (the sample's own task name: E.T. Bench's ``rar`` ... when
-    the sample keeps it in ``meta['task']``, else the canonical task)."""
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_p: float = 1.0
-    repetition_penalty: float = 1.0
-    tasks: dict = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if not (self.temperature > 0 and 0 < self.top_p <= 1 and self.repetition_penalty > 0):
-            raise ValueError(f"model.generation needs temperature > 0, 0 < top_p <= 1 and repetition_penalty > 0; "
-                             f"got {self.temperature}, {self.top_p}, {self.repetition_penalty}")
-
-    def for_task(self, task: str | None) -> "Generation":
-        """The settings of one task: these, with the task's own fields over them."""
-        return replace(self, tasks={}, **self.tasks.get(task, {})) if task in self.tasks else replace(self, tasks={})
-
-
-def generation_of(fields: dict | None) -> Generation:
-    """``model.generation`` as :class:`Generation`, or one line saying what is wrong."""
-    fields = fields or {}
-    names = set(Generation.__dataclass_fields__)
-    bad = (set(fields) - names) | ({k for t in fields.get("tasks", {}).values() for k in t} - (names - {"tasks"}))
-    if bad:
-        raise ValueError(f"model.generation takes {sorted(names)} (per task, the same but tasks); got {sorted(bad)}")
-    g = Generation(**fields)
-    for t in g.tasks:
-        g.for_task(t)                                           # checks each task's values
-    return g
-
-
-def next_tokens(logits: torch.Tensor, history: list[list[int]], settings: list[Generation],
-                generator: torch.Generator | None = None) -> torch.Tensor:
-    """The next token of each row from its logits ``(B, V)``, under that row's :class:`Generation`;
-    ``history``: each row's ids the repetition penalty counts (prompt text and answer so far)."""
-    out = []
-    for x, seen, g in zip(logits.float(), history, settings):
-        if g.repetition_penalty != 1.0 and seen:
-            i = torch.as_tensor(sorted(set(seen)), device=x.device)
-            v = x[i]
-            x = x.index_put((i,), torch.where(v < 0, v * g.repetition_penalty, v / g.repetition_penalty))
-        if not g.do_sample:
-            out.append(x.argmax())
-            continue
-        p = torch.softmax(x / g.temperature, -1)
-        if g.top_p < 1:
-            ps, order = p.sort(descending=True)
-            drop = ps.cumsum(0) - ps > g.top_p                     # tokens past the top_p mass
-            p = p.index_put((order[drop],), torch.zeros(int(drop.sum()), device=p.device))
-        out.append(torch.multinomial(p / p.sum(), 1, generator=generator)[0])
-    return torch.stack(out)
-
-
-def _slow_first(fast: list, slow: list) -> list:
-    return slow + fast
-
-
-def _fast_first(fast: list, slow: list) -> list:
-    return fast + slow
-
-
-# The packer's two streams in the prompt (after the fusion tokens): ours puts the slow stream first;
-# LLaVA-ST writes the fast tokens, then the slow ones (llava/train/train.py preprocess_multimodal:
-# VID_START + fast + VID_END + SLOW_VID_START + slow + SLOW_VID_END). Works on tokens or embeddings.
-STREAM_ORDERS: dict[str, Callable[[list, list], list]] = {"slow_first": _slow_first, "fast_first": _fast_first}
 
 
 def check_query_size(query: str, max_tokens: int) -> None:
@@ -595,8 +507,11 @@ class ProcessorConfig:
 class DamoProcessor:
     """Prompts, responses, targets and answer decoding for one model's tokenizer and settings.
 
-    Adding LAPE coordinate tokens (``time_encoding: lape``, ``box_bins``) extends ``tokenizer``
-    in place, so build the processor before sizing the LLM to ``len(tokenizer)``.
+    It sits above the model, as transformers' processors do: it turns clips and text into the
+    model's tensors (:meth:`generation_batch`, :meth:`encode_turns`) and the model's generated rows
+    back into text and spans (:meth:`decode`); the model never sees it. LAPE coordinate tokens
+    (``time_encoding: lape``, ``box_bins``) are added to ``tokenizer`` in place, the same ids the
+    model adds (:func:`~damo.model.coordinates.coordinate_axes`).
     """
 
     def __init__(self, tokenizer: PreTrainedTokenizerFast, config: ProcessorConfig | None = None, **kw):
@@ -605,19 +520,11 @@ class DamoProcessor:
         self.time = TIME_ENCODINGS[c.time_encoding]
         self.frame_times = FRAME_TIMES[c.frame_times]
         self.chat = chat_format(c.chat) if c.chat is not None else None
-        self.generation = generation_of(c.generation)
-        stops = [tok(x, add_special_tokens=False)["input_ids"] for x in self.chat.stop] if self.chat else []
-        self.stop_ids: list[list[int]] = [[tok.eos_token_id]] + [x for x in stops if x]
         self.level = EVIDENCE_LEVELS[c.evidence_level]
         self.format = RESPONSES[c.response]
         self.time_bins = c.time_bins if self.time.tokens else 0
         self.budget = TokenBudget(**c.budget) if c.budget else None
-        # LAPE (LLaVA-ST eq. 4): coordinate tokens join the vocabulary
-        self.coord_axes: dict[str, list[int]] = {}
-        if self.time_bins:
-            self.coord_axes["t"] = add_time_tokens(tok, self.time_bins)
-        if c.box_bins:
-            self.coord_axes["x"], self.coord_axes["y"] = add_box_tokens(tok, c.box_bins)
+        self.coord_axes = coordinate_axes(tok, self.time_bins, c.box_bins)     # LAPE (LLaVA-ST eq. 4)
         self.axis_of = {i: a for a, ids in self.coord_axes.items() for i in ids}     # token id -> axis
         ids = tok.convert_tokens_to_ids
         self.video_id, self.evi_id, self.evi_end_id = ids(tk.VIDEO), ids(tk.EVI), ids(tk.EVI_END)
@@ -625,10 +532,7 @@ class DamoProcessor:
     @classmethod
     def from_model_config(cls, cfg, tokenizer: PreTrainedTokenizerFast, **kw) -> "DamoProcessor":
         """The processor of a :class:`~damo.model.modeling_damo.DamoConfig`."""
-        cc, o = cfg.compressor, cfg.compressor.options
-        budget = dict(kind=cc.kind, tokens_in=cfg.fuser.visual_tokens, budget=cc.budget, k_min=cc.k_min,
-                      k_max=cc.k_max, fast_side=o.get("fast_side", STP_FAST_SIDE), stride=o.get("stride", STP_STRIDE))
-        return cls(tokenizer, ProcessorConfig(budget=budget if cc.placement == "llm" else None,
+        return cls(tokenizer, ProcessorConfig(budget=cfg.token_budget(),
             video_tokens=cfg.bridge_tokens, frame_tokens=cfg.fuser.frame_tokens, fps=cfg.fps, layout=cfg.layout,
             frame_times=cfg.frame_times, chat=cfg.chat, generation=cfg.generation, time_text=cfg.time_text,
             stream_order=cfg.stream_order, uniform_frames=cfg.uniform_frames,
@@ -799,18 +703,6 @@ class DamoProcessor:
         if self.chat is None:
             return self.encode(text) + ([self.tokenizer.eos_token_id] if last else [])
         return self.tokenizer(text + self.chat.stop[0], add_special_tokens=False)["input_ids"]
-
-    def is_stop(self, ids: list[int]) -> bool:
-        """Whether generated ``ids`` end the answer: they end with the eos token or (chat) a stop string's
-        ids, matched as token sequences as the authors' ``KeywordsStoppingCriteria`` does."""
-        return any(ids[-len(x):] == x for x in self.stop_ids if len(ids) >= len(x))
-
-    def strip_stop(self, ids: list[int]) -> list[int]:
-        """Generated ids without the eos or stop string that ended them."""
-        for x in self.stop_ids:
-            if len(ids) >= len(x) and ids[-len(x):] == x:
-                return ids[:-len(x)]
-        return ids
 
     def sampling(self, duration: float) -> tuple[float, float]:
         """``(fps, phase)`` a video of ``duration`` seconds is sampled at (frame i nearest ``(i + phase) /
@@ -985,9 +877,13 @@ class DamoProcessor:
         """A generated answer -> ``{"answer", "spans" (best first), "evidence" (grounding stage),
         "scores" (one frame curve per answer span), "tube"}``.
 
-        ``evidence`` holds ``{"stage", "scores", "span"}`` per generated ``<evi>`` and ``coords``
-        ``(axis, value)`` per LAPE coordinate token, as :meth:`DamoModel.generate` returns them.
+        ``evidence`` holds ``{"stage", "scores", "grounded"}`` per generated ``<evi>`` (``grounded``: the
+        first and last frame it grounds and their mean score, None for none) and ``coords`` ``(axis,
+        value)`` per LAPE coordinate token, as :meth:`DamoModel.generate` returns them; each ``<evi>``'s
+        frames become its ``span`` in seconds (:meth:`run_span`).
         """
+        evidence = [e | {"span": self.run_span(*e["grounded"][:2], 1, duration) + [e["grounded"][2]]
+                         if e["grounded"] else [0.0] * 3} for e in evidence]
         if self.level.tokens == 2:
             evidence = pair_frames(evidence)
         answer = self.render(ids, evidence, coords)

@@ -67,7 +67,9 @@ from damo.data.dataset import sample_video
 from damo.data.schema import Sample
 from damo.spans import span_iou
 from damo.model.batch import Batch
-from damo.model.processing import ClipTensors, Generation
+from damo.model.generation import Generation
+from damo.model.processing import ClipTensors, DamoProcessor
+from damo.model.vlm import VLMProcessor
 from damo.train.fpo import interval_logprob
 
 AGGREGATIONS = ("grpo", "bnpo", "dr_grpo", "dapo")
@@ -312,10 +314,11 @@ def rollout_reward(pred: list[list[float]], s: Sample, rewards: dict[str, float]
     return {n: REWARDS[n](pred, [list(x) for x in s.spans], float(s.duration)) for n in rewards}
 
 
-def greedy_rewards(model, samples: list[Sample], clips, st: GRPOSettings, batch: int = 16) -> list[dict[str, float]]:
-    """Each named reward of the model's greedy answer (its own decoding settings) to each sample,
-    with ``iou`` always among them; ``clips`` maps a video reference to its clip."""
-    proc, was_training, out = model.processor, model.training, []
+def greedy_rewards(model, proc: DamoProcessor | VLMProcessor, samples: list[Sample], clips, st: GRPOSettings,
+                   batch: int = 16) -> list[dict[str, float]]:
+    """Each named reward of the model's greedy answer (its own decoding settings, prompts and answers
+    through ``proc``) to each sample, with ``iou`` always among them; ``clips`` maps a video reference to its clip."""
+    was_training, out = model.training, []
     names = {"iou": 1.0} | st.rewards
     for i in range(0, len(samples), batch):
         chunk = samples[i:i + batch]
@@ -327,7 +330,8 @@ def greedy_rewards(model, samples: list[Sample], clips, st: GRPOSettings, batch:
     return out
 
 
-def difficulty_band(model, samples: list[Sample], clips, st: GRPOSettings) -> tuple[list[Sample], dict[str, float]]:
+def difficulty_band(model, proc: DamoProcessor | VLMProcessor, samples: list[Sample], clips, st: GRPOSettings
+                    ) -> tuple[list[Sample], dict[str, float]]:
     """The prompts of a stage whose greedy answer from ``model`` (the starting, SFT model) has an IoU
     with the ground truth inside ``st.difficulty`` (inclusive), and how many were kept and dropped.
 
@@ -336,7 +340,7 @@ def difficulty_band(model, samples: list[Sample], clips, st: GRPOSettings) -> tu
     a prompt the model always gets right or always wrong gives groups of equal rewards, hence no
     gradient."""
     lo, hi = st.difficulty
-    ious = [r["iou"] for r in greedy_rewards(model, samples, clips, st)]
+    ious = [r["iou"] for r in greedy_rewards(model, proc, samples, clips, st)]
     kept = [s for s, v in zip(samples, ious) if lo <= v <= hi]
     if not kept:
         raise ValueError(f"grpo.difficulty {[lo, hi]} keeps none of the stage's {len(samples)} prompts (the starting "
@@ -353,11 +357,11 @@ class RewardPlateau:
     the evaluations since and the best weights), so a resumed stage stops where an uninterrupted one
     does and keeps the same weights."""
 
-    def __init__(self, model, samples: list[Sample], clips, st: GRPOSettings):
+    def __init__(self, model, proc: DamoProcessor | VLMProcessor, samples: list[Sample], clips, st: GRPOSettings):
         if not samples:
             raise ValueError("grpo.eval_every needs validation prompts of the stage's tasks: give the recipe a "
                              "data.val dataset with some")
-        self.model, self.clips, self.st = model, clips, st
+        self.model, self.proc, self.clips, self.st = model, proc, clips, st
         self.samples = samples[:st.val] if st.val else samples
         self.best, self.best_step, self.since = -math.inf, 0, 0
         self.weights: dict[str, torch.Tensor] = {}
@@ -367,7 +371,7 @@ class RewardPlateau:
 
     def evaluate(self, steps_done: int) -> float:
         """The validation reward after ``steps_done`` steps; remembers the weights when it is the best."""
-        scores = greedy_rewards(self.model, self.samples, self.clips, self.st)
+        scores = greedy_rewards(self.model, self.proc, self.samples, self.clips, self.st)
         reward = float(np.mean([sum(w * r[n] for n, w in self.st.rewards.items()) for r in scores]))
         if reward > self.best:
             self.best, self.best_step, self.since = reward, steps_done, 0
@@ -411,13 +415,13 @@ class Rollouts:
     ``iterations`` > 1) and ``rollout_tokens``, plus what to log: each reward's mean and std,
     the share of zero-variance groups, the mean completion length."""
 
-    def __init__(self, model, settings: GRPOSettings, seed: int):
+    def __init__(self, model, proc: DamoProcessor | VLMProcessor, settings: GRPOSettings, seed: int):
         self.model, self.st, self.seed = model, settings, seed
         self.policy = Generation(do_sample=True, temperature=settings.temperature, top_p=settings.top_p)
-        self.collator = Collator.for_model(model)
+        self.collator = Collator.for_processor(proc)
 
     def batch(self, items: list[tuple[Sample, ClipTensors]], step: int, part: int) -> tuple[Batch, dict[str, float]]:
-        st, model, proc = self.st, self.model, self.model.processor
+        st, model, proc = self.st, self.model, self.collator.processor
         G = st.group
         samples = [s for s, _ in items for _ in range(G)]
         clips = [c for _, c in items for _ in range(G)]

@@ -34,8 +34,10 @@ from damo.data.preflight import Unusable, check_tokens
 from damo.data.preference import pair_video
 from damo.data.schema import Sample
 from damo.model.batch import Batch
-from damo.model.processing import ClipTensors
+from damo.model.processing import ClipTensors, DamoProcessor
 from damo.model.modeling_damo import DamoModel
+from damo.model.vlm import VLMProcessor
+from damo.pipeline import processor_of
 from damo.train import distributed
 from damo.train.checkpoint import atomic_write_text, latest_checkpoint, load_checkpoint, save_checkpoint
 from damo.train.distributed import DistInfo, micro_batches
@@ -205,10 +207,11 @@ def run_stage(model: DamoModel, stage: Stage, samples: list[Sample], clips, seed
               progress: bool = True, checkpoint_dir: str | Path | None = None, dist_info: DistInfo | None = None,
               parallel: str = "ddp", num_workers: int = 0, pairs: list[dict] | None = None,
               bad_samples: list[dict] | None = None, history_file: str | Path | None = None,
-              val: list[Sample] | None = None) -> dict[str, float]:
+              val: list[Sample] | None = None, processor: DamoProcessor | VLMProcessor | None = None) -> dict[str, float]:
     """Train ``model`` in place for one stage; ``clips`` maps a video reference to its
     :class:`~damo.model.processing.ClipTensors` (a :class:`~damo.data.dataset.ClipLoader`), called
-    in ``num_workers`` loader processes. A preference stage trains on ``pairs`` (validated records,
+    in ``num_workers`` loader processes; ``processor`` writes the training sequences (default: the
+    model's, :func:`~damo.pipeline.processor_of`). A preference stage trains on ``pairs`` (validated records,
     e.g. ``damo data prefs`` output) if given, else on pairs made from ``samples``.
 
     ``checkpoint_dir``: where periodic checkpoints go (every ``stage.save_every`` steps); if it
@@ -253,16 +256,17 @@ def run_stage(model: DamoModel, stage: Stage, samples: list[Sample], clips, seed
     work.fixed_graph = fsdp                                 # the same collectives on every rank (DamoModel.forward)
     if not fsdp:        # FSDP moves one unit at a time to the GPU as it shards it (distributed.wrap)
         work.to(info.device)
+    collate = Collator.for_processor(processor or processor_of(model))
     found: dict[str, float] = {}        # a GRPO stage's difficulty band and best evaluation, for its stats
     plateau = None
     if kind == "rollouts":
         grpo = GRPOSettings.from_dict(stage.grpo)
         try:
             if grpo.eval_every:
-                plateau = RewardPlateau(work, [s for s in val or [] if stage.tasks is None or s.task in stage.tasks],
-                                        clips, grpo)
+                plateau = RewardPlateau(work, collate.processor,
+                                        [s for s in val or [] if stage.tasks is None or s.task in stage.tasks], clips, grpo)
             if grpo.difficulty:
-                data, found = difficulty_band(work, data, clips, grpo)
+                data, found = difficulty_band(work, collate.processor, data, clips, grpo)
         except ValueError as e:
             raise ValueError(f"stage {stage.name!r}: {e}") from None
         if found and info.main:
@@ -278,7 +282,6 @@ def run_stage(model: DamoModel, stage: Stage, samples: list[Sample], clips, seed
         return 0.5 * (1 + math.cos(math.pi * (step - stage.warmup) / max(1, stage.steps - stage.warmup)))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-    collate = Collator.for_model(model)
     cuda = info.device.type == "cuda"
     # GPUs train under autocast; on CPU only backbones kept in half precision need it
     amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if cuda else model.half_dtype()
@@ -306,7 +309,7 @@ def run_stage(model: DamoModel, stage: Stage, samples: list[Sample], clips, seed
     batches = iter(loader(dataset, StepCollate(collate, seed, kind, dataset), num_workers, steps,
                           pin_memory=cuda))
     if kind == "rollouts":    # sampled from the policy being trained, step by step
-        rollouts = Rollouts(work, grpo, seed + 1_000 * info.rank)
+        rollouts = Rollouts(work, collate.processor, grpo, seed + 1_000 * info.rank)
         source = rollout_batches(rollouts, batches, stage.grad_accum)
     else:
         source = ((b, {}, replaced) for _, b, replaced in batches)

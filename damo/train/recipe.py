@@ -38,6 +38,7 @@ from damo.model import backbones
 from damo.model.configuration_damo import DamoConfig
 from damo.model.modeling_damo import DamoModel
 from damo.model.vlm import SAVED, TRAINED, VideoLLM, VLMConfig
+from damo.pipeline import processor_of, save_model
 from damo.model.processing import response_text
 from damo.model.tokenizer import train_tokenizer
 from damo.threads import use_threads
@@ -289,9 +290,10 @@ def run_recipe(recipe: Recipe, workdir: str | Path, progress: bool = True, log=p
     inherited: list[dict] = []      # the data of an init_from model folder outside this recipe
     first = recipe.stages[0].init_from         # a model folder: its tokenizer and processor, not fresh ones
     model = load_model(Path(first)) if first else build_model(recipe.model, samples, recipe.seed)
+    processor = processor_of(model, first)             # one processor for every stage
     report = {"preflight": {}, "stages": {}}        # WORKDIR/bad_samples.json
     for spec in datasets:
-        datasets[spec], bad = preflight(datasets[spec], model.processor)
+        datasets[spec], bad = preflight(datasets[spec], processor)
         if bad and recipe.on_missing == "error":
             raise BadSampleError(f"{spec}: {bad.summary()}; fix or remove them, or set on_missing: skip to leave "
                                  "them out (they are listed in bad_samples.json)")
@@ -300,7 +302,7 @@ def run_recipe(recipe: Recipe, workdir: str | Path, progress: bool = True, log=p
             report["preflight"][spec] = bad.rows
     samples = datasets[recipe.data["train"]]
     val = dataset_samples(recipe.data["val"], recipe, None, say) if evaluated else None
-    clips = ClipLoader(model.processor, recipe.media_cache, memory=recipe.clip_memory,    # shared by the stages
+    clips = ClipLoader(processor, recipe.media_cache, memory=recipe.clip_memory,    # shared by the stages
                        cache="stat" if recipe.media_cache else "off")
     done: dict[str, Path] = {}
     for i, stage in enumerate(recipe.stages):
@@ -342,7 +344,8 @@ def run_recipe(recipe: Recipe, workdir: str | Path, progress: bool = True, log=p
             replaced: list[dict] = []
             stats = run_stage(model, stage, data, stage_clips, recipe.seed + i, progress, checkpoint_dir=partial,
                               dist_info=info, parallel=recipe.parallel, num_workers=recipe.num_workers, pairs=pairs,
-                              bad_samples=replaced, history_file=partial / "history.json", val=val)
+                              bad_samples=replaced, history_file=partial / "history.json", val=val,
+                              processor=processor)
             if replaced:
                 say(f"stage {stage.name}: replaced {len(replaced)} samples that could not be read "
                     f"({', '.join(r['id'] for r in replaced[:5])}{', ...' if len(replaced) > 5 else ''})")
@@ -353,7 +356,7 @@ def run_recipe(recipe: Recipe, workdir: str | Path, progress: bool = True, log=p
             if info.main:
                 if report["preflight"] or report["stages"]:
                     atomic_write_text(workdir / "bad_samples.json", json.dumps(report, indent=2))
-                model.save(ckpt)
+                save_model(model, processor, ckpt)
                 atomic_write_text(ckpt / "stats.json", json.dumps(stats, indent=2))
                 shutil.copyfile(partial / "history.json", ckpt / "history.json")
                 atomic_write_text(ckpt / RECORD, json.dumps(record, indent=1))
@@ -362,7 +365,7 @@ def run_recipe(recipe: Recipe, workdir: str | Path, progress: bool = True, log=p
             distributed.barrier()
         done[stage.name] = ckpt
     if info.main:
-        model.save(final)
+        save_model(model, processor, final)
         atomic_write_text(final / RECORD, json.dumps(records[-1], indent=1))
         model_card.write_card(final, recipe_card(recipe, len(recipe.stages) - 1, kinds, inherited))
     distributed.barrier()
