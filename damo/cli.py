@@ -225,17 +225,19 @@ def cmd_plan(args: argparse.Namespace) -> int:
         path = find("configs", args.config)
         raw = read_yaml(path) or {}
         if "vlm" in raw:
-            if recipe or args.frames:
-                raise SystemExit(f"{path} is a whole VLM: damo plan takes no --recipe or --frames for it (every "
-                                 "parameter trains; frames follow its preset)")
-            try:
-                p = plan_vlm(VLMConfig.from_dict(raw["vlm"], str(path)), opts)
+            if args.frames:
+                raise SystemExit(f"{path} is a whole VLM: damo plan takes no --frames for it (frames follow its preset)")
+            try:     # without a recipe every parameter trains (or, with lora, the adapters and the heads)
+                p = plan_vlm(VLMConfig.from_dict(raw["vlm"], str(path)), opts, recipe)
             except ValueError as e:
                 raise SystemExit(str(e)) from None
         else:
             p = plan(DamoConfig.from_dict(raw), recipe, opts)
     elif isinstance(recipe.model, VLMConfig):
-        p = plan_vlm(recipe.model, opts, recipe)
+        try:
+            p = plan_vlm(recipe.model, opts, recipe)
+        except ValueError as e:
+            raise SystemExit(str(e)) from None
     else:
         p = plan(recipe.model, recipe, opts)
     if args.parallel:
