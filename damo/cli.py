@@ -226,7 +226,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         raw = read_yaml(path) or {}
         if "vlm" in raw:
             if args.frames:
-                raise SystemExit(f"{path} is a whole VLM: damo plan takes no --frames for it (frames follow its preset)")
+                raise SystemExit(f"{path} is a whole VLM: damo plan takes no --frames for it (its preset sets "
+                                 "them)")
             try:     # without a recipe every parameter trains (or, with lora, the adapters and the heads)
                 p = plan_vlm(VLMConfig.from_dict(raw["vlm"], str(path)), opts, recipe)
             except ValueError as e:

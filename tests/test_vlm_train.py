@@ -119,10 +119,11 @@ def test_a_bad_vlm_setting_is_one_line_before_any_work(folder, tmp_path, setting
 
 def sft_recipe(folder, grad_accum: int, parallel: str = "ddp") -> dict:
     """The supervised stage alone, on the tiny stand-in."""
-    return {"name": "vlm-sft", "seed": 0, "clip_memory": True, "parallel": parallel, "data": {"train": "synth://easy?n=6&seed=0"},
+    return {"name": "vlm-sft", "seed": 0, "clip_memory": True, "parallel": parallel,
+            "data": {"train": "synth://easy?n=6&seed=0"},
             "model": {"vlm": {"name_or_path": str(folder), "preset": "qwen2.5-vl",
-                              "config": {"model_type": "qwen2_5_vl"}, "dtype": "float32", "lora": {"r": 4, "alpha": 8}, "evidence": True,
-                              "video": yaml.safe_load(VIDEO)}},
+                              "config": {"model_type": "qwen2_5_vl"}, "dtype": "float32",
+                              "lora": {"r": 4, "alpha": 8}, "evidence": True, "video": yaml.safe_load(VIDEO)}},
             "stages": [{"name": "sft", "tasks": ["grounding"], "trainable": ["model.*lora_*", "evidence.*"],
                         "losses": {"lm": 1.0, "grounding_bce": 1.0}, "steps": 3, "batch": 4, "lr": 3.0e-2,
                         "warmup": 0, "grad_accum": grad_accum}]}
@@ -284,3 +285,21 @@ def test_a_stopped_vlm_stage_resumes_to_the_same_adapters(folder, tmp_path, monk
     assert "stage sft: resuming from step-00000002" in logs
     whole, resumed = (load_file(str(tmp_path / run / "model" / "trained.safetensors")) for run in ("whole", "stopped"))
     assert whole.keys() == resumed.keys() and all(torch.equal(whole[k], resumed[k]) for k in whole)
+
+
+@pytest.mark.parametrize("name,preset,model_type", [("qwen3-vl", "timelens", "qwen3_vl"),
+                                                    ("qwen2.5-omni", "qwen2.5-omni", "qwen2_5_omni_thinker")])
+def test_the_other_families_train_through_the_same_recipe(tmp_path, shared_data, capsys, name, preset, model_type):
+    folder = vlm_tiny.save(name, tmp_path / name)
+    work = tmp_path / "run"
+    family = {"model.vlm.preset": preset, "model.vlm.config": f"{{model_type: {model_type}}}"}
+    assert main(["train", "--recipe", RECIPE, "--workdir", str(work),
+                 *settings(folder, sft_steps=2, grpo_steps=1, **family)]) == 0
+    assert len(json.loads((work / "stages" / "grpo" / "history.json").read_text())["reward"]) == 1
+    assert json.loads((work / "model" / "vlm.json").read_text())["preset"] == preset
+    capsys.readouterr()
+    video = shared_data / "videos" / "chaplin.mp4"          # with sound: the Omni thinker hears it
+    assert main(["ground", str(video), QUERY, "--model", str(work / "model"), "--quiet", "--device", "cpu",
+                 "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["model"]["preset"] == preset and len(out["evidence"]) == 1
