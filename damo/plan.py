@@ -37,12 +37,15 @@ Memory per GPU (bytes; ``P`` all parameters, ``P_t`` trainable, ``A`` activation
   in the backward;
 - peft's trainable token rows merge into a full ``V x C`` bf16 copy of the embeddings and of an untied
   head in every forward: ``2 V C`` bytes per wrapped matrix;
-- FSDP's transient peaks, as :func:`damo.train.loop.run_stage` runs it: each unit reaches the GPU
-  whole while it is sharded (``load``: the shards plus the largest unit), and the stage's end gathers
-  the weights into the CPU model one tensor at a time (``end``: the shards plus the largest tensor,
-  in fp32); the per-GPU figure is the largest of the steady state and these. Host memory per node:
-  every process builds the model on the CPU and FSDP trains a copy of it (``host_gb_per_node``,
-  8 processes per node);
+- FSDP with ``grad_accum > 1`` reduce-scatters once per step: the micro-steps before the last keep the
+  trainable parameters' gradients whole (``4 P_t`` instead of ``4 P_t / gpus``);
+- FSDP's transient peaks, as :func:`damo.train.loop.run_stage` runs it: the model is sharded on the meta
+  device and each GPU allocates its shards, then receives the values one whole tensor at a time (``load``:
+  the shards plus the largest tensor, in fp32), and the stage's end gathers the trainable weights into
+  rank 0's CPU one tensor at a time (``end``: the shards plus the largest trainable tensor, in fp32); the
+  per-GPU figure is the largest of the steady state and these. Host memory per node: every process
+  holds the model on the CPU, and at a FSDP stage's end rank 0 also the gathered trainable weights
+  (``host_gb_per_node``, 8 processes per node);
 - plus a fixed allowance for the CUDA context and allocator fragmentation (``OVERHEAD_GB``).
 
 This is an estimate for planning (the order of magnitude and what dominates), not a measurement.
@@ -225,29 +228,32 @@ def largest_unit(model: DamoModel) -> int:
 
 
 def memory_gb(total: int, trainable: int, act_fp32: int, gpus: int, micro_batch: int, unit: int,
-              reference: bool = False, logits: int = 0, token_rows: int = 0, tensor: int = 0) -> dict[str, float]:
+              reference: bool = False, logits: int = 0, token_rows: int = 0, tensor: int = 0,
+              trained_tensor: int = 0, accumulate: bool = False) -> dict[str, float]:
     """Per-GPU memory (GB) under DDP and FSDP (the largest of FSDP's steady state, ``fsdp_steady``,
     and its ``fsdp_load`` and ``fsdp_end`` peaks); ``reference``: a frozen copy of the model is held;
     ``logits``: logit values of one clip (``L x V``); ``token_rows``: values of the matrices peft's
-    trainable tokens copy (``V x C`` each); ``tensor``: values of the largest parameter. See the module
-    docstring for the model."""
+    trainable tokens copy (``V x C`` each); ``tensor``, ``trained_tensor``: values of the largest parameter
+    and of the largest trainable one; ``accumulate``: more than one micro-batch per step (``grad_accum``).
+    See the module docstring for the model."""
     weights = 2 * (total - trainable) + 4 * trainable + (2 * total if reference else 0)
     grads, adam = 4 * trainable, 8 * trainable
     act = micro_batch * (act_fp32 / 2 + logits * LOGIT_BYTES) + 2 * token_rows     # bf16 autocast
     ddp = weights + grads + adam + 4 * trainable + act
     shards = (weights + grads + adam) / gpus
-    steady = shards + 2 * 2 * unit + act
-    load, end = shards + 2 * unit, shards + 4 * tensor
+    whole_grads = grads * (1 - 1 / gpus) if accumulate else 0      # kept unsharded until the step's last micro-batch
+    steady = shards + whole_grads + 2 * 2 * unit + act
+    load, end = shards + 4 * tensor, shards + 4 * trained_tensor
     out = {"ddp": ddp, "fsdp": max(steady, load, end), "fsdp_steady": steady, "fsdp_load": load, "fsdp_end": end}
     return {k: round(v / GB + OVERHEAD_GB, 1) for k, v in out.items()}
 
 
 def host_gb_per_node(total: int, trainable: int, gpus: int) -> dict[str, float]:
     """Host memory per node (GB): each process holds the model on the CPU (bf16 frozen, fp32
-    trainable); under FSDP the loop's working copy doubles it."""
+    trainable); under FSDP rank 0 also receives the trained weights at the stage's end."""
     weights = 2 * (total - trainable) + 4 * trainable
     ranks = min(gpus, GPUS_PER_NODE)
-    return {"ddp": round(ranks * weights / GB, 1), "fsdp": round(2 * ranks * weights / GB, 1)}
+    return {"ddp": round(ranks * weights / GB, 1), "fsdp": round((ranks * weights + 4 * trainable) / GB, 1)}
 
 
 def stage_micro_batch(stage: Stage, gpus: int) -> int:
@@ -308,9 +314,10 @@ def plan(cfg: DamoConfig, recipe: Recipe | None = None, opts: PlanOptions | None
                 act["bytes"] += 2 * kv_cache_bytes(llm.config, rows, act["tokens"] + settings[0].max_new_tokens)
         micro = opts.micro_batch or (stage_micro_batch(st, opts.gpus) if recipe else 1)
         logits = act["tokens"] * vocab * (1 if kind == "samples" else rows) if reads_llm else 0
+        trained_tensor = max((p.numel() for p in model.parameters() if p.requires_grad), default=0)
         mem = memory_gb(total, trainable, act["bytes"], opts.gpus, micro, unit,
                         reference=any(x.reference for x in settings), logits=logits, token_rows=token_rows,
-                        tensor=tensor)
+                        tensor=tensor, trained_tensor=trained_tensor, accumulate=st.grad_accum > 1)
         entry |= {"tokens": act["tokens"], "micro_batch": micro, "activation_gb": round(act["bytes"] / 2 / GB, 2),
                   "logits_gb": round(logits * LOGIT_BYTES / GB, 2), "memory_gb": mem,
                   "host_gb_per_node": host_gb_per_node(total, trainable, opts.gpus),
@@ -411,7 +418,9 @@ def plan_vlm(cfg: VLMConfig, opts: PlanOptions | None = None, recipe: Recipe | N
         micro = opts.micro_batch or stage_micro_batch(st, opts.gpus)
         # memory_gb takes the fp32 bytes a meta run records and counts half: these are bf16 already
         mem = memory_gb(total, trainable, 2 * act, opts.gpus, micro, unit,
-                        reference=any(x.reference for x in settings), logits=logits, tensor=tensor)
+                        reference=any(x.reference for x in settings), logits=logits, tensor=tensor,
+                        trained_tensor=max((p.numel() for p in held.parameters() if p.requires_grad), default=0),
+                        accumulate=st.grad_accum > 1)
         out["stages"][st.name] = entry | {
             "tokens": tokens, "micro_batch": micro, "layer_activation_bytes_per_token": layer,
             "activation_gb": round(act / GB, 2), "logits_gb": round(logits * LOGIT_BYTES / GB, 2), "memory_gb": mem,

@@ -137,7 +137,7 @@ def test_plan_runs_a_stage_and_reports_what_does_not_fit():
     mem = e["memory_gb"]
     assert mem["fsdp"] < mem["ddp"]
     # DDP replicates 7.9 B bf16 weights (> 14 GB): does not fit in 12 GB; FSDP over 8 GPUs does, its
-    # peaks included: a unit at a time reaches the GPU to be sharded, a tensor at a time leaves it
+    # peaks included: the GPU holds its shards and one whole tensor at a time, loading and gathering
     weights = (2 * (e["total"] - e["trainable"]) + 4 * e["trainable"]) / 1024 ** 3
     assert max(mem["fsdp_load"], mem["fsdp_end"]) < weights / 2      # the whole model, before
     assert mem["fsdp"] == max(mem["fsdp_steady"], mem["fsdp_load"], mem["fsdp_end"])

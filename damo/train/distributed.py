@@ -17,6 +17,8 @@ processes equals a 1-process run with ``grad_accum`` N times larger (up to float
 """
 from __future__ import annotations
 
+import copy
+from itertools import chain
 from typing import Sequence, TypeVar
 
 import torch
@@ -58,7 +60,19 @@ def fsdp_units(model: nn.Module) -> list[nn.Module]:
             for layer in m]
 
 
-def wrap(module: nn.Module, parallel: str, info: DistInfo) -> tuple[nn.Module, list[nn.Parameter]]:
+def meta_copy(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` whose parameters and buffers lie on the meta device (shapes, no storage), the
+    rest (configs, tokenizer, hooks, ``requires_grad``) copied as :func:`copy.deepcopy` copies it. FSDP
+    shards this copy (:func:`wrap`), so no process holds a second host copy of the weights."""
+    memo: dict[int, torch.Tensor] = {}
+    for t in chain(module.parameters(), module.buffers()):
+        meta = torch.empty_like(t, device="meta")
+        memo[id(t)] = nn.Parameter(meta, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else meta
+    return copy.deepcopy(module, memo)
+
+
+def wrap(module: nn.Module, parallel: str, info: DistInfo,
+         values: dict[str, torch.Tensor] | None = None) -> tuple[nn.Module, list[nn.Parameter]]:
     """Wrap a module whose ``forward`` computes the whole training loss for the chosen strategy.
 
     Returns the wrapped module and the parameters kept whole on every rank whose gradients the
@@ -66,9 +80,10 @@ def wrap(module: nn.Module, parallel: str, info: DistInfo) -> tuple[nn.Module, l
     contrastive temperature).
     ``ddp``: ``find_unused_parameters`` because stages freeze and skip parts of the model
     (e.g. no ``<evi>`` in a micro-batch leaves the evidence head without gradients).
-    ``fsdp``: shards in place (FSDP2); call on a module that is not needed unsharded later. The
-    module may lie on the CPU: ``fully_shard`` moves each unit to the device as it shards it, so no
-    GPU ever holds the whole model; the 0-dim parameters it leaves whole are moved here.
+    ``fsdp``: ``module`` lies on the meta device (:func:`meta_copy`) and ``values`` holds its state dict and
+    buffers by name (CPU tensors): ``fully_shard`` shards the meta module, each process allocates only its
+    shards on its device, and torch's state-dict API fills them one tensor at a time (scattered from rank 0),
+    so neither a GPU nor the host ever holds a second whole model.
     """
     if parallel not in PARALLEL:
         raise ValueError(f"parallel must be one of {PARALLEL}, got {parallel!r}")
@@ -79,15 +94,40 @@ def wrap(module: nn.Module, parallel: str, info: DistInfo) -> tuple[nn.Module, l
 
         ids = [info.device.index] if info.device.type == "cuda" else None
         return DistributedDataParallel(module, device_ids=ids, find_unused_parameters=True), []
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
     from torch.distributed.fsdp import fully_shard
 
     scalars = {p for p in module.parameters() if p.dim() == 0}
     for unit in fsdp_units(module):
         fully_shard(unit)
     fully_shard(module, ignored_params=scalars)
-    for p in scalars:
-        p.data = p.data.to(info.device)
+    module.to_empty(device=info.device)                     # the shards, the buffers and the 0-dim parameters
+    keys = module.state_dict().keys()
+    set_model_state_dict(module, {k: values[k] for k in keys}, options=StateDictOptions(full_state_dict=True))
+    with torch.no_grad():               # buffers outside the state dict (an image tower's constant mean and std)
+        for name, b in module.named_buffers():
+            b.copy_(values[name])
     return module, [p for p in scalars if p.requires_grad]
+
+
+def gather_trained(module: nn.Module) -> dict[str, torch.Tensor]:
+    """The trainable weights of the FSDP-sharded ``module``, whole, on rank 0's CPU (the other processes get
+    an empty dict): torch's state-dict API gathers them one tensor at a time (``cpu_offload``), so no GPU
+    holds more than one whole tensor. Frozen weights did not change in training and are left out."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True,
+                                                                 ignore_frozen_params=True))
+
+
+def broadcast_from_main(tensors: list[torch.Tensor], device: torch.device) -> None:
+    """Copy rank 0's values of ``tensors`` (CPU) into every process's, one tensor at a time through ``device``
+    (NCCL moves device memory only)."""
+    with torch.no_grad():
+        for t in tensors:
+            buf = t.detach().to(device)
+            dist.broadcast(buf, 0)
+            t.copy_(buf)
 
 
 def average_grads(params: list[nn.Parameter]) -> None:

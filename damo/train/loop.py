@@ -21,6 +21,7 @@ import random
 from collections import defaultdict
 from contextlib import nullcontext
 from dataclasses import replace
+from itertools import chain
 from pathlib import Path
 
 import torch
@@ -119,17 +120,18 @@ class StageLoss(nn.Module):
     Every loss is called the same way (:class:`~damo.train.losses.LossInputs`). When a loss's
     settings ask for a reference (FPO in ``dpo`` mode, GRPO with ``beta > 0``), each batch is also
     scored by a frozen copy of the model taken when the stage starts (held outside the module tree,
-    so no optimizer or wrapper sees it). ``forward`` returns the weighted total, each loss's value
-    and the numbers the losses logged."""
+    so no optimizer or wrapper sees it; ``start``, the model whose weights it copies, when ``model`` has no
+    values yet, as under FSDP). ``forward`` returns the weighted total, each loss's value and the numbers the
+    losses logged."""
 
-    def __init__(self, model: DamoModel, stage: Stage):
+    def __init__(self, model: DamoModel, stage: Stage, start: DamoModel | None = None):
         super().__init__()
         self.model, self.losses = model, stage.losses
         self.use_llm = stage_losses(stage.name, stage.losses)[1]
         self.settings = stage_settings(stage)
         self._ref = []
         if any(st is not None and st.reference for st in self.settings.values()):
-            ref = copy.deepcopy(model).eval()
+            ref = copy.deepcopy(start or model).eval()
             ref.requires_grad_(False)
             self._ref.append(ref)
 
@@ -251,10 +253,11 @@ def run_stage(model: DamoModel, stage: Stage, samples: list[Sample], clips, seed
     if fsdp and kind == "rollouts":
         raise ValueError(f"stage {stage.name!r} samples from the policy, which needs whole weights: set "
                          "recipe.parallel to ddp for it")
-    # FSDP shards in place, so it trains a copy whose full weights are copied back at the end
-    work = copy.deepcopy(model) if fsdp else model
+    # FSDP shards a copy made on the meta device (no weights: distributed.wrap gives it its shards); the trained
+    # weights are copied back into the CPU model at the end
+    work = distributed.meta_copy(model) if fsdp else model
     work.fixed_graph = fsdp                                 # the same collectives on every rank (DamoModel.forward)
-    if not fsdp:        # FSDP moves one unit at a time to the GPU as it shards it (distributed.wrap)
+    if not fsdp:
         work.to(info.device)
     collate = Collator.for_processor(processor or processor_of(model))
     found: dict[str, float] = {}        # a GRPO stage's difficulty band and best evaluation, for its stats
@@ -272,7 +275,8 @@ def run_stage(model: DamoModel, stage: Stage, samples: list[Sample], clips, seed
         if found and info.main:
             tqdm.write(f"stage {stage.name}: difficulty band {grpo.difficulty} keeps {found['difficulty_kept']:.0f} "
                        f"prompts, drops {found['difficulty_dropped']:.0f}")
-    step_fn, whole = distributed.wrap(StageLoss(work, stage), parallel, info)
+    values = {f"model.{k}": v for k, v in chain(model.state_dict().items(), model.named_buffers())} if fsdp else None
+    step_fn, whole = distributed.wrap(StageLoss(work, stage, start=model), parallel, info, values)
     params = [p for p in work.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(param_groups(work, stage), lr=stage.lr, weight_decay=stage.weight_decay)
 
@@ -324,8 +328,10 @@ def run_stage(model: DamoModel, stage: Stage, samples: list[Sample], clips, seed
                     bad[u.index] = u.to_dict()
                     bar.write(f"stage {stage.name}, step {step}: replaced sample {u.name} ({u.video}): {u.reason}")
             batch = batch.to(info.device, non_blocking=True)
-            sync = j == stage.grad_accum - 1 or fsdp
-            ctx = step_fn.no_sync() if not sync and isinstance(step_fn, nn.parallel.DistributedDataParallel) else nullcontext()
+            last = j == stage.grad_accum - 1
+            if fsdp:        # one reduce-scatter per step: earlier micro-steps accumulate unsharded gradients
+                step_fn.set_requires_gradient_sync(last)
+            ctx = step_fn.no_sync() if not last and isinstance(step_fn, nn.parallel.DistributedDataParallel) else nullcontext()
             # every micro-batch draws its own dropout masks, from (seed, step, its index over all processes): ranks
             # differ, one process with grad_accum N draws as N processes do, and a resumed run as an uninterrupted one
             torch.manual_seed(micro_seed(seed, step, mine[j]))
@@ -367,13 +373,10 @@ def run_stage(model: DamoModel, stage: Stage, samples: list[Sample], clips, seed
             distributed.barrier()
     if plateau:
         found |= plateau.restore()
-    if fsdp:            # gathered one tensor at a time into the CPU model: a GPU never holds the whole model
-        from torch.distributed.tensor import DTensor
-
-        target = model.state_dict()
-        with torch.no_grad():
-            for k, v in work.state_dict().items():
-                target[k].copy_(v.full_tensor() if isinstance(v, DTensor) else v)
+    if fsdp:            # only trainable weights changed: into rank 0's CPU model, then the other processes'
+        trained = distributed.gather_trained(step_fn)
+        model.load_state_dict({k.removeprefix("model."): v for k, v in trained.items()}, strict=False)
+        distributed.broadcast_from_main([p for p in model.parameters() if p.requires_grad], info.device)
     model.cpu().eval()
     if history_file and info.main:
         atomic_write_text(history_file, json.dumps(history))
