@@ -36,7 +36,7 @@ from transformers import (CONFIG_MAPPING, AutoModelForCausalLM, AutoTokenizer, C
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from damo.model import tokenizer as tk
-from damo.model.encoders import AUDIO_ENCODERS, VISION_ENCODERS
+from damo.model.encoders import AUDIO_ENCODERS, VISION_ENCODERS, VisionTower
 
 if TYPE_CHECKING:
     from damo.model.configuration_damo import AudioConfig, LLMConfig, VisionConfig
@@ -141,7 +141,7 @@ def _weights_kwargs(allow_pickle: bool) -> dict:
 
 
 # ---------------------------------------------------------------- vision
-def build_vision(cfg: "VisionConfig") -> nn.Module:
+def build_vision(cfg: "VisionConfig") -> VisionTower:
     """The vision encoder a :class:`VisionConfig` names (tiny registry entries or an HF tower)."""
     if cfg.kind == "hf_vision":
         return hf_vision_encoder(cfg)
@@ -151,7 +151,7 @@ def build_vision(cfg: "VisionConfig") -> nn.Module:
                                      layers=cfg.layers, heads=cfg.heads).to(resolve_dtype(cfg.dtype))
 
 
-class HFVisionEncoder(nn.Module):
+class HFVisionEncoder(VisionTower):
     """Any transformers vision tower (SigLIP, CLIP) applied per frame.
 
     ``model`` is an already-built HF vision model whose output ``last_hidden_state`` is

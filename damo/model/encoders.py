@@ -1,12 +1,15 @@
 """Frame and audio encoders.
 
 Contracts (B batch, T frames on the 1/fps timeline):
-- vision: frames ``(B, T, 3, H, W)`` float in [0, 1] -> ``(B, T, 1 + P, Dv)`` (CLS first, then patches);
+- vision: :class:`VisionTower` (frames ``(B, T, 3, H, W)`` float in [0, 1] -> ``(B, T, 1 + P, Dv)``, a
+  global token first, then a square grid of patches);
 - audio: per-frame log-mel windows ``(B, T, F, M)`` -> ``(B, T, 1 + A, Da)`` (a global token first).
 
 The tiny encoders train from scratch on CPU and are registered by name in :data:`VISION_ENCODERS`
 and :data:`AUDIO_ENCODERS`. Real backbones (SigLIP / CLIP vision towers, the Whisper encoder) keep
-the same contracts through their wrappers in :mod:`damo.model.backbones`.
+the same contracts through their wrappers in :mod:`damo.model.backbones`. A new vision tower is a
+:class:`VisionTower` subclass in its own file plus one line in :data:`VISION_ENCODERS`; ``vision.kind``
+then names it.
 """
 from __future__ import annotations
 
@@ -30,7 +33,24 @@ class Block(nn.Module):
         return x + self.mlp(self.ln2(x))
 
 
-class TinyViT(nn.Module):
+class VisionTower(nn.Module):
+    """What the model reads from a vision tower (DaMO section 3.1's frame encoder):
+
+    - ``forward(frames)``: frames ``(B, T, 3, H, W)`` float in [0, 1] -> tokens ``(B, T, 1 + P, width)``: a
+      global token first (CLS, or the patches' mean for a tower without one), then ``P = side^2`` patch
+      tokens of a square grid in row-major order, which DaMO's global residual pools on that grid;
+    - ``width``: the tokens' width ``Dv`` (the model sizes the visual residual to it).
+
+    A tower in :data:`VISION_ENCODERS` is built from the ``vision`` config's plain fields as keywords:
+    ``image_size``, ``patch``, ``width``, ``layers``, ``heads``."""
+
+    width: int
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class TinyViT(VisionTower):
     """A small ViT over each frame independently (patchify -> CLS + patches -> blocks)."""
 
     def __init__(self, image_size: int = 32, patch: int = 8, width: int = 64, layers: int = 2, heads: int = 2):
@@ -89,14 +109,11 @@ class TinyAudioEncoder(nn.Module):
         return self.ln(x).unflatten(0, (B, T))                                  # (B, T, 1+A, Da)
 
 
-def build_tiny_vit(image_size: int, patch: int, width: int, layers: int, heads: int, **_: object) -> nn.Module:
-    return TinyViT(image_size, patch, width, layers, heads)
-
-
 def build_tiny_audio(n_mels: int, frames: int, patch: int, width: int, layers: int, heads: int,
                      **_: object) -> nn.Module:
     return TinyAudioEncoder(n_mels, frames, patch, width, layers, heads)
 
 
-VISION_ENCODERS = {"tiny_vit": build_tiny_vit}
+# vision.kind -> its tower (hf_vision, a transformers tower, is built in damo.model.backbones)
+VISION_ENCODERS: dict[str, type[VisionTower]] = {"tiny_vit": TinyViT}
 AUDIO_ENCODERS = {"tiny_mel": build_tiny_audio}

@@ -50,7 +50,7 @@ from damo.model.encoders import Block
 from damo.model.compressors import STREAM_ORDERS, TokenBudget, build_compressor, slow_steps
 from damo.model.evidence import (EvidenceHead, capture_weights, pool_groups, run_frames, sample_frames,
                                  salient_frames)
-from damo.model.fuseformer import CrossBlock, TemporalFuseformer, sinusoid
+from damo.model.fuseformer import CrossBlock, TemporalFuseformer
 from damo.model.generation import Generation, generation_of, next_tokens, stop_ids, stop_length
 from damo.model.residual import GlobalResidual
 from damo.model.time_encodings import TIME_ENCODINGS
@@ -165,14 +165,16 @@ class VideoEncoder(nn.Module):
 
 
 class Connector(nn.Module):
-    """Fuser features -> LLM inputs (step 5): the time map (``time_encoding: sinusoid``), the projector,
-    the query-aware match projection, and the Q-Former bridge of the fusion tokens."""
+    """Fuser features -> LLM inputs (step 5): the time encoding's module (``time_map``: ``sinusoid``'s
+    learned map; None: the encoding adds none), the projector, the query-aware match projection, and the
+    Q-Former bridge of the fusion tokens."""
 
-    def __init__(self, cfg: DamoConfig, C: int, rms: float, time_map: bool):
+    def __init__(self, cfg: DamoConfig, C: int, rms: float, time_map: nn.Module | None):
         super().__init__()
         D = cfg.fuser.width
-        if time_map:
-            self.time_proj = nn.Linear(D, D)
+        self.timed = time_map is not None
+        if self.timed:
+            self.time_proj = time_map
         self.projector = nn.Sequential(nn.Linear(D, C), nn.GELU(), nn.Linear(C, C), nn.LayerNorm(C))
         self.bridge_queries = nn.Parameter(torch.randn(1, cfg.bridge_tokens, D) * 0.02)
         self.bridge = CrossBlock(D, cfg.fuser.heads)
@@ -238,13 +240,16 @@ class DamoModel(nn.Module):
         super().__init__()
         self.cfg, self.tokenizer = cfg, tokenizer
         self.video = VideoEncoder(cfg)
-        self.time = TIME_ENCODINGS[cfg.time_encoding]
-        # LAPE coordinate tokens (LLaVA-ST eq. 4) join the vocabulary before the LLM is sized to it
-        self.coord_axes = coordinate_axes(tokenizer, cfg.time_bins if self.time.tokens else 0, cfg.box_bins)
+        self.time = TIME_ENCODINGS[cfg.time_encoding](cfg.time_bins)
+        # LAPE coordinate tokens (LLaVA-ST eq. 4) and the time encoding's own tokens join the vocabulary
+        # before the LLM is sized to it
+        self.coord_axes = coordinate_axes(tokenizer, self.time.anchors, cfg.box_bins)
         self.axis_of = {i: a for a, ids in self.coord_axes.items() for i in ids}     # token id -> axis
         self.time_ids = self.coord_axes.get("t", [])
+        tokenizer.add_tokens(self.time.vocabulary, special_tokens=True)
         ours = [t for t in tk.SPECIAL_TOKENS if t in tokenizer.get_vocab()]
-        self.new_token_ids = tokenizer.convert_tokens_to_ids(ours) + sorted(self.axis_of)
+        self.new_token_ids = (tokenizer.convert_tokens_to_ids(ours) + sorted(self.axis_of)
+                              + tokenizer.convert_tokens_to_ids(self.time.vocabulary))
         self.llm = build_llm(cfg.llm, tokenizer, self.new_token_ids)
         if self.coord_axes:     # LLaVA-ST's Neighboring Token Propagation of the anchors' rows
             register_propagation(self.llm, self.coord_axes)
@@ -256,7 +261,7 @@ class DamoModel(nn.Module):
         # on the meta device (damo.plan) there are no values to measure: any gain has the same shape
         rms = 1.0 if w.is_meta else float(w.detach().float().pow(2).mean().sqrt())
         C = self.llm.config.hidden_size
-        self.connector = Connector(cfg, C, rms, time_map=self.time.sinusoid)
+        self.connector = Connector(cfg, C, rms, self.time.frame_module(cfg.fuser.width))
         if cfg.lape_at == "grid":          # the packer works on projected grids, in the LLM's width (LLaVA-ST)
             self.video.compressor = self.video.make_compressor(cfg, C)
         self.evidence = EvidenceHead(C, cfg.evidence.dim, cfg.evidence.hidden, cfg.evidence.norm)
@@ -323,7 +328,7 @@ class DamoModel(nn.Module):
         """Tokens ``x (B, N, K, D)`` at ``times (B, N)`` -> LLM embeddings ``(B, N, K, C)``: time, projector,
         match with the question ``qa (B, d)`` (see :meth:`video_embeddings`)."""
         con, vid = self.connector, self.video
-        t = con.time_proj(sinusoid(times, x.shape[-1]))[:, :, None] if self.time.sinusoid else 0
+        t = con.time_proj(times)[:, :, None] if con.timed else 0     # the time encoding's module (B, N, 1, D)
         e = con.projector(x + t)                                    # (B, N, K, C)
         if self.coord_axes:          # LAPE; grid terms only where the K tokens are a row-major grid
             e = e + self.lape(times, duration, x.shape[2] if vid.at_llm and vid.compressor.keeps_grid else 1)

@@ -37,20 +37,17 @@ from damo.media.audio import log_mel, whisper_log_mel_windows
 from damo.model import tokenizer as tk
 from damo.model.batch import Batch
 from damo.model.compressors import STREAM_ORDERS, TokenBudget, slow_steps
-from damo.model.coordinates import anchor_pair, box_to_tokens, coordinate_axes, time_to_token, timestamp_prompt
+from damo.model.coordinates import anchor_pair, box_to_tokens, coordinate_axes
 from damo.model.evidence import soft_targets
 from damo.model.fields import check_fields
 from damo.model.generation import generation_of
-from damo.model.time_encodings import TIME_ENCODINGS
+from damo.model.time_encodings import TIME_ENCODINGS, TIME_TEXTS, Lape, TimeEncoding, span_text
+from damo.model.time_encodings import text_spans  # noqa: F401  (importable from here, as before)
 from damo.spans import time_key
 from damo.textio import loads
 
 MAX_QUERY_BYTES_PER_TOKEN = 32   # a question longer than this per allowed token is refused untokenised
 _COORD_TOKEN = r"<[txy]_\d+>"      # LAPE coordinate tokens: time, width, height
-_SPECIAL = re.compile("(" + "|".join([re.escape(t) for t in tk.SPECIAL_TOKENS] + [_COORD_TOKEN]) + ")")
-_NUM = r"(\d+(?:\.\d+)?)"
-# "3.0 - 5.0 seconds" or LLaVA-ST's "{3.0, 5.0}" (what a "{<t_a><t_b>}" answer renders to)
-_SPAN_TEXT = re.compile(rf"{_NUM}\s*-\s*{_NUM}\s*seconds|\{{\s*{_NUM}[\s,]+{_NUM}\s*\}}")
 
 
 # ----------------------------------------------------------------------------- strategies
@@ -206,31 +203,6 @@ def _join(refs: list[str]) -> str:
     return refs[0] if len(refs) == 1 else ", ".join(refs[:-1]) + " and " + refs[-1]
 
 
-def span_text(span: Sequence[float], duration: float | None = None, time_bins: int = 0, style: str = "seconds") -> str:
-    """A span as text, the way coupled models write timestamps (:data:`TIME_TEXTS`): ``"3.0 - 5.0
-    seconds"``, or in LLaVA-ST's braces ``"{3.0, 5.0}"``.
-
-    With ``time_bins`` (LAPE, LLaVA-ST section 3.2) each bound is its closest time token instead:
-    ``"<t_3> - <t_5> seconds"``, ``"{<t_3><t_5>}"``; the model reads the value back from the anchors.
-    """
-    if time_bins:
-        return TIME_TEXTS[style](*(time_to_token(t, duration, time_bins) for t in span[:2]), "")
-    return TIME_TEXTS[style](f"{span[0]:.1f}", f"{span[1]:.1f}", ", ")
-
-
-def _seconds_text(a: str, b: str, sep: str) -> str:
-    return f"{a} - {b} seconds"
-
-
-def _braces_text(a: str, b: str, sep: str) -> str:
-    return "{" + a + sep + b + "}"
-
-
-# How a span is written in a text answer: ours, or LLaVA-ST's braces around two time tokens (its
-# inference/src/utils.py format_span_in_text writes "{<TEMP-OUTPUT...><TEMP-OUTPUT...>}" from "{s, e}").
-TIME_TEXTS: dict[str, Callable[[str, str, str], str]] = {"seconds": _seconds_text, "braces": _braces_text}
-
-
 def box_text(boxes: list, box_bins: int) -> str:
     """A tube's first and last box as LAPE width/height tokens (LLaVA-ST section 3.2):
     ``"from <x_a> <y_b> <x_c> <y_d> to <x_e> ..."``; the boxes in between follow by linear
@@ -241,11 +213,12 @@ def box_text(boxes: list, box_bins: int) -> str:
 
 def response_text(task: str, answer: str, spans: list, captions: list[str], *, response: str = "interleaved",
                   level: str = "event", duration: float | None = None, time_bins: int = 0,
-                  boxes: list | None = None, box_bins: int = 0, time_text: str = "seconds") -> str:
+                  boxes: list | None = None, box_bins: int = 0, time_text: str = "seconds",
+                  encoding: TimeEncoding | None = None) -> str:
     """The target response for one turn (see :data:`RESPONSES` and :data:`EVIDENCE_LEVELS`).
 
-    ``time_bins`` writes text timestamps as LAPE time tokens, ``time_text`` in which form
-    (:func:`span_text`); ``boxes`` (a
+    Text timestamps are written by the time ``encoding`` (:meth:`TimeEncoding.write_span`; default:
+    LAPE's time tokens with ``time_bins``, else seconds), ``time_text`` in which form; ``boxes`` (a
     spatio-temporal grounding tube's boxes in time order) with ``box_bins`` ends the answer with
     the tube's boxes as LAPE width/height tokens (:func:`box_text`).
     """
@@ -254,7 +227,8 @@ def response_text(task: str, answer: str, spans: list, captions: list[str], *, r
     fmt = RESPONSES[response]
     n = len(spans)
     evi = " ".join([tk.EVI] * EVIDENCE_LEVELS[level].tokens)
-    refs = [evi] * n if fmt.evidence_refs else [span_text(sp, duration, time_bins, time_text) for sp in spans]
+    encoding = encoding or (Lape(time_bins) if time_bins else TimeEncoding(0))
+    refs = [evi] * n if fmt.evidence_refs else [encoding.write_span(sp, duration, time_text) for sp in spans]
     ans = answer.strip().rstrip(".")
     written = ans.count(tk.EVI)
     if written and written != n:
@@ -317,16 +291,6 @@ def group_targets(y: np.ndarray, g: int) -> np.ndarray:
     n = len(y)
     nl = -(-n // g)
     return np.pad(y, (0, nl * g - n)).reshape(nl, g).sum(1) / np.clip(np.minimum(g, n - g * np.arange(nl)), 1, None)
-
-
-def text_spans(answer: str, duration: float) -> list[list[float]]:
-    """Spans written as text ("3.0 - 5.0 seconds" or "{3.0, 5.0}"), in order of appearance, clipped to
-    the video, each with score 1 (text timestamps carry no confidence); reversed pairs are swapped."""
-    out = []
-    for a, b, c, d in _SPAN_TEXT.findall(answer):
-        s, e = sorted((min(float(a or c), duration), min(float(b or d), duration)))
-        out.append([s, e, 1.0])
-    return out
 
 
 def tube(span: list[float], boxes: list[list[float]], times: list[float]) -> dict:
@@ -498,8 +462,7 @@ class ProcessorConfig:
                              f"got {self.evidence_alpha}")
         check_choice("time_encoding", self.time_encoding, TIME_ENCODINGS)
         check_choice("audio_features", self.audio_features, AUDIO_FEATURES)
-        if TIME_ENCODINGS[self.time_encoding].tokens and self.time_bins < 2:
-            raise ValueError(f"model.time_bins must be >= 2 for LAPE time tokens, got {self.time_bins}")
+        TIME_ENCODINGS[self.time_encoding](self.time_bins)        # checks the encoding's own settings
         if self.box_bins == 1 or self.box_bins < 0:
             raise ValueError(f"model.box_bins must be 0 (no box tokens) or >= 2, got {self.box_bins}")
 
@@ -517,14 +480,16 @@ class DamoProcessor:
     def __init__(self, tokenizer: PreTrainedTokenizerFast, config: ProcessorConfig | None = None, **kw):
         self.tokenizer = tok = tokenizer
         self.config = c = config or ProcessorConfig(**kw)
-        self.time = TIME_ENCODINGS[c.time_encoding]
+        self.time = TIME_ENCODINGS[c.time_encoding](c.time_bins)
         self.frame_times = FRAME_TIMES[c.frame_times]
         self.chat = chat_format(c.chat) if c.chat is not None else None
         self.level = EVIDENCE_LEVELS[c.evidence_level]
         self.format = RESPONSES[c.response]
-        self.time_bins = c.time_bins if self.time.tokens else 0
         self.budget = TokenBudget(**c.budget) if c.budget else None
-        self.coord_axes = coordinate_axes(tok, self.time_bins, c.box_bins)     # LAPE (LLaVA-ST eq. 4)
+        self.coord_axes = coordinate_axes(tok, self.time.anchors, c.box_bins)     # LAPE (LLaVA-ST eq. 4)
+        tok.add_tokens(self.time.vocabulary, special_tokens=True)              # the time encoding's own tokens
+        self.single = tk.SPECIAL_TOKENS + self.time.vocabulary                  # tokens text never splits
+        self.special = re.compile("(" + "|".join([re.escape(t) for t in self.single] + [_COORD_TOKEN]) + ")")
         self.axis_of = {i: a for a, ids in self.coord_axes.items() for i in ids}     # token id -> axis
         ids = tok.convert_tokens_to_ids
         self.video_id, self.evi_id, self.evi_end_id = ids(tk.VIDEO), ids(tk.EVI), ids(tk.EVI_END)
@@ -568,10 +533,10 @@ class DamoProcessor:
     def encode(self, text: str) -> list[int]:
         """Tokenise text whose special tokens must stay single ids, without stray spaces around them."""
         tok, out = self.tokenizer, []
-        for piece in _SPECIAL.split(text):
+        for piece in self.special.split(text):
             if not piece.strip():
                 continue
-            if piece in tk.SPECIAL_TOKENS:
+            if piece in self.single:
                 out.append(tok.convert_tokens_to_ids(piece))
             elif re.fullmatch(_COORD_TOKEN, piece):
                 i = tok.convert_tokens_to_ids(piece)
@@ -618,14 +583,15 @@ class DamoProcessor:
     def video_pieces(self, times: Sequence[float] | torch.Tensor | None,
                      layout: VideoLayout | None = None) -> list[str]:
         """The video's part of a prompt as text pieces (each ``<video>`` one placeholder): the fusion
-        placeholders, then the slow stream's, then each frame token's; with the ``timestamp`` time
-        encoding each frame token's placeholders follow its time as text. Empty without ``times``."""
+        placeholders, then the slow stream's, then each frame token's, after the time encoding's text for
+        it (:meth:`~damo.model.time_encodings.TimeEncoding.frame_prefixes`: Dynamic-VLM's timestamps).
+        Empty without ``times``."""
         if times is None or not len(times):
             return []
         lay = layout or self.layout(len(times))
         first = [float(t) for t in list(times)[::lay.group]]       # each token's first frame
         frames: list[str] = []
-        for prefix in (timestamp_prompt(first) if self.time.timestamps else [""] * len(first)):
+        for prefix in self.time.frame_prefixes(first):
             frames += ([prefix] if prefix else []) + [tk.VIDEO] * lay.per_frame
         slow = [tk.VIDEO] * lay.slow_tokens(len(first))
         return [tk.VIDEO] * self.config.video_tokens + STREAM_ORDERS[self.config.stream_order](frames, slow)
@@ -725,8 +691,8 @@ class DamoProcessor:
     def response(self, turn: dict, duration: float | None) -> str:
         c = self.config
         return response_text(turn["task"], turn["answer"], turn["spans"], turn["captions"], response=c.response,
-                             level=c.evidence_level, duration=duration, time_bins=self.time_bins,
-                             boxes=turn.get("boxes"), box_bins=c.box_bins, time_text=c.time_text)
+                             level=c.evidence_level, duration=duration, boxes=turn.get("boxes"), box_bins=c.box_bins,
+                             time_text=c.time_text, encoding=self.time)
 
     # ------------------------------------------------------------------ video
     def video_inputs(self, clip: Clip) -> ClipTensors:
@@ -891,7 +857,7 @@ class DamoProcessor:
         if self.format.evidence_refs:
             spans = sorted((e["span"] for e in answer_ev), key=lambda s: -s[2])
         else:   # the answer writes its timestamps as text (coupled / decomposed baselines)
-            spans = text_spans(answer, duration)
+            spans = self.time.read_spans(answer, duration)
             answer_ev = [e for e in evidence if e["stage"] == 1]
         xy = [v for a, v in coords if a in "xy"]
         boxes = [xy[i:i + 4] for i in range(0, len(xy) - 3, 4)]

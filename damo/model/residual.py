@@ -30,6 +30,9 @@ class GlobalResidual(nn.Module):
         g, loc = x[:, :, 0], x[:, :, 1:].flatten(0, 1)              # (B, T, Din), (B*T, P, Din)
         if self.grid:
             side, out = math.isqrt(N - 1), math.isqrt(self.tokens)
+            if side * side != N - 1:
+                raise ValueError(f"the vision tower gave {N - 1} patch tokens per frame, not a square grid "
+                                 "(the contract of damo.model.encoders.VisionTower)")
             loc = loc.transpose(1, 2).reshape(B * T, D, side, side)  # (B*T, Din, s, s)
             loc = F.adaptive_avg_pool2d(loc, out).flatten(2)          # (B*T, Din, L')
         else:
