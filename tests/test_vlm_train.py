@@ -303,3 +303,28 @@ def test_the_other_families_train_through_the_same_recipe(tmp_path, shared_data,
                  "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["model"]["preset"] == preset and len(out["evidence"]) == 1
+
+
+def test_grpo_compares_rewards_once_sft_teaches_the_answers_form(folder, tmp_path):
+    recipe = sft_recipe(folder, 1)
+    recipe["model"]["vlm"] |= {"lora": {"r": 8, "alpha": 16}, "evidence": False}
+    recipe["stages"] = [
+        {"name": "sft", "tasks": ["grounding"], "trainable": ["model.*lora_*", "model.lm_head.*"],
+         "losses": {"lm": 1.0}, "steps": 40, "batch": 4, "lr": 3.0e-2, "warmup": 0},
+        {"name": "grpo", "tasks": ["grounding"], "trainable": ["model.*lora_*"], "losses": {"grpo": 1.0},
+         "grpo": {"group": 4, "max_new_tokens": 16, "rewards": {"iou": 1.0, "format": 1.0}},
+         "steps": 3, "batch": 2, "lr": 1.0e-3, "warmup": 0, "weight_decay": 0.0}]
+    run_recipe(Recipe.from_dict(recipe), tmp_path, progress=False, log=lambda *_: None)
+    sft = json.loads((tmp_path / "stages" / "sft" / "history.json").read_text())
+    assert sft["lm"][-1] < 2.5 and sft["lm"][0] > 5
+    # some sampled answers now parse into spans and others not: groups with rewards to compare
+    grpo = json.loads((tmp_path / "stages" / "grpo" / "history.json").read_text())
+    assert max(grpo["reward_format"]) > 0 and min(grpo["zero_variance"]) < 1
+    before, after = (load_file(str(tmp_path / run / "trained.safetensors")) for run in ("stages/sft", "model"))
+    assert before.keys() == after.keys() and "model.lm_head.weight" in before
+    assert torch.equal(before["model.lm_head.weight"], after["model.lm_head.weight"])        # GRPO trains the adapters
+    assert any(not torch.equal(before[k], after[k]) for k in before if "lora_" in k)       # without weight decay
+    # the folder names the checkpoint's weight a stage trained, and puts it back
+    assert json.loads((tmp_path / "model" / "vlm.json").read_text())["trained"] == ["model.lm_head.weight"]
+    again = VideoLLM.from_pretrained(str(tmp_path / "model"), dtype="float32")
+    assert torch.equal(again.model.lm_head.weight, after["model.lm_head.weight"])
