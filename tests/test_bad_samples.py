@@ -125,3 +125,33 @@ def test_preflight_keeps_a_clean_dataset_whole():
     model = build_model(DamoConfig.from_dict(TINY_MODEL), samples, 0)
     kept, bad = preflight(samples, processor_of(model))
     assert kept == samples and not bad
+
+
+def test_a_corrupt_validation_video_is_caught_by_the_preflight_before_the_first_evaluation(data, tmp_path):
+    """A GRPO stage evaluating on validation data with one corrupt video: ``on_missing: error`` stops the
+    run before any step, naming the validation file and the sample; ``skip`` leaves the sample out,
+    lists it in bad_samples.json, and every evaluation runs on the remaining validation samples."""
+    good = [s for s in load_dataset("synth://easy?n=4&seed=1") if s.task == "grounding"]
+    corrupt = replace(good[0], id="corrupt-val", video=str(data["root"] / "corrupt.mp4"))
+    val = tmp_path / "val.jsonl"
+    write_jsonl(val, (s.to_dict() for s in good + [corrupt]))
+
+    def rl(on_missing: str) -> Recipe:
+        return Recipe.from_dict(
+            {"model": TINY_MODEL | {"max_len": MAX_LEN}, "seed": 0, "on_missing": on_missing,
+             "data": {"train": "synth://easy?n=4&seed=0", "val": str(val)},
+             "stages": [{"name": "rl", "tasks": ["grounding"], "losses": {"grpo": 1.0}, "steps": 2, "batch": 2,
+                         "warmup": 1, "trainable": ["llm.*"],
+                         "grpo": {"group": 2, "max_new_tokens": 8, "eval_every": 1, "patience": 5}}]})
+
+    with pytest.raises(BadSampleError, match=rf"{val}: 1 samples cannot train: corrupt-val \(.*corrupt.mp4\)"):
+        run_recipe(rl("error"), tmp_path / "stop", progress=False, log=lambda *_: None)
+    assert not (tmp_path / "stop" / "stages").exists()
+
+    said: list[str] = []
+    run_recipe(rl("skip"), tmp_path / "skip", progress=False, log=said.append)
+    report = json.loads((tmp_path / "skip" / "bad_samples.json").read_text())
+    assert [r["id"] for r in report["preflight"][str(val)]] == ["corrupt-val"]
+    assert any(m.startswith(f"{val}: skipping 1 samples") for m in said)
+    history = json.loads((tmp_path / "skip" / "stages" / "rl" / "history.json").read_text())
+    assert len(history["val_reward"]) == 2

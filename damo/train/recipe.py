@@ -5,9 +5,9 @@ Each finished stage is saved to ``WORKDIR/stages/NAME`` and the final model to
 stage's ``init_from`` loads a named earlier stage (or any model folder) explicitly.
 
 Bad samples: after the videos are found, a pre-flight (:mod:`damo.data.preflight`) probes every
-video and measures every sample's tokens; what fails stops the run (``on_missing: error``) or is left
-out (``skip``); samples that fail only while training are replaced. Both go to
-``WORKDIR/bad_samples.json``.
+video and measures every sample's tokens, of the training data and of the validation data a stage
+evaluates on; what fails stops the run (``on_missing: error``) or is left out (``skip``); samples
+that fail only while training are replaced. Both go to ``WORKDIR/bad_samples.json``.
 
 Crash safety: a stage with ``save_every`` writes checkpoints to ``WORKDIR/checkpoints/NAME``;
 rerunning the same command after a crash or a kill resumes from the last one and reaches the
@@ -284,6 +284,8 @@ def run_recipe(recipe: Recipe, workdir: str | Path, progress: bool = True, log=p
                          "recipe, or remove grpo.eval_every")
     say = log if info.main else (lambda *_: None)
     specs = [recipe.data["train"]] + [x for st in recipe.stages for x in st.extra_data]
+    if evaluated:         # the validation data gets the training data's pre-flight: a bad sample stops no evaluation
+        specs.append(recipe.data["val"])
     datasets = {spec: dataset_samples(spec, recipe, workdir if info.main else None, say) for spec in dict.fromkeys(specs)}
     samples = datasets[recipe.data["train"]]
     kinds = {spec: model_card.dataset_kind(spec, (s.source for s in ss)) for spec, ss in datasets.items()}
@@ -301,7 +303,7 @@ def run_recipe(recipe: Recipe, workdir: str | Path, progress: bool = True, log=p
             say(f"{spec}: skipping {bad.summary()}")
             report["preflight"][spec] = bad.rows
     samples = datasets[recipe.data["train"]]
-    val = dataset_samples(recipe.data["val"], recipe, None, say) if evaluated else None
+    val = datasets[recipe.data["val"]] if evaluated else None
     clips = ClipLoader(processor, recipe.media_cache, memory=recipe.clip_memory,    # shared by the stages
                        cache="stat" if recipe.media_cache else "off")
     done: dict[str, Path] = {}
