@@ -154,12 +154,11 @@ def probe_batch(model: DamoModel, stage: Stage, frames: int, text_tokens: int) -
                     answer=" ".join(words), spans=[[T * 0.25, T * 0.5]], captions=[" ".join(words)])
     batch = collate([(sample, clip)])
     L = batch.input_ids.shape[1]
-    # the contrastive loss branches on whether a clip has a hard negative: kept as values (none here);
     # a 4-D mask is used as given: transformers' padding checks read values (bidirectional video attention
     # makes its 4-D mask from the 2-D one)
     mask = (torch.ones(1, L, dtype=torch.bool, device="meta") if c.video_attention == "bidirectional" else
             torch.ones(1, 1, L, L, dtype=torch.bool, device="meta"))
-    return replace(batch.to("meta"), align_neg_mask=torch.zeros_like(batch.align_neg_mask), attention_mask=mask)
+    return replace(batch.to("meta"), attention_mask=mask)
 
 
 @contextmanager

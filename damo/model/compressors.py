@@ -325,13 +325,14 @@ class GumbelPrune(BudgetedCompressor):
 
 # ---------------------------------------------------------- LLaVA-ST Spatial-Temporal Packer
 
-def region_mask(n_in: int, n_out: int) -> torch.Tensor:
+def region_mask(n_in: int, n_out: int, device: torch.device | None = None) -> torch.Tensor:
     """Which grid tokens each pooled point may attend to: ``(n_out^2, n_in^2)``, True = blocked.
 
     Regions are exactly the bins of ``adaptive_avg_pool2d`` (start ``floor(i n / o)``, end
-    ``ceil((i + 1) n / o)``), so the query point is the mean of its own region.
+    ``ceil((i + 1) n / o)``), so the query point is the mean of its own region. Built on ``device``,
+    the tokens', so no step copies a mask from the host.
     """
-    i, j = torch.arange(n_out), torch.arange(n_in)
+    i, j = torch.arange(n_out, device=device), torch.arange(n_in, device=device)
     lo = (i * n_in) // n_out
     hi = -((-(i + 1) * n_in) // n_out)
     inside = (j >= lo[:, None]) & (j < hi[:, None])                            # (o, n) per axis
@@ -422,7 +423,7 @@ class SpatialTemporalPacker(BudgetedCompressor):
         n = math.isqrt(L)
         g = x.transpose(1, 2).reshape(N, D, n, n)                              # (N, D, n, n)
         q = F.adaptive_avg_pool2d(g, side).flatten(2).transpose(1, 2)          # (N, side^2, D) region means
-        return pack(q, x, attn_mask=region_mask(n, side).to(x.device))
+        return pack(q, x, attn_mask=region_mask(n, side, x.device))
 
     def temporal(self, h: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
         """``packer_t``: h ``(B, T, S, D)`` -> one step per group of ``stride`` frames ``(B, G, S, D)``."""

@@ -40,6 +40,8 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerFast
 
+from damo.model.checks import require
+
 
 def time_token_names(n: int) -> list[str]:
     """``["<t_0>", ..., "<t_{n-1}>"]``: the temporal anchors."""
@@ -135,8 +137,7 @@ def decode_position(logits: torch.Tensor) -> torch.Tensor:
 
 def _relative(t: torch.Tensor, duration: torch.Tensor | float) -> torch.Tensor:
     d = torch.as_tensor(duration, dtype=torch.float32)
-    if not d.is_meta and (d <= 0).any():          # meta tensors (damo plan) carry no values
-        raise ValueError(f"video duration must be > 0 seconds, got {d.tolist()}")
+    require((d > 0).all(), "video duration must be > 0 seconds")
     return t.float() / d
 
 
@@ -148,10 +149,10 @@ def time_to_token(t: float, duration: float, n: int) -> str:
     return f"<t_{round(min(max(t / duration, 0.0), 1.0) * (n - 1))}>"
 
 
-def propagation_matrix(n: int) -> torch.Tensor:
+def propagation_matrix(n: int, device: torch.device | None = None) -> torch.Tensor:
     """``M (n, n)`` with ``M_ij = 2^-|i-j|``: how much of anchor j's gradient anchor i also
     receives under Neighboring Token Propagation (LLaVA-ST code, ``llava_arch.py``)."""
-    i = torch.arange(n, dtype=torch.float32)
+    i = torch.arange(n, dtype=torch.float32, device=device)
     return 2.0 ** -(i[:, None] - i[None]).abs()
 
 
@@ -168,30 +169,35 @@ def register_propagation(llm: nn.Module, axes: dict[str, list[int]]) -> None:
 
     Forward hooks add a term whose value is zero, so outputs are unchanged; gradients become
     those of LLaVA-ST's re-parameterised tables. Module hooks (not tensor hooks on the weights)
-    survive peft's trainable-token wrappers, DDP and FSDP2 sharding.
+    survive peft's trainable-token wrappers, DDP and FSDP2 sharding. The anchors' ids and ``M`` are
+    buffers of the hooked modules (``ntp_ids``, ``ntp_matrix``, not saved), so they move with the model
+    and no forward copies them from the host.
     """
     ids = torch.as_tensor([i for a in axes.values() for i in a])
     m = torch.block_diag(*[propagation_matrix(len(a)) for a in axes.values()])   # axes never mix
     emb, head = llm.get_input_embeddings(), llm.get_output_embeddings()
 
-    def delta(weight: torch.Tensor) -> torch.Tensor:
-        rows = weight[ids.to(weight.device)]
-        return propagate(rows, m) - rows                                         # (n, C), zero values
+    def delta(module: nn.Module, weight: torch.Tensor) -> torch.Tensor:
+        rows = weight[module.ntp_ids]
+        return propagate(rows, module.ntp_matrix) - rows                         # (n, C), zero values
 
     def on_embedding(module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
         x = args[0]                                                               # token ids (...)
-        d = torch.cat([delta(module.weight), out.new_zeros(1, out.shape[-1])])    # last row: not an anchor
-        slot = torch.full((module.weight.shape[0],), len(ids), device=x.device)
-        slot[ids.to(x.device)] = torch.arange(len(ids), device=x.device)
+        w = module.weight             # read once: peft's trainable-token wrapper merges its rows at every read
+        d = torch.cat([delta(module, w), out.new_zeros(1, out.shape[-1])])        # last row: not an anchor
+        slot = torch.full((w.shape[0],), len(ids), device=x.device)
+        slot[module.ntp_ids] = torch.arange(len(ids), device=x.device)
         return out + d[slot[x]].to(out.dtype)
 
     def on_head(module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
-        d = delta(module.weight)                                                  # (n, C)
-        return out.index_add(-1, ids.to(out.device), (args[0] @ d.T.to(args[0].dtype)).to(out.dtype))
+        d = delta(module, module.weight)                                          # (n, C)
+        return out.index_add(-1, module.ntp_ids, (args[0] @ d.T.to(args[0].dtype)).to(out.dtype))
 
-    emb.register_forward_hook(on_embedding)
-    if head is not None:
-        head.register_forward_hook(on_head)
+    for module, hook in ((emb, on_embedding), (head, on_head)):
+        if module is not None:
+            module.register_buffer("ntp_ids", ids.to(module.weight.device), persistent=False)
+            module.register_buffer("ntp_matrix", m.to(module.weight.device), persistent=False)
+            module.register_forward_hook(hook)
 
 
 def anchor_tables(llm: nn.Module, ids: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -202,8 +208,8 @@ def anchor_tables(llm: nn.Module, ids: Sequence[int]) -> tuple[torch.Tensor, tor
     eq. 5). With tied embeddings the two are the same rows.
     """
     w_in = llm.get_input_embeddings().weight
-    idx = torch.as_tensor(list(ids), device=w_in.device)
-    m = propagation_matrix(len(idx))
+    idx = torch.as_tensor(ids, device=w_in.device)
+    m = propagation_matrix(len(idx), w_in.device)
     return propagate(w_in[idx], m), propagate(llm.get_output_embeddings().weight[idx], m)
 
 

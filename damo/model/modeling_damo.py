@@ -43,6 +43,7 @@ from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast, Qwen2Con
 from damo.model import backbones
 from damo.model.attention import VIDEO_ATTENTION
 from damo.model.batch import Batch
+from damo.model.checks import require
 from damo.model.configuration_damo import DamoConfig, LLMConfig
 from damo.model.coordinates import (anchor_tables, coordinate_axes, decode_position, frame_time_embedding,
                                     grid_position_embedding, interpolate_anchors, register_propagation)
@@ -253,6 +254,8 @@ class DamoModel(nn.Module):
         self.llm = build_llm(cfg.llm, tokenizer, self.new_token_ids)
         if self.coord_axes:     # LLaVA-ST's Neighboring Token Propagation of the anchors' rows
             register_propagation(self.llm, self.coord_axes)
+        for a, ids in self.coord_axes.items():     # LAPE's anchors, on the model's device (not saved)
+            self.register_buffer(f"anchors_{a}", torch.tensor(ids), persistent=False)
         self.trained: set[str] = set()     # parameter names any stage trained (damo.train.loop.set_trainable)
         # every training forward runs every part, the semantic-capture pass and the evidence head even for
         # a batch without <evi>, so FSDP ranks issue the same collectives whatever their data (forward)
@@ -343,7 +346,7 @@ class DamoModel(nn.Module):
         the time term per frame (the time tokens' mean input/output embedding interpolated at
         ``times / duration``, ``duration (B,)`` seconds) and, with box tokens, the width and height
         terms per token when the K tokens of a frame are a square row-major grid (K = 1: none)."""
-        tables = {a: anchor_tables(self.llm, ids) for a, ids in self.coord_axes.items()}
+        tables = {a: anchor_tables(self.llm, self.get_buffer(f"anchors_{a}")) for a in self.coord_axes}
         pe: torch.Tensor | float = 0.0
         if "t" in tables:
             if duration is None:
@@ -381,8 +384,8 @@ class DamoModel(nn.Module):
                  for b, n in enumerate(num_frames)]
         vid = torch.cat(parts).to(emb.dtype)                        # (sum_b (F' + S_b + T_b K), C)
         mask = (input_ids == self.video_id).unsqueeze(-1)
-        if not mask.is_meta and int(mask.sum()) != vid.shape[0]:    # (damo.plan: no values on the meta device)
-            raise ValueError(f"prompt has {int(mask.sum())} {tk.VIDEO} placeholders but the video gives {vid.shape[0]}")
+        require(mask.sum() == vid.shape[0], f"the prompt's {tk.VIDEO} placeholders are not the {vid.shape[0]} "
+                                            "tokens the video gives")
         return emb.masked_scatter(mask, vid)
 
     def hidden_state_at(self, emb: torch.Tensor, mask: torch.Tensor, index: int) -> torch.Tensor:
@@ -396,7 +399,8 @@ class DamoModel(nn.Module):
         i = index % (n + 1)
         dec.config.num_hidden_layers = min(i + 1, n)
         try:
-            return dec(inputs_embeds=emb, attention_mask=mask, output_hidden_states=True).hidden_states[i]
+            out = dec(inputs_embeds=emb, attention_mask=mask, output_hidden_states=True, use_cache=False)
+            return out.hidden_states[i]
         finally:
             dec.config.num_hidden_layers = n
 
@@ -418,7 +422,7 @@ class DamoModel(nn.Module):
         """
         if batch.text_only:
             emb = self.coordinate_inputs(self.llm.get_input_embeddings()(batch.input_ids), batch)
-            return {"logits": self.llm(inputs_embeds=emb, attention_mask=batch.attention_mask).logits}
+            return {"logits": self.llm(inputs_embeds=emb, attention_mask=batch.attention_mask, use_cache=False).logits}
         frame_emb, fusion_emb, fr = self.video_embeddings(batch)
         out = {"frame_features": fr}
         if batch.input_ids is None:
@@ -438,7 +442,7 @@ class DamoModel(nn.Module):
             w = capture_weights(batch.evi_targets)                  # (N, T)
             cap = (w[..., None] * hf0[eb]).sum(1) / w.sum(1, keepdim=True).clamp(min=1e-6)  # (N, C)
             emb = emb.index_put((eb, ep), emb[eb, ep] + cap.to(emb.dtype))
-        res = self.llm(inputs_embeds=emb, attention_mask=mask, output_hidden_states=True)
+        res = self.llm(inputs_embeds=emb, attention_mask=mask, output_hidden_states=True, use_cache=False)
         h = res.hidden_states[-2]                                   # penultimate layer (B, L, C)
         hf = self.frame_states(h, batch.frame_pos)                  # (B, T, C)
         out["logits"] = res.logits

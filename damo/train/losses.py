@@ -64,7 +64,7 @@ def lm(x: LossInputs) -> torch.Tensor:
     if cp is None or not len(cp):
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100)
     r, p = cp[:, 0], cp[:, 1] - 1                                          # logits at p predict token p + 1
-    labels = labels.index_put((r, p), torch.tensor(-100))
+    labels = labels.index_put((r, p), labels.new_full((), -100))
     hard = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100,
                            reduction="sum")
     logp = logits[r, p].float().log_softmax(-1).gather(1, batch.coord_ids)   # (N, 2)
@@ -98,7 +98,9 @@ def contrastive(x: LossInputs) -> torch.Tensor:
     """Symmetric InfoNCE between moment embeddings and their caption embeddings (DaMO stage 1, CLIP/BLIP-2 style).
 
     Each caption is also contrasted with a hard negative moment from its own video (another
-    event), so the encoders must tell apart what distinguishes events within a clip.
+    event), so the encoders must tell apart what distinguishes events within a clip. A caption whose
+    video has no other event gets ``-inf`` for it (no weight in the softmax), computed for every batch
+    rather than only those holding a negative, so the host never reads whether one does.
     """
     out, batch, model = x.out, x.batch, x.model
     v, t = model.align_embeddings(out["frame_features"], batch.align_span_mask, batch.align_text_ids,
@@ -107,12 +109,10 @@ def contrastive(x: LossInputs) -> torch.Tensor:
     logits = scale * v @ t.T                                                  # (B videos, B texts)
     target = torch.arange(len(v), device=v.device)
     has_neg = batch.align_neg_mask.any(1)
-    t2v = logits.T                                                            # (B texts, B videos)
-    if has_neg.any():
-        vn = model.align_embeddings(out["frame_features"], batch.align_neg_mask, batch.align_text_ids,
-                                    batch.align_text_mask)[0]              # (B, d)
-        hard = scale * (vn * t).sum(-1, keepdim=True)                         # (B, 1): text i vs its own negative
-        t2v = torch.cat([t2v, hard.masked_fill(~has_neg[:, None], float("-inf"))], 1)  # (B, B+1)
+    vn = model.align_embeddings(out["frame_features"], batch.align_neg_mask, batch.align_text_ids,
+                                batch.align_text_mask)[0]                  # (B, d)
+    hard = scale * (vn * t).sum(-1, keepdim=True)                             # (B, 1): text i vs its own negative
+    t2v = torch.cat([logits.T, hard.masked_fill(~has_neg[:, None], float("-inf"))], 1)   # (B texts, B videos + 1)
     return (F.cross_entropy(logits, target) + F.cross_entropy(t2v, target)) / 2
 
 
