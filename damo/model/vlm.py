@@ -35,6 +35,7 @@ from transformers import (AutoConfig, AutoTokenizer, PretrainedConfig, PreTraine
 from damo.media import Clip
 from damo.model.evidence import EvidenceHead, salient_frames, soft_targets
 from damo.model.backbones import resolve_dtype
+from damo.model.generation import Generation
 from damo.model.processing import FRAME_TIMES, check_query_size
 from damo.model.presets import DEFAULT_PRESET, FAMILY_OF, Preset, checkpoint_type, get_preset
 from damo.model.vlm_video import CLIP_MEAN, CLIP_STD, HALF, VideoPixels, VideoSpec, video_pixels
@@ -662,10 +663,11 @@ class VideoLLM(nn.Module):
         return self.processor.training_batch(clips, queries, replies).to(self.model.device)
 
     @torch.no_grad()
-    def generate(self, batch: VLMBatch, max_new_tokens: int | None = None, seed: int = 0, policy=None) -> list[dict]:
+    def generate(self, batch: VLMBatch, max_new_tokens: int | None = None, seed: int = 0,
+                 policy: Generation | None = None) -> list[dict]:
         """New token ids per row of a :meth:`VLMProcessor.generation_batch` (up to and without the end of
         turn), decoded together by the VLM's own ``generate``: as the preset says, or with ``policy``
-        (a :class:`~damo.model.processing.Generation`: a GRPO stage's rollouts) sampling from the whole
+        (a :class:`~damo.model.generation.Generation`: a GRPO stage's rollouts) sampling from the whole
         softmax at its temperature within its ``top_p`` (no top-k: the checkpoint's generation config
         does not narrow what the policy's log-probs score), drawn from torch's generator seeded with
         ``seed``. Returns ``{"ids", "evidence": [], "coords": []}`` per row (the contract of
