@@ -43,6 +43,7 @@ from damo.data.dataset import ClipLoader
 from damo.data.schema import load_samples
 from damo.eval.etbench import etbench_task_metrics
 from damo.eval.evaluate import grounding_report, predict
+from damo.pipeline import DamoPipeline, processor_of
 from damo.train.recipe import run_recipe
 
 TRAIN = "synth://standard?n=1500&seed=0&split=train"
@@ -69,7 +70,7 @@ def recipe(variant: str, seed: int, a: argparse.Namespace) -> Recipe:
 
 def evaluate(model, val: Path) -> dict:
     samples = load_samples(val)
-    preds = predict(model, samples, ClipLoader(model.processor), progress=False)
+    preds = predict(DamoPipeline(model), samples, ClipLoader(processor_of(model)), progress=False)
     rep = grounding_report(samples, preds)
     by = {p.id: p for p in preds}
     records = [{"video": s.id, "a": by[s.id].answer, "tgt": s.spans, "g": s.captions}
