@@ -136,16 +136,16 @@ class DamoConfig:
     layout: str = "query_both"      # video_first | query_first | query_both: where the question goes (processing.LAYOUTS)
     frame_times: str = "centre"     # centre | start: frames at window centres or starts, and the spans they cover (processing.FRAME_TIMES)
     chat: dict | None = None        # the LLM's chat format (processing.ChatFormat: template, stop, system, ...); None: our plain prompt
-    generation: dict | None = None  # how answers are decoded (processing.Generation: do_sample, temperature, top_p, repetition_penalty, tasks); None: greedy
+    generation: dict | None = None  # how answers are decoded (generation.Generation: do_sample, temperature, top_p, repetition_penalty, tasks); None: greedy
     response: str = "interleaved"   # coupled | decomposed | interleaved (D²VLM Table 4; processing.RESPONSES)
     query_aware: bool = True   # frame tokens carry their match with the question in the stage-1 alignment space
     video_attention: str = "causal"  # causal | bidirectional: video placeholders attend each other both ways (VIDEO_ATTENTION)
     coordinate_decode: str = "interpolate"  # interpolate (two anchors) | argmax (the chosen anchor): a generated LAPE token's value
     lape_at: str = "tokens"         # tokens: LAPE on the tokens the LLM reads | grid: on each frame's grid before the packer (LLaVA-ST)
-    time_text: str = "seconds"      # seconds | braces: a span in a text answer, "3.0 - 5.0 seconds" or "{<t_3><t_5>}" (processing.TIME_TEXTS)
-    stream_order: str = "slow_first"  # slow_first | fast_first: the packer's streams in the prompt (processing.STREAM_ORDERS)
+    time_text: str = "seconds"      # seconds | braces: a span in a text answer, "3.0 - 5.0 seconds" or "{<t_3><t_5>}" (time_encodings.TIME_TEXTS)
+    stream_order: str = "slow_first"  # slow_first | fast_first: the packer's streams in the prompt (compressors.STREAM_ORDERS)
     uniform_frames: int = 0         # 0: frames at fps; N >= 2: exactly N frames, uniformly from the first picture to the last
-    time_encoding: str = "sinusoid"  # sinusoid | timestamp | lape | none (processing.TIME_ENCODINGS)
+    time_encoding: str = "sinusoid"  # sinusoid | timestamp | lape | none (time_encodings.TIME_ENCODINGS)
     time_bins: int = 32        # lape: time tokens <t_0> .. <t_{n-1}> spread evenly over the video
     box_bins: int = 0          # > 0: LAPE width/height tokens <x_i>, <y_i> for boxes (spatio-temporal grounding answers)
 

@@ -14,7 +14,8 @@ with the k-th span (``time_gt`` is shared by the two stages) and their features 
 consistency loss. The ablation baselines of D²VLM (coupled and decomposed responses, Table 4;
 frame-level evidence, Table 6) are other entries of :data:`RESPONSES` and :data:`EVIDENCE_LEVELS`.
 
-A processor is saved with its model as ``processor_config.json`` next to ``tokenizer/``.
+A processor is saved beside its model as ``processor_config.json`` next to ``tokenizer/``
+(:class:`damo.pipeline.DamoPipeline`); the time encodings are classes of :mod:`damo.model.time_encodings`.
 """
 from __future__ import annotations
 
