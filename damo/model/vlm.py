@@ -628,8 +628,8 @@ class VideoLLM(nn.Module):
         """The VLM's own forward on a batch: ``logits`` ``(B, K, V)`` at the positions of ``batch.labels``
         (all ``L`` without labels) and, with evidence heads, ``evi_logits`` ``(B, t)`` (one evidence
         query per row, :meth:`evidence_logits`)."""
-        keep = 0 if batch.labels is None else batch.labels.shape[1]      # 0: every position
-        out = self.model(**batch.inputs, output_hidden_states=self.evidence is not None,
+        keep = 0 if batch.labels is None else batch.labels.shape[1]      # 0: every position; no KV cache: one pass
+        out = self.model(**batch.inputs, use_cache=False, output_hidden_states=self.evidence is not None,
                          **({"logits_to_keep": keep} if self.processor.family.keeps_logits else {}))
         logits = out.logits[:, -keep:] if keep else out.logits
         if self.evidence is None:
