@@ -81,9 +81,10 @@ def wrap(module: nn.Module, parallel: str, info: DistInfo,
     ``ddp``: ``find_unused_parameters`` because stages freeze and skip parts of the model
     (e.g. no ``<evi>`` in a micro-batch leaves the evidence head without gradients).
     ``fsdp``: ``module`` lies on the meta device (:func:`meta_copy`) and ``values`` holds its state dict and
-    buffers by name (CPU tensors): ``fully_shard`` shards the meta module, each process allocates only its
-    shards on its device, and torch's state-dict API fills them one tensor at a time (scattered from rank 0),
-    so neither a GPU nor the host ever holds a second whole model.
+    buffers by name (CPU tensors; the state dict's are read on rank 0 only): ``fully_shard`` shards the meta
+    module, each process allocates only its shards on its device, and torch's state-dict API broadcasts rank
+    0's values one whole tensor at a time, each process copying its shard in place, so neither a GPU nor the
+    host ever holds a second whole model.
     """
     if parallel not in PARALLEL:
         raise ValueError(f"parallel must be one of {PARALLEL}, got {parallel!r}")
@@ -102,8 +103,8 @@ def wrap(module: nn.Module, parallel: str, info: DistInfo,
         fully_shard(unit)
     fully_shard(module, ignored_params=scalars)
     module.to_empty(device=info.device)                     # the shards, the buffers and the 0-dim parameters
-    keys = module.state_dict().keys()
-    set_model_state_dict(module, {k: values[k] for k in keys}, options=StateDictOptions(full_state_dict=True))
+    full = {k: values[k] for k in module.state_dict()} if info.main else {}
+    set_model_state_dict(module, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
     with torch.no_grad():               # buffers outside the state dict (an image tower's constant mean and std)
         for name, b in module.named_buffers():
             b.copy_(values[name])
