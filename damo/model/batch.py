@@ -29,6 +29,7 @@ class Batch:
     mel: Tensor = _per("row")                # (B, T, F, M) audio features per frame window
     times: Tensor = _per("row")              # (B, T) window centres, seconds
     frame_mask: Tensor = _per("row")         # (B, T) bool: real frames
+    frame_counts: list[int] | None = _per("row")   # real frames per row (each row's frame_mask is a prefix)
     vision_features: Tensor | None = _per("row")   # (B, T, 1+P, Dv) stored frozen-tower outputs (damo.data.features)
     audio_features: Tensor | None = _per("row")    # (B, T, 1+A, Da)
     duration: Tensor | None = _per("row")    # (B,) seconds

@@ -126,12 +126,15 @@ class VideoEncoder(nn.Module):
                                 k_max=cc.k_max, seed=cc.seed, **cc.options)
 
     def forward(self, frames: torch.Tensor, mel: torch.Tensor, frame_mask: torch.Tensor,
-                vision: torch.Tensor | None = None, audio: torch.Tensor | None = None):
+                vision: torch.Tensor | None = None, audio: torch.Tensor | None = None,
+                counts: list[int] | None = None):
         """-> per-frame fuser features ``(B, T, K, D)`` (placement ``llm``: the fused grid, ``K = Lv``)
         and fusion tokens ``(B, F, D)``. ``vision`` ``(B, T, 1+P, Dv)`` and ``audio`` ``(B, T, 1+A, Da)``
-        are stored outputs of the frozen towers (:mod:`damo.data.features`), used instead of running them."""
+        are stored outputs of the frozen towers (:mod:`damo.data.features`), used instead of running them.
+        ``counts``: real frames per row (the batch's ``frame_counts``), else read from ``frame_mask``."""
         with torch.no_grad() if frozen(self.vision) else nullcontext():
-            vision = self._real_frames(frames, frame_mask) if vision is None else vision.to(frames.device, torch.float32)
+            vision = (self._real_frames(frames, frame_mask, counts) if vision is None
+                      else vision.to(frames.device, torch.float32))
         with torch.no_grad() if frozen(self.audio) else nullcontext():
             audio = self.audio(mel, frame_mask) if audio is None else audio.to(mel.device, torch.float32)
         # padded frames are zeroed so that the temporal convolution sees the clip's end exactly
@@ -146,14 +149,18 @@ class VideoEncoder(nn.Module):
             v = self.compressor(v, frame_mask)                      # (B, T, K, D) under the token budget
         return self.fuseformer(v, a, frame_mask)
 
-    def _real_frames(self, frames: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+    def _real_frames(self, frames: torch.Tensor, frame_mask: torch.Tensor, counts: list[int] | None) -> torch.Tensor:
         """The vision tower over a batch's real frames only ``(B, T, 1+P, Dv)``: padding frames get zeros
         (the residual's output is masked there anyway), so a batch of one long and several short clips
-        costs the tower their frames, not B x T."""
+        costs the tower their frames, not B x T. Each row's real frames come first (``counts`` of them), so
+        slices select them: with the counts known to the host the device is never waited for."""
         if frame_mask.is_meta:                                      # damo.plan: no values to select with
             return self._per_frames(self.vision, frames)
-        h = self._per_frames(self.vision, frames[frame_mask][None])[0]     # (N real, 1+P, Dv)
-        return h.new_zeros(*frame_mask.shape, *h.shape[1:]).index_put((frame_mask,), h)
+        counts = frame_mask.sum(1).tolist() if counts is None else counts
+        real = torch.cat([frames[b, :n] for b, n in enumerate(counts)])   # (N real, 3, H, W)
+        h = self._per_frames(self.vision, real[None])[0]                   # (N real, 1+P, Dv)
+        T = frame_mask.shape[1]
+        return torch.stack([F.pad(x, (0, 0, 0, 0, 0, T - len(x))) for x in h.split(counts)])   # (B, T, 1+P, Dv)
 
     @staticmethod
     def _per_frames(tower: nn.Module, x: torch.Tensor, chunk: int = 256) -> torch.Tensor:
@@ -305,7 +312,7 @@ class DamoModel(nn.Module):
         instead (:meth:`~damo.model.processing.DamoProcessor.prompt`) and ``none`` gives no time at all.
         """
         b = batch
-        fr, fu = self.video(b.frames, b.mel, b.frame_mask, b.vision_features, b.audio_features)
+        fr, fu = self.video(b.frames, b.mel, b.frame_mask, b.vision_features, b.audio_features, b.frame_counts)
         frl, ml = pool_groups(fr, b.frame_mask, b.group)            # (B, T', K, D), (B, T')
         times = pool_groups(b.times, b.frame_mask, b.group)[0]      # (B, T')
         slow = None

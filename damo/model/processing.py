@@ -358,6 +358,7 @@ def stack_clips(clips: list[ClipTensors | None]) -> Batch:
                 vis[b, :n], aud[b, :n] = c.vision, c.audio
     return Batch(frames=frames.permute(0, 1, 4, 2, 3).contiguous(),      # (B, T, 3, H, W) uint8
                  mel=mel, times=times, frame_mask=fmask,
+                 frame_counts=[0 if c is None else c.frames.shape[0] for c in clips],
                  vision_features=vis if stored else None, audio_features=aud if stored else None)
 
 
