@@ -42,6 +42,7 @@ from damo.config import FOCUS, FPOSettings
 from damo.data.preference import chosen_sample, rejected_sample
 from damo.data.schema import Sample
 from damo.model.batch import Batch
+from damo.model.checks import require
 from damo.model.processing import ClipTensors, evi_span_index
 
 
@@ -60,8 +61,7 @@ def interval_logprob(evi_logits: torch.Tensor, targets: torch.Tensor, frame_mask
                          f"{tuple(frame_mask.shape)} must all be (N, T)")
     x = evi_logits.float()
     y = targets.float()
-    if ((y < 0) | (y > 1)).any():
-        raise ValueError("interval targets must lie in [0, 1]")
+    require(~((y < 0) | (y > 1)).any(), "interval targets must lie in [0, 1]")      # without a host sync
     per_frame = torch.logaddexp(y.log() + F.logsigmoid(x), (1 - y).log() + F.logsigmoid(-x))  # (N, T)
     return per_frame.masked_fill(~frame_mask.bool(), 0.0).sum(-1)            # (N,)
 
