@@ -20,10 +20,14 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from damo.textio import printable
 from damo.threads import given_threads, threads, use_threads
+
+if TYPE_CHECKING:       # the CLI imports the heavy modules inside each command, so it starts fast
+    from damo.data.schema import Sample
+    from damo.model.processing import DamoProcessor
 
 DEFAULT_WORKDIR = Path("runs/demo")
 DEVICES = ("auto", "cpu", "cuda")

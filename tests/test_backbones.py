@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 from transformers import (AutoModelForCausalLM, AutoTokenizer, CLIPVisionConfig, CLIPVisionModel, LlamaConfig,
-                          Phi3Config, Qwen2Config, SiglipVisionConfig, SiglipVisionModel, WhisperConfig,
+                          Phi3Config, Qwen2Config, SiglipVisionModel, WhisperConfig,
                           WhisperFeatureExtractor)
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 

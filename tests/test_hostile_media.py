@@ -4,7 +4,6 @@ is read. Each ends in a clear MediaError before memory is committed, or grounds 
 file leaves nothing in the cache."""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys

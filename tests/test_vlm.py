@@ -16,7 +16,6 @@ from transformers.video_utils import VideoMetadata
 import vlm_tiny
 from damo.cli import main
 from damo.media.decode import decode_clip
-from damo.model.presets import get_preset
 from damo.model.vlm import FAMILIES, VideoLLM, VLMProcessor, audio_tokens, chunk_bounds
 from damo.train.losses import LOSSES, LossInputs
 
