@@ -92,12 +92,17 @@ def _device(name: str):
 def _resumable(command: str, kept: str) -> Iterator[None]:
     """A sharded, resumable job's failure as one line: a failed rank (``kept``: what finished and where it
     stays; the same command resumes) or a bad value."""
-    from damo.ranks import RankFailed
+    from damo.ranks import RankFailed, barrier
 
     try:
         yield
     except RankFailed as e:
-        raise SystemExit(f"{command}: {e}; {kept}: run the same command again to resume") from None
+        # said at once, in one write (ranks share stderr), by every rank before any exits: torchrun stops the
+        # others when one rank exits
+        sys.stderr.write(f"{command}: {e}; {kept}: run the same command again to resume\n")
+        sys.stderr.flush()
+        barrier()
+        raise SystemExit(1) from None
     except ValueError as e:
         raise SystemExit(f"{command}: {e}") from None
 

@@ -42,23 +42,23 @@ def predict(model: DamoPipeline | VideoLLM, samples: list[Sample], clips, batch_
     if batch_size < 1:
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
     preds = []
-    bar = tqdm(total=len(samples), desc="predict", disable=not progress, dynamic_ncols=True)
-    for items in loader(ClipDataset(samples, clips), _items, num_workers, batch_size=batch_size):
-        bar.update(len(items))
-        bad = [c.to_dict() for _, _, c in items if isinstance(c, Unusable)]
-        if failures is not None:
-            failures += bad
-        items = [it for it in items if not isinstance(it[2], Unusable)]
-        # a DaMO model takes each sample's task for its generation settings (a whole VLM's preset has its own)
-        tasks = {"tasks": [str(s.meta.get("task", s.task)) for _, s, _ in items]} if isinstance(model, DamoPipeline) else {}
-        rows = model.answer([c for _, _, c in items], [s.query for _, s, _ in items], max_new_tokens,
-                            **tasks) if items else []
-        new = [Prediction(id=s.id, spans=[[round(x, 3) for x in sp] for sp in r["spans"]], answer=r["answer"],
-                          tube=r["tube"]) for (_, s, _), r in zip(items, rows)]
-        preds += new
-        if on_batch is not None:
-            on_batch(new, bad)
-    bar.close()
+    # closed however the loop ends, so a message after a failure starts on its own line
+    with tqdm(total=len(samples), desc="predict", disable=not progress, dynamic_ncols=True) as bar:
+        for items in loader(ClipDataset(samples, clips), _items, num_workers, batch_size=batch_size):
+            bar.update(len(items))
+            bad = [c.to_dict() for _, _, c in items if isinstance(c, Unusable)]
+            if failures is not None:
+                failures += bad
+            items = [it for it in items if not isinstance(it[2], Unusable)]
+            # a DaMO model takes each sample's task for its generation settings (a whole VLM's preset has its own)
+            tasks = {"tasks": [str(s.meta.get("task", s.task)) for _, s, _ in items]} if isinstance(model, DamoPipeline) else {}
+            rows = model.answer([c for _, _, c in items], [s.query for _, s, _ in items], max_new_tokens,
+                                **tasks) if items else []
+            new = [Prediction(id=s.id, spans=[[round(x, 3) for x in sp] for sp in r["spans"]], answer=r["answer"],
+                              tube=r["tube"]) for (_, s, _), r in zip(items, rows)]
+            preds += new
+            if on_batch is not None:
+                on_batch(new, bad)
     return preds
 
 
