@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import shutil
 import statistics
 from pathlib import Path
 from typing import Callable
@@ -47,6 +48,14 @@ def validation_split(root: Path, n: int, seed: int, tasks: tuple[str, ...] = ("g
             samples += [s for s in video_samples(spec, video) if s.task in tasks]
         save_samples(path, samples)
     return path
+
+
+def copy_stages(src: Path, out: Path) -> None:
+    """Seed a run's workdir ``out`` with the finished stages of another (``src``: its ``stages`` folder), so the
+    run trains only what comes after them."""
+    for st in src.iterdir():
+        if not (out / "stages" / st.name).exists():
+            shutil.copytree(st, out / "stages" / st.name)
 
 
 def run_parallel(fn: Callable, jobs: list, n: int) -> list:

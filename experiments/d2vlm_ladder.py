@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import time
 from pathlib import Path
 
 import torch
 
-from common import add_budget_args, mean_std, run_parallel, short_recipe
+from common import add_budget_args, copy_stages, mean_std, run_parallel, short_recipe
 from damo.config import Recipe, load_recipe
 from damo.data.dataset import ClipLoader, load_dataset
 from damo.eval.evaluate import grounding_report, predict
@@ -82,10 +81,7 @@ def run_one(job: tuple[str, int, dict]) -> dict:
     if done.is_file():
         return json.loads(done.read_text())
     if RUNGS[rung][2]:   # +FPO continues the +consistency run of the same seed
-        base = Path(a.workdir) / "+consistency" / f"seed-{seed}" / "stages"
-        for st in base.iterdir():
-            if not (out / "stages" / st.name).exists():
-                shutil.copytree(st, out / "stages" / st.name)
+        copy_stages(Path(a.workdir) / "+consistency" / f"seed-{seed}" / "stages", out)
     t0 = time.time()
     model = run_recipe(recipe(rung, seed, a), out, progress=False, log=lambda *_: None)
     train_s = time.time() - t0
