@@ -50,11 +50,11 @@ def validation_split(root: Path, n: int, seed: int, tasks: tuple[str, ...] = ("g
     return path
 
 
-def copy_stages(src: Path, out: Path) -> None:
-    """Seed a run's workdir ``out`` with the finished stages of another (``src``: its ``stages`` folder), so the
-    run trains only what comes after them."""
+def copy_stages(src: Path, out: Path, names: tuple[str, ...] | None = None) -> None:
+    """Seed a run's workdir ``out`` with the finished stages of another (``src``: its ``stages`` folder; only
+    ``names`` when given), so the run trains only what comes after them."""
     for st in src.iterdir():
-        if not (out / "stages" / st.name).exists():
+        if (names is None or st.name in names) and not (out / "stages" / st.name).exists():
             shutil.copytree(st, out / "stages" / st.name)
 
 

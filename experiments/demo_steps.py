@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -29,7 +28,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from common import validation_split
+from common import copy_stages, validation_split
 
 EARLY, LATE = ("language", "align", "bridge"), ("temporal", "dialogue")
 
@@ -53,10 +52,7 @@ def one(root: Path, val: Path, seed: int, steps: int, first: int) -> dict:
     """Train (or reuse) the run of ``steps`` temporal steps for ``seed`` and score it on ``val``."""
     work = root / f"seed-{seed}" / f"temporal-{steps}"
     if steps != first:
-        early = root / f"seed-{seed}" / f"temporal-{first}" / "stages"
-        for s in EARLY:
-            if not (work / "stages" / s).is_dir():
-                shutil.copytree(early / s, work / "stages" / s)
+        copy_stages(root / f"seed-{seed}" / f"temporal-{first}" / "stages", work, EARLY)
     train(work, steps, seed)
     run([sys.executable, "-m", "damo.cli", "eval", "--data", str(val), "--model", str(work / "model"),
          "--out", str(work / "val-eval")], work.parent / f"{work.name}.log")
